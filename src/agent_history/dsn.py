@@ -1,0 +1,60 @@
+"""Parsing and redacting PostgreSQL connection strings so secrets never leak."""
+
+from __future__ import annotations
+
+import re
+
+from psycopg.conninfo import conninfo_to_dict
+
+__all__ = ["describe_dsn", "redact_dsn", "scrub_dsn_password", "scrub_secret"]
+
+_URI_PASSWORD = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@\s]*:)(?P<pw>[^@\s]*)(?=@)", re.I)
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+
+
+def _password(dsn: str) -> str | None:
+    try:
+        value = conninfo_to_dict(dsn).get("password")
+    except Exception:
+        return None
+    return str(value) if value else None
+
+
+def redact_dsn(dsn: str) -> str:
+    """Return ``dsn`` with its password replaced by ``***``.
+
+    Args:
+        dsn: A libpq key/value string or a ``postgresql://`` URI.
+
+    Returns:
+        The same connection string, safe to print.
+    """
+    redacted = _URI_PASSWORD.sub(lambda m: m.group("head") + "***", dsn)
+    redacted = _KV_PASSWORD.sub(lambda m: m.group("head") + "***", redacted)
+    return scrub_secret(redacted, _password(dsn))
+
+
+def describe_dsn(dsn: str) -> str:
+    """Describe the server a DSN points at as ``host:port/dbname`` (no user, no password)."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except Exception:
+        return "<unparsable DSN>"
+    host = str(parts.get("host") or parts.get("hostaddr") or "localhost")
+    port = str(parts.get("port") or "5432")
+    dbname = str(parts.get("dbname") or parts.get("user") or "postgres")
+    return f"{host}:{port}/{dbname}"
+
+
+def scrub_secret(text: str, secret: str | None) -> str:
+    """Replace every occurrence of ``secret`` in ``text`` with ``***``."""
+    if not secret:
+        return text
+    return text.replace(secret, "***")
+
+
+def scrub_dsn_password(text: str, dsn: str | None) -> str:
+    """Remove the password of ``dsn`` from an arbitrary message (e.g. a driver error)."""
+    if not dsn:
+        return text
+    return scrub_secret(text, _password(dsn))

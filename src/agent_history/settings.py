@@ -1,0 +1,200 @@
+"""`HistorySettings`: the ORCHEO_* environment configuration, validated at start."""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agent_history.dsn import describe_dsn, redact_dsn
+from agent_history.errors import ConfigError
+
+__all__ = ["Backend", "HistorySettings", "default_data_dir", "env_var"]
+
+ENV_PREFIX = "ORCHEO_"
+
+
+class Backend(StrEnum):
+    """Where the graph store (or the checkpointer) keeps its data."""
+
+    MEMORY = "memory"
+    SQLITE = "sqlite"
+    POSTGRES = "postgres"
+
+
+def env_var(field: str) -> str:
+    """Return the environment variable that sets the settings field ``field``."""
+    return ENV_PREFIX + field.upper()
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory: ``$XDG_DATA_HOME/agent-history`` or ``~/.local/share/...``."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "share"
+    return base / "agent-history"
+
+
+def _parse_backend(value: Any, field: str) -> Any:
+    if isinstance(value, str):
+        normalized = value.strip().lower()
+        allowed = [b.value for b in Backend]
+        if normalized not in allowed:
+            raise ConfigError(
+                env_var(field), f"must be one of {', '.join(allowed)} (got {value!r})"
+            )
+        return normalized
+    return value
+
+
+def _absolute_path(value: Any, field: str) -> Any:
+    if value is None or (isinstance(value, Path) and value.is_absolute()):
+        return value
+    text = str(value).strip()
+    if not text:
+        raise ConfigError(env_var(field), "must not be empty")
+    if text.startswith("~"):
+        raise ConfigError(
+            env_var(field),
+            f"must be an absolute path; '~' is not expanded (got {text!r})",
+        )
+    if not os.path.isabs(text):
+        raise ConfigError(env_var(field), f"must be an absolute path (got {text!r})")
+    return Path(text)
+
+
+class HistorySettings(BaseSettings):
+    """Storage configuration read from ``ORCHEO_*`` environment variables.
+
+    Construct it with no arguments to read the environment, or pass fields to
+    override. Invalid values raise `ConfigError` naming the variable.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        extra="ignore",
+        validate_default=True,
+    )
+
+    graph_store_backend: Backend = Backend.SQLITE
+    """Backend of the graph store: memory, sqlite (default) or postgres."""
+
+    graph_store_sqlite_path: Path = Field(
+        default_factory=lambda: default_data_dir() / "graph_store.sqlite"
+    )
+    """Absolute path of the graph store's SQLite file."""
+
+    graph_store_sqlite_busy_timeout: float = 5.0
+    """Seconds a SQLite writer waits for another process's write lock."""
+
+    checkpoint_backend: Backend | None = None
+    """Backend of the LangGraph checkpointer; defaults to the graph store backend."""
+
+    checkpoint_sqlite_path: Path = Field(
+        default_factory=lambda: default_data_dir() / "checkpoints.sqlite"
+    )
+    """Absolute path of the checkpointer's SQLite file."""
+
+    postgres_dsn: SecretStr | None = None
+    """PostgreSQL connection string; required when a backend is postgres."""
+
+    postgres_pool_min_size: int = 1
+    """Connections the pool keeps open."""
+
+    postgres_pool_max_size: int = 10
+    """Most connections the pool opens."""
+
+    postgres_pool_timeout: float = 10.0
+    """Seconds to wait for a pooled connection."""
+
+    postgres_pool_max_idle: float = 300.0
+    """Seconds an idle pooled connection is kept above the minimum."""
+
+    postgres_connect_timeout: int = 5
+    """Seconds to wait for the server when connecting."""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
+
+    @field_validator("graph_store_backend", "checkpoint_backend", mode="before")
+    @classmethod
+    def _check_backend(cls, value: Any, info: Any) -> Any:
+        if value == "" and info.field_name == "checkpoint_backend":
+            return None
+        return _parse_backend(value, info.field_name)
+
+    @field_validator("graph_store_sqlite_path", "checkpoint_sqlite_path", mode="before")
+    @classmethod
+    def _check_path(cls, value: Any, info: Any) -> Any:
+        return _absolute_path(value, info.field_name)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> HistorySettings:
+        if Backend.POSTGRES in (self.graph_store_backend, self.effective_checkpoint_backend):
+            dsn = self.postgres_dsn.get_secret_value().strip() if self.postgres_dsn else ""
+            if not dsn:
+                raise ConfigError(
+                    env_var("postgres_dsn"), "is required when a backend is 'postgres'"
+                )
+        if self.postgres_pool_min_size < 1:
+            raise ConfigError(env_var("postgres_pool_min_size"), "must be at least 1")
+        if self.postgres_pool_max_size < self.postgres_pool_min_size:
+            raise ConfigError(
+                env_var("postgres_pool_max_size"),
+                f"must be >= {env_var('postgres_pool_min_size')} "
+                f"({self.postgres_pool_max_size} < {self.postgres_pool_min_size})",
+            )
+        for field in (
+            "postgres_pool_timeout",
+            "postgres_pool_max_idle",
+            "postgres_connect_timeout",
+            "graph_store_sqlite_busy_timeout",
+        ):
+            if getattr(self, field) <= 0:
+                raise ConfigError(env_var(field), "must be a positive number")
+        return self
+
+    @property
+    def effective_checkpoint_backend(self) -> Backend:
+        """The checkpointer backend, following the graph store when unset."""
+        return self.checkpoint_backend or self.graph_store_backend
+
+    @property
+    def dsn(self) -> str:
+        """The PostgreSQL DSN in clear (for drivers only; never print it)."""
+        if self.postgres_dsn is None:
+            raise ConfigError(env_var("postgres_dsn"), "is not set")
+        return self.postgres_dsn.get_secret_value().strip()
+
+    def describe(self) -> dict[str, str]:
+        """A printable summary without secrets, for logs and the CLI."""
+        summary = {"graph_store_backend": self.graph_store_backend.value}
+        summary["checkpoint_backend"] = self.effective_checkpoint_backend.value
+        if self.graph_store_backend is Backend.SQLITE:
+            summary["graph_store_sqlite_path"] = str(self.graph_store_sqlite_path)
+        if self.effective_checkpoint_backend is Backend.SQLITE:
+            summary["checkpoint_sqlite_path"] = str(self.checkpoint_sqlite_path)
+        if self.postgres_dsn is not None:
+            summary["postgres"] = describe_dsn(self.dsn)
+            summary["postgres_dsn"] = redact_dsn(self.dsn)
+        return summary
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    """Turn pydantic's first error into a `ConfigError` that names the variable."""
+    error = exc.errors()[0]
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, ConfigError):
+        return cause
+    location = error.get("loc") or ("?",)
+    field = str(location[0])
+    value = error.get("input")
+    shown = "***" if field == "postgres_dsn" else repr(value)
+    return ConfigError(env_var(field), f"{error.get('msg', 'invalid value')} (got {shown})")
