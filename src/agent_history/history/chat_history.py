@@ -1,0 +1,400 @@
+"""`ChatHistory`: the append-only chat log kept as ordinary items of a LangGraph store."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from langchain_core.messages import BaseMessage
+from langgraph.store.base import BaseStore
+from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
+from langgraph.store.sqlite import SqliteStore
+from langgraph.store.sqlite.aio import AsyncSqliteStore
+
+from agent_history.errors import WriteConflict
+from agent_history.history.layout import PendingTurn
+from agent_history.history.records import AppendResult, ConversationInfo, Turn
+from agent_history.history.steps import (
+    Get,
+    Steps,
+    append_steps,
+    delete_steps,
+    drive,
+    drive_async,
+    head_steps,
+    read_steps,
+    tail_steps,
+)
+from agent_history.history.transactions import (
+    async_transaction,
+    is_atomic,
+    store_aperform,
+    store_perform,
+    sync_transaction,
+)
+from agent_history.messages import (
+    ASSISTANT,
+    USER,
+    MessageLike,
+    content_of,
+    has_tool_calls,
+    message_id_of,
+    role_of,
+)
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_NAMESPACE", "ChatHistory"]
+
+DEFAULT_NAMESPACE: tuple[str, ...] = ("agent_chat_history",)
+DEFAULT_CHUNK_SIZE = 32
+_READ_BATCH_CHUNKS = 16
+_BEST_EFFORT_ATTEMPTS = 4
+
+T = TypeVar("T")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def to_pending(
+    messages: Sequence[MessageLike | Turn], message_ids: Sequence[str | None] | None = None
+) -> tuple[list[PendingTurn], int]:
+    """Keep the user and assistant turns of ``messages``; count the others as skipped.
+
+    System, tool and unknown-role messages and assistant tool-call steps are not part of
+    the chat transcript and are skipped.
+    """
+    if message_ids is not None and len(message_ids) != len(messages):
+        raise ValueError("message_ids must have one entry per message")
+    pending: list[PendingTurn] = []
+    skipped = 0
+    for index, message in enumerate(messages):
+        if isinstance(message, Turn):
+            role, content, mid = message.role, message.content, message.id
+        else:
+            role, content, mid = role_of(message), content_of(message), message_id_of(message)
+            if role == ASSISTANT and has_tool_calls(message) and not content:
+                skipped += 1
+                continue
+        if message_ids is not None and message_ids[index] is not None:
+            mid = str(message_ids[index])
+        if role not in (USER, ASSISTANT):
+            skipped += 1
+            continue
+        pending.append(PendingTurn(role, content, mid))
+    return pending, skipped
+
+
+class ChatHistory:
+    """An append-only chat log per conversation key, stored in a LangGraph `BaseStore`.
+
+    Tail reads touch the head and the one or two newest chunks, whatever the length of
+    the conversation. Appends are atomic per conversation (see `transactions`), and a
+    turn whose message id is already stored is skipped, so re-delivered callbacks are
+    stored once.
+
+    Args:
+        store: Any LangGraph store; SQLite and PostgreSQL stores get cross-process atomic
+            appends, the in-memory store an in-process lock, others a best-effort path.
+        namespace: Namespace prefix; a conversation lives in ``(*namespace, key)``.
+        chunk_size: Turns per chunk item for new conversations.
+        value_field: Record field holding a turn's content.
+    """
+
+    def __init__(
+        self,
+        store: BaseStore,
+        *,
+        namespace: Sequence[str] = DEFAULT_NAMESPACE,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        value_field: str = "content",
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        if not value_field or value_field in ("seq", "role", "id", "ts", "enc"):
+            raise ValueError(f"value_field {value_field!r} is empty or reserved")
+        self.store = store
+        self.namespace = tuple(namespace)
+        self.chunk_size = chunk_size
+        self.value_field = value_field
+
+    def conversation_namespace(self, key: str) -> tuple[str, ...]:
+        """The store namespace that holds conversation ``key``."""
+        if not key or "." in key:
+            raise ValueError("conversation key must be non-empty and contain no '.'")
+        return (*self.namespace, key)
+
+    # --- dispatch between sync and async stores ------------------------------------------
+
+    def _sync_only(self) -> bool:
+        return isinstance(self.store, SqliteStore | PostgresStore)
+
+    def _async_only(self) -> bool:
+        return isinstance(self.store, AsyncSqliteStore | AsyncPostgresStore)
+
+    def _on_store_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        loop = getattr(self.store, "loop", None) or getattr(self.store, "_loop", None)
+        if not isinstance(loop, asyncio.AbstractEventLoop):
+            coro.close()
+            raise RuntimeError("async store has no event loop")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            coro.close()
+            raise RuntimeError("use the async methods (atail, aappend, ...) inside the event loop")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def tail_turns(self, key: str, n: int) -> list[Turn]:
+        """The newest ``n`` stored turns, oldest first."""
+        if self._async_only():
+            return self._on_store_loop(self.atail_turns(key, n))
+        perform = store_perform(self.store, self.conversation_namespace(key))
+        return drive(tail_steps(n, self.value_field), perform)
+
+    async def atail_turns(self, key: str, n: int) -> list[Turn]:
+        """Async `tail_turns`."""
+        if self._sync_only():
+            return await asyncio.to_thread(self.tail_turns, key, n)
+        perform = store_aperform(self.store, self.conversation_namespace(key))
+        return await drive_async(tail_steps(n, self.value_field), perform)
+
+    def tail(self, key: str, n: int) -> list[BaseMessage]:
+        """The newest ``n`` turns as LangChain messages, oldest first."""
+        return [turn.to_message() for turn in self.tail_turns(key, n)]
+
+    async def atail(self, key: str, n: int) -> list[BaseMessage]:
+        """Async `tail`."""
+        return [turn.to_message() for turn in await self.atail_turns(key, n)]
+
+    def read(self, key: str, *, start_seq: int = 1) -> Iterator[Turn]:
+        """Stream the whole transcript from ``start_seq`` on, a few chunks at a time."""
+        if self._async_only():
+            raise RuntimeError("use aread() with an async store")
+        perform = store_perform(self.store, self.conversation_namespace(key))
+        steps = read_steps(start_seq, _READ_BATCH_CHUNKS, self.value_field)
+        try:
+            item = next(steps)
+            while True:
+                if isinstance(item, list):
+                    yield from item
+                    item = next(steps)
+                else:
+                    item = steps.send(perform(item))
+        except StopIteration:
+            return
+
+    async def aread(self, key: str, *, start_seq: int = 1) -> AsyncIterator[Turn]:
+        """Async `read`."""
+        perform = self._aperform_reads(key)
+        steps = read_steps(start_seq, _READ_BATCH_CHUNKS, self.value_field)
+        try:
+            item = next(steps)
+            while True:
+                if isinstance(item, list):
+                    for turn in item:
+                        yield turn
+                    item = next(steps)
+                else:
+                    item = steps.send(await perform(item))
+        except StopIteration:
+            return
+
+    def _aperform_reads(self, key: str) -> Any:
+        namespace = self.conversation_namespace(key)
+        if not self._sync_only():
+            return store_aperform(self.store, namespace)
+        sync_perform = store_perform(self.store, namespace)
+
+        async def perform(request: Get) -> Any:
+            return await asyncio.to_thread(sync_perform, request)
+
+        return perform
+
+    def info(self, key: str) -> ConversationInfo | None:
+        """Turn count and timestamps of a conversation, None when it does not exist."""
+        if self._async_only():
+            return self._on_store_loop(self.ainfo(key))
+        head = drive(head_steps(), store_perform(self.store, self.conversation_namespace(key)))
+        return _info(key, head)
+
+    async def ainfo(self, key: str) -> ConversationInfo | None:
+        """Async `info`."""
+        head = await drive_async(head_steps(), self._aperform_reads(key))
+        return _info(key, head)
+
+    def count(self, key: str) -> int:
+        """Number of stored turns in the conversation."""
+        found = self.info(key)
+        return found.turns if found else 0
+
+    async def acount(self, key: str) -> int:
+        """Async `count`."""
+        found = await self.ainfo(key)
+        return found.turns if found else 0
+
+    def keys(self) -> Iterator[str]:
+        """Every conversation key under the namespace (for operations tools)."""
+        depth = len(self.namespace) + 1
+        offset = 0
+        while True:
+            page = self.store.list_namespaces(
+                prefix=self.namespace, max_depth=depth, limit=500, offset=offset
+            )
+            for namespace in page:
+                if len(namespace) == depth:
+                    yield namespace[-1]
+            if len(page) < 500:
+                return
+            offset += len(page)
+
+    async def akeys(self) -> AsyncIterator[str]:
+        """Async `keys`."""
+        depth = len(self.namespace) + 1
+        offset = 0
+        while True:
+            page = await self.store.alist_namespaces(
+                prefix=self.namespace, max_depth=depth, limit=500, offset=offset
+            )
+            for namespace in page:
+                if len(namespace) == depth:
+                    yield namespace[-1]
+            if len(page) < 500:
+                return
+            offset += len(page)
+
+    # --- writes --------------------------------------------------------------------------
+
+    def append(
+        self,
+        key: str,
+        messages: Sequence[MessageLike | Turn],
+        *,
+        message_ids: Sequence[str | None] | None = None,
+    ) -> AppendResult:
+        """Append user and assistant turns atomically.
+
+        Args:
+            key: Conversation key.
+            messages: LangChain messages, role/content dicts or `Turn`s, in order.
+            message_ids: Optional ids overriding each message's own id; a turn whose id
+                is already stored in the conversation is skipped as a duplicate.
+
+        Returns:
+            What was written: counts, first and last sequence numbers, new total.
+        """
+        if self._async_only():
+            return self._on_store_loop(self.aappend(key, messages, message_ids=message_ids))
+        pending, skipped = to_pending(messages, message_ids)
+        namespace = self.conversation_namespace(key)
+        if not pending:
+            return AppendResult(0, 0, skipped, None, None, self.count(key))
+        if is_atomic(self.store):
+            with sync_transaction(self.store, namespace) as perform:
+                return drive(self._append_steps(pending, skipped), perform)
+        return self._best_effort_append(namespace, pending, skipped)
+
+    async def aappend(
+        self,
+        key: str,
+        messages: Sequence[MessageLike | Turn],
+        *,
+        message_ids: Sequence[str | None] | None = None,
+    ) -> AppendResult:
+        """Async `append`."""
+        if self._sync_only():
+            return await asyncio.to_thread(self.append, key, messages, message_ids=message_ids)
+        pending, skipped = to_pending(messages, message_ids)
+        namespace = self.conversation_namespace(key)
+        if not pending:
+            return AppendResult(0, 0, skipped, None, None, await self.acount(key))
+        if is_atomic(self.store):
+            async with async_transaction(self.store, namespace) as perform:
+                return await drive_async(self._append_steps(pending, skipped), perform)
+        return await asyncio.to_thread(self._best_effort_append, namespace, pending, skipped)
+
+    def _append_steps(self, pending: list[PendingTurn], skipped: int) -> Steps[AppendResult]:
+        return append_steps(
+            pending,
+            chunk_size=self.chunk_size,
+            value_field=self.value_field,
+            now=_now(),
+            skipped=skipped,
+        )
+
+    def _best_effort_append(
+        self, namespace: tuple[str, ...], pending: list[PendingTurn], skipped: int
+    ) -> AppendResult:
+        """Append without a database transaction: lock in-process, verify, retry.
+
+        Another process writing the same conversation of a store without transactions
+        can overwrite our chunk or head between our read and write. After writing we read
+        our turns back; turns that are missing are appended again (ids keep that from
+        duplicating them), with bounded, jittered backoff. Conflicts are reported in
+        `AppendResult.conflicts`; `WriteConflict` is raised when retries run out.
+        """
+        remaining = pending
+        first: AppendResult | None = None
+        for conflicts in range(_BEST_EFFORT_ATTEMPTS):
+            with sync_transaction(self.store, namespace) as perform:
+                result = drive(self._append_steps(remaining, skipped), perform)
+            first = first or result
+            lost = self._missing_after_write(namespace, remaining, result)
+            if not lost:
+                return AppendResult(
+                    appended=len(pending) - first.duplicates,
+                    duplicates=first.duplicates,
+                    skipped=skipped,
+                    first_seq=first.first_seq,
+                    last_seq=result.last_seq or first.last_seq,
+                    total=result.total,
+                    conflicts=conflicts,
+                )
+            remaining = lost
+            time.sleep(min(0.5, 0.01 * 2**conflicts) * (0.5 + random.random()))
+        raise WriteConflict(
+            f"append to {'/'.join(namespace)} lost {len(remaining)} turn(s) to concurrent "
+            f"writers after {_BEST_EFFORT_ATTEMPTS} attempts"
+        )
+
+    def _missing_after_write(
+        self, namespace: tuple[str, ...], pending: list[PendingTurn], result: AppendResult
+    ) -> list[PendingTurn]:
+        if result.first_seq is None or result.last_seq is None:
+            return []
+        stored = self.read(namespace[-1], start_seq=result.first_seq)
+        present = {(t.role, repr(t.content), t.id) for t in stored}
+        return [p for p in pending if (p.role, repr(p.content), p.id) not in present]
+
+    def delete(self, key: str) -> int:
+        """Delete a conversation; returns the number of turns it had."""
+        if self._async_only():
+            return self._on_store_loop(self.adelete(key))
+        with sync_transaction(self.store, self.conversation_namespace(key)) as perform:
+            return drive(delete_steps(_READ_BATCH_CHUNKS), perform)
+
+    async def adelete(self, key: str) -> int:
+        """Async `delete`."""
+        if self._sync_only():
+            return await asyncio.to_thread(self.delete, key)
+        async with async_transaction(self.store, self.conversation_namespace(key)) as perform:
+            return await drive_async(delete_steps(_READ_BATCH_CHUNKS), perform)
+
+
+def _info(key: str, head: dict[str, Any] | None) -> ConversationInfo | None:
+    if head is None:
+        return None
+    return ConversationInfo(
+        key=key,
+        turns=int(head["last_seq"]),
+        created_at=str(head.get("created_at", "")),
+        updated_at=str(head.get("updated_at", "")),
+        chunk_size=int(head["chunk_size"]),
+    )

@@ -1,0 +1,181 @@
+"""Storage layout of a conversation and the pure (I/O-free) plans for reads and appends.
+
+A conversation lives in its own namespace ``(*namespace, key)`` of the graph store:
+
+- ``head``: ``{"kind": "head", "last_seq", "chunk_size", "epoch", "created_at", "updated_at"}``;
+- ``chunk:0000000000`` ...: ``{"kind": "chunk", "index", "turns": [record, ...]}``, turns
+  ``index * chunk_size + 1`` to ``(index + 1) * chunk_size``;
+- ``msgid:<id>``: ``{"kind": "msgid", "seq", "epoch"}``, so a re-delivered message id is
+  found with one key lookup.
+
+Turns are never rewritten once stored, so a reader that sees a head with ``last_seq = N``
+may ignore any record above N (it belongs to a newer append or an abandoned epoch).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent_history.history.records import AppendResult, Turn
+
+__all__ = [
+    "HEAD_KEY",
+    "AppendPlan",
+    "PendingTurn",
+    "chunk_index",
+    "chunk_key",
+    "collect_turns",
+    "msgid_key",
+    "plan_append",
+    "tail_chunk_keys",
+]
+
+HEAD_KEY = "head"
+SCHEMA_VERSION = 1
+
+
+def chunk_key(index: int) -> str:
+    """Item key of chunk ``index`` (zero-padded so keys sort in order)."""
+    return f"chunk:{index:010d}"
+
+
+def msgid_key(message_id: str) -> str:
+    """Item key of the id index entry for ``message_id``."""
+    return f"msgid:{message_id}"
+
+
+def chunk_index(seq: int, chunk_size: int) -> int:
+    """The chunk holding turn ``seq`` (1-based)."""
+    return (seq - 1) // chunk_size
+
+
+def tail_chunk_keys(head: dict[str, Any], n: int) -> tuple[list[str], int]:
+    """Keys of the chunks that hold the newest ``n`` turns, and the first seq wanted."""
+    last_seq = int(head["last_seq"])
+    if n <= 0 or last_seq <= 0:
+        return [], last_seq + 1
+    size = int(head["chunk_size"])
+    first_seq = max(1, last_seq - n + 1)
+    indexes = range(chunk_index(first_seq, size), chunk_index(last_seq, size) + 1)
+    return [chunk_key(i) for i in indexes], first_seq
+
+
+def collect_turns(
+    chunks: Iterable[dict[str, Any] | None],
+    first_seq: int,
+    last_seq: int,
+    value_field: str,
+) -> list[Turn]:
+    """Turns with ``first_seq <= seq <= last_seq`` from the given chunk values, in order."""
+    turns = [
+        Turn.from_record(record, value_field)
+        for chunk in chunks
+        if chunk
+        for record in chunk.get("turns", ())
+        if first_seq <= int(record["seq"]) <= last_seq
+    ]
+    turns.sort(key=lambda turn: turn.seq)
+    return turns
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTurn:
+    """A turn waiting to be appended (its seq is assigned by the plan)."""
+
+    role: str
+    content: Any
+    id: str | None = None
+
+
+@dataclass(slots=True)
+class AppendPlan:
+    """The items an append writes, and the result it reports."""
+
+    puts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    result: AppendResult | None = None
+
+
+def new_head(chunk_size: int, now: str) -> dict[str, Any]:
+    """The head of an empty conversation."""
+    return {
+        "kind": "head",
+        "version": SCHEMA_VERSION,
+        "last_seq": 0,
+        "chunk_size": chunk_size,
+        "epoch": uuid.uuid4().hex,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def plan_append(
+    head: dict[str, Any] | None,
+    last_chunk: dict[str, Any] | None,
+    known_ids: dict[str, dict[str, Any] | None],
+    pending: Sequence[PendingTurn],
+    *,
+    chunk_size: int,
+    value_field: str,
+    now: str,
+    skipped: int = 0,
+) -> AppendPlan:
+    """Plan the writes that append ``pending`` after the current ``head``.
+
+    Args:
+        head: The conversation's head item value, or None for a new conversation.
+        last_chunk: The value of the chunk holding ``head["last_seq"]`` (None when that
+            chunk is full or absent).
+        known_ids: ``msgid:<id>`` item values found for the pending ids (None = unknown).
+        pending: Turns to append, in order.
+        chunk_size: Chunk size for a new conversation (an existing one keeps its own).
+        value_field: Record field that holds the content.
+        now: Timestamp written on new turns and the head.
+        skipped: Messages the caller dropped for their role, echoed in the result.
+
+    Returns:
+        The items to put (chunks, id entries, head) and the result to report.
+    """
+    current = dict(head) if head else new_head(chunk_size, now)
+    size = int(current["chunk_size"])
+    epoch = current["epoch"]
+    last_seq = int(current["last_seq"])
+
+    seen: set[str] = set()
+    fresh: list[PendingTurn] = []
+    duplicates = 0
+    for turn in pending:
+        if turn.id is not None:
+            entry = known_ids.get(turn.id)
+            if turn.id in seen or (entry is not None and entry.get("epoch") == epoch):
+                duplicates += 1
+                continue
+            seen.add(turn.id)
+        fresh.append(turn)
+
+    plan = AppendPlan()
+    if not fresh:
+        plan.result = AppendResult(0, duplicates, skipped, None, None, last_seq)
+        return plan
+
+    chunks: dict[int, list[dict[str, Any]]] = {}
+    if last_seq % size:
+        # Records above last_seq belong to an abandoned epoch: drop them on rewrite.
+        kept = [r for r in (last_chunk or {}).get("turns", ()) if int(r["seq"]) <= last_seq]
+        chunks[chunk_index(last_seq, size)] = kept
+    first_new = last_seq + 1
+    for offset, turn in enumerate(fresh):
+        seq = first_new + offset
+        record = Turn(seq, turn.role, turn.content, turn.id, now).to_record(value_field)
+        chunks.setdefault(chunk_index(seq, size), []).append(record)
+        if turn.id is not None:
+            plan.puts[msgid_key(turn.id)] = {"kind": "msgid", "seq": seq, "epoch": epoch}
+    for index, records in chunks.items():
+        plan.puts[chunk_key(index)] = {"kind": "chunk", "index": index, "turns": records}
+    new_last = last_seq + len(fresh)
+    current.update(last_seq=new_last, updated_at=now)
+    plan.puts[HEAD_KEY] = current
+    plan.result = AppendResult(len(fresh), duplicates, skipped, first_new, new_last, new_last)
+    return plan

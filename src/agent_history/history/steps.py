@@ -1,0 +1,182 @@
+"""The history procedures as I/O-free generators, shared by the sync and async paths.
+
+Each procedure yields `Get` / `Put` requests for one conversation namespace and receives
+their results; a driver (sync or async, per backend) performs them. This keeps every
+decision in one place, testable without a database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from agent_history.history.layout import (
+    HEAD_KEY,
+    PendingTurn,
+    chunk_index,
+    chunk_key,
+    collect_turns,
+    msgid_key,
+    plan_append,
+    tail_chunk_keys,
+)
+from agent_history.history.records import AppendResult, Turn
+
+__all__ = [
+    "Get",
+    "Put",
+    "Steps",
+    "append_steps",
+    "delete_steps",
+    "drive",
+    "drive_async",
+    "read_steps",
+    "tail_steps",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    """Read these item keys; the answer is ``{key: value}`` for the keys that exist."""
+
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Write these items; a value of None deletes the item."""
+
+    items: Mapping[str, dict[str, Any] | None]
+
+
+Request = Get | Put
+Steps = Generator[Request, Any, T]
+ReadBatch = list[Turn]
+
+
+def drive(steps: Steps[T], perform: Callable[[Request], Any]) -> T:
+    """Run ``steps`` to completion with a sync ``perform``."""
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(perform(request))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def drive_async(steps: Steps[T], perform: Callable[[Request], Awaitable[Any]]) -> T:
+    """Run ``steps`` to completion with an async ``perform``."""
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(await perform(request))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+def head_steps() -> Steps[dict[str, Any] | None]:
+    """Read the head item."""
+    found = yield Get((HEAD_KEY,))
+    head: dict[str, Any] | None = found.get(HEAD_KEY)
+    return head
+
+
+def tail_steps(n: int, value_field: str) -> Steps[list[Turn]]:
+    """The newest ``n`` turns, oldest first: the head plus the chunks that hold them."""
+    head = yield from head_steps()
+    if head is None or n <= 0:
+        return []
+    keys, first_seq = tail_chunk_keys(head, n)
+    if not keys:
+        return []
+    found = yield Get(tuple(keys))
+    return collect_turns(
+        (found.get(k) for k in keys), first_seq, int(head["last_seq"]), value_field
+    )
+
+
+def read_steps(
+    start_seq: int, batch_chunks: int, value_field: str
+) -> Generator[Request | ReadBatch, Any, None]:
+    """Yield `Get` requests and, between them, batches of turns from ``start_seq`` on.
+
+    A batch is a plain list of turns (not a request); drivers hand it to the caller.
+    """
+    head = yield from head_steps()
+    if head is None:
+        return
+    last_seq = int(head["last_seq"])
+    size = int(head["chunk_size"])
+    first = max(1, start_seq)
+    if first > last_seq:
+        return
+    indexes = list(range(chunk_index(first, size), chunk_index(last_seq, size) + 1))
+    for start in range(0, len(indexes), batch_chunks):
+        keys = tuple(chunk_key(i) for i in indexes[start : start + batch_chunks])
+        found = yield Get(keys)
+        turns = collect_turns((found.get(k) for k in keys), first, last_seq, value_field)
+        if turns:
+            yield turns
+
+
+def append_steps(
+    pending: Sequence[PendingTurn],
+    *,
+    chunk_size: int,
+    value_field: str,
+    now: str,
+    skipped: int = 0,
+) -> Steps[AppendResult]:
+    """Append ``pending``: read head and known ids, read the open chunk, write. Run atomically."""
+    ids = tuple(dict.fromkeys(t.id for t in pending if t.id is not None))
+    found = yield Get((HEAD_KEY, *(msgid_key(i) for i in ids)))
+    head = found.get(HEAD_KEY)
+    known = {i: found.get(msgid_key(i)) for i in ids}
+    last_chunk = None
+    if head is not None:
+        last_seq = int(head["last_seq"])
+        size = int(head["chunk_size"])
+        if last_seq % size:
+            key = chunk_key(chunk_index(last_seq, size))
+            last_chunk = (yield Get((key,))).get(key)
+    plan = plan_append(
+        head,
+        last_chunk,
+        known,
+        pending,
+        chunk_size=chunk_size,
+        value_field=value_field,
+        now=now,
+        skipped=skipped,
+    )
+    if plan.puts:
+        # The head goes last so a reader never sees a head ahead of its chunks.
+        head_value = plan.puts.pop(HEAD_KEY)
+        yield Put(plan.puts)
+        yield Put({HEAD_KEY: head_value})
+    assert plan.result is not None
+    return plan.result
+
+
+def delete_steps(batch_chunks: int) -> Steps[int]:
+    """Delete a conversation: chunks and their id entries first, the head last."""
+    head = yield from head_steps()
+    if head is None:
+        return 0
+    last_seq = int(head["last_seq"])
+    size = int(head["chunk_size"])
+    count = chunk_index(last_seq, size) + 1 if last_seq else 0
+    for start in range(0, count, batch_chunks):
+        keys = tuple(chunk_key(i) for i in range(start, min(count, start + batch_chunks)))
+        found = yield Get(keys)
+        doomed: dict[str, dict[str, Any] | None] = dict.fromkeys(keys)
+        for chunk in found.values():
+            for record in chunk.get("turns", ()):
+                if record.get("id") is not None:
+                    doomed[msgid_key(str(record["id"]))] = None
+        yield Put(doomed)
+    yield Put({HEAD_KEY: None})
+    return last_seq
