@@ -1,0 +1,195 @@
+"""ChatHistory against real stores: memory, a SQLite file and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.store.base import BaseStore
+
+from agent_history.history import ChatHistory, Turn
+from tests.support.counting_store import CountingStore
+
+CONTENTS: list[Any] = [
+    "plain",
+    "",
+    "unicode: 你好 👋 Ωmega \u200b \U0001f600",
+    "nul \x00 inside",
+    "x" * 200_000,
+    [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "data:,x"}}],
+    [{"type": "text", "text": "nested \x00", "meta": {"a": [1, 2.5, None, True]}}],
+]
+
+
+def _key() -> str:
+    return "telegram:" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def history(store: BaseStore, ns: tuple[str, ...]) -> ChatHistory:
+    return ChatHistory(store, namespace=ns, chunk_size=4)
+
+
+def test_append_and_tail_in_order(history: ChatHistory) -> None:
+    key = _key()
+    for i in range(11):
+        history.append(key, [HumanMessage(f"q{i}"), AIMessage(f"a{i}")])
+    tail = history.tail(key, 5)
+    assert [m.content for m in tail] == ["a8", "q9", "a9", "q10", "a10"]
+    assert [type(m).__name__ for m in tail[:2]] == ["AIMessage", "HumanMessage"]
+    assert history.count(key) == 22
+    assert [t.seq for t in history.read(key)] == list(range(1, 23))
+    assert [t.seq for t in history.read(key, start_seq=20)] == [20, 21, 22]
+    assert history.tail(key, 100)[0].content == "q0"
+    assert history.tail(key, 0) == []
+    assert history.tail(_key(), 5) == []
+
+
+def test_content_round_trips_exactly(history: ChatHistory) -> None:
+    key = _key()
+    result = history.append(key, [{"role": "user", "content": c} for c in CONTENTS])
+    assert (result.appended, result.first_seq, result.last_seq) == (len(CONTENTS), 1, len(CONTENTS))
+    assert [t.content for t in history.read(key)] == CONTENTS
+    assert [m.content for m in history.tail(key, len(CONTENTS))] == CONTENTS
+
+
+def test_redelivered_ids_are_stored_once(history: ChatHistory) -> None:
+    key = _key()
+    first = history.append(key, [HumanMessage("hi", id="tg-1"), AIMessage("hello", id="r-1")])
+    again = history.append(key, [HumanMessage("hi", id="tg-1"), AIMessage("hello", id="r-1")])
+    mixed = history.append(key, [HumanMessage("hi", id="tg-1"), HumanMessage("next", id="tg-2")])
+    assert first.appended == 2
+    assert (again.appended, again.duplicates, again.total) == (0, 2, 2)
+    assert (mixed.appended, mixed.duplicates, mixed.first_seq) == (1, 1, 3)
+    assert [t.content for t in history.read(key)] == ["hi", "hello", "next"]
+
+
+def test_concurrent_redelivery_of_one_id_stores_it_once(history: ChatHistory) -> None:
+    key = _key()
+    start = threading.Barrier(8)
+    results = []
+
+    def deliver() -> None:
+        start.wait()
+        results.append(history.append(key, [HumanMessage("webhook", id="upd-77")]))
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(r.appended for r in results) == 1
+    assert sum(r.duplicates for r in results) == 7
+    assert history.count(key) == 1
+
+
+def test_delete_removes_everything_and_a_new_conversation_starts_clean(
+    history: ChatHistory, store: BaseStore
+) -> None:
+    key = _key()
+    history.append(key, [HumanMessage(f"m{i}", id=f"id{i}") for i in range(10)])
+    assert history.delete(key) == 10
+    assert history.count(key) == 0
+    assert store.search(history.conversation_namespace(key), limit=100) == []
+    again = history.append(key, [HumanMessage("m1", id="id1")])
+    assert (again.appended, again.first_seq) == (1, 1)
+    assert [t.content for t in history.read(key)] == ["m1"]
+    assert history.delete(_key()) == 0
+
+
+def test_keys_lists_conversations(history: ChatHistory) -> None:
+    keys = sorted(_key() for _ in range(3))
+    for key in keys:
+        history.append(key, [HumanMessage("x")])
+    assert sorted(history.keys()) == keys
+    info = history.info(keys[0])
+    assert info is not None and info.turns == 1 and info.created_at
+
+
+def test_history_is_readable_with_plain_store_search(history: ChatHistory, store: BaseStore) -> None:
+    key = _key()
+    history.append(key, [HumanMessage(f"m{i}") for i in range(6)])
+    items = store.search(history.conversation_namespace(key), filter={"kind": "chunk"}, limit=50)
+    turns = sorted((t for item in items for t in item.value["turns"]), key=lambda r: r["seq"])
+    assert [t["content"] for t in turns] == [f"m{i}" for i in range(6)]
+    head = store.get(history.conversation_namespace(key), "head")
+    assert head is not None and head.value["last_seq"] == 6
+
+
+def test_value_field_is_honoured(store: BaseStore, ns: tuple[str, ...]) -> None:
+    history = ChatHistory(store, namespace=ns, value_field="text")
+    key = _key()
+    history.append(key, [HumanMessage("hello")])
+    item = store.get(history.conversation_namespace(key), "chunk:0000000000")
+    assert item is not None
+    assert item.value["turns"][0]["text"] == "hello"
+    assert "content" not in item.value["turns"][0]
+    assert history.tail(key, 1)[0].content == "hello"
+
+
+def test_tail_touches_the_same_number_of_items_at_10_and_at_100k_turns(
+    store: BaseStore, ns: tuple[str, ...]
+) -> None:
+    writer = ChatHistory(store, namespace=ns)
+    short, long = _key(), _key()
+    writer.append(short, [HumanMessage(f"s{i}") for i in range(10)])
+    for block in range(10):
+        writer.append(long, [{"role": "user", "content": f"t{block * 10_000 + i}"} for i in range(10_000)])
+    counting = CountingStore(store)
+    reader = ChatHistory(counting, namespace=ns)
+
+    assert [t.content for t in reader.tail_turns(long, 30)] == [f"t{i}" for i in range(99_970, 100_000)]
+    at_100k = counting.reset()
+    assert [t.content for t in reader.tail_turns(short, 30)] == [f"s{i}" for i in range(10)]
+    at_10 = counting.reset()
+    assert at_100k["batches"] == at_10["batches"] == 2
+    # head + the chunks spanning 30 turns (at most two with 32-turn chunks), never more
+    assert at_100k["get"] <= 3 and at_10["get"] <= 3
+    assert reader.count(long) == 100_000
+
+
+async def test_async_paths_on_async_stores(astore: BaseStore, ns: tuple[str, ...]) -> None:
+    history = ChatHistory(astore, namespace=ns, chunk_size=3)
+    key = _key()
+    for i in range(5):
+        await history.aappend(key, [HumanMessage(f"q{i}", id=f"q{i}"), AIMessage(f"a{i}")])
+    dup = await history.aappend(key, [HumanMessage("q0", id="q0")])
+    assert dup.duplicates == 1
+    assert [m.content for m in await history.atail(key, 3)] == ["a3", "q4", "a4"]
+    assert [t.seq async for t in history.aread(key)] == list(range(1, 11))
+    assert await history.acount(key) == 10
+    assert [k async for k in history.akeys()] == [key]
+    assert await history.adelete(key) == 10
+    assert await history.acount(key) == 0
+
+
+async def test_async_methods_on_sync_stores(store: BaseStore, ns: tuple[str, ...]) -> None:
+    history = ChatHistory(store, namespace=ns)
+    key = _key()
+    await history.aappend(key, [HumanMessage("one"), AIMessage("two")])
+    assert [m.content for m in await history.atail(key, 5)] == ["one", "two"]
+    assert [t.content async for t in history.aread(key)] == ["one", "two"]
+
+
+def test_turns_can_be_reappended_from_another_history(history: ChatHistory, store: BaseStore) -> None:
+    key = _key()
+    history.append(key, [HumanMessage("a", id="1"), AIMessage("b")])
+    copy = ChatHistory(store, namespace=(*history.namespace, "copy"))
+    copy.append(key, list(history.read(key)))
+    assert [(t.seq, t.role, t.content, t.id) for t in copy.read(key)] == [
+        (1, "user", "a", "1"),
+        (2, "assistant", "b", None),
+    ]
+    assert isinstance(next(copy.read(key)), Turn)
+
+
+def test_invalid_construction_and_keys(store: BaseStore) -> None:
+    with pytest.raises(ValueError, match="chunk_size"):
+        ChatHistory(store, chunk_size=0)
+    with pytest.raises(ValueError, match="reserved"):
+        ChatHistory(store, value_field="seq")
+    with pytest.raises(ValueError, match="conversation key"):
+        ChatHistory(store).tail("has.dot", 3)
