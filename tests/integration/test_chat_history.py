@@ -109,7 +109,9 @@ def test_keys_lists_conversations(history: ChatHistory) -> None:
     assert info is not None and info.turns == 1 and info.created_at
 
 
-def test_history_is_readable_with_plain_store_search(history: ChatHistory, store: BaseStore) -> None:
+def test_history_is_readable_with_plain_store_search(
+    history: ChatHistory, store: BaseStore
+) -> None:
     key = _key()
     history.append(key, [HumanMessage(f"m{i}") for i in range(6)])
     items = store.search(history.conversation_namespace(key), filter={"kind": "chunk"}, limit=50)
@@ -137,11 +139,15 @@ def test_tail_touches_the_same_number_of_items_at_10_and_at_100k_turns(
     short, long = _key(), _key()
     writer.append(short, [HumanMessage(f"s{i}") for i in range(10)])
     for block in range(10):
-        writer.append(long, [{"role": "user", "content": f"t{block * 10_000 + i}"} for i in range(10_000)])
+        writer.append(
+            long, [{"role": "user", "content": f"t{block * 10_000 + i}"} for i in range(10_000)]
+        )
     counting = CountingStore(store)
     reader = ChatHistory(counting, namespace=ns)
 
-    assert [t.content for t in reader.tail_turns(long, 30)] == [f"t{i}" for i in range(99_970, 100_000)]
+    assert [t.content for t in reader.tail_turns(long, 30)] == [
+        f"t{i}" for i in range(99_970, 100_000)
+    ]
     at_100k = counting.reset()
     assert [t.content for t in reader.tail_turns(short, 30)] == [f"s{i}" for i in range(10)]
     at_10 = counting.reset()
@@ -174,7 +180,9 @@ async def test_async_methods_on_sync_stores(store: BaseStore, ns: tuple[str, ...
     assert [t.content async for t in history.aread(key)] == ["one", "two"]
 
 
-def test_turns_can_be_reappended_from_another_history(history: ChatHistory, store: BaseStore) -> None:
+def test_turns_can_be_reappended_from_another_history(
+    history: ChatHistory, store: BaseStore
+) -> None:
     key = _key()
     history.append(key, [HumanMessage("a", id="1"), AIMessage("b")])
     copy = ChatHistory(store, namespace=(*history.namespace, "copy"))

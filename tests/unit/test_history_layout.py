@@ -110,7 +110,9 @@ def test_message_ids_override_and_must_match_length() -> None:
 
 content_values = st.recursive(
     st.text() | st.integers() | st.booleans() | st.none(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 

@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from langchain_core.messages import BaseMessage
-from langgraph.store.base import BaseStore
+from langgraph.store.base import BaseStore, GetOp
 from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
 from langgraph.store.sqlite import SqliteStore
 from langgraph.store.sqlite.aio import AsyncSqliteStore
 
 from agent_history.errors import WriteConflict
-from agent_history.history.layout import PendingTurn
+from agent_history.history.layout import HEAD_KEY, PendingTurn
 from agent_history.history.records import AppendResult, ConversationInfo, Turn
 from agent_history.history.steps import (
     Get,
@@ -52,6 +52,7 @@ DEFAULT_NAMESPACE: tuple[str, ...] = ("agent_chat_history",)
 DEFAULT_CHUNK_SIZE = 32
 _READ_BATCH_CHUNKS = 16
 _BEST_EFFORT_ATTEMPTS = 4
+_KEYS_PAGE = 500
 
 T = TypeVar("T")
 
@@ -246,12 +247,14 @@ class ChatHistory:
         offset = 0
         while True:
             page = self.store.list_namespaces(
-                prefix=self.namespace, max_depth=depth, limit=500, offset=offset
+                prefix=self.namespace, max_depth=depth, limit=_KEYS_PAGE, offset=offset
             )
-            for namespace in page:
-                if len(namespace) == depth:
-                    yield namespace[-1]
-            if len(page) < 500:
+            candidates = [ns for ns in page if len(ns) == depth]
+            heads = self.store.batch([GetOp(ns, HEAD_KEY) for ns in candidates])
+            # A namespace can exist without a head (e.g. probed by a read on some stores,
+            # or a delete interrupted half-way): only a head makes a conversation.
+            yield from (ns[-1] for ns, head in zip(candidates, heads, strict=True) if head)
+            if len(page) < _KEYS_PAGE:
                 return
             offset += len(page)
 
@@ -261,12 +264,14 @@ class ChatHistory:
         offset = 0
         while True:
             page = await self.store.alist_namespaces(
-                prefix=self.namespace, max_depth=depth, limit=500, offset=offset
+                prefix=self.namespace, max_depth=depth, limit=_KEYS_PAGE, offset=offset
             )
-            for namespace in page:
-                if len(namespace) == depth:
-                    yield namespace[-1]
-            if len(page) < 500:
+            candidates = [ns for ns in page if len(ns) == depth]
+            heads = await self.store.abatch([GetOp(ns, HEAD_KEY) for ns in candidates])
+            for ns, head in zip(candidates, heads, strict=True):
+                if head:
+                    yield ns[-1]
+            if len(page) < _KEYS_PAGE:
                 return
             offset += len(page)
 
