@@ -7,6 +7,17 @@ from agent_history.errors import (
     StoreUnavailable,
     WriteConflict,
 )
+from agent_history.history import AppendResult, ChatHistory, ConversationInfo, Turn
+from agent_history.keys import (
+    DEFAULT_HISTORY_KEY_CANDIDATES,
+    DEFAULT_HISTORY_KEY_TEMPLATE,
+    KeyRejectReason,
+    KeyResolution,
+    resolve_history_key,
+    validate_history_key,
+)
+from agent_history.node import AgentNode, AgentState, HistoryReport
+from agent_history.observability import METRICS, enable_prometheus
 from agent_history.settings import Backend, HistorySettings
 from agent_history.stores import (
     create_checkpointer,
@@ -14,17 +25,44 @@ from agent_history.stores import (
     create_graph_store,
     create_graph_store_sync,
 )
+from agent_history.toggles import (
+    DEFAULT_TOGGLES,
+    CircuitBreaker,
+    HistoryDecision,
+    HistoryMode,
+    HistoryToggles,
+)
 
 __all__ = [
+    "DEFAULT_HISTORY_KEY_CANDIDATES",
+    "DEFAULT_HISTORY_KEY_TEMPLATE",
+    "DEFAULT_TOGGLES",
+    "METRICS",
     "AgentHistoryError",
+    "AgentNode",
+    "AgentState",
+    "AppendResult",
     "Backend",
+    "ChatHistory",
+    "CircuitBreaker",
     "ConfigError",
+    "ConversationInfo",
+    "HistoryDecision",
+    "HistoryMode",
+    "HistoryReport",
     "HistorySettings",
+    "HistoryToggles",
+    "KeyRejectReason",
+    "KeyResolution",
     "KeyResolutionError",
     "StoreUnavailable",
+    "Turn",
     "WriteConflict",
     "create_checkpointer",
     "create_checkpointer_sync",
     "create_graph_store",
     "create_graph_store_sync",
+    "enable_prometheus",
+    "resolve_history_key",
+    "validate_history_key",
 ]

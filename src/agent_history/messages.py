@@ -159,6 +159,19 @@ def apply_reset(
     return list(messages), 0
 
 
+def _matches(stored: Sequence[BaseMessage], chat: Sequence[BaseMessage]) -> list[bool]:
+    """Which thread messages are stored turns: by id, else by the content overlap of a
+    thread that starts by replaying the end of the stored tail."""
+    stored_ids = {m.id for m in stored if m.id}
+    by_id = [bool(m.id and m.id in stored_ids) for m in chat]
+    if any(by_id):
+        return by_id
+    for size in range(min(len(stored), len(chat)), 0, -1):
+        if all(_same_turn(s, c) for s, c in zip(stored[-size:], chat[:size], strict=True)):
+            return [True] * size + [False] * (len(chat) - size)
+    return by_id
+
+
 def merge_history(
     stored: Sequence[BaseMessage],
     thread: Sequence[BaseMessage],
@@ -168,10 +181,11 @@ def merge_history(
 ) -> MergedPayload:
     """Merge the stored tail with the current thread into the model payload.
 
-    Overlap is removed first by message id (a thread message with the id of a stored turn
-    is that turn), then by content: the longest run of stored turns that ends the stored
-    tail and starts the thread (as a checkpointed thread replays) is kept once. Then the
-    reset command applies and the result is trimmed to the newest ``max_messages``.
+    The store holds the conversation in order, so the stored tail is the backbone: thread
+    messages that are stored turns (same id, or a thread that replays the end of the tail)
+    are taken from it once; thread messages before the first such match are older and go
+    first; the others are new and go last. Then the reset command applies and the result
+    is trimmed to the newest ``max_messages``.
 
     Args:
         stored: The stored tail, oldest first.
@@ -184,29 +198,20 @@ def merge_history(
     """
     system = [m for m in thread if role_of(m) == "system"]
     chat = [m for m in thread if role_of(m) != "system"]
-    thread_ids = {m.id for m in chat if m.id}
-    stored_ids = {m.id for m in stored if m.id}
-    remaining = [m for m in stored if not (m.id and m.id in thread_ids)]
-    overlap = 0
-    for size in range(min(len(remaining), len(chat)), 0, -1):
-        tail, head = remaining[-size:], chat[:size]
-        if all(_same_turn(s, c) for s, c in zip(tail, head, strict=True)):
-            overlap = size
-            break
-    if overlap:
-        remaining = remaining[:-overlap]
-    new_turns = [
-        m for m in chat[overlap:] if not (m.id and m.id in stored_ids) and role_of(m) != "tool"
-    ]
-    merged = [*remaining, *chat]
+    matched = _matches(stored, chat)
+    first = matched.index(True) if any(matched) else 0
+    older = [m for m, hit in zip(chat[:first], matched[:first], strict=True) if not hit]
+    newer = [m for m, hit in zip(chat[first:], matched[first:], strict=True) if not hit]
+    merged = [*older, *stored, *newer]
     after_reset, dropped = apply_reset(merged, reset_command)
     window = trim_window(after_reset, max_messages)
-    from_store = max(0, len(remaining) - dropped)
+    cut = dropped + len(after_reset) - len(window)  # everything is cut from the front
+    stored_end = len(older) + len(stored)
     return MergedPayload(
         messages=window,
         system=system,
-        stored_in_payload=max(0, from_store - (len(after_reset) - len(window))),
-        new_turns=new_turns,
+        stored_in_payload=max(0, stored_end - max(cut, len(older))),
+        new_turns=[m for m in newer if role_of(m) != "tool"],
         dropped_by_reset=dropped,
         truncated=len(after_reset) - len(window),
     )

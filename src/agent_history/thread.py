@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -77,8 +78,11 @@ def _to_messages(raw: Any) -> list[BaseMessage]:
         return []
 
 
-def current_thread(state: Any) -> tuple[list[BaseMessage], IncomingMessage | None]:
-    """The current thread's messages and the delivered user message, if any.
+def current_thread(
+    state: Any,
+) -> tuple[list[BaseMessage], IncomingMessage | None, BaseMessage | None]:
+    """The current thread's messages, the delivered user message, and the message added
+    to the thread for it (None when the thread already had it).
 
     ``state["messages"]`` wins when present; otherwise ``inputs.history`` is used. The
     delivered message (from ``inputs``) is added as the latest user turn unless the
@@ -88,6 +92,7 @@ def current_thread(state: Any) -> tuple[list[BaseMessage], IncomingMessage | Non
     inputs = as_mapping(mapping.get("inputs") or {})
     thread = _to_messages(mapping.get("messages")) or _to_messages(inputs.get("history"))
     incoming = incoming_message(inputs)
+    added: BaseMessage | None = None
     if incoming is not None:
         if thread and role_of(thread[-1]) == USER and text_of(thread[-1]) == incoming.text:
             if incoming.message_id:
@@ -95,5 +100,8 @@ def current_thread(state: Any) -> tuple[list[BaseMessage], IncomingMessage | Non
                 # graph gave the state message does not.
                 thread[-1] = thread[-1].model_copy(update={"id": incoming.message_id})
         else:
-            thread.append(HumanMessage(incoming.text, id=incoming.message_id))
-    return thread, incoming
+            # Without a channel id the turn still gets a stable id, shared by the stored
+            # turn and the checkpointed thread, so later runs recognise it.
+            added = HumanMessage(incoming.text, id=incoming.message_id or str(uuid.uuid4()))
+            thread.append(added)
+    return thread, incoming, added

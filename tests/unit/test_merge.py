@@ -32,7 +32,7 @@ def test_checkpointed_thread_that_replays_stored_turns_is_not_duplicated() -> No
     merged = merge_history(stored, thread, max_messages=10)
     assert _texts(merged.messages) == ["q1", "a1", "q2", "a2", "q3"]
     assert _texts(merged.new_turns) == ["q3"]
-    assert merged.stored_in_payload == 0
+    assert merged.stored_in_payload == 4
 
 
 def test_overlap_by_id_wins_over_position() -> None:
@@ -41,6 +41,27 @@ def test_overlap_by_id_wins_over_position() -> None:
     merged = merge_history(stored, thread, max_messages=10)
     assert _texts(merged.messages) == ["older", "hi", "yo", "next"]
     assert [m.id for m in merged.new_turns] == ["m3"]
+
+
+def test_thread_messages_older_than_the_stored_tail_go_first() -> None:
+    thread = [HumanMessage(f"m{i}", id=f"id{i}") for i in range(6)] + [HumanMessage("new", id="n")]
+    stored = thread[3:6]  # the tail window holds only the newest stored turns
+    merged = merge_history(stored, thread, max_messages=50)
+    assert _texts(merged.messages) == ["m0", "m1", "m2", "m3", "m4", "m5", "new"]
+    assert _texts(merged.new_turns) == ["new"]
+    assert merged.stored_in_payload == 3
+
+
+def test_turns_from_other_threads_keep_their_place() -> None:
+    stored = [
+        HumanMessage("a1", id="a1"),
+        AIMessage("A1", id="A1"),
+        HumanMessage("b1", id="b1"),
+        AIMessage("B1", id="B1"),
+    ]
+    thread_a = [HumanMessage("a1", id="a1"), AIMessage("A1", id="A1"), HumanMessage("a2", id="a2")]
+    merged = merge_history(stored, thread_a, max_messages=50)
+    assert _texts(merged.messages) == ["a1", "A1", "b1", "B1", "a2"]
 
 
 def test_window_trims_oldest_and_skips_orphan_tool_results() -> None:
@@ -90,7 +111,7 @@ def test_thread_from_inputs_with_channel_id() -> None:
             "message": {"chat_id": 7, "text": "hello", "message_id": 99},
         }
     }
-    thread, incoming = current_thread(state)
+    thread, incoming, _ = current_thread(state)
     assert _texts(thread) == ["hello"]
     assert thread[0].id == "99" and incoming is not None and incoming.message_id == "99"
 
@@ -100,7 +121,7 @@ def test_thread_does_not_duplicate_the_latest_user_turn() -> None:
         "messages": [HumanMessage("hi", id="uuid-1")],
         "inputs": {"message": "hi", "message_id": "tg-5"},
     }
-    thread, _ = current_thread(state)
+    thread, _, _ = current_thread(state)
     assert _texts(thread) == ["hi"]
     assert thread[0].id == "tg-5"
 
@@ -112,12 +133,12 @@ def test_thread_from_history_and_prompt_fields() -> None:
             "query": "c",
         }
     }
-    thread, _ = current_thread(state)
+    thread, _, _ = current_thread(state)
     assert _texts(thread) == ["a", "b", "c"]
     listener = {
         "inputs": {"listener": {"platform": "wecom", "message": {"content": "hey", "msgid": "w1"}}}
     }
-    thread, incoming = current_thread(listener)
+    thread, incoming, _ = current_thread(listener)
     assert _texts(thread) == ["hey"] and incoming is not None and incoming.message_id == "w1"
     assert current_thread({"inputs": {"message": "   "}})[0] == []
     assert current_thread(None)[0] == []

@@ -1,0 +1,552 @@
+"""`AgentNode`: a LangGraph node that runs a chat model or agent with durable chat history.
+
+The node only wires the pieces together: `keys` resolves the conversation key, `toggles`
+decides what the run may do, `history.ChatHistory` reads and appends, `messages` merges
+and trims, `observability` counts and logs. Sync and async runs share `_prepare` and
+`_report`; only the I/O differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypedDict, TypeVar
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, SystemMessage
+from langchain_core.runnables import Runnable, RunnableConfig
+from langgraph.config import get_store
+from langgraph.graph.message import add_messages
+from langgraph.store.base import BaseStore
+
+from agent_history import observability as obs
+from agent_history.errors import AgentHistoryError, WriteConflict
+from agent_history.history import AppendResult, ChatHistory
+from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
+from agent_history.keys import (
+    DEFAULT_HISTORY_KEY_CANDIDATES,
+    DEFAULT_HISTORY_KEY_TEMPLATE,
+    KeyResolution,
+    resolve_history_key,
+)
+from agent_history.messages import (
+    ASSISTANT,
+    USER,
+    MergedPayload,
+    merge_history,
+    role_of,
+)
+from agent_history.stores import backend_of
+from agent_history.thread import current_thread
+from agent_history.toggles import DEFAULT_TOGGLES, CircuitBreaker, HistoryDecision, HistoryToggles
+
+__all__ = ["AgentNode", "AgentState", "HistoryReport", "merge_results"]
+
+T = TypeVar("T")
+
+
+def merge_results(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
+    """Reducer for ``results``: each node's entry replaces only its own key."""
+    return {**(left or {}), **(right or {})}
+
+
+class AgentState(TypedDict, total=False):
+    """A ready-made workflow state for graphs built around `AgentNode`."""
+
+    messages: Annotated[list[AnyMessage], add_messages]
+    inputs: dict[str, Any]
+    results: Annotated[dict[str, Any], merge_results]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryReport:
+    """What one run did with the history (no message bodies), passed to ``on_report``."""
+
+    node: str
+    key: str | None
+    channel: str
+    mode: str
+    decision_reason: str
+    stored_read: int = 0
+    payload_messages: int = 0
+    stored_in_payload: int = 0
+    max_messages: int = 0
+    truncated: int = 0
+    appended: int = 0
+    duplicates: int = 0
+    fallbacks: tuple[str, ...] = ()
+    shadow_difference: bool | None = None
+    rejected: tuple[str, ...] = field(default_factory=tuple)
+
+
+class _StoreCallFailed(Exception):
+    """A store call raised or ran past its budget."""
+
+    def __init__(self, reason: str, error: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
+def _call_with_budget(fn: Callable[[], T], budget: float) -> T:
+    """Run ``fn`` in a daemon thread and give up after ``budget`` seconds.
+
+    A hung store must not stall the agent; the abandoned call finishes (or not) on its
+    own, and appends are idempotent (every appended turn carries an id) so a late
+    completion of a timed-out write followed by a retry stores nothing twice.
+    """
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="agent-history-store", daemon=True).start()
+    if not done.wait(budget):
+        raise TimeoutError(f"store call exceeded its {budget:g}s budget")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+@dataclass(slots=True)
+class _Run:
+    """Per-run state shared by the sync and async paths."""
+
+    node: str
+    decision: HistoryDecision
+    resolution: KeyResolution | None
+    history: ChatHistory | None
+    breaker: CircuitBreaker | None
+    backend: str
+    thread: list[BaseMessage]
+    incoming_id: str | None
+    added: BaseMessage | None = None
+    key: str = ""
+    fallbacks: list[str] = field(default_factory=list)
+    stored: list[BaseMessage] = field(default_factory=list)
+    merged: MergedPayload | None = None
+    payload: MergedPayload | None = None
+    shadow_difference: bool | None = None
+    appended: AppendResult | None = None
+
+
+class AgentNode(Runnable[Any, dict[str, Any]]):
+    """Runs a chat model or agent on the conversation, with opt-in durable history.
+
+    Add it to a `StateGraph` and compile with ``store=`` (and usually ``checkpointer=``).
+    With ``use_graph_chat_history=True`` each run resolves the conversation key, reads the
+    newest stored turns, merges them with the thread, runs the model and appends the new
+    user and assistant turns. Any store problem degrades to in-memory messages with a
+    warning; the run always returns the model's answer.
+
+    Args:
+        model: A LangChain chat model, a ``"provider:model"`` string (needs the
+            ``langchain`` package), or any runnable taking ``{"messages": [...]}``.
+        name: Node name used in logs, metrics and toggles (LangGraph's node name wins).
+        tools: Tools for a tool-calling agent built around ``model``.
+        system_prompt: System message put before the payload; not counted in the window.
+        max_messages: Most chat messages the model receives.
+        reset_command: User text that clears earlier history ("" disables).
+        use_graph_chat_history: Opt in to durable history (default off).
+        history_namespace: Store namespace prefix of the history.
+        history_key_template: Template applied to the resolved ``conversation_key``.
+        history_key_candidates: Ordered key candidates (literals or templates).
+        history_value_field: Record field holding a turn's content.
+        history_chunk_size: Turns per chunk item for new conversations.
+        toggles: Rollout switches; the process-wide default reads ``ORCHEO_*`` variables.
+        write_attempts: Attempts for an append before giving up with a warning.
+        write_backoff_seconds: First backoff between attempts (doubles, with jitter).
+        on_report: Called with a `HistoryReport` after every run.
+    """
+
+    def __init__(
+        self,
+        model: BaseChatModel | Runnable[Any, Any] | str,
+        *,
+        name: str = "agent",
+        tools: Sequence[Any] = (),
+        system_prompt: str = "",
+        max_messages: int = 30,
+        reset_command: str = "",
+        use_graph_chat_history: bool = False,
+        history_namespace: Sequence[str] = ("agent_chat_history",),
+        history_key_template: str = DEFAULT_HISTORY_KEY_TEMPLATE,
+        history_key_candidates: Sequence[str] = DEFAULT_HISTORY_KEY_CANDIDATES,
+        history_value_field: str = "content",
+        history_chunk_size: int = DEFAULT_CHUNK_SIZE,
+        toggles: HistoryToggles | None = None,
+        write_attempts: int = 3,
+        write_backoff_seconds: float = 0.05,
+        on_report: Callable[[HistoryReport], None] | None = None,
+    ) -> None:
+        if max_messages < 1:
+            raise ValueError("max_messages must be >= 1")
+        if write_attempts < 1:
+            raise ValueError("write_attempts must be >= 1")
+        namespace = tuple(history_namespace)
+        if not namespace or any(not label or "." in label for label in namespace):
+            raise ValueError("history_namespace labels must be non-empty and contain no '.'")
+        self.name = name
+        self.model = model
+        self.tools = list(tools)
+        self.system_prompt = system_prompt
+        self.max_messages = max_messages
+        self.reset_command = reset_command
+        self.use_graph_chat_history = use_graph_chat_history
+        self.history_namespace = list(namespace)
+        self.history_key_template = history_key_template
+        self.history_key_candidates = list(history_key_candidates)
+        self.history_value_field = history_value_field
+        self.history_chunk_size = history_chunk_size
+        self.toggles = toggles or DEFAULT_TOGGLES
+        self.write_attempts = write_attempts
+        self.write_backoff_seconds = write_backoff_seconds
+        self.on_report = on_report
+        self._runnable = _build_runnable(model, self.tools)
+
+    # --- shared, I/O-free ------------------------------------------------------------------
+
+    def _node_name(self, config: RunnableConfig | None) -> str:
+        metadata = (config or {}).get("metadata") or {}
+        node = metadata.get("langgraph_node")
+        return str(node) if node else (self.name or "agent")
+
+    def _prepare(self, state: Any, config: RunnableConfig | None) -> _Run:
+        node = self._node_name(config)
+        thread, incoming, added = current_thread(state)
+        store = _current_store() if self.use_graph_chat_history else None
+        backend = backend_of(store) if store is not None else "other"
+        breaker = self.toggles.breaker_for(store, backend) if store is not None else None
+        decision = self.toggles.decide(
+            node, node_enabled=self.use_graph_chat_history, breaker=breaker
+        )
+        run = _Run(node, decision, None, None, breaker, backend, thread, None)
+        run.incoming_id = incoming.message_id if incoming else None
+        run.added = added
+        if not decision.enabled:
+            if self.use_graph_chat_history and decision.reason == "breaker_open":
+                self._fallback(run, "breaker_open")
+            return run
+        if store is None:
+            self._fallback(run, "no_store")
+            return run
+        run.resolution = resolve_history_key(
+            state,
+            config,
+            candidates=self.history_key_candidates,
+            key_template=self.history_key_template,
+        )
+        if run.resolution.key is None:
+            obs.METRICS.inc(obs.KEY_RESOLUTION_FAILURES, backend=backend, outcome="fallback")
+            self._fallback(run, "no_valid_key")
+            return run
+        run.key = run.resolution.key
+        run.history = ChatHistory(
+            store,
+            namespace=self.history_namespace,
+            chunk_size=self.history_chunk_size,
+            value_field=self.history_value_field,
+        )
+        return run
+
+    def _fallback(self, run: _Run, reason: str, error: str = "") -> None:
+        run.fallbacks.append(reason)
+        channel = run.resolution.channel if run.resolution else "other"
+        obs.METRICS.inc(obs.FALLBACKS, backend=run.backend, channel=channel, outcome="fallback")
+        obs.log_event(
+            "history_fallback",
+            node=run.node,
+            namespace="/".join(self.history_namespace),
+            key=run.resolution.key if run.resolution else None,
+            reason=reason,
+            error=error or None,
+            rejected=",".join(
+                f"{r.reason}" for r in (run.resolution.rejected if run.resolution else ())
+            )
+            or None,
+        )
+
+    def _merge(self, run: _Run) -> list[BaseMessage]:
+        """Build the model payload (system messages first) from stored and thread turns."""
+        # Merging against what is stored tells which thread turns are new (to append),
+        # even when the payload ignores the store (shadow mode).
+        run.merged = merge_history(
+            run.stored, run.thread, max_messages=self.max_messages, reset_command=self.reset_command
+        )
+        payload = run.merged
+        if run.history is not None and not run.decision.payload_from_store:
+            payload = merge_history(
+                [], run.thread, max_messages=self.max_messages, reset_command=self.reset_command
+            )
+            run.shadow_difference = _payload_key(payload.messages) != _payload_key(
+                run.merged.messages
+            )
+            if run.shadow_difference:
+                obs.METRICS.inc(obs.SHADOW_DIFFERENCES, backend=run.backend)
+                obs.log_event(
+                    "shadow_payload_differs",
+                    level=logging.DEBUG,
+                    node=run.node,
+                    key=run.resolution.key if run.resolution else None,
+                    in_memory=len(payload.messages),
+                    with_history=len(run.merged.messages),
+                )
+        run.payload = payload
+        if payload.truncated:
+            obs.METRICS.inc(obs.TRUNCATION_EVENTS, backend=run.backend)
+        system = [SystemMessage(self.system_prompt)] if self.system_prompt else []
+        return [*system, *payload.system, *payload.messages]
+
+    def _turns_to_append(self, run: _Run, produced: Sequence[BaseMessage]) -> list[Any]:
+        assert run.merged is not None
+        turns: list[Any] = []
+        for message in [*run.merged.new_turns, *produced]:
+            if role_of(message) not in (USER, ASSISTANT):
+                continue
+            # Every turn carries an id, so retries and re-delivered callbacks are idempotent.
+            mid = message.id
+            if role_of(message) == ASSISTANT and run.incoming_id and message in produced:
+                mid = f"reply:{run.incoming_id}:{produced.index(message)}"
+            turns.append(message.model_copy(update={"id": mid or f"gen:{uuid.uuid4().hex}"}))
+        return turns
+
+    def _report(self, run: _Run, payload: Sequence[BaseMessage]) -> None:
+        merged = run.payload
+        report = HistoryReport(
+            node=run.node,
+            key=run.resolution.key if run.resolution else None,
+            channel=run.resolution.channel if run.resolution else "other",
+            mode=run.decision.mode.value,
+            decision_reason=run.decision.reason,
+            stored_read=len(run.stored),
+            payload_messages=sum(1 for m in payload if role_of(m) != "system"),
+            stored_in_payload=merged.stored_in_payload if merged else 0,
+            max_messages=self.max_messages,
+            truncated=merged.truncated if merged else 0,
+            appended=run.appended.appended if run.appended else 0,
+            duplicates=run.appended.duplicates if run.appended else 0,
+            fallbacks=tuple(run.fallbacks),
+            shadow_difference=run.shadow_difference,
+            rejected=tuple(
+                f"{r.reason}" for r in (run.resolution.rejected if run.resolution else ())
+            ),
+        )
+        if self.on_report is not None:
+            self.on_report(report)
+
+    def _record(self, run: _Run, metric: str, started: float, ok: bool) -> None:
+        channel = run.resolution.channel if run.resolution else "other"
+        elapsed = (time.perf_counter() - started) * 1000
+        outcome = "ok" if ok else "fallback"
+        obs.METRICS.observe(metric, elapsed, backend=run.backend, channel=channel, outcome=outcome)
+        if run.breaker is not None:
+            (run.breaker.record_success if ok else run.breaker.record_failure)()
+
+    def _read_failed(self, run: _Run, exc: BaseException) -> None:
+        channel = run.resolution.channel if run.resolution else "other"
+        obs.METRICS.inc(obs.STORE_READ_FAILURES, backend=run.backend, channel=channel)
+        reason = "read_timeout" if isinstance(exc, TimeoutError) else "read_failed"
+        self._fallback(run, reason, obs.describe_error(exc))
+
+    def _write_failed(self, run: _Run, exc: BaseException) -> None:
+        channel = run.resolution.channel if run.resolution else "other"
+        obs.METRICS.inc(obs.STORE_WRITE_FAILURES, backend=run.backend, channel=channel)
+        if isinstance(exc, WriteConflict):
+            obs.METRICS.inc(obs.WRITE_CONFLICTS, backend=run.backend, outcome="conflict")
+        reason = "write_timeout" if isinstance(exc, TimeoutError) else "write_failed"
+        self._fallback(run, reason, obs.describe_error(exc))
+
+    def _wrote(self, run: _Run, result: AppendResult) -> None:
+        run.appended = result
+        if result.conflicts:
+            obs.METRICS.inc(
+                obs.WRITE_CONFLICTS, result.conflicts, backend=run.backend, outcome="conflict"
+            )
+
+    def _backoff(self, attempt: int) -> float:
+        return float(self.write_backoff_seconds * (2**attempt) * (0.5 + random.random()))
+
+    # --- sync path -------------------------------------------------------------------------
+
+    def invoke(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Run the node synchronously (LangGraph calls this in sync graphs)."""
+        run = self._prepare(input, config)
+        budgets = self.toggles.current()
+        if run.history is not None and run.decision.read:
+            history = run.history
+            started = time.perf_counter()
+            try:
+                turns = _call_with_budget(
+                    lambda: history.tail_turns(run.key, self.max_messages),
+                    budgets.read_timeout_seconds,
+                )
+                run.stored = [t.to_message() for t in turns]
+                self._record(run, obs.STORE_READ_LATENCY, started, True)
+            except Exception as exc:
+                self._record(run, obs.STORE_READ_LATENCY, started, False)
+                self._read_failed(run, exc)
+                run.history = None
+        payload = self._merge(run)
+        produced = _produced(self._runnable, payload, config)
+        if run.history is not None and run.decision.write:
+            turns_out = self._turns_to_append(run, produced)
+            writer = run.history
+            for attempt in range(self.write_attempts):
+                started = time.perf_counter()
+                try:
+                    result = _call_with_budget(
+                        lambda: writer.append(run.key, turns_out), budgets.write_timeout_seconds
+                    )
+                    self._record(run, obs.STORE_WRITE_LATENCY, started, True)
+                    self._wrote(run, result)
+                    break
+                except Exception as exc:
+                    self._record(run, obs.STORE_WRITE_LATENCY, started, False)
+                    if attempt + 1 == self.write_attempts or _breaker_open(run):
+                        self._write_failed(run, exc)
+                        break
+                    time.sleep(self._backoff(attempt))
+        self._report(run, payload)
+        return _output(run, produced)
+
+    # --- async path ------------------------------------------------------------------------
+
+    async def ainvoke(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Run the node asynchronously (LangGraph calls this in async graphs)."""
+        run = self._prepare(input, config)
+        budgets = self.toggles.current()
+        if run.history is not None and run.decision.read:
+            started = time.perf_counter()
+            try:
+                turns = await asyncio.wait_for(
+                    run.history.atail_turns(run.key, self.max_messages),
+                    budgets.read_timeout_seconds,
+                )
+                run.stored = [t.to_message() for t in turns]
+                self._record(run, obs.STORE_READ_LATENCY, started, True)
+            except Exception as exc:
+                self._record(run, obs.STORE_READ_LATENCY, started, False)
+                self._read_failed(run, exc)
+                run.history = None
+        payload = self._merge(run)
+        produced = await _aproduced(self._runnable, payload, config)
+        if run.history is not None and run.decision.write:
+            turns_out = self._turns_to_append(run, produced)
+            for attempt in range(self.write_attempts):
+                started = time.perf_counter()
+                try:
+                    result = await asyncio.wait_for(
+                        run.history.aappend(run.key, turns_out), budgets.write_timeout_seconds
+                    )
+                    self._record(run, obs.STORE_WRITE_LATENCY, started, True)
+                    self._wrote(run, result)
+                    break
+                except Exception as exc:
+                    self._record(run, obs.STORE_WRITE_LATENCY, started, False)
+                    if attempt + 1 == self.write_attempts or _breaker_open(run):
+                        self._write_failed(run, exc)
+                        break
+                    await asyncio.sleep(self._backoff(attempt))
+        self._report(run, payload)
+        return _output(run, produced)
+
+
+def _output(run: _Run, produced: list[BaseMessage]) -> dict[str, Any]:
+    """The state update: the delivered user message (when the thread lacked it), then the
+    model's messages, so a checkpointed thread holds the whole exchange."""
+    added = [run.added] if run.added is not None else []
+    return {"messages": [*added, *produced]}
+
+
+def _breaker_open(run: _Run) -> bool:
+    return run.breaker is not None and not run.breaker.allow()
+
+
+def _current_store() -> BaseStore | None:
+    try:
+        return get_store()
+    except RuntimeError:  # called outside a LangGraph run
+        return None
+
+
+def _payload_key(messages: Sequence[BaseMessage]) -> list[tuple[str, str]]:
+    return [(role_of(m), repr(m.content)) for m in messages]
+
+
+def _build_runnable(model: Any, tools: Sequence[Any]) -> Runnable[Any, Any]:
+    if isinstance(model, str):
+        try:
+            from langchain.chat_models import init_chat_model  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise AgentHistoryError(
+                "a 'provider:model' string needs the langchain package "
+                "(pip install 'agent-history[agents]' plus the provider's package)"
+            ) from exc
+        model = init_chat_model(model)
+    if tools:
+        if not isinstance(model, BaseChatModel):
+            raise ValueError("tools need a chat model, not a prebuilt agent runnable")
+        return _tool_agent(model, tools)
+    if not isinstance(model, Runnable):
+        raise TypeError("model must be a chat model, a 'provider:model' string or a runnable")
+    return model
+
+
+def _tool_agent(model: BaseChatModel, tools: Sequence[Any]) -> Runnable[Any, Any]:
+    try:
+        from langchain.agents import create_agent  # type: ignore[import-not-found]
+    except ImportError:
+        from langgraph.prebuilt import create_react_agent
+
+        with warnings.catch_warnings():
+            # Moved to langchain.agents in LangGraph 1.0; still shipped until 2.0.
+            warnings.simplefilter("ignore")
+            return create_react_agent(model, list(tools))
+    agent: Runnable[Any, Any] = create_agent(model, list(tools))
+    return agent
+
+
+def _split_output(output: Any, sent: int) -> list[BaseMessage]:
+    if isinstance(output, BaseMessage):
+        return [output]
+    if isinstance(output, Mapping) and isinstance(output.get("messages"), list):
+        return [m for m in output["messages"][sent:] if isinstance(m, BaseMessage)]
+    if isinstance(output, str):
+        return [AIMessage(output)]
+    raise TypeError(f"unexpected model output of type {type(output).__name__}")
+
+
+def _model_input(runnable: Runnable[Any, Any], payload: list[BaseMessage]) -> Any:
+    return payload if isinstance(runnable, BaseChatModel) else {"messages": payload}
+
+
+def _produced(
+    runnable: Runnable[Any, Any], payload: list[BaseMessage], config: RunnableConfig | None
+) -> list[BaseMessage]:
+    output = runnable.invoke(_model_input(runnable, payload), config)
+    return _split_output(output, len(payload))
+
+
+async def _aproduced(
+    runnable: Runnable[Any, Any], payload: list[BaseMessage], config: RunnableConfig | None
+) -> list[BaseMessage]:
+    output = await runnable.ainvoke(_model_input(runnable, payload), config)
+    return _split_output(output, len(payload))
