@@ -47,7 +47,7 @@ from agent_history.stores import backend_of
 from agent_history.thread import current_thread
 from agent_history.toggles import DEFAULT_TOGGLES, CircuitBreaker, HistoryDecision, HistoryToggles
 
-__all__ = ["AgentNode", "AgentState", "HistoryReport", "merge_results"]
+__all__ = ["REPORT_LISTENERS", "AgentNode", "AgentState", "HistoryReport", "merge_results"]
 
 T = TypeVar("T")
 
@@ -86,13 +86,8 @@ class HistoryReport:
     rejected: tuple[str, ...] = field(default_factory=tuple)
 
 
-class _StoreCallFailed(Exception):
-    """A store call raised or ran past its budget."""
-
-    def __init__(self, reason: str, error: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.error = error
+REPORT_LISTENERS: list[Callable[[HistoryReport], None]] = []
+"""Process-wide subscribers to every node's `HistoryReport` (the CLI's replay uses it)."""
 
 
 def _call_with_budget(fn: Callable[[], T], budget: float) -> T:
@@ -345,8 +340,9 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
                 f"{r.reason}" for r in (run.resolution.rejected if run.resolution else ())
             ),
         )
-        if self.on_report is not None:
-            self.on_report(report)
+        for listener in (self.on_report, *REPORT_LISTENERS):
+            if listener is not None:
+                listener(report)
 
     def _record(self, run: _Run, metric: str, started: float, ok: bool) -> None:
         channel = run.resolution.channel if run.resolution else "other"

@@ -1,0 +1,64 @@
+"""`agent-history doctor`: validate configuration, connect, set up, round-trip a probe."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import typer
+
+from agent_history.cli.app import EXIT_CHECK_FAILED, EXIT_CONFIG, app, console, fail, open_store
+from agent_history.cli.app import load_settings as _load_settings
+from agent_history.errors import ConfigError
+from agent_history.history import ChatHistory
+from agent_history.stores import backend_of
+from agent_history.toggles import load_toggle_config
+
+__all__ = ["doctor"]
+
+_PROBE_NAMESPACE = ("agent_history_doctor",)
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Check the configuration and the store; exit non-zero with the reason if anything is wrong."""
+    settings = _load_settings()
+    try:
+        toggles = load_toggle_config()
+    except ConfigError as exc:
+        raise fail(str(exc), EXIT_CONFIG) from None
+    report: dict[str, Any] = {"settings": settings.describe(), "mode": toggles.mode.value}
+    with open_store(settings) as store:
+        history = ChatHistory(store, namespace=_PROBE_NAMESPACE)
+        key = "probe-" + uuid.uuid4().hex[:12]
+        try:
+            written = history.append(key, [{"role": "user", "content": "probe", "id": "probe"}])
+            read_back = [t.content for t in history.tail_turns(key, 1)]
+            history.delete(key)
+        except Exception as exc:
+            raise fail(
+                f"probe round-trip failed: {type(exc).__name__}: {exc}", EXIT_CHECK_FAILED
+            ) from None
+        if written.appended != 1 or read_back != ["probe"]:
+            raise fail("probe round-trip returned unexpected data", EXIT_CHECK_FAILED)
+        report["backend"] = backend_of(store)
+    report.update(
+        store="reachable",
+        schema="set up",
+        probe="ok",
+        breaker=(
+            f"opens at {toggles.breaker_failure_ratio:.0%} failures of >= "
+            f"{toggles.breaker_min_calls} calls in {toggles.breaker_window_seconds:g}s, "
+            f"cools down {toggles.breaker_cooldown_seconds:g}s (state is per process: "
+            "metric agent_history_breaker_state)"
+        ),
+        disabled_nodes=sorted(toggles.disabled_nodes),
+        flags_file=toggles.flags_file,
+    )
+    if as_json:
+        console.print_json(json.dumps(report))
+        return
+    for name, value in report.items():
+        console.print(f"[bold]{name}[/]: {value}", highlight=False)
+    console.print("[green]ok[/]: configuration valid, store reachable, probe round-tripped")

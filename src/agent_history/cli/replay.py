@@ -1,0 +1,79 @@
+"""`agent-history replay FILE`: replay recorded callbacks and check the rollout checklist."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from agent_history.cli.app import (
+    EXIT_CHECK_FAILED,
+    EXIT_CONFIG,
+    app,
+    console,
+    fail,
+    load_settings,
+    open_store,
+)
+from agent_history.replay import load_graph, read_records
+from agent_history.replay import replay as run_replay
+
+__all__ = ["replay"]
+
+
+@app.command()
+def replay(
+    file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="JSONL: one callback (inputs/results) a line."
+    ),
+    graph: str = typer.Option(
+        None, "--graph", help="module:attribute of your graph (default: the reference workflow)."
+    ),
+    max_messages: int = typer.Option(
+        30, "--max-messages", min=1, help="Window of the reference workflow."
+    ),
+    namespace: str = typer.Option("agent_chat_history", "--namespace", "-n"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Replay callbacks as separate runs; check continuity, degradation, window, durability."""
+    try:
+        factory = load_graph(graph) if graph else None
+        with file.open(encoding="utf-8") as handle:
+            records = list(read_records(handle))
+    except (ValueError, TypeError, ImportError, AttributeError) as exc:
+        raise fail(str(exc), EXIT_CONFIG) from None
+    settings = load_settings()
+    with open_store(settings) as store:
+        report = run_replay(records, store, factory, max_messages=max_messages, namespace=namespace)
+    if as_json:
+        console.print_json(
+            json.dumps(
+                {
+                    "runs": report.runs,
+                    "ok": report.ok,
+                    "identities": report.identities,
+                    "keyless_runs": sum(1 for r in report.reports if r.key is None),
+                    "checks": [
+                        {"name": c.name, "ok": c.ok, "detail": c.detail} for c in report.checks
+                    ],
+                }
+            )
+        )
+    else:
+        table = Table(title=f"replayed {report.runs} callbacks from {file.name}")
+        table.add_column("check")
+        table.add_column("result")
+        table.add_column("detail")
+        for check in report.checks:
+            table.add_row(check.name, "[green]PASS" if check.ok else "[red]FAIL", check.detail)
+        console.print(table)
+        for item in report.reports:
+            if item.key is None:
+                rejected = ", ".join(item.rejected) or "-"
+                console.print(
+                    f"run without a valid key: rejected {rejected} -> in-memory", highlight=False
+                )
+    if not report.ok:
+        raise typer.Exit(EXIT_CHECK_FAILED)

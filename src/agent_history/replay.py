@@ -1,0 +1,172 @@
+"""Replaying recorded callbacks through a workflow and checking the rollout checklist."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from langgraph.graph import START, StateGraph
+from langgraph.store.base import BaseStore
+
+from agent_history.history import ChatHistory
+from agent_history.node import REPORT_LISTENERS, AgentNode, AgentState, HistoryReport
+from agent_history.testing import RecordingChatModel
+
+__all__ = ["ReplayCheck", "ReplayReport", "load_graph", "read_records", "reference_graph", "replay"]
+
+
+def reference_graph(
+    store: BaseStore, *, max_messages: int = 30, namespace: str = "agent_chat_history"
+) -> Any:
+    """The reference workflow: one `AgentNode` with history on and an offline model."""
+    builder = StateGraph(AgentState)
+    node = AgentNode(
+        RecordingChatModel(),
+        name="agent",
+        use_graph_chat_history=True,
+        max_messages=max_messages,
+        history_namespace=[namespace],
+    )
+    builder.add_node("agent", node)
+    builder.add_edge(START, "agent")
+    return builder.compile(store=store)
+
+
+def load_graph(spec: str) -> Callable[[BaseStore], Any]:
+    """Load ``module:attribute``: a compiled graph, a `StateGraph`, or a callable taking
+    the store and returning a compiled graph."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"--graph must look like module:attribute (got {spec!r})")
+    target = getattr(importlib.import_module(module_name), attribute)
+    if isinstance(target, StateGraph):
+        return lambda store: target.compile(store=store)
+    if hasattr(target, "invoke") and hasattr(target, "get_graph"):
+        return lambda store: target
+    if callable(target):
+        return target  # type: ignore[no-any-return]
+    raise TypeError(f"{spec} is neither a graph nor a graph factory")
+
+
+def read_records(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Parse JSONL callbacks: each line holds ``inputs``/``results`` (and optional ``config``)."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"line {number}: invalid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"line {number}: expected an object")
+        yield record
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayCheck:
+    """One item of the validation checklist."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    """What a replay did and whether the checklist holds."""
+
+    runs: int = 0
+    errors: list[str] = field(default_factory=list)
+    reports: list[HistoryReport] = field(default_factory=list)
+    checks: list[ReplayCheck] = field(default_factory=list)
+    identities: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when every check holds."""
+        return all(check.ok for check in self.checks)
+
+
+def replay(
+    records: Iterable[dict[str, Any]],
+    store: BaseStore,
+    graph_factory: Callable[[BaseStore], Any] | None = None,
+    *,
+    max_messages: int = 30,
+    namespace: str = "agent_chat_history",
+) -> ReplayReport:
+    """Run every record as its own graph run (own thread id) and check the playbook:
+
+    - continuity: every later run of an identity read the earlier turns;
+    - degradation: runs without a valid key completed, in memory;
+    - window: no payload exceeded ``max_messages``;
+    - durability: the store holds every turn the runs appended.
+    """
+    graph = (
+        graph_factory
+        or (lambda s: reference_graph(s, max_messages=max_messages, namespace=namespace))
+    )(store)
+    report = ReplayReport()
+    REPORT_LISTENERS.append(report.reports.append)
+    try:
+        for record in records:
+            report.runs += 1
+            state = {k: v for k, v in record.items() if k in ("inputs", "results", "messages")}
+            config = dict(record.get("config") or {})
+            config.setdefault("configurable", {}).setdefault("thread_id", uuid.uuid4().hex)
+            try:
+                graph.invoke(state, config)
+            except Exception as exc:
+                report.errors.append(f"run {report.runs}: {type(exc).__name__}")
+    finally:
+        REPORT_LISTENERS.remove(report.reports.append)
+    _check(report, store, namespace)
+    return report
+
+
+def _check(report: ReplayReport, store: BaseStore, namespace: str) -> None:
+    by_key: dict[str, list[HistoryReport]] = defaultdict(list)
+    for item in report.reports:
+        if item.key:
+            by_key[item.key].append(item)
+    report.identities = {key: len(items) for key, items in by_key.items()}
+    broken = [k for k, items in by_key.items() if any(r.stored_read == 0 for r in items[1:])]
+    report.checks.append(
+        ReplayCheck(
+            "continuity per identity",
+            not broken,
+            f"{len(by_key)} identities"
+            + (f"; no earlier turns for {', '.join(broken)}" if broken else ""),
+        )
+    )
+    keyless = [r for r in report.reports if r.key is None]
+    report.checks.append(
+        ReplayCheck(
+            "unresolved or invalid keys degrade without a crash",
+            not report.errors and len(report.reports) == report.runs,
+            f"{len(keyless)} runs without a valid key ran in memory; {len(report.errors)} crashed",
+        )
+    )
+    over = [r for r in report.reports if r.payload_messages > r.max_messages]
+    report.checks.append(
+        ReplayCheck("payload <= max_messages", not over, f"{len(over)} payloads over the window")
+    )
+    history = ChatHistory(store, namespace=(namespace,))
+    missing = {
+        key: (sum(r.appended for r in items), history.count(key))
+        for key, items in by_key.items()
+        if history.count(key) < sum(r.appended for r in items)
+    }
+    report.checks.append(
+        ReplayCheck(
+            "the store keeps every turn",
+            not missing,
+            f"{sum(r.appended for r in report.reports)} turns appended"
+            + (f"; missing in {', '.join(missing)}" if missing else ""),
+        )
+    )
