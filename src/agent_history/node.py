@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import threading
 import time
 import uuid
 import warnings
@@ -27,6 +26,7 @@ from langgraph.graph.message import add_messages
 from langgraph.store.base import BaseStore
 
 from agent_history import observability as obs
+from agent_history.budget import call_with_budget
 from agent_history.errors import AgentHistoryError, WriteConflict
 from agent_history.history import AppendResult, ChatHistory
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
@@ -88,33 +88,6 @@ class HistoryReport:
 
 REPORT_LISTENERS: list[Callable[[HistoryReport], None]] = []
 """Process-wide subscribers to every node's `HistoryReport` (the CLI's replay uses it)."""
-
-
-def _call_with_budget(fn: Callable[[], T], budget: float) -> T:
-    """Run ``fn`` in a daemon thread and give up after ``budget`` seconds.
-
-    A hung store must not stall the agent; the abandoned call finishes (or not) on its
-    own, and appends are idempotent (every appended turn carries an id) so a late
-    completion of a timed-out write followed by a retry stores nothing twice.
-    """
-    outcome: list[Any] = []
-    done = threading.Event()
-
-    def target() -> None:
-        try:
-            outcome.append((True, fn()))
-        except BaseException as exc:  # handed to the caller's thread below
-            outcome.append((False, exc))
-        finally:
-            done.set()
-
-    threading.Thread(target=target, name="agent-history-store", daemon=True).start()
-    if not done.wait(budget):
-        raise TimeoutError(f"store call exceeded its {budget:g}s budget")
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True)
@@ -388,7 +361,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
             history = run.history
             started = time.perf_counter()
             try:
-                turns = _call_with_budget(
+                turns = call_with_budget(
                     lambda: history.tail_turns(run.key, self.max_messages),
                     budgets.read_timeout_seconds,
                 )
@@ -406,7 +379,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
             for attempt in range(self.write_attempts):
                 started = time.perf_counter()
                 try:
-                    result = _call_with_budget(
+                    result = call_with_budget(
                         lambda: writer.append(run.key, turns_out), budgets.write_timeout_seconds
                     )
                     self._record(run, obs.STORE_WRITE_LATENCY, started, True)
