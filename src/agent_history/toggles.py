@@ -4,10 +4,10 @@ Precedence, strongest first:
 
 1. the node's own ``use_graph_chat_history=False``: the store is never touched;
 2. the breaker of the node's store being open: in-memory, no store call;
-3. ``node_modes[node]`` from the flags file, else the global mode; a global ``off``
-   (file or environment) beats every per-node mode;
+3. a global ``off``, from the flags file or the environment;
 4. ``disabled_nodes``: the union of the environment's and the file's lists;
-5. the mode: the flags file's ``mode`` when the file sets one, else
+5. ``node_modes[node]`` from the flags file;
+6. the global mode: the flags file's ``mode`` when the file sets one, else
    ``ORCHEO_GRAPH_CHAT_HISTORY_MODE``, else ``read_write``.
 
 Everything is read on each run: the environment (a dict lookup) and a ``stat`` of the
@@ -172,9 +172,13 @@ def _parse_flags(path: str, text: str) -> dict[str, Any]:
 
 
 def _merge_file(config: ToggleConfig, flags: dict[str, Any]) -> ToggleConfig:
+    # The file's mode overrides the environment's, except that "off" from either wins.
+    mode = flags.get("mode", config.mode)
+    if config.mode is HistoryMode.OFF:
+        mode = HistoryMode.OFF
     return replace(
         config,
-        mode=flags.get("mode", config.mode),
+        mode=mode,
         disabled_nodes=config.disabled_nodes | flags.get("disabled_nodes", frozenset()),
         node_modes=flags.get("node_modes", {}),
     )
