@@ -16,10 +16,11 @@ from langgraph.store.sqlite import SqliteStore
 from langgraph.store.sqlite.aio import AsyncSqliteStore
 
 from agent_history.errors import WriteConflict
-from agent_history.history.layout import HEAD_KEY, PendingTurn
+from agent_history.history.layout import HEAD_KEY, PendingTurn, msgid_key
 from agent_history.history.records import AppendResult, ConversationInfo, Turn
 from agent_history.history.steps import (
     Get,
+    Put,
     Steps,
     append_steps,
     delete_steps,
@@ -363,6 +364,11 @@ class ChatHistory:
                     conflicts=conflicts,
                 )
             remaining = lost
+            # The lost turns' id entries point at turns that are not there: drop them so
+            # the retry is not mistaken for a re-delivery.
+            stale = {msgid_key(t.id): None for t in lost if t.id is not None}
+            if stale:
+                store_perform(self.store, namespace)(Put(stale))
             time.sleep(min(0.5, 0.01 * 2**conflicts) * (0.5 + random.random()))
         raise WriteConflict(
             f"append to {'/'.join(namespace)} lost {len(remaining)} turn(s) to concurrent "
