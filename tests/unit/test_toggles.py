@@ -109,7 +109,9 @@ def test_breaker_lifecycle_with_a_fake_clock() -> None:
 
 def test_breaker_window_forgets_old_failures() -> None:
     clock = Clock()
-    breaker = CircuitBreaker(failure_ratio=0.9, min_calls=2, window_seconds=10, cooldown_seconds=5, clock=clock)
+    breaker = CircuitBreaker(
+        failure_ratio=0.9, min_calls=2, window_seconds=10, cooldown_seconds=5, clock=clock
+    )
     breaker.record_failure()
     clock.now = 11
     breaker.record_failure()
