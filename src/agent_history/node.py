@@ -13,13 +13,12 @@ import logging
 import random
 import time
 import uuid
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypedDict, TypeVar
+from typing import Annotated, Any, TypedDict
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, SystemMessage
+from langchain_core.messages import AnyMessage, BaseMessage, SystemMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.config import get_store
 from langgraph.graph.message import add_messages
@@ -27,7 +26,7 @@ from langgraph.store.base import BaseStore
 
 from agent_history import observability as obs
 from agent_history.budget import call_with_budget
-from agent_history.errors import AgentHistoryError, WriteConflict
+from agent_history.errors import WriteConflict
 from agent_history.history import AppendResult, ChatHistory
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
 from agent_history.keys import (
@@ -43,13 +42,12 @@ from agent_history.messages import (
     merge_history,
     role_of,
 )
+from agent_history.models import aproduce, build_runnable, produce
 from agent_history.stores import backend_of
 from agent_history.thread import current_thread
 from agent_history.toggles import DEFAULT_TOGGLES, CircuitBreaker, HistoryDecision, HistoryToggles
 
 __all__ = ["REPORT_LISTENERS", "AgentNode", "AgentState", "HistoryReport", "merge_results"]
-
-T = TypeVar("T")
 
 
 def merge_results(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
@@ -184,7 +182,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         self.write_attempts = write_attempts
         self.write_backoff_seconds = write_backoff_seconds
         self.on_report = on_report
-        self._runnable = _build_runnable(model, self.tools)
+        self._runnable = build_runnable(model, self.tools)
 
     # --- shared, I/O-free ------------------------------------------------------------------
 
@@ -349,93 +347,136 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
     def _backoff(self, attempt: int) -> float:
         return float(self.write_backoff_seconds * (2**attempt) * (0.5 + random.random()))
 
-    # --- sync path -------------------------------------------------------------------------
+    # --- one run, as steps shared by the sync and async paths ------------------------------
+
+    def _steps(self, run: _Run) -> Generator[_Step, Any, dict[str, Any]]:
+        """The run's control flow; it yields the I/O it needs and receives the outcome.
+
+        A store step's answer is ``(True, value)`` or ``(False, exception)``.
+        """
+        budgets = self.toggles.current()
+        if run.history is not None and run.decision.read:
+            started = time.perf_counter()
+            ok, value = yield _Read(
+                run.history, run.key, self.max_messages, budgets.read_timeout_seconds
+            )
+            self._record(run, obs.STORE_READ_LATENCY, started, ok)
+            if ok:
+                run.stored = [turn.to_message() for turn in value]
+            else:
+                self._read_failed(run, value)
+                run.history = None
+        payload = self._merge(run)
+        produced: list[BaseMessage] = yield _Model(payload)
+        if run.history is not None and run.decision.write:
+            turns = self._turns_to_append(run, produced)
+            for attempt in range(self.write_attempts):
+                started = time.perf_counter()
+                ok, value = yield _Append(
+                    run.history, run.key, turns, budgets.write_timeout_seconds
+                )
+                self._record(run, obs.STORE_WRITE_LATENCY, started, ok)
+                if ok:
+                    self._wrote(run, value)
+                    break
+                if attempt + 1 == self.write_attempts or _breaker_open(run):
+                    self._write_failed(run, value)
+                    break
+                yield _Sleep(self._backoff(attempt))
+        self._report(run, payload)
+        return _output(run, produced)
 
     def invoke(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Run the node synchronously (LangGraph calls this in sync graphs)."""
-        run = self._prepare(input, config)
-        budgets = self.toggles.current()
-        if run.history is not None and run.decision.read:
-            history = run.history
-            started = time.perf_counter()
-            try:
-                turns = call_with_budget(
-                    lambda: history.tail_turns(run.key, self.max_messages),
-                    budgets.read_timeout_seconds,
-                )
-                run.stored = [t.to_message() for t in turns]
-                self._record(run, obs.STORE_READ_LATENCY, started, True)
-            except Exception as exc:
-                self._record(run, obs.STORE_READ_LATENCY, started, False)
-                self._read_failed(run, exc)
-                run.history = None
-        payload = self._merge(run)
-        produced = _produced(self._runnable, payload, config)
-        if run.history is not None and run.decision.write:
-            turns_out = self._turns_to_append(run, produced)
-            writer = run.history
-            for attempt in range(self.write_attempts):
-                started = time.perf_counter()
-                try:
-                    result = call_with_budget(
-                        lambda: writer.append(run.key, turns_out), budgets.write_timeout_seconds
-                    )
-                    self._record(run, obs.STORE_WRITE_LATENCY, started, True)
-                    self._wrote(run, result)
-                    break
-                except Exception as exc:
-                    self._record(run, obs.STORE_WRITE_LATENCY, started, False)
-                    if attempt + 1 == self.write_attempts or _breaker_open(run):
-                        self._write_failed(run, exc)
-                        break
-                    time.sleep(self._backoff(attempt))
-        self._report(run, payload)
-        return _output(run, produced)
-
-    # --- async path ------------------------------------------------------------------------
+        steps = self._steps(self._prepare(input, config))
+        answer: Any = None
+        try:
+            while True:
+                step = steps.send(answer)
+                if isinstance(step, _Model):
+                    answer = produce(self._runnable, step.payload, config)
+                elif isinstance(step, _Sleep):
+                    time.sleep(step.seconds)
+                    answer = None
+                else:
+                    answer = _attempt_sync(step)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
     async def ainvoke(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Run the node asynchronously (LangGraph calls this in async graphs)."""
-        run = self._prepare(input, config)
-        budgets = self.toggles.current()
-        if run.history is not None and run.decision.read:
-            started = time.perf_counter()
-            try:
-                turns = await asyncio.wait_for(
-                    run.history.atail_turns(run.key, self.max_messages),
-                    budgets.read_timeout_seconds,
-                )
-                run.stored = [t.to_message() for t in turns]
-                self._record(run, obs.STORE_READ_LATENCY, started, True)
-            except Exception as exc:
-                self._record(run, obs.STORE_READ_LATENCY, started, False)
-                self._read_failed(run, exc)
-                run.history = None
-        payload = self._merge(run)
-        produced = await _aproduced(self._runnable, payload, config)
-        if run.history is not None and run.decision.write:
-            turns_out = self._turns_to_append(run, produced)
-            for attempt in range(self.write_attempts):
-                started = time.perf_counter()
-                try:
-                    result = await asyncio.wait_for(
-                        run.history.aappend(run.key, turns_out), budgets.write_timeout_seconds
-                    )
-                    self._record(run, obs.STORE_WRITE_LATENCY, started, True)
-                    self._wrote(run, result)
-                    break
-                except Exception as exc:
-                    self._record(run, obs.STORE_WRITE_LATENCY, started, False)
-                    if attempt + 1 == self.write_attempts or _breaker_open(run):
-                        self._write_failed(run, exc)
-                        break
-                    await asyncio.sleep(self._backoff(attempt))
-        self._report(run, payload)
-        return _output(run, produced)
+        steps = self._steps(self._prepare(input, config))
+        answer: Any = None
+        try:
+            while True:
+                step = steps.send(answer)
+                if isinstance(step, _Model):
+                    answer = await aproduce(self._runnable, step.payload, config)
+                elif isinstance(step, _Sleep):
+                    await asyncio.sleep(step.seconds)
+                    answer = None
+                else:
+                    answer = await _attempt_async(step)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    history: ChatHistory
+    key: str
+    n: int
+    budget: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Append:
+    history: ChatHistory
+    key: str
+    turns: list[Any]
+    budget: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Model:
+    payload: list[BaseMessage]
+
+
+@dataclass(frozen=True, slots=True)
+class _Sleep:
+    seconds: float
+
+
+_Step = _Read | _Append | _Model | _Sleep
+
+
+def _attempt_sync(step: _Read | _Append) -> tuple[bool, Any]:
+    history, key = step.history, step.key
+    call: Callable[[], Any]
+    if isinstance(step, _Read):
+        n = step.n
+        call = lambda: history.tail_turns(key, n)  # noqa: E731
+    else:
+        turns = step.turns
+        call = lambda: history.append(key, turns)  # noqa: E731
+    try:
+        return True, call_with_budget(call, step.budget)
+    except Exception as exc:
+        return False, exc
+
+
+async def _attempt_async(step: _Read | _Append) -> tuple[bool, Any]:
+    try:
+        if isinstance(step, _Read):
+            coro = step.history.atail_turns(step.key, step.n)
+            return True, await asyncio.wait_for(coro, step.budget)
+        return True, await asyncio.wait_for(step.history.aappend(step.key, step.turns), step.budget)
+    except Exception as exc:
+        return False, exc
 
 
 def _output(run: _Run, produced: list[BaseMessage]) -> dict[str, Any]:
@@ -458,64 +499,3 @@ def _current_store() -> BaseStore | None:
 
 def _payload_key(messages: Sequence[BaseMessage]) -> list[tuple[str, str]]:
     return [(role_of(m), repr(m.content)) for m in messages]
-
-
-def _build_runnable(model: Any, tools: Sequence[Any]) -> Runnable[Any, Any]:
-    if isinstance(model, str):
-        try:
-            from langchain.chat_models import init_chat_model  # type: ignore[import-not-found]
-        except ImportError as exc:
-            raise AgentHistoryError(
-                "a 'provider:model' string needs the langchain package "
-                "(pip install 'agent-history[agents]' plus the provider's package)"
-            ) from exc
-        model = init_chat_model(model)
-    if tools:
-        if not isinstance(model, BaseChatModel):
-            raise ValueError("tools need a chat model, not a prebuilt agent runnable")
-        return _tool_agent(model, tools)
-    if not isinstance(model, Runnable):
-        raise TypeError("model must be a chat model, a 'provider:model' string or a runnable")
-    return model
-
-
-def _tool_agent(model: BaseChatModel, tools: Sequence[Any]) -> Runnable[Any, Any]:
-    try:
-        from langchain.agents import create_agent  # type: ignore[import-not-found]
-    except ImportError:
-        from langgraph.prebuilt import create_react_agent
-
-        with warnings.catch_warnings():
-            # Moved to langchain.agents in LangGraph 1.0; still shipped until 2.0.
-            warnings.simplefilter("ignore")
-            return create_react_agent(model, list(tools))
-    agent: Runnable[Any, Any] = create_agent(model, list(tools))
-    return agent
-
-
-def _split_output(output: Any, sent: int) -> list[BaseMessage]:
-    if isinstance(output, BaseMessage):
-        return [output]
-    if isinstance(output, Mapping) and isinstance(output.get("messages"), list):
-        return [m for m in output["messages"][sent:] if isinstance(m, BaseMessage)]
-    if isinstance(output, str):
-        return [AIMessage(output)]
-    raise TypeError(f"unexpected model output of type {type(output).__name__}")
-
-
-def _model_input(runnable: Runnable[Any, Any], payload: list[BaseMessage]) -> Any:
-    return payload if isinstance(runnable, BaseChatModel) else {"messages": payload}
-
-
-def _produced(
-    runnable: Runnable[Any, Any], payload: list[BaseMessage], config: RunnableConfig | None
-) -> list[BaseMessage]:
-    output = runnable.invoke(_model_input(runnable, payload), config)
-    return _split_output(output, len(payload))
-
-
-async def _aproduced(
-    runnable: Runnable[Any, Any], payload: list[BaseMessage], config: RunnableConfig | None
-) -> list[BaseMessage]:
-    output = await runnable.ainvoke(_model_input(runnable, payload), config)
-    return _split_output(output, len(payload))
