@@ -31,10 +31,11 @@ from agent_history.history.steps import (
     tail_steps,
 )
 from agent_history.history.transactions import (
+    async_reader,
     async_transaction,
     is_atomic,
-    store_aperform,
     store_perform,
+    sync_reader,
     sync_transaction,
 )
 from agent_history.messages import (
@@ -158,15 +159,15 @@ class ChatHistory:
         """The newest ``n`` stored turns, oldest first."""
         if self._async_only():
             return self._on_store_loop(self.atail_turns(key, n))
-        perform = store_perform(self.store, self.conversation_namespace(key))
-        return drive(tail_steps(n, self.value_field), perform)
+        perform = sync_reader(self.store, self.conversation_namespace(key))
+        return drive(tail_steps(n, self.value_field, self.chunk_size), perform)
 
     async def atail_turns(self, key: str, n: int) -> list[Turn]:
         """Async `tail_turns`."""
         if self._sync_only():
             return await asyncio.to_thread(self.tail_turns, key, n)
-        perform = store_aperform(self.store, self.conversation_namespace(key))
-        return await drive_async(tail_steps(n, self.value_field), perform)
+        perform = async_reader(self.store, self.conversation_namespace(key))
+        return await drive_async(tail_steps(n, self.value_field, self.chunk_size), perform)
 
     def tail(self, key: str, n: int) -> list[BaseMessage]:
         """The newest ``n`` turns as LangChain messages, oldest first."""
@@ -180,7 +181,7 @@ class ChatHistory:
         """Stream the whole transcript from ``start_seq`` on, a few chunks at a time."""
         if self._async_only():
             raise RuntimeError("use aread() with an async store")
-        perform = store_perform(self.store, self.conversation_namespace(key))
+        perform = sync_reader(self.store, self.conversation_namespace(key))
         steps = read_steps(start_seq, _READ_BATCH_CHUNKS, self.value_field)
         try:
             item = next(steps)
@@ -212,8 +213,8 @@ class ChatHistory:
     def _aperform_reads(self, key: str) -> Any:
         namespace = self.conversation_namespace(key)
         if not self._sync_only():
-            return store_aperform(self.store, namespace)
-        sync_perform = store_perform(self.store, namespace)
+            return async_reader(self.store, namespace)
+        sync_perform = sync_reader(self.store, namespace)
 
         async def perform(request: Get) -> Any:
             return await asyncio.to_thread(sync_perform, request)
@@ -224,7 +225,7 @@ class ChatHistory:
         """Turn count and timestamps of a conversation, None when it does not exist."""
         if self._async_only():
             return self._on_store_loop(self.ainfo(key))
-        head = drive(head_steps(), store_perform(self.store, self.conversation_namespace(key)))
+        head = drive(head_steps(), sync_reader(self.store, self.conversation_namespace(key)))
         return _info(key, head)
 
     async def ainfo(self, key: str) -> ConversationInfo | None:

@@ -40,9 +40,15 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Get:
-    """Read these item keys; the answer is ``{key: value}`` for the keys that exist."""
+    """Read these item keys; the answer is ``{key: value}`` for the keys that exist.
+
+    ``newest_chunks`` is a hint: a driver that can do it in the same round trip also
+    returns up to that many chunk items with the highest keys. Drivers may ignore it, so
+    the procedures check what came back and ask again for anything still missing.
+    """
 
     keys: tuple[str, ...]
+    newest_chunks: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,15 +90,23 @@ def head_steps() -> Steps[dict[str, Any] | None]:
     return head
 
 
-def tail_steps(n: int, value_field: str) -> Steps[list[Turn]]:
-    """The newest ``n`` turns, oldest first: the head plus the chunks that hold them."""
-    head = yield from head_steps()
-    if head is None or n <= 0:
+def tail_steps(n: int, value_field: str, chunk_size_hint: int = 0) -> Steps[list[Turn]]:
+    """The newest ``n`` turns, oldest first: the head plus the chunks that hold them.
+
+    With ``chunk_size_hint``, the head read also asks for the newest chunks, so SQL
+    backends answer a tail in one round trip.
+    """
+    if n <= 0:
+        return []
+    hint = n // chunk_size_hint + 2 if chunk_size_hint > 0 else 0
+    found = yield Get((HEAD_KEY,), newest_chunks=hint)
+    head = found.get(HEAD_KEY)
+    if head is None:
         return []
     keys, first_seq = tail_chunk_keys(head, n)
-    if not keys:
-        return []
-    found = yield Get(tuple(keys))
+    missing = tuple(k for k in keys if k not in found)
+    if missing:
+        found = {**found, **(yield Get(missing))}
     return collect_turns(
         (found.get(k) for k in keys), first_seq, int(head["last_seq"]), value_field
     )
@@ -132,7 +146,7 @@ def append_steps(
 ) -> Steps[AppendResult]:
     """Append ``pending``: read head and known ids, read the open chunk, write. Run atomically."""
     ids = tuple(dict.fromkeys(t.id for t in pending if t.id is not None))
-    found = yield Get((HEAD_KEY, *(msgid_key(i) for i in ids)))
+    found = yield Get((HEAD_KEY, *(msgid_key(i) for i in ids)), newest_chunks=1)
     head = found.get(HEAD_KEY)
     known = {i: found.get(msgid_key(i)) for i in ids}
     last_chunk = None
@@ -141,7 +155,7 @@ def append_steps(
         size = int(head["chunk_size"])
         if last_seq % size:
             key = chunk_key(chunk_index(last_seq, size))
-            last_chunk = (yield Get((key,))).get(key)
+            last_chunk = found[key] if key in found else (yield Get((key,))).get(key)
     plan = plan_append(
         head,
         last_chunk,

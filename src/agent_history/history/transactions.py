@@ -30,7 +30,7 @@ from langgraph.store.sqlite import SqliteStore
 from langgraph.store.sqlite.aio import AsyncSqliteStore
 from psycopg import AsyncConnection, Connection
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from agent_history.history.steps import Get, Request
@@ -38,11 +38,13 @@ from agent_history.history.steps import Get, Request
 __all__ = [
     "AsyncPerform",
     "SyncPerform",
+    "async_reader",
     "async_transaction",
     "is_atomic",
     "namespace_text",
     "store_aperform",
     "store_perform",
+    "sync_reader",
     "sync_transaction",
 ]
 
@@ -56,12 +58,6 @@ _SQL_UPSERT_SQLITE = (
     "updated_at = CURRENT_TIMESTAMP"
 )
 _SQL_DELETE_SQLITE = "DELETE FROM store WHERE prefix = ? AND key = ?"
-_SQL_UPSERT_PG = (
-    "INSERT INTO store (prefix, key, value, created_at, updated_at) "
-    "VALUES (%s, %s, %s, now(), now()) "
-    "ON CONFLICT (prefix, key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
-)
-_SQL_SELECT_PG = "SELECT key, value FROM store WHERE prefix = %s AND key = ANY(%s)"
 _SQL_DELETE_PG = "DELETE FROM store WHERE prefix = %s AND key = ANY(%s)"
 _SQL_LOCK_PG = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 
@@ -136,12 +132,26 @@ def _conversation_lock(store: BaseStore, namespace: tuple[str, ...]) -> threadin
 
 # --- SQLite ---------------------------------------------------------------------------
 
+# Chunk keys are zero-padded, so this range holds exactly the chunk items under any
+# collation, and an index range scan over (prefix, key) reads the newest ones first.
+_CHUNK_LOW, _CHUNK_HIGH = "chunk:0000000000", "chunk:9999999999"
 
-def _sqlite_get(cur: sqlite3.Cursor, prefix: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    marks = ",".join("?" * len(keys))
-    cur.execute(
-        f"SELECT key, value FROM store WHERE prefix = ? AND key IN ({marks})", (prefix, *keys)
-    )
+
+def _sqlite_select(prefix: str, request: Get) -> tuple[str, tuple[Any, ...]]:
+    marks = ",".join("?" * len(request.keys))
+    sql = f"SELECT key, value FROM store WHERE prefix = ? AND key IN ({marks})"
+    params: tuple[Any, ...] = (prefix, *request.keys)
+    if request.newest_chunks > 0:
+        sql += (
+            " UNION ALL SELECT key, value FROM (SELECT key, value FROM store"
+            " WHERE prefix = ? AND key BETWEEN ? AND ? ORDER BY key DESC LIMIT ?)"
+        )
+        params += (prefix, _CHUNK_LOW, _CHUNK_HIGH, request.newest_chunks)
+    return sql, params
+
+
+def _sqlite_get(cur: sqlite3.Cursor, prefix: str, request: Get) -> dict[str, Any]:
+    cur.execute(*_sqlite_select(prefix, request))
     return {key: orjson.loads(value) for key, value in cur.fetchall()}
 
 
@@ -153,10 +163,14 @@ def _sqlite_put_rows(
     return upserts, deletes
 
 
-@contextmanager
-def _sqlite_transaction(store: SqliteStore, namespace: tuple[str, ...]) -> Iterator[SyncPerform]:
+def _sqlite_ready(store: SqliteStore) -> None:
     if not store.is_setup:
         store.setup()
+
+
+@contextmanager
+def _sqlite_transaction(store: SqliteStore, namespace: tuple[str, ...]) -> Iterator[SyncPerform]:
+    _sqlite_ready(store)
     prefix = namespace_text(namespace)
     with store.lock:
         cur = store.conn.cursor()
@@ -167,7 +181,7 @@ def _sqlite_transaction(store: SqliteStore, namespace: tuple[str, ...]) -> Itera
 
             def perform(request: Request) -> Any:
                 if isinstance(request, Get):
-                    return _sqlite_get(cur, prefix, request.keys)
+                    return _sqlite_get(cur, prefix, request)
                 upserts, deletes = _sqlite_put_rows(prefix, request.items)
                 cur.executemany(_SQL_UPSERT_SQLITE, upserts)
                 cur.executemany(_SQL_DELETE_SQLITE, deletes)
@@ -184,6 +198,29 @@ def _sqlite_transaction(store: SqliteStore, namespace: tuple[str, ...]) -> Itera
             cur.close()
 
 
+def _sqlite_reader(store: SqliteStore, namespace: tuple[str, ...]) -> SyncPerform:
+    prefix = namespace_text(namespace)
+
+    def perform(request: Request) -> Any:
+        if not isinstance(request, Get):
+            raise TypeError("read-only driver")
+        _sqlite_ready(store)
+        with store.lock:
+            cur = store.conn.cursor()
+            try:
+                return _sqlite_get(cur, prefix, request)
+            finally:
+                cur.close()
+
+    return perform
+
+
+async def _asqlite_get(conn: Any, prefix: str, request: Get) -> dict[str, Any]:
+    async with conn.execute(*_sqlite_select(prefix, request)) as cur:
+        rows = await cur.fetchall()
+    return {key: orjson.loads(value) for key, value in rows}
+
+
 @asynccontextmanager
 async def _asqlite_transaction(
     store: AsyncSqliteStore, namespace: tuple[str, ...]
@@ -197,11 +234,7 @@ async def _asqlite_transaction(
 
         async def perform(request: Request) -> Any:
             if isinstance(request, Get):
-                marks = ",".join("?" * len(request.keys))
-                sql = f"SELECT key, value FROM store WHERE prefix = ? AND key IN ({marks})"
-                async with conn.execute(sql, (prefix, *request.keys)) as cur:
-                    rows = await cur.fetchall()
-                return {key: orjson.loads(value) for key, value in rows}
+                return await _asqlite_get(conn, prefix, request)
             upserts, deletes = _sqlite_put_rows(prefix, request.items)
             await conn.executemany(_SQL_UPSERT_SQLITE, upserts)
             await conn.executemany(_SQL_DELETE_SQLITE, deletes)
@@ -216,15 +249,59 @@ async def _asqlite_transaction(
         await conn.execute("COMMIT")
 
 
+def _asqlite_reader(store: AsyncSqliteStore, namespace: tuple[str, ...]) -> AsyncPerform:
+    prefix = namespace_text(namespace)
+
+    async def perform(request: Request) -> Any:
+        if not isinstance(request, Get):
+            raise TypeError("read-only driver")
+        if not store.is_setup:
+            await store.setup()
+        async with store.lock:
+            return await _asqlite_get(store.conn, prefix, request)
+
+    return perform
+
+
 # --- PostgreSQL -----------------------------------------------------------------------
 
 
-def _pg_put_params(
-    prefix: str, items: Mapping[str, Any]
-) -> tuple[list[tuple[str, str, Jsonb]], list[str]]:
-    upserts = [(prefix, k, Jsonb(v)) for k, v in items.items() if v is not None]
+def _pg_select(prefix: str, request: Get) -> tuple[str, tuple[Any, ...]]:
+    sql = "SELECT key, value FROM store WHERE prefix = %s AND key = ANY(%s)"
+    params: tuple[Any, ...] = (prefix, list(request.keys))
+    if request.newest_chunks > 0:
+        sql += (
+            " UNION ALL (SELECT key, value FROM store WHERE prefix = %s"
+            " AND key BETWEEN %s AND %s ORDER BY key DESC LIMIT %s)"
+        )
+        params += (prefix, _CHUNK_LOW, _CHUNK_HIGH, request.newest_chunks)
+    return sql, params
+
+
+def _pg_write(prefix: str, items: Mapping[str, Any]) -> list[tuple[str, tuple[Any, ...]]]:
+    """At most two statements for any number of items: one upsert, one delete."""
+    statements: list[tuple[str, tuple[Any, ...]]] = []
+    upserts = [(k, v) for k, v in items.items() if v is not None]
     deletes = [k for k, v in items.items() if v is None]
-    return upserts, deletes
+    if upserts:
+        rows = ",".join(["(%s, %s, %s, now(), now())"] * len(upserts))
+        params = tuple(p for k, v in upserts for p in (prefix, k, Jsonb(v)))
+        statements.append(
+            (
+                "INSERT INTO store (prefix, key, value, created_at, updated_at) "
+                f"VALUES {rows} ON CONFLICT (prefix, key) DO UPDATE "
+                "SET value = EXCLUDED.value, updated_at = now()",
+                params,
+            )
+        )
+    if deletes:
+        statements.append((_SQL_DELETE_PG, (prefix, deletes)))
+    return statements
+
+
+def _orjson_cursor(cur: Any) -> Any:
+    set_json_loads(orjson.loads, cur)
+    return cur
 
 
 @contextmanager
@@ -242,25 +319,44 @@ def _pg_connection(store: PostgresStore) -> Iterator[Connection[Any]]:
 @contextmanager
 def _pg_transaction(store: PostgresStore, namespace: tuple[str, ...]) -> Iterator[SyncPerform]:
     prefix = namespace_text(namespace)
+    pending: dict[str, Any] = {}
     with (
         _pg_connection(store) as conn,
         conn.transaction(),
         conn.cursor(row_factory=dict_row) as cur,
     ):
+        _orjson_cursor(cur)
         cur.execute(_SQL_LOCK_PG, (prefix,))
+
+        def flush() -> None:
+            # Writes are sent together, once, when the transaction next reads or ends.
+            for sql, params in _pg_write(prefix, pending):
+                cur.execute(sql, params)
+            pending.clear()
 
         def perform(request: Request) -> Any:
             if isinstance(request, Get):
-                cur.execute(_SQL_SELECT_PG, (prefix, list(request.keys)))
+                flush()
+                cur.execute(*_pg_select(prefix, request))
                 return {row["key"]: row["value"] for row in cur.fetchall()}
-            upserts, deletes = _pg_put_params(prefix, request.items)
-            if upserts:
-                cur.executemany(_SQL_UPSERT_PG, upserts)
-            if deletes:
-                cur.execute(_SQL_DELETE_PG, (prefix, deletes))
+            pending.update(request.items)
             return None
 
         yield perform
+        flush()
+
+
+def _pg_reader(store: PostgresStore, namespace: tuple[str, ...]) -> SyncPerform:
+    prefix = namespace_text(namespace)
+
+    def perform(request: Request) -> Any:
+        if not isinstance(request, Get):
+            raise TypeError("read-only driver")
+        with _pg_connection(store) as conn, conn.cursor(row_factory=dict_row) as cur:
+            _orjson_cursor(cur).execute(*_pg_select(prefix, request))
+            return {row["key"]: row["value"] for row in cur.fetchall()}
+
+    return perform
 
 
 @asynccontextmanager
@@ -279,28 +375,65 @@ async def _apg_transaction(
     store: AsyncPostgresStore, namespace: tuple[str, ...]
 ) -> AsyncIterator[AsyncPerform]:
     prefix = namespace_text(namespace)
+    pending: dict[str, Any] = {}
     async with (
         _apg_connection(store) as conn,
         conn.transaction(),
         conn.cursor(row_factory=dict_row) as cur,
     ):
+        _orjson_cursor(cur)
         await cur.execute(_SQL_LOCK_PG, (prefix,))
+
+        async def flush() -> None:
+            for sql, params in _pg_write(prefix, pending):
+                await cur.execute(sql, params)
+            pending.clear()
 
         async def perform(request: Request) -> Any:
             if isinstance(request, Get):
-                await cur.execute(_SQL_SELECT_PG, (prefix, list(request.keys)))
+                await flush()
+                await cur.execute(*_pg_select(prefix, request))
                 return {row["key"]: row["value"] for row in await cur.fetchall()}
-            upserts, deletes = _pg_put_params(prefix, request.items)
-            if upserts:
-                await cur.executemany(_SQL_UPSERT_PG, upserts)
-            if deletes:
-                await cur.execute(_SQL_DELETE_PG, (prefix, deletes))
+            pending.update(request.items)
             return None
 
         yield perform
+        await flush()
+
+
+def _apg_reader(store: AsyncPostgresStore, namespace: tuple[str, ...]) -> AsyncPerform:
+    prefix = namespace_text(namespace)
+
+    async def perform(request: Request) -> Any:
+        if not isinstance(request, Get):
+            raise TypeError("read-only driver")
+        async with _apg_connection(store) as conn, conn.cursor(row_factory=dict_row) as cur:
+            await _orjson_cursor(cur).execute(*_pg_select(prefix, request))
+            return {row["key"]: row["value"] for row in await cur.fetchall()}
+
+    return perform
 
 
 # --- dispatch -------------------------------------------------------------------------
+
+
+def sync_reader(store: BaseStore, namespace: tuple[str, ...]) -> SyncPerform:
+    """Reads for one conversation: one SQL query per request on SQLite and PostgreSQL
+    (honouring the ``newest_chunks`` hint), the store's ``batch`` otherwise."""
+    if isinstance(store, SqliteStore):
+        return _sqlite_reader(store, namespace)
+    if isinstance(store, PostgresStore) and store.pipe is None:
+        return _pg_reader(store, namespace)
+    return store_perform(store, namespace)
+
+
+def async_reader(store: BaseStore, namespace: tuple[str, ...]) -> AsyncPerform:
+    """Async `sync_reader`."""
+    if isinstance(store, AsyncSqliteStore):
+        return _asqlite_reader(store, namespace)
+    if isinstance(store, AsyncPostgresStore):
+        return _apg_reader(store, namespace)
+    return store_aperform(store, namespace)
 
 
 @contextmanager
