@@ -1,0 +1,332 @@
+"""The systems under test behind one interface: bulk-load a history, read its tail, append.
+
+- ``ours``: `ChatHistory` in the LangGraph store (default chunk size);
+- ``naive``: `NaiveHistory`, one store item holding the whole list (read-modify-write);
+- ``langchain-postgres``: `PostgresChatMessageHistory`, one row per message in its own table;
+- ``floor``: the least any design can do: an indexed table ``(conv, seq, role, content)``
+  through the driver directly (sqlite3, psycopg), or a dict of lists in memory.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langgraph.store.base import BaseStore
+
+from agent_history.history import ChatHistory
+from benchmarks.naive_history import NaiveHistory
+from benchmarks.workload import Turn, synthetic_turns
+
+__all__ = [
+    "FLOOR",
+    "LANGCHAIN",
+    "NAIVE",
+    "OURS",
+    "HistorySystem",
+    "LangchainPostgresSystem",
+    "MemoryFloor",
+    "NaiveSystem",
+    "OursSystem",
+    "PostgresFloor",
+    "SqliteFloor",
+]
+
+OURS = "ours"
+NAIVE = "naive"
+LANGCHAIN = "langchain-postgres"
+FLOOR = "floor"
+
+# Bulk loads go in slices so no single statement or plan holds a 100k-turn history
+# twice over; a multiple of the chunk size keeps our chunks full.
+_LOAD_SLICE = 32 * 1024
+
+
+class HistorySystem(ABC):
+    """One way of keeping chat history, on one backend."""
+
+    name: str
+    """``ours``, ``naive``, ``langchain-postgres`` or ``floor``."""
+
+    def __init__(self, backend: str, content_chars: int) -> None:
+        self.backend = backend
+        self.content_chars = content_chars
+
+    @abstractmethod
+    def load(self, key: str, length: int) -> None:
+        """Create conversation ``key`` holding ``length`` turns, as fast as the system allows."""
+
+    def _slices(self, length: int, size: int = _LOAD_SLICE) -> Iterator[tuple[int, list[Turn]]]:
+        """The synthetic history in slices: (turns before the slice, the slice)."""
+        for start in range(0, length, size):
+            count = min(size, length - start)
+            yield start, synthetic_turns(start + 1, count, self.content_chars)
+
+    @abstractmethod
+    def tail(self, key: str, n: int) -> int:
+        """Read the newest ``n`` turns the way an agent would; return how many came back."""
+
+    @abstractmethod
+    def append(self, key: str, pair: Sequence[Turn]) -> None:
+        """Append one user and one assistant turn."""
+
+    @abstractmethod
+    def count(self, key: str) -> int:
+        """Turns stored in the conversation (used to verify appends, never timed)."""
+
+    def close(self) -> None:
+        """Release what the system opened (the shared store is closed by its owner)."""
+        return None
+
+
+class OursSystem(HistorySystem):
+    """`ChatHistory` on the backend's LangGraph store."""
+
+    name = OURS
+
+    def __init__(self, backend: str, content_chars: int, store: BaseStore) -> None:
+        super().__init__(backend, content_chars)
+        self.history = ChatHistory(store)
+
+    def load(self, key: str, length: int) -> None:
+        for _, turns in self._slices(length):
+            self.history.append(key, turns)
+
+    def tail(self, key: str, n: int) -> int:
+        return len(self.history.tail_turns(key, n))
+
+    def append(self, key: str, pair: Sequence[Turn]) -> None:
+        self.history.append(key, pair)
+
+    def count(self, key: str) -> int:
+        return self.history.count(key)
+
+
+class NaiveSystem(HistorySystem):
+    """`NaiveHistory` on the backend's LangGraph store."""
+
+    name = NAIVE
+
+    def __init__(self, backend: str, content_chars: int, store: BaseStore) -> None:
+        super().__init__(backend, content_chars)
+        self.history = NaiveHistory(store)
+
+    def load(self, key: str, length: int) -> None:
+        # One put of the whole list: building it turn by turn would cost O(length**2).
+        turns = synthetic_turns(1, length, self.content_chars)
+        self.history.store.put(self.history.namespace, key, {"messages": turns}, index=False)
+
+    def tail(self, key: str, n: int) -> int:
+        return len(self.history.tail(key, n))
+
+    def append(self, key: str, pair: Sequence[Turn]) -> None:
+        self.history.append(key, pair)
+
+    def count(self, key: str) -> int:
+        return len(self.history.all(key))
+
+
+def _as_message(turn: Turn) -> BaseMessage:
+    cls = HumanMessage if turn["role"] == "user" else AIMessage
+    return cls(content=turn["content"], id=turn.get("id"))
+
+
+class LangchainPostgresSystem(HistorySystem):
+    """langchain-postgres' `PostgresChatMessageHistory`, in a table of its own.
+
+    It reads a whole session at once, so a window is ``messages[-n:]``: that is the read
+    an agent with a 30-message window makes with it.
+    """
+
+    name = LANGCHAIN
+    _LOAD_BATCH = 10_000
+
+    def __init__(self, backend: str, content_chars: int, dsn: str) -> None:
+        from langchain_postgres import PostgresChatMessageHistory
+
+        super().__init__(backend, content_chars)
+        self._cls = PostgresChatMessageHistory
+        # The package commits itself after writes, so the connection is not autocommit.
+        self.conn = psycopg.connect(dsn)
+        self.table = "lc_chat_" + uuid.uuid4().hex[:10]
+        PostgresChatMessageHistory.create_tables(self.conn, self.table)
+        self._sessions: dict[str, Any] = {}
+
+    def _session(self, key: str) -> Any:
+        found = self._sessions.get(key)
+        if found is None:
+            # Session ids must be UUIDs; derive a stable one from our key.
+            session_id = str(uuid.uuid5(uuid.NAMESPACE_URL, key))
+            found = self._cls(self.table, session_id, sync_connection=self.conn)
+            self._sessions[key] = found
+        return found
+
+    def load(self, key: str, length: int) -> None:
+        # Its own add_messages in big batches (one executemany each).
+        session = self._session(key)
+        for _, turns in self._slices(length, self._LOAD_BATCH):
+            session.add_messages([_as_message(t) for t in turns])
+
+    def tail(self, key: str, n: int) -> int:
+        return len(self._session(key).messages[-n:])
+
+    def append(self, key: str, pair: Sequence[Turn]) -> None:
+        self._session(key).add_messages([_as_message(t) for t in pair])
+
+    def count(self, key: str) -> int:
+        session_id = self._session(key)._session_id
+        row = self.conn.execute(
+            f"SELECT count(*) FROM {self.table} WHERE session_id = %s", (session_id,)
+        ).fetchone()
+        self.conn.commit()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        self.conn.rollback()
+        self._cls.drop_table(self.conn, self.table)
+        self.conn.close()
+
+
+class MemoryFloor(HistorySystem):
+    """A dict of lists: what an in-process history costs without any store."""
+
+    name = FLOOR
+
+    def __init__(self, backend: str, content_chars: int) -> None:
+        super().__init__(backend, content_chars)
+        self.data: dict[str, list[Turn]] = {}
+
+    def load(self, key: str, length: int) -> None:
+        self.data[key] = synthetic_turns(1, length, self.content_chars)
+
+    def tail(self, key: str, n: int) -> int:
+        return len(self.data.get(key, [])[-n:])
+
+    def append(self, key: str, pair: Sequence[Turn]) -> None:
+        self.data.setdefault(key, []).extend(pair)
+
+    def count(self, key: str) -> int:
+        return len(self.data.get(key, []))
+
+
+# One statement appends both turns: numbering from the indexed max(seq) keeps the floor
+# self-contained (no client-side counter) at the cost of one index probe.
+_SQLITE_FLOOR_DDL = (
+    "CREATE TABLE IF NOT EXISTS floor (conv TEXT NOT NULL, seq INTEGER NOT NULL, "
+    "role TEXT NOT NULL, content TEXT NOT NULL, PRIMARY KEY (conv, seq))"
+)
+_SQLITE_FLOOR_TAIL = "SELECT seq, role, content FROM floor WHERE conv = ? ORDER BY seq DESC LIMIT ?"
+_SQLITE_FLOOR_APPEND = (
+    "INSERT INTO floor (conv, seq, role, content) "
+    "SELECT ?, b.base + v.n, v.role, v.content "
+    "FROM (SELECT coalesce(max(seq), 0) AS base FROM floor WHERE conv = ?) AS b, "
+    "(SELECT 1 AS n, 'user' AS role, ? AS content "
+    "UNION ALL SELECT 2, 'assistant', ?) AS v"
+)
+
+
+class SqliteFloor(HistorySystem):
+    """The indexed table through ``sqlite3``, in its own WAL-mode file."""
+
+    name = FLOOR
+
+    def __init__(self, backend: str, content_chars: int, path: Path) -> None:
+        super().__init__(backend, content_chars)
+        # The same connection settings as the store's (autocommit, WAL, one connection
+        # shared by threads under a lock).
+        self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(_SQLITE_FLOOR_DDL)
+        self.lock = threading.Lock()
+
+    def load(self, key: str, length: int) -> None:
+        for before, turns in self._slices(length):
+            rows = [(key, before + i + 1, t["role"], t["content"]) for i, t in enumerate(turns)]
+            with self.lock:
+                self.conn.execute("BEGIN")
+                self.conn.executemany("INSERT INTO floor VALUES (?, ?, ?, ?)", rows)
+                self.conn.execute("COMMIT")
+
+    def tail(self, key: str, n: int) -> int:
+        with self.lock:
+            rows = self.conn.execute(_SQLITE_FLOOR_TAIL, (key, n)).fetchall()
+        rows.reverse()
+        return len(rows)
+
+    def append(self, key: str, pair: Sequence[Turn]) -> None:
+        with self.lock:
+            self.conn.execute(
+                _SQLITE_FLOOR_APPEND, (key, key, pair[0]["content"], pair[1]["content"])
+            )
+
+    def count(self, key: str) -> int:
+        with self.lock:
+            row = self.conn.execute("SELECT count(*) FROM floor WHERE conv = ?", (key,)).fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+_PG_FLOOR_APPEND = (
+    "INSERT INTO {table} (conv, seq, role, content) "
+    "SELECT %s, b.base + v.n, v.role, v.content "
+    "FROM (SELECT coalesce(max(seq), 0) AS base FROM {table} WHERE conv = %s) AS b, "
+    "(VALUES (1, 'user', %s::text), (2, 'assistant', %s::text)) AS v(n, role, content)"
+)
+
+
+class PostgresFloor(HistorySystem):
+    """The indexed table through ``psycopg`` directly, on one autocommit connection."""
+
+    name = FLOOR
+
+    def __init__(self, backend: str, content_chars: int, dsn: str) -> None:
+        super().__init__(backend, content_chars)
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.table = "floor_" + uuid.uuid4().hex[:10]
+        self.conn.execute(
+            f"CREATE TABLE {self.table} (conv text NOT NULL, seq bigint NOT NULL, "
+            "role text NOT NULL, content text NOT NULL, PRIMARY KEY (conv, seq))"
+        )
+        self._tail_sql = (
+            f"SELECT seq, role, content FROM {self.table} WHERE conv = %s "
+            "ORDER BY seq DESC LIMIT %s"
+        )
+        self._append_sql = _PG_FLOOR_APPEND.format(table=self.table)
+        self.lock = threading.Lock()
+
+    def load(self, key: str, length: int) -> None:
+        copy_sql = f"COPY {self.table} (conv, seq, role, content) FROM STDIN"
+        for before, turns in self._slices(length):
+            with self.lock, self.conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                for i, turn in enumerate(turns):
+                    copy.write_row((key, before + i + 1, turn["role"], turn["content"]))
+
+    def tail(self, key: str, n: int) -> int:
+        with self.lock:
+            rows = self.conn.execute(self._tail_sql, (key, n)).fetchall()
+        rows.reverse()
+        return len(rows)
+
+    def append(self, key: str, pair: Sequence[Turn]) -> None:
+        with self.lock:
+            self.conn.execute(self._append_sql, (key, key, pair[0]["content"], pair[1]["content"]))
+
+    def count(self, key: str) -> int:
+        with self.lock:
+            row = self.conn.execute(
+                f"SELECT count(*) FROM {self.table} WHERE conv = %s", (key,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        self.conn.execute(f"DROP TABLE IF EXISTS {self.table}")
+        self.conn.close()
