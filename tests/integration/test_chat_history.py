@@ -208,7 +208,11 @@ def test_reads_ignore_chunks_above_the_head(history: ChatHistory, store: BaseSto
     # is the newest chunk by key: the one-round-trip reads must notice and read the right ones.
     key = _key()
     history.append(key, [HumanMessage(f"m{i}") for i in range(10)])
-    orphan = {"kind": "chunk", "index": 9, "turns": [{"seq": s, "role": "user", "content": "stale"} for s in range(37, 41)]}
+    orphan = {
+        "kind": "chunk",
+        "index": 9,
+        "turns": [{"seq": s, "role": "user", "content": "stale"} for s in range(37, 41)],
+    }
     store.put(history.conversation_namespace(key), "chunk:0000000009", orphan)
     assert [m.content for m in history.tail(key, 5)] == ["m5", "m6", "m7", "m8", "m9"]
     history.append(key, [HumanMessage("m10")])

@@ -322,6 +322,9 @@ def _pg_transaction(store: PostgresStore, namespace: tuple[str, ...]) -> Iterato
     pending: dict[str, Any] = {}
     with (
         _pg_connection(store) as conn,
+        # Pipeline mode sends BEGIN, the lock and the first read in one round trip, and
+        # the writes with COMMIT in a second one.
+        conn.pipeline(),
         conn.transaction(),
         conn.cursor(row_factory=dict_row) as cur,
     ):
@@ -378,6 +381,7 @@ async def _apg_transaction(
     pending: dict[str, Any] = {}
     async with (
         _apg_connection(store) as conn,
+        conn.pipeline(),
         conn.transaction(),
         conn.cursor(row_factory=dict_row) as cur,
     ):
