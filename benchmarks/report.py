@@ -60,8 +60,9 @@ def render_markdown(results: dict[str, Any]) -> str:
             "## One LangGraph store call (p50 / p95 ms)",
             "",
             "`BaseStore.get` / `put` of one small item: the round trip every store-based "
-            "design pays per call. Our tail makes two (head, then chunks); our append "
-            "reads and writes inside one transaction.",
+            "design pays per call. On SQLite and PostgreSQL our tail is one query of our "
+            "own (head and newest chunks) and our append one transaction; on other stores "
+            "the tail is two store calls (head, then chunks).",
             "",
         ]
         by = {(r["backend"], r["op"]): r for r in primitives}
