@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 import uuid
 from typing import Any
 
@@ -132,9 +134,10 @@ def demo() -> None:
         highlight=False,
     )
     console.print("look at it with:", highlight=False)
+    program = "agent-history" if shutil.which("agent-history") else sys.argv[0]
     for command in (
-        f"agent-history stats -n {NAMESPACE}",
-        f"agent-history show {telegram_key} -n {NAMESPACE} --last 10",
-        f"agent-history export -n {NAMESPACE} -o demo.jsonl",
+        f"{program} stats -n {NAMESPACE}",
+        f"{program} show {telegram_key} -n {NAMESPACE} --last 10",
+        f"{program} export -n {NAMESPACE} -o demo.jsonl",
     ):
         console.print(f"  {command}", highlight=False, markup=False)
