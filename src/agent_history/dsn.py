@@ -20,6 +20,18 @@ def _password(dsn: str) -> str | None:
     return str(value) if value else None
 
 
+def _passwords(dsn: str) -> list[str]:
+    """Every spelling of the password a message could quote: as parsed, and as written
+    (percent-encoded in a URI, quoted in key/value form). The written forms are found
+    even when the DSN does not parse, since a driver's parse error may quote it whole."""
+    found = {_password(dsn) or ""}
+    for match in (*_URI_PASSWORD.finditer(dsn), *_KV_PASSWORD.finditer(dsn)):
+        written = match.group("pw")
+        found.update({written, written.strip("'")})
+    # Longest first, so a password is never half-replaced by a shorter one inside it.
+    return sorted((p for p in found if p), key=len, reverse=True)
+
+
 def redact_dsn(dsn: str) -> str:
     """Return ``dsn`` with its password replaced by ``***``.
 
@@ -31,7 +43,7 @@ def redact_dsn(dsn: str) -> str:
     """
     redacted = _URI_PASSWORD.sub(lambda m: m.group("head") + "***", dsn)
     redacted = _KV_PASSWORD.sub(lambda m: m.group("head") + "***", redacted)
-    return scrub_secret(redacted, _password(dsn))
+    return scrub_dsn_password(redacted, dsn)
 
 
 def describe_dsn(dsn: str) -> str:
@@ -57,4 +69,6 @@ def scrub_dsn_password(text: str, dsn: str | None) -> str:
     """Remove the password of ``dsn`` from an arbitrary message (e.g. a driver error)."""
     if not dsn:
         return text
-    return scrub_secret(text, _password(dsn))
+    for password in _passwords(dsn):
+        text = scrub_secret(text, password)
+    return text

@@ -160,9 +160,23 @@ def _finalize(value: Any) -> Any:
     return value
 
 
+def _bounded_replace(value: Any, old: Any, new: Any, count: int | None = None) -> str:
+    """Jinja's ``replace`` that refuses to build a value longer than any key could be:
+    ``replace('', s)`` puts ``s`` between every character, and chained it grows
+    exponentially (Jinja even folds constant chains while compiling)."""
+    text, old, new = str(value), str(old), str(new)
+    hits = len(text) + 1 if old == "" else text.count(old)
+    if count is not None and count >= 0:
+        hits = min(hits, count)
+    if len(text) + hits * (len(new) - len(old)) > MAX_RENDERED_LENGTH:
+        raise KeyTemplateError(KeyRejectReason.TOO_LONG, "rendered value too long")
+    return text.replace(old, new, -1 if count is None else count)
+
+
 _ENV = ImmutableSandboxedEnvironment(
     undefined=StrictUndefined, finalize=_finalize, autoescape=False, cache_size=0
 )
+_ENV.filters["replace"] = _bounded_replace
 
 
 def _check_tree(tree: nodes.Node) -> None:
@@ -192,10 +206,13 @@ def _compile(template: str) -> Any:
         )
     try:
         tree = _ENV.parse(template)
-    except TemplateError as exc:
+    except (TemplateError, RecursionError, MemoryError) as exc:
         raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, type(exc).__name__) from None
     _check_tree(tree)
-    return _ENV.from_string(tree)
+    try:
+        return _ENV.from_string(tree)
+    except Exception as exc:  # compiling folds constants, which runs filters
+        raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, type(exc).__name__) from None
 
 
 def _undefined_detail(exc: UndefinedError) -> str:
@@ -223,6 +240,8 @@ def render_key_template(template: str, context: Mapping[str, Any]) -> str:
         ) from None
     except _Unresolved:
         raise KeyTemplateError(KeyRejectReason.UNRESOLVED_TEMPLATE, "a value is empty") from None
+    except KeyTemplateError:
+        raise
     except Exception as exc:
         raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, type(exc).__name__) from None
     if len(rendered) > MAX_RENDERED_LENGTH:

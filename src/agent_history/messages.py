@@ -172,6 +172,19 @@ def _matches(stored: Sequence[BaseMessage], chat: Sequence[BaseMessage]) -> list
     return by_id
 
 
+def _as_of_redelivered(
+    stored: Sequence[BaseMessage], chat: Sequence[BaseMessage], newer: Sequence[BaseMessage]
+) -> Sequence[BaseMessage]:
+    """When the message to answer is a re-delivered user turn already stored, the stored
+    history as it stood when that turn arrived, so the model answers it and not a newer one."""
+    if newer or not chat or role_of(chat[-1]) != USER or not chat[-1].id:
+        return stored
+    for index in range(len(stored) - 1, -1, -1):
+        if stored[index].id == chat[-1].id:
+            return stored[: index + 1]
+    return stored
+
+
 def merge_history(
     stored: Sequence[BaseMessage],
     thread: Sequence[BaseMessage],
@@ -184,8 +197,10 @@ def merge_history(
     The store holds the conversation in order, so the stored tail is the backbone: thread
     messages that are stored turns (same id, or a thread that replays the end of the tail)
     are taken from it once; thread messages before the first such match are older and go
-    first; the others are new and go last. Then the reset command applies and the result
-    is trimmed to the newest ``max_messages``.
+    first; the others are new and go last. When the thread ends on a re-delivered user
+    turn that is already stored, stored turns after it are left out, so the model answers
+    that turn. Then the reset command applies and the result is trimmed to the newest
+    ``max_messages``.
 
     Args:
         stored: The stored tail, oldest first.
@@ -202,6 +217,7 @@ def merge_history(
     first = matched.index(True) if any(matched) else 0
     older = [m for m, hit in zip(chat[:first], matched[:first], strict=True) if not hit]
     newer = [m for m, hit in zip(chat[first:], matched[first:], strict=True) if not hit]
+    stored = _as_of_redelivered(stored, chat, newer)
     merged = [*older, *stored, *newer]
     after_reset, dropped = apply_reset(merged, reset_command)
     window = trim_window(after_reset, max_messages)

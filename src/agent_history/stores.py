@@ -16,6 +16,7 @@ from typing import Any
 
 import aiosqlite
 import psycopg
+from filelock import AsyncFileLock, FileLock
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.postgres import PostgresSaver
@@ -94,6 +95,43 @@ async def _async_sqlite_connection(
     except sqlite3.Error as exc:
         raise ConfigError(env_var(field), f"cannot open SQLite file {target}: {exc}") from None
     return conn
+
+
+# Setup runs migrations: "read the applied version, apply the rest". Two processes that
+# open a new database at once would both apply them, and one would fail, so setup is
+# serialised across processes: a lock file beside a SQLite database, a session-level
+# advisory lock on Postgres (held on its own connection, so a pool of one still works).
+_PG_SETUP_LOCK_ID = 0x616768_5345  # "agh" + "SE": one lock per database for setup
+
+
+def _sqlite_setup_lock_path(path: Path) -> str:
+    return str(path) + ".setup-lock"
+
+
+@contextmanager
+def _postgres_setup_lock(settings: HistorySettings) -> Iterator[None]:
+    try:
+        conn = psycopg.connect(
+            settings.dsn, autocommit=True, connect_timeout=settings.postgres_connect_timeout
+        )
+    except psycopg.Error as exc:
+        raise _unreachable(settings, exc) from None
+    with conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_PG_SETUP_LOCK_ID,))
+        yield  # closing the session releases the lock
+
+
+@asynccontextmanager
+async def _apostgres_setup_lock(settings: HistorySettings) -> AsyncIterator[None]:
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            settings.dsn, autocommit=True, connect_timeout=settings.postgres_connect_timeout
+        )
+    except psycopg.Error as exc:
+        raise _unreachable(settings, exc) from None
+    async with conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (_PG_SETUP_LOCK_ID,))
+        yield
 
 
 def _unreachable(settings: HistorySettings, exc: BaseException) -> StoreUnavailable:
@@ -194,14 +232,16 @@ def create_graph_store_sync(settings: HistorySettings | None = None) -> Iterator
         )
         try:
             store = SqliteStore(conn)
-            store.setup()
+            with FileLock(_sqlite_setup_lock_path(settings.graph_store_sqlite_path)):
+                store.setup()
             yield store
         finally:
             conn.close()
     else:
         with _postgres_pool(settings) as pool:
             pg_store = PostgresStore(conn=pool)
-            pg_store.setup()
+            with _postgres_setup_lock(settings):
+                pg_store.setup()
             yield pg_store
 
 
@@ -228,14 +268,16 @@ async def create_graph_store(settings: HistorySettings | None = None) -> AsyncIt
         )
         try:
             store = AsyncSqliteStore(conn)
-            await store.setup()
+            async with AsyncFileLock(_sqlite_setup_lock_path(settings.graph_store_sqlite_path)):
+                await store.setup()
             yield store
         finally:
             await conn.close()
     else:
         async with _apostgres_pool(settings) as pool:
             pg_store = AsyncPostgresStore(conn=pool)
-            await pg_store.setup()
+            async with _apostgres_setup_lock(settings):
+                await pg_store.setup()
             yield pg_store
 
 
@@ -256,14 +298,16 @@ def create_checkpointer_sync(
         )
         try:
             saver = SqliteSaver(conn)
-            saver.setup()
+            with FileLock(_sqlite_setup_lock_path(settings.checkpoint_sqlite_path)):
+                saver.setup()
             yield saver
         finally:
             conn.close()
     else:
         with _postgres_pool(settings) as pool:
             pg_saver = PostgresSaver(conn=pool)
-            pg_saver.setup()
+            with _postgres_setup_lock(settings):
+                pg_saver.setup()
             yield pg_saver
 
 
@@ -284,12 +328,14 @@ async def create_checkpointer(
         )
         try:
             saver = AsyncSqliteSaver(conn)
-            await saver.setup()
+            async with AsyncFileLock(_sqlite_setup_lock_path(settings.checkpoint_sqlite_path)):
+                await saver.setup()
             yield saver
         finally:
             await conn.close()
     else:
         async with _apostgres_pool(settings) as pool:
             pg_saver = AsyncPostgresSaver(conn=pool)
-            await pg_saver.setup()
+            async with _apostgres_setup_lock(settings):
+                await pg_saver.setup()
             yield pg_saver

@@ -193,3 +193,19 @@ def test_resolution_never_raises_and_is_valid_or_explained(
     else:
         assert len(resolution.rejected) == len(candidates)
         assert all(isinstance(r.reason, KeyRejectReason) for r in resolution.rejected)
+
+
+def test_replace_filter_works_within_key_bounds() -> None:
+    state = {"inputs": {"room": "Sales Team"}}
+    resolution = resolve_history_key(
+        state, candidates=["room:{{ inputs.room | replace(' ', '_') | lower }}"]
+    )
+    assert resolution.key == "room:sales_team"
+    once = resolve_history_key(state, candidates=["{{ 'a-b-c' | replace('-', '_', 1) }}"])
+    assert once.key == "a_b-c"
+
+
+def test_replace_filter_refuses_to_grow_past_any_key() -> None:
+    bomb = "{{ 'aaaaaaaaaa'" + " | replace('', 'aaaaaaaaaa')" * 3 + " }}"
+    [rejection] = resolve_history_key({}, candidates=[bomb]).rejected
+    assert rejection.reason == KeyRejectReason.TOO_LONG

@@ -64,6 +64,26 @@ def test_turns_from_other_threads_keep_their_place() -> None:
     assert _texts(merged.messages) == ["a1", "A1", "b1", "B1", "a2"]
 
 
+def test_redelivered_user_turn_is_answered_with_the_history_as_it_stood() -> None:
+    stored = [
+        HumanMessage("first", id="m1"),
+        AIMessage("echo: first", id="reply:m1:0"),
+        HumanMessage("second", id="m2"),
+        AIMessage("echo: second", id="reply:m2:0"),
+    ]
+    merged = merge_history(stored, [HumanMessage("first", id="m1")], max_messages=10)
+    assert _texts(merged.messages) == ["first"]
+    assert merged.new_turns == []
+    assert merged.stored_in_payload == 1
+
+
+def test_stored_latest_user_turn_keeps_the_whole_tail() -> None:
+    # Not a re-delivery of an older turn: the thread ends where the store ends.
+    stored = [HumanMessage("q1", id="a"), AIMessage("a1", id="b"), HumanMessage("q2", id="c")]
+    merged = merge_history(stored, [HumanMessage("q2", id="c")], max_messages=10)
+    assert _texts(merged.messages) == ["q1", "a1", "q2"]
+
+
 def test_window_trims_oldest_and_skips_orphan_tool_results() -> None:
     thread = [
         HumanMessage("q"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -40,16 +41,27 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is when a record arrives, so a command run
+    in-process (tests, notebooks) never leaves a handler bound to a closed stream."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
 @app.callback()
 def _configure_logging() -> None:
     """Durable chat history for LangGraph agents: demo and operations."""
     # Warnings from the library go to stderr, one line each, in order with the output.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    # The level is the handler's: the library logger's own level stays the caller's.
     library = logging.getLogger("agent_history")
-    if not library.handlers:
+    if not any(isinstance(h, _StderrHandler) for h in library.handlers):
+        handler = _StderrHandler(logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         library.addHandler(handler)
-        library.setLevel(logging.WARNING)
 
 
 def fail(message: str, code: int) -> typer.Exit:

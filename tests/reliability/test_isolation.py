@@ -1,0 +1,171 @@
+"""Turns stored under one key or namespace never show up under another (checked against a model)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from langgraph.store.base import BaseStore
+
+from agent_history import AgentNode, HistoryReport
+from agent_history.history import ChatHistory
+from agent_history.keys import KEY_PATTERN
+from agent_history.settings import HistorySettings
+from agent_history.stores import create_graph_store_sync
+from agent_history.testing import RecordingChatModel
+from tests.reliability.conftest import Record
+from tests.support.agent_graphs import build_graph, new_thread, toggles
+
+# Keys that differ only by case, by where the ':' is, or by a trailing ':'/'-'/'_'. "n_1"
+# and "nx1" also name namespaces below: a conversation "n_1" sits where a nested
+# namespace starts, and "_" is a LIKE wildcard that would match "nx1".
+TRICKY_KEYS = [
+    "a:b1", "a:b:1", "A:b1", "a:b1:", "a:B1", "A:B1", ":a:b1", "a::b1", "ab1", "a-b1",
+    "a_b1", "a:b1-", "a:b1_", "n_1", "nx1", "N_1", "telegram:1", "telegram:01", "Telegram:1",
+]  # fmt: skip
+assert all(KEY_PATTERN.match(key) for key in TRICKY_KEYS)
+
+NAMESPACES = ("base", "n_1", "nx1")
+"""Namespace suffixes: ``(iso, run)``, ``(iso, run, n_1)`` and ``(iso, run, nx1)``."""
+
+KEY = st.sampled_from(TRICKY_KEYS) | st.text(alphabet="aAbB01:_-", min_size=1, max_size=8)
+IDS = st.sampled_from(["m1", "m2", "m3", None])  # ids are reused across keys on purpose
+OP = st.one_of(
+    st.tuples(
+        st.just("append"),
+        st.sampled_from(NAMESPACES),
+        KEY,
+        st.lists(st.tuples(st.sampled_from(["user", "assistant"]), IDS), min_size=1, max_size=3),
+    ),
+    st.tuples(st.just("delete"), st.sampled_from(NAMESPACES), KEY, st.just([])),
+)
+
+Model = dict[tuple[str, str], list[tuple[str, str, str | None]]]
+
+
+def _namespace(run: str, name: str) -> tuple[str, ...]:
+    return ("iso", run) if name == "base" else ("iso", run, name)
+
+
+@pytest.fixture
+def persistent_store(persistent_settings: HistorySettings) -> Iterator[BaseStore]:
+    with create_graph_store_sync(persistent_settings) as store:
+        yield store
+
+
+def _apply(
+    histories: dict[str, ChatHistory], model: Model, ops: list[tuple[str, str, str, list[Any]]]
+) -> int:
+    """Apply ``ops`` to the store and to the model; return the number of turns written."""
+    written = 0
+    for number, (kind, ns, key, turns) in enumerate(ops):
+        history = histories[ns]
+        if kind == "delete":
+            removed = history.delete(key)
+            assert removed == len(model.pop((ns, key), []))
+            continue
+        messages = [
+            {"role": role, "content": f"{ns}/{key}/op{number}/#{i}", "id": mid}
+            for i, (role, mid) in enumerate(turns)
+        ]
+        stored = model.setdefault((ns, key), [])
+        known = {mid for _, _, mid in stored if mid is not None}
+        expected_new = []
+        for message in messages:
+            if message["id"] is not None and message["id"] in known:
+                continue  # a re-delivered id in this conversation is skipped
+            if message["id"] is not None:
+                known.add(message["id"])
+            expected_new.append((message["role"], message["content"], message["id"]))
+        result = history.append(key, messages)
+        assert result.appended == len(expected_new)
+        stored.extend(expected_new)
+        written += len(expected_new)
+        if not stored:
+            del model[(ns, key)]
+    return written
+
+
+def _check(histories: dict[str, ChatHistory], model: Model, keys: set[str]) -> int:
+    """Read every key of every namespace back and compare with the model."""
+    reads = 0
+    for ns, history in histories.items():
+        for key in sorted(keys):
+            turns = list(history.read(key))
+            expected = model.get((ns, key), [])
+            assert [(t.role, t.content, t.id) for t in turns] == expected, (ns, key)
+            assert [t.seq for t in turns] == list(range(1, len(turns) + 1)), (ns, key)
+            assert history.count(key) == len(expected)
+            reads += 1
+        listed = sorted(history.keys())
+        assert listed == sorted(k for (n, k), v in model.items() if n == ns and v), ns
+    return reads
+
+
+@pytest.fixture
+def totals(persistent_backend: str, record_figures: Record) -> Iterator[dict[str, int]]:
+    """Figures summed over every example of one property-test call, recorded at the end."""
+    counts = {"examples": 0, "turns": 0, "reads": 0}
+    yield counts
+    record_figures(scenario="isolation", backend=persistent_backend, **counts, leaks=0)
+
+
+@settings(
+    deadline=None,
+    max_examples=30,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ops=st.lists(OP, min_size=1, max_size=25))
+@example(
+    ops=[
+        ("append", ns, key, [("user", "m1"), ("assistant", None)])
+        for ns in NAMESPACES
+        for key in TRICKY_KEYS
+    ]
+    + [("delete", "base", "n_1", []), ("delete", "n_1", "a:b1", [])]
+)
+def test_keys_and_namespaces_are_isolated(
+    persistent_store: BaseStore,
+    totals: dict[str, int],
+    ops: list[tuple[str, str, str, list[Any]]],
+) -> None:
+    run = "r" + uuid.uuid4().hex[:12]
+    histories = {
+        ns: ChatHistory(persistent_store, namespace=_namespace(run, ns)) for ns in NAMESPACES
+    }
+    model: Model = {}
+    written = _apply(histories, model, ops)
+    reads = _check(histories, model, set(TRICKY_KEYS) | {key for _, _, key, _ in ops})
+    totals["examples"] += 1
+    totals["turns"] += written
+    totals["reads"] += reads
+
+
+def test_node_keys_differing_by_case_or_colon_stay_apart(
+    persistent_store: BaseStore,
+) -> None:
+    # Through the node: candidates that render to near-identical keys keep separate logs.
+    run = uuid.uuid4().hex[:8]
+    keys = [f"{run}:a:b1", f"{run}:a:b:1", f"{run.upper()}:A:b1", f"{run}:a:b1:"]
+    reports: list[HistoryReport] = []
+    for round_ in range(2):
+        for key in keys:
+            node = AgentNode(
+                RecordingChatModel(),
+                use_graph_chat_history=True,
+                history_key_candidates=["{{ inputs.key }}"],
+                toggles=toggles(),
+                on_report=reports.append,
+            )
+            state = {"inputs": {"key": key, "message": f"{key} says {round_}"}}
+            build_graph(node, persistent_store).invoke(state, new_thread())
+            assert reports[-1].key == key
+    for key in keys:
+        stored = [t.content for t in ChatHistory(persistent_store).read(key)]
+        assert stored == [
+            f"{key} says 0", f"echo: {key} says 0", f"{key} says 1", f"echo: {key} says 1"
+        ]  # fmt: skip

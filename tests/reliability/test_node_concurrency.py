@@ -1,0 +1,252 @@
+"""Callbacks for one Telegram chat delivered at once from several processes: each turn once."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import queue
+import random
+import sqlite3
+import threading
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_history import AgentNode
+from agent_history.history import ChatHistory
+from agent_history.settings import HistorySettings
+from agent_history.stores import create_graph_store_sync
+from agent_history.testing import RecordingChatModel
+from tests.reliability.conftest import Record, trials
+from tests.support.agent_graphs import (
+    build_graph,
+    new_thread,
+    settings_values,
+    telegram_callback,
+    toggles,
+)
+from tests.support.node_workers import deliver_callbacks
+
+PROCESSES, THREADS = 3, 2
+JOIN_TIMEOUT = 300.0
+
+
+def _plan(rng: random.Random, messages: int, redeliveries: int) -> list[list[tuple[str, str]]]:
+    """Spread distinct messages over every deliverer, plus exact re-deliveries of some of
+    them, mostly by another deliverer (so original and copy race each other)."""
+    deliverers = PROCESSES * THREADS
+    plan: list[list[tuple[str, str]]] = [[] for _ in range(deliverers)]
+    originals = [(f"m{i}", f"message {i} ✓") for i in range(messages)]
+    owner: dict[str, int] = {}
+    for callback in originals:
+        slot = rng.randrange(deliverers)
+        owner[callback[0]] = slot
+        plan[slot].append(callback)
+    for callback in rng.sample(originals, redeliveries):
+        slot = rng.randrange(deliverers)
+        batch = plan[slot]
+        batch.insert(rng.randint(0, len(batch)), callback)
+    return plan
+
+
+def _values(settings: HistorySettings) -> dict[str, Any]:
+    return settings_values(settings, graph_store_sqlite_busy_timeout=120.0)
+
+
+def test_concurrent_deliveries_store_every_turn_once(
+    persistent_settings: HistorySettings, record_figures: Record
+) -> None:
+    rng = random.Random()
+    seed = rng.randrange(2**32)
+    rng.seed(seed)
+    messages = max(12, 2 * trials())
+    redeliveries = max(4, messages // 3)
+    chat = int(uuid.uuid4().int % 10**9)
+    plans = _plan(rng, messages, redeliveries)
+    # Set the store up before the workers start: several processes setting up a new file
+    # at once can crash (see test_processes_starting_together_on_a_new_sqlite_file).
+    with create_graph_store_sync(persistent_settings):
+        pass
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(PROCESSES * THREADS)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=deliver_callbacks,
+            args=(
+                _values(persistent_settings),
+                chat,
+                plans[p * THREADS : (p + 1) * THREADS],
+                start,
+                results,
+            ),
+        )
+        for p in range(PROCESSES)
+    ]
+    for proc in procs:
+        proc.start()
+    outcomes: list[dict[str, Any]] = []
+    try:
+        for _ in procs:
+            status, payload = results.get(timeout=JOIN_TIMEOUT)
+            assert status == "ok", payload
+            outcomes.extend(payload)
+    except queue.Empty:
+        raise AssertionError("a delivering process did not report back") from None
+    finally:
+        start.abort()  # releases workers still waiting when another one failed early
+        for proc in procs:
+            proc.join(JOIN_TIMEOUT)
+            if proc.is_alive():
+                proc.kill()
+    assert [proc.exitcode for proc in procs] == [0] * PROCESSES
+
+    # Every callback was answered, from the history, and written without a fallback.
+    delivered = sum(len(batch) for batch in plans)
+    assert len(outcomes) == delivered == messages + redeliveries
+    # Every callback got an answer; the run that stored a message answered that message.
+    # (A re-delivery that finds its message already stored may answer another one: see
+    # test_redelivery_after_other_messages_answers_the_redelivered_message.)
+    assert all(str(o["answer"]).startswith("echo: message ") for o in outcomes)
+    first_runs = [o for o in outcomes if o["appended"] == 2]
+    assert all(o["answer"] == f"echo: {o['text']}" for o in first_runs)
+    assert all(o["fallbacks"] == [] for o in outcomes), [o["fallbacks"] for o in outcomes]
+    assert all(o["key"] == f"telegram:{chat}" for o in outcomes)
+    # Each turn was appended by exactly one run; the copies were recognised.
+    assert sum(o["appended"] for o in outcomes) == 2 * messages
+    assert sum(o["duplicates"] for o in outcomes) >= 1
+
+    with create_graph_store_sync(persistent_settings) as store:
+        turns = list(ChatHistory(store).read(f"telegram:{chat}"))
+    ids = Counter(t.id for t in turns)
+    expected_ids = {f"m{i}" for i in range(messages)} | {f"reply:m{i}:0" for i in range(messages)}
+    assert set(ids) == expected_ids
+    assert all(count == 1 for count in ids.values()), ids.most_common(3)
+    assert len(turns) == 2 * messages
+    assert [t.seq for t in turns] == list(range(1, len(turns) + 1))
+    by_id = {t.id: t for t in turns}
+    for i in range(messages):
+        user, reply = by_id[f"m{i}"], by_id[f"reply:m{i}:0"]
+        assert (user.role, user.content) == ("user", f"message {i} ✓")
+        assert (reply.role, reply.content) == ("assistant", f"echo: message {i} ✓")
+        assert user.seq < reply.seq
+    record_figures(
+        scenario="node_concurrency",
+        backend=persistent_settings.graph_store_backend.value,
+        seed=seed,
+        processes=PROCESSES,
+        threads_per_process=THREADS,
+        callbacks=delivered,
+        redeliveries=redeliveries,
+        stored_turns=len(turns),
+        duplicates_skipped=sum(o["duplicates"] for o in outcomes),
+        lost=0,
+        duplicated=0,
+    )
+
+
+def test_redelivery_after_other_messages_answers_the_redelivered_message(
+    persistent_settings: HistorySettings,
+) -> None:
+    model = RecordingChatModel()
+    chat = int(uuid.uuid4().int % 10**9)
+    with create_graph_store_sync(persistent_settings) as store:
+        graph = build_graph(AgentNode(model, use_graph_chat_history=True, toggles=toggles()), store)
+        for mid, text in [("m1", "first"), ("m2", "second")]:
+            graph.invoke(telegram_callback(chat, text, mid), new_thread())
+        # The channel retries the first webhook (e.g. our first answer was slow).
+        out = graph.invoke(telegram_callback(chat, "first", "m1"), new_thread())
+        stored = [t.content for t in ChatHistory(store).read(f"telegram:{chat}")]
+    assert stored == ["first", "echo: first", "second", "echo: second"]  # stored once
+    # The model answered the re-delivered message, with the history as it stood then.
+    assert out["messages"][-1].content == "echo: first"
+    assert [m.content for m in model.calls[-1]] == ["first"]
+
+
+def _trace_setups(monkeypatch: pytest.MonkeyPatch, on_statement: Any) -> list[tuple[str, str]]:
+    """Route every new SQLite connection's statements to ``on_statement(conn_state, sql)``
+    and log them as (thread name, statement)."""
+    log: list[tuple[str, str]] = []
+    real_connect = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = real_connect(*args, **kwargs)
+        state = {"read": False, "paused": False}
+
+        def trace(statement: str) -> None:
+            log.append((threading.current_thread().name, statement))
+            on_statement(state, statement)
+
+        conn.set_trace_callback(trace)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    return log
+
+
+def _open_together(settings: HistorySettings) -> list[BaseException]:
+    errors: list[BaseException] = []
+    start = threading.Barrier(2, timeout=30)
+
+    def open_store() -> None:
+        try:
+            start.wait()
+            with create_graph_store_sync(settings) as store:
+                ChatHistory(store).append("k", [{"role": "user", "content": "hi"}])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store, name=f"opener-{i}") for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    return errors
+
+
+def test_unserialised_setup_really_races(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fault the next test guards against, made certain: with the setup lock taken
+    # away, two openers that both read "no migration applied" before either migrates
+    # both migrate, and one dies.
+    monkeypatch.setattr("agent_history.stores.FileLock", lambda path: contextlib.nullcontext())
+    about_to_read = threading.Barrier(2, timeout=30)
+    both_read = threading.Barrier(2, timeout=30)
+
+    def interleave(state: dict[str, bool], statement: str) -> None:
+        if statement.startswith("SELECT v FROM store_migrations"):
+            state["read"] = True
+            about_to_read.wait()
+        elif state["read"] and not state["paused"]:
+            state["paused"] = True  # the version has been read: wait for the other
+            both_read.wait()
+
+    _trace_setups(monkeypatch, interleave)
+    settings = HistorySettings(
+        graph_store_backend="sqlite", graph_store_sqlite_path=tmp_path / "new.sqlite"
+    )
+    errors = _open_together(settings)
+    assert not about_to_read.broken and not both_read.broken
+    assert [type(e) for e in errors] == [sqlite3.IntegrityError], errors
+
+
+def test_processes_starting_together_on_a_new_sqlite_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two workers of a service start at the same moment on a file that does not exist
+    # yet: setup is serialised, so exactly one of them applies the migrations, the other
+    # sees them applied, and both work.
+    log = _trace_setups(monkeypatch, lambda state, statement: None)
+    settings = HistorySettings(
+        graph_store_backend="sqlite", graph_store_sqlite_path=tmp_path / "new.sqlite"
+    )
+    assert _open_together(settings) == []
+    readers = {name for name, sql in log if sql.startswith("SELECT v FROM store_migrations")}
+    migrators = {name for name, sql in log if sql.startswith("INSERT INTO store_migrations")}
+    assert readers == {"opener-0", "opener-1"}
+    assert len(migrators) == 1, migrators
+    with create_graph_store_sync(settings) as store:
+        assert [t.content for t in ChatHistory(store).read("k")] == ["hi", "hi"]
