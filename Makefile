@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint type pytest bench bench-quick postgres clean
+.PHONY: demo test lint type pytest reliability-long bench bench-quick postgres clean
 
 $(VENV)/.runtime: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ pytest: $(VENV)/.dev postgres
 
 ## The full test suite: ruff, mypy --strict on src/, pytest with real SQLite and PostgreSQL.
 test: lint type pytest
+
+## The reliability suite's long variant: 200 SIGKILL trials per backend, 500 examples.
+reliability-long: $(VENV)/.dev postgres
+	AGENT_HISTORY_RELIABILITY_TRIALS=200 AGENT_HISTORY_RELIABILITY_EXAMPLES=500 \
+		$(VENV)/bin/pytest tests/reliability
 
 bench: $(VENV)/.dev postgres
 	$(PY) -m benchmarks.run

@@ -8,26 +8,19 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import BaseMessage
-from langgraph.graph import START, StateGraph
 from langgraph.store.base import BaseStore
 from langgraph.store.memory import InMemoryStore
 
-from agent_history import AgentNode, AgentState, HistoryReport
+from agent_history import AgentNode, HistoryReport
 from agent_history.history import ChatHistory
 from agent_history.settings import HistorySettings
 from agent_history.stores import create_checkpointer_sync, create_graph_store_sync
 from agent_history.testing import RecordingChatModel
 from agent_history.toggles import HistoryToggles
+from tests.support.agent_graphs import build_graph, new_thread, telegram_callback
 from tests.support.fault_stores import FaultyStore, UntouchableStore
 
 NS = ("agent_chat_history",)
-
-
-def _graph(node: AgentNode, store: BaseStore | None, checkpointer: Any = None) -> Any:
-    builder = StateGraph(AgentState)
-    builder.add_node("agent", node)
-    builder.add_edge(START, "agent")
-    return builder.compile(store=store, checkpointer=checkpointer)
 
 
 def _node(
@@ -43,20 +36,6 @@ def _texts(messages: list[BaseMessage]) -> list[str]:
     return [str(m.content) for m in messages]
 
 
-def _thread() -> dict[str, Any]:
-    return {"configurable": {"thread_id": uuid.uuid4().hex}}
-
-
-def _telegram(chat_id: int, text: str, message_id: int | None = None) -> dict[str, Any]:
-    message: dict[str, Any] = {"text": text}
-    if message_id is not None:
-        message["message_id"] = message_id
-    return {
-        "inputs": {"message": message},
-        "results": {"telegram_events_parser": {"chat_id": chat_id}},
-    }
-
-
 def test_telegram_callbacks_in_separate_threads_see_earlier_turns(
     persistent_settings: HistorySettings,
 ) -> None:
@@ -66,9 +45,9 @@ def test_telegram_callbacks_in_separate_threads_see_earlier_turns(
         create_checkpointer_sync(persistent_settings) as saver,
         create_graph_store_sync(persistent_settings) as store,
     ):
-        graph = _graph(_node(model), store, saver)
+        graph = build_graph(_node(model), store, saver)
         for i in range(3):
-            graph.invoke(_telegram(chat, f"msg {i}"), _thread())
+            graph.invoke(telegram_callback(chat, f"msg {i}"), new_thread())
         stored = list(ChatHistory(store).read(f"telegram:{chat}"))
     assert _texts(model.calls[0]) == ["msg 0"]
     assert _texts(model.calls[1]) == ["msg 0", "echo: msg 0", "msg 1"]
@@ -83,13 +62,13 @@ def test_telegram_callbacks_in_separate_threads_see_earlier_turns(
 def test_wecom_cs_identity_continuity(store: BaseStore) -> None:
     model = RecordingChatModel()
     kf, user = "kf" + uuid.uuid4().hex[:6], "ext" + uuid.uuid4().hex[:6]
-    graph = _graph(_node(model), store)
+    graph = build_graph(_node(model), store)
     for text in ("hello", "again"):
         state = {
             "inputs": {"message": text},
             "results": {"wecom_cs_sync": {"open_kf_id": kf, "external_userid": user}},
         }
-        graph.invoke(state, _thread())
+        graph.invoke(state, new_thread())
     assert _texts(model.calls[1]) == ["hello", "echo: hello", "again"]
     assert ChatHistory(store).count(f"wecom_cs:{kf}:{user}") == 4
 
@@ -98,10 +77,10 @@ def test_same_thread_with_checkpointer_does_not_duplicate(store: BaseStore) -> N
     from langgraph.checkpoint.memory import InMemorySaver
 
     model = RecordingChatModel()
-    graph = _graph(_node(model), store, InMemorySaver())
-    thread, chat = _thread(), 777000 + int(uuid.uuid4().int % 1000)
+    graph = build_graph(_node(model), store, InMemorySaver())
+    thread, chat = new_thread(), 777000 + int(uuid.uuid4().int % 1000)
     for i in range(3):
-        graph.invoke(_telegram(chat, f"m{i}"), thread)
+        graph.invoke(telegram_callback(chat, f"m{i}"), thread)
     assert _texts(model.calls[2]) == ["m0", "echo: m0", "m1", "echo: m1", "m2"]
     assert [t.content for t in ChatHistory(store).read(f"telegram:{chat}")] == [
         "m0", "echo: m0", "m1", "echo: m1", "m2", "echo: m2",
@@ -110,10 +89,10 @@ def test_same_thread_with_checkpointer_does_not_duplicate(store: BaseStore) -> N
 
 def test_redelivered_callback_is_stored_once(store: BaseStore) -> None:
     model = RecordingChatModel()
-    graph = _graph(_node(model), store)
+    graph = build_graph(_node(model), store)
     chat = int(uuid.uuid4().int % 10**9)
-    graph.invoke(_telegram(chat, "pay now", message_id=10), _thread())
-    graph.invoke(_telegram(chat, "pay now", message_id=10), _thread())  # webhook retry
+    graph.invoke(telegram_callback(chat, "pay now", message_id=10), new_thread())
+    graph.invoke(telegram_callback(chat, "pay now", message_id=10), new_thread())  # webhook retry
     assert [t.content for t in ChatHistory(store).read(f"telegram:{chat}")] == [
         "pay now",
         "echo: pay now",
@@ -160,11 +139,11 @@ def test_key_candidates(
         history_key_candidates=[*candidates, *DEFAULT_HISTORY_KEY_CANDIDATES],
         history_key_template=template,
     )
-    state = _telegram(5, "hi")
+    state = telegram_callback(5, "hi")
     state["results"].update(state_extra)
-    config = _thread()
+    config = new_thread()
     config["configurable"].update(config_extra)
-    _graph(node, store).invoke(state, config)
+    build_graph(node, store).invoke(state, config)
     assert reports[-1].key == expected
     assert ChatHistory(store).count(expected) == 2
 
@@ -174,10 +153,10 @@ def test_window_stays_within_max_messages_while_store_keeps_everything(
 ) -> None:
     model = RecordingChatModel()
     reports: list[HistoryReport] = []
-    graph = _graph(_node(model, reports, max_messages=10), store)
+    graph = build_graph(_node(model, reports, max_messages=10), store)
     chat = int(uuid.uuid4().int % 10**9)
     for i in range(100):
-        graph.invoke(_telegram(chat, f"turn {i}"), _thread())
+        graph.invoke(telegram_callback(chat, f"turn {i}"), new_thread())
     assert all(len(call) <= 10 for call in model.calls)
     assert _texts(model.calls[-1])[-1] == "turn 99"
     stored = list(ChatHistory(store).read(f"telegram:{chat}"))
@@ -232,7 +211,7 @@ def test_bad_keys_degrade_with_a_warning(
         ],
     )
     with caplog.at_level(logging.WARNING, logger="agent_history"):
-        out = _graph(node, store).invoke(state, _thread())
+        out = build_graph(node, store).invoke(state, new_thread())
     assert _texts(out["messages"])[-1] == "echo: hi"
     assert reports[-1].key is None and "no_valid_key" in reports[-1].fallbacks
     assert reason_code in reports[-1].rejected
@@ -244,7 +223,9 @@ def test_bad_keys_degrade_with_a_warning(
 def test_missing_store_degrades(caplog: pytest.LogCaptureFixture) -> None:
     model, reports = RecordingChatModel(), []
     with caplog.at_level(logging.WARNING, logger="agent_history"):
-        out = _graph(_node(model, reports), None).invoke(_telegram(1, "hi"), _thread())
+        out = build_graph(_node(model, reports), None).invoke(
+            telegram_callback(1, "hi"), new_thread()
+        )
     assert _texts(out["messages"])[-1] == "echo: hi"
     assert reports[-1].fallbacks == ("no_store",)
     assert any("no_store" in r.getMessage() for r in caplog.records)
@@ -257,7 +238,9 @@ def test_read_failure_degrades_to_in_memory(caplog: pytest.LogCaptureFixture) ->
     faulty.fail_reads = True
     model, reports = RecordingChatModel(), []
     with caplog.at_level(logging.WARNING, logger="agent_history"):
-        out = _graph(_node(model, reports), faulty).invoke(_telegram(3, "hi"), _thread())
+        out = build_graph(_node(model, reports), faulty).invoke(
+            telegram_callback(3, "hi"), new_thread()
+        )
     assert _texts(out["messages"]) == ["hi", "echo: hi"]
     assert _texts(model.calls[0]) == ["hi"]
     assert "read_failed" in reports[-1].fallbacks and reports[-1].appended == 0
@@ -276,7 +259,9 @@ def test_write_failure_retries_then_warns_and_keeps_history_intact(
     faulty.fail_writes = True
     model, reports = RecordingChatModel(), []
     with caplog.at_level(logging.WARNING, logger="agent_history"):
-        out = _graph(_node(model, reports), faulty).invoke(_telegram(4, "hi"), _thread())
+        out = build_graph(_node(model, reports), faulty).invoke(
+            telegram_callback(4, "hi"), new_thread()
+        )
     assert _texts(out["messages"])[-1] == "echo: hi"
     assert _texts(model.calls[0]) == ["kept", "hi"]
     assert faulty.calls.count("put") == 3  # three attempts
@@ -290,11 +275,11 @@ def test_toggle_off_is_a_plain_node_that_never_touches_the_store() -> None:
     plain_model, off_model = RecordingChatModel(), RecordingChatModel()
     thread = {
         "messages": [{"role": "user", "content": f"m{i}"} for i in range(5)],
-        **_telegram(9, "now"),
+        **telegram_callback(9, "now"),
     }
-    _graph(AgentNode(plain_model, max_messages=4), None).invoke(thread, _thread())
-    _graph(AgentNode(off_model, max_messages=4, use_graph_chat_history=False), store).invoke(
-        thread, _thread()
+    build_graph(AgentNode(plain_model, max_messages=4), None).invoke(thread, new_thread())
+    build_graph(AgentNode(off_model, max_messages=4, use_graph_chat_history=False), store).invoke(
+        thread, new_thread()
     )
     assert _texts(off_model.calls[0]) == _texts(plain_model.calls[0]) == ["m2", "m3", "m4", "now"]
     assert store.touched == []
@@ -302,10 +287,10 @@ def test_toggle_off_is_a_plain_node_that_never_touches_the_store() -> None:
 
 async def test_async_graph_with_async_store(astore: BaseStore) -> None:
     model = RecordingChatModel()
-    graph = _graph(_node(model), astore)
+    graph = build_graph(_node(model), astore)
     chat = int(uuid.uuid4().int % 10**9)
     for i in range(3):
-        await graph.ainvoke(_telegram(chat, f"a{i}"), _thread())
+        await graph.ainvoke(telegram_callback(chat, f"a{i}"), new_thread())
     assert _texts(model.calls[2]) == ["a0", "echo: a0", "a1", "echo: a1", "a2"]
     assert await ChatHistory(astore).acount(f"telegram:{chat}") == 6
 
@@ -313,8 +298,8 @@ async def test_async_graph_with_async_store(astore: BaseStore) -> None:
 def test_system_prompt_is_sent_first_and_not_counted() -> None:
     model = RecordingChatModel()
     store = InMemoryStore()
-    graph = _graph(_node(model, system_prompt="You are terse.", max_messages=2), store)
+    graph = build_graph(_node(model, system_prompt="You are terse.", max_messages=2), store)
     for i in range(3):
-        graph.invoke(_telegram(8, f"x{i}"), _thread())
+        graph.invoke(telegram_callback(8, f"x{i}"), new_thread())
     assert model.calls[-1][0].type == "system"
     assert _texts(model.calls[-1]) == ["You are terse.", "echo: x1", "x2"]

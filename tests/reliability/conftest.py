@@ -12,6 +12,7 @@ import pytest
 
 TRIALS_VAR = "AGENT_HISTORY_RELIABILITY_TRIALS"
 DEFAULT_TRIALS = 20
+EXAMPLES_VAR = "AGENT_HISTORY_RELIABILITY_EXAMPLES"
 
 _FIGURES: list[dict[str, Any]] = []
 _FIGURES_FILE: list[Path] = []
@@ -20,6 +21,12 @@ _FIGURES_FILE: list[Path] = []
 def trials(default: int = DEFAULT_TRIALS) -> int:
     """Trials per backend: ``AGENT_HISTORY_RELIABILITY_TRIALS`` or the CI default."""
     raw = os.environ.get(TRIALS_VAR, "").strip()
+    return max(1, int(raw)) if raw else default
+
+
+def examples(default: int) -> int:
+    """Hypothesis examples per property: ``AGENT_HISTORY_RELIABILITY_EXAMPLES`` or ``default``."""
+    raw = os.environ.get(EXAMPLES_VAR, "").strip()
     return max(1, int(raw)) if raw else default
 
 

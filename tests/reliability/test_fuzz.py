@@ -26,12 +26,12 @@ from agent_history.messages import role_of
 from agent_history.settings import HistorySettings
 from agent_history.stores import create_graph_store_sync
 from agent_history.testing import RecordingChatModel
-from tests.reliability.conftest import Record
+from tests.reliability.conftest import Record, examples
 from tests.support.agent_graphs import build_graph, new_thread, telegram_callback, toggles
 
 FUZZ = settings(
     deadline=None,
-    max_examples=40,
+    max_examples=examples(40),
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 REASONS = {reason.value for reason in KeyRejectReason}

@@ -17,7 +17,7 @@ from agent_history.keys import KEY_PATTERN
 from agent_history.settings import HistorySettings
 from agent_history.stores import create_graph_store_sync
 from agent_history.testing import RecordingChatModel
-from tests.reliability.conftest import Record
+from tests.reliability.conftest import Record, examples
 from tests.support.agent_graphs import build_graph, new_thread, toggles
 
 # Keys that differ only by case, by where the ':' is, or by a trailing ':'/'-'/'_'. "n_1"
@@ -116,7 +116,7 @@ def totals(persistent_backend: str, record_figures: Record) -> Iterator[dict[str
 
 @settings(
     deadline=None,
-    max_examples=30,
+    max_examples=examples(30),
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(ops=st.lists(OP, min_size=1, max_size=25))

@@ -39,7 +39,9 @@ def new_thread() -> dict[str, Any]:
     return {"configurable": {"thread_id": uuid.uuid4().hex}}
 
 
-def telegram_callback(chat_id: int, text: str, message_id: str | None = None) -> dict[str, Any]:
+def telegram_callback(
+    chat_id: int, text: str, message_id: str | int | None = None
+) -> dict[str, Any]:
     """The state a Telegram webhook callback produces."""
     message: dict[str, Any] = {"text": text}
     if message_id is not None:
