@@ -31,10 +31,11 @@ _postgres_version: list[str] = []
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
-    """Start PostgreSQL once per session, or use AGENT_HISTORY_TEST_POSTGRES_DSN's server.
+    """Start a throwaway PostgreSQL server once per session.
 
     Under CI=true a server that cannot start fails the tests that need it; elsewhere
-    they are skipped with the reason.
+    they are skipped with the reason. Tests that need a server of their own (fresh
+    databases, stopping it for an outage) use this even when an external DSN is given.
     """
     server = PostgresServer()
     try:
@@ -53,12 +54,15 @@ def pg_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="session")
-def pg_dsn(pg_server: PostgresServer) -> str:
-    """DSN of a database created for this test session."""
+def pg_dsn(request: pytest.FixtureRequest) -> str:
+    """DSN of a database for this test session: ``AGENT_HISTORY_TEST_POSTGRES_DSN`` (a
+    scratch database on a server of your own; no server is started for it) or a database
+    created on the throwaway server."""
     external = os.environ.get("AGENT_HISTORY_TEST_POSTGRES_DSN")
     if external:
         return external
-    return pg_server.create_database("agent_history_tests")
+    server: PostgresServer = request.getfixturevalue("pg_server")
+    return server.create_database("agent_history_tests")
 
 
 @pytest.fixture

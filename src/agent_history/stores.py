@@ -9,10 +9,10 @@ closed on exit.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 import psycopg
@@ -72,40 +72,97 @@ def _prepare_sqlite_path(path: Path, field: str) -> str:
     return str(path)
 
 
-def _sqlite_connection(path: Path, field: str, timeout: float) -> sqlite3.Connection:
-    target = _prepare_sqlite_path(path, field)
-    try:
-        conn = sqlite3.connect(
-            target, check_same_thread=False, isolation_level=None, timeout=timeout
-        )
-        # WAL lets readers in other processes proceed while one process writes.
-        conn.execute("PRAGMA journal_mode=WAL")
-    except sqlite3.Error as exc:
-        raise ConfigError(env_var(field), f"cannot open SQLite file {target}: {exc}") from None
-    return conn
-
-
-async def _async_sqlite_connection(
-    path: Path, field: str, busy_timeout: float
-) -> aiosqlite.Connection:
-    target = _prepare_sqlite_path(path, field)
-    try:
-        conn = await aiosqlite.connect(target, isolation_level=None, timeout=busy_timeout)
-        await conn.execute("PRAGMA journal_mode=WAL")
-    except sqlite3.Error as exc:
-        raise ConfigError(env_var(field), f"cannot open SQLite file {target}: {exc}") from None
-    return conn
-
-
 # Setup runs migrations: "read the applied version, apply the rest". Two processes that
-# open a new database at once would both apply them, and one would fail, so setup is
-# serialised across processes: a lock file beside a SQLite database, a session-level
-# advisory lock on Postgres (held on its own connection, so a pool of one still works).
-_PG_SETUP_LOCK_ID = 0x616768_5345  # "agh" + "SE": one lock per database for setup
+# open a new database at once would both apply them, and one would fail, so opening and
+# setup are serialised across processes: a lock file beside a SQLite database (switching
+# a new file to WAL needs it too), a session-level advisory lock on PostgreSQL (held on a
+# connection of its own, so a pool of one still works).
+_PG_SETUP_LOCK_ID = 0x6167_6831_5345_5450  # one advisory lock per database, for setup
 
 
-def _sqlite_setup_lock_path(path: Path) -> str:
-    return str(path) + ".setup-lock"
+class _SetUp(Protocol):
+    def setup(self) -> None: ...
+
+
+class _AsyncSetUp(Protocol):
+    async def setup(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=_SetUp)
+_AS = TypeVar("_AS", bound=_AsyncSetUp)
+
+
+def _sqlite_target(settings: HistorySettings, field: str) -> tuple[str, str]:
+    """The database path (parent directories created) and its setup lock file."""
+    target = _prepare_sqlite_path(getattr(settings, field), field)
+    return target, target + ".setup-lock"
+
+
+def _cannot_open(field: str, target: str, exc: sqlite3.Error) -> ConfigError:
+    return ConfigError(env_var(field), f"cannot open SQLite file {target}: {exc}")
+
+
+@contextmanager
+def _sqlite_opened(
+    settings: HistorySettings, field: str, factory: Callable[[sqlite3.Connection], _S]
+) -> Iterator[_S]:
+    """Connect in WAL mode and build and set up ``factory(conn)`` under the setup lock;
+    close the connection on exit."""
+    target, lock = _sqlite_target(settings, field)
+    with FileLock(lock):
+        try:
+            conn = sqlite3.connect(
+                target,
+                check_same_thread=False,
+                isolation_level=None,
+                timeout=settings.graph_store_sqlite_busy_timeout,
+            )
+        except sqlite3.Error as exc:
+            raise _cannot_open(field, target, exc) from None
+        try:
+            # WAL lets readers in other processes proceed while one process writes.
+            conn.execute("PRAGMA journal_mode=WAL")
+            opened = factory(conn)
+            opened.setup()
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _cannot_open(field, target, exc) from None
+        except BaseException:
+            conn.close()
+            raise
+    try:
+        yield opened
+    finally:
+        conn.close()
+
+
+@asynccontextmanager
+async def _async_sqlite_opened(
+    settings: HistorySettings, field: str, factory: Callable[[aiosqlite.Connection], _AS]
+) -> AsyncIterator[_AS]:
+    """The async twin of `_sqlite_opened`."""
+    target, lock = _sqlite_target(settings, field)
+    async with AsyncFileLock(lock):
+        try:
+            conn = await aiosqlite.connect(
+                target, isolation_level=None, timeout=settings.graph_store_sqlite_busy_timeout
+            )
+        except sqlite3.Error as exc:
+            raise _cannot_open(field, target, exc) from None
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            opened = factory(conn)
+            await opened.setup()
+        except sqlite3.Error as exc:
+            await conn.close()
+            raise _cannot_open(field, target, exc) from None
+        except BaseException:
+            await conn.close()
+            raise
+    try:
+        yield opened
+    finally:
+        await conn.close()
 
 
 @contextmanager
@@ -225,18 +282,8 @@ def create_graph_store_sync(settings: HistorySettings | None = None) -> Iterator
     if backend is Backend.MEMORY:
         yield InMemoryStore()
     elif backend is Backend.SQLITE:
-        conn = _sqlite_connection(
-            settings.graph_store_sqlite_path,
-            "graph_store_sqlite_path",
-            settings.graph_store_sqlite_busy_timeout,
-        )
-        try:
-            store = SqliteStore(conn)
-            with FileLock(_sqlite_setup_lock_path(settings.graph_store_sqlite_path)):
-                store.setup()
+        with _sqlite_opened(settings, "graph_store_sqlite_path", SqliteStore) as store:
             yield store
-        finally:
-            conn.close()
     else:
         with _postgres_pool(settings) as pool:
             pg_store = PostgresStore(conn=pool)
@@ -261,18 +308,10 @@ async def create_graph_store(settings: HistorySettings | None = None) -> AsyncIt
     if backend is Backend.MEMORY:
         yield InMemoryStore()
     elif backend is Backend.SQLITE:
-        conn = await _async_sqlite_connection(
-            settings.graph_store_sqlite_path,
-            "graph_store_sqlite_path",
-            settings.graph_store_sqlite_busy_timeout,
-        )
-        try:
-            store = AsyncSqliteStore(conn)
-            async with AsyncFileLock(_sqlite_setup_lock_path(settings.graph_store_sqlite_path)):
-                await store.setup()
-            yield store
-        finally:
-            await conn.close()
+        async with _async_sqlite_opened(
+            settings, "graph_store_sqlite_path", AsyncSqliteStore
+        ) as astore:
+            yield astore
     else:
         async with _apostgres_pool(settings) as pool:
             pg_store = AsyncPostgresStore(conn=pool)
@@ -291,18 +330,8 @@ def create_checkpointer_sync(
     if backend is Backend.MEMORY:
         yield InMemorySaver()
     elif backend is Backend.SQLITE:
-        conn = _sqlite_connection(
-            settings.checkpoint_sqlite_path,
-            "checkpoint_sqlite_path",
-            settings.graph_store_sqlite_busy_timeout,
-        )
-        try:
-            saver = SqliteSaver(conn)
-            with FileLock(_sqlite_setup_lock_path(settings.checkpoint_sqlite_path)):
-                saver.setup()
+        with _sqlite_opened(settings, "checkpoint_sqlite_path", SqliteSaver) as saver:
             yield saver
-        finally:
-            conn.close()
     else:
         with _postgres_pool(settings) as pool:
             pg_saver = PostgresSaver(conn=pool)
@@ -321,18 +350,10 @@ async def create_checkpointer(
     if backend is Backend.MEMORY:
         yield InMemorySaver()
     elif backend is Backend.SQLITE:
-        conn = await _async_sqlite_connection(
-            settings.checkpoint_sqlite_path,
-            "checkpoint_sqlite_path",
-            settings.graph_store_sqlite_busy_timeout,
-        )
-        try:
-            saver = AsyncSqliteSaver(conn)
-            async with AsyncFileLock(_sqlite_setup_lock_path(settings.checkpoint_sqlite_path)):
-                await saver.setup()
-            yield saver
-        finally:
-            await conn.close()
+        async with _async_sqlite_opened(
+            settings, "checkpoint_sqlite_path", AsyncSqliteSaver
+        ) as asaver:
+            yield asaver
     else:
         async with _apostgres_pool(settings) as pool:
             pg_saver = AsyncPostgresSaver(conn=pool)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from agent_history import AgentNode
+from agent_history.errors import ConfigError
 from agent_history.history import ChatHistory
 from agent_history.settings import HistorySettings
 from agent_history.stores import create_graph_store_sync
@@ -159,28 +160,75 @@ def test_redelivery_after_other_messages_answers_the_redelivered_message(
     assert [m.content for m in model.calls[-1]] == ["first"]
 
 
-def _trace_setups(monkeypatch: pytest.MonkeyPatch, on_statement: Any) -> list[tuple[str, str]]:
-    """Route every new SQLite connection's statements to ``on_statement(conn_state, sql)``
-    and log them as (thread name, statement)."""
+def _log_statements(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Log every statement of every new SQLite connection as (thread name, statement)."""
     log: list[tuple[str, str]] = []
     real_connect = sqlite3.connect
 
     def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
         conn = real_connect(*args, **kwargs)
-        state = {"read": False, "paused": False}
-
-        def trace(statement: str) -> None:
-            log.append((threading.current_thread().name, statement))
-            on_statement(state, statement)
-
-        conn.set_trace_callback(trace)
+        conn.set_trace_callback(
+            lambda statement: log.append((threading.current_thread().name, statement))
+        )
         return conn
 
     monkeypatch.setattr(sqlite3, "connect", connect)
     return log
 
 
-def _open_together(settings: HistorySettings) -> list[BaseException]:
+def _new_file_settings(tmp_path: Path) -> HistorySettings:
+    return HistorySettings(
+        graph_store_backend="sqlite", graph_store_sqlite_path=tmp_path / "new.sqlite"
+    )
+
+
+def test_unserialised_setup_really_races(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fault the next test guards against, made certain: with the setup lock taken
+    # away, a second worker that sets the file up between the first one reading "no
+    # migration applied" and applying them makes the first one fail.
+    monkeypatch.setattr("agent_history.stores.FileLock", lambda path: contextlib.nullcontext())
+    settings = _new_file_settings(tmp_path)
+    real_connect = sqlite3.connect
+    state = {"read": False, "second_opened": False}
+    second_errors: list[BaseException] = []
+
+    def second_worker() -> None:
+        # Runs start to finish inside the first worker's setup (same thread, own
+        # connection: SQLite lets it write while the first one only reads).
+        try:
+            with create_graph_store_sync(settings):
+                pass
+        except BaseException as exc:
+            second_errors.append(exc)
+
+    def trace(statement: str) -> None:
+        if statement.startswith("SELECT v FROM store_migrations"):
+            state["read"] = True
+        elif state["read"] and not state["second_opened"]:
+            state["second_opened"] = True
+            second_worker()
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = real_connect(*args, **kwargs)
+        if not state["read"]:  # the first worker's connection only
+            conn.set_trace_callback(trace)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    with pytest.raises(ConfigError) as failed, create_graph_store_sync(settings):
+        pass
+    assert state["second_opened"] and second_errors == []
+    assert "UNIQUE constraint failed: store_migrations.v" in str(failed.value)
+
+
+def test_processes_starting_together_on_a_new_sqlite_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two workers of a service start at the same moment on a file that does not exist
+    # yet: opening and setup are serialised, so exactly one of them applies the
+    # migrations, the other sees them applied, and both work.
+    log = _log_statements(monkeypatch)
+    settings = _new_file_settings(tmp_path)
     errors: list[BaseException] = []
     start = threading.Barrier(2, timeout=30)
 
@@ -198,45 +246,7 @@ def _open_together(settings: HistorySettings) -> list[BaseException]:
     for thread in threads:
         thread.join(60)
     assert not any(thread.is_alive() for thread in threads)
-    return errors
-
-
-def test_unserialised_setup_really_races(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The fault the next test guards against, made certain: with the setup lock taken
-    # away, two openers that both read "no migration applied" before either migrates
-    # both migrate, and one dies.
-    monkeypatch.setattr("agent_history.stores.FileLock", lambda path: contextlib.nullcontext())
-    about_to_read = threading.Barrier(2, timeout=30)
-    both_read = threading.Barrier(2, timeout=30)
-
-    def interleave(state: dict[str, bool], statement: str) -> None:
-        if statement.startswith("SELECT v FROM store_migrations"):
-            state["read"] = True
-            about_to_read.wait()
-        elif state["read"] and not state["paused"]:
-            state["paused"] = True  # the version has been read: wait for the other
-            both_read.wait()
-
-    _trace_setups(monkeypatch, interleave)
-    settings = HistorySettings(
-        graph_store_backend="sqlite", graph_store_sqlite_path=tmp_path / "new.sqlite"
-    )
-    errors = _open_together(settings)
-    assert not about_to_read.broken and not both_read.broken
-    assert [type(e) for e in errors] == [sqlite3.IntegrityError], errors
-
-
-def test_processes_starting_together_on_a_new_sqlite_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Two workers of a service start at the same moment on a file that does not exist
-    # yet: setup is serialised, so exactly one of them applies the migrations, the other
-    # sees them applied, and both work.
-    log = _trace_setups(monkeypatch, lambda state, statement: None)
-    settings = HistorySettings(
-        graph_store_backend="sqlite", graph_store_sqlite_path=tmp_path / "new.sqlite"
-    )
-    assert _open_together(settings) == []
+    assert errors == []
     readers = {name for name, sql in log if sql.startswith("SELECT v FROM store_migrations")}
     migrators = {name for name, sql in log if sql.startswith("INSERT INTO store_migrations")}
     assert readers == {"opener-0", "opener-1"}
