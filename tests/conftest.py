@@ -135,5 +135,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     counts = ", ".join(f"{n} {k}" for k, n in _postgres_outcomes.items())
-    version = _postgres_version[0] if _postgres_version else "not started"
-    terminalreporter.write_line(f"postgres tests: {counts} (server: PostgreSQL {version})")
+    servers = [f"PostgreSQL {v}" for v in _postgres_version[:1]]
+    if os.environ.get("AGENT_HISTORY_TEST_POSTGRES_DSN"):
+        servers.append("AGENT_HISTORY_TEST_POSTGRES_DSN")
+    server = " + ".join(servers) or "PostgreSQL not started"
+    terminalreporter.write_line(f"postgres tests: {counts} (server: {server})")
