@@ -102,6 +102,36 @@ def _cannot_open(field: str, target: str, exc: sqlite3.Error) -> ConfigError:
     return ConfigError(env_var(field), f"cannot open SQLite file {target}: {exc}")
 
 
+def _cannot_lock(field: str, lock: str, exc: OSError) -> ConfigError:
+    return ConfigError(env_var(field), f"cannot create lock file {lock}: {exc.strerror or exc}")
+
+
+@contextmanager
+def _sqlite_setup_lock(lock: str, field: str) -> Iterator[None]:
+    file_lock = FileLock(lock)
+    try:
+        file_lock.acquire()
+    except OSError as exc:
+        raise _cannot_lock(field, lock, exc) from None
+    try:
+        yield
+    finally:
+        file_lock.release()
+
+
+@asynccontextmanager
+async def _async_sqlite_setup_lock(lock: str, field: str) -> AsyncIterator[None]:
+    file_lock = AsyncFileLock(lock)
+    try:
+        await file_lock.acquire()
+    except OSError as exc:
+        raise _cannot_lock(field, lock, exc) from None
+    try:
+        yield
+    finally:
+        await file_lock.release()
+
+
 @contextmanager
 def _sqlite_opened(
     settings: HistorySettings, field: str, factory: Callable[[sqlite3.Connection], _S]
@@ -109,7 +139,7 @@ def _sqlite_opened(
     """Connect in WAL mode and build and set up ``factory(conn)`` under the setup lock;
     close the connection on exit."""
     target, lock = _sqlite_target(settings, field)
-    with FileLock(lock):
+    with _sqlite_setup_lock(lock, field):
         try:
             conn = sqlite3.connect(
                 target,
@@ -142,7 +172,7 @@ async def _async_sqlite_opened(
 ) -> AsyncIterator[_AS]:
     """The async twin of `_sqlite_opened`."""
     target, lock = _sqlite_target(settings, field)
-    async with AsyncFileLock(lock):
+    async with _async_sqlite_setup_lock(lock, field):
         try:
             conn = await aiosqlite.connect(
                 target, isolation_level=None, timeout=settings.graph_store_sqlite_busy_timeout

@@ -8,11 +8,13 @@ import uuid
 from pathlib import Path
 from typing import Any, TypedDict
 
+import filelock
 import pytest
 from langgraph.graph import START, StateGraph
 from langgraph.store.base import BaseStore
 
 from agent_history import (
+    ConfigError,
     HistorySettings,
     StoreUnavailable,
     create_checkpointer,
@@ -53,6 +55,29 @@ def test_sqlite_store_persists_to_the_configured_file(tmp_path: Path) -> None:
     with create_graph_store_sync(settings) as reopened:
         item = reopened.get(("a",), "k")
         assert item is not None and item.value == {"v": 1}
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_sqlite_lock_file_that_cannot_be_created_names_the_variable(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root ignores directory permissions, so the refusal is injected where the lock is taken.
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", refuse)
+    monkeypatch.setattr(filelock.AsyncFileLock, "acquire", refuse)
+    settings = HistorySettings(
+        graph_store_backend="sqlite", checkpoint_sqlite_path=tmp_path / "ro" / "cp.sqlite"
+    )
+    with pytest.raises(ConfigError, match="ORCHEO_CHECKPOINT_SQLITE_PATH: cannot create lock"):
+        if mode == "sync":
+            with create_checkpointer_sync(settings):
+                pass
+        else:
+            async with create_checkpointer(settings):
+                pass
+    assert not (tmp_path / "ro" / "cp.sqlite").exists()  # nothing was opened or created
 
 
 class _State(TypedDict):

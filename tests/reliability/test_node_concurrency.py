@@ -186,7 +186,9 @@ def test_unserialised_setup_really_races(tmp_path: Path, monkeypatch: pytest.Mon
     # The fault the next test guards against, made certain: with the setup lock taken
     # away, a second worker that sets the file up between the first one reading "no
     # migration applied" and applying them makes the first one fail.
-    monkeypatch.setattr("agent_history.stores.FileLock", lambda path: contextlib.nullcontext())
+    monkeypatch.setattr(
+        "agent_history.stores._sqlite_setup_lock", lambda lock, field: contextlib.nullcontext()
+    )
     settings = _new_file_settings(tmp_path)
     real_connect = sqlite3.connect
     state = {"read": False, "second_opened": False}
