@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from langchain_core.messages import BaseMessage
 
@@ -41,9 +41,8 @@ def decode_content(stored: Any, encoding: str | None) -> Any:
     return stored
 
 
-@dataclass(frozen=True, slots=True)
-class Turn:
-    """One stored chat turn."""
+class Turn(NamedTuple):
+    """One stored chat turn, immutable (a named tuple: every tail read builds dozens)."""
 
     seq: int
     """Position in the conversation, from 1, contiguous."""
@@ -75,13 +74,15 @@ class Turn:
     @classmethod
     def from_record(cls, record: dict[str, Any], value_field: str = "content") -> Turn:
         """Read a chunk record; falls back to ``content`` when ``value_field`` is absent."""
-        stored = record.get(value_field, record.get("content", ""))
+        get = record.get
+        stored = record[value_field] if value_field in record else get("content", "")
+        encoding = get("enc")
         return cls(
-            seq=int(record["seq"]),
-            role=str(record.get("role", "user")),
-            content=decode_content(stored, record.get("enc")),
-            id=record.get("id"),
-            ts=record.get("ts"),
+            int(record["seq"]),
+            str(get("role", "user")),
+            stored if encoding is None else decode_content(stored, encoding),
+            get("id"),
+            get("ts"),
         )
 
 
