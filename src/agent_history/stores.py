@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 import psycopg
-from filelock import AsyncFileLock, FileLock
+from filelock import AsyncFileLock, FileLock, Timeout
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.postgres import PostgresSaver
@@ -92,6 +92,11 @@ _S = TypeVar("_S", bound=_SetUp)
 _AS = TypeVar("_AS", bound=_AsyncSetUp)
 
 
+def _setup_wait(settings: HistorySettings) -> float:
+    # Setup takes milliseconds; waiting longer than this means another process is stuck.
+    return max(30.0, settings.graph_store_sqlite_busy_timeout)
+
+
 def _sqlite_target(settings: HistorySettings, field: str) -> tuple[str, str]:
     """The database path (parent directories created) and its setup lock file."""
     target = _prepare_sqlite_path(getattr(settings, field), field)
@@ -102,17 +107,21 @@ def _cannot_open(field: str, target: str, exc: sqlite3.Error) -> ConfigError:
     return ConfigError(env_var(field), f"cannot open SQLite file {target}: {exc}")
 
 
-def _cannot_lock(field: str, lock: str, exc: OSError) -> ConfigError:
-    return ConfigError(env_var(field), f"cannot create lock file {lock}: {exc.strerror or exc}")
+def _cannot_lock(field: str, lock: str, exc: OSError, wait: float) -> ConfigError:
+    if isinstance(exc, Timeout):
+        problem = f"another process held the setup lock {lock} for more than {wait:g}s"
+    else:
+        problem = f"cannot create lock file {lock}: {exc.strerror or exc}"
+    return ConfigError(env_var(field), problem)
 
 
 @contextmanager
-def _sqlite_setup_lock(lock: str, field: str) -> Iterator[None]:
-    file_lock = FileLock(lock)
+def _sqlite_setup_lock(lock: str, field: str, wait: float) -> Iterator[None]:
+    file_lock = FileLock(lock, timeout=wait)
     try:
         file_lock.acquire()
-    except OSError as exc:
-        raise _cannot_lock(field, lock, exc) from None
+    except OSError as exc:  # filelock.Timeout is a TimeoutError, an OSError
+        raise _cannot_lock(field, lock, exc, wait) from None
     try:
         yield
     finally:
@@ -120,12 +129,12 @@ def _sqlite_setup_lock(lock: str, field: str) -> Iterator[None]:
 
 
 @asynccontextmanager
-async def _async_sqlite_setup_lock(lock: str, field: str) -> AsyncIterator[None]:
-    file_lock = AsyncFileLock(lock)
+async def _async_sqlite_setup_lock(lock: str, field: str, wait: float) -> AsyncIterator[None]:
+    file_lock = AsyncFileLock(lock, timeout=wait)
     try:
         await file_lock.acquire()
     except OSError as exc:
-        raise _cannot_lock(field, lock, exc) from None
+        raise _cannot_lock(field, lock, exc, wait) from None
     try:
         yield
     finally:
@@ -139,7 +148,7 @@ def _sqlite_opened(
     """Connect in WAL mode and build and set up ``factory(conn)`` under the setup lock;
     close the connection on exit."""
     target, lock = _sqlite_target(settings, field)
-    with _sqlite_setup_lock(lock, field):
+    with _sqlite_setup_lock(lock, field, _setup_wait(settings)):
         try:
             conn = sqlite3.connect(
                 target,
@@ -172,7 +181,7 @@ async def _async_sqlite_opened(
 ) -> AsyncIterator[_AS]:
     """The async twin of `_sqlite_opened`."""
     target, lock = _sqlite_target(settings, field)
-    async with _async_sqlite_setup_lock(lock, field):
+    async with _async_sqlite_setup_lock(lock, field, _setup_wait(settings)):
         try:
             conn = await aiosqlite.connect(
                 target, isolation_level=None, timeout=settings.graph_store_sqlite_busy_timeout

@@ -187,7 +187,8 @@ def test_unserialised_setup_really_races(tmp_path: Path, monkeypatch: pytest.Mon
     # away, a second worker that sets the file up between the first one reading "no
     # migration applied" and applying them makes the first one fail.
     monkeypatch.setattr(
-        "agent_history.stores._sqlite_setup_lock", lambda lock, field: contextlib.nullcontext()
+        "agent_history.stores._sqlite_setup_lock",
+        lambda lock, field, wait: contextlib.nullcontext(),
     )
     settings = _new_file_settings(tmp_path)
     real_connect = sqlite3.connect
