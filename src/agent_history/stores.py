@@ -204,6 +204,24 @@ async def _async_sqlite_opened(
         await conn.close()
 
 
+# The wait is bounded like SQLite's: a server-side lock_timeout for this session only.
+_PG_SETUP_WAIT_SECONDS = 30.0
+
+
+def _pg_setup_lock_statements() -> list[tuple[str, tuple[object, ...]]]:
+    return [
+        ("SELECT set_config('lock_timeout', %s, false)", (f"{_PG_SETUP_WAIT_SECONDS:g}s",)),
+        ("SELECT pg_advisory_lock(%s)", (_PG_SETUP_LOCK_ID,)),
+    ]
+
+
+def _setup_lock_held(settings: HistorySettings) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"another process held the setup lock of PostgreSQL at {describe_dsn(settings.dsn)} "
+        f"({env_var('postgres_dsn')}) for more than {_PG_SETUP_WAIT_SECONDS:g}s"
+    )
+
+
 @contextmanager
 def _postgres_setup_lock(settings: HistorySettings) -> Iterator[None]:
     try:
@@ -213,7 +231,11 @@ def _postgres_setup_lock(settings: HistorySettings) -> Iterator[None]:
     except psycopg.Error as exc:
         raise _unreachable(settings, exc) from None
     with conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_PG_SETUP_LOCK_ID,))
+        try:
+            for statement, params in _pg_setup_lock_statements():
+                conn.execute(statement, params)
+        except psycopg.errors.LockNotAvailable:
+            raise _setup_lock_held(settings) from None
         yield  # closing the session releases the lock
 
 
@@ -226,7 +248,11 @@ async def _apostgres_setup_lock(settings: HistorySettings) -> AsyncIterator[None
     except psycopg.Error as exc:
         raise _unreachable(settings, exc) from None
     async with conn:
-        await conn.execute("SELECT pg_advisory_lock(%s)", (_PG_SETUP_LOCK_ID,))
+        try:
+            for statement, params in _pg_setup_lock_statements():
+                await conn.execute(statement, params)
+        except psycopg.errors.LockNotAvailable:
+            raise _setup_lock_held(settings) from None
         yield
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 import filelock
+import psycopg
 import pytest
 from langgraph.graph import START, StateGraph
 from langgraph.store.base import BaseStore
@@ -21,6 +22,7 @@ from agent_history import (
     create_checkpointer_sync,
     create_graph_store,
     create_graph_store_sync,
+    stores,
 )
 from agent_history.stores import backend_of
 
@@ -172,3 +174,24 @@ def test_wrong_password_is_reported_without_it(pg_server: Any) -> None:
         pass
     assert "authentication" in str(caught.value)
     assert SENTINEL not in str(caught.value)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_postgres_setup_lock_held_too_long_fails_with_a_clear_reason(
+    mode: str, fresh_pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agent_history.stores._PG_SETUP_WAIT_SECONDS", 0.05)
+    settings = HistorySettings(graph_store_backend="postgres", postgres_dsn=fresh_pg_dsn)
+    with psycopg.connect(fresh_pg_dsn, autocommit=True) as holder:  # a stuck opener
+        holder.execute("SELECT pg_advisory_lock(%s)", (stores._PG_SETUP_LOCK_ID,))
+        with pytest.raises(StoreUnavailable, match="another process held the setup lock"):
+            if mode == "sync":
+                with create_graph_store_sync(settings):
+                    pass
+            else:
+                async with create_graph_store(settings):
+                    pass
+    # The holder is gone: setup goes through.
+    with create_graph_store_sync(settings) as store:
+        store.put(("a",), "k", {"v": 1})
