@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -77,9 +77,6 @@ def _prepare_sqlite_path(path: Path, field: str) -> str:
 # setup are serialised across processes: a lock file beside a SQLite database (switching
 # a new file to WAL needs it too), a session-level advisory lock on PostgreSQL (held on a
 # connection of its own, so a pool of one still works).
-_PG_SETUP_LOCK_ID = 0x6167_6831_5345_5450  # one advisory lock per database, for setup
-
-
 class _SetUp(Protocol):
     def setup(self) -> None: ...
 
@@ -204,6 +201,7 @@ async def _async_sqlite_opened(
         await conn.close()
 
 
+_PG_SETUP_LOCK_ID = 0x6167_6831_5345_5450  # one advisory lock per database, for setup
 # The wait is bounded like SQLite's: a server-side lock_timeout for this session only.
 _PG_SETUP_WAIT_SECONDS = 30.0
 
@@ -273,16 +271,6 @@ def check_postgres_reachable(settings: HistorySettings) -> None:
         raise _unreachable(settings, exc) from None
 
 
-async def _acheck_postgres_reachable(settings: HistorySettings) -> None:
-    try:
-        conn = await psycopg.AsyncConnection.connect(
-            settings.dsn, connect_timeout=settings.postgres_connect_timeout
-        )
-        await conn.close()
-    except psycopg.Error as exc:
-        raise _unreachable(settings, exc) from None
-
-
 def _pool_kwargs(settings: HistorySettings) -> dict[str, Any]:
     return {
         "min_size": settings.postgres_pool_min_size,
@@ -298,7 +286,6 @@ def _pool_kwargs(settings: HistorySettings) -> dict[str, Any]:
 def _postgres_pool(
     settings: HistorySettings,
 ) -> Iterator[ConnectionPool[psycopg.Connection[DictRow]]]:
-    check_postgres_reachable(settings)
     pool: ConnectionPool[psycopg.Connection[DictRow]] = ConnectionPool(
         settings.dsn, **_pool_kwargs(settings)
     )
@@ -317,7 +304,6 @@ def _postgres_pool(
 async def _apostgres_pool(
     settings: HistorySettings,
 ) -> AsyncIterator[AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]]:
-    await _acheck_postgres_reachable(settings)
     pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = AsyncConnectionPool(
         settings.dsn, **_pool_kwargs(settings)
     )
@@ -330,6 +316,33 @@ async def _apostgres_pool(
         yield pool
     finally:
         await pool.close()
+
+
+@contextmanager
+def _postgres_opened(
+    settings: HistorySettings,
+    factory: Callable[[ConnectionPool[psycopg.Connection[DictRow]]], _S],
+) -> Iterator[_S]:
+    """Open the pool and build and set up ``factory(pool)`` under the setup lock, whose
+    connection, made first, is also the fail-fast check that the server is reachable."""
+    with ExitStack() as stack:
+        with _postgres_setup_lock(settings):
+            opened = factory(stack.enter_context(_postgres_pool(settings)))
+            opened.setup()
+        yield opened
+
+
+@asynccontextmanager
+async def _apostgres_opened(
+    settings: HistorySettings,
+    factory: Callable[[AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]], _AS],
+) -> AsyncIterator[_AS]:
+    """The async twin of `_postgres_opened`."""
+    async with AsyncExitStack() as stack:
+        async with _apostgres_setup_lock(settings):
+            opened = factory(await stack.enter_async_context(_apostgres_pool(settings)))
+            await opened.setup()
+        yield opened
 
 
 @contextmanager
@@ -350,10 +363,7 @@ def create_graph_store_sync(settings: HistorySettings | None = None) -> Iterator
         with _sqlite_opened(settings, "graph_store_sqlite_path", SqliteStore) as store:
             yield store
     else:
-        with _postgres_pool(settings) as pool:
-            pg_store = PostgresStore(conn=pool)
-            with _postgres_setup_lock(settings):
-                pg_store.setup()
+        with _postgres_opened(settings, lambda pool: PostgresStore(conn=pool)) as pg_store:
             yield pg_store
 
 
@@ -378,11 +388,10 @@ async def create_graph_store(settings: HistorySettings | None = None) -> AsyncIt
         ) as astore:
             yield astore
     else:
-        async with _apostgres_pool(settings) as pool:
-            pg_store = AsyncPostgresStore(conn=pool)
-            async with _apostgres_setup_lock(settings):
-                await pg_store.setup()
-            yield pg_store
+        async with _apostgres_opened(
+            settings, lambda pool: AsyncPostgresStore(conn=pool)
+        ) as apg_store:
+            yield apg_store
 
 
 @contextmanager
@@ -398,10 +407,7 @@ def create_checkpointer_sync(
         with _sqlite_opened(settings, "checkpoint_sqlite_path", SqliteSaver) as saver:
             yield saver
     else:
-        with _postgres_pool(settings) as pool:
-            pg_saver = PostgresSaver(conn=pool)
-            with _postgres_setup_lock(settings):
-                pg_saver.setup()
+        with _postgres_opened(settings, lambda pool: PostgresSaver(conn=pool)) as pg_saver:
             yield pg_saver
 
 
@@ -420,8 +426,7 @@ async def create_checkpointer(
         ) as asaver:
             yield asaver
     else:
-        async with _apostgres_pool(settings) as pool:
-            pg_saver = AsyncPostgresSaver(conn=pool)
-            async with _apostgres_setup_lock(settings):
-                await pg_saver.setup()
-            yield pg_saver
+        async with _apostgres_opened(
+            settings, lambda pool: AsyncPostgresSaver(conn=pool)
+        ) as apg_saver:
+            yield apg_saver
