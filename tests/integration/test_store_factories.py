@@ -59,6 +59,17 @@ def test_sqlite_store_persists_to_the_configured_file(tmp_path: Path) -> None:
         assert item is not None and item.value == {"v": 1}
 
 
+async def _open_and_close(
+    mode: str, open_sync: Any, open_async: Any, settings: HistorySettings
+) -> None:
+    """Open (and close) through the sync or the async factory."""
+    if mode == "sync":
+        with open_sync(settings):
+            return
+    async with open_async(settings):
+        return
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_sqlite_lock_file_that_cannot_be_created_names_the_variable(
     mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -73,12 +84,7 @@ async def test_sqlite_lock_file_that_cannot_be_created_names_the_variable(
         graph_store_backend="sqlite", checkpoint_sqlite_path=tmp_path / "ro" / "cp.sqlite"
     )
     with pytest.raises(ConfigError, match="ORCHEO_CHECKPOINT_SQLITE_PATH: cannot create lock"):
-        if mode == "sync":
-            with create_checkpointer_sync(settings):
-                pass
-        else:
-            async with create_checkpointer(settings):
-                pass
+        await _open_and_close(mode, create_checkpointer_sync, create_checkpointer, settings)
     assert not (tmp_path / "ro" / "cp.sqlite").exists()  # nothing was opened or created
 
 
@@ -186,12 +192,7 @@ async def test_postgres_setup_lock_held_too_long_fails_with_a_clear_reason(
     with psycopg.connect(fresh_pg_dsn, autocommit=True) as holder:  # a stuck opener
         holder.execute("SELECT pg_advisory_lock(%s)", (stores._PG_SETUP_LOCK_ID,))
         with pytest.raises(StoreUnavailable, match="another process held the setup lock"):
-            if mode == "sync":
-                with create_graph_store_sync(settings):
-                    pass
-            else:
-                async with create_graph_store(settings):
-                    pass
+            await _open_and_close(mode, create_graph_store_sync, create_graph_store, settings)
     # The holder is gone: setup goes through.
     with create_graph_store_sync(settings) as store:
         store.put(("a",), "k", {"v": 1})
