@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "AgentHistoryError",
     "ConfigError",
+    "InvalidMessage",
     "KeyResolutionError",
     "StoreUnavailable",
     "WriteConflict",
@@ -37,3 +38,8 @@ class StoreUnavailable(AgentHistoryError, ConnectionError):
 
 class WriteConflict(AgentHistoryError, RuntimeError):
     """A best-effort append lost a race and gave up after its retries."""
+
+
+class InvalidMessage(AgentHistoryError, ValueError):
+    """A message cannot be stored exactly (content of the wrong type, a value that is not
+    JSON). Raised by appends before anything is written; the text never quotes the body."""

@@ -17,6 +17,7 @@ __all__ = [
     "KEY_RESOLUTION_FAILURES",
     "LOGGER_NAME",
     "METRICS",
+    "QUARANTINED_RECORDS",
     "SHADOW_DIFFERENCES",
     "STORE_READ_FAILURES",
     "STORE_READ_LATENCY",
@@ -45,6 +46,7 @@ SHADOW_DIFFERENCES = "agent_history_shadow_differences_total"
 STORE_READ_LATENCY = "agent_history_store_read_latency_ms"
 STORE_WRITE_LATENCY = "agent_history_store_write_latency_ms"
 BREAKER_STATE = "agent_history_breaker_state"
+QUARANTINED_RECORDS = "agent_history_quarantined_records_total"
 
 _COUNTERS = (
     KEY_RESOLUTION_FAILURES,
@@ -54,6 +56,7 @@ _COUNTERS = (
     TRUNCATION_EVENTS,
     FALLBACKS,
     SHADOW_DIFFERENCES,
+    QUARANTINED_RECORDS,
 )
 _HISTOGRAMS = (STORE_READ_LATENCY, STORE_WRITE_LATENCY)
 _GAUGES = (BREAKER_STATE,)
@@ -64,6 +67,7 @@ _DESCRIPTIONS = {
     WRITE_CONFLICTS: "Concurrent-writer conflicts detected on best-effort stores",
     TRUNCATION_EVENTS: "Payloads cut to max_messages",
     FALLBACKS: "Runs that went on with in-memory messages",
+    QUARANTINED_RECORDS: "Stored records skipped on read because they cannot be decoded",
     SHADOW_DIFFERENCES: "Shadow-mode runs whose stored payload differed from in-memory",
     STORE_READ_LATENCY: "History tail read latency in milliseconds",
     STORE_WRITE_LATENCY: "History append latency in milliseconds",

@@ -15,7 +15,15 @@ from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
 from langgraph.store.sqlite import SqliteStore
 from langgraph.store.sqlite.aio import AsyncSqliteStore
 
-from agent_history.errors import WriteConflict
+from agent_history.errors import InvalidMessage, WriteConflict
+from agent_history.history.codec import (
+    HistoryScope,
+    check_content,
+    is_plain,
+    message_parts,
+    messages_of,
+    quarantine,
+)
 from agent_history.history.layout import HEAD_KEY, PendingTurn, msgid_key
 from agent_history.history.records import AppendResult, ConversationInfo, Turn
 from agent_history.history.steps import (
@@ -38,15 +46,7 @@ from agent_history.history.transactions import (
     sync_reader,
     sync_transaction,
 )
-from agent_history.messages import (
-    ASSISTANT,
-    USER,
-    MessageLike,
-    content_of,
-    has_tool_calls,
-    message_id_of,
-    role_of,
-)
+from agent_history.messages import MessageLike
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_NAMESPACE", "ChatHistory"]
 
@@ -55,6 +55,7 @@ DEFAULT_CHUNK_SIZE = 32
 _READ_BATCH_CHUNKS = 16
 _BEST_EFFORT_ATTEMPTS = 4
 _KEYS_PAGE = 500
+_RESERVED_FIELDS = frozenset({"seq", "role", "id", "ts", "enc", "type", "lc"})
 
 T = TypeVar("T")
 
@@ -64,31 +65,43 @@ def _now() -> str:
 
 
 def to_pending(
-    messages: Sequence[MessageLike | Turn], message_ids: Sequence[str | None] | None = None
+    messages: Sequence[MessageLike | Turn],
+    message_ids: Sequence[str | None] | None = None,
+    scope: HistoryScope = "turns",
 ) -> tuple[list[PendingTurn], int]:
-    """Keep the user and assistant turns of ``messages``; count the others as skipped.
+    """Validate ``messages`` and keep the ones ``scope`` stores; count the others as skipped.
 
-    System, tool and unknown-role messages and assistant tool-call steps are not part of
-    the chat transcript and are skipped.
+    ``turns`` keeps user messages and final assistant answers; ``full`` keeps every
+    message but system messages (assistant tool-call steps and tool results included).
+    Each kept message is stored with all of its fields, so it reads back equal.
+
+    Raises:
+        InvalidMessage: a message's content or fields cannot be stored exactly, or its id
+            is not text; nothing is written.
     """
     if message_ids is not None and len(message_ids) != len(messages):
         raise ValueError("message_ids must have one entry per message")
+    turns = [m for m in messages if isinstance(m, Turn)]
+    if turns and len(turns) != len(messages):
+        raise InvalidMessage("messages must be all Turns or all messages, not a mix")
     pending: list[PendingTurn] = []
-    skipped = 0
-    for index, message in enumerate(messages):
-        if isinstance(message, Turn):
-            role, content, mid = message.role, message.content, message.id
-        else:
-            role, content, mid = role_of(message), content_of(message), message_id_of(message)
-            if role == ASSISTANT and has_tool_calls(message) and not content:
-                skipped += 1
-                continue
+    if turns:
+        kept = []
+        for index, turn in enumerate(turns):
+            check_content(turn.content, f"message {index}")
+            kept.append((index, turn.to_message()))
+        skipped = 0
+    else:
+        kept, skipped = messages_of(messages, scope)  # type: ignore[arg-type]
+    for index, message in kept:
+        role, content, mid, kind, extra = message_parts(message)
         if message_ids is not None and message_ids[index] is not None:
             mid = str(message_ids[index])
-        if role not in (USER, ASSISTANT):
-            skipped += 1
-            continue
-        pending.append(PendingTurn(role, content, mid))
+        if mid is not None and (not isinstance(mid, str) or not is_plain(mid)):
+            raise InvalidMessage(f"message {index}: its id must be text without U+0000")
+        where = f"message {index}"
+        plain = is_plain(content, where) & is_plain(extra, where)
+        pending.append(PendingTurn(role, content, mid, kind, extra or None, plain))
     return pending, skipped
 
 
@@ -106,6 +119,8 @@ class ChatHistory:
         namespace: Namespace prefix; a conversation lives in ``(*namespace, key)``.
         chunk_size: Turns per chunk item for new conversations.
         value_field: Record field holding a turn's content.
+        scope: What `append` keeps: ``turns`` (user messages and final assistant
+            answers) or ``full`` (every message but system ones, tool steps included).
     """
 
     def __init__(
@@ -115,15 +130,19 @@ class ChatHistory:
         namespace: Sequence[str] = DEFAULT_NAMESPACE,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         value_field: str = "content",
+        scope: HistoryScope = "turns",
     ) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
-        if not value_field or value_field in ("seq", "role", "id", "ts", "enc"):
+        if not value_field or value_field in _RESERVED_FIELDS:
             raise ValueError(f"value_field {value_field!r} is empty or reserved")
+        if scope not in ("turns", "full"):
+            raise ValueError(f"scope must be 'turns' or 'full' (got {scope!r})")
         self.store = store
         self.namespace = tuple(namespace)
         self.chunk_size = chunk_size
         self.value_field = value_field
+        self.scope: HistoryScope = scope
 
     def conversation_namespace(self, key: str) -> tuple[str, ...]:
         """The store namespace that holds conversation ``key``."""
@@ -170,12 +189,23 @@ class ChatHistory:
         return await drive_async(tail_steps(n, self.value_field, self.chunk_size), perform)
 
     def tail(self, key: str, n: int) -> list[BaseMessage]:
-        """The newest ``n`` turns as LangChain messages, oldest first."""
-        return [turn.to_message() for turn in self.tail_turns(key, n)]
+        """The newest ``n`` turns as LangChain messages, oldest first (a stored turn that
+        cannot be read is skipped and reported, see `codec.quarantine`)."""
+        return self.to_messages(self.tail_turns(key, n), key)
 
     async def atail(self, key: str, n: int) -> list[BaseMessage]:
         """Async `tail`."""
-        return [turn.to_message() for turn in await self.atail_turns(key, n)]
+        return self.to_messages(await self.atail_turns(key, n), key)
+
+    def to_messages(self, turns: Sequence[Turn], key: str = "") -> list[BaseMessage]:
+        """Stored turns as LangChain messages, skipping (and reporting) unreadable ones."""
+        messages: list[BaseMessage] = []
+        for turn in turns:
+            try:
+                messages.append(turn.to_message())
+            except Exception as exc:  # pydantic errors quote the body: report the class only
+                quarantine(type(exc).__name__, namespace=(*self.namespace, key), seq=turn.seq)
+        return messages
 
     def read(self, key: str, *, start_seq: int = 1) -> Iterator[Turn]:
         """Stream the whole transcript from ``start_seq`` on, a few chunks at a time."""
@@ -285,28 +315,37 @@ class ChatHistory:
         messages: Sequence[MessageLike | Turn],
         *,
         message_ids: Sequence[str | None] | None = None,
+        anchor_id: str | None = None,
     ) -> AppendResult:
-        """Append user and assistant turns atomically.
+        """Append messages atomically, with every field they carry.
 
         Args:
             key: Conversation key.
-            messages: LangChain messages, role/content dicts or `Turn`s, in order.
+            messages: LangChain messages, role/content dicts or `Turn`s, in order; the
+                history's ``scope`` decides which are kept.
             message_ids: Optional ids overriding each message's own id; a turn whose id
                 is already stored in the conversation is skipped as a duplicate.
+            anchor_id: The id of the user message this batch answers: when it is
+                already stored, nothing is written (a re-delivered exchange).
 
         Returns:
             What was written: counts, first and last sequence numbers, new total.
+
+        Raises:
+            InvalidMessage: a message cannot be stored exactly; nothing is written.
         """
         if self._async_only():
-            return self._on_store_loop(self.aappend(key, messages, message_ids=message_ids))
-        pending, skipped = to_pending(messages, message_ids)
+            return self._on_store_loop(
+                self.aappend(key, messages, message_ids=message_ids, anchor_id=anchor_id)
+            )
+        pending, skipped = to_pending(messages, message_ids, self.scope)
         namespace = self.conversation_namespace(key)
         if not pending:
             return AppendResult(0, 0, skipped, None, None, self.count(key))
         if is_atomic(self.store):
             with sync_transaction(self.store, namespace) as perform:
-                return drive(self._append_steps(pending, skipped), perform)
-        return self._best_effort_append(namespace, pending, skipped)
+                return drive(self._append_steps(pending, skipped, anchor_id), perform)
+        return self._best_effort_append(namespace, pending, skipped, anchor_id)
 
     async def aappend(
         self,
@@ -314,30 +353,42 @@ class ChatHistory:
         messages: Sequence[MessageLike | Turn],
         *,
         message_ids: Sequence[str | None] | None = None,
+        anchor_id: str | None = None,
     ) -> AppendResult:
         """Async `append`."""
         if self._sync_only():
-            return await asyncio.to_thread(self.append, key, messages, message_ids=message_ids)
-        pending, skipped = to_pending(messages, message_ids)
+            return await asyncio.to_thread(
+                self.append, key, messages, message_ids=message_ids, anchor_id=anchor_id
+            )
+        pending, skipped = to_pending(messages, message_ids, self.scope)
         namespace = self.conversation_namespace(key)
         if not pending:
             return AppendResult(0, 0, skipped, None, None, await self.acount(key))
         if is_atomic(self.store):
             async with async_transaction(self.store, namespace) as perform:
-                return await drive_async(self._append_steps(pending, skipped), perform)
-        return await asyncio.to_thread(self._best_effort_append, namespace, pending, skipped)
+                return await drive_async(self._append_steps(pending, skipped, anchor_id), perform)
+        return await asyncio.to_thread(
+            self._best_effort_append, namespace, pending, skipped, anchor_id
+        )
 
-    def _append_steps(self, pending: list[PendingTurn], skipped: int) -> Steps[AppendResult]:
+    def _append_steps(
+        self, pending: list[PendingTurn], skipped: int, anchor_id: str | None = None
+    ) -> Steps[AppendResult]:
         return append_steps(
             pending,
             chunk_size=self.chunk_size,
             value_field=self.value_field,
             now=_now(),
             skipped=skipped,
+            anchor_id=anchor_id,
         )
 
     def _best_effort_append(
-        self, namespace: tuple[str, ...], pending: list[PendingTurn], skipped: int
+        self,
+        namespace: tuple[str, ...],
+        pending: list[PendingTurn],
+        skipped: int,
+        anchor_id: str | None = None,
     ) -> AppendResult:
         """Append without a database transaction: lock in-process, verify, retry.
 
@@ -351,7 +402,8 @@ class ChatHistory:
         first: AppendResult | None = None
         for conflicts in range(_BEST_EFFORT_ATTEMPTS):
             with sync_transaction(self.store, namespace) as perform:
-                result = drive(self._append_steps(remaining, skipped), perform)
+                steps = self._append_steps(remaining, skipped, anchor_id if not conflicts else None)
+                result = drive(steps, perform)
             first = first or result
             lost = self._missing_after_write(namespace, remaining, result)
             if not lost:

@@ -14,12 +14,15 @@ may ignore any record above N (it belongs to a newer append or an abandoned epoc
 
 from __future__ import annotations
 
+import hashlib
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent_history.history.records import AppendResult, Turn
+from agent_history.history.codec import quarantine
+from agent_history.history.records import AppendResult, Turn, make_record
 
 __all__ = [
     "HEAD_KEY",
@@ -42,9 +45,16 @@ def chunk_key(index: int) -> str:
     return f"chunk:{index:010d}"
 
 
+_PLAIN_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
 def msgid_key(message_id: str) -> str:
-    """Item key of the id index entry for ``message_id``."""
-    return f"msgid:{message_id}"
+    """Item key of the id index entry for ``message_id``: the id itself when it is short
+    printable ASCII, else a digest of it (a store key must be plain text)."""
+    if _PLAIN_ID.match(message_id):
+        return f"msgid:{message_id}"
+    digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"msgid#{digest}"
 
 
 def chunk_index(seq: int, chunk_size: int) -> int:
@@ -69,16 +79,28 @@ def collect_turns(
     last_seq: int,
     value_field: str,
 ) -> list[Turn]:
-    """Turns with ``first_seq <= seq <= last_seq`` from the given chunk values, in order."""
-    turns = [
-        Turn.from_record(record, value_field)
-        for chunk in chunks
-        if chunk
-        for record in chunk.get("turns", ())
-        if first_seq <= int(record["seq"]) <= last_seq
-    ]
+    """Turns with ``first_seq <= seq <= last_seq`` from the given chunk values, in order.
+
+    A record that cannot be read is skipped and reported (`codec.quarantine`): one bad
+    record must not make a conversation unreadable.
+    """
+    turns: list[Turn] = []
+    for chunk in chunks:
+        if not chunk:
+            continue
+        for record in chunk.get("turns", ()):
+            try:
+                seq = int(record["seq"])
+                if first_seq <= seq <= last_seq:
+                    turns.append(Turn.from_record(record, value_field))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                quarantine(type(exc).__name__, seq=_seq_of(record))
     turns.sort(key=lambda turn: turn.seq)
     return turns
+
+
+def _seq_of(record: Any) -> object:
+    return record.get("seq") if isinstance(record, dict) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +110,19 @@ class PendingTurn:
     role: str
     content: Any
     id: str | None = None
+    kind: str | None = None
+    """LangChain message type; None for a plain role/content turn."""
+    extra: dict[str, Any] | None = None
+    """The message's non-default fields (see `Turn.extra`)."""
+    plain: bool | None = None
+    """`codec.is_plain` of content and fields, when already known."""
+
+    def record(self, seq: int, now: str, value_field: str) -> dict[str, Any]:
+        """The chunk record of this turn at ``seq``."""
+        return make_record(
+            seq, self.role, self.content, self.id, now, self.kind, self.extra, value_field,
+            self.plain,
+        )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -121,6 +156,7 @@ def plan_append(
     value_field: str,
     now: str,
     skipped: int = 0,
+    anchor_id: str | None = None,
 ) -> AppendPlan:
     """Plan the writes that append ``pending`` after the current ``head``.
 
@@ -134,6 +170,9 @@ def plan_append(
         value_field: Record field that holds the content.
         now: Timestamp written on new turns and the head.
         skipped: Messages the caller dropped for their role, echoed in the result.
+        anchor_id: The id of the user message this batch answers. When it is already
+            stored (``known_ids`` has it), the batch is a re-delivered exchange that an
+            earlier run stored: nothing is written and every turn counts as a duplicate.
 
     Returns:
         The items to put (chunks, id entries, head) and the result to report.
@@ -143,13 +182,21 @@ def plan_append(
     epoch = current["epoch"]
     last_seq = int(current["last_seq"])
 
+    def stored(message_id: str) -> bool:
+        entry = known_ids.get(message_id)
+        return entry is not None and entry.get("epoch") == epoch
+
+    if anchor_id is not None and stored(anchor_id):
+        plan = AppendPlan()
+        plan.result = AppendResult(0, len(pending), skipped, None, None, last_seq)
+        return plan
+
     seen: set[str] = set()
     fresh: list[PendingTurn] = []
     duplicates = 0
     for turn in pending:
         if turn.id is not None:
-            entry = known_ids.get(turn.id)
-            if turn.id in seen or (entry is not None and entry.get("epoch") == epoch):
+            if turn.id in seen or stored(turn.id):
                 duplicates += 1
                 continue
             seen.add(turn.id)
@@ -168,7 +215,7 @@ def plan_append(
     first_new = last_seq + 1
     for offset, turn in enumerate(fresh):
         seq = first_new + offset
-        record = Turn(seq, turn.role, turn.content, turn.id, now).to_record(value_field)
+        record = turn.record(seq, now, value_field)
         chunks.setdefault(chunk_index(seq, size), []).append(record)
         if turn.id is not None:
             plan.puts[msgid_key(turn.id)] = {"kind": "msgid", "seq": seq, "epoch": epoch}

@@ -2,88 +2,131 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from langchain_core.messages import BaseMessage
 
-from agent_history.messages import to_message
+from agent_history.history.codec import (
+    ENCODING_JSON,
+    build_message,
+    decode_value,
+    encode_value,
+    is_plain,
+)
 
 __all__ = ["AppendResult", "ConversationInfo", "Turn", "decode_content", "encode_content"]
-
-# PostgreSQL's jsonb cannot hold U+0000; content containing it is stored as its
-# JSON text with ``enc: "json"`` so every backend round-trips it exactly.
-_JSON_ENCODING = "json"
-
-
-def _has_nul(content: Any) -> bool:
-    if isinstance(content, str):
-        return "\x00" in content
-    if isinstance(content, list):
-        return any(_has_nul(item) for item in content)
-    if isinstance(content, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in content.items())
-    return False
 
 
 def encode_content(content: Any) -> tuple[Any, str | None]:
     """Return the storable form of ``content`` and its encoding marker (None when plain)."""
-    if _has_nul(content):
-        return json.dumps(content, ensure_ascii=True), _JSON_ENCODING
-    return content, None
+    if is_plain(content, "content"):
+        return content, None
+    return encode_value(content), ENCODING_JSON
 
 
 def decode_content(stored: Any, encoding: str | None) -> Any:
     """Invert `encode_content`."""
-    if encoding == _JSON_ENCODING and isinstance(stored, str):
-        return json.loads(stored)
+    if encoding == ENCODING_JSON:
+        return decode_value(stored)
     return stored
 
 
 class Turn(NamedTuple):
-    """One stored chat turn, immutable (a named tuple: every tail read builds dozens)."""
+    """One stored message, immutable (a named tuple: every tail read builds dozens)."""
 
     seq: int
     """Position in the conversation, from 1, contiguous."""
     role: str
-    """``user`` or ``assistant``."""
+    """``user``, ``assistant`` or ``tool``."""
     content: Any
     """Text, or a list of content blocks, exactly as appended."""
     id: str | None = None
-    """Message id used for idempotent re-delivery, if the turn had one."""
+    """Message id: the id the message has in the graph state, and its identity here."""
     ts: str | None = None
     """UTC ISO-8601 time the turn was stored."""
+    kind: str | None = None
+    """LangChain message type (``human``, ``ai``, ``tool``); None in records written
+    before full-fidelity storage."""
+    extra: dict[str, Any] | None = None
+    """Every other message field that differs from its default (``tool_calls``,
+    ``tool_call_id``, ``name``, ``additional_kwargs``, ``usage_metadata``, ...)."""
 
     def to_message(self) -> BaseMessage:
-        """The turn as a LangChain message (``HumanMessage`` or ``AIMessage``)."""
-        return to_message(self.role, self.content, self.id)
+        """The turn as the LangChain message it was appended as."""
+        return build_message(self.role, self.content, self.id, self.kind, self.extra or {})
 
     def to_record(self, value_field: str = "content") -> dict[str, Any]:
-        """The JSON record kept inside a chunk item."""
-        stored, encoding = encode_content(self.content)
-        record: dict[str, Any] = {"seq": self.seq, "role": self.role, value_field: stored}
-        if encoding:
-            record["enc"] = encoding
-        if self.id is not None:
-            record["id"] = self.id
-        if self.ts is not None:
-            record["ts"] = self.ts
-        return record
+        """The JSON record kept inside a chunk item.
+
+        Raises:
+            InvalidMessage: the content or a field is not JSON.
+        """
+        return make_record(
+            self.seq, self.role, self.content, self.id, self.ts, self.kind, self.extra,
+            value_field,
+        )  # fmt: skip
 
     @classmethod
     def from_record(cls, record: dict[str, Any], value_field: str = "content") -> Turn:
-        """Read a chunk record; falls back to ``content`` when ``value_field`` is absent."""
+        """Read a chunk record (of any format); falls back to ``content`` when
+        ``value_field`` is absent.
+
+        Raises:
+            ValueError, KeyError, TypeError: the record is malformed (see `codec.quarantine`).
+        """
         get = record.get
         stored = record[value_field] if value_field in record else get("content", "")
-        encoding = get("enc")
+        extra = get("lc")
+        if get("enc") == ENCODING_JSON:
+            stored = decode_value(stored)
+            extra = decode_value(extra) if extra is not None else None
+        elif get("enc") is not None:
+            raise ValueError("unknown record encoding")
+        if extra is not None and not isinstance(extra, dict):
+            raise TypeError("record fields must be an object")
         return cls(
-            int(record["seq"]),
-            str(get("role", "user")),
-            stored if encoding is None else decode_content(stored, encoding),
-            get("id"),
-            get("ts"),
-        )
+            int(record["seq"]), str(get("role", "user")), stored, get("id"), get("ts"),
+            get("type"), extra,
+        )  # fmt: skip
+
+
+def make_record(
+    seq: int,
+    role: str,
+    content: Any,
+    message_id: str | None,
+    ts: str | None,
+    kind: str | None,
+    extra: dict[str, Any] | None,
+    value_field: str,
+    plain: bool | None = None,
+) -> dict[str, Any]:
+    """Build a chunk record; ``plain`` may carry an earlier `codec.is_plain` verdict on
+    content and fields together.
+
+    Raises:
+        InvalidMessage: the content or a field is not JSON.
+    """
+    if plain is None:
+        plain = is_plain(content, "content") & is_plain(extra, "message fields")
+    record: dict[str, Any] = {"seq": seq, "role": role}
+    if plain:
+        record[value_field] = content
+        if extra:
+            record["lc"] = extra
+    else:
+        record[value_field] = encode_value(content)
+        if extra:
+            record["lc"] = encode_value(extra)
+        record["enc"] = ENCODING_JSON
+    if message_id is not None:
+        record["id"] = message_id
+    if ts is not None:
+        record["ts"] = ts
+    if kind is not None:
+        record["type"] = kind
+    return record
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +136,11 @@ class AppendResult:
     appended: int
     """Turns written."""
     duplicates: int
-    """Turns skipped because their message id was already stored."""
+    """Turns skipped because their message id was already stored, or because the
+    exchange's user message (``anchor_id``) was."""
     skipped: int
-    """Messages ignored because of their role (system, tool, tool-call steps)."""
+    """Messages the history's scope leaves out (system messages; in the ``turns`` scope
+    also tool results and assistant tool-call steps)."""
     first_seq: int | None
     """Sequence number of the first written turn, None when nothing was written."""
     last_seq: int | None

@@ -143,9 +143,14 @@ def append_steps(
     value_field: str,
     now: str,
     skipped: int = 0,
+    anchor_id: str | None = None,
 ) -> Steps[AppendResult]:
-    """Append ``pending``: read head and known ids, read the open chunk, write. Run atomically."""
-    ids = tuple(dict.fromkeys(t.id for t in pending if t.id is not None))
+    """Append ``pending``: read head and known ids, read the open chunk, write. Run atomically.
+
+    ``anchor_id`` is the user message the batch answers (see `layout.plan_append`).
+    """
+    wanted = (*(t.id for t in pending), anchor_id)
+    ids = tuple(dict.fromkeys(i for i in wanted if i is not None))
     found = yield Get((HEAD_KEY, *(msgid_key(i) for i in ids)), newest_chunks=1)
     head = found.get(HEAD_KEY)
     known = {i: found.get(msgid_key(i)) for i in ids}
@@ -165,6 +170,7 @@ def append_steps(
         value_field=value_field,
         now=now,
         skipped=skipped,
+        anchor_id=anchor_id,
     )
     if plan.puts:
         # The head goes last so a reader never sees a head ahead of its chunks.

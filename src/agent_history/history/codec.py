@@ -1,0 +1,267 @@
+"""One codec for stored turns, identical on every backend.
+
+Write side: a LangChain message (or a role/content dict) becomes a record with
+LangChain's own serialisation (`message_to_dict`): its type, content and every field
+that differs from the default (``tool_calls``, ``tool_call_id``, ``name``,
+``additional_kwargs``, ``response_metadata``, ``usage_metadata``, ...). Values are
+validated first: content must be a string or a list of content blocks, and everything
+must be JSON. What JSON backends would not give back exactly (U+0000 and lone surrogates
+in strings, integers outside 64 bits, non-finite floats and floats in exponent form,
+which PostgreSQL's ``jsonb`` turns into integers) is stored as JSON text with
+``"enc": "json"``, so every backend returns the same value.
+
+Read side: records written by any version (plain ``role``/``content`` records included)
+become messages again; a record that cannot be read is skipped with a warning and a
+metric (`quarantine`), never raised, never logged with its body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    message_to_dict,
+    messages_from_dict,
+)
+
+from agent_history import observability as obs
+from agent_history.errors import InvalidMessage
+from agent_history.messages import role_of
+
+__all__ = [
+    "ASSISTANT",
+    "ENCODING_JSON",
+    "MAX_DEPTH",
+    "TOOL",
+    "USER",
+    "HistoryScope",
+    "build_message",
+    "check_content",
+    "decode_value",
+    "dict_message",
+    "encode_value",
+    "in_scope",
+    "is_final_answer",
+    "is_plain",
+    "message_parts",
+    "messages_of",
+    "quarantine",
+    "role_for_type",
+]
+
+USER = "user"
+ASSISTANT = "assistant"
+TOOL = "tool"
+ENCODING_JSON = "json"
+MAX_DEPTH = 64
+"""Deepest nesting of lists and objects a stored value may have."""
+
+HistoryScope = Literal["turns", "full"]
+"""``turns``: user turns and final assistant answers; ``full``: every message of the run."""
+
+_ROLE_OF_TYPE = {
+    "human": USER,
+    "ai": ASSISTANT,
+    "AIMessageChunk": ASSISTANT,
+    "HumanMessageChunk": USER,
+    "tool": TOOL,
+    "ToolMessageChunk": TOOL,
+    "system": "system",
+}
+_TYPE_OF_ROLE = {USER: "human", ASSISTANT: "ai", TOOL: "tool", "system": "system"}
+# Fields written by message_to_dict that the record holds elsewhere.
+_OWN_FIELDS = frozenset({"content", "id", "type"})
+_UNSAFE_TEXT = re.compile("[\x00\ud800-\udfff]")
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def role_for_type(kind: str) -> str:
+    """The stored role of a LangChain message type (``human`` -> ``user``, ...)."""
+    return _ROLE_OF_TYPE.get(kind, "unknown")
+
+
+def _walk(value: Any, depth: int, where: str) -> bool:
+    """Validate ``value`` as JSON; True when every backend stores it as is."""
+    if depth > MAX_DEPTH:
+        raise InvalidMessage(f"{where}: nested deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, str):
+        return _UNSAFE_TEXT.search(value) is None
+    if isinstance(value, int):
+        return _INT_MIN <= value <= _INT_MAX
+    if isinstance(value, float):
+        # repr is what JSON encoders write; an exponent makes jsonb return an integer.
+        return math.isfinite(value) and "e" not in repr(value)
+    if isinstance(value, list):
+        plain = True
+        for item in value:
+            plain = _walk(item, depth + 1, where) and plain
+        return plain
+    if isinstance(value, dict):
+        plain = True
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidMessage(f"{where}: object keys must be strings")
+            plain = _walk(key, depth + 1, where) and _walk(item, depth + 1, where) and plain
+        return plain
+    raise InvalidMessage(f"{where}: {type(value).__name__} is not a JSON value")
+
+
+def is_plain(value: Any, where: str = "value") -> bool:
+    """Whether ``value`` is stored as is (True) or as JSON text (False).
+
+    Raises:
+        InvalidMessage: ``value`` is not JSON (a set, bytes, an object, a non-string key)
+            or is nested deeper than `MAX_DEPTH`.
+    """
+    return _walk(value, 0, where)
+
+
+def encode_value(value: Any) -> str:
+    """The JSON text form of a value that is not plain (exact for big integers, NaN,
+    U+0000 and lone surrogates)."""
+    return json.dumps(value, ensure_ascii=True, allow_nan=True)
+
+
+def decode_value(text: Any) -> Any:
+    """Invert `encode_value`."""
+    if not isinstance(text, str):
+        raise ValueError("an encoded value must be JSON text")
+    return json.loads(text)
+
+
+def check_content(content: Any, where: str) -> None:
+    """Raise `InvalidMessage` unless ``content`` is a string or a list of content blocks."""
+    if isinstance(content, str):
+        return
+    if isinstance(content, list) and all(isinstance(b, str | dict) for b in content):
+        return
+    raise InvalidMessage(
+        f"{where}: content must be a string or a list of content blocks "
+        f"(got {type(content).__name__})"
+    )
+
+
+def _non_default(message: BaseMessage, data: Mapping[str, Any]) -> dict[str, Any]:
+    fields = type(message).model_fields
+    extra: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in _OWN_FIELDS:
+            continue
+        spec = fields.get(name)
+        if spec is not None and not spec.is_required():
+            default = spec.get_default(call_default_factory=True)
+            if value == default:
+                continue
+        extra[name] = value
+    return extra
+
+
+def message_parts(message: BaseMessage) -> tuple[str, Any, str | None, str, dict[str, Any]]:
+    """``(role, content, id, type, other fields)`` of a message, as stored."""
+    data = message_to_dict(message)
+    kind = str(data["type"])
+    extra = _non_default(message, data["data"])
+    return role_for_type(kind), message.content, message.id, kind, extra
+
+
+def build_message(
+    role: str, content: Any, message_id: str | None, kind: str | None, extra: Mapping[str, Any]
+) -> BaseMessage:
+    """The LangChain message for a stored turn (records of every format)."""
+    if kind:
+        data = {**extra, "content": content, "id": message_id, "type": kind}
+        return messages_from_dict([{"type": kind, "data": data}])[0]
+    # Records written before messages kept their type: role and content only.
+    if role == ASSISTANT:
+        return AIMessage(content=content, id=message_id)
+    if role == "system":
+        return SystemMessage(content=content, id=message_id)
+    if role == TOOL:
+        return ToolMessage(content=content, id=message_id, tool_call_id=message_id or "")
+    return HumanMessage(content=content, id=message_id)
+
+
+def dict_message(message: Mapping[str, Any], where: str = "message") -> BaseMessage | None:
+    """A role/content dict as a LangChain message; None for roles that are not chat."""
+    role = role_of(message)
+    content = message.get("content")
+    raw_id = message.get("id") or message.get("message_id")
+    message_id = None if raw_id in (None, "") else str(raw_id)
+    content = "" if content is None else content
+    check_content(content, where)
+    if role == USER:
+        return HumanMessage(content=content, id=message_id)
+    if role == ASSISTANT:
+        tool_calls = message.get("tool_calls") or []
+        return AIMessage(content=content, id=message_id, tool_calls=tool_calls)
+    if role == TOOL and message.get("tool_call_id"):
+        return ToolMessage(
+            content=content, id=message_id, tool_call_id=str(message["tool_call_id"])
+        )
+    if role == "system":
+        return SystemMessage(content=content, id=message_id)
+    return None
+
+
+def is_final_answer(message: BaseMessage) -> bool:
+    """An assistant message that ends an exchange (it asks for no tool)."""
+    return isinstance(message, AIMessage) and not message.tool_calls
+
+
+def in_scope(message: BaseMessage, scope: HistoryScope) -> bool:
+    """Whether ``scope`` keeps ``message`` in the transcript (system messages never)."""
+    role = role_for_type(message.type)
+    if role in ("system", "unknown"):
+        return False
+    if scope == "full":
+        return True
+    return role == USER or (role == ASSISTANT and is_final_answer(message))
+
+
+def messages_of(
+    items: Sequence[BaseMessage | Mapping[str, Any]], scope: HistoryScope
+) -> tuple[list[tuple[int, BaseMessage]], int]:
+    """The messages ``scope`` keeps, with their positions, and how many it skipped.
+
+    Raises:
+        InvalidMessage: an item's content is not a string or a list of content blocks.
+    """
+    kept: list[tuple[int, BaseMessage]] = []
+    skipped = 0
+    for index, item in enumerate(items):
+        if isinstance(item, BaseMessage):
+            check_content(item.content, f"message {index}")
+            message: BaseMessage | None = item
+        elif isinstance(item, Mapping):
+            message = dict_message(item, f"message {index}")
+        else:
+            raise InvalidMessage(f"message {index}: {type(item).__name__} is not a message")
+        if message is None or not in_scope(message, scope):
+            skipped += 1
+            continue
+        kept.append((index, message))
+    return kept, skipped
+
+
+def quarantine(reason: str, *, namespace: Iterable[str] = (), seq: object = None) -> None:
+    """Report a stored record that cannot be read (skipped, never raised, no body)."""
+    obs.METRICS.inc(obs.QUARANTINED_RECORDS)
+    obs.log_event(
+        "history_record_quarantined",
+        namespace="/".join(namespace) or None,
+        seq=seq,
+        reason=reason,
+        level=logging.WARNING,
+    )
