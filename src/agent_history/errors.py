@@ -5,7 +5,9 @@ from __future__ import annotations
 __all__ = [
     "AgentHistoryError",
     "ConfigError",
+    "InvalidKey",
     "InvalidMessage",
+    "InvalidNamespace",
     "KeyResolutionError",
     "StoreUnavailable",
     "WriteConflict",
@@ -27,6 +29,26 @@ class ConfigError(AgentHistoryError, ValueError):
 
 class KeyResolutionError(AgentHistoryError, ValueError):
     """No valid conversation key could be resolved (raised only on request)."""
+
+
+class InvalidKey(KeyResolutionError):
+    """A conversation key was rejected (see ``agent_history.keys.validate_history_key``).
+
+    ``reason`` is the reason code (``empty``, ``invalid_chars``, ``too_long``, ...); the
+    message names the reason, never the key, which may carry user data.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = str(reason)
+        self.detail = detail
+        super().__init__(
+            f"conversation key rejected: {self.reason}" + (f" ({detail})" if detail else "")
+        )
+
+
+class InvalidNamespace(AgentHistoryError, ValueError):
+    """A history namespace label was rejected: every label must be a non-empty string
+    without ``.`` (the SQL stores join labels with ``.``) or control characters."""
 
 
 class StoreUnavailable(AgentHistoryError, ConnectionError):

@@ -14,7 +14,7 @@ from jinja2.exceptions import TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from agent_history.errors import KeyResolutionError
-from agent_history.thread import as_mapping
+from agent_history.incoming import as_mapping
 
 __all__ = [
     "DEFAULT_HISTORY_KEY_CANDIDATES",

@@ -1,18 +1,19 @@
-"""Normalising chat messages: LangChain messages, role/content dicts and stored turns."""
+"""Message identity, merging and windows: what the model receives and what a run adds.
+
+One identity per message: the id a message has in the graph state is the id it is stored
+under, so merging the stored tail with the thread recognises messages by id. Content
+comparison is the fallback only where no id matches (a thread that replays the end of
+the stored tail without ids, or a re-delivered exchange without channel ids).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.messages import (
-    AIMessage,
-    BaseMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
-)
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.messages.utils import trim_messages
 
 __all__ = [
     "ASSISTANT",
@@ -21,13 +22,14 @@ __all__ = [
     "MessageLike",
     "apply_reset",
     "content_of",
-    "has_tool_calls",
+    "exchange_overlap",
     "merge_history",
     "message_id_of",
+    "newest_human",
     "role_of",
     "text_of",
-    "to_message",
-    "trim_window",
+    "tool_safe_units",
+    "window",
 ]
 
 USER = "user"
@@ -36,11 +38,14 @@ ASSISTANT = "assistant"
 MessageLike = BaseMessage | Mapping[str, Any]
 """A LangChain message or a mapping with ``role`` (or ``type``) and ``content``."""
 
+TokenCounter = Callable[[list[BaseMessage]], int]
+
 _ROLE_ALIASES = {
     "user": USER,
     "human": USER,
     "assistant": ASSISTANT,
     "ai": ASSISTANT,
+    "aimessagechunk": ASSISTANT,
     "bot": ASSISTANT,
     "system": "system",
     "developer": "system",
@@ -67,32 +72,12 @@ def content_of(message: MessageLike) -> Any:
 
 
 def message_id_of(message: MessageLike) -> str | None:
-    """The channel or LangChain message id, used to store a re-delivered turn once."""
+    """The message's id (a channel id or the id it has in the graph state)."""
     if isinstance(message, BaseMessage):
         raw = message.id
     else:
         raw = message.get("id") or message.get("message_id")
     return None if raw in (None, "") else str(raw)
-
-
-def has_tool_calls(message: MessageLike) -> bool:
-    """Whether an assistant message is an intermediate tool-call step."""
-    if isinstance(message, AIMessage):
-        return bool(message.tool_calls)
-    return isinstance(message, Mapping) and bool(message.get("tool_calls"))
-
-
-def to_message(role: str, content: Any, message_id: str | None = None) -> BaseMessage:
-    """Build the LangChain message for a stored or dict turn."""
-    if role == USER:
-        return HumanMessage(content=content, id=message_id)
-    if role == ASSISTANT:
-        return AIMessage(content=content, id=message_id)
-    if role == "system":
-        return SystemMessage(content=content, id=message_id)
-    if role == "tool":
-        return ToolMessage(content=content, id=message_id, tool_call_id=message_id or "")
-    return HumanMessage(content=content, id=message_id)
 
 
 def text_of(message: MessageLike) -> str:
@@ -109,34 +94,183 @@ def text_of(message: MessageLike) -> str:
     return str(content)
 
 
-def _same_turn(stored: BaseMessage, current: BaseMessage) -> bool:
-    return role_of(stored) == role_of(current) and stored.content == current.content
+def _signature(message: BaseMessage) -> tuple[Any, ...]:
+    """What identifies a message when it has no usable id: role, content and tool calls."""
+    calls = tuple(
+        (call.get("name"), repr(call.get("args"))) for call in getattr(message, "tool_calls", ())
+    )
+    return role_of(message), repr(message.content), calls
+
+
+def newest_human(messages: Sequence[BaseMessage]) -> int | None:
+    """Index of the newest user message, None when there is none."""
+    for index in range(len(messages) - 1, -1, -1):
+        if role_of(messages[index]) == USER:
+            return index
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class MergedPayload:
-    """The messages a model receives for one run, and what happened on the way."""
+    """The messages a model receives for one run, and what the run adds to the log."""
 
     messages: list[BaseMessage]
-    """Chat turns in order, at most ``max_messages`` (system messages excluded)."""
+    """Chat messages in order, tool-call safe (system messages excluded)."""
     system: list[BaseMessage]
     """System messages found in the thread; they go first and do not count."""
     stored_in_payload: int
     """How many of ``messages`` came from the stored history."""
-    new_turns: list[BaseMessage]
-    """Thread messages that are not replays of stored turns (candidates to append)."""
+    unstored: list[BaseMessage]
+    """The end of the thread that is not stored yet (this run's messages): what the run
+    appends, with what the model produces."""
+    matched: bool
+    """Whether any thread message was recognised as stored (by id or by content)."""
+    redelivered: bool
+    """The message to answer is already stored and nothing newer came with it: the
+    payload ends at that message (the history as it stood when it first arrived)."""
     dropped_by_reset: int
     """Messages ignored because a later reset command cut them off."""
     truncated: int
-    """Messages cut by the ``max_messages`` window."""
+    """Messages cut by the window."""
 
 
-def trim_window(messages: Sequence[BaseMessage], max_messages: int) -> list[BaseMessage]:
-    """The newest ``max_messages`` messages, never starting on an orphaned tool result."""
-    window = list(messages[-max_messages:]) if max_messages > 0 else []
-    while window and role_of(window[0]) == "tool":
-        window.pop(0)
-    return window
+def _match(stored: Sequence[BaseMessage], chat: Sequence[BaseMessage]) -> list[int | None]:
+    """For each thread message, the index of the same stored message (by id; by content
+    only when no id matches and the thread starts by replaying the end of the tail)."""
+    index_of = {m.id: i for i, m in enumerate(stored) if m.id}
+    by_id = [index_of.get(m.id) if m.id else None for m in chat]
+    if any(i is not None for i in by_id):
+        return by_id
+    for size in range(min(len(stored), len(chat)), 0, -1):
+        start = len(stored) - size
+        if all(
+            _signature(s) == _signature(c) for s, c in zip(stored[start:], chat[:size], strict=True)
+        ):
+            return [start + i for i in range(size)] + [None] * (len(chat) - size)
+    return by_id
+
+
+def _interleave(
+    stored: Sequence[BaseMessage], chat: Sequence[BaseMessage], matched: list[int | None]
+) -> tuple[list[BaseMessage], list[BaseMessage], list[BaseMessage], int]:
+    """The conversation in order: the thread up to its last stored message, with stored
+    messages it lacks put where they belong; then stored messages newer than anything in
+    the thread; then the unstored end of the thread.
+
+    Returns ``(head, newer_stored, unstored, stored_count)``.
+    """
+    last = max((i for i, j in enumerate(matched) if j is not None), default=-1)
+    if last < 0:
+        # Nothing in common: the stored tail comes first, the whole thread after it.
+        return [], list(stored), list(chat), len(stored)
+    in_thread = {j for j in matched if j is not None}
+    head: list[BaseMessage] = []
+    taken = 0  # stored messages before this index are placed
+    stored_count = 0
+    for message, j in zip(chat[: last + 1], matched[: last + 1], strict=True):
+        if j is not None and j >= taken:
+            missing = [s for k, s in enumerate(stored[taken:j], taken) if k not in in_thread]
+            head.extend(missing)
+            stored_count += len(missing)
+            taken = j + 1
+        head.append(message)
+        stored_count += j is not None
+    newer = [s for k, s in enumerate(stored[taken:], taken) if k not in in_thread]
+    return head, newer, list(chat[last + 1 :]), stored_count + len(newer)
+
+
+def tool_safe_units(messages: Sequence[BaseMessage]) -> list[list[BaseMessage]]:
+    """Group messages into units a window may keep or drop whole: an assistant message
+    that calls tools together with all of its results, or one other message.
+
+    Units that would break a provider's rules are dropped: a tool result without its
+    call, and a call whose results are not all there (a run that stopped mid-tool).
+    """
+    units: list[list[BaseMessage]] = []
+    index = 0
+    while index < len(messages):
+        message = messages[index]
+        index += 1
+        if isinstance(message, ToolMessage) or role_of(message) == "tool":
+            continue  # a result whose call is not right before it
+        calls = message.tool_calls if isinstance(message, AIMessage) else []
+        if not calls:
+            units.append([message])
+            continue
+        results: list[BaseMessage] = []
+        while index < len(messages) and isinstance(messages[index], ToolMessage):
+            results.append(messages[index])
+            index += 1
+        wanted = [call.get("id") for call in calls]
+        got = {getattr(r, "tool_call_id", None) for r in results}
+        if all(w is not None for w in wanted):
+            answered = all(w in got for w in wanted)
+            results = [r for r in results if getattr(r, "tool_call_id", None) in wanted]
+        else:
+            answered = len(results) >= len(calls)
+        if answered:
+            units.append([message, *results])
+    return units
+
+
+def _count(units: Sequence[Sequence[BaseMessage]]) -> int:
+    return sum(len(unit) for unit in units)
+
+
+def window(
+    messages: Sequence[BaseMessage],
+    max_messages: int,
+    *,
+    max_tokens: int | None = None,
+    token_counter: TokenCounter | None = None,
+    reserved_tokens: int = 0,
+) -> list[BaseMessage]:
+    """The newest messages that fit, never breaking a tool call from its results.
+
+    The current exchange (from the newest user message on: the question and this run's
+    tool steps) is always kept whole, so the model sees the newest user message and the
+    results of the tools it asked for, even when that alone is over the budget. Older
+    messages fill what is left of ``max_messages`` (and of ``max_tokens``, counted with
+    ``token_counter``, after ``reserved_tokens`` for what goes before the window), and
+    the window starts on a user message when one fits.
+    """
+    units = tool_safe_units(messages)
+    flat = [m for unit in units for m in unit]
+    start = newest_human(flat)
+    current = flat[start:] if start is not None else []
+    older = flat[:start] if start is not None else flat
+    room = max_messages - len(current)
+    if max_tokens is not None and token_counter is not None:
+        token_room = max_tokens - reserved_tokens - (token_counter(current) if current else 0)
+    else:
+        token_room = None
+    if room <= 0 or (token_room is not None and token_room <= 0) or not older:
+        return current if current else _last_units(units, max_messages)
+    kept = _fit(older, room, len)
+    if token_room is not None and token_counter is not None:
+        kept = _fit(kept, token_room, token_counter)
+    return [*kept, *current]
+
+
+def _fit(messages: list[BaseMessage], budget: int, counter: TokenCounter) -> list[BaseMessage]:
+    """The newest whole messages within ``budget`` (LangChain's `trim_messages`, strategy
+    ``last``), tool-call safe, starting on a user message when one is among them."""
+    kept = trim_messages(
+        messages, max_tokens=budget, token_counter=counter, strategy="last", allow_partial=False
+    )
+    kept = [m for unit in tool_safe_units(kept) for m in unit]
+    first = next((i for i, m in enumerate(kept) if role_of(m) == USER), 0)
+    return kept[first:]
+
+
+def _last_units(units: Sequence[Sequence[BaseMessage]], max_messages: int) -> list[BaseMessage]:
+    """Without any user message: the newest whole units that fit (at least one)."""
+    kept: list[Sequence[BaseMessage]] = []
+    for unit in reversed(units):
+        if kept and _count(kept) + len(unit) > max_messages:
+            break
+        kept.insert(0, unit)
+    return [m for unit in kept for m in unit]
 
 
 def apply_reset(
@@ -159,75 +293,86 @@ def apply_reset(
     return list(messages), 0
 
 
-def _matches(stored: Sequence[BaseMessage], chat: Sequence[BaseMessage]) -> list[bool]:
-    """Which thread messages are stored turns: by id, else by the content overlap of a
-    thread that starts by replaying the end of the stored tail."""
-    stored_ids = {m.id for m in stored if m.id}
-    by_id = [bool(m.id and m.id in stored_ids) for m in chat]
-    if any(by_id):
-        return by_id
-    for size in range(min(len(stored), len(chat)), 0, -1):
-        if all(_same_turn(s, c) for s, c in zip(stored[-size:], chat[:size], strict=True)):
-            return [True] * size + [False] * (len(chat) - size)
-    return by_id
-
-
-def _as_of_redelivered(
-    stored: Sequence[BaseMessage], chat: Sequence[BaseMessage], newer: Sequence[BaseMessage]
-) -> Sequence[BaseMessage]:
-    """When the message to answer is a re-delivered user turn already stored, the stored
-    history as it stood when that turn arrived, so the model answers it and not a newer one."""
-    if newer or not chat or role_of(chat[-1]) != USER or not chat[-1].id:
-        return stored
-    for index in range(len(stored) - 1, -1, -1):
-        if stored[index].id == chat[-1].id:
-            return stored[: index + 1]
-    return stored
-
-
 def merge_history(
     stored: Sequence[BaseMessage],
     thread: Sequence[BaseMessage],
     *,
     max_messages: int,
     reset_command: str = "",
+    max_tokens: int | None = None,
+    token_counter: TokenCounter | None = None,
+    reserved_tokens: int = 0,
 ) -> MergedPayload:
     """Merge the stored tail with the current thread into the model payload.
 
-    The store holds the conversation in order, so the stored tail is the backbone: thread
-    messages that are stored turns (same id, or a thread that replays the end of the tail)
-    are taken from it once; thread messages before the first such match are older and go
-    first; the others are new and go last. When the thread ends on a re-delivered user
-    turn that is already stored, stored turns after it are left out, so the model answers
-    that turn. Then the reset command applies and the result is trimmed to the newest
-    ``max_messages``.
+    Thread messages are recognised as stored by id (the same message has the same id in
+    the graph state and in the store), or, when no id matches, by a thread that replays
+    the end of the tail. The thread keeps its order (tool steps that only the thread
+    holds stay where they were); stored messages the thread lacks go where they belong:
+    older ones before the thread's stored messages, newer ones (written by other runs)
+    after them and before this run's new messages. When the message to answer is
+    already stored and nothing newer came with it, the payload ends at that message.
+    Then the reset command applies and the tool-call-safe `window` is cut.
 
     Args:
         stored: The stored tail, oldest first.
         thread: The current thread's messages, oldest first.
-        max_messages: Window size for chat turns; system messages are not counted.
+        max_messages: Window size in messages; system messages are not counted.
         reset_command: User text that clears the history before it ("" disables).
+        max_tokens: Optional token budget for the window (the tighter limit wins).
+        token_counter: Counts tokens of a message list (with ``max_tokens``).
+        reserved_tokens: Tokens already spent before the window (system prompt, summary).
 
     Returns:
         The payload and the bookkeeping the node reports.
     """
     system = [m for m in thread if role_of(m) == "system"]
     chat = [m for m in thread if role_of(m) != "system"]
-    matched = _matches(stored, chat)
-    first = matched.index(True) if any(matched) else 0
-    older = [m for m, hit in zip(chat[:first], matched[:first], strict=True) if not hit]
-    newer = [m for m, hit in zip(chat[first:], matched[first:], strict=True) if not hit]
-    stored = _as_of_redelivered(stored, chat, newer)
-    merged = [*older, *stored, *newer]
-    after_reset, dropped = apply_reset(merged, reset_command)
-    window = trim_window(after_reset, max_messages)
-    cut = dropped + len(after_reset) - len(window)  # everything is cut from the front
-    stored_end = len(older) + len(stored)
-    return MergedPayload(
-        messages=window,
-        system=system,
-        stored_in_payload=max(0, stored_end - max(cut, len(older))),
-        new_turns=[m for m in newer if role_of(m) != "tool"],
-        dropped_by_reset=dropped,
-        truncated=len(after_reset) - len(window),
+    matched = _match(stored, chat)
+    head, newer, unstored, stored_count = _interleave(stored, chat, matched)
+    conversation = [*head, *newer, *unstored]
+    last_human = newest_human(chat)
+    redelivered = (
+        not unstored
+        and last_human is not None
+        and matched[last_human] is not None
+        and last_human == len(chat) - 1
     )
+    if redelivered:
+        # Answer the re-delivered message as of its time: stored turns after it are later.
+        stored_count -= len(newer)
+        conversation = head
+    after_reset, dropped = apply_reset(conversation, reset_command)
+    kept = window(
+        after_reset,
+        max_messages,
+        max_tokens=max_tokens,
+        token_counter=token_counter,
+        reserved_tokens=reserved_tokens,
+    )
+    stored_ids = {id(m) for m in stored} | {
+        id(m) for m, j in zip(chat, matched, strict=True) if j is not None
+    }
+    return MergedPayload(
+        messages=kept,
+        system=system,
+        stored_in_payload=sum(1 for m in kept if id(m) in stored_ids),
+        unstored=unstored,
+        matched=any(j is not None for j in matched),
+        redelivered=redelivered,
+        dropped_by_reset=dropped,
+        truncated=len(after_reset) - len(kept),
+    )
+
+
+def exchange_overlap(stored: Sequence[BaseMessage], pending: Sequence[BaseMessage]) -> int:
+    """How many leading ``pending`` messages repeat the end of ``stored`` by content: a
+    re-delivered exchange without channel ids (it is stored once)."""
+    for size in range(min(len(stored), len(pending)), 0, -1):
+        start = len(stored) - size
+        if all(
+            _signature(s) == _signature(p)
+            for s, p in zip(stored[start:], pending[:size], strict=True)
+        ):
+            return size
+    return 0

@@ -1,9 +1,10 @@
 """`AgentNode`: a LangGraph node that runs a chat model or agent with durable chat history.
 
-The node only wires the pieces together: `keys` resolves the conversation key, `toggles`
-decides what the run may do, `history.ChatHistory` reads and appends, `messages` merges
-and trims, `observability` counts and logs. Sync and async runs share `_prepare` and
-`_report`; only the I/O differs.
+The node only wires the pieces together: `incoming` places the delivered message in the
+thread, `keys` resolves the conversation key, `toggles` decides what the run may do,
+`history.ChatHistory` reads and appends, `messages` merges and cuts the window,
+`runner` calls the model, `observability` counts and logs. One generator (`_steps`)
+drives both `invoke` and `ainvoke`; only the I/O differs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from agent_history.budget import call_with_budget
 from agent_history.errors import WriteConflict
 from agent_history.history import AppendResult, ChatHistory
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
+from agent_history.history.codec import HistoryScope, in_scope
+from agent_history.incoming import ThreadView, current_thread
 from agent_history.keys import (
     DEFAULT_HISTORY_KEY_CANDIDATES,
     DEFAULT_HISTORY_KEY_TEMPLATE,
@@ -36,18 +39,19 @@ from agent_history.keys import (
     resolve_history_key,
 )
 from agent_history.messages import (
-    ASSISTANT,
-    USER,
     MergedPayload,
+    exchange_overlap,
     merge_history,
+    newest_human,
     role_of,
 )
-from agent_history.models import aproduce, build_runnable, produce
+from agent_history.runner import aproduce, build_runnable, produce
 from agent_history.stores import backend_of
-from agent_history.thread import current_thread
 from agent_history.toggles import DEFAULT_TOGGLES, CircuitBreaker, HistoryDecision, HistoryToggles
 
 __all__ = ["REPORT_LISTENERS", "AgentNode", "AgentState", "HistoryReport", "merge_results"]
+
+_SYSTEM_PROMPT_ID = "agent-history:system-prompt"
 
 
 def merge_results(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
@@ -82,6 +86,12 @@ class HistoryReport:
     fallbacks: tuple[str, ...] = ()
     shadow_difference: bool | None = None
     rejected: tuple[str, ...] = field(default_factory=tuple)
+    redelivered: bool = False
+    """The delivered message was already answered (stored, or answered in this thread):
+    the run stored nothing; with the answer already in the thread the model was not
+    called."""
+    model_called: bool = True
+    """False when the run had nothing to answer (a re-delivery this thread answered)."""
 
 
 REPORT_LISTENERS: list[Callable[[HistoryReport], None]] = []
@@ -93,14 +103,12 @@ class _Run:
     """Per-run state shared by the sync and async paths."""
 
     node: str
+    view: ThreadView
     decision: HistoryDecision
-    resolution: KeyResolution | None
-    history: ChatHistory | None
-    breaker: CircuitBreaker | None
     backend: str
-    thread: list[BaseMessage]
-    incoming_id: str | None
-    added: BaseMessage | None = None
+    breaker: CircuitBreaker | None = None
+    resolution: KeyResolution | None = None
+    history: ChatHistory | None = None
     key: str = ""
     fallbacks: list[str] = field(default_factory=list)
     stored: list[BaseMessage] = field(default_factory=list)
@@ -108,24 +116,30 @@ class _Run:
     payload: MergedPayload | None = None
     shadow_difference: bool | None = None
     appended: AppendResult | None = None
+    redelivered: bool = False
 
 
 class AgentNode(Runnable[Any, dict[str, Any]]):
     """Runs a chat model or agent on the conversation, with opt-in durable history.
 
     Add it to a `StateGraph` and compile with ``store=`` (and usually ``checkpointer=``).
-    With ``use_graph_chat_history=True`` each run resolves the conversation key, reads the
-    newest stored turns, merges them with the thread, runs the model and appends the new
-    user and assistant turns. Any store problem degrades to in-memory messages with a
-    warning; the run always returns the model's answer.
+    With ``use_graph_chat_history=True`` each pass resolves the conversation key, reads the
+    newest stored messages, merges them with the thread, runs the model and appends what
+    the pass added (the delivered message, the model's messages, tool results of this
+    run). Any store problem degrades to in-memory messages with a warning; the run
+    always returns the model's answer. It works in every usual graph shape: a fresh
+    thread per callback, a stable thread with a checkpointer, an ``agent <-> tools``
+    loop through `ToolNode`, tools inside the node, and prebuilt agents.
 
     Args:
-        model: A LangChain chat model, a ``"provider:model"`` string (needs the
-            ``langchain`` package), or any runnable taking ``{"messages": [...]}``.
+        model: A chat model (also after ``bind_tools``/``with_config``/``with_retry``), a
+            ``"provider:model"`` string (needs the ``langchain`` package), or any runnable
+            taking ``{"messages": [...]}`` (a compiled graph, a prebuilt agent).
         name: Node name used in logs, metrics and toggles (LangGraph's node name wins).
         tools: Tools for a tool-calling agent built around ``model``.
         system_prompt: System message put before the payload; not counted in the window.
-        max_messages: Most chat messages the model receives.
+        max_messages: Most chat messages the model receives (the current exchange is
+            always sent whole, see `messages.window`).
         reset_command: User text that clears earlier history ("" disables).
         use_graph_chat_history: Opt in to durable history (default off).
         history_namespace: Store namespace prefix of the history.
@@ -133,6 +147,8 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         history_key_candidates: Ordered key candidates (literals or templates).
         history_value_field: Record field holding a turn's content.
         history_chunk_size: Turns per chunk item for new conversations.
+        history_scope: ``"turns"`` stores user messages and final answers; ``"full"``
+            stores every message of the run (tool calls and results included).
         toggles: Rollout switches; the process-wide default reads ``ORCHEO_*`` variables.
         write_attempts: Attempts for an append before giving up with a warning.
         write_backoff_seconds: First backoff between attempts (doubles, with jitter).
@@ -154,6 +170,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         history_key_candidates: Sequence[str] = DEFAULT_HISTORY_KEY_CANDIDATES,
         history_value_field: str = "content",
         history_chunk_size: int = DEFAULT_CHUNK_SIZE,
+        history_scope: HistoryScope = "turns",
         toggles: HistoryToggles | None = None,
         write_attempts: int = 3,
         write_backoff_seconds: float = 0.05,
@@ -163,6 +180,8 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
             raise ValueError("max_messages must be >= 1")
         if write_attempts < 1:
             raise ValueError("write_attempts must be >= 1")
+        if history_scope not in ("turns", "full"):
+            raise ValueError(f"history_scope must be 'turns' or 'full' (got {history_scope!r})")
         namespace = tuple(history_namespace)
         if not namespace or any(not label or "." in label for label in namespace):
             raise ValueError("history_namespace labels must be non-empty and contain no '.'")
@@ -178,6 +197,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         self.history_key_candidates = list(history_key_candidates)
         self.history_value_field = history_value_field
         self.history_chunk_size = history_chunk_size
+        self.history_scope: HistoryScope = history_scope
         self.toggles = toggles or DEFAULT_TOGGLES
         self.write_attempts = write_attempts
         self.write_backoff_seconds = write_backoff_seconds
@@ -193,16 +213,14 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
 
     def _prepare(self, state: Any, config: RunnableConfig | None) -> _Run:
         node = self._node_name(config)
-        thread, incoming, added = current_thread(state)
+        view = current_thread(state)
         store = _current_store() if self.use_graph_chat_history else None
         backend = backend_of(store) if store is not None else "other"
         breaker = self.toggles.breaker_for(store, backend) if store is not None else None
         decision = self.toggles.decide(
             node, node_enabled=self.use_graph_chat_history, breaker=breaker
         )
-        run = _Run(node, decision, None, None, breaker, backend, thread, None)
-        run.incoming_id = incoming.message_id if incoming else None
-        run.added = added
+        run = _Run(node, view, decision, backend, breaker)
         if not decision.enabled:
             if self.use_graph_chat_history and decision.reason == "breaker_open":
                 self._fallback(run, "breaker_open")
@@ -226,6 +244,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
             namespace=self.history_namespace,
             chunk_size=self.history_chunk_size,
             value_field=self.history_value_field,
+            scope=self.history_scope,
         )
         return run
 
@@ -247,16 +266,17 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         )
 
     def _merge(self, run: _Run) -> list[BaseMessage]:
-        """Build the model payload (system messages first) from stored and thread turns."""
-        # Merging against what is stored tells which thread turns are new (to append),
+        """Build the model payload (system messages first) from stored and thread messages."""
+        # Merging against what is stored tells which thread messages are new (to append),
         # even when the payload ignores the store (shadow mode).
+        thread = run.view.messages
         run.merged = merge_history(
-            run.stored, run.thread, max_messages=self.max_messages, reset_command=self.reset_command
+            run.stored, thread, max_messages=self.max_messages, reset_command=self.reset_command
         )
         payload = run.merged
         if run.history is not None and not run.decision.payload_from_store:
             payload = merge_history(
-                [], run.thread, max_messages=self.max_messages, reset_command=self.reset_command
+                [], thread, max_messages=self.max_messages, reset_command=self.reset_command
             )
             run.shadow_difference = _payload_key(payload.messages) != _payload_key(
                 run.merged.messages
@@ -274,23 +294,37 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         run.payload = payload
         if payload.truncated:
             obs.METRICS.inc(obs.TRUNCATION_EVENTS, backend=run.backend)
-        system = [SystemMessage(self.system_prompt)] if self.system_prompt else []
+        system = (
+            [SystemMessage(self.system_prompt, id=_SYSTEM_PROMPT_ID)] if self.system_prompt else []
+        )
         return [*system, *payload.system, *payload.messages]
 
-    def _turns_to_append(self, run: _Run, produced: Sequence[BaseMessage]) -> list[Any]:
+    def _to_append(
+        self, run: _Run, produced: Sequence[BaseMessage]
+    ) -> tuple[list[BaseMessage], str | None, str | None]:
+        """What this pass appends, and the exchange's anchor (the user message it answers)
+        with the run's token (the first message the run produced after it)."""
         assert run.merged is not None
-        turns: list[Any] = []
-        for message in [*run.merged.new_turns, *produced]:
-            if role_of(message) not in (USER, ASSISTANT):
-                continue
-            # Every turn carries an id, so retries and re-delivered callbacks are idempotent.
-            mid = message.id
-            if role_of(message) == ASSISTANT and run.incoming_id and message in produced:
-                mid = f"reply:{run.incoming_id}:{produced.index(message)}"
-            turns.append(message.model_copy(update={"id": mid or f"gen:{uuid.uuid4().hex}"}))
-        return turns
+        pending = [*run.merged.unstored, *produced]
+        chat = [m for m in run.view.messages if role_of(m) != "system"]
+        conversation = [*chat, *produced]
+        anchor = newest_human(chat)
+        anchor_id = chat[anchor].id if anchor is not None else None
+        anchor_next = (
+            conversation[anchor + 1].id
+            if anchor is not None and anchor + 1 < len(conversation)
+            else None
+        )
+        incoming = run.view.incoming
+        if not run.merged.matched and not (incoming and incoming.message_id):
+            # Without ids, a re-delivered exchange is recognised by content (it repeats
+            # the end of what is stored) and is not stored twice.
+            scoped = [m for m in pending if in_scope(m, self.history_scope)]
+            stored = [m for m in run.stored if in_scope(m, self.history_scope)]
+            pending = scoped[exchange_overlap(stored, scoped) :]
+        return pending, anchor_id, anchor_next
 
-    def _report(self, run: _Run, payload: Sequence[BaseMessage]) -> None:
+    def _report(self, run: _Run, payload: Sequence[BaseMessage], model_called: bool) -> None:
         merged = run.payload
         report = HistoryReport(
             node=run.node,
@@ -310,6 +344,8 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
             rejected=tuple(
                 f"{r.reason}" for r in (run.resolution.rejected if run.resolution else ())
             ),
+            redelivered=run.redelivered,
+            model_called=model_called,
         )
         for listener in (self.on_report, *REPORT_LISTENERS):
             if listener is not None:
@@ -347,13 +383,18 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
     def _backoff(self, attempt: int) -> float:
         return float(self.write_backoff_seconds * (2**attempt) * (0.5 + random.random()))
 
-    # --- one run, as steps shared by the sync and async paths ------------------------------
+    # --- one pass, as steps shared by the sync and async paths -----------------------------
 
     def _steps(self, run: _Run) -> Generator[_Step, Any, dict[str, Any]]:
-        """The run's control flow; it yields the I/O it needs and receives the outcome.
+        """The pass's control flow; it yields the I/O it needs and receives the outcome.
 
         A store step's answer is ``(True, value)`` or ``(False, exception)``.
         """
+        if run.view.answered:
+            # A re-delivered callback this thread already answered: nothing to do.
+            run.redelivered = True
+            self._report(run, [], model_called=False)
+            return {"messages": []}
         budgets = self.toggles.current()
         if run.history is not None and run.decision.read:
             started = time.perf_counter()
@@ -362,67 +403,94 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
             )
             self._record(run, obs.STORE_READ_LATENCY, started, ok)
             if ok:
-                run.stored = [turn.to_message() for turn in value]
+                run.stored = run.history.to_messages(value, run.key)
             else:
                 self._read_failed(run, value)
                 run.history = None
         payload = self._merge(run)
         produced: list[BaseMessage] = yield _Model(payload)
+        for message in produced:
+            if not message.id:
+                # The id it has in the graph state is the id it is stored under.
+                message.id = str(uuid.uuid4())
+        assert run.merged is not None
+        run.redelivered = run.merged.redelivered
         if run.history is not None and run.decision.write:
-            turns = self._turns_to_append(run, produced)
-            for attempt in range(self.write_attempts):
-                started = time.perf_counter()
-                ok, value = yield _Append(
-                    run.history, run.key, turns, budgets.write_timeout_seconds
+            pending, anchor_id, anchor_next = self._to_append(run, produced)
+            if pending:
+                yield from self._append(
+                    run, budgets.write_timeout_seconds, pending, anchor_id, anchor_next
                 )
-                self._record(run, obs.STORE_WRITE_LATENCY, started, ok)
-                if ok:
-                    self._wrote(run, value)
-                    break
-                if attempt + 1 == self.write_attempts or _breaker_open(run):
-                    self._write_failed(run, value)
-                    break
-                yield _Sleep(self._backoff(attempt))
-        self._report(run, payload)
-        return _output(run, produced)
+        if run.appended is not None and run.appended.appended == 0 and run.appended.duplicates:
+            run.redelivered = True
+        self._report(run, payload, model_called=True)
+        added = [run.view.added] if run.view.added is not None else []
+        return {"messages": [*added, *produced]}
+
+    def _append(
+        self,
+        run: _Run,
+        budget: float,
+        pending: list[BaseMessage],
+        anchor_id: str | None,
+        anchor_next: str | None,
+    ) -> Generator[_Step, Any, None]:
+        assert run.history is not None
+        step = _Append(run.history, run.key, pending, anchor_id, anchor_next, budget)
+        for attempt in range(self.write_attempts):
+            started = time.perf_counter()
+            ok, value = yield step
+            self._record(run, obs.STORE_WRITE_LATENCY, started, ok)
+            if ok:
+                self._wrote(run, value)
+                return
+            if attempt + 1 == self.write_attempts or _breaker_open(run):
+                self._write_failed(run, value)
+                return
+            yield _Sleep(self._backoff(attempt))
 
     def invoke(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Run the node synchronously (LangGraph calls this in sync graphs)."""
-        steps = self._steps(self._prepare(input, config))
+        run = self._prepare(input, config)
+        steps = self._steps(run)
         answer: Any = None
-        try:
-            while True:
+        while True:
+            try:
                 step = steps.send(answer)
-                if isinstance(step, _Model):
-                    answer = produce(self._runnable, step.payload, config)
-                elif isinstance(step, _Sleep):
-                    time.sleep(step.seconds)
-                    answer = None
-                else:
-                    answer = _attempt_sync(step)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+            except StopIteration as done:
+                _not_streamed_as_output(config, run.view.added)
+                return done.value  # type: ignore[no-any-return]
+            # The model's own exceptions (StopIteration included) propagate unchanged.
+            if isinstance(step, _Model):
+                answer = produce(self._runnable, step.payload, config)
+            elif isinstance(step, _Sleep):
+                time.sleep(step.seconds)
+                answer = None
+            else:
+                answer = _attempt_sync(step)
 
     async def ainvoke(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Run the node asynchronously (LangGraph calls this in async graphs)."""
-        steps = self._steps(self._prepare(input, config))
+        run = self._prepare(input, config)
+        steps = self._steps(run)
         answer: Any = None
-        try:
-            while True:
+        while True:
+            try:
                 step = steps.send(answer)
-                if isinstance(step, _Model):
-                    answer = await aproduce(self._runnable, step.payload, config)
-                elif isinstance(step, _Sleep):
-                    await asyncio.sleep(step.seconds)
-                    answer = None
-                else:
-                    answer = await _attempt_async(step)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+            except StopIteration as done:
+                _not_streamed_as_output(config, run.view.added)
+                return done.value  # type: ignore[no-any-return]
+            if isinstance(step, _Model):
+                answer = await aproduce(self._runnable, step.payload, config)
+            elif isinstance(step, _Sleep):
+                await asyncio.sleep(step.seconds)
+                answer = None
+            else:
+                answer = await _attempt_async(step)
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,7 +505,9 @@ class _Read:
 class _Append:
     history: ChatHistory
     key: str
-    turns: list[Any]
+    messages: list[BaseMessage]
+    anchor_id: str | None
+    anchor_next: str | None
     budget: float
 
 
@@ -461,8 +531,10 @@ def _attempt_sync(step: _Read | _Append) -> tuple[bool, Any]:
         n = step.n
         call = lambda: history.tail_turns(key, n)  # noqa: E731
     else:
-        turns = step.turns
-        call = lambda: history.append(key, turns)  # noqa: E731
+        append = step
+        call = lambda: history.append(  # noqa: E731
+            key, append.messages, anchor_id=append.anchor_id, anchor_next=append.anchor_next
+        )
     try:
         return True, call_with_budget(call, step.budget)
     except Exception as exc:
@@ -474,16 +546,25 @@ async def _attempt_async(step: _Read | _Append) -> tuple[bool, Any]:
         if isinstance(step, _Read):
             coro = step.history.atail_turns(step.key, step.n)
             return True, await asyncio.wait_for(coro, step.budget)
-        return True, await asyncio.wait_for(step.history.aappend(step.key, step.turns), step.budget)
+        appended = step.history.aappend(
+            step.key, step.messages, anchor_id=step.anchor_id, anchor_next=step.anchor_next
+        )
+        return True, await asyncio.wait_for(appended, step.budget)
     except Exception as exc:
         return False, exc
 
 
-def _output(run: _Run, produced: list[BaseMessage]) -> dict[str, Any]:
-    """The state update: the delivered user message (when the thread lacked it), then the
-    model's messages, so a checkpointed thread holds the whole exchange."""
-    added = [run.added] if run.added is not None else []
-    return {"messages": [*added, *produced]}
+def _not_streamed_as_output(config: RunnableConfig | None, added: BaseMessage | None) -> None:
+    """Keep ``stream_mode="messages"`` from emitting the delivered user message as if this
+    node had produced it: LangGraph's message stream skips ids it has seen."""
+    if added is None or not added.id:
+        return
+    callbacks = (config or {}).get("callbacks")
+    handlers = callbacks if isinstance(callbacks, list) else getattr(callbacks, "handlers", [])
+    for handler in handlers or ():
+        seen = getattr(handler, "seen", None)
+        if isinstance(seen, set) and type(handler).__name__.startswith("StreamMessagesHandler"):
+            seen.add(added.id)
 
 
 def _breaker_open(run: _Run) -> bool:

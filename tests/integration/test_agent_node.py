@@ -163,7 +163,8 @@ def test_window_stays_within_max_messages_while_store_keeps_everything(
     assert len(stored) == 200
     assert [t.content for t in stored[::2]] == [f"turn {i}" for i in range(100)]
     assert [t.seq for t in stored] == list(range(1, 201))
-    assert reports[-1].truncated > 0 and reports[-1].payload_messages == 10
+    # The window starts on a user message: 9 of the 10 allowed.
+    assert reports[-1].truncated > 0 and reports[-1].payload_messages == 9
 
 
 @pytest.mark.parametrize(

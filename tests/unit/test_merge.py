@@ -1,11 +1,12 @@
-"""Merging stored history with the current thread: overlap, reset, window, thread reading."""
+"""Merging stored history with the current thread: identity, order, reset, tool-safe
+windows, and placing the delivered message in the thread."""
 
 from __future__ import annotations
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from agent_history.messages import apply_reset, merge_history, trim_window
-from agent_history.thread import current_thread
+from agent_history.incoming import current_thread
+from agent_history.messages import apply_reset, merge_history, window
 
 
 def _texts(messages: list) -> list[str]:
@@ -17,7 +18,7 @@ def test_new_thread_gets_stored_turns_before_it() -> None:
     merged = merge_history(stored, [HumanMessage("q2", id="c")], max_messages=10)
     assert _texts(merged.messages) == ["q1", "a1", "q2"]
     assert merged.stored_in_payload == 2
-    assert _texts(merged.new_turns) == ["q2"]
+    assert _texts(merged.unstored) == ["q2"]
 
 
 def test_checkpointed_thread_that_replays_stored_turns_is_not_duplicated() -> None:
@@ -31,7 +32,7 @@ def test_checkpointed_thread_that_replays_stored_turns_is_not_duplicated() -> No
     ]
     merged = merge_history(stored, thread, max_messages=10)
     assert _texts(merged.messages) == ["q1", "a1", "q2", "a2", "q3"]
-    assert _texts(merged.new_turns) == ["q3"]
+    assert _texts(merged.unstored) == ["q3"]
     assert merged.stored_in_payload == 4
 
 
@@ -40,7 +41,7 @@ def test_overlap_by_id_wins_over_position() -> None:
     thread = [HumanMessage("hi", id="m1"), AIMessage("yo", id="m2"), HumanMessage("next", id="m3")]
     merged = merge_history(stored, thread, max_messages=10)
     assert _texts(merged.messages) == ["older", "hi", "yo", "next"]
-    assert [m.id for m in merged.new_turns] == ["m3"]
+    assert [m.id for m in merged.unstored] == ["m3"]
 
 
 def test_thread_messages_older_than_the_stored_tail_go_first() -> None:
@@ -48,7 +49,7 @@ def test_thread_messages_older_than_the_stored_tail_go_first() -> None:
     stored = thread[3:6]  # the tail window holds only the newest stored turns
     merged = merge_history(stored, thread, max_messages=50)
     assert _texts(merged.messages) == ["m0", "m1", "m2", "m3", "m4", "m5", "new"]
-    assert _texts(merged.new_turns) == ["new"]
+    assert _texts(merged.unstored) == ["new"]
     assert merged.stored_in_payload == 3
 
 
@@ -73,7 +74,7 @@ def test_redelivered_user_turn_is_answered_with_the_history_as_it_stood() -> Non
     ]
     merged = merge_history(stored, [HumanMessage("first", id="m1")], max_messages=10)
     assert _texts(merged.messages) == ["first"]
-    assert merged.new_turns == []
+    assert merged.unstored == []
     assert merged.stored_in_payload == 1
 
 
@@ -92,16 +93,22 @@ def test_window_trims_oldest_and_skips_orphan_tool_results() -> None:
         AIMessage("answer"),
         HumanMessage("again"),
     ]
-    assert _texts(trim_window(thread, 3)) == ["answer", "again"]
+    # The tool result whose call fell out of the window goes too.
+    assert _texts(window(thread, 3)) == ["answer", "again"]
+    assert _texts(window(thread, 4)) == ["", "r", "answer", "again"]  # no user message fits
+    assert _texts(window(thread, 5)) == ["q", "", "r", "answer", "again"]
     merged = merge_history([], thread, max_messages=3)
-    assert merged.truncated == 3 and len(merged.messages) == 2
+    assert merged.truncated == 3 and _texts(merged.messages) == ["answer", "again"]
+    orphan = [ToolMessage("r", tool_call_id="t9"), HumanMessage("q")]
+    assert _texts(window(orphan, 5)) == ["q"]
 
 
 def test_system_messages_do_not_count_against_the_window() -> None:
     thread = [SystemMessage("be nice"), HumanMessage("a"), AIMessage("b"), HumanMessage("c")]
     merged = merge_history([], thread, max_messages=2)
     assert _texts(merged.system) == ["be nice"]
-    assert _texts(merged.messages) == ["b", "c"]
+    assert _texts(merged.messages) == ["c"]  # starts on a user message
+    assert _texts(merge_history([], thread, max_messages=3).messages) == ["a", "b", "c"]
 
 
 def test_reset_drops_everything_before_it_stored_turns_included() -> None:
@@ -131,19 +138,21 @@ def test_thread_from_inputs_with_channel_id() -> None:
             "message": {"chat_id": 7, "text": "hello", "message_id": 99},
         }
     }
-    thread, incoming, _ = current_thread(state)
-    assert _texts(thread) == ["hello"]
-    assert thread[0].id == "99" and incoming is not None and incoming.message_id == "99"
+    view = current_thread(state)
+    assert _texts(view.messages) == ["hello"]
+    assert view.messages[0].id == "99" and view.incoming is not None
+    assert view.incoming.message_id == "99" and view.added is view.messages[0]
 
 
 def test_thread_does_not_duplicate_the_latest_user_turn() -> None:
+    # The caller put the message in the thread itself: its state id is its identity.
     state = {
         "messages": [HumanMessage("hi", id="uuid-1")],
         "inputs": {"message": "hi", "message_id": "tg-5"},
     }
-    thread, _, _ = current_thread(state)
-    assert _texts(thread) == ["hi"]
-    assert thread[0].id == "tg-5"
+    view = current_thread(state)
+    assert _texts(view.messages) == ["hi"] and view.added is None
+    assert view.messages[0].id == "uuid-1"
 
 
 def test_thread_from_history_and_prompt_fields() -> None:
@@ -153,12 +162,12 @@ def test_thread_from_history_and_prompt_fields() -> None:
             "query": "c",
         }
     }
-    thread, _, _ = current_thread(state)
-    assert _texts(thread) == ["a", "b", "c"]
+    assert _texts(current_thread(state).messages) == ["a", "b", "c"]
     listener = {
         "inputs": {"listener": {"platform": "wecom", "message": {"content": "hey", "msgid": "w1"}}}
     }
-    thread, incoming, _ = current_thread(listener)
-    assert _texts(thread) == ["hey"] and incoming is not None and incoming.message_id == "w1"
-    assert current_thread({"inputs": {"message": "   "}})[0] == []
-    assert current_thread(None)[0] == []
+    view = current_thread(listener)
+    assert _texts(view.messages) == ["hey"]
+    assert view.incoming is not None and view.incoming.message_id == "w1"
+    assert current_thread({"inputs": {"message": "   "}}).messages == []
+    assert current_thread(None).messages == []

@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -15,7 +16,14 @@ from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
 from langgraph.store.sqlite import SqliteStore
 from langgraph.store.sqlite.aio import AsyncSqliteStore
 
-from agent_history.errors import InvalidMessage, WriteConflict
+from agent_history.errors import AgentHistoryError, InvalidMessage, WriteConflict
+from agent_history.history.bulk import (
+    ImportConflict,
+    ImportedTurn,
+    ImportResult,
+    delete_if_idle_steps,
+    import_steps,
+)
 from agent_history.history.codec import (
     HistoryScope,
     check_content,
@@ -316,6 +324,7 @@ class ChatHistory:
         *,
         message_ids: Sequence[str | None] | None = None,
         anchor_id: str | None = None,
+        anchor_next: str | None = None,
     ) -> AppendResult:
         """Append messages atomically, with every field they carry.
 
@@ -325,8 +334,10 @@ class ChatHistory:
                 history's ``scope`` decides which are kept.
             message_ids: Optional ids overriding each message's own id; a turn whose id
                 is already stored in the conversation is skipped as a duplicate.
-            anchor_id: The id of the user message this batch answers: when it is
-                already stored, nothing is written (a re-delivered exchange).
+            anchor_id: The id of the user message this batch answers.
+            anchor_next: The id of the first message the run produced after it. When the
+                anchor is already stored by a run with another token, nothing is written
+                (a re-delivered exchange); passes of one run share the token.
 
         Returns:
             What was written: counts, first and last sequence numbers, new total.
@@ -336,16 +347,23 @@ class ChatHistory:
         """
         if self._async_only():
             return self._on_store_loop(
-                self.aappend(key, messages, message_ids=message_ids, anchor_id=anchor_id)
+                self.aappend(
+                    key,
+                    messages,
+                    message_ids=message_ids,
+                    anchor_id=anchor_id,
+                    anchor_next=anchor_next,
+                )
             )
         pending, skipped = to_pending(messages, message_ids, self.scope)
         namespace = self.conversation_namespace(key)
+        anchor = (anchor_id, anchor_next)
         if not pending:
             return AppendResult(0, 0, skipped, None, None, self.count(key))
         if is_atomic(self.store):
             with sync_transaction(self.store, namespace) as perform:
-                return drive(self._append_steps(pending, skipped, anchor_id), perform)
-        return self._best_effort_append(namespace, pending, skipped, anchor_id)
+                return drive(self._append_steps(pending, skipped, anchor), perform)
+        return self._best_effort_append(namespace, pending, skipped, anchor)
 
     async def aappend(
         self,
@@ -354,25 +372,35 @@ class ChatHistory:
         *,
         message_ids: Sequence[str | None] | None = None,
         anchor_id: str | None = None,
+        anchor_next: str | None = None,
     ) -> AppendResult:
         """Async `append`."""
         if self._sync_only():
             return await asyncio.to_thread(
-                self.append, key, messages, message_ids=message_ids, anchor_id=anchor_id
+                self.append,
+                key,
+                messages,
+                message_ids=message_ids,
+                anchor_id=anchor_id,
+                anchor_next=anchor_next,
             )
         pending, skipped = to_pending(messages, message_ids, self.scope)
         namespace = self.conversation_namespace(key)
+        anchor = (anchor_id, anchor_next)
         if not pending:
             return AppendResult(0, 0, skipped, None, None, await self.acount(key))
         if is_atomic(self.store):
             async with async_transaction(self.store, namespace) as perform:
-                return await drive_async(self._append_steps(pending, skipped, anchor_id), perform)
+                return await drive_async(self._append_steps(pending, skipped, anchor), perform)
         return await asyncio.to_thread(
-            self._best_effort_append, namespace, pending, skipped, anchor_id
+            self._best_effort_append, namespace, pending, skipped, anchor
         )
 
     def _append_steps(
-        self, pending: list[PendingTurn], skipped: int, anchor_id: str | None = None
+        self,
+        pending: list[PendingTurn],
+        skipped: int,
+        anchor: tuple[str | None, str | None] = (None, None),
     ) -> Steps[AppendResult]:
         return append_steps(
             pending,
@@ -380,7 +408,8 @@ class ChatHistory:
             value_field=self.value_field,
             now=_now(),
             skipped=skipped,
-            anchor_id=anchor_id,
+            anchor_id=anchor[0],
+            anchor_next=anchor[1],
         )
 
     def _best_effort_append(
@@ -388,7 +417,7 @@ class ChatHistory:
         namespace: tuple[str, ...],
         pending: list[PendingTurn],
         skipped: int,
-        anchor_id: str | None = None,
+        anchor: tuple[str | None, str | None] = (None, None),
     ) -> AppendResult:
         """Append without a database transaction: lock in-process, verify, retry.
 
@@ -402,7 +431,10 @@ class ChatHistory:
         first: AppendResult | None = None
         for conflicts in range(_BEST_EFFORT_ATTEMPTS):
             with sync_transaction(self.store, namespace) as perform:
-                steps = self._append_steps(remaining, skipped, anchor_id if not conflicts else None)
+                # A retry re-appends our own lost turns: the anchor rule applied once.
+                steps = self._append_steps(
+                    remaining, skipped, anchor if not conflicts else (None, None)
+                )
                 result = drive(steps, perform)
             first = first or result
             lost = self._missing_after_write(namespace, remaining, result)
@@ -450,6 +482,109 @@ class ChatHistory:
             return await asyncio.to_thread(self.delete, key)
         async with async_transaction(self.store, self.conversation_namespace(key)) as perform:
             return await drive_async(delete_steps(_READ_BATCH_CHUNKS), perform)
+
+    # --- operator procedures: imports, migrations, retention ------------------------------
+
+    def import_turns(self, key: str, turns: Sequence[Turn]) -> ImportResult:
+        """Write ``turns`` at the sequence numbers they carry, atomically (imports and
+        migrations).
+
+        Turns whose seq the conversation already holds are skipped, so an import run
+        again, or by two processes at once, writes each turn once. Every field is kept,
+        the time each turn was first stored (``ts``) included.
+
+        Args:
+            key: Conversation key.
+            turns: Turns with contiguous sequence numbers, in order.
+
+        Raises:
+            InvalidMessage: a turn cannot be stored exactly; nothing is written.
+            ImportConflict: the turns do not continue the conversation (a gap), or one of
+                their ids is stored at another position; nothing is written.
+        """
+        if self._async_only():
+            return self._on_store_loop(self.aimport_turns(key, turns))
+        pending, first_seq = _imported(turns, self.scope)
+        namespace = self.conversation_namespace(key)
+        if not pending:
+            return ImportResult(0, 0, self.count(key))
+        with sync_transaction(self.store, namespace) as perform:
+            return drive(self._import_steps(pending, first_seq), perform)
+
+    async def aimport_turns(self, key: str, turns: Sequence[Turn]) -> ImportResult:
+        """Async `import_turns`."""
+        if self._sync_only():
+            return await asyncio.to_thread(self.import_turns, key, turns)
+        pending, first_seq = _imported(turns, self.scope)
+        namespace = self.conversation_namespace(key)
+        if not pending:
+            return ImportResult(0, 0, await self.acount(key))
+        async with async_transaction(self.store, namespace) as perform:
+            return await drive_async(self._import_steps(pending, first_seq), perform)
+
+    def _import_steps(self, pending: list[ImportedTurn], first_seq: int) -> Steps[ImportResult]:
+        return import_steps(
+            pending,
+            first_seq,
+            chunk_size=self.chunk_size,
+            value_field=self.value_field,
+            now=_now(),
+        )
+
+    def delete_if_idle(self, key: str, before: datetime) -> ConversationInfo | None:
+        """Delete a conversation only if its newest write is older than ``before``.
+
+        The age is read under the same lock as the delete, so a turn appended after the
+        caller listed the conversation keeps it.
+
+        Args:
+            key: Conversation key.
+            before: Timezone-aware cutoff.
+
+        Returns:
+            The deleted conversation's info; None when it does not exist or is not idle.
+        """
+        if before.tzinfo is None:
+            raise ValueError("before must be timezone-aware")
+        if self._async_only():
+            return self._on_store_loop(self.adelete_if_idle(key, before))
+        with sync_transaction(self.store, self.conversation_namespace(key)) as perform:
+            head = drive(delete_if_idle_steps(before, _READ_BATCH_CHUNKS), perform)
+        return _info(key, head)
+
+    async def adelete_if_idle(self, key: str, before: datetime) -> ConversationInfo | None:
+        """Async `delete_if_idle`."""
+        if before.tzinfo is None:
+            raise ValueError("before must be timezone-aware")
+        if self._sync_only():
+            return await asyncio.to_thread(self.delete_if_idle, key, before)
+        async with async_transaction(self.store, self.conversation_namespace(key)) as perform:
+            head = await drive_async(delete_if_idle_steps(before, _READ_BATCH_CHUNKS), perform)
+        return _info(key, head)
+
+
+def _imported(turns: Sequence[Turn], scope: HistoryScope) -> tuple[list[ImportedTurn], int]:
+    """Validate turns to import; return them as pending turns and their first seq."""
+    if not turns:
+        return [], 1
+    first_seq = turns[0].seq
+    for offset, turn in enumerate(turns):
+        if turn.seq != first_seq + offset:
+            raise ImportConflict(
+                f"sequence numbers must be contiguous (seq {turn.seq} at position {offset})"
+            )
+    try:
+        pending, _ = to_pending(list(turns), None, scope)
+    except AgentHistoryError:
+        raise
+    except (ValueError, TypeError) as exc:  # pydantic errors quote the body: class only
+        raise InvalidMessage(f"not a valid message ({type(exc).__name__})") from None
+    base = [f.name for f in fields(PendingTurn)]
+    imported = [
+        ImportedTurn(**{name: getattr(p, name) for name in base}, ts=turn.ts)
+        for p, turn in zip(pending, turns, strict=True)
+    ]
+    return imported, first_seq
 
 
 def _info(key: str, head: dict[str, Any] | None) -> ConversationInfo | None:

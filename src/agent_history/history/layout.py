@@ -157,6 +157,7 @@ def plan_append(
     now: str,
     skipped: int = 0,
     anchor_id: str | None = None,
+    anchor_next: str | None = None,
 ) -> AppendPlan:
     """Plan the writes that append ``pending`` after the current ``head``.
 
@@ -170,9 +171,12 @@ def plan_append(
         value_field: Record field that holds the content.
         now: Timestamp written on new turns and the head.
         skipped: Messages the caller dropped for their role, echoed in the result.
-        anchor_id: The id of the user message this batch answers. When it is already
-            stored (``known_ids`` has it), the batch is a re-delivered exchange that an
-            earlier run stored: nothing is written and every turn counts as a duplicate.
+        anchor_id: The id of the user message this batch answers.
+        anchor_next: The id of the first message this run produced after the anchor (a
+            token of the run: every node pass of one run gives the same one). The anchor's
+            id entry records it when the anchor is written. When the anchor is already
+            stored with another (or no) token, an earlier run answered it (a re-delivered
+            callback): nothing is written and every turn counts as a duplicate.
 
     Returns:
         The items to put (chunks, id entries, head) and the result to report.
@@ -187,6 +191,11 @@ def plan_append(
         return entry is not None and entry.get("epoch") == epoch
 
     if anchor_id is not None and stored(anchor_id):
+        entry = known_ids.get(anchor_id) or {}
+        answered_by_another_run = entry.get("next") != anchor_next or anchor_next is None
+    else:
+        answered_by_another_run = False
+    if answered_by_another_run:
         plan = AppendPlan()
         plan.result = AppendResult(0, len(pending), skipped, None, None, last_seq)
         return plan
@@ -218,7 +227,10 @@ def plan_append(
         record = turn.record(seq, now, value_field)
         chunks.setdefault(chunk_index(seq, size), []).append(record)
         if turn.id is not None:
-            plan.puts[msgid_key(turn.id)] = {"kind": "msgid", "seq": seq, "epoch": epoch}
+            entry = {"kind": "msgid", "seq": seq, "epoch": epoch}
+            if turn.id == anchor_id and anchor_next is not None:
+                entry["next"] = anchor_next
+            plan.puts[msgid_key(turn.id)] = entry
     for index, records in chunks.items():
         plan.puts[chunk_key(index)] = {"kind": "chunk", "index": index, "turns": records}
     new_last = last_seq + len(fresh)

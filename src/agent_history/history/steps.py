@@ -144,10 +144,12 @@ def append_steps(
     now: str,
     skipped: int = 0,
     anchor_id: str | None = None,
+    anchor_next: str | None = None,
 ) -> Steps[AppendResult]:
     """Append ``pending``: read head and known ids, read the open chunk, write. Run atomically.
 
-    ``anchor_id`` is the user message the batch answers (see `layout.plan_append`).
+    ``anchor_id``/``anchor_next``: the user message the batch answers and the run's
+    token (see `layout.plan_append`).
     """
     wanted = (*(t.id for t in pending), anchor_id)
     ids = tuple(dict.fromkeys(i for i in wanted if i is not None))
@@ -171,6 +173,7 @@ def append_steps(
         now=now,
         skipped=skipped,
         anchor_id=anchor_id,
+        anchor_next=anchor_next,
     )
     if plan.puts:
         # The head goes last so a reader never sees a head ahead of its chunks.

@@ -1,0 +1,182 @@
+"""Operator procedures on one conversation as I/O-free steps: seq-exact imports and
+conditional deletes.
+
+Like `steps`, each procedure yields `Get` / `Put` requests and is run by a driver inside
+the conversation's transaction, so what it checks still holds when it writes:
+
+- `import_steps` writes turns at the sequence numbers they carry. Turns the conversation
+  already holds (by seq) are skipped, so an import or a migration can be run again, or by
+  two processes at once, without a duplicate; a gap or an id stored elsewhere in the
+  conversation refuses the whole batch.
+- `delete_if_idle_steps` deletes a conversation only if its newest write is older than a
+  cutoff when it is read under the lock, so a turn appended after a retention listing is
+  never deleted with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from agent_history.errors import AgentHistoryError
+from agent_history.history.layout import (
+    HEAD_KEY,
+    PendingTurn,
+    chunk_index,
+    chunk_key,
+    msgid_key,
+    plan_append,
+)
+from agent_history.history.records import make_record
+from agent_history.history.steps import Get, Put, Steps, delete_steps, head_steps
+
+__all__ = [
+    "ImportConflict",
+    "ImportResult",
+    "ImportedTurn",
+    "delete_if_idle_steps",
+    "import_steps",
+    "is_idle",
+]
+
+_IDS_PER_READ = 500
+_ITEMS_PER_WRITE = 1_000
+
+
+class ImportConflict(AgentHistoryError, ValueError):
+    """The conversation cannot take the imported turns at their sequence numbers (a gap,
+    or an id the conversation already holds at another position); nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedTurn(PendingTurn):
+    """A turn to import: it keeps the time it was first stored."""
+
+    ts: str | None = None
+    """UTC ISO-8601 time from the source; the import time when None."""
+
+    def record(self, seq: int, now: str, value_field: str) -> dict[str, Any]:
+        """The chunk record of this turn at ``seq``, with its original time."""
+        return make_record(
+            seq, self.role, self.content, self.id, self.ts or now, self.kind, self.extra,
+            value_field, self.plain,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What one seq-exact import into a conversation did."""
+
+    written: int
+    """Turns written."""
+    present: int
+    """Turns skipped because the conversation already held their sequence numbers."""
+    total: int
+    """Turns in the conversation afterwards."""
+
+
+def _later(first: str | None, second: str | None) -> str | None:
+    """The later of two ISO times (either may be missing or unparsable)."""
+    if not (first and second):
+        return first or second
+    try:
+        return first if datetime.fromisoformat(first) >= datetime.fromisoformat(second) else second
+    except (TypeError, ValueError):
+        return first
+
+
+def import_steps(
+    pending: Sequence[ImportedTurn],
+    first_seq: int,
+    *,
+    chunk_size: int,
+    value_field: str,
+    now: str,
+) -> Steps[ImportResult]:
+    """Write ``pending`` as turns ``first_seq, first_seq + 1, ...``. Run atomically.
+
+    Turns whose seq the conversation already holds are skipped (idempotent by seq); the
+    rest must continue the conversation exactly, and none of their ids may be stored in
+    it already. The head keeps the source's times (its newest turn's ``ts``), so
+    retention sees the conversation's real age.
+
+    Raises:
+        ImportConflict: the conversation holds fewer turns than ``first_seq - 1``, or one
+            of the new turns' ids is stored at another position. Nothing is written.
+    """
+    if first_seq < 1:
+        raise ImportConflict(f"sequence numbers start at 1 (got {first_seq})")
+    found = yield Get((HEAD_KEY,), newest_chunks=1)
+    head = found.get(HEAD_KEY)
+    last_seq = int(head["last_seq"]) if head else 0
+    end = first_seq + len(pending) - 1
+    if last_seq >= end:
+        return ImportResult(0, len(pending), last_seq)
+    if last_seq < first_seq - 1:
+        raise ImportConflict(
+            f"the conversation holds {last_seq} turns; these turns start at seq {first_seq}"
+        )
+    fresh = list(pending[last_seq - first_seq + 1 :])
+    ids = [t.id for t in fresh if t.id is not None]
+    if len(set(ids)) != len(ids):
+        raise ImportConflict("an id occurs twice among the turns")
+    if head is not None:
+        for start in range(0, len(ids), _IDS_PER_READ):
+            keys = tuple(msgid_key(i) for i in ids[start : start + _IDS_PER_READ])
+            entries = yield Get(keys)
+            for message_id in ids[start : start + _IDS_PER_READ]:
+                entry = entries.get(msgid_key(message_id))
+                if entry is not None and entry.get("epoch") == head["epoch"]:
+                    raise ImportConflict(
+                        f"id {message_id!r} is already stored at seq {entry.get('seq')}"
+                    )
+    last_chunk = None
+    if head is not None and last_seq % int(head["chunk_size"]):
+        key = chunk_key(chunk_index(last_seq, int(head["chunk_size"])))
+        last_chunk = found[key] if key in found else (yield Get((key,))).get(key)
+    plan = plan_append(
+        head, last_chunk, {}, fresh, chunk_size=chunk_size, value_field=value_field, now=now
+    )
+    assert plan.result is not None and plan.result.appended == len(fresh)
+    head_value = plan.puts.pop(HEAD_KEY)
+    newest = fresh[-1].ts
+    if newest:
+        head_value["updated_at"] = _later(newest, head["updated_at"] if head else None)
+    if head is None and pending[0].ts:
+        head_value["created_at"] = pending[0].ts
+    items = list(plan.puts.items())
+    for start in range(0, len(items), _ITEMS_PER_WRITE):
+        yield Put(dict(items[start : start + _ITEMS_PER_WRITE]))
+    # The head goes last so a reader never sees a head ahead of its chunks.
+    yield Put({HEAD_KEY: head_value})
+    return ImportResult(len(fresh), len(pending) - len(fresh), plan.result.total)
+
+
+def is_idle(head: dict[str, Any], before: datetime) -> bool:
+    """Whether the conversation's newest write is older than ``before`` (timezone-aware).
+
+    A head without a readable time is never idle: retention must not guess.
+    """
+    try:
+        updated = datetime.fromisoformat(str(head["updated_at"]))
+    except (KeyError, ValueError):
+        return False
+    if updated.tzinfo is None:
+        return False
+    return updated < before
+
+
+def delete_if_idle_steps(before: datetime, batch_chunks: int) -> Steps[dict[str, Any] | None]:
+    """Delete the conversation if it is idle since ``before``; run atomically.
+
+    Returns:
+        The head of the deleted conversation, or None when it does not exist or was
+        written to at or after ``before`` (then nothing is deleted).
+    """
+    head = yield from head_steps()
+    if head is None or not is_idle(head, before):
+        return None
+    yield from delete_steps(batch_chunks)
+    return head

@@ -1,0 +1,160 @@
+"""The incoming message: the user message a callback delivered, and where it stands in the
+current thread.
+
+A run adds the delivered message to the thread at most once. With a channel message id
+(Telegram ``message_id``, WeCom ``msgid``, ...) that id becomes the id of the
+`HumanMessage` itself, before it enters the graph state, so the checkpoint, the stored
+log and re-deliveries all name it the same way. Without one, a node pass that comes
+back to the message in the same run (agent -> tools -> agent) finds it as the newest
+user message followed only by this run's tool steps.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, convert_to_messages
+
+from agent_history.messages import ASSISTANT, newest_human, role_of, text_of
+
+__all__ = [
+    "IncomingMessage",
+    "ThreadView",
+    "as_mapping",
+    "current_thread",
+    "incoming_message",
+]
+
+_MESSAGE_FIELDS = ("message", "user_message", "query", "prompt")
+_TEXT_FIELDS = ("text", "content", "message", "query", "prompt")
+_ID_FIELDS = ("message_id", "msgid", "msg_id", "id", "update_id")
+
+
+def as_mapping(value: Any) -> Mapping[str, Any]:
+    """A read-only mapping view of workflow state (dict, pydantic model or plain object)."""
+    if isinstance(value, Mapping):
+        return value
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        dumped = dump()
+        if isinstance(dumped, Mapping):
+            return dumped
+    if hasattr(value, "__dict__"):
+        return dict(vars(value))
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """The user message a callback delivered, with the channel's message id if it has one."""
+
+    text: str
+    message_id: str | None
+
+
+def _channel_id(value: Any) -> str | None:
+    if value is None or isinstance(value, bool) or value == "":
+        return None
+    if isinstance(value, str | int):
+        return str(value)
+    return None
+
+
+def _from_payload(payload: Any, outer: Mapping[str, Any]) -> IncomingMessage | None:
+    if isinstance(payload, str):
+        found = (_channel_id(outer.get(f)) for f in _ID_FIELDS[:3])
+        message_id = next((i for i in found if i is not None), None)
+        return IncomingMessage(payload, message_id) if payload.strip() else None
+    if isinstance(payload, Mapping):
+        text = next((payload[f] for f in _TEXT_FIELDS if isinstance(payload.get(f), str)), None)
+        if text is None or not text.strip():
+            return None
+        found = (_channel_id(payload.get(f)) for f in _ID_FIELDS)
+        return IncomingMessage(text, next((i for i in found if i is not None), None))
+    return None
+
+
+def incoming_message(inputs: Mapping[str, Any]) -> IncomingMessage | None:
+    """The latest user message in ``inputs``: ``message``, ``user_message``, ``query``,
+    ``prompt`` or ``listener.message``, as text or as a dict with ``text``/``content``."""
+    for field in _MESSAGE_FIELDS:
+        found = _from_payload(inputs.get(field), inputs)
+        if found:
+            return found
+    listener = inputs.get("listener")
+    if isinstance(listener, Mapping):
+        return _from_payload(listener.get("message"), listener)
+    return None
+
+
+def _to_messages(raw: Any) -> list[BaseMessage]:
+    if not isinstance(raw, Sequence) or isinstance(raw, str | bytes) or not raw:
+        return []
+    try:
+        return list(convert_to_messages(list(raw)))
+    except (ValueError, TypeError, NotImplementedError):
+        return []
+
+
+def _is_final_answer(message: BaseMessage) -> bool:
+    return role_of(message) == ASSISTANT and not (
+        isinstance(message, AIMessage) and message.tool_calls
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadView:
+    """The thread as this pass of the node sees it."""
+
+    messages: list[BaseMessage]
+    """The thread's messages, the delivered message included."""
+    incoming: IncomingMessage | None
+    """The delivered message, if ``inputs`` carries one."""
+    added: BaseMessage | None
+    """The message this pass added for it (None when the thread already had it)."""
+    answered: bool
+    """The thread already holds the delivered message (by its channel id) and a final
+    answer after it: a re-delivered callback on a stable thread, nothing to do."""
+
+
+def _position(thread: Sequence[BaseMessage], incoming: IncomingMessage) -> int | None:
+    """Where the thread already holds the delivered message, if it does."""
+    if incoming.message_id is not None:
+        for index in range(len(thread) - 1, -1, -1):
+            if thread[index].id == incoming.message_id:
+                return index
+    last = newest_human(thread)
+    if last is None or text_of(thread[last]) != incoming.text:
+        return None
+    if last == len(thread) - 1:
+        return last  # the caller put it in the thread too
+    if incoming.message_id is None and not any(_is_final_answer(m) for m in thread[last + 1 :]):
+        return last  # this run's tool steps follow it: the node was reached again
+    return None
+
+
+def current_thread(state: Any) -> ThreadView:
+    """The thread for this node pass, with the delivered message in it exactly once.
+
+    ``state["messages"]`` wins when present; otherwise ``inputs.history`` is used. The
+    delivered message (from ``inputs``) is added as the newest user message unless the
+    thread already holds it (same channel id; or, without one, the newest user message
+    with the same text followed only by tool steps, or by nothing).
+    """
+    mapping = as_mapping(state)
+    inputs = as_mapping(mapping.get("inputs") or {})
+    thread = _to_messages(mapping.get("messages")) or _to_messages(inputs.get("history"))
+    incoming = incoming_message(inputs)
+    if incoming is None:
+        return ThreadView(thread, None, None, False)
+    position = _position(thread, incoming)
+    if position is not None:
+        answered = incoming.message_id is not None and any(
+            _is_final_answer(m) for m in thread[position + 1 :]
+        )
+        return ThreadView(thread, incoming, None, answered)
+    added = HumanMessage(incoming.text, id=incoming.message_id or str(uuid.uuid4()))
+    return ThreadView([*thread, added], incoming, added, False)
