@@ -1,4 +1,9 @@
-"""Conversation keys: ordered candidates rendered in a Jinja2 sandbox, then validated."""
+"""Conversation keys: ordered candidates rendered in a Jinja2 sandbox, then validated.
+
+A key is any text of 1 to 256 characters without control characters; `validate_history_key`
+is the one check every entry point applies. Values rendered into a template with several
+placeholders are percent-escaped (`escape_key_value`) so distinct values give distinct keys.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from jinja2 import StrictUndefined, nodes
+from jinja2 import StrictUndefined, Undefined, nodes
 from jinja2.exceptions import TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from agent_history.errors import KeyResolutionError
+from agent_history.errors import InvalidKey, KeyResolutionError
 from agent_history.incoming import as_mapping
 
 __all__ = [
@@ -26,7 +31,9 @@ __all__ = [
     "KeyResolution",
     "KeyTemplateError",
     "channel_of",
+    "escape_key_value",
     "render_key_template",
+    "require_history_key",
     "resolve_history_key",
     "validate_history_key",
 ]
@@ -42,7 +49,17 @@ DEFAULT_HISTORY_KEY_CANDIDATES: tuple[str, ...] = (
 )
 DEFAULT_HISTORY_KEY_TEMPLATE = "{{conversation_key}}"
 MAX_KEY_LENGTH = 256
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9:_-]+$")
+# Characters no key may hold: C0 and C1 controls (NUL, newline, DEL, ...), the line and
+# paragraph separators, bidirectional embedding/override/isolate controls (they make a
+# printed key read as another one) and surrogates (a lone one cannot be stored as UTF-8).
+_FORBIDDEN = "\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+FORBIDDEN_KEY_CHARS = re.compile(f"[{_FORBIDDEN}]")
+KEY_PATTERN = re.compile(f"^[^{_FORBIDDEN}]+$")
+"""Matches text made only of characters a key may hold (length and blanks not checked)."""
+_TEMPLATE_MARKERS = ("{{", "}}", "{%", "%}", "{#")
+# Characters a value keeps when it is escaped into a key: today's ids (Telegram chat ids,
+# WeCom user ids, names) are made of these, so their keys do not change.
+_SAFE_VALUE = re.compile(r"[A-Za-z0-9_-]*")
 MAX_TEMPLATE_LENGTH = 2048
 MAX_RENDERED_LENGTH = 4096
 _CHANNELS = ("telegram", "wecom_cs", "wecom_aibot", "wecom_dm")
@@ -131,20 +148,68 @@ def channel_of(key: str | None) -> str:
 
 
 def validate_history_key(key: str) -> KeyRejectReason | None:
-    """Check a rendered key; None when it is valid."""
-    if not key:
+    """Check a conversation key; None when it is valid.
+
+    The one check behind every entry point (`resolve_history_key`, `AgentNode`,
+    `ChatHistory`, the CLI): any text of 1 to `MAX_KEY_LENGTH` characters is a key, except
+    blank text, text holding a control character or a lone surrogate, and text holding
+    ``{{``, ``}}``, ``{%``, ``%}`` or ``{#`` (an unrendered template).
+
+    Returns:
+        None, or the reason code: ``empty``, ``unresolved_template``, ``too_long`` or
+        ``invalid_chars``.
+    """
+    if not isinstance(key, str):
+        return KeyRejectReason.INVALID_CHARS
+    if not key or key.isspace():
         return KeyRejectReason.EMPTY
-    if "{{" in key or "}}" in key or "{%" in key or "%}" in key:
+    if any(marker in key for marker in _TEMPLATE_MARKERS):
         return KeyRejectReason.UNRESOLVED_TEMPLATE
     if len(key) > MAX_KEY_LENGTH:
         return KeyRejectReason.TOO_LONG
-    if not KEY_PATTERN.match(key):
+    if FORBIDDEN_KEY_CHARS.search(key):
         return KeyRejectReason.INVALID_CHARS
     return None
 
 
+def require_history_key(key: str) -> str:
+    """Return ``key`` when `validate_history_key` accepts it.
+
+    Raises:
+        InvalidKey: with the reason code; the message never quotes the key.
+    """
+    reason = validate_history_key(key)
+    if reason is not None:
+        raise InvalidKey(reason)
+    return key
+
+
+def escape_key_value(value: str) -> str:
+    """Percent-escape one value rendered into a key template with several placeholders.
+
+    ASCII letters, digits, ``_`` and ``-`` stay as they are; every other character becomes
+    ``%XX`` per UTF-8 byte (``:`` is ``%3A``, ``%`` is ``%25``). An escaped value never holds
+    a separator such as ``:`` or ``/``, so ``a:{{x}}:{{y}}`` gives distinct keys for
+    distinct ``(x, y)``, while ids made of the kept characters render as before.
+    """
+    if _SAFE_VALUE.fullmatch(value):
+        return value
+    return "".join(
+        char
+        if _SAFE_VALUE.fullmatch(char)
+        else "".join(f"%{b:02X}" for b in char.encode("utf-8", "surrogatepass"))
+        for char in value
+    )
+
+
 class _Unresolved(Exception):
     """An output expression produced None or an empty value."""
+
+
+class _ResolvedKey(str):
+    """``conversation_key`` in the key template: already a key, so never escaped."""
+
+    __slots__ = ()
 
 
 _BLANK = "\x00blank\x00"
@@ -157,7 +222,23 @@ def _finalize(value: Any) -> Any:
         raise _Unresolved
     if isinstance(value, str) and not value.strip():
         return _BLANK
+    if not isinstance(value, str | int | float | Undefined):  # Undefined raises on output
+        # A mapping, a list, a method or one of Jinja's own objects prints as its repr:
+        # never a key (and a repr with an address would change every run).
+        raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, "a value is not text or a number")
     return value
+
+
+def _finalize_escaped(value: Any) -> Any:
+    # Several values in one key: each is escaped so none can forge a separator. A value
+    # holding a control character is refused here as it would be in a single-value key.
+    value = _finalize(value)
+    if value is _BLANK or isinstance(value, _ResolvedKey):
+        return value
+    text = str(value)
+    if FORBIDDEN_KEY_CHARS.search(text):
+        raise KeyTemplateError(KeyRejectReason.INVALID_CHARS, "a value holds a control character")
+    return escape_key_value(text)
 
 
 def _bounded_replace(value: Any, old: Any, new: Any, count: int | None = None) -> str:
@@ -173,10 +254,27 @@ def _bounded_replace(value: Any, old: Any, new: Any, count: int | None = None) -
     return text.replace(old, new, -1 if count is None else count)
 
 
-_ENV = ImmutableSandboxedEnvironment(
-    undefined=StrictUndefined, finalize=_finalize, autoescape=False, cache_size=0
-)
-_ENV.filters["replace"] = _bounded_replace
+def _environment(finalize: Any) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, finalize=finalize, autoescape=False, cache_size=0
+    )
+    env.filters["replace"] = _bounded_replace
+    return env
+
+
+# One value per key is inserted as it is (a fixed prefix or suffix cannot make two values
+# collide, and keys of templates like ``telegram:{{chat_id}}`` stay what they were); with
+# several values each one is escaped.
+_ENV = _environment(_finalize)
+_ENV_ESCAPED = _environment(_finalize_escaped)
+
+
+def _value_count(tree: nodes.Template) -> int:
+    return sum(
+        not isinstance(child, nodes.TemplateData)
+        for output in tree.find_all(nodes.Output)
+        for child in output.nodes
+    )
 
 
 def _check_tree(tree: nodes.Node) -> None:
@@ -209,8 +307,9 @@ def _compile(template: str) -> Any:
     except (TemplateError, RecursionError, MemoryError) as exc:
         raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, type(exc).__name__) from None
     _check_tree(tree)
+    env = _ENV_ESCAPED if _value_count(tree) > 1 else _ENV
     try:
-        return _ENV.from_string(tree)
+        return env.from_string(tree)
     except Exception as exc:  # compiling folds constants, which runs filters
         raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, type(exc).__name__) from None
 
@@ -224,14 +323,19 @@ def _undefined_detail(exc: UndefinedError) -> str:
 
 
 def render_key_template(template: str, context: Mapping[str, Any]) -> str:
-    """Render a key template in the sandbox and strip it (no validation of the result).
+    """Render a key template in the sandbox (no validation of the result).
+
+    A text without ``{{``, ``{%`` or ``{#`` is a literal and is returned as it is. A
+    template's own text is stripped of surrounding whitespace before rendering; the values
+    it renders are never stripped, so ``" 555"`` and ``"555"`` give different keys. With
+    several values in one template each is escaped by `escape_key_value`.
 
     Raises:
         KeyTemplateError: unresolved variables, a disallowed construct, or a render error.
     """
     if "{{" not in template and "{%" not in template and "{#" not in template:
-        return template.strip()
-    compiled = _compile(template)
+        return template
+    compiled = _compile(template.strip())
     try:
         rendered = str(compiled.render(context))
     except UndefinedError as exc:
@@ -250,7 +354,7 @@ def render_key_template(template: str, context: Mapping[str, Any]) -> str:
         if not rendered.replace(_BLANK, "").strip():
             return ""
         raise KeyTemplateError(KeyRejectReason.UNRESOLVED_TEMPLATE, "a value is blank")
-    return rendered.strip()
+    return rendered
 
 
 def _plain(value: Any, depth: int = 0) -> Any:
@@ -321,7 +425,7 @@ def resolve_history_key(
         if rejection is not None:
             rejected.append(rejection)
             continue
-        final, failure = _try(key_template, {**context, "conversation_key": value})
+        final, failure = _try(key_template, {**context, "conversation_key": _ResolvedKey(value)})
         if failure is not None:
             rejected.append(failure)
             return KeyResolution(None, value, candidate, tuple(rejected))

@@ -184,7 +184,7 @@ def test_window_stays_within_max_messages_while_store_keeps_everything(
         (
             {
                 "inputs": {"message": "hi"},
-                "results": {"resolve_history_key": {"session_key": "bad key!"}},
+                "results": {"resolve_history_key": {"session_key": "bad\nkey"}},
             },
             "invalid_chars",
         ),

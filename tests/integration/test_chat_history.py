@@ -200,7 +200,7 @@ def test_invalid_construction_and_keys(store: BaseStore) -> None:
     with pytest.raises(ValueError, match="reserved"):
         ChatHistory(store, value_field="seq")
     with pytest.raises(ValueError, match="conversation key"):
-        ChatHistory(store).tail("has.dot", 3)
+        ChatHistory(store).tail("has\nnewline", 3)
 
 
 def test_reads_ignore_chunks_above_the_head(history: ChatHistory, store: BaseStore) -> None:

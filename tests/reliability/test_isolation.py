@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from langgraph.store.base import BaseStore
 
 from agent_history import AgentNode, HistoryReport
+from agent_history.errors import InvalidKey, InvalidNamespace
 from agent_history.history import ChatHistory
-from agent_history.keys import KEY_PATTERN
+from agent_history.keys import KEY_PATTERN, resolve_history_key, validate_history_key
 from agent_history.settings import HistorySettings
 from agent_history.stores import create_graph_store_sync
 from agent_history.testing import RecordingChatModel
@@ -169,3 +170,121 @@ def test_node_keys_differing_by_case_or_colon_stay_apart(
         assert stored == [
             f"{key} says 0", f"echo: {key} says 0", f"{key} says 1", f"echo: {key} says 1"
         ]  # fmt: skip
+
+
+# --- free-form keys: one verdict in every entry point, one conversation per key ---------------
+
+FREE_FORM_KEYS = [
+    "alice@example.com", "tenant.a/user 17", "tenant%2Ea/user 17", "a.b", "a%2Eb", "a%252Eb",
+    "%", "%25", ".", "..", "用户:张三", "👩🏽\u200d🚀", " padded ", "padded", "a b", "a  b",
+    "3f2b8c1e-7d4a-4c8e-9b1a-2f6d5e4c3b2a", "telegram:123", "wecom_cs:kf:user", "k" * 256,
+    "k" * 257, "", " ", "a\nb", "555\n", "555", "\x00", "x\ud800", "a\u202eb", "{{x}}", "a}}b",
+]  # fmt: skip
+ANY_KEY = st.one_of(
+    st.text(max_size=30),
+    st.text(st.characters(codec="utf-8", exclude_categories=["Cc"]), max_size=30),
+    st.text(alphabet=".:/@% _-aA1😀张\n\t", max_size=12),
+    st.text(alphabet="k.", min_size=250, max_size=260),
+    st.tuples(st.text(max_size=5), st.characters(categories=["Cs"])).map("".join),
+    st.sampled_from(FREE_FORM_KEYS),
+)
+
+
+def _has_template_opener(key: str) -> bool:
+    return "{{" in key or "{%" in key or "{#" in key
+
+
+def test_every_entry_point_gives_a_key_the_same_verdict(
+    persistent_store: BaseStore, persistent_backend: str, record_figures: Record
+) -> None:
+    # One namespace for every example: two distinct accepted keys sharing stored data
+    # would show up as a read returning more than the key's own turn.
+    history = ChatHistory(persistent_store, namespace=("iso", "k" + uuid.uuid4().hex[:12]))
+    verdicts: dict[str, str | None] = {}
+
+    @settings(deadline=None, max_examples=examples(200), database=None)
+    @given(key=ANY_KEY)
+    def check(key: str) -> None:
+        reason = validate_history_key(key)
+        if not _has_template_opener(key):  # a text with "{{" is a template, not a literal
+            resolution = resolve_history_key({}, candidates=[key])
+            assert resolution.key == (key if reason is None else None), repr(key)
+            if reason is not None:
+                assert [r.reason for r in resolution.rejected] == [reason]
+        message = {"role": "user", "content": key, "id": key}
+        if reason is None:
+            # The id makes a key drawn twice a re-delivery: still exactly one turn.
+            history.append(key, [message])
+            assert [t.content for t in history.read(key)] == [key], repr(key)
+        else:
+            with pytest.raises(InvalidKey) as caught:
+                history.append(key, [{"role": "user", "content": "x"}])
+            assert caught.value.reason == reason.value
+        verdicts[key] = reason
+
+    for key in FREE_FORM_KEYS:
+        check.hypothesis.inner_test(key)  # type: ignore[attr-defined]
+    check()
+    accepted = sorted(key for key, reason in verdicts.items() if reason is None)
+    for key in accepted:  # after every write: each key still holds only its own turn
+        assert [t.content for t in history.read(key)] == [key], repr(key)
+    assert sorted(history.keys()) == accepted
+    record_figures(
+        scenario="free_form_keys",
+        backend=persistent_backend,
+        keys=len(verdicts),
+        accepted=len(accepted),
+        rejected=len(verdicts) - len(accepted),
+        shared=0,
+    )
+
+
+def test_free_form_keys_through_the_node_keep_separate_logs(persistent_store: BaseStore) -> None:
+    run = uuid.uuid4().hex[:8]
+    keys = [f"{run}@example.com", f"{run}.a/user 17", f"{run}%2Ea/user 17", f"{run} 用户 😀"]
+    reports: list[HistoryReport] = []
+    namespace = ["iso", "node" + run]
+    for round_ in range(2):
+        for key in keys:
+            node = AgentNode(
+                RecordingChatModel(),
+                use_graph_chat_history=True,
+                history_key_candidates=["{{ inputs.key }}"],
+                history_namespace=namespace,
+                toggles=toggles(),
+                on_report=reports.append,
+            )
+            state = {"inputs": {"key": key, "message": f"#{keys.index(key)} r{round_}"}}
+            build_graph(node, persistent_store).invoke(state, new_thread())
+            assert reports[-1].key == key and reports[-1].fallbacks == ()
+    history = ChatHistory(persistent_store, namespace=namespace)
+    assert sorted(history.keys()) == sorted(keys)
+    for number, key in enumerate(keys):
+        assert [t.content for t in history.read(key)] == [
+            f"#{number} r0", f"echo: #{number} r0", f"#{number} r1", f"echo: #{number} r1"
+        ]  # fmt: skip
+
+
+def test_a_dotted_namespace_label_never_reads_the_nested_namespace(
+    persistent_store: BaseStore,
+) -> None:
+    # Before, ("tenant_a.support",) and ("tenant_a", "support") were the same rows.
+    run = "r" + uuid.uuid4().hex[:12]
+    ChatHistory(persistent_store, namespace=(run, "support")).append(
+        "k", [{"role": "user", "content": "private"}]
+    )
+    dotted = ChatHistory(persistent_store, namespace=(f"{run}.support",))
+    for attempt in (
+        lambda: dotted.tail("k", 5),
+        lambda: list(dotted.read("k")),
+        lambda: dotted.count("k"),
+        lambda: list(dotted.keys()),
+        lambda: dotted.append("k", [{"role": "user", "content": "x"}]),
+        lambda: dotted.delete("k"),
+    ):
+        with pytest.raises(InvalidNamespace, match=r"contains '\.'"):
+            attempt()
+    with pytest.raises(ValueError, match=r"'\.'"):
+        AgentNode(RecordingChatModel(), history_namespace=[f"{run}.support"])
+    stored = ChatHistory(persistent_store, namespace=(run, "support"))
+    assert [t.content for t in stored.read("k")] == ["private"]

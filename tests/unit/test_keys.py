@@ -9,11 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from agent_history.errors import InvalidKey
 from agent_history.keys import (
     DEFAULT_HISTORY_KEY_CANDIDATES,
     KEY_PATTERN,
     KeyRejectReason,
     channel_of,
+    escape_key_value,
+    require_history_key,
     resolve_history_key,
     validate_history_key,
 )
@@ -75,7 +78,7 @@ def test_config_literal_and_key_template() -> None:
 
 
 def test_every_reason_code_in_order() -> None:
-    state = {"results": {"x": {"blank": "  ", "bad": "a b", "long": "k" * 300, "none": None}}}
+    state = {"results": {"x": {"blank": "  ", "bad": "a\x07b", "long": "k" * 300, "none": None}}}
     resolution = resolve_history_key(
         state,
         candidates=["{{results.x.missing}}", "{{results.x.none}}", "{{results.x.blank}}", "{{results.x.bad}}",
@@ -86,7 +89,7 @@ def test_every_reason_code_in_order() -> None:
         R.UNRESOLVED_TEMPLATE, R.UNRESOLVED_TEMPLATE, R.EMPTY, R.INVALID_CHARS,
         R.TOO_LONG, R.RENDER_ERROR, R.UNRESOLVED_TEMPLATE,
     ]  # fmt: skip
-    assert all("a b" not in r.detail and "kkkk" not in r.detail for r in resolution.rejected)
+    assert all("a\x07b" not in r.detail and "kkkk" not in r.detail for r in resolution.rejected)
 
 
 def test_key_template_failure_rejects_the_key() -> None:
@@ -99,10 +102,160 @@ def test_key_template_failure_rejects_the_key() -> None:
 def test_validate_history_key() -> None:
     assert validate_history_key("telegram:1") is None
     assert validate_history_key("") is R.EMPTY
+    assert validate_history_key(" \u3000 ") is R.EMPTY
     assert validate_history_key("x{{y}}") is R.UNRESOLVED_TEMPLATE
-    assert validate_history_key("a/b") is R.INVALID_CHARS
+    assert validate_history_key("x{#y") is R.UNRESOLVED_TEMPLATE
     assert validate_history_key("a" * 257) is R.TOO_LONG
     assert validate_history_key("a" * 256) is None
+    assert validate_history_key("😀" * 256) is None  # characters, not bytes
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "alice@example.com",
+        "tenant.a/user 17",
+        "3f2b8c1e-7d4a-4c8e-9b1a-2f6d5e4c3b2a",
+        "用户:张三",
+        "مرحبا",
+        "👩🏽‍🚀 crew",  # a zero-width joiner inside an emoji sequence is not a control
+        "50% off",
+        " padded ",
+        "a.b.c",
+        "{}[]()<>|\\\"'`~!?#$^&*+=,;",
+    ],
+)
+def test_free_form_keys_are_valid(key: str) -> None:
+    assert validate_history_key(key) is None
+    assert require_history_key(key) == key
+    resolution = resolve_history_key({}, candidates=[key])  # a literal is the key as written
+    assert resolution.key == key
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["a\nb", "555\n", "\tx", "a\x00b", "a\x7fb", "a\x85b", "a\u2028b", "\u202eevil", "x\ud800"],
+)
+def test_control_characters_and_lone_surrogates_are_rejected(key: str) -> None:
+    assert validate_history_key(key) is R.INVALID_CHARS
+    with pytest.raises(InvalidKey) as caught:
+        require_history_key(key)
+    assert caught.value.reason == "invalid_chars"
+    assert isinstance(caught.value, ValueError)
+    assert key not in str(caught.value)
+    resolution = resolve_history_key({}, candidates=[key])
+    assert resolution.key is None
+    assert [r.reason for r in resolution.rejected] == [R.INVALID_CHARS]
+
+
+# --- values rendered into keys ---------------------------------------------------------------
+
+
+def _wecom(open_kf_id: Any, external_userid: Any) -> dict[str, Any]:
+    return {
+        "results": {"wecom_cs_sync": {"open_kf_id": open_kf_id, "external_userid": external_userid}}
+    }
+
+
+def test_values_cannot_forge_a_separator() -> None:
+    # Before, both rendered "wecom_cs:kf1:alice:x": one party read the other's history.
+    first = resolve_history_key(_wecom("kf1", "alice:x")).key
+    second = resolve_history_key(_wecom("kf1:alice", "x")).key
+    assert first == "wecom_cs:kf1:alice%3Ax"
+    assert second == "wecom_cs:kf1%3Aalice:x"
+    state = {"inputs": {"platform": "tg:1", "message": {"chat_id": "2"}}}
+    other = {"inputs": {"platform": "tg", "message": {"chat_id": "1:2"}}}
+    assert resolve_history_key(state).key != resolve_history_key(other).key
+
+
+@pytest.mark.parametrize(
+    ("state", "key"),
+    [
+        ({"results": {"telegram_events_parser": {"chat_id": -1001234567890}}}, "telegram:-1001234567890"),
+        ({"results": {"telegram_events_parser": {"chat_id": "-100123"}}}, "telegram:-100123"),
+        ({"inputs": {"platform": "telegram", "message": {"chat_id": -100123}}}, "telegram:-100123"),
+        ({"inputs": {"platform": "wecom", "message": {"chat_id": "wr_Ab-9"}}}, "wecom:wr_Ab-9"),
+        (_wecom("wkAJ2GCAAAZSfhHCt7IFSvLKtMPxyJTw", "wmAJ2GCAAAme1XQRC-NI-q8_ZM9ukCNQ"),
+         "wecom_cs:wkAJ2GCAAAZSfhHCt7IFSvLKtMPxyJTw:wmAJ2GCAAAme1XQRC-NI-q8_ZM9ukCNQ"),
+        ({"results": {"wecom_ai_bot_events_parser": {"chat_type": "group", "user": "Zhang_San-1"}}},
+         "wecom_aibot:group:Zhang_San-1"),
+    ],
+)  # fmt: skip
+def test_keys_of_ordinary_ids_are_unchanged(state: dict[str, Any], key: str) -> None:
+    assert resolve_history_key(state).key == key
+
+
+def test_surrounding_whitespace_in_an_id_never_merges_keys() -> None:
+    def telegram(chat_id: str) -> str | None:
+        return resolve_history_key(
+            {"results": {"telegram_events_parser": {"chat_id": chat_id}}}
+        ).key
+
+    def wecom(user: str) -> str | None:
+        return resolve_history_key(_wecom("kf1", user)).key
+
+    # Before, "555\n" rendered "telegram:555\n" and stripping made it "telegram:555".
+    assert telegram("555") == "telegram:555"
+    assert telegram("555\n") is None  # a control character: no key, never another's key
+    assert telegram(" 555") == "telegram: 555"
+    assert telegram("555 ") == "telegram:555 "
+    assert wecom("555\n") is None
+    assert len({wecom("555"), wecom(" 555"), wecom("555 ")}) == 3
+
+
+def test_template_text_is_stripped_but_values_are_not() -> None:
+    state = {"inputs": {"id": " 7 "}}
+    assert resolve_history_key(state, candidates=["  room:{{ inputs.id }}\n"]).key == "room: 7 "
+    assert resolve_history_key(state, candidates=["\n{{ inputs.id }}:{{ inputs.id }} "]).key == (
+        "%207%20:%207%20"
+    )
+
+
+def test_conversation_key_is_inserted_as_is_into_the_key_template() -> None:
+    state = {"results": {"telegram_events_parser": {"chat_id": 5}}}
+    config = {"configurable": {"tenant": "acme:eu"}}
+    resolution = resolve_history_key(
+        state, config, key_template="{{ config.configurable.tenant }}:{{ conversation_key }}"
+    )
+    assert resolution.key == "acme%3Aeu:telegram:5"
+    assert (
+        resolve_history_key(state, key_template="t-1:{{conversation_key}}").key == "t-1:telegram:5"
+    )
+
+
+def test_escape_key_value() -> None:
+    assert escape_key_value("Ab_9-") == "Ab_9-"
+    assert escape_key_value("a:b%c.d e") == "a%3Ab%25c%2Ed%20e"
+    assert escape_key_value("张") == "%E5%BC%A0"
+    assert escape_key_value("😀") == "%F0%9F%98%80"
+
+
+ID = st.text(alphabet="ab:%3A ", min_size=1, max_size=6) | st.text(min_size=1, max_size=12)
+
+
+def _distinct_inputs_distinct_keys(first: tuple[str, str], second: tuple[str, str]) -> None:
+    keys = [resolve_history_key(_wecom(*values)).key for values in (first, second)]
+    if first != second and keys[0] is not None:
+        assert keys[0] != keys[1], (first, second)
+    for key in keys:
+        assert key is None or validate_history_key(key) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=st.tuples(ID, ID), second=st.tuples(ID, ID))
+def test_distinct_values_give_distinct_keys(
+    first: tuple[str, str], second: tuple[str, str]
+) -> None:
+    _distinct_inputs_distinct_keys(first, second)
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.tuples(ID, ID, ID), separator=st.sampled_from([":", "%3A", "%", "%25", ":%"]))
+def test_moving_a_separator_between_values_changes_the_key(
+    parts: tuple[str, str, str], separator: str
+) -> None:
+    x, y, z = parts
+    _distinct_inputs_distinct_keys((x, y + separator + z), (x + separator + y, z))
 
 
 def test_pydantic_and_object_state() -> None:
@@ -189,6 +342,7 @@ def test_resolution_never_raises_and_is_valid_or_explained(
     )
     if resolution.key is not None:
         assert KEY_PATTERN.match(resolution.key) and len(resolution.key) <= 256
+        assert validate_history_key(resolution.key) is None
         assert len(resolution.rejected) == candidates.index(resolution.candidate)
     else:
         assert len(resolution.rejected) == len(candidates)

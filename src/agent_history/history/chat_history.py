@@ -33,6 +33,7 @@ from agent_history.history.codec import (
     quarantine,
 )
 from agent_history.history.layout import HEAD_KEY, PendingTurn, msgid_key
+from agent_history.history.naming import conversation_namespace, key_of_label, validate_namespace
 from agent_history.history.records import AppendResult, ConversationInfo, Turn
 from agent_history.history.steps import (
     Get,
@@ -153,10 +154,14 @@ class ChatHistory:
         self.scope: HistoryScope = scope
 
     def conversation_namespace(self, key: str) -> tuple[str, ...]:
-        """The store namespace that holds conversation ``key``."""
-        if not key or "." in key:
-            raise ValueError("conversation key must be non-empty and contain no '.'")
-        return (*self.namespace, key)
+        """The store namespace that holds conversation ``key``: the prefix, then the key
+        encoded as one label (see `naming.key_label`).
+
+        Raises:
+            InvalidKey: ``key`` is rejected by `validate_history_key` (with its reason).
+            InvalidNamespace: a label of the prefix is rejected.
+        """
+        return conversation_namespace(self.namespace, key)
 
     # --- dispatch between sync and async stores ------------------------------------------
 
@@ -281,36 +286,54 @@ class ChatHistory:
         found = await self.ainfo(key)
         return found.turns if found else 0
 
+    def _key_candidates(self, page: list[tuple[str, ...]]) -> list[tuple[tuple[str, ...], str]]:
+        """The namespaces of ``page`` that can hold a conversation, with its original key.
+
+        A label no valid key encodes to (written by other code, or a key today's rules
+        reject) is left out: no `ChatHistory` method could reach it.
+        """
+        prefix = validate_namespace(self.namespace)
+        found = []
+        for ns in page:
+            if len(ns) == len(prefix) + 1 and ns[:-1] == prefix:
+                key = key_of_label(ns[-1])
+                if key is not None:
+                    found.append((ns, key))
+        return found
+
     def keys(self) -> Iterator[str]:
-        """Every conversation key under the namespace (for operations tools)."""
+        """Every conversation key under the namespace, as it was given to `append`
+        (for operations tools)."""
+        validate_namespace(self.namespace)
         depth = len(self.namespace) + 1
         offset = 0
         while True:
             page = self.store.list_namespaces(
                 prefix=self.namespace, max_depth=depth, limit=_KEYS_PAGE, offset=offset
             )
-            candidates = [ns for ns in page if len(ns) == depth]
-            heads = self.store.batch([GetOp(ns, HEAD_KEY) for ns in candidates])
+            candidates = self._key_candidates(page)
+            heads = self.store.batch([GetOp(ns, HEAD_KEY) for ns, _ in candidates])
             # A namespace can exist without a head (e.g. probed by a read on some stores,
             # or a delete interrupted half-way): only a head makes a conversation.
-            yield from (ns[-1] for ns, head in zip(candidates, heads, strict=True) if head)
+            yield from (key for (_, key), head in zip(candidates, heads, strict=True) if head)
             if len(page) < _KEYS_PAGE:
                 return
             offset += len(page)
 
     async def akeys(self) -> AsyncIterator[str]:
         """Async `keys`."""
+        validate_namespace(self.namespace)
         depth = len(self.namespace) + 1
         offset = 0
         while True:
             page = await self.store.alist_namespaces(
                 prefix=self.namespace, max_depth=depth, limit=_KEYS_PAGE, offset=offset
             )
-            candidates = [ns for ns in page if len(ns) == depth]
-            heads = await self.store.abatch([GetOp(ns, HEAD_KEY) for ns in candidates])
-            for ns, head in zip(candidates, heads, strict=True):
+            candidates = self._key_candidates(page)
+            heads = await self.store.abatch([GetOp(ns, HEAD_KEY) for ns, _ in candidates])
+            for (_, key), head in zip(candidates, heads, strict=True):
                 if head:
-                    yield ns[-1]
+                    yield key
             if len(page) < _KEYS_PAGE:
                 return
             offset += len(page)
