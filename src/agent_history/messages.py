@@ -332,16 +332,18 @@ def merge_history(
     head, newer, unstored, stored_count = _interleave(stored, chat, matched)
     conversation = [*head, *newer, *unstored]
     last_human = newest_human(chat)
+    # The message to answer is already stored and only this run's tool steps (if any)
+    # came after it: a re-delivery. Answer it as of its time (stored turns after it are
+    # later ones).
     redelivered = (
-        not unstored
-        and last_human is not None
+        last_human is not None
         and matched[last_human] is not None
-        and last_human == len(chat) - 1
+        and all(j is None for j in matched[last_human + 1 :])
+        and len(chat) - last_human - 1 == len(unstored)
     )
     if redelivered:
-        # Answer the re-delivered message as of its time: stored turns after it are later.
         stored_count -= len(newer)
-        conversation = head
+        conversation = [*head, *unstored]
     after_reset, dropped = apply_reset(conversation, reset_command)
     kept = window(
         after_reset,

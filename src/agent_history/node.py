@@ -30,7 +30,7 @@ from agent_history.budget import call_with_budget
 from agent_history.errors import WriteConflict
 from agent_history.history import AppendResult, ChatHistory
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
-from agent_history.history.codec import HistoryScope, in_scope
+from agent_history.history.codec import HistoryScope, in_scope, is_final_answer
 from agent_history.incoming import ThreadView, current_thread
 from agent_history.keys import (
     DEFAULT_HISTORY_KEY_CANDIDATES,
@@ -302,10 +302,13 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
     def _to_append(
         self, run: _Run, produced: Sequence[BaseMessage]
     ) -> tuple[list[BaseMessage], str | None, str | None]:
-        """What this pass appends, and the exchange's anchor (the user message it answers)
-        with the run's token (the first message the run produced after it)."""
+        """What this pass appends (the exchange it ends, with any unstored thread messages
+        before it), and the exchange's anchor (the user message it answers) with the
+        run's token (the first message the run produced after it)."""
         assert run.merged is not None
-        pending = [*run.merged.unstored, *produced]
+        pending = [
+            m for m in [*run.merged.unstored, *produced] if in_scope(m, self.history_scope)
+        ]
         chat = [m for m in run.view.messages if role_of(m) != "system"]
         conversation = [*chat, *produced]
         anchor = newest_human(chat)
@@ -315,14 +318,12 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
             if anchor is not None and anchor + 1 < len(conversation)
             else None
         )
-        incoming = run.view.incoming
-        if not run.merged.matched and not (incoming and incoming.message_id):
-            # Without ids, a re-delivered exchange is recognised by content (it repeats
-            # the end of what is stored) and is not stored twice.
-            scoped = [m for m in pending if in_scope(m, self.history_scope)]
-            stored = [m for m in run.stored if in_scope(m, self.history_scope)]
-            pending = scoped[exchange_overlap(stored, scoped) :]
         return pending, anchor_id, anchor_next
+
+    def _by_content(self, run: _Run) -> bool:
+        """Whether re-deliveries can only be recognised by content (no channel id)."""
+        incoming = run.view.incoming
+        return not (incoming and incoming.message_id)
 
     def _report(self, run: _Run, payload: Sequence[BaseMessage], model_called: bool) -> None:
         merged = run.payload
@@ -415,8 +416,18 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
                 message.id = str(uuid.uuid4())
         assert run.merged is not None
         run.redelivered = run.merged.redelivered
-        if run.history is not None and run.decision.write:
+        if run.history is not None and run.decision.write and _ends_exchange(produced):
             pending, anchor_id, anchor_next = self._to_append(run, produced)
+            if pending and self._by_content(run):
+                # Without ids, a re-delivered exchange is recognised by content: it repeats
+                # the end of what is stored (read more of it if the window read too little).
+                stored = run.stored
+                if len(stored) < len(pending) and len(stored) == self.max_messages:
+                    ok, value = yield _Read(
+                        run.history, run.key, len(pending), budgets.read_timeout_seconds
+                    )
+                    stored = run.history.to_messages(value, run.key) if ok else stored
+                pending = pending[exchange_overlap(stored, pending) :]
             if pending:
                 yield from self._append(
                     run, budgets.write_timeout_seconds, pending, anchor_id, anchor_next
@@ -565,6 +576,12 @@ def _not_streamed_as_output(config: RunnableConfig | None, added: BaseMessage | 
         seen = getattr(handler, "seen", None)
         if isinstance(seen, set) and type(handler).__name__.startswith("StreamMessagesHandler"):
             seen.add(added.id)
+
+
+def _ends_exchange(produced: Sequence[BaseMessage]) -> bool:
+    """Whether this pass ends the exchange: its last message is a final answer. An exchange
+    is appended whole when it ends, so a pass that asks for tools appends nothing yet."""
+    return bool(produced) and is_final_answer(produced[-1])
 
 
 def _breaker_open(run: _Run) -> bool:

@@ -1,0 +1,186 @@
+"""One regression test per defect found by wiring `AgentNode` the way LangGraph users do:
+each failed before one identity per message, once-per-run input, tool-safe windows,
+calling conventions and full-fidelity storage."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatResult
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, StateGraph
+from langgraph.prebuilt import ToolNode, tools_condition
+from langgraph.store.base import BaseStore
+
+from agent_history import AgentNode, AgentState, ChatHistory
+from agent_history.testing import RecordingChatModel
+from agent_history.toggles import HistoryToggles
+from tests.support.agent_graphs import telegram_callback
+from tests.support.patterns import check_pairing
+from tests.support.tool_models import WeatherModel, get_weather, signature
+
+NS = ("agent_chat_history",)
+
+
+def _node(model: Any, **kwargs: Any) -> AgentNode:
+    kwargs.setdefault("use_graph_chat_history", True)
+    kwargs.setdefault("toggles", HistoryToggles(env={}))
+    return AgentNode(model, **kwargs)
+
+
+def _tool_loop(node: AgentNode, store: BaseStore, saver: Any = None) -> Any:
+    builder = StateGraph(AgentState)
+    builder.add_node("agent", node)
+    builder.add_node("tools", ToolNode([get_weather]))
+    builder.add_edge(START, "agent")
+    builder.add_conditional_edges("agent", tools_condition)
+    builder.add_edge("tools", "agent")
+    return builder.compile(store=store, checkpointer=saver)
+
+
+def _one_node(node: AgentNode, store: BaseStore, saver: Any = None) -> Any:
+    builder = StateGraph(AgentState)
+    builder.add_node("agent", node)
+    builder.add_edge(START, "agent")
+    return builder.compile(store=store, checkpointer=saver)
+
+
+def _stored(store: BaseStore, key: str, scope: str = "turns") -> list[BaseMessage]:
+    history = ChatHistory(store, scope=scope)  # type: ignore[arg-type]
+    return history.to_messages(list(history.read(key)))
+
+
+def test_stable_thread_with_channel_ids_stores_each_answer_once(store: BaseStore) -> None:
+    model = RecordingChatModel()
+    graph = _one_node(_node(model), store, InMemorySaver())
+    chat = uuid.uuid4().int % 10**9
+    config = {"configurable": {"thread_id": f"chat-{chat}"}}
+    for number, text in enumerate(["one", "two", "three"], start=1):
+        graph.invoke(telegram_callback(chat, text, message_id=number), config)
+    stored = [m.content for m in _stored(store, f"telegram:{chat}")]
+    assert stored == ["one", "echo: one", "two", "echo: two", "three", "echo: three"]
+    assert [m.content for m in model.calls[-1]] == ["one", "echo: one", "two", "echo: two", "three"]
+
+
+def test_toolnode_loop_with_the_documented_payload_ends(store: BaseStore) -> None:
+    model = WeatherModel(always_tools=True)
+    graph = _tool_loop(_node(model), store)
+    chat = uuid.uuid4().int % 10**9
+    # The payload the docs show: no message id. A plain tool loop needs 4 steps.
+    result = graph.invoke(
+        telegram_callback(chat, "weather in Paris"),
+        {"configurable": {"thread_id": "t"}, "recursion_limit": 6},
+    )
+    assert result["messages"][-1].content == "final[Paris]: sunny in Paris"
+    assert [signature(m)[0] for m in model.calls[1]] == ["human", "ai", "tool"]
+    assert [m.content for m in _stored(store, f"telegram:{chat}")] == [
+        "weather in Paris",
+        "final[Paris]: sunny in Paris",
+    ]
+
+
+def test_stable_thread_tool_loop_never_puts_old_tool_steps_after_the_question(
+    store: BaseStore,
+) -> None:
+    model = WeatherModel()
+    graph = _tool_loop(_node(model.bind_tools([get_weather])), store, InMemorySaver())
+    chat = uuid.uuid4().int % 10**9
+    config = {"configurable": {"thread_id": f"chat-{chat}"}, "recursion_limit": 10}
+    graph.invoke(telegram_callback(chat, "weather in Paris"), config)
+    graph.invoke(telegram_callback(chat, "weather in Rome"), config)
+    rome_first_call = [signature(m)[:2] for m in model.calls[2]]
+    assert rome_first_call == [
+        ("human", "weather in Paris"),
+        ("ai", ""),
+        ("tool", "sunny in Paris"),
+        ("ai", "final[Paris]: sunny in Paris"),
+        ("human", "weather in Rome"),
+    ]
+    for payload in model.calls:
+        check_pairing(payload)
+
+
+def test_a_model_after_bind_tools_is_called_with_messages(store: BaseStore) -> None:
+    model = WeatherModel()
+    bound = model.bind_tools([get_weather])
+    assert not isinstance(bound, BaseChatModel)
+    graph = _one_node(_node(bound), store)
+    chat = uuid.uuid4().int % 10**9
+    result = graph.invoke(telegram_callback(chat, "hello"))
+    assert result["messages"][-1].content == "echo: hello"
+    assert [m.content for m in model.calls[0]] == ["hello"]
+
+
+def test_a_window_of_one_keeps_the_question_and_the_tool_result(store: BaseStore) -> None:
+    model = WeatherModel()
+    graph = _tool_loop(_node(model.bind_tools([get_weather]), max_messages=1), store)
+    chat = uuid.uuid4().int % 10**9
+    graph.invoke(telegram_callback(chat, "hello"), {"recursion_limit": 6})
+    graph.invoke(telegram_callback(chat, "weather in Oslo"), {"recursion_limit": 6})
+    payloads = [[signature(m)[:2] for m in call] for call in model.calls]
+    assert payloads == [
+        [("human", "hello")],
+        [("human", "weather in Oslo")],  # never [] and never starting on the old answer
+        [("human", "weather in Oslo"), ("ai", ""), ("tool", "sunny in Oslo")],
+    ]
+
+
+def test_full_scope_stores_every_message_field_for_field(store: BaseStore) -> None:
+    model = WeatherModel()
+    graph = _tool_loop(_node(model.bind_tools([get_weather]), history_scope="full"), store)
+    chat = uuid.uuid4().int % 10**9
+    result = graph.invoke(telegram_callback(chat, "weather in Lima", message_id=7))
+    stored = _stored(store, f"telegram:{chat}", "full")
+    assert stored == result["messages"]
+    ai_call, tool_result, answer = stored[1], stored[2], stored[3]
+    assert isinstance(ai_call, AIMessage) and ai_call.tool_calls[0]["args"] == {"city": "Lima"}
+    assert isinstance(tool_result, ToolMessage) and tool_result.name == "get_weather"
+    assert answer.usage_metadata == {"input_tokens": 3, "output_tokens": 3, "total_tokens": 6}
+    assert answer.response_metadata["model_name"] == "weather-test"
+    assert stored[0].id == "7"
+    # and the stored conversation replays into the same agent
+    replayed = _node(model.bind_tools([get_weather]), use_graph_chat_history=False)
+    again = _tool_loop(replayed, store).invoke({"messages": [*stored, HumanMessage("thanks")]})
+    assert again["messages"][-1].content == "echo: thanks"
+
+
+class _Exhausted(BaseChatModel):
+    @property
+    def _llm_type(self) -> str:
+        return "exhausted"
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
+        raise StopIteration
+
+
+def test_stop_iteration_from_the_model_propagates(store: BaseStore) -> None:
+    node = _node(_Exhausted())
+    with pytest.raises(StopIteration):
+        node.invoke(telegram_callback(1, "hi"))
+    graph = _one_node(node, store)
+    with pytest.raises((StopIteration, RuntimeError)):
+        graph.invoke(telegram_callback(1, "hi"))
+
+
+async def test_message_stream_does_not_attribute_the_delivered_message_to_the_node(
+    store: BaseStore,
+) -> None:
+    graph = _one_node(_node(RecordingChatModel()), store)
+    chat = uuid.uuid4().int % 10**9
+    streamed = [
+        (message.type, meta["langgraph_node"])
+        async for message, meta in graph.astream(
+            telegram_callback(chat, "hi", message_id=5), stream_mode="messages"
+        )
+    ]
+    assert ("human", "agent") not in streamed
+    assert streamed[-1] == ("ai", "agent")
+    updates = [
+        u async for u in graph.astream(telegram_callback(chat, "again", 6), stream_mode="updates")
+    ]
+    emitted = [m.id for update in updates for m in update["agent"]["messages"]]
+    assert len(emitted) == len(set(emitted)) == 2

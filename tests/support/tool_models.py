@@ -1,0 +1,95 @@
+"""A deterministic, offline tool-calling chat model and a tool, for the pattern matrix."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import tool
+from pydantic import Field
+
+__all__ = ["WeatherModel", "get_weather", "signature"]
+
+_WEATHER = re.compile(r"weather in (\w+)")
+
+
+@tool
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"sunny in {city}"
+
+
+def _text(message: BaseMessage) -> str:
+    content = message.content
+    if isinstance(content, str):
+        return content
+    return " ".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in content)
+
+
+class WeatherModel(BaseChatModel):
+    """Records every payload. With tools bound, a user message "weather in X" gets a
+    ``get_weather(city=X)`` call and a tool result gets ``final[X]: <result>``; anything
+    else is answered ``echo: <newest user text>``. Answers carry usage and response
+    metadata, so full-fidelity storage has fields to keep."""
+
+    calls: list[list[BaseMessage]] = Field(default_factory=list)
+    always_tools: bool = False
+    """Call tools even when none were bound (a model configured with tools elsewhere)."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "weather-test"
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.calls.append(list(messages))
+        last = messages[-1] if messages else None
+        meta: dict[str, Any] = {
+            "usage_metadata": {
+                "input_tokens": len(messages),
+                "output_tokens": 3,
+                "total_tokens": len(messages) + 3,
+            },
+            "response_metadata": {"model_name": "weather-test", "finish_reason": "stop"},
+        }
+        tools = bool(kwargs.get("tools")) or self.always_tools
+        if tools and isinstance(last, ToolMessage):
+            city = str(last.content).removeprefix("sunny in ")
+            reply = AIMessage(f"final[{city}]: {last.content}", **meta)
+        else:
+            user = next((m for m in reversed(messages) if m.type == "human"), None)
+            text = _text(user) if user else ""
+            match = _WEATHER.search(text)
+            if tools and match and not isinstance(last, AIMessage):
+                call = {
+                    "name": "get_weather",
+                    "args": {"city": match.group(1)},
+                    "id": f"call-{len(self.calls)}",
+                }
+                reply = AIMessage("", tool_calls=[call], **meta)
+            else:
+                reply = AIMessage(f"echo: {text}", name="weather-bot", **meta)
+        return ChatResult(generations=[ChatGeneration(message=reply)])
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable[Any, BaseMessage]:
+        """Like a real chat model: a binding, not a chat model."""
+        return self.bind(tools=[getattr(t, "name", str(t)) for t in tools], **kwargs)
+
+
+def signature(message: BaseMessage) -> tuple[Any, ...]:
+    """What the matrix compares: type, text and tool calls (ids are checked separately)."""
+    calls = tuple(
+        (c["name"], tuple(sorted(c["args"].items()))) for c in getattr(message, "tool_calls", [])
+    )
+    return message.type, _text(message), calls
