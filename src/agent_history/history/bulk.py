@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from agent_history.errors import AgentHistoryError
+from agent_history.errors import AgentHistoryError, InvalidMessage
+from agent_history.history.codec import check_content, is_plain, role_for_type
 from agent_history.history.layout import (
     HEAD_KEY,
     PendingTurn,
@@ -29,15 +30,17 @@ from agent_history.history.layout import (
     msgid_key,
     plan_append,
 )
-from agent_history.history.records import make_record
+from agent_history.history.records import Turn, make_record
 from agent_history.history.steps import Get, Put, Steps, delete_steps, head_steps
 
 __all__ = [
+    "STORED_ROLES",
     "ImportConflict",
     "ImportResult",
     "ImportedTurn",
     "delete_if_idle_steps",
     "import_steps",
+    "imported_turn",
     "is_idle",
 ]
 
@@ -63,6 +66,40 @@ class ImportedTurn(PendingTurn):
             seq, self.role, self.content, self.id, self.ts or now, self.kind, self.extra,
             value_field, self.plain,
         )  # fmt: skip
+
+
+STORED_ROLES = ("user", "assistant", "tool")
+"""Roles a conversation stores (system messages are configuration, never stored)."""
+
+
+def imported_turn(turn: Turn, where: str = "turn") -> ImportedTurn:
+    """Check that ``turn`` can be stored exactly and read back as a message, keeping its
+    fields as they are (type, fields, id, time).
+
+    Raises:
+        InvalidMessage: naming ``where`` and the problem, never quoting the body.
+    """
+    if turn.role not in STORED_ROLES:
+        raise InvalidMessage(f"{where}: role is not one of {', '.join(STORED_ROLES)}")
+    if turn.kind is not None and (
+        not isinstance(turn.kind, str) or role_for_type(turn.kind) != turn.role
+    ):
+        raise InvalidMessage(f"{where}: type does not match role {turn.role!r}")
+    if turn.id is not None and (not isinstance(turn.id, str) or not turn.id):
+        raise InvalidMessage(f"{where}: id must be a non-empty string or None")
+    if turn.extra is not None and not isinstance(turn.extra, dict):
+        raise InvalidMessage(f"{where}: fields must be an object")
+    check_content(turn.content, where)
+    plain = is_plain(turn.content, where) & is_plain(turn.extra, where)
+    if turn.id is not None and not is_plain(turn.id, where):
+        raise InvalidMessage(f"{where}: its id must be text without U+0000")
+    try:
+        turn.to_message()
+    except Exception as exc:  # pydantic errors quote the body: the class only
+        raise InvalidMessage(f"{where}: not a valid message ({type(exc).__name__})") from None
+    return ImportedTurn(
+        turn.role, turn.content, turn.id, turn.kind, turn.extra or None, plain, ts=turn.ts
+    )
 
 
 @dataclass(frozen=True, slots=True)
