@@ -1,57 +1,110 @@
-"""Parsing and redacting PostgreSQL connection strings so secrets never leak."""
+"""Parsing and redacting PostgreSQL connection strings so secrets never leak.
+
+Everything here parses with psycopg's ``conninfo`` (libpq's own parser). The secret
+parameters are ``password`` and ``sslpassword`` (the passphrase of the client key); they
+are never printed. ``sslkey``, ``sslcert``, ``sslrootcert``, ``sslcrl`` and ``passfile`` hold
+file paths, not secrets, and are shown. A DSN that does not parse is a configuration
+error whose message says what is wrong without quoting any part of the DSN.
+"""
 
 from __future__ import annotations
 
 import re
 
-from psycopg.conninfo import conninfo_to_dict
+from psycopg import Error as PsycopgError
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-__all__ = ["describe_dsn", "redact_dsn", "scrub_dsn_password", "scrub_secret"]
+from agent_history.errors import ConfigError
+
+__all__ = [
+    "DSN_VARIABLE",
+    "SECRET_PARAMETERS",
+    "describe_dsn",
+    "parse_dsn",
+    "redact_dsn",
+    "scrub_dsn_password",
+    "scrub_secret",
+]
+
+DSN_VARIABLE = "ORCHEO_POSTGRES_DSN"
+SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+UNPARSABLE = "<unparsable DSN>"
 
 _URI_PASSWORD = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@\s]*:)(?P<pw>[^@\s]*)(?=@)", re.I)
-_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+_KV_PASSWORD = re.compile(r"(?P<head>\b(?:ssl)?password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:ssl)?password=)(?P<pw>[^&#\s]*)", re.I)
+
+# libpq's parse errors quote the DSN (or the part around the problem): each is told here in
+# fixed words instead.
+_PARSE_PROBLEMS: tuple[tuple[str, str], ...] = (
+    ('missing "=" after', "is neither a postgresql:// URI nor key=value pairs (a '=' is missing)"),
+    ("unexpected spaces found", "has a space inside a URI part (write it as %20)"),
+    ("unterminated quoted string", "has an unterminated quoted value"),
+    ("invalid connection option", "names an unknown connection parameter"),
+    ("invalid uri query parameter", "names an unknown URI query parameter"),
+    ("invalid percent-encoded token", "has an invalid %-escape"),
+    ("forbidden value %00", "has a %00 escape"),
+    ('looking for matching "]"', "has an IPv6 host without its closing ']'"),
+    ("ipv6 host address may not be empty", "has an empty IPv6 host"),
+    ("unexpected character", "has an unexpected character in its URI"),
+    ("extra key/value separator", "has an extra '=' in a URI query parameter"),
+    ("missing key/value separator", "has a URI query parameter without '='"),
+)
 
 
-def _password(dsn: str) -> str | None:
+def _problem(message: str) -> str:
+    lowered = message.lower()
+    for marker, problem in _PARSE_PROBLEMS:
+        if marker in lowered:
+            return problem
+    return "does not parse as a libpq connection string or a postgresql:// URI"
+
+
+def parse_dsn(dsn: str, variable: str = DSN_VARIABLE) -> dict[str, str]:
+    """Parse a DSN with libpq's rules (via psycopg).
+
+    Args:
+        dsn: A libpq key/value string or a ``postgresql://`` URI.
+        variable: The setting named by the error.
+
+    Returns:
+        The connection parameters it sets.
+
+    Raises:
+        ConfigError: the DSN does not parse; the message names ``variable`` and the
+            problem, never any part of the DSN.
+    """
     try:
-        value = conninfo_to_dict(dsn).get("password")
-    except Exception:
-        return None
-    return str(value) if value else None
-
-
-def _passwords(dsn: str) -> list[str]:
-    """Every spelling of the password a message could quote: as parsed, and as written
-    (percent-encoded in a URI, quoted in key/value form). The written forms are found
-    even when the DSN does not parse, since a driver's parse error may quote it whole."""
-    found = {_password(dsn) or ""}
-    for match in (*_URI_PASSWORD.finditer(dsn), *_KV_PASSWORD.finditer(dsn)):
-        written = match.group("pw")
-        found.update({written, written.strip("'")})
-    # Longest first, so a password is never half-replaced by a shorter one inside it.
-    return sorted((p for p in found if p), key=len, reverse=True)
+        parts = conninfo_to_dict(dsn)
+    except PsycopgError as exc:
+        raise ConfigError(variable, _problem(str(exc))) from None
+    return {name: str(value) for name, value in parts.items() if value is not None}
 
 
 def redact_dsn(dsn: str) -> str:
-    """Return ``dsn`` with its password replaced by ``***``.
+    """Return ``dsn`` as key/value pairs with every secret parameter shown as ``***``.
 
     Args:
         dsn: A libpq key/value string or a ``postgresql://`` URI.
 
     Returns:
-        The same connection string, safe to print.
+        The connection string, rebuilt from its parsed parameters, safe to print; a DSN
+        that does not parse gives ``<unparsable DSN>``.
     """
-    redacted = _URI_PASSWORD.sub(lambda m: m.group("head") + "***", dsn)
-    redacted = _KV_PASSWORD.sub(lambda m: m.group("head") + "***", redacted)
-    return scrub_dsn_password(redacted, dsn)
+    try:
+        parts = parse_dsn(dsn)
+    except ConfigError:
+        return UNPARSABLE
+    shown = {k: ("***" if k in SECRET_PARAMETERS else v) for k, v in parts.items()}
+    return make_conninfo("", **shown)
 
 
 def describe_dsn(dsn: str) -> str:
     """Describe the server a DSN points at as ``host:port/dbname`` (no user, no password)."""
     try:
-        parts = conninfo_to_dict(dsn)
-    except Exception:
-        return "<unparsable DSN>"
+        parts = parse_dsn(dsn)
+    except ConfigError:
+        return UNPARSABLE
     host = str(parts.get("host") or parts.get("hostaddr") or "localhost")
     port = str(parts.get("port") or "5432")
     dbname = str(parts.get("dbname") or parts.get("user") or "postgres")
@@ -65,10 +118,28 @@ def scrub_secret(text: str, secret: str | None) -> str:
     return text.replace(secret, "***")
 
 
+def _secrets(dsn: str) -> list[str]:
+    """Every spelling of a secret a message could quote: as parsed, and as written
+    (percent-encoded in a URI, quoted in key/value form). The written forms are found
+    even when the DSN does not parse, since a driver's parse error may quote it whole."""
+    found: set[str] = set()
+    try:
+        parts = conninfo_to_dict(dsn)
+    except PsycopgError:
+        parts = {}
+    found.update(str(parts[name]) for name in SECRET_PARAMETERS if parts.get(name))
+    for pattern in (_URI_PASSWORD, _KV_PASSWORD, _QUERY_PASSWORD):
+        for match in pattern.finditer(dsn):
+            written = match.group("pw")
+            found.update({written, written.strip("'")})
+    # Longest first, so a secret is never half-replaced by a shorter one inside it.
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
 def scrub_dsn_password(text: str, dsn: str | None) -> str:
-    """Remove the password of ``dsn`` from an arbitrary message (e.g. a driver error)."""
+    """Remove the secrets of ``dsn`` (password, sslpassword) from an arbitrary message."""
     if not dsn:
         return text
-    for password in _passwords(dsn):
-        text = scrub_secret(text, password)
+    for secret in _secrets(dsn):
+        text = scrub_secret(text, secret)
     return text

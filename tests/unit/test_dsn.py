@@ -1,0 +1,74 @@
+"""DSNs parsed and redacted with libpq's rules; error text reduced to what is safe to log."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from agent_history.dsn import describe_dsn, parse_dsn, redact_dsn, scrub_dsn_password
+from agent_history.errors import ConfigError
+from agent_history.redaction import safe_error_text
+
+SECRET = "S3cr3t-Sentinel"
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        (
+            f"postgresql://app:{SECRET}@db:6543/chat?sslpassword={SECRET}x&sslmode=require",
+            "user=app password=*** dbname=chat host=db port=6543 sslmode=require sslpassword=***",
+        ),
+        (
+            f"host=db user=app password='{SECRET} with spaces' sslkey=/k.pem sslcert=/c.pem",
+            "user=app password=*** host=db sslcert=/c.pem sslkey=/k.pem",
+        ),
+        ("postgresql:///chat", "dbname=chat"),
+    ],
+)
+def test_redaction_parses_and_hides_every_secret_parameter(dsn: str, shown: str) -> None:
+    assert redact_dsn(dsn) == shown
+    assert SECRET not in redact_dsn(dsn)
+
+
+def test_unparsable_dsn_is_never_quoted() -> None:
+    dsn = f"postgresql://u:{SECRET} x@h/db"
+    assert redact_dsn(dsn) == "<unparsable DSN>"
+    assert describe_dsn(dsn) == "<unparsable DSN>"
+    with pytest.raises(ConfigError) as caught:
+        parse_dsn(dsn)
+    assert str(caught.value) == (
+        "ORCHEO_POSTGRES_DSN: has a space inside a URI part (write it as %20)"
+    )
+    assert parse_dsn("host=h port=1") == {"host": "h", "port": "1"}
+
+
+def test_scrubbing_finds_the_ssl_passphrase_too() -> None:
+    dsn = f"host=h password=pw-{SECRET} sslpassword=ssl-{SECRET}"
+    text = f"failed: pw-{SECRET} and ssl-{SECRET}"
+    assert scrub_dsn_password(text, dsn) == "failed: *** and ***"
+    uri = f"postgresql://u@h/db?sslpassword=q-{SECRET}"
+    assert scrub_dsn_password(f"quoted {uri}", uri) == "quoted postgresql://u@h/db?sslpassword=***"
+
+
+class _Model(BaseModel):
+    n: int
+
+
+def test_structured_errors_keep_their_fixed_fields_only() -> None:
+    with pytest.raises(json.JSONDecodeError) as decode:
+        json.loads('{"text": "' + SECRET)
+    assert safe_error_text(decode.value) == (
+        "JSONDecodeError: Unterminated string starting at (line 1, column 10)"
+    )
+    with pytest.raises(ValidationError) as invalid:
+        _Model(n=SECRET)  # type: ignore[arg-type]
+    assert safe_error_text(invalid.value) == "ValidationError: 1 validation error(s): int_parsing"
+    missing = FileNotFoundError(2, "No such file or directory", f"/flags/{SECRET}.json")
+    assert safe_error_text(missing) == "FileNotFoundError: ENOENT No such file or directory"
+    assert safe_error_text(KeyError(SECRET)) == "KeyError"
+    assert safe_error_text(RuntimeError(f"database is locked ({SECRET})")) == (
+        "RuntimeError: database is locked"
+    )
