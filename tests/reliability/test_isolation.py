@@ -288,3 +288,75 @@ def test_a_dotted_namespace_label_never_reads_the_nested_namespace(
         AgentNode(RecordingChatModel(), history_namespace=[f"{run}.support"])
     stored = ChatHistory(persistent_store, namespace=(run, "support"))
     assert [t.content for t in stored.read("k")] == ["private"]
+
+
+# --- values rendered into the default templates ---------------------------------------------
+
+
+def _payload_texts(model: RecordingChatModel) -> list[str]:
+    return [str(m.content) for m in model.calls[-1] if m.type != "system"]
+
+
+def test_wecom_parties_whose_ids_shift_a_colon_never_read_each_other(
+    persistent_store: BaseStore,
+) -> None:
+    # Before, (kf1, alice:x) and (kf1:alice, x) both became "wecom_cs:kf1:alice:x".
+    run = uuid.uuid4().hex[:8]
+    namespace = ["iso", "wecom" + run]
+    parties = [(f"kf{run}", "alice:x"), (f"kf{run}:alice", "x")]
+    keys = []
+    for number, (open_kf_id, user) in enumerate(parties):
+        model, reports = RecordingChatModel(), []
+        node = AgentNode(
+            model,
+            use_graph_chat_history=True,
+            history_namespace=namespace,
+            toggles=toggles(),
+            on_report=reports.append,
+        )
+        state = {
+            "inputs": {"message": f"secret of party {number}"},
+            "results": {"wecom_cs_sync": {"open_kf_id": open_kf_id, "external_userid": user}},
+        }
+        build_graph(node, persistent_store).invoke(state, new_thread())
+        # Each party's first run sees nothing but its own message.
+        assert _payload_texts(model) == [f"secret of party {number}"]
+        keys.append(reports[-1].key)
+    assert keys == [f"wecom_cs:kf{run}:alice%3Ax", f"wecom_cs:kf{run}%3Aalice:x"]
+    history = ChatHistory(persistent_store, namespace=namespace)
+    assert sorted(history.keys()) == sorted(keys)
+
+
+def test_a_chat_id_with_a_trailing_newline_is_not_the_same_chat(
+    persistent_store: BaseStore,
+) -> None:
+    # Before, "555\n" was stripped into "telegram:555" and read that chat's history.
+    chat = int(uuid.uuid4().int % 10**9)
+    namespace = ["iso", "nl" + uuid.uuid4().hex[:8]]
+    reports: list[HistoryReport] = []
+
+    def run(chat_id: Any, text: str) -> RecordingChatModel:
+        model = RecordingChatModel()
+        node = AgentNode(
+            model,
+            use_graph_chat_history=True,
+            history_namespace=namespace,
+            toggles=toggles(),
+            on_report=reports.append,
+        )
+        state = {
+            "inputs": {"message": text},
+            "results": {"telegram_events_parser": {"chat_id": chat_id}},
+        }
+        build_graph(node, persistent_store).invoke(state, new_thread())
+        return model
+
+    run(chat, "private to the real chat")
+    assert reports[-1].key == f"telegram:{chat}"
+    model = run(f"{chat}\n", "from the look-alike")
+    assert reports[-1].key is None and "no_valid_key" in reports[-1].fallbacks
+    assert _payload_texts(model) == ["from the look-alike"]
+    stored = ChatHistory(persistent_store, namespace=namespace).read(f"telegram:{chat}")
+    assert [t.content for t in stored] == [
+        "private to the real chat", "echo: private to the real chat"
+    ]  # fmt: skip
