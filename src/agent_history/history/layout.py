@@ -99,6 +99,14 @@ def collect_turns(
     return turns
 
 
+def _has_seq(record: Any) -> bool:
+    try:
+        int(record["seq"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
 def _seq_of(record: Any) -> object:
     return record.get("seq") if isinstance(record, dict) else None
 
@@ -218,8 +226,14 @@ def plan_append(
 
     chunks: dict[int, list[dict[str, Any]]] = {}
     if last_seq % size:
-        # Records above last_seq belong to an abandoned epoch: drop them on rewrite.
-        kept = [r for r in (last_chunk or {}).get("turns", ()) if int(r["seq"]) <= last_seq]
+        # Records above last_seq belong to an abandoned epoch: drop them on rewrite. A
+        # record whose seq cannot be read is kept as it is (reads skip it): an append
+        # never destroys what it cannot interpret.
+        kept = [
+            r
+            for r in (last_chunk or {}).get("turns", ())
+            if not _has_seq(r) or int(r["seq"]) <= last_seq
+        ]
         chunks[chunk_index(last_seq, size)] = kept
     first_new = last_seq + 1
     for offset, turn in enumerate(fresh):
