@@ -6,7 +6,7 @@ import importlib
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,11 +17,28 @@ from agent_history.history import ChatHistory
 from agent_history.node import REPORT_LISTENERS, AgentNode, AgentState, HistoryReport
 from agent_history.testing import RecordingChatModel
 
-__all__ = ["ReplayCheck", "ReplayReport", "load_graph", "read_records", "reference_graph", "replay"]
+__all__ = [
+    "SCRATCH_PREFIX",
+    "ReplayCheck",
+    "ReplayReport",
+    "load_graph",
+    "read_records",
+    "reference_graph",
+    "replay",
+    "scratch_namespace",
+]
+
+SCRATCH_PREFIX = "agent_history_replay"
+
+
+def scratch_namespace() -> tuple[str, ...]:
+    """A fresh namespace for one replay, so replays never write into production history
+    nor pile up in one another."""
+    return (SCRATCH_PREFIX, "r" + uuid.uuid4().hex[:12])
 
 
 def reference_graph(
-    store: BaseStore, *, max_messages: int = 30, namespace: str = "agent_chat_history"
+    store: BaseStore, *, max_messages: int = 30, namespace: Sequence[str] = ("agent_chat_history",)
 ) -> Any:
     """The reference workflow: one `AgentNode` with history on and an offline model."""
     builder = StateGraph(AgentState)
@@ -30,7 +47,7 @@ def reference_graph(
         name="agent",
         use_graph_chat_history=True,
         max_messages=max_messages,
-        history_namespace=[namespace],
+        history_namespace=list(namespace),
     )
     builder.add_node("agent", node)
     builder.add_edge(START, "agent")
@@ -98,7 +115,7 @@ def replay(
     graph_factory: Callable[[BaseStore], Any] | None = None,
     *,
     max_messages: int = 30,
-    namespace: str = "agent_chat_history",
+    namespace: Sequence[str] = ("agent_chat_history",),
 ) -> ReplayReport:
     """Run every record as its own graph run (own thread id) and check the playbook:
 
@@ -106,6 +123,9 @@ def replay(
     - degradation: runs without a valid key completed, in memory;
     - window: no payload exceeded ``max_messages``;
     - durability: the store holds every turn the runs appended.
+
+    ``namespace`` is where the reference workflow stores history, and where the
+    durability check looks (a ``graph_factory``'s graph must store there too).
     """
     graph = (
         graph_factory
@@ -129,7 +149,7 @@ def replay(
     return report
 
 
-def _check(report: ReplayReport, store: BaseStore, namespace: str) -> None:
+def _check(report: ReplayReport, store: BaseStore, namespace: Sequence[str]) -> None:
     by_key: dict[str, list[HistoryReport]] = defaultdict(list)
     for item in report.reports:
         if item.key:
@@ -156,7 +176,7 @@ def _check(report: ReplayReport, store: BaseStore, namespace: str) -> None:
     report.checks.append(
         ReplayCheck("payload <= max_messages", not over, f"{len(over)} payloads over the window")
     )
-    history = ChatHistory(store, namespace=(namespace,))
+    history = ChatHistory(store, namespace=tuple(namespace))
     missing = {
         key: (sum(r.appended for r in items), history.count(key))
         for key, items in by_key.items()

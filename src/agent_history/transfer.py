@@ -1,32 +1,70 @@
-"""Moving history between stores: streamed export/import, resumable migration, checksums."""
+"""Moving history between stores: streamed export, validated import, resumable migration,
+checksums.
+
+An export line is one stored turn with its conversation::
+
+    {"namespace": [...], "key": ..., "seq": 1, "role": "user", "content": ..., "id": ...,
+     "ts": ..., "type": "human", "fields": {...}}
+
+``type`` and ``fields`` (LangChain's message type and the message's other non-default
+fields: tool calls, tool call id, name, metadata) make the round trip exact; files
+written before they existed still import.
+
+Import validates the whole file before writing anything and names what is wrong as
+``line N: ...``. Each conversation is then written in one transaction at the sequence
+numbers its lines carry (`ChatHistory.import_turns`), so an import can be run again or
+twice at once without a duplicate. Migrations copy each conversation the same way and
+verify counts and checksums afterwards.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import islice
 from typing import Any, TextIO
 
-from agent_history.history import ChatHistory, Turn
+from langgraph.store.base import BaseStore
+
+from agent_history.errors import AgentHistoryError, InvalidMessage, InvalidNamespace
+from agent_history.history import DEFAULT_NAMESPACE, ChatHistory, Turn
+from agent_history.history.bulk import STORED_ROLES, ImportConflict, imported_turn
+from agent_history.history.codec import check_content, is_plain, role_for_type
+from agent_history.history.naming import validate_namespace
+from agent_history.keys import validate_history_key
 
 __all__ = [
+    "STORED_ROLES",
     "ConversationCheck",
+    "ImportReport",
+    "LineError",
     "MigrationReport",
+    "ParsedLine",
     "conversation_checksum",
+    "copy_conversation",
     "export_jsonl",
     "import_jsonl",
     "migrate_history",
+    "parse_line",
     "turn_from_json",
     "turn_to_json",
+    "validate_jsonl",
 ]
 
-_BATCH = 500
+_FIELDS = frozenset({"namespace", "key", "seq", "role", "content", "id", "ts", "type", "fields"})
+_MAX_ERRORS = 20
+_SHOWN = 60
 
 
-def turn_to_json(key: str, turn: Turn, namespace: tuple[str, ...]) -> dict[str, Any]:
+# --- one line ---------------------------------------------------------------------------
+
+
+def turn_to_json(key: str, turn: Turn, namespace: Sequence[str]) -> dict[str, Any]:
     """One JSONL export line: the turn with its conversation key and namespace."""
-    return {
+    line: dict[str, Any] = {
         "namespace": list(namespace),
         "key": key,
         "seq": turn.seq,
@@ -35,23 +73,170 @@ def turn_to_json(key: str, turn: Turn, namespace: tuple[str, ...]) -> dict[str, 
         "id": turn.id,
         "ts": turn.ts,
     }
+    if turn.kind is not None:
+        line["type"] = turn.kind
+    if turn.extra:
+        line["fields"] = turn.extra
+    return line
+
+
+def _dumps(line: dict[str, Any]) -> str:
+    text = json.dumps(line, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: only an escape writes it exactly
+        text = json.dumps(line, ensure_ascii=True)
+    return text
+
+
+class LineError(AgentHistoryError, ValueError):
+    """A line of an import file is not a valid turn; ``str()`` is ``line N: problem``."""
+
+    def __init__(self, line: int, problem: str) -> None:
+        super().__init__(f"line {line}: {problem}")
+        self.line = line
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedLine:
+    """A valid line: where its conversation lives and the turn it holds."""
+
+    line: int
+    namespace: tuple[str, ...] | None
+    """None when the line names no namespace (files written by hand)."""
+    key: str
+    turn: Turn
+
+
+def _shown(value: Any) -> str:
+    """A short, printable form of a key or id for messages (never message bodies)."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {list: "an array", str: "a string", bool: "a boolean"}.get(type(value), "a number")
+
+
+def _namespace_of(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ValueError(f"namespace must be a list of labels (got {_json_kind(value)})")
+    try:
+        return validate_namespace(value)
+    except InvalidNamespace as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise ValueError(f"key must be a string (got {_json_kind(key)})")
+    reason = validate_history_key(key)
+    if reason is not None:  # the key itself is not echoed: it may be the bad part
+        raise ValueError(f"key is not a valid conversation key ({reason.value})")
+    return key
+
+
+def _check_turn(data: dict[str, Any]) -> Turn:
+    seq = data.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise ValueError(f"seq must be a whole number from 1 (got {_shown(seq)})")
+    role = data.get("role")
+    if role not in STORED_ROLES:
+        raise ValueError(f"role {_shown(role)} is not one of {', '.join(STORED_ROLES)}")
+    kind = data.get("type")
+    if kind is not None and (not isinstance(kind, str) or role_for_type(kind) != role):
+        raise ValueError(f"type {_shown(kind)} does not match role {role!r}")
+    message_id = data.get("id")
+    if message_id is not None and (not isinstance(message_id, str) or not message_id):
+        raise ValueError("id must be a non-empty string or null")
+    ts = data.get("ts")
+    if ts is not None:
+        try:
+            when = datetime.fromisoformat(ts) if isinstance(ts, str) else None
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:
+            raise ValueError(f"ts {_shown(ts)} is not an ISO-8601 time with a UTC offset")
+    extra = data.get("fields")
+    if extra is not None and not isinstance(extra, dict):
+        raise ValueError(f"fields must be an object (got {_json_kind(extra)})")
+    if kind == "tool" and not (extra or {}).get("tool_call_id"):
+        raise ValueError("a tool message needs fields.tool_call_id")
+    content = data.get("content", "")
+    check_content(content, "content")
+    is_plain(content, "content")
+    is_plain(extra, "fields")
+    turn = Turn(seq, role, content, message_id, ts, kind, extra or None)
+    try:
+        imported_turn(turn, "content")
+    except InvalidMessage as exc:
+        raise ValueError(str(exc)) from None
+    return turn
+
+
+def parse_line(number: int, raw: str) -> ParsedLine | None:
+    """Parse and validate line ``number`` of an export; None for a blank line.
+
+    Raises:
+        LineError: the line is not a valid turn (the message names the problem).
+    """
+    if not raw.strip():
+        return None
+    try:
+        data = json.loads(raw.rstrip("\r\n"))
+    except json.JSONDecodeError as exc:
+        raise LineError(number, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise LineError(number, "invalid JSON (nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise LineError(number, f"expected a JSON object, got {_json_kind(data)}")
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise LineError(number, f"unknown field {', '.join(map(_shown, unknown))}")
+    try:
+        if "key" not in data:
+            raise ValueError("key is missing")
+        key = _check_key(data["key"])
+        namespace = _namespace_of(data.get("namespace"))
+        turn = _check_turn(data)
+    except (ValueError, InvalidMessage) as exc:
+        raise LineError(number, str(exc)) from None
+    return ParsedLine(number, namespace, key, turn)
 
 
 def turn_from_json(line: dict[str, Any]) -> tuple[str, Turn]:
-    """Parse an export line back into its key and turn."""
-    return str(line["key"]), Turn(
-        seq=int(line["seq"]),
-        role=str(line["role"]),
-        content=line.get("content", ""),
-        id=line.get("id"),
-        ts=line.get("ts"),
-    )
+    """Parse an export line (already decoded) into its key and turn.
+
+    Raises:
+        LineError: the line is not a valid turn.
+    """
+    parsed = parse_line(1, json.dumps(line))
+    assert parsed is not None
+    return parsed.key, parsed.turn
+
+
+# --- export -----------------------------------------------------------------------------
 
 
 def export_jsonl(
-    history: ChatHistory, out: TextIO, keys: Iterable[str] | None = None
+    history: ChatHistory,
+    out: TextIO,
+    keys: Iterable[str] | None = None,
+    *,
+    on_progress: Callable[[str, int], None] | None = None,
 ) -> tuple[int, int]:
     """Write every turn of ``keys`` (default: all conversations) as JSON lines.
+
+    Args:
+        history: Where to read.
+        out: A text stream.
+        keys: Conversations to export, in order.
+        on_progress: Called with each conversation's key and turn count once written.
 
     Returns:
         (conversations, turns) written.
@@ -59,75 +244,244 @@ def export_jsonl(
     conversations = turns = 0
     for key in keys if keys is not None else history.keys():
         conversations += 1
+        written = 0
         for turn in history.read(key):
-            out.write(json.dumps(turn_to_json(key, turn, history.namespace), ensure_ascii=False))
+            out.write(_dumps(turn_to_json(key, turn, history.namespace)))
             out.write("\n")
-            turns += 1
+            written += 1
+        turns += written
+        if on_progress is not None:
+            on_progress(key, written)
     return conversations, turns
 
 
-def _resume_batches(history: ChatHistory, key: str, turns: Iterable[Turn]) -> Iterator[list[Turn]]:
-    """Batches of ``turns`` the destination does not have yet (seq above its count)."""
-    have = history.count(key)
-    batch: list[Turn] = []
-    for turn in turns:
-        if turn.seq <= have:
-            continue
-        batch.append(turn)
-        if len(batch) >= _BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+# --- import -----------------------------------------------------------------------------
+
+Conversation = tuple[tuple[str, ...] | None, str]
 
 
-def _append_batches(history: ChatHistory, key: str, turns: Iterable[Turn]) -> int:
-    written = 0
-    for batch in _resume_batches(history, key, turns):
-        expected_first = history.count(key) + 1
-        if batch[0].seq != expected_first:
-            raise ValueError(
-                f"conversation {key}: turns must be contiguous (expected seq "
-                f"{expected_first}, got {batch[0].seq})"
-            )
-        written += history.append(key, batch).appended
-    return written
+@dataclass(slots=True)
+class _Span:
+    first_line: int
+    last_line: int
+    last_seq: int
+    ids: dict[str, int] = field(default_factory=dict)
+    broken: bool = False
 
 
-def import_jsonl(history: ChatHistory, lines: Iterable[str]) -> tuple[int, int]:
-    """Import an export: turns already present (by sequence number) are skipped.
+@dataclass(slots=True)
+class ImportPlan:
+    """What `validate_jsonl` found: the conversations, in file order, and every problem."""
 
-    Lines are grouped by key in file order, so an interrupted import can be run again.
+    conversations: list[Conversation] = field(default_factory=list)
+    lines: int = 0
+    turns: int = 0
+    errors: list[str] = field(default_factory=list)
+    more_errors: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the file can be imported."""
+        return not self.errors
+
+    def error(self, message: str) -> None:
+        """Record a problem (the first ones in full, then only counted)."""
+        if len(self.errors) < _MAX_ERRORS:
+            self.errors.append(message)
+        else:
+            self.more_errors += 1
+
+
+def _label(namespace: tuple[str, ...] | None) -> str:
+    return ".".join(namespace) if namespace else ".".join(DEFAULT_NAMESPACE)
+
+
+def validate_jsonl(
+    lines: Iterable[str],
+    *,
+    namespace: Sequence[str] | None = None,
+    into: Sequence[str] | None = None,
+) -> ImportPlan:
+    """Check a whole import file without writing: every line, and every conversation's
+    sequence numbers (from 1, no gap, no repeat), ids (no repeat) and lines (together,
+    once: a file concatenated twice is refused).
+
+    Args:
+        lines: The file's lines.
+        namespace: When given, every line must name this namespace (or none).
+        into: When given, the file must hold one namespace (it is imported into ``into``).
 
     Returns:
-        (conversations touched, turns written).
+        The plan; ``plan.errors`` lists ``line N: ...`` problems.
     """
-    written = 0
-    keys: set[str] = set()
-    current_key: str | None = None
-    pending: list[Turn] = []
-    for raw in lines:
-        if not raw.strip():
+    plan = ImportPlan()
+    spans: dict[Conversation, _Span] = {}
+    current: Conversation | None = None
+    only = tuple(namespace) if namespace is not None else None
+    first_namespace: tuple[tuple[str, ...] | None, int] | None = None
+    for number, raw in enumerate(lines, start=1):
+        plan.lines = number
+        try:
+            parsed = parse_line(number, raw)
+        except LineError as exc:
+            plan.error(str(exc))
             continue
-        key, turn = turn_from_json(json.loads(raw))
-        if key != current_key and pending:
-            written += _append_batches(history, str(current_key), pending)
-            pending = []
-        current_key = key
-        keys.add(key)
-        pending.append(turn)
-    if pending and current_key is not None:
-        written += _append_batches(history, current_key, pending)
-    return len(keys), written
+        if parsed is None:
+            continue
+        plan.turns += 1
+        ns = parsed.namespace
+        if only is not None and ns is not None and ns != only:
+            plan.error(
+                f"line {number}: namespace {_label(ns)!r} is not {_label(only)!r} "
+                "(given with --namespace)"
+            )
+            continue
+        if into is not None:
+            if first_namespace is None:
+                first_namespace = (ns, number)
+            elif ns != first_namespace[0]:
+                plan.error(
+                    f"line {number}: namespace {_label(ns)!r} differs from "
+                    f"{_label(first_namespace[0])!r} (line {first_namespace[1]}); "
+                    "--into takes a file of one namespace"
+                )
+                continue
+        conversation = (ns, parsed.key)
+        span = spans.get(conversation)
+        if conversation != current and span is not None:
+            if not span.broken:
+                plan.error(
+                    f"line {number}: conversation {_shown(parsed.key)} already appeared at "
+                    f"lines {span.first_line}-{span.last_line} (a conversation's lines must "
+                    "be together; a file concatenated twice?)"
+                )
+                span.broken = True
+            current = conversation
+            continue
+        current = conversation
+        seq, message_id = parsed.turn.seq, parsed.turn.id
+        if span is None:
+            span = spans[conversation] = _Span(number, number, 0)
+            plan.conversations.append(conversation)
+        elif span.broken:
+            continue
+        expected = span.last_seq + 1
+        if seq != expected:
+            if span.last_seq == 0:
+                problem = f"conversation {_shown(parsed.key)} starts at seq {seq}, not 1"
+            elif seq <= span.last_seq:
+                problem = (
+                    f"seq {seq} repeats or goes back "
+                    f"(line {span.last_line} has seq {span.last_seq})"
+                )
+            else:
+                problem = (
+                    f"seq {seq} leaves a gap after seq {span.last_seq} (line {span.last_line})"
+                )
+            plan.error(f"line {number}: {problem}")
+            span.broken = True
+            continue
+        if message_id is not None:
+            if message_id in span.ids:
+                plan.error(
+                    f"line {number}: id {_shown(message_id)} repeats line {span.ids[message_id]}"
+                )
+                span.broken = True
+                continue
+            span.ids[message_id] = number
+        span.last_seq, span.last_line = seq, number
+    return plan
+
+
+@dataclass(slots=True)
+class ImportReport:
+    """What `import_jsonl` wrote."""
+
+    conversations: int = 0
+    """Conversations in the file."""
+    written: int = 0
+    """Turns written."""
+    present: int = 0
+    """Turns skipped because their conversation already held their sequence numbers."""
+    rejected: list[str] = field(default_factory=list)
+    """``line N: ...`` for each conversation the store refused (nothing written for it)."""
+
+
+def _conversations(lines: Iterable[str]) -> Iterator[tuple[ParsedLine, list[Turn]]]:
+    """The file's conversations in order: first line and turns (file already validated)."""
+    first: ParsedLine | None = None
+    turns: list[Turn] = []
+    for number, raw in enumerate(lines, start=1):
+        parsed = parse_line(number, raw)
+        if parsed is None:
+            continue
+        if first is not None and (parsed.namespace, parsed.key) != (first.namespace, first.key):
+            yield first, turns
+            turns = []
+            first = None
+        first = first or parsed
+        turns.append(parsed.turn)
+    if first is not None:
+        yield first, turns
+
+
+def import_jsonl(
+    store: BaseStore,
+    lines: Callable[[], Iterable[str]],
+    *,
+    namespace: Sequence[str] | None = None,
+    into: Sequence[str] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[ImportPlan, ImportReport]:
+    """Validate an export, then import it conversation by conversation.
+
+    Nothing is written when a line is invalid. Each conversation is written in one
+    transaction at the sequence numbers of its lines: turns already present are skipped,
+    so the import can be run again (or twice at once) without a duplicate.
+
+    Args:
+        store: The destination store.
+        lines: Returns the file's lines; called twice (validate, then import).
+        namespace: Every line must name this namespace (or none); it is the destination.
+        into: Import a file of one namespace into this namespace instead.
+        on_progress: Called with the number of turns of each conversation once imported.
+
+    Returns:
+        The validation plan, and what was written (empty when the plan has errors).
+    """
+    plan = validate_jsonl(lines(), namespace=namespace, into=into)
+    report = ImportReport(conversations=len(plan.conversations))
+    if not plan.ok:
+        return plan, report
+    fallback = tuple(namespace) if namespace is not None else DEFAULT_NAMESPACE
+    for first, turns in _conversations(lines()):
+        target = tuple(into) if into is not None else first.namespace or fallback
+        history = ChatHistory(store, namespace=target)
+        try:
+            result = history.import_turns(first.key, turns)
+        except (ImportConflict, InvalidMessage) as exc:
+            report.rejected.append(
+                f"line {first.line}: conversation {_shown(first.key)} not imported: {exc}"
+            )
+        else:
+            report.written += result.written
+            report.present += result.present
+        if on_progress is not None:
+            on_progress(len(turns))
+    return plan, report
+
+
+# --- checksums and migration ------------------------------------------------------------
 
 
 def conversation_checksum(turns: Iterable[Turn]) -> tuple[int, str]:
-    """Count and SHA-256 over (seq, role, content, id) of a conversation, in order."""
+    """Count and SHA-256 of a conversation's turns, in order, over every stored field but
+    the time: seq, role, content, id, type and the other message fields."""
     digest = hashlib.sha256()
     count = 0
     for turn in turns:
-        record = [turn.seq, turn.role, turn.content, turn.id]
-        digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False).encode())
+        record = [turn.seq, turn.role, turn.content, turn.id, turn.kind, turn.extra or None]
+        digest.update(json.dumps(record, sort_keys=True, ensure_ascii=True).encode())
         digest.update(b"\n")
         count += 1
     return count, digest.hexdigest()
@@ -141,11 +495,14 @@ class ConversationCheck:
     source_turns: int
     target_turns: int
     matches: bool
+    """The target's first ``source_turns`` turns equal the source's (count and checksum)."""
+    problem: str | None = None
+    """Why the conversation was not copied, when it was not."""
 
 
 @dataclass(frozen=True, slots=True)
 class MigrationReport:
-    """Outcome of `migrate_history`."""
+    """Outcome of a migration."""
 
     conversations: int
     turns_copied: int
@@ -157,6 +514,24 @@ class MigrationReport:
         return all(check.matches for check in self.checks)
 
 
+def copy_conversation(
+    target: ChatHistory, key: str, turns: list[Turn]
+) -> tuple[int, ConversationCheck]:
+    """Write ``turns`` into ``target`` at their sequence numbers, then verify them.
+
+    Returns:
+        Turns written, and the check: the target's first ``len(turns)`` turns must equal
+        ``turns`` (the target may have grown since, with newer turns).
+    """
+    try:
+        written = target.import_turns(key, turns).written
+    except (ImportConflict, InvalidMessage) as exc:
+        return 0, ConversationCheck(key, len(turns), target.count(key), False, str(exc))
+    source = conversation_checksum(turns)
+    copied = conversation_checksum(islice(target.read(key), len(turns)))
+    return written, ConversationCheck(key, len(turns), target.count(key), source == copied)
+
+
 def migrate_history(
     source: ChatHistory,
     target: ChatHistory,
@@ -164,22 +539,20 @@ def migrate_history(
     keys: Iterable[str] | None = None,
     on_progress: Callable[[str, int], None] | None = None,
 ) -> MigrationReport:
-    """Copy conversations from ``source`` to ``target``, resumably, then verify them.
+    """Copy conversations from ``source`` to ``target``, resumably, and verify each.
 
-    Each conversation is copied from the target's current length on, in batches that are
-    each one atomic append: a migration killed half-way and started again continues where
-    it stopped, with no duplicate. Afterwards counts and checksums are compared per
-    conversation. Run it while writes go to the source only (or with writes stopped via
-    ``ORCHEO_GRAPH_CHAT_HISTORY_MODE=read_only``).
+    Each conversation is written in one transaction at the sequence numbers it has in
+    the source; turns the target already holds are skipped, so a migration that was
+    interrupted, or runs twice at once, copies every turn exactly once. Each
+    conversation is then compared by count and checksum. Run it while writes go to the
+    source only (or with writes stopped via ``ORCHEO_GRAPH_CHAT_HISTORY_MODE=read_only``).
     """
     checks: list[ConversationCheck] = []
     copied = 0
     for key in list(keys) if keys is not None else list(source.keys()):
-        copied_here = _append_batches(target, key, source.read(key))
-        copied += copied_here
+        written, check = copy_conversation(target, key, list(source.read(key)))
+        copied += written
+        checks.append(check)
         if on_progress is not None:
-            on_progress(key, copied_here)
-        src_count, src_sum = conversation_checksum(source.read(key))
-        dst_count, dst_sum = conversation_checksum(target.read(key))
-        checks.append(ConversationCheck(key, src_count, dst_count, src_sum == dst_sum))
+            on_progress(key, written)
     return MigrationReport(len(checks), copied, tuple(checks))

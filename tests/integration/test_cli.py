@@ -130,9 +130,9 @@ def test_stats_show_delete_and_purge(persistent_settings: HistorySettings, ns: s
     )
     assert sorted(c["key"] for c in dry["conversations"]) == ["telegram:1", "telegram:2"]
     assert json.loads(_invoke(["stats", "-n", ns, "--json"], env).stdout)["conversations"] == 2
-    kept = _invoke(["purge", "--older-than", "30d", "-n", ns], env)
+    kept = _invoke(["purge", "--older-than", "30d", "-n", ns, "--yes"], env)
     assert "deleted 0 conversations" in kept.output
-    gone = _invoke(["purge", "--older-than", "0s", "-n", ns], env)
+    gone = _invoke(["purge", "--older-than", "0s", "-n", ns, "--yes"], env)
     assert "deleted 2 conversations" in gone.output
     assert json.loads(_invoke(["stats", "-n", ns, "--json"], env).stdout)["conversations"] == 0
     assert _invoke(["purge", "--older-than", "soon", "-n", ns], env).exit_code == 2
@@ -150,10 +150,10 @@ def test_export_then_import_is_exact_and_idempotent(
     only = _invoke(["export", "-n", ns, "-k", "wecom_cs:kf:u"], env)
     assert len(only.stdout.strip().splitlines()) == 3
     target = ns + "copy"
-    first = _invoke(["import", str(dump), "-n", target], env)
-    assert "imported 73 new turns" in first.output
-    second = _invoke(["import", str(dump), "-n", target], env)
-    assert "imported 0 new turns" in second.output
+    first = _invoke(["import", str(dump), "--into", target], env)
+    assert "imported 73 new turns into 2 conversations (0 turns already present)" in first.output
+    second = _invoke(["import", str(dump), "--into", target], env)
+    assert "imported 0 new turns into 2 conversations (73 turns already present)" in second.output
     with create_graph_store_sync(persistent_settings) as store:
         for key in ("telegram:9", "wecom_cs:kf:u"):
             src = conversation_checksum(ChatHistory(store, namespace=(ns,)).read(key))
@@ -262,3 +262,186 @@ def test_migrate_refuses_the_same_store(tmp_path: Path) -> None:
     env = {"ORCHEO_GRAPH_STORE_SQLITE_PATH": str(tmp_path / "x.sqlite")}
     result = _invoke(["migrate", "--from-backend", "sqlite", "--to-backend", "sqlite"], env)
     assert result.exit_code == 2 and "same store" in result.output
+
+
+# --- a CLI that never throws a traceback ------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
+
+
+@pytest.fixture
+def sqlite_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "ORCHEO_GRAPH_STORE_BACKEND": "sqlite",
+        "ORCHEO_GRAPH_STORE_SQLITE_PATH": str(tmp_path / "store.sqlite"),
+        "ORCHEO_CHECKPOINT_SQLITE_PATH": str(tmp_path / "checkpoints.sqlite"),
+    }
+
+
+def _sqlite(env: dict[str, str]) -> HistorySettings:
+    return HistorySettings(graph_store_sqlite_path=env["ORCHEO_GRAPH_STORE_SQLITE_PATH"])
+
+
+def test_version(sqlite_env: dict[str, str]) -> None:
+    from importlib.metadata import version
+
+    result = _invoke(["--version"], sqlite_env)
+    assert result.exit_code == 0
+    assert result.stdout == f"agent-history {version('agent-history')}\n"
+
+
+@pytest.mark.parametrize("where", ["missing directory", "a directory"])
+def test_export_to_an_unwritable_place_is_a_clear_error(
+    where: str, sqlite_env: dict[str, str], tmp_path: Path, ns: str
+) -> None:
+    _seed(_sqlite(sqlite_env), ns, {"telegram:1": 2})
+    out = tmp_path / "nope" / "x.jsonl" if where == "missing directory" else tmp_path
+    result = _invoke(["export", "-n", ns, "-o", str(out)], sqlite_env)
+    assert result.exit_code == 2
+    reason = (
+        f"directory {tmp_path / 'nope'} does not exist"
+        if where != "a directory"
+        else ("it is a directory")
+    )
+    assert result.output == f"error: cannot write {out}: {reason}\n"
+    assert not (tmp_path / "nope").exists()
+
+
+def test_export_and_import_show_progress_and_count_in_the_singular(
+    sqlite_env: dict[str, str], tmp_path: Path, ns: str
+) -> None:
+    _seed(_sqlite(sqlite_env), ns, {"telegram:1": 1})
+    out = tmp_path / "one.jsonl"
+    exported = _invoke(["export", "-n", ns, "-o", str(out)], sqlite_env)
+    assert exported.exit_code == 0
+    assert "exporting" in exported.output and "1/1" in exported.output
+    assert f"exported 1 turn of 1 conversation to {out}" in exported.output
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+    imported = _invoke(["import", str(out), "--into", ns + "copy"], sqlite_env)
+    assert imported.exit_code == 0, imported.output
+    assert "checking" in imported.output and "importing" in imported.output
+    assert "imported 1 new turn into 1 conversation (0 turns already present)" in imported.output
+    stats = _invoke(["stats", "-n", ns + "copy"], sqlite_env)
+    assert "largest: telegram:1 (1 turn)" in stats.output
+
+
+def test_show_export_and_delete_of_an_unknown_key_fail(
+    sqlite_env: dict[str, str], ns: str, tmp_path: Path
+) -> None:
+    _seed(_sqlite(sqlite_env), ns, {"telegram:1": 1})
+    message = f"error: no conversation 'telegram:404' in namespace '{ns}'\n"
+    for args in (
+        ["show", "telegram:404", "-n", ns],
+        ["show", "telegram:404", "-n", ns, "--json"],
+        ["export", "-n", ns, "-k", "telegram:1", "-k", "telegram:404", "-o", str(tmp_path / "x")],
+        ["delete", "telegram:404", "-n", ns, "--yes"],
+    ):
+        result = _invoke(args, sqlite_env)
+        assert (result.exit_code, result.output) == (1, message), args
+    assert not (tmp_path / "x").exists()
+    bad = _invoke(["show", "{{chat_id}}", "-n", ns], sqlite_env)
+    assert bad.exit_code == 2 and "invalid conversation key" in bad.output
+
+
+def test_purge_lists_first_and_asks_before_deleting(sqlite_env: dict[str, str], ns: str) -> None:
+    settings = _sqlite(sqlite_env)
+    _seed(settings, ns, {"telegram:1": 1, "telegram:2": 3})
+    args = ["purge", "--older-than", "0s", "-n", ns]
+    declined = runner.invoke(app, args, env=sqlite_env, input="n\n")
+    assert declined.exit_code == 1
+    listing = "2 conversations idle since before"
+    assert listing in declined.output
+    assert "  telegram:1 (1 turn, last write " in declined.output
+    assert "  telegram:2 (3 turns, last write " in declined.output
+    assert "delete 2 conversations (4 turns) idle since before" in declined.output
+    assert declined.output.index(listing) < declined.output.index("delete 2 conversations")
+    assert "not confirmed; nothing deleted (--yes skips the question)" in declined.output
+    no_terminal = runner.invoke(app, args, env=sqlite_env, input="")
+    assert no_terminal.exit_code == 1 and "nothing deleted" in no_terminal.output
+    dry = _invoke([*args, "--dry-run"], sqlite_env)
+    assert dry.exit_code == 0 and "would delete 2 conversations idle" in dry.output
+    with create_graph_store_sync(settings) as store:
+        assert sorted(ChatHistory(store, namespace=(ns,)).keys()) == ["telegram:1", "telegram:2"]
+    agreed = runner.invoke(app, args, env=sqlite_env, input="y\n")
+    assert agreed.exit_code == 0 and "deleted 2 conversations idle" in agreed.output
+    _seed(settings, ns, {"telegram:3": 1})
+    quiet = _invoke([*args, "--yes"], sqlite_env)
+    assert quiet.exit_code == 0
+    assert "1 conversation idle since before" in quiet.output and "Delete" not in quiet.output
+    assert "deleted 1 conversation idle since before" in quiet.output
+
+
+def test_delete_asks_naming_the_size(sqlite_env: dict[str, str], ns: str) -> None:
+    _seed(_sqlite(sqlite_env), ns, {"telegram:1": 3})
+    declined = runner.invoke(app, ["delete", "telegram:1", "-n", ns], env=sqlite_env, input="n\n")
+    assert declined.exit_code == 1
+    assert "delete conversation telegram:1 (3 turns)?" in declined.output
+    agreed = runner.invoke(app, ["delete", "telegram:1", "-n", ns], env=sqlite_env, input="y\n")
+    assert agreed.exit_code == 0 and "deleted 3 turns of telegram:1" in agreed.output
+
+
+def test_replay_of_the_sample_file_uses_a_scratch_namespace(sqlite_env: dict[str, str]) -> None:
+    sample = EXAMPLES / "callbacks.jsonl"
+    namespaces = set()
+    for _ in range(3):
+        result = _invoke(["replay", str(sample), "--json"], sqlite_env)
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["ok"] is True and report["runs"] == 7 and report["kept"] is False
+        assert report["identities"] == {"telegram:4242": 3, "wecom_cs:wkSupport:wmCustomer7": 3}
+        namespaces.add(report["namespace"])
+    assert len(namespaces) == 3
+    assert all(n.startswith("agent_history_replay.r") for n in namespaces)
+    with create_graph_store_sync(_sqlite(sqlite_env)) as store:
+        assert list(ChatHistory(store).keys()) == []  # production history untouched
+        for namespace in namespaces:
+            assert list(ChatHistory(store, namespace=namespace.split(".")).keys()) == []
+    kept = _invoke(["replay", str(sample)], sqlite_env)
+    assert kept.exit_code == 0 and "PASS" in kept.output
+    assert "history written to scratch namespace agent_history_replay.r" in kept.output
+    assert "removed (--keep keeps it)" in kept.output
+    keep = json.loads(_invoke(["replay", str(sample), "--keep", "--json"], sqlite_env).stdout)
+    with create_graph_store_sync(_sqlite(sqlite_env)) as store:
+        history = ChatHistory(store, namespace=keep["namespace"].split("."))
+        assert history.count("telegram:4242") == 6
+    no_ns = _invoke(["replay", str(sample), "--graph", "x:y"], sqlite_env)
+    assert no_ns.exit_code == 2 and "--graph needs --namespace" in no_ns.output
+
+
+def test_demo_tables_fit_80_columns(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "ORCHEO_GRAPH_STORE_SQLITE_PATH": str(tmp_path / "g.sqlite"),
+        "ORCHEO_CHECKPOINT_SQLITE_PATH": str(tmp_path / "c.sqlite"),
+        "COLUMNS": "200",  # tables take their natural width: none may need more than 80
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "agent_history.cli", "demo"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    table_lines = [line for line in done.stdout.splitlines() if line[:1] in "┏┃┡│└╭╰"]
+    assert len(table_lines) > 15
+    assert max(len(line) for line in table_lines) <= 80, max(table_lines, key=len)
+
+
+def test_unexpected_errors_are_one_line_without_a_traceback(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    broken = tmp_path / "store.sqlite"
+    broken.write_bytes(b"this is not a database" * 100)
+    env = {**os.environ, "ORCHEO_GRAPH_STORE_SQLITE_PATH": str(broken)}
+    env.pop("AGENT_HISTORY_DEBUG", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "agent_history.cli", "stats"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode in (2, 3), done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.startswith("error: ")
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+
+import typer
+
 from agent_history.cli import data, demo, doctor, replay  # noqa: F401  (registers commands)
-from agent_history.cli.app import app
+from agent_history.cli.app import app, guarded
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: no error leaves as a traceback (see `app.guarded`)."""
+    try:
+        guarded(app)()
+    except typer.Exit as done:
+        sys.exit(done.exit_code)

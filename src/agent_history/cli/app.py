@@ -1,17 +1,27 @@
-"""The Typer application, shared console and exit codes."""
+"""The Typer application, shared console, exit codes and the guard that turns any error
+into a one-line message and an exit code (never a traceback)."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Any, ParamSpec, TypeVar
 
+import psycopg
 import typer
 from langgraph.store.base import BaseStore
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from agent_history.errors import ConfigError, StoreUnavailable
+from agent_history.redaction import safe_error_text
 from agent_history.settings import HistorySettings
 from agent_history.stores import create_graph_store_sync
 
@@ -24,7 +34,10 @@ __all__ = [
     "console",
     "err_console",
     "fail",
+    "guarded",
     "open_store",
+    "plural",
+    "progress_bar",
 ]
 
 EXIT_OK = 0
@@ -37,8 +50,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class _StderrHandler(logging.Handler):
@@ -52,8 +65,26 @@ class _StderrHandler(logging.Handler):
             self.handleError(record)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        try:
+            number = package_version("agent-history")
+        except PackageNotFoundError:  # running from a source tree that is not installed
+            number = "unknown"
+        console.print(f"agent-history {number}", highlight=False)
+        raise typer.Exit(EXIT_OK)
+
+
 @app.callback()
-def _configure_logging() -> None:
+def _configure_logging(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
+) -> None:
     """Durable chat history for LangGraph agents: demo and operations."""
     # Warnings from the library go to stderr, one line each, in order with the output.
     # The level is the handler's: the library logger's own level stays the caller's.
@@ -62,6 +93,19 @@ def _configure_logging() -> None:
         handler = _StderrHandler(logging.WARNING)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         library.addHandler(handler)
+
+
+def plural(count: int, noun: str, plural_noun: str | None = None) -> str:
+    """``"1 conversation"``, ``"2 conversations"``."""
+    return f"{count} {noun if count == 1 else plural_noun or noun + 's'}"
+
+
+def progress_bar(verb: str, *, disable: bool = False, unit: str = "") -> Progress:
+    """A progress bar on stderr: ``verb ━━━━ 3/10 [unit counter]``."""
+    columns: list[Any] = [TextColumn(verb), BarColumn(), MofNCompleteColumn()]
+    if unit:
+        columns.append(TextColumn(f"{{task.fields[{unit}]}} {unit}"))
+    return Progress(*columns, console=err_console, disable=disable, transient=False)
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -73,7 +117,8 @@ def fail(message: str, code: int) -> typer.Exit:
 def load_settings(**overrides: object) -> HistorySettings:
     """Settings from the environment (plus overrides), exiting with code 2 when invalid."""
     try:
-        return HistorySettings(**{k: v for k, v in overrides.items() if v is not None})
+        values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+        return HistorySettings(**values)
     except ConfigError as exc:
         raise fail(str(exc), EXIT_CONFIG) from None
 
@@ -88,3 +133,42 @@ def open_store(settings: HistorySettings) -> Iterator[BaseStore]:
         raise fail(str(exc), EXIT_CONFIG) from None
     except StoreUnavailable as exc:
         raise fail(str(exc), EXIT_STORE) from None
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+DEBUG_VAR = "AGENT_HISTORY_DEBUG"
+
+
+def guarded(command: Callable[P, R]) -> Callable[P, R]:
+    """Run a command so that no error escapes as a traceback.
+
+    Configuration errors exit 2, an unreachable or failing store exits 3, anything else
+    exits 1; each with one line on stderr that names the error class (driver messages
+    can carry data: `redaction.safe_error_text` keeps what is safe).
+    ``AGENT_HISTORY_DEBUG=1`` re-raises.
+    """
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except Exception as exc:
+            if os.environ.get(DEBUG_VAR, "").strip() not in ("", "0"):
+                raise
+            if isinstance(exc, ConfigError):
+                raise fail(str(exc), EXIT_CONFIG) from None
+            if isinstance(exc, StoreUnavailable):
+                raise fail(str(exc), EXIT_STORE) from None
+            if isinstance(exc, psycopg.Error | sqlite3.Error):
+                raise fail(f"the store failed: {safe_error_text(exc)}", EXIT_STORE) from None
+            raise fail(
+                f"unexpected {safe_error_text(exc)} (set {DEBUG_VAR}=1 to see the traceback)",
+                EXIT_CHECK_FAILED,
+            ) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+
+    return run

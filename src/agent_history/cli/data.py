@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 from rich.table import Table
 
 from agent_history.cli.app import (
@@ -21,29 +24,67 @@ from agent_history.cli.app import (
     console,
     err_console,
     fail,
+    guarded,
     load_settings,
     open_store,
+    plural,
+    progress_bar,
 )
-from agent_history.history import ChatHistory
+from agent_history.history import ChatHistory, ConversationInfo
 from agent_history.keys import channel_of
+from agent_history.legacy import legacy_keys, migrate_legacy
+from agent_history.retention import PurgeReport, idle_conversations, purge_idle
 from agent_history.settings import Backend
-from agent_history.transfer import export_jsonl, import_jsonl, migrate_history
+from agent_history.transfer import (
+    MigrationReport,
+    export_jsonl,
+    import_jsonl,
+    migrate_history,
+)
 
-__all__ = ["delete", "export", "import_", "migrate", "purge", "show", "stats"]
+__all__ = ["delete", "export", "import_", "migrate", "parse_age", "purge", "show", "stats"]
 
+DEFAULT_NAMESPACE = "agent_chat_history"
 NamespaceOption = typer.Option(
-    "agent_chat_history", "--namespace", "-n", help="History namespace (dot-separated labels)."
+    DEFAULT_NAMESPACE, "--namespace", "-n", help="History namespace (dot-separated labels)."
 )
 
 
-def _namespace(value: str) -> tuple[str, ...]:
+def _namespace(value: str, option: str = "--namespace") -> tuple[str, ...]:
     labels = tuple(label for label in value.split(".") if label)
     if not labels:
-        raise fail("--namespace must not be empty", EXIT_CONFIG)
+        raise fail(f"{option} must not be empty", EXIT_CONFIG)
     return labels
 
 
+def _info(history: ChatHistory, key: str) -> ConversationInfo | None:
+    """The conversation's info; exits 2 for a key no conversation can have."""
+    try:
+        return history.info(key)
+    except ValueError as exc:
+        raise fail(f"invalid conversation key {key!r}: {exc}", EXIT_CONFIG) from None
+
+
+def _not_found(key: str, namespace: str) -> typer.Exit:
+    return fail(f"no conversation {key!r} in namespace {namespace!r}", EXIT_CHECK_FAILED)
+
+
+# --- export / import --------------------------------------------------------------------
+
+
+def _check_output(out: Path) -> None:
+    """Exit 2 with a clear reason when ``out`` cannot be written as a file."""
+    if out.is_dir():
+        raise fail(f"cannot write {out}: it is a directory", EXIT_CONFIG)
+    parent = out.parent
+    if not parent.is_dir():
+        raise fail(f"cannot write {out}: directory {parent} does not exist", EXIT_CONFIG)
+    if not os.access(parent, os.W_OK):
+        raise fail(f"cannot write {out}: directory {parent} is not writable", EXIT_CONFIG)
+
+
 @app.command()
+@guarded
 def export(
     key: list[str] = typer.Option(
         None, "--key", "-k", help="Only these conversations (repeatable)."
@@ -51,95 +92,255 @@ def export(
     namespace: str = NamespaceOption,
     out: Path = typer.Option(Path("-"), "--out", "-o", help="Output file; '-' for stdout."),
 ) -> None:
-    """Stream turns as JSON lines (one turn a line)."""
+    """Stream turns as JSON lines (one turn a line), with a progress bar on stderr."""
+    labels = _namespace(namespace)
+    to_stdout = str(out) == "-"
+    if not to_stdout:
+        _check_output(out)
     settings = load_settings()
     with open_store(settings) as store:
-        history = ChatHistory(store, namespace=_namespace(namespace))
-        if str(out) == "-":
-            conversations, turns = export_jsonl(history, sys.stdout, key or None)
+        history = ChatHistory(store, namespace=labels)
+        if key:
+            for wanted in key:
+                if _info(history, wanted) is None:
+                    raise _not_found(wanted, namespace)
+            keys = list(dict.fromkeys(key))
         else:
-            with out.open("w", encoding="utf-8") as handle:
-                conversations, turns = export_jsonl(history, handle, key or None)
-    err_console.print(f"exported {turns} turns of {conversations} conversations")
+            keys = list(history.keys())
+        with ExitStack() as stack:
+            bar = stack.enter_context(progress_bar("exporting", unit="turns"))
+            task = bar.add_task("export", total=len(keys), turns=0)
+
+            def advance(_key: str, turns: int) -> None:
+                bar.update(task, advance=1, turns=bar.tasks[task].fields["turns"] + turns)
+
+            if to_stdout:
+                conversations, turns = export_jsonl(history, sys.stdout, keys, on_progress=advance)
+            else:
+                conversations, turns = _export_file(history, out, keys, advance)
+    where = "" if to_stdout else f" to {out}"
+    err_console.print(
+        f"exported {plural(turns, 'turn')} of {plural(conversations, 'conversation')}{where}",
+        highlight=False,
+    )
+
+
+def _export_file(history: ChatHistory, out: Path, keys: list[str], advance: Any) -> tuple[int, int]:
+    """Export into a temporary file beside ``out``, renamed when complete (an interrupted
+    export never leaves a file that looks whole)."""
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        with partial.open("w", encoding="utf-8") as handle:
+            counts = export_jsonl(history, handle, keys, on_progress=advance)
+        partial.replace(out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise fail(f"cannot write {out}: {exc.strerror or exc}", EXIT_CONFIG) from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return counts
+
+
+def _read_lines(file: Path, bar: Progress, task: TaskID) -> Iterator[str]:
+    """The file's lines as text, advancing ``task`` by bytes read; a line that is not
+    UTF-8 becomes one that fails validation with its number."""
+    with file.open("rb") as handle:
+        for raw in handle:
+            bar.advance(task, len(raw))
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield '"not UTF-8 text"'
 
 
 @app.command("import")
+@guarded
 def import_(
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL from `export`."),
-    namespace: str = NamespaceOption,
+    file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, readable=True, help="JSONL from `export`."
+    ),
+    namespace: str = typer.Option(
+        None,
+        "--namespace",
+        "-n",
+        help="Every line must be of this namespace (default: each line's own namespace).",
+    ),
+    into: str = typer.Option(
+        None, "--into", help="Import a file of one namespace into this namespace instead."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable report."),
 ) -> None:
-    """Import an export; turns already present are skipped, so it can be re-run."""
+    """Validate an export, then import it; turns already present are skipped (re-runnable).
+
+    Each conversation goes to the namespace its lines name. Nothing is written when any
+    line is invalid; each problem is reported as ``line N: ...``.
+    """
+    if namespace is not None and into is not None:
+        raise fail("use --namespace or --into, not both", EXIT_CONFIG)
+    only = _namespace(namespace) if namespace is not None else None
+    target = _namespace(into, "--into") if into is not None else None
+    size = file.stat().st_size
     settings = load_settings()
-    with open_store(settings) as store, file.open(encoding="utf-8") as handle:
-        history = ChatHistory(store, namespace=_namespace(namespace))
-        try:
-            conversations, turns = import_jsonl(history, handle)
-        except (ValueError, KeyError) as exc:
-            raise fail(f"{file}: {exc}", EXIT_CHECK_FAILED) from None
-    console.print(f"imported {turns} new turns into {conversations} conversations")
+    with (
+        open_store(settings) as store,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            console=err_console,
+            disable=as_json,
+        ) as bar,
+    ):
+        checking = bar.add_task("checking ", total=size)
+        importing = bar.add_task("importing", total=size, start=False)
+        calls = 0
+
+        def lines() -> Iterator[str]:
+            nonlocal calls
+            calls += 1
+            task = checking if calls == 1 else importing
+            if task == importing:
+                bar.start_task(importing)
+            return _read_lines(file, bar, task)
+
+        plan, report = import_jsonl(store, lines, namespace=only, into=target)
+    if not plan.ok:
+        for problem in plan.errors:
+            err_console.print(f"{file}: {problem}", highlight=False, markup=False)
+        if plan.more_errors:
+            err_console.print(f"{file}: ... and {plural(plan.more_errors, 'more problem')}")
+        raise fail(f"{file} not imported: nothing was written", EXIT_CONFIG)
+    for problem in report.rejected:
+        err_console.print(f"{file}: {problem}", highlight=False, markup=False)
+    if as_json:
+        console.print_json(
+            json.dumps(
+                {
+                    "conversations": report.conversations,
+                    "turns_written": report.written,
+                    "turns_present": report.present,
+                    "rejected": report.rejected,
+                }
+            )
+        )
+    else:
+        console.print(
+            f"imported {plural(report.written, 'new turn')} into "
+            f"{plural(report.conversations, 'conversation')} "
+            f"({plural(report.present, 'turn')} already present)",
+            highlight=False,
+        )
+    if report.rejected:
+        raise fail(
+            f"{plural(len(report.rejected), 'conversation')} not imported", EXIT_CHECK_FAILED
+        )
+
+
+# --- migrate ----------------------------------------------------------------------------
 
 
 @app.command()
+@guarded
 def migrate(
-    from_backend: Backend = typer.Option(..., "--from-backend", help="Source backend."),
-    to_backend: Backend = typer.Option(..., "--to-backend", help="Target backend."),
+    from_backend: Backend = typer.Option(
+        None, "--from-backend", help="Source backend (default: the configured one)."
+    ),
+    to_backend: Backend = typer.Option(
+        None, "--to-backend", help="Target backend (default: the configured one)."
+    ),
     from_sqlite_path: Path = typer.Option(
         None, help="Source SQLite file (default: ORCHEO_GRAPH_STORE_SQLITE_PATH)."
     ),
     to_sqlite_path: Path = typer.Option(None, help="Target SQLite file."),
     namespace: str = NamespaceOption,
+    from_legacy: bool = typer.Option(
+        False,
+        "--from-legacy",
+        help="Copy the single-item layout ({'version', 'messages'} per key) into the log.",
+    ),
+    legacy_namespace: str = typer.Option(
+        DEFAULT_NAMESPACE, "--legacy-namespace", help="Namespace of the single-item layout."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable report."),
 ) -> None:
-    """Copy every conversation between backends, resumably, then verify counts and checksums."""
+    """Copy every conversation between backends (or from the single-item layout into the
+    log), resumably and without duplicates, then verify counts and checksums."""
+    if not from_legacy and (from_backend is None or to_backend is None):
+        raise fail("give --from-backend and --to-backend, or --from-legacy", EXIT_CONFIG)
     source_settings = load_settings(
-        graph_store_backend=from_backend.value, graph_store_sqlite_path=from_sqlite_path
+        graph_store_backend=from_backend.value if from_backend else None,
+        graph_store_sqlite_path=from_sqlite_path,
     )
     target_settings = load_settings(
-        graph_store_backend=to_backend.value, graph_store_sqlite_path=to_sqlite_path
+        graph_store_backend=to_backend.value if to_backend else None,
+        graph_store_sqlite_path=to_sqlite_path,
     )
-    if source_settings.describe() == target_settings.describe():
+    same = source_settings.describe() == target_settings.describe()
+    if same and not from_legacy:
         raise fail("source and target are the same store", EXIT_CONFIG)
     labels = _namespace(namespace)
-    with open_store(source_settings) as source_store, open_store(target_settings) as target_store:
-        source = ChatHistory(source_store, namespace=labels)
+    legacy_labels = _namespace(legacy_namespace, "--legacy-namespace")
+    with ExitStack() as stack:
+        source_store = stack.enter_context(open_store(source_settings))
+        target_store = source_store if same else stack.enter_context(open_store(target_settings))
         target = ChatHistory(target_store, namespace=labels)
-        keys = list(source.keys())
-        with Progress(
-            TextColumn("migrating"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[turns]} turns"),
-            console=err_console,
-            disable=as_json,
-        ) as progress:
-            task = progress.add_task("migrate", total=len(keys), turns=0)
-            copied = 0
+        if from_legacy:
+            keys = list(legacy_keys(source_store, legacy_labels))
+        else:
+            source = ChatHistory(source_store, namespace=labels)
+            keys = list(source.keys())
+        with progress_bar("migrating", disable=as_json, unit="turns") as bar:
+            task = bar.add_task("migrate", total=len(keys), turns=0)
 
             def advance(_key: str, turns: int) -> None:
-                nonlocal copied
-                copied += turns
-                progress.update(task, advance=1, turns=copied)
+                bar.update(task, advance=1, turns=bar.tasks[task].fields["turns"] + turns)
 
-            result = migrate_history(source, target, keys=keys, on_progress=advance)
-    mismatches = [c.key for c in result.checks if not c.matches]
-    summary = {
-        "conversations": result.conversations,
-        "turns_copied": result.turns_copied,
-        "verified": result.ok,
-        "mismatches": mismatches,
+            if from_legacy:
+                result = migrate_legacy(
+                    source_store, target, namespace=legacy_labels, keys=keys, on_progress=advance
+                )
+            else:
+                result = migrate_history(source, target, keys=keys, on_progress=advance)
+    _migration_summary(result, as_json)
+
+
+def _migration_summary(result: MigrationReport, as_json: bool) -> None:
+    problems = {
+        check.key: check.problem or "the copy differs from the source (count or checksum)"
+        for check in result.checks
+        if not check.matches
     }
     if as_json:
+        summary = {
+            "conversations": result.conversations,
+            "turns_copied": result.turns_copied,
+            "verified": result.ok,
+            "mismatches": list(problems),
+            "problems": problems,
+        }
         console.print_json(json.dumps(summary))
     else:
+        verdict = "all counts and checksums match" if result.ok else "MISMATCH"
         console.print(
-            f"migrated {result.conversations} conversations, {result.turns_copied} turns copied; "
-            f"verification: {'all counts and checksums match' if result.ok else 'MISMATCH'}"
+            f"migrated {plural(result.conversations, 'conversation')}, "
+            f"{plural(result.turns_copied, 'turn')} copied; verification: {verdict}",
+            highlight=False,
         )
-    if not result.ok:
-        raise fail(f"verification failed for {', '.join(mismatches)}", EXIT_CHECK_FAILED)
+    for key, problem in problems.items():
+        err_console.print(f"{key}: {problem}", highlight=False, markup=False)
+    if problems:
+        raise fail(
+            f"verification failed for {plural(len(problems), 'conversation')}",
+            EXIT_CHECK_FAILED,
+        )
+
+
+# --- inspection -------------------------------------------------------------------------
 
 
 @app.command()
+@guarded
 def stats(namespace: str = NamespaceOption, as_json: bool = typer.Option(False, "--json")) -> None:
     """Conversations, turns, the largest conversation, and counts per channel."""
     settings = load_settings()
@@ -177,10 +378,11 @@ def stats(namespace: str = NamespaceOption, as_json: bool = typer.Option(False, 
     table.add_row("[bold]total", str(summary["conversations"]), str(total))
     console.print(table)
     if largest:
-        console.print(f"largest: {largest[0]} ({largest[1]} turns)")
+        console.print(f"largest: {largest[0]} ({plural(largest[1], 'turn')})", highlight=False)
 
 
 @app.command()
+@guarded
 def show(
     key: str = typer.Argument(..., help="Conversation key."),
     last: int = typer.Option(20, "--last", "-l", min=1, help="How many of the newest turns."),
@@ -191,8 +393,10 @@ def show(
     settings = load_settings()
     with open_store(settings) as store:
         history = ChatHistory(store, namespace=_namespace(namespace))
+        info = _info(history, key)
+        if info is None:
+            raise _not_found(key, namespace)
         turns = history.tail_turns(key, last)
-        total = history.count(key)
     if as_json:
         console.print_json(
             json.dumps(
@@ -203,10 +407,9 @@ def show(
             )
         )
         return
-    if not turns:
-        console.print(f"no turns stored under {key}")
-        return
-    console.print(f"[bold]{key}[/]: last {len(turns)} of {total} turns", highlight=False)
+    console.print(
+        f"[bold]{key}[/]: last {len(turns)} of {plural(info.turns, 'turn')}", highlight=False
+    )
     for turn in turns:
         text = (
             turn.content
@@ -216,19 +419,37 @@ def show(
         console.print(f"{turn.seq:>6} {turn.role:<9} {text}", highlight=False, markup=False)
 
 
+# --- deletion and retention -------------------------------------------------------------
+
+
+def _confirm(question: str) -> None:
+    """Ask on stderr; exit 1 when the answer is no or there is nobody to answer."""
+    try:
+        agreed = typer.confirm(question, err=True)
+    except (typer.Abort, EOFError):
+        agreed = False
+    if not agreed:
+        raise fail("not confirmed; nothing deleted (--yes skips the question)", EXIT_CHECK_FAILED)
+
+
 @app.command()
+@guarded
 def delete(
     key: str = typer.Argument(..., help="Conversation key."),
     namespace: str = NamespaceOption,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Delete one conversation."""
-    if not yes and not typer.confirm(f"delete every turn of {key}?"):
-        raise typer.Exit(EXIT_CHECK_FAILED)
     settings = load_settings()
     with open_store(settings) as store:
-        removed = ChatHistory(store, namespace=_namespace(namespace)).delete(key)
-    console.print(f"deleted {removed} turns of {key}")
+        history = ChatHistory(store, namespace=_namespace(namespace))
+        info = _info(history, key)
+        if info is None:
+            raise _not_found(key, namespace)
+        if not yes:
+            _confirm(f"delete conversation {key} ({plural(info.turns, 'turn')})?")
+        removed = history.delete(key)
+    console.print(f"deleted {plural(removed, 'turn')} of {key}", highlight=False)
 
 
 _AGE = re.compile(r"^(\d+)([smhdw])$")
@@ -240,44 +461,83 @@ def parse_age(text: str) -> timedelta:
     match = _AGE.match(text.strip())
     if not match:
         raise fail(f"--older-than must look like 30d, 12h, 90m, 2w (got {text!r})", EXIT_CONFIG)
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:
+        raise fail(f"--older-than is too large (got {text!r})", EXIT_CONFIG) from None
+
+
+def _print_listing(doomed: list[ConversationInfo], since: str) -> None:
+    console.print(
+        f"{plural(len(doomed), 'conversation')} idle since before {since}"
+        + (":" if doomed else ""),
+        highlight=False,
+    )
+    for info in doomed:
+        console.print(
+            f"  {info.key} ({plural(info.turns, 'turn')}, last write {info.updated_at})",
+            highlight=False,
+            markup=False,
+        )
 
 
 @app.command()
+@guarded
 def purge(
     older_than: str = typer.Option(
         ..., "--older-than", help="Delete conversations idle longer than this (e.g. 30d)."
     ),
     namespace: str = NamespaceOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be deleted."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Retention: delete conversations whose newest turn is older than the given age."""
-    cutoff = datetime.now(UTC) - parse_age(older_than)
+    """Retention: delete conversations whose newest turn is older than the given age.
+
+    Lists what it will delete first and asks before deleting (``--yes`` skips the
+    question). Each conversation's age is checked again under its lock as it is deleted:
+    one written to since the listing is kept.
+    """
+    try:
+        cutoff = datetime.now(UTC) - parse_age(older_than)
+    except OverflowError:
+        raise fail(f"--older-than is too large (got {older_than!r})", EXIT_CONFIG) from None
+    since = cutoff.isoformat(timespec="seconds")
     settings = load_settings()
-    doomed: list[tuple[str, int, str]] = []
+    report = PurgeReport()
     with open_store(settings) as store:
         history = ChatHistory(store, namespace=_namespace(namespace))
-        for key in list(history.keys()):
-            info = history.info(key)
-            if info and datetime.fromisoformat(info.updated_at) < cutoff:
-                doomed.append((key, info.turns, info.updated_at))
-                if not dry_run:
-                    history.delete(key)
+        doomed = idle_conversations(history, cutoff)
+        if not as_json:
+            _print_listing(doomed, since)
+        if doomed and not dry_run:
+            if not yes:
+                turns = sum(info.turns for info in doomed)
+                _confirm(
+                    f"delete {plural(len(doomed), 'conversation')} "
+                    f"({plural(turns, 'turn')}) idle since before {since}?"
+                )
+            report = purge_idle(history, [info.key for info in doomed], cutoff)
+    kept = report.kept
+    deleted = report.deleted
     if as_json:
+        listed = doomed if dry_run else deleted
         console.print_json(
             json.dumps(
                 {
                     "dry_run": dry_run,
                     "conversations": [
-                        {"key": k, "turns": n, "updated_at": u} for k, n, u in doomed
+                        {"key": i.key, "turns": i.turns, "updated_at": i.updated_at} for i in listed
                     ],
+                    "kept_written_since": kept,
                 }
             )
         )
         return
+    for key in kept:
+        console.print(f"kept {key}: written to since the listing", highlight=False, markup=False)
+    count = len(doomed) if dry_run else len(deleted)
     verb = "would delete" if dry_run else "deleted"
-    for key, turns, updated in doomed:
-        console.print(f"{verb} {key} ({turns} turns, last update {updated})", highlight=False)
-    since = cutoff.isoformat(timespec="seconds")
-    console.print(f"{verb} {len(doomed)} conversations idle since before {since}")
+    console.print(
+        f"{verb} {plural(count, 'conversation')} idle since before {since}", highlight=False
+    )

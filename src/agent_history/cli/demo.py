@@ -94,15 +94,11 @@ def demo() -> None:
         )
 
         telegram_key = f"telegram:{TELEGRAM_CHAT}"
-        toggles_table = Table(title="rollback toggles, flipped between runs of the same workflow")
-        for column in (
-            "ORCHEO_GRAPH_CHAT_HISTORY_MODE",
-            "turns read",
-            "payload",
-            "appended",
-            "stored now",
-        ):
-            toggles_table.add_column(column)
+        toggles_table = Table(
+            title="ORCHEO_GRAPH_CHAT_HISTORY_MODE, flipped between runs of the same workflow"
+        )
+        for column in ("mode", "turns read", "payload", "appended", "stored now", "shadow diff"):
+            toggles_table.add_column(column, justify="left" if column == "mode" else "right")
         for mode in ("off", "read_only", "shadow", "read_write"):
             mode_reports: list[HistoryReport] = []
             toggled = _graph(
@@ -110,21 +106,20 @@ def demo() -> None:
             )
             _run(toggled, _callback(SCRIPT[0][1], f"message in {mode} mode"))
             report = mode_reports[-1]
-            shadow = (
-                ""
-                if report.shadow_difference is None
-                else f" (differs from stored: {report.shadow_difference})"
-            )
+            differs = report.shadow_difference
             toggles_table.add_row(
-                mode, str(report.stored_read), f"{report.payload_messages}{shadow}",
+                mode, str(report.stored_read), str(report.payload_messages),
                 str(report.appended), str(history.count(telegram_key)),
+                "-" if differs is None else ("yes" if differs else "no"),
             )  # fmt: skip
         console.print(toggles_table)
 
         transcript = [
             f"{t.seq}. {t.role}: {t.content}" for t in history.tail_turns(telegram_key, 4)
         ]
-        console.print(Panel("\n".join(transcript), title=f"newest turns of {telegram_key}"))
+        console.print(
+            Panel("\n".join(transcript), title=f"newest turns of {telegram_key}", expand=False)
+        )
     where = settings.describe()
     location = (
         where.get("graph_store_sqlite_path") or where.get("postgres") or "memory (gone on exit)"
@@ -135,6 +130,8 @@ def demo() -> None:
     )
     console.print("look at it with:", highlight=False)
     program = "agent-history" if shutil.which("agent-history") else sys.argv[0]
+    if program.endswith("__main__.py"):
+        program = f"{sys.executable} -m agent_history.cli"
     for command in (
         f"{program} stats -n {NAMESPACE}",
         f"{program} show {telegram_key} -n {NAMESPACE} --last 10",

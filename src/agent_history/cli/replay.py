@@ -13,17 +13,22 @@ from agent_history.cli.app import (
     EXIT_CONFIG,
     app,
     console,
+    err_console,
     fail,
+    guarded,
     load_settings,
     open_store,
+    plural,
 )
-from agent_history.replay import load_graph, read_records
+from agent_history.history import ChatHistory
+from agent_history.replay import load_graph, read_records, scratch_namespace
 from agent_history.replay import replay as run_replay
 
 __all__ = ["replay"]
 
 
 @app.command()
+@guarded
 def replay(
     file: Path = typer.Argument(
         ..., exists=True, dir_okay=False, help="JSONL: one callback (inputs/results) a line."
@@ -34,25 +39,58 @@ def replay(
     max_messages: int = typer.Option(
         30, "--max-messages", min=1, help="Window of the reference workflow."
     ),
-    namespace: str = typer.Option("agent_chat_history", "--namespace", "-n"),
+    namespace: str = typer.Option(
+        None,
+        "--namespace",
+        "-n",
+        help="Where the runs store history (default: a fresh scratch namespace, "
+        "removed afterwards). Required with --graph: the namespace your graph uses.",
+    ),
+    keep: bool = typer.Option(False, "--keep", help="Keep the scratch namespace afterwards."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Replay callbacks as separate runs; check continuity, degradation, window, durability."""
+    """Replay callbacks as separate runs; check continuity, degradation, window, durability.
+
+    By default the runs write into a fresh scratch namespace of the configured store,
+    never into the production history, and the scratch namespace is removed afterwards.
+    """
+    if graph and namespace is None:
+        raise fail(
+            "--graph needs --namespace: the namespace your graph stores history in", EXIT_CONFIG
+        )
+    scratch = namespace is None
+    labels = scratch_namespace() if scratch else tuple(p for p in namespace.split(".") if p)
+    if not labels:
+        raise fail("--namespace must not be empty", EXIT_CONFIG)
     try:
         factory = load_graph(graph) if graph else None
         with file.open(encoding="utf-8") as handle:
             records = list(read_records(handle))
     except (ValueError, TypeError, ImportError, AttributeError) as exc:
         raise fail(str(exc), EXIT_CONFIG) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(f"cannot read {file}: {type(exc).__name__}", EXIT_CONFIG) from None
     settings = load_settings()
     with open_store(settings) as store:
-        report = run_replay(records, store, factory, max_messages=max_messages, namespace=namespace)
+        try:
+            report = run_replay(
+                records, store, factory, max_messages=max_messages, namespace=labels
+            )
+        finally:
+            if scratch and not keep:
+                history = ChatHistory(store, namespace=labels)
+                for key in list(history.keys()):
+                    history.delete(key)
+    where = ".".join(labels)
+    removed = scratch and not keep
     if as_json:
         console.print_json(
             json.dumps(
                 {
                     "runs": report.runs,
                     "ok": report.ok,
+                    "namespace": where,
+                    "kept": not removed,
                     "identities": report.identities,
                     "keyless_runs": sum(1 for r in report.reports if r.key is None),
                     "checks": [
@@ -62,7 +100,7 @@ def replay(
             )
         )
     else:
-        table = Table(title=f"replayed {report.runs} callbacks from {file.name}")
+        table = Table(title=f"replayed {plural(report.runs, 'callback')} from {file.name}")
         table.add_column("check")
         table.add_column("result")
         table.add_column("detail")
@@ -75,5 +113,10 @@ def replay(
                 console.print(
                     f"run without a valid key: rejected {rejected} -> in-memory", highlight=False
                 )
+        if removed:
+            note = f"history written to scratch namespace {where}, removed (--keep keeps it)"
+        else:
+            note = f"history written to namespace {where}"
+        err_console.print(note, highlight=False, markup=False)
     if not report.ok:
         raise typer.Exit(EXIT_CHECK_FAILED)
