@@ -202,7 +202,7 @@ def test_every_entry_point_gives_a_key_the_same_verdict(
     history = ChatHistory(persistent_store, namespace=("iso", "k" + uuid.uuid4().hex[:12]))
     verdicts: dict[str, str | None] = {}
 
-    @settings(deadline=None, max_examples=examples(200), database=None)
+    @settings(deadline=None, max_examples=examples(240), database=None)
     @given(key=ANY_KEY)
     def check(key: str) -> None:
         reason = validate_history_key(key)

@@ -363,3 +363,15 @@ def test_replace_filter_refuses_to_grow_past_any_key() -> None:
     bomb = "{{ 'aaaaaaaaaa'" + " | replace('', 'aaaaaaaaaa')" * 3 + " }}"
     [rejection] = resolve_history_key({}, candidates=[bomb]).rejected
     assert rejection.reason == KeyRejectReason.TOO_LONG
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{{ inputs }}", "{{ inputs.message }}", "room:{{ inputs.tags }}", "{{ inputs.keys }}"],
+)
+def test_values_that_are_not_text_or_numbers_never_become_keys(template: str) -> None:
+    # Any text is a key now, so a mapping's or a method's repr would be one: refused instead.
+    state = {"inputs": {"message": {"text": "hi"}, "tags": ["a", "b"]}}
+    resolution = resolve_history_key(state, candidates=[template])
+    assert resolution.key is None
+    assert [r.reason for r in resolution.rejected] == [R.RENDER_ERROR]
