@@ -7,6 +7,7 @@ resolution, toggles, the tail read, merging, and the append.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +24,14 @@ from benchmarks.workload import synthetic_turns
 __all__ = ["AGENT_KEY", "run_agent_overhead"]
 
 AGENT_KEY = "telegram:42"
-_INPUT = {"inputs": {"platform": "telegram", "message": {"chat_id": 42, "text": "hi"}}}
+
+
+def _input(n: int) -> dict[str, Any]:
+    """A Telegram callback with a new message (text and id) each time: a repeated one
+    would be recognised as a re-delivery and append nothing."""
+    message = {"chat_id": 42, "text": f"hi #{n}", "message_id": n}
+    return {"inputs": {"platform": "telegram", "message": message}}
+
 
 Log = Callable[[str], None]
 
@@ -64,6 +72,7 @@ def run_agent_overhead(
         return [], f"AgentNode overhead skipped: {exc}"
     history = ChatHistory(store)
     rows: list[dict[str, Any]] = []
+    counter = itertools.count(1)
     for length in cfg.agent_lengths:
 
         def populate(length: int = length) -> None:
@@ -84,8 +93,9 @@ def run_agent_overhead(
                     populate()
                     rebuilds += 1
                 for graph, samples in ((without, off), (with_history, on)):
+                    state = _input(next(counter))
                     t0 = time.perf_counter_ns()
-                    graph.invoke(_INPUT)
+                    graph.invoke(state)
                     elapsed = time.perf_counter_ns() - t0
                     if i >= cfg.warmup:
                         samples.append(elapsed)

@@ -5,11 +5,14 @@ from __future__ import annotations
 __all__ = [
     "AgentHistoryError",
     "ConfigError",
+    "InvalidArgument",
     "InvalidKey",
     "InvalidMessage",
     "InvalidNamespace",
     "KeyResolutionError",
+    "StoreTimeout",
     "StoreUnavailable",
+    "SyncCallInEventLoop",
     "WriteConflict",
 ]
 
@@ -46,6 +49,11 @@ class InvalidKey(KeyResolutionError):
         )
 
 
+class InvalidArgument(AgentHistoryError, ValueError):
+    """A history call was given an argument it cannot use (a chunk size below 1, a
+    reserved value field, an unknown scope, ids that do not match the messages)."""
+
+
 class InvalidNamespace(AgentHistoryError, ValueError):
     """A history namespace label was rejected: every label must be a non-empty string
     without ``.`` (the SQL stores join labels with ``.``) or control characters."""
@@ -56,6 +64,16 @@ class StoreUnavailable(AgentHistoryError, ConnectionError):
 
     The message describes the target (host, port, database) without secrets.
     """
+
+
+class StoreTimeout(AgentHistoryError, TimeoutError):
+    """A store call reached its time budget. It was stopped (statement interrupted, lock
+    wait ended, or the connection shut down and dropped from its pool), not left running."""
+
+
+class SyncCallInEventLoop(AgentHistoryError, RuntimeError):
+    """A sync history method was called on the event loop an async store runs on (it
+    would wait for that loop forever); use the ``a*`` method there."""
 
 
 class WriteConflict(AgentHistoryError, RuntimeError):

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from langgraph.store.base import BaseStore
 
-from agent_history.budget import call_with_budget
-from agent_history.stores import backend_of
+from agent_history.budget import deadline_after
+from agent_history.history.drivers import driver_for
+from agent_history.history.steps import head_steps
 from agent_history.toggles import DEFAULT_TOGGLES, BreakerState, HistoryMode, HistoryToggles
 
 __all__ = ["HealthReport", "acheck_health", "check_health"]
@@ -49,9 +49,11 @@ def _verdict(details: dict[str, Any]) -> Status:
 
 def _base_details(store: BaseStore, toggles: HistoryToggles) -> dict[str, Any]:
     config = toggles.current()
-    backend = backend_of(store)
+    driver = driver_for(store)
+    backend = driver.backend
     return {
         "backend": backend,
+        "history_driver": driver.describe(),
         "mode": config.mode.value,
         "disabled_nodes": sorted(config.disabled_nodes),
         "breaker": toggles.breaker_for(store, backend).state.value,
@@ -62,14 +64,16 @@ def _base_details(store: BaseStore, toggles: HistoryToggles) -> dict[str, Any]:
 def check_health(
     store: BaseStore | None, *, toggles: HistoryToggles | None = None, budget: float = 2.0
 ) -> HealthReport:
-    """Probe the store (one bounded read) and report mode, breaker and schema state."""
+    """Probe the store (one read through the history driver, stopped at ``budget``
+    seconds) and report mode, breaker, driver and schema state."""
     toggles = toggles or DEFAULT_TOGGLES
     if store is None:
         return HealthReport("down", {"store_reachable": False, "error": "no store configured"})
     details = _base_details(store, toggles)
     started = time.perf_counter()
     try:
-        call_with_budget(lambda: store.get(_PROBE_NAMESPACE, "probe"), budget)
+        with deadline_after(budget):
+            driver_for(store).read(_PROBE_NAMESPACE, head_steps())
         details.update(store_reachable=True)
     except Exception as exc:
         details.update(store_reachable=False, error=type(exc).__name__)
@@ -87,7 +91,8 @@ async def acheck_health(
     details = _base_details(store, toggles)
     started = time.perf_counter()
     try:
-        await asyncio.wait_for(store.aget(_PROBE_NAMESPACE, "probe"), budget)
+        with deadline_after(budget):
+            await driver_for(store).aread(_PROBE_NAMESPACE, head_steps())
         details.update(store_reachable=True)
     except Exception as exc:
         details.update(store_reachable=False, error=type(exc).__name__)

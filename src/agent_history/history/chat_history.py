@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import random
-import time
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from langchain_core.messages import BaseMessage
 from langgraph.store.base import BaseStore, GetOp
-from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
-from langgraph.store.sqlite import SqliteStore
-from langgraph.store.sqlite.aio import AsyncSqliteStore
 
-from agent_history.errors import AgentHistoryError, InvalidMessage, WriteConflict
+from agent_history.budget import deadline_after
+from agent_history.errors import AgentHistoryError, InvalidArgument, InvalidMessage
 from agent_history.history.bulk import (
     ImportConflict,
     ImportedTurn,
@@ -32,28 +27,16 @@ from agent_history.history.codec import (
     messages_of,
     quarantine,
 )
-from agent_history.history.layout import HEAD_KEY, PendingTurn, msgid_key
+from agent_history.history.drivers import AppendRequest, HistoryDriver, driver_for
+from agent_history.history.layout import HEAD_KEY, PendingTurn
 from agent_history.history.naming import conversation_namespace, key_of_label, validate_namespace
 from agent_history.history.records import AppendResult, ConversationInfo, Turn
 from agent_history.history.steps import (
-    Get,
-    Put,
     Steps,
-    append_steps,
     delete_steps,
-    drive,
-    drive_async,
     head_steps,
     read_steps,
     tail_steps,
-)
-from agent_history.history.transactions import (
-    async_reader,
-    async_transaction,
-    is_atomic,
-    store_perform,
-    sync_reader,
-    sync_transaction,
 )
 from agent_history.messages import MessageLike
 
@@ -62,7 +45,6 @@ __all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_NAMESPACE", "ChatHistory"]
 DEFAULT_NAMESPACE: tuple[str, ...] = ("agent_chat_history",)
 DEFAULT_CHUNK_SIZE = 32
 _READ_BATCH_CHUNKS = 16
-_BEST_EFFORT_ATTEMPTS = 4
 _KEYS_PAGE = 500
 _RESERVED_FIELDS = frozenset({"seq", "role", "id", "ts", "enc", "type", "lc"})
 
@@ -89,7 +71,7 @@ def to_pending(
             is not text; nothing is written.
     """
     if message_ids is not None and len(message_ids) != len(messages):
-        raise ValueError("message_ids must have one entry per message")
+        raise InvalidArgument("message_ids must have one entry per message")
     turns = [m for m in messages if isinstance(m, Turn)]
     if turns and len(turns) != len(messages):
         raise InvalidMessage("messages must be all Turns or all messages, not a mix")
@@ -118,9 +100,13 @@ class ChatHistory:
     """An append-only chat log per conversation key, stored in a LangGraph `BaseStore`.
 
     Tail reads touch the head and the one or two newest chunks, whatever the length of
-    the conversation. Appends are atomic per conversation (see `transactions`), and a
-    turn whose message id is already stored is skipped, so re-delivered callbacks are
-    stored once.
+    the conversation. Appends are atomic per conversation, and a turn whose message id
+    is already stored is skipped, so re-delivered callbacks are stored once. The store's
+    driver (`drivers.driver_for`), chosen once, does the I/O: SQL of its own on SQLite
+    and PostgreSQL, the store's ``batch`` elsewhere.
+
+    Reads and writes take an optional ``budget`` (seconds): the call then returns or
+    raises `StoreTimeout` by then, and nothing it started is left running.
 
     Args:
         store: Any LangGraph store; SQLite and PostgreSQL stores get cross-process atomic
@@ -142,12 +128,13 @@ class ChatHistory:
         scope: HistoryScope = "turns",
     ) -> None:
         if chunk_size < 1:
-            raise ValueError("chunk_size must be >= 1")
+            raise InvalidArgument("chunk_size must be >= 1")
         if not value_field or value_field in _RESERVED_FIELDS:
-            raise ValueError(f"value_field {value_field!r} is empty or reserved")
+            raise InvalidArgument(f"value_field {value_field!r} is empty or reserved")
         if scope not in ("turns", "full"):
-            raise ValueError(f"scope must be 'turns' or 'full' (got {scope!r})")
+            raise InvalidArgument(f"scope must be 'turns' or 'full' (got {scope!r})")
         self.store = store
+        self._driver: HistoryDriver = driver_for(store)
         self.namespace = tuple(namespace)
         self.chunk_size = chunk_size
         self.value_field = value_field
@@ -163,52 +150,49 @@ class ChatHistory:
         """
         return conversation_namespace(self.namespace, key)
 
-    # --- dispatch between sync and async stores ------------------------------------------
+    # --- the driver: procedures run atomically, or as reads -----------------------------------
 
-    def _sync_only(self) -> bool:
-        return isinstance(self.store, SqliteStore | PostgresStore)
+    def _run_atomic(self, key: str, steps: Steps[T], *, budget: float | None = None) -> T:
+        """Run the step procedure ``steps`` on conversation ``key`` as one atomic unit of
+        work (the store's transaction, or its driver's lock), within ``budget`` seconds."""
+        namespace = self.conversation_namespace(key)
+        with deadline_after(budget):
+            return self._driver.run(namespace, steps)
 
-    def _async_only(self) -> bool:
-        return isinstance(self.store, AsyncSqliteStore | AsyncPostgresStore)
+    async def _arun_atomic(self, key: str, steps: Steps[T], *, budget: float | None = None) -> T:
+        """Async `_run_atomic`."""
+        namespace = self.conversation_namespace(key)
+        with deadline_after(budget):
+            return await self._driver.arun(namespace, steps)
 
-    def _on_store_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        loop = getattr(self.store, "loop", None) or getattr(self.store, "_loop", None)
-        if not isinstance(loop, asyncio.AbstractEventLoop):
-            coro.close()
-            raise RuntimeError("async store has no event loop")
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            coro.close()
-            raise RuntimeError("use the async methods (atail, aappend, ...) inside the event loop")
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+    def _read(self, key: str, steps: Steps[T], budget: float | None = None) -> T:
+        namespace = self.conversation_namespace(key)
+        with deadline_after(budget):
+            return self._driver.read(namespace, steps)
+
+    async def _aread(self, key: str, steps: Steps[T], budget: float | None = None) -> T:
+        namespace = self.conversation_namespace(key)
+        with deadline_after(budget):
+            return await self._driver.aread(namespace, steps)
 
     # --- reads ---------------------------------------------------------------------------
 
-    def tail_turns(self, key: str, n: int) -> list[Turn]:
-        """The newest ``n`` stored turns, oldest first."""
-        if self._async_only():
-            return self._on_store_loop(self.atail_turns(key, n))
-        perform = sync_reader(self.store, self.conversation_namespace(key))
-        return drive(tail_steps(n, self.value_field, self.chunk_size), perform)
+    def tail_turns(self, key: str, n: int, *, budget: float | None = None) -> list[Turn]:
+        """The newest ``n`` stored turns, oldest first (within ``budget`` seconds)."""
+        return self._read(key, tail_steps(n, self.value_field, self.chunk_size), budget)
 
-    async def atail_turns(self, key: str, n: int) -> list[Turn]:
+    async def atail_turns(self, key: str, n: int, *, budget: float | None = None) -> list[Turn]:
         """Async `tail_turns`."""
-        if self._sync_only():
-            return await asyncio.to_thread(self.tail_turns, key, n)
-        perform = async_reader(self.store, self.conversation_namespace(key))
-        return await drive_async(tail_steps(n, self.value_field, self.chunk_size), perform)
+        return await self._aread(key, tail_steps(n, self.value_field, self.chunk_size), budget)
 
-    def tail(self, key: str, n: int) -> list[BaseMessage]:
+    def tail(self, key: str, n: int, *, budget: float | None = None) -> list[BaseMessage]:
         """The newest ``n`` turns as LangChain messages, oldest first (a stored turn that
         cannot be read is skipped and reported, see `codec.quarantine`)."""
-        return self.to_messages(self.tail_turns(key, n), key)
+        return self.to_messages(self.tail_turns(key, n, budget=budget), key)
 
-    async def atail(self, key: str, n: int) -> list[BaseMessage]:
+    async def atail(self, key: str, n: int, *, budget: float | None = None) -> list[BaseMessage]:
         """Async `tail`."""
-        return self.to_messages(await self.atail_turns(key, n), key)
+        return self.to_messages(await self.atail_turns(key, n, budget=budget), key)
 
     def to_messages(self, turns: Sequence[Turn], key: str = "") -> list[BaseMessage]:
         """Stored turns as LangChain messages, skipping (and reporting) unreadable ones."""
@@ -222,9 +206,7 @@ class ChatHistory:
 
     def read(self, key: str, *, start_seq: int = 1) -> Iterator[Turn]:
         """Stream the whole transcript from ``start_seq`` on, a few chunks at a time."""
-        if self._async_only():
-            raise RuntimeError("use aread() with an async store")
-        perform = sync_reader(self.store, self.conversation_namespace(key))
+        perform = self._driver.reader(self.conversation_namespace(key))
         steps = read_steps(start_seq, _READ_BATCH_CHUNKS, self.value_field)
         try:
             item = next(steps)
@@ -239,7 +221,7 @@ class ChatHistory:
 
     async def aread(self, key: str, *, start_seq: int = 1) -> AsyncIterator[Turn]:
         """Async `read`."""
-        perform = self._aperform_reads(key)
+        perform = self._driver.areader(self.conversation_namespace(key))
         steps = read_steps(start_seq, _READ_BATCH_CHUNKS, self.value_field)
         try:
             item = next(steps)
@@ -253,28 +235,13 @@ class ChatHistory:
         except StopIteration:
             return
 
-    def _aperform_reads(self, key: str) -> Any:
-        namespace = self.conversation_namespace(key)
-        if not self._sync_only():
-            return async_reader(self.store, namespace)
-        sync_perform = sync_reader(self.store, namespace)
-
-        async def perform(request: Get) -> Any:
-            return await asyncio.to_thread(sync_perform, request)
-
-        return perform
-
-    def info(self, key: str) -> ConversationInfo | None:
+    def info(self, key: str, *, budget: float | None = None) -> ConversationInfo | None:
         """Turn count and timestamps of a conversation, None when it does not exist."""
-        if self._async_only():
-            return self._on_store_loop(self.ainfo(key))
-        head = drive(head_steps(), sync_reader(self.store, self.conversation_namespace(key)))
-        return _info(key, head)
+        return _info(key, self._read(key, head_steps(), budget))
 
-    async def ainfo(self, key: str) -> ConversationInfo | None:
+    async def ainfo(self, key: str, *, budget: float | None = None) -> ConversationInfo | None:
         """Async `info`."""
-        head = await drive_async(head_steps(), self._aperform_reads(key))
-        return _info(key, head)
+        return _info(key, await self._aread(key, head_steps(), budget))
 
     def count(self, key: str) -> int:
         """Number of stored turns in the conversation."""
@@ -348,6 +315,7 @@ class ChatHistory:
         message_ids: Sequence[str | None] | None = None,
         anchor_id: str | None = None,
         anchor_next: str | None = None,
+        budget: float | None = None,
     ) -> AppendResult:
         """Append messages atomically, with every field they carry.
 
@@ -361,32 +329,23 @@ class ChatHistory:
             anchor_next: The id of the first message the run produced after it. When the
                 anchor is already stored by a run with another token, nothing is written
                 (a re-delivered exchange); passes of one run share the token.
+            budget: Seconds the call may take (None: no limit of its own).
 
         Returns:
             What was written: counts, first and last sequence numbers, new total.
 
         Raises:
             InvalidMessage: a message cannot be stored exactly; nothing is written.
+            StoreTimeout: ``budget`` passed; the append was stopped (if it had been
+                committed, appending the same ids again stores nothing twice).
         """
-        if self._async_only():
-            return self._on_store_loop(
-                self.aappend(
-                    key,
-                    messages,
-                    message_ids=message_ids,
-                    anchor_id=anchor_id,
-                    anchor_next=anchor_next,
-                )
-            )
-        pending, skipped = to_pending(messages, message_ids, self.scope)
-        namespace = self.conversation_namespace(key)
-        anchor = (anchor_id, anchor_next)
-        if not pending:
-            return AppendResult(0, 0, skipped, None, None, self.count(key))
-        if is_atomic(self.store):
-            with sync_transaction(self.store, namespace) as perform:
-                return drive(self._append_steps(pending, skipped, anchor), perform)
-        return self._best_effort_append(namespace, pending, skipped, anchor)
+        with deadline_after(budget):
+            pending, skipped = to_pending(messages, message_ids, self.scope)
+            namespace = self.conversation_namespace(key)
+            if not pending:
+                return AppendResult(0, 0, skipped, None, None, self.count(key))
+            request = self._append_request(pending, skipped, anchor_id, anchor_next)
+            return self._driver.append(namespace, request)
 
     async def aappend(
         self,
@@ -396,115 +355,41 @@ class ChatHistory:
         message_ids: Sequence[str | None] | None = None,
         anchor_id: str | None = None,
         anchor_next: str | None = None,
+        budget: float | None = None,
     ) -> AppendResult:
         """Async `append`."""
-        if self._sync_only():
-            return await asyncio.to_thread(
-                self.append,
-                key,
-                messages,
-                message_ids=message_ids,
-                anchor_id=anchor_id,
-                anchor_next=anchor_next,
-            )
-        pending, skipped = to_pending(messages, message_ids, self.scope)
-        namespace = self.conversation_namespace(key)
-        anchor = (anchor_id, anchor_next)
-        if not pending:
-            return AppendResult(0, 0, skipped, None, None, await self.acount(key))
-        if is_atomic(self.store):
-            async with async_transaction(self.store, namespace) as perform:
-                return await drive_async(self._append_steps(pending, skipped, anchor), perform)
-        return await asyncio.to_thread(
-            self._best_effort_append, namespace, pending, skipped, anchor
-        )
+        with deadline_after(budget):
+            pending, skipped = to_pending(messages, message_ids, self.scope)
+            namespace = self.conversation_namespace(key)
+            if not pending:
+                return AppendResult(0, 0, skipped, None, None, await self.acount(key))
+            request = self._append_request(pending, skipped, anchor_id, anchor_next)
+            return await self._driver.aappend(namespace, request)
 
-    def _append_steps(
+    def _append_request(
         self,
         pending: list[PendingTurn],
         skipped: int,
-        anchor: tuple[str | None, str | None] = (None, None),
-    ) -> Steps[AppendResult]:
-        return append_steps(
+        anchor_id: str | None,
+        anchor_next: str | None,
+    ) -> AppendRequest:
+        return AppendRequest(
             pending,
             chunk_size=self.chunk_size,
             value_field=self.value_field,
             now=_now(),
             skipped=skipped,
-            anchor_id=anchor[0],
-            anchor_next=anchor[1],
+            anchor_id=anchor_id,
+            anchor_next=anchor_next,
         )
 
-    def _best_effort_append(
-        self,
-        namespace: tuple[str, ...],
-        pending: list[PendingTurn],
-        skipped: int,
-        anchor: tuple[str | None, str | None] = (None, None),
-    ) -> AppendResult:
-        """Append without a database transaction: lock in-process, verify, retry.
-
-        Another process writing the same conversation of a store without transactions
-        can overwrite our chunk or head between our read and write. After writing we read
-        our turns back; turns that are missing are appended again (ids keep that from
-        duplicating them), with bounded, jittered backoff. Conflicts are reported in
-        `AppendResult.conflicts`; `WriteConflict` is raised when retries run out.
-        """
-        remaining = pending
-        first: AppendResult | None = None
-        for conflicts in range(_BEST_EFFORT_ATTEMPTS):
-            with sync_transaction(self.store, namespace) as perform:
-                # A retry re-appends our own lost turns: the anchor rule applied once.
-                steps = self._append_steps(
-                    remaining, skipped, anchor if not conflicts else (None, None)
-                )
-                result = drive(steps, perform)
-            first = first or result
-            lost = self._missing_after_write(namespace, remaining, result)
-            if not lost:
-                return AppendResult(
-                    appended=len(pending) - first.duplicates,
-                    duplicates=first.duplicates,
-                    skipped=skipped,
-                    first_seq=first.first_seq,
-                    last_seq=result.last_seq or first.last_seq,
-                    total=result.total,
-                    conflicts=conflicts,
-                )
-            remaining = lost
-            # The lost turns' id entries point at turns that are not there: drop them so
-            # the retry is not mistaken for a re-delivery.
-            stale = {msgid_key(t.id): None for t in lost if t.id is not None}
-            if stale:
-                store_perform(self.store, namespace)(Put(stale))
-            time.sleep(min(0.5, 0.01 * 2**conflicts) * (0.5 + random.random()))
-        raise WriteConflict(
-            f"append to {'/'.join(namespace)} lost {len(remaining)} turn(s) to concurrent "
-            f"writers after {_BEST_EFFORT_ATTEMPTS} attempts"
-        )
-
-    def _missing_after_write(
-        self, namespace: tuple[str, ...], pending: list[PendingTurn], result: AppendResult
-    ) -> list[PendingTurn]:
-        if result.first_seq is None or result.last_seq is None:
-            return []
-        stored = self.read(namespace[-1], start_seq=result.first_seq)
-        present = {(t.role, repr(t.content), t.id) for t in stored}
-        return [p for p in pending if (p.role, repr(p.content), p.id) not in present]
-
-    def delete(self, key: str) -> int:
+    def delete(self, key: str, *, budget: float | None = None) -> int:
         """Delete a conversation; returns the number of turns it had."""
-        if self._async_only():
-            return self._on_store_loop(self.adelete(key))
-        with sync_transaction(self.store, self.conversation_namespace(key)) as perform:
-            return drive(delete_steps(_READ_BATCH_CHUNKS), perform)
+        return self._run_atomic(key, delete_steps(_READ_BATCH_CHUNKS), budget=budget)
 
-    async def adelete(self, key: str) -> int:
+    async def adelete(self, key: str, *, budget: float | None = None) -> int:
         """Async `delete`."""
-        if self._sync_only():
-            return await asyncio.to_thread(self.delete, key)
-        async with async_transaction(self.store, self.conversation_namespace(key)) as perform:
-            return await drive_async(delete_steps(_READ_BATCH_CHUNKS), perform)
+        return await self._arun_atomic(key, delete_steps(_READ_BATCH_CHUNKS), budget=budget)
 
     # --- operator procedures: imports, migrations, retention ------------------------------
 
@@ -525,25 +410,17 @@ class ChatHistory:
             ImportConflict: the turns do not continue the conversation (a gap), or one of
                 their ids is stored at another position; nothing is written.
         """
-        if self._async_only():
-            return self._on_store_loop(self.aimport_turns(key, turns))
         pending, first_seq = _imported(turns, self.scope)
-        namespace = self.conversation_namespace(key)
         if not pending:
             return ImportResult(0, 0, self.count(key))
-        with sync_transaction(self.store, namespace) as perform:
-            return drive(self._import_steps(pending, first_seq), perform)
+        return self._run_atomic(key, self._import_steps(pending, first_seq))
 
     async def aimport_turns(self, key: str, turns: Sequence[Turn]) -> ImportResult:
         """Async `import_turns`."""
-        if self._sync_only():
-            return await asyncio.to_thread(self.import_turns, key, turns)
         pending, first_seq = _imported(turns, self.scope)
-        namespace = self.conversation_namespace(key)
         if not pending:
             return ImportResult(0, 0, await self.acount(key))
-        async with async_transaction(self.store, namespace) as perform:
-            return await drive_async(self._import_steps(pending, first_seq), perform)
+        return await self._arun_atomic(key, self._import_steps(pending, first_seq))
 
     def _import_steps(self, pending: list[ImportedTurn], first_seq: int) -> Steps[ImportResult]:
         return import_steps(
@@ -568,21 +445,15 @@ class ChatHistory:
             The deleted conversation's info; None when it does not exist or is not idle.
         """
         if before.tzinfo is None:
-            raise ValueError("before must be timezone-aware")
-        if self._async_only():
-            return self._on_store_loop(self.adelete_if_idle(key, before))
-        with sync_transaction(self.store, self.conversation_namespace(key)) as perform:
-            head = drive(delete_if_idle_steps(before, _READ_BATCH_CHUNKS), perform)
+            raise InvalidArgument("before must be timezone-aware")
+        head = self._run_atomic(key, delete_if_idle_steps(before, _READ_BATCH_CHUNKS))
         return _info(key, head)
 
     async def adelete_if_idle(self, key: str, before: datetime) -> ConversationInfo | None:
         """Async `delete_if_idle`."""
         if before.tzinfo is None:
-            raise ValueError("before must be timezone-aware")
-        if self._sync_only():
-            return await asyncio.to_thread(self.delete_if_idle, key, before)
-        async with async_transaction(self.store, self.conversation_namespace(key)) as perform:
-            head = await drive_async(delete_if_idle_steps(before, _READ_BATCH_CHUNKS), perform)
+            raise InvalidArgument("before must be timezone-aware")
+        head = await self._arun_atomic(key, delete_if_idle_steps(before, _READ_BATCH_CHUNKS))
         return _info(key, head)
 
 

@@ -1,0 +1,67 @@
+"""History drivers: one per kind of store, chosen once per store.
+
+`driver_for` picks the first driver in `DRIVERS` that accepts the store, or the generic
+one, and keeps it for the store's lifetime (every `ChatHistory` on a store shares its
+driver, with what it learnt: schema checked, per-conversation locks). Adding a backend
+is one module with a `HistoryDriver` subclass, listed in `DRIVERS`.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+from langgraph.store.base import BaseStore
+
+from agent_history.history.drivers.base import (
+    AppendRequest,
+    AsyncPerform,
+    HistoryDriver,
+    SyncPerform,
+    TtlPolicy,
+    namespace_text,
+)
+from agent_history.history.drivers.generic import GenericDriver
+from agent_history.history.drivers.memory import MemoryDriver
+from agent_history.history.drivers.postgres import PostgresDriver
+from agent_history.history.drivers.postgres_async import AsyncPostgresDriver
+from agent_history.history.drivers.sqlite import SqliteDriver
+from agent_history.history.drivers.sqlite_async import AsyncSqliteDriver
+
+__all__ = [
+    "DRIVERS",
+    "AppendRequest",
+    "AsyncPerform",
+    "HistoryDriver",
+    "SyncPerform",
+    "TtlPolicy",
+    "driver_for",
+    "namespace_text",
+]
+
+DRIVERS: tuple[type[HistoryDriver], ...] = (
+    MemoryDriver,
+    SqliteDriver,
+    AsyncSqliteDriver,
+    PostgresDriver,
+    AsyncPostgresDriver,
+)
+"""The specialised drivers, tried in order; any other store gets `GenericDriver`."""
+
+_chosen: weakref.WeakKeyDictionary[BaseStore, HistoryDriver] = weakref.WeakKeyDictionary()
+_guard = threading.Lock()
+
+
+def driver_for(store: BaseStore) -> HistoryDriver:
+    """The driver of ``store`` (made on first use, then the same object)."""
+    try:
+        return _chosen[store]
+    except KeyError:
+        pass
+    with _guard:
+        found = _chosen.get(store)
+        if found is None:
+            kind = next((d for d in DRIVERS if d.accepts(store)), GenericDriver)
+            found = kind(store)
+            _chosen[store] = found
+        return found

@@ -1,0 +1,301 @@
+"""The `HistoryDriver` interface, the sync/async bridges and the TTL rule every driver shares.
+
+A driver performs the I/O-free history procedures (`history.steps`) against one kind of
+store: it answers their `Get` / `Put` requests, inside one atomic unit of work per
+conversation when asked (`run`), and may replace a whole procedure by something its
+database does in one round trip (`append`). A store with only sync I/O gets its async
+methods from `SyncStoreDriver` (a worker thread, the deadline travelling along); a store
+bound to an event loop gets its sync methods from `AsyncStoreDriver`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import time
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, TypeVar
+
+from langgraph.store.base import BaseStore
+
+from agent_history import budget
+from agent_history import observability as obs
+from agent_history.errors import SyncCallInEventLoop
+from agent_history.history.layout import PendingTurn
+from agent_history.history.records import AppendResult
+from agent_history.history.steps import Request, Steps, append_steps, drive, drive_async
+
+__all__ = [
+    "REFRESH_FRACTION",
+    "AppendRequest",
+    "AsyncPerform",
+    "AsyncStoreDriver",
+    "HistoryDriver",
+    "SyncPerform",
+    "SyncStoreDriver",
+    "TtlPolicy",
+    "namespace_text",
+    "warn_once",
+]
+
+T = TypeVar("T")
+SyncPerform = Callable[[Request], Any]
+AsyncPerform = Callable[[Request], Awaitable[Any]]
+
+REFRESH_FRACTION = 0.1
+"""A conversation's expiry is pushed back once more than this fraction of its TTL has
+passed since it was last set, so a busy conversation is not rewritten on every turn."""
+
+
+def namespace_text(namespace: tuple[str, ...]) -> str:
+    """The ``prefix`` column value LangGraph's SQL stores use for a namespace."""
+    return ".".join(namespace)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendRequest:
+    """One append: the turns to store and the arguments of `steps.append_steps`."""
+
+    pending: Sequence[PendingTurn]
+    chunk_size: int
+    value_field: str
+    now: str
+    skipped: int = 0
+    anchor_id: str | None = None
+    anchor_next: str | None = None
+
+    def steps(self, *, anchored: bool = True) -> Steps[AppendResult]:
+        """The append procedure (``anchored=False``: without the anchor rule, for a retry
+        that re-appends turns of its own)."""
+        return append_steps(
+            self.pending,
+            chunk_size=self.chunk_size,
+            value_field=self.value_field,
+            now=self.now,
+            skipped=self.skipped,
+            anchor_id=self.anchor_id if anchored else None,
+            anchor_next=self.anchor_next if anchored else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TtlPolicy:
+    """The store's TTL settings as history items use them (LangGraph's ``TTLConfig``).
+
+    A conversation expires as a whole: every item of it carries the same ``expires_at``
+    (the head's), so the store's sweeper, which deletes expired rows in one statement,
+    removes all of a conversation or none of it. Writes and (when ``refresh_on_read``)
+    reads push that expiry back to ``now + minutes`` for the whole conversation once
+    more than `REFRESH_FRACTION` of the TTL has passed.
+    """
+
+    minutes: float | None = None
+    """``default_ttl``; None: history items get no expiry of their own."""
+    refresh_on_read: bool = False
+
+    @classmethod
+    def of(cls, store: BaseStore, refresh_default: bool) -> TtlPolicy:
+        """The policy of ``store``; ``refresh_default`` is the store class's own default
+        for ``refresh_on_read`` (LangGraph's PostgreSQL store refreshes unless told not
+        to, its SQLite store only when told to)."""
+        config = getattr(store, "ttl_config", None) or {}
+        minutes = config.get("default_ttl")
+        if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+            minutes = None
+        refresh = bool(config.get("refresh_on_read", refresh_default))
+        return cls(float(minutes) if minutes is not None else None, refresh and bool(minutes))
+
+    def expiry(self, current: datetime | None, exists: bool, now: datetime) -> tuple[
+        datetime | None, bool
+    ]:  # fmt: skip
+        """The expiry to write with a conversation whose head expires at ``current``, and
+        whether every item of it must be set to that expiry first (a refresh)."""
+        if self.minutes is None:
+            return current, False
+        if exists and current is not None:
+            left = (current - now).total_seconds() / 60
+            if left >= self.minutes * (1 - REFRESH_FRACTION):
+                return current, False
+        return now + timedelta(minutes=self.minutes), exists
+
+    def needs_refresh(self, current: datetime | None, now: datetime) -> bool:
+        """Whether a read of a conversation expiring at ``current`` pushes it back."""
+        return self.refresh_on_read and self.expiry(current, True, now)[1]
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+_warned: weakref.WeakKeyDictionary[BaseStore, set[str]] = weakref.WeakKeyDictionary()
+
+
+def warn_once(store: BaseStore, event: str, **fields: object) -> None:
+    """Log ``event`` at WARNING once per store object and event."""
+    seen = _warned.setdefault(store, set())
+    if event in seen:
+        return
+    seen.add(event)
+    obs.log_event(event, level=logging.WARNING, **fields)
+
+
+class HistoryDriver(ABC):
+    """Performs history procedures against one kind of store.
+
+    One driver object serves one store (see `drivers.driver_for`), for every
+    `ChatHistory` on it; it holds what it learnt about the store (schema checked,
+    per-conversation locks). Deadlines come from `agent_history.budget`.
+    """
+
+    name: ClassVar[str] = "generic"
+    """Driver name, for logs and health reports."""
+    backend: str = "other"
+    """Backend label for metrics: ``memory``, ``sqlite``, ``postgres`` or ``other``."""
+    atomic: ClassVar[bool] = True
+    """Whether `run` excludes every other writer of the conversation (False: only the
+    writers of this process; appends then verify what they wrote)."""
+
+    def __init__(self, store: BaseStore) -> None:
+        # Weak: the driver is kept per store (`driver_for`) and must not keep it alive.
+        self._store = weakref.ref(store)
+
+    @property
+    def store(self) -> BaseStore:
+        """The store this driver serves."""
+        store = self._store()
+        if store is None:
+            raise ReferenceError("the store of this history driver is gone")
+        return store
+
+    @classmethod
+    @abstractmethod
+    def accepts(cls, store: BaseStore) -> bool:
+        """Whether this driver is the one for ``store``."""
+
+    # --- sync ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def run(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        """Run ``steps`` as one atomic unit of work on conversation ``namespace``."""
+
+    @abstractmethod
+    def reader(self, namespace: tuple[str, ...]) -> SyncPerform:
+        """Perform read requests on ``namespace`` one at a time (no transaction)."""
+
+    def read(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        """Run read-only ``steps`` (a consistent snapshot is not promised across requests)."""
+        return drive(steps, self.reader(namespace))
+
+    def append(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
+        """Append atomically and idempotently (see `steps.append_steps`)."""
+        return self.run(namespace, request.steps())
+
+    # --- async -----------------------------------------------------------------------------
+
+    @abstractmethod
+    async def arun(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        """Async `run`."""
+
+    @abstractmethod
+    def areader(self, namespace: tuple[str, ...]) -> AsyncPerform:
+        """Async `reader`."""
+
+    async def aread(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        """Async `read`."""
+        return await drive_async(steps, self.areader(namespace))
+
+    async def aappend(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
+        """Async `append`."""
+        return await self.arun(namespace, request.steps())
+
+    def describe(self) -> dict[str, Any]:
+        """What the driver knows about its store, for health reports."""
+        return {"driver": self.name}
+
+
+class SyncStoreDriver(HistoryDriver):
+    """A driver whose store does sync I/O: async calls run the sync ones in a worker
+    thread of the event loop's bounded default executor. The deadline travels with the
+    copied context, so the thread ends by the deadline and nothing is left running."""
+
+    async def arun(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        return await asyncio.to_thread(self.run, namespace, steps)
+
+    def areader(self, namespace: tuple[str, ...]) -> AsyncPerform:
+        perform = self.reader(namespace)
+
+        async def aperform(request: Request) -> Any:
+            return await asyncio.to_thread(perform, request)
+
+        return aperform
+
+    async def aread(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        return await asyncio.to_thread(self.read, namespace, steps)
+
+    async def aappend(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
+        return await asyncio.to_thread(self.append, namespace, request)
+
+
+_LOOP_GRACE_SECONDS = 0.2
+"""How long past the deadline a sync caller waits for a call on the store's loop, which
+stops itself at the deadline, before giving up on it."""
+
+
+class AsyncStoreDriver(HistoryDriver):
+    """A driver whose store is bound to an event loop: sync calls (from other threads)
+    run the async ones on that loop and wait for them."""
+
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        loop = getattr(self.store, "loop", None) or getattr(self.store, "_loop", None)
+        return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
+
+    def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        loop = self._loop()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is loop:
+            coro.close()
+            raise SyncCallInEventLoop(
+                "this store runs on an event loop: use the async methods "
+                "(atail, aappend, ...) on it"
+                if loop is not None
+                else "this async store has no event loop to run on"
+            )
+        deadline = budget.current_deadline()
+        future = asyncio.run_coroutine_threadsafe(budget.run_with_deadline(coro, deadline), loop)
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return future.result(None if wait is None else wait + _LOOP_GRACE_SECONDS)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise budget.timeout_error() from None
+
+    def run(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        return self._on_loop(self.arun(namespace, steps))
+
+    def reader(self, namespace: tuple[str, ...]) -> SyncPerform:
+        aperform = self.areader(namespace)
+
+        def perform(request: Request) -> Any:
+            return self._on_loop(_awaited(aperform(request)))
+
+        return perform
+
+    def read(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        return self._on_loop(self.aread(namespace, steps))
+
+    def append(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
+        return self._on_loop(self.aappend(namespace, request))
+
+
+async def _awaited(call: Awaitable[T]) -> T:
+    return await call

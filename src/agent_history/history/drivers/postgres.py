@@ -1,0 +1,328 @@
+"""The driver for LangGraph's sync `PostgresStore`: one statement per append or tail.
+
+An append is one call of ``agent_history_append_v1`` (one round trip, atomic and
+serialised per conversation by an advisory lock, see `postgres_base`); a tail is one
+query. Other procedures (delete, ...) run in one pipelined transaction holding the
+same lock. Async calls run this code in a worker thread.
+
+Deadlines: the wait for a pooled connection is bounded by the time left, the server
+gives up waiting for the conversation's lock a little before the deadline, and at the
+deadline the connection's socket is shut down from a watchdog thread, so a server that
+stopped answering cannot hold the caller. A connection that was shut down is dropped by
+the pool, and the pool is drained, because when one connection hangs its idle siblings
+(opened to the same, possibly failed-over, server) likely hang too.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+import orjson
+import psycopg
+from langgraph.store.base import BaseStore
+from langgraph.store.postgres import PostgresStore
+from psycopg import Connection
+from psycopg.rows import tuple_row
+from psycopg.types.json import set_json_loads
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from agent_history import budget
+from agent_history.errors import InvalidArgument
+from agent_history.history.drivers import postgres_base as sql
+from agent_history.history.drivers.base import (
+    AppendRequest,
+    HistoryDriver,
+    SyncPerform,
+    SyncStoreDriver,
+    TtlPolicy,
+    namespace_text,
+    utc_now,
+    warn_once,
+)
+from agent_history.history.drivers.generic import GenericDriver
+from agent_history.history.drivers.postgres_setup import PostgresState, inspect_sync
+from agent_history.history.layout import HEAD_KEY
+from agent_history.history.records import AppendResult
+from agent_history.history.steps import Get, Request, Steps, drive
+
+__all__ = ["PostgresDriver"]
+
+T = TypeVar("T")
+
+
+# --- the watchdog: one thread that shuts sockets down at their deadlines ----------------------
+
+
+@dataclass(order=True)
+class _Alarm:
+    deadline: float
+    order: int
+    fileno: int = field(compare=False)
+    armed: bool = field(default=True, compare=False)
+    fired: bool = field(default=False, compare=False)
+
+
+class _Watchdog:
+    """Shuts a connection's socket down at its deadline unless disarmed first.
+
+    Arming and disarming share a lock with firing, so a socket is never shut after its
+    call ended (its connection may already serve someone else).
+    """
+
+    def __init__(self) -> None:
+        self._alarms: list[_Alarm] = []
+        self._order = itertools.count()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: float, fileno: int) -> _Alarm:
+        alarm = _Alarm(deadline, next(self._order), fileno)
+        with self._wake:
+            heapq.heappush(self._alarms, alarm)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._watch, name="agent-history-deadlines", daemon=True
+                )
+                self._thread.start()
+            self._wake.notify()
+        return alarm
+
+    def disarm(self, alarm: _Alarm) -> bool:
+        """Stop ``alarm``; True when it had already fired."""
+        with self._wake:
+            alarm.armed = False
+            return alarm.fired
+
+    def _watch(self) -> None:
+        with self._wake:
+            while True:
+                while self._alarms and not self._alarms[0].armed:
+                    heapq.heappop(self._alarms)
+                if not self._alarms:
+                    self._wake.wait()
+                    continue
+                wait = self._alarms[0].deadline - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                alarm = heapq.heappop(self._alarms)
+                alarm.fired = True
+                sql.shut_socket(alarm.fileno)
+
+
+_WATCHDOG = _Watchdog()
+
+
+class PostgresDriver(SyncStoreDriver):
+    """`PostgresStore` on a pool or a plain connection (see the module)."""
+
+    name = "postgres"
+    backend = "postgres"
+    atomic = True
+
+    def __init__(self, store: BaseStore) -> None:
+        super().__init__(store)
+        self.ttl = TtlPolicy.of(store, True)
+        self._state: PostgresState | None = None
+        self._fallback: HistoryDriver | None = None
+        self._ready = threading.Lock()
+
+    @classmethod
+    def accepts(cls, store: BaseStore) -> bool:
+        return isinstance(store, PostgresStore)
+
+    @property
+    def pg(self) -> PostgresStore:
+        return cast(PostgresStore, self.store)
+
+    # --- connections under a deadline ----------------------------------------------------------
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection[Any]]:
+        """A connection for one unit of work, waited for no longer than the deadline."""
+        target = self.pg.conn
+        left = budget.remaining()
+        if left is not None and left <= 0:
+            raise budget.timeout_error()
+        if isinstance(target, ConnectionPool):
+            try:
+                conn = target.getconn(None if left is None else min(left, target.timeout))
+            except PoolTimeout:
+                if left is not None and left <= target.timeout:
+                    raise budget.timeout_error() from None
+                raise
+            try:
+                yield conn
+            finally:
+                target.putconn(conn)
+        else:
+            if not self.pg.lock.acquire(timeout=-1 if left is None else left):
+                raise budget.timeout_error()
+            try:
+                yield target
+            finally:
+                self.pg.lock.release()
+
+    @contextmanager
+    def _watched(self, conn: Connection[Any]) -> Iterator[None]:
+        """Shut ``conn`` down if the block is still running at the deadline."""
+        deadline = budget.current_deadline()
+        if deadline is None:
+            yield
+            return
+        alarm = _WATCHDOG.arm(deadline, conn.fileno())
+        fired = False
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            fired = _WATCHDOG.disarm(alarm)
+            if fired or isinstance(exc, psycopg.errors.LockNotAvailable):
+                raise budget.timeout_error() from None
+            raise
+        finally:
+            if _WATCHDOG.disarm(alarm) or fired:
+                self._drain()
+
+    def _drain(self) -> None:
+        if isinstance(self.pg.conn, ConnectionPool):
+            self.pg.conn.drain()
+
+    def _use(self, work: Callable[[Connection[Any]], T]) -> T:
+        with self._connection() as conn, self._watched(conn):
+            return work(conn)
+
+    # --- schema ----------------------------------------------------------------------------
+
+    def _target(self) -> HistoryDriver | None:
+        """The generic driver when the SQL path cannot be used, else None."""
+        if self._state is None:
+            with self._ready:
+                if self._state is None:
+                    state = self._use(lambda conn: inspect_sync(conn))
+                    if state.store_schema is None:
+                        # The store is not set up (yet): LangGraph's own path reports it.
+                        return GenericDriver(self.store, self.backend)
+                    self._state = state
+        if self._fallback is None and self.pg.pipe is not None:
+            warn_once(self.store, "history_pipeline_store", driver="generic")
+            self._fallback = GenericDriver(self.store, self.backend)
+        state = self._state
+        assert state is not None
+        if self._fallback is None and not state.usable:
+            self._fallback = state.fallback(self.store, self.backend)
+        return self._fallback
+
+    # --- procedures ------------------------------------------------------------------------
+
+    def append(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
+        fallback = self._target()
+        if fallback is not None:
+            return fallback.append(namespace, request)
+        params = sql.append_params(
+            namespace_text(namespace), request, self.ttl, sql.lock_timeout_ms(budget.remaining())
+        )
+
+        def work(conn: Connection[Any]) -> AppendResult:
+            with conn.cursor(row_factory=tuple_row) as cur:
+                if conn.autocommit:
+                    row = cur.execute(sql.APPEND_SQL, params).fetchone()
+                else:
+                    with conn.transaction():
+                        row = cur.execute(sql.APPEND_SQL, params).fetchone()
+            assert row is not None
+            return sql.append_result(row, request.skipped)
+
+        return self._use(work)
+
+    def run(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        fallback = self._target()
+        if fallback is not None:
+            return fallback.run(namespace, steps)
+        prefix = namespace_text(namespace)
+        lock_ms = sql.lock_timeout_ms(budget.remaining())
+
+        def work(conn: Connection[Any]) -> T:
+            pending: dict[str, Any] = {}
+            # Pipeline mode sends BEGIN, the lock and the first read in one round trip,
+            # and the writes with COMMIT in the next.
+            with (
+                conn.pipeline(),
+                conn.transaction(),
+                conn.cursor(row_factory=tuple_row) as cur,
+            ):
+                set_json_loads(orjson.loads, cur)
+                cur.execute(sql.LOCK_SQL, (prefix, lock_ms))
+
+                def flush() -> None:
+                    if pending:
+                        cur.execute(sql.PUT_SQL, sql.put_params(prefix, pending, self.ttl))
+                        pending.clear()
+
+                def perform(request: Request) -> Any:
+                    if isinstance(request, Get):
+                        flush()
+                        cur.execute(*sql.select(prefix, request))
+                        return {key: value for key, value, _ in cur.fetchall()}
+                    pending.update(request.items)
+                    return None
+
+                result = drive(steps, perform)
+                flush()
+            return result
+
+        return self._use(work)
+
+    def _get(self, conn: Connection[Any], prefix: str, request: Get) -> dict[str, Any]:
+        with conn.cursor(row_factory=tuple_row) as cur:
+            set_json_loads(orjson.loads, cur)
+            rows = cur.execute(*sql.select(prefix, request)).fetchall()
+        found = {}
+        for key, value, expires_at in rows:
+            found[key] = value
+            if key == HEAD_KEY and self.ttl.refresh_on_read:
+                self._touch_if_due(conn, prefix, expires_at)
+        return found
+
+    def _touch_if_due(self, conn: Connection[Any], prefix: str, expires_at: Any) -> None:
+        if not self.ttl.needs_refresh(expires_at, utc_now()):
+            return
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(
+                    sql.TOUCH_SQL,
+                    (prefix, self.ttl.minutes, sql.lock_timeout_ms(budget.remaining())),
+                )
+        except psycopg.errors.LockNotAvailable:
+            pass  # a writer holds the conversation: its append sets the expiry anyway
+
+    def read(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        fallback = self._target()
+        if fallback is not None:
+            return fallback.read(namespace, steps)
+        prefix = namespace_text(namespace)
+        return self._use(lambda conn: drive(steps, lambda r: self._get(conn, prefix, _get(r))))
+
+    def reader(self, namespace: tuple[str, ...]) -> SyncPerform:
+        fallback = self._target()
+        if fallback is not None:
+            return fallback.reader(namespace)
+        prefix = namespace_text(namespace)
+        return lambda request: self._use(lambda conn: self._get(conn, prefix, _get(request)))
+
+    def describe(self) -> dict[str, Any]:
+        state = self._state
+        described = state.describe() if state else {}
+        return {"driver": self.name if self._fallback is None else "generic", **described}
+
+
+def _get(request: Request) -> Get:
+    if not isinstance(request, Get):
+        raise InvalidArgument("a read-only history procedure asked to write")
+    return request

@@ -1,0 +1,266 @@
+"""The driver for LangGraph's `AsyncPostgresStore`: the SQL of `postgres_base`, awaited.
+
+The same statements as the sync driver (`postgres`): an append is one call of
+``agent_history_append_v1``, a tail one query, other procedures one pipelined
+transaction. Deadlines work the same way, with a timer of the event loop in place of the
+watchdog thread. A caller cancelled from outside (``asyncio.wait_for``, a task shut down)
+does not wait for psycopg's own cancel round trip to a server that may not answer: the
+statement runs in an inner task, and the outer cancellation shuts the socket down,
+which ends it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar, cast
+
+import orjson
+import psycopg
+from langgraph.store.base import BaseStore
+from langgraph.store.postgres import AsyncPostgresStore
+from psycopg import AsyncConnection
+from psycopg.rows import tuple_row
+from psycopg.types.json import set_json_loads
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from agent_history import budget
+from agent_history.errors import InvalidArgument
+from agent_history.history.drivers import postgres_base as sql
+from agent_history.history.drivers.base import (
+    AppendRequest,
+    AsyncPerform,
+    AsyncStoreDriver,
+    HistoryDriver,
+    TtlPolicy,
+    namespace_text,
+    utc_now,
+    warn_once,
+)
+from agent_history.history.drivers.generic import GenericDriver
+from agent_history.history.drivers.postgres_setup import PostgresState, ainspect
+from agent_history.history.layout import HEAD_KEY
+from agent_history.history.records import AppendResult
+from agent_history.history.steps import Get, Request, Steps, drive_async
+
+__all__ = ["AsyncPostgresDriver"]
+
+T = TypeVar("T")
+
+
+def _shut(conn: AsyncConnection[Any]) -> None:
+    with contextlib.suppress(psycopg.Error):  # already closed
+        sql.shut_socket(conn.fileno())
+
+
+class AsyncPostgresDriver(AsyncStoreDriver):
+    """`AsyncPostgresStore` on a pool or a plain connection (see the module)."""
+
+    name = "postgres-async"
+    backend = "postgres"
+    atomic = True
+
+    def __init__(self, store: BaseStore) -> None:
+        super().__init__(store)
+        self.ttl = TtlPolicy.of(store, True)
+        self._state: PostgresState | None = None
+        self._fallback: HistoryDriver | None = None
+
+    @classmethod
+    def accepts(cls, store: BaseStore) -> bool:
+        return isinstance(store, AsyncPostgresStore)
+
+    @property
+    def pg(self) -> AsyncPostgresStore:
+        return cast(AsyncPostgresStore, self.store)
+
+    # --- connections under a deadline ----------------------------------------------------------
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        target = self.pg.conn
+        left = budget.remaining()
+        if left is not None and left <= 0:
+            raise budget.timeout_error()
+        if isinstance(target, AsyncConnectionPool):
+            try:
+                conn = await target.getconn(None if left is None else min(left, target.timeout))
+            except PoolTimeout:
+                if left is not None and left <= target.timeout:
+                    raise budget.timeout_error() from None
+                raise
+            try:
+                yield conn
+            finally:
+                await target.putconn(conn)
+        else:
+            async with budget.enforced():
+                await self.pg.lock.acquire()
+            try:
+                yield target
+            finally:
+                self.pg.lock.release()
+
+    async def _drain(self) -> None:
+        if isinstance(self.pg.conn, AsyncConnectionPool):
+            await self.pg.conn.drain()
+
+    async def _use(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """Run ``work(connection)`` within the deadline (see the module)."""
+        async with self._connection() as conn:
+            loop = asyncio.get_running_loop()
+            fired: list[bool] = []
+
+            def expire() -> None:
+                fired.append(True)
+                _shut(conn)
+
+            deadline = budget.current_deadline()
+            timer = None
+            if deadline is not None:
+                timer = loop.call_later(max(0.0, deadline - time.monotonic()), expire)
+            inner = asyncio.ensure_future(work(conn))
+            try:
+                return await asyncio.shield(inner)
+            except asyncio.CancelledError:
+                if not inner.done():
+                    _shut(conn)
+                    await asyncio.gather(inner, return_exceptions=True)
+                raise
+            except psycopg.OperationalError as exc:
+                if fired or isinstance(exc, psycopg.errors.LockNotAvailable):
+                    raise budget.timeout_error() from None
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                if fired:
+                    await self._drain()
+
+    # --- schema ----------------------------------------------------------------------------
+
+    async def _target(self) -> HistoryDriver | None:
+        if self._fallback is not None:
+            return self._fallback
+        if self._state is None:
+            state = await self._use(ainspect)
+            if state.store_schema is None:
+                return GenericDriver(self.store, self.backend)
+            self._state = state
+        if self.pg.pipe is not None:
+            warn_once(self.store, "history_pipeline_store", driver="generic")
+            self._fallback = GenericDriver(self.store, self.backend)
+        elif not self._state.usable:
+            self._fallback = self._state.fallback(self.store, self.backend)
+        return self._fallback
+
+    # --- procedures ------------------------------------------------------------------------
+
+    async def aappend(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
+        fallback = await self._target()
+        if fallback is not None:
+            return await fallback.aappend(namespace, request)
+        params = sql.append_params(
+            namespace_text(namespace), request, self.ttl, sql.lock_timeout_ms(budget.remaining())
+        )
+
+        async def work(conn: AsyncConnection[Any]) -> AppendResult:
+            async with conn.cursor(row_factory=tuple_row) as cur:
+                if conn.autocommit:
+                    row = await (await cur.execute(sql.APPEND_SQL, params)).fetchone()
+                else:
+                    async with conn.transaction():
+                        row = await (await cur.execute(sql.APPEND_SQL, params)).fetchone()
+            assert row is not None
+            return sql.append_result(row, request.skipped)
+
+        return await self._use(work)
+
+    async def arun(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        fallback = await self._target()
+        if fallback is not None:
+            return await fallback.arun(namespace, steps)
+        prefix = namespace_text(namespace)
+        lock_ms = sql.lock_timeout_ms(budget.remaining())
+
+        async def work(conn: AsyncConnection[Any]) -> T:
+            pending: dict[str, Any] = {}
+            async with (
+                conn.pipeline(),
+                conn.transaction(),
+                conn.cursor(row_factory=tuple_row) as cur,
+            ):
+                set_json_loads(orjson.loads, cur)
+                await cur.execute(sql.LOCK_SQL, (prefix, lock_ms))
+
+                async def flush() -> None:
+                    if pending:
+                        await cur.execute(sql.PUT_SQL, sql.put_params(prefix, pending, self.ttl))
+                        pending.clear()
+
+                async def perform(request: Request) -> Any:
+                    if isinstance(request, Get):
+                        await flush()
+                        await cur.execute(*sql.select(prefix, request))
+                        return {key: value for key, value, _ in await cur.fetchall()}
+                    pending.update(request.items)
+                    return None
+
+                result = await drive_async(steps, perform)
+                await flush()
+            return result
+
+        return await self._use(work)
+
+    async def _get(self, conn: AsyncConnection[Any], prefix: str, request: Request) -> Any:
+        if not isinstance(request, Get):
+            raise InvalidArgument("a read-only history procedure asked to write")
+        async with conn.cursor(row_factory=tuple_row) as cur:
+            set_json_loads(orjson.loads, cur)
+            rows = await (await cur.execute(*sql.select(prefix, request))).fetchall()
+        found = {}
+        for key, value, expires_at in rows:
+            found[key] = value
+            if key == HEAD_KEY and self.ttl.needs_refresh(expires_at, utc_now()):
+                try:
+                    async with conn.transaction(), conn.cursor() as cur:
+                        await cur.execute(
+                            sql.TOUCH_SQL,
+                            (prefix, self.ttl.minutes, sql.lock_timeout_ms(budget.remaining())),
+                        )
+                except psycopg.errors.LockNotAvailable:
+                    pass  # a writer holds the conversation: its append sets the expiry
+        return found
+
+    async def aread(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        fallback = await self._target()
+        if fallback is not None:
+            return await fallback.aread(namespace, steps)
+        prefix = namespace_text(namespace)
+
+        async def work(conn: AsyncConnection[Any]) -> T:
+            async def perform(request: Request) -> Any:
+                return await self._get(conn, prefix, request)
+
+            return await drive_async(steps, perform)
+
+        return await self._use(work)
+
+    def areader(self, namespace: tuple[str, ...]) -> AsyncPerform:
+        prefix = namespace_text(namespace)
+
+        async def perform(request: Request) -> Any:
+            fallback = await self._target()
+            if fallback is not None:
+                return await fallback.areader(namespace)(request)
+            return await self._use(lambda conn: self._get(conn, prefix, request))
+
+        return perform
+
+    def describe(self) -> dict[str, Any]:
+        state = self._state
+        described = state.describe() if state else {}
+        return {"driver": self.name if self._fallback is None else "generic", **described}

@@ -1,0 +1,408 @@
+"""SQL shared by the sync and the async PostgreSQL drivers, and the project's own migrations.
+
+The drivers write LangGraph's ``store`` table (schema version `STORE_SCHEMA_VERSION`) as
+its PostgreSQL store does, plus server-side functions installed by `MIGRATIONS`, an
+append-only list whose index is the version (recorded in ``agent_history_migrations``),
+applied by `migrate` under the setup lock, like LangGraph's own:
+
+- ``agent_history_append_v1``: a whole append in one statement, so one round trip. It
+  takes the conversation's advisory lock, reads the head, the id entries and the open
+  chunk, and writes exactly what `layout.plan_append` would (the property test in
+  ``tests/integration/test_postgres_append.py`` runs both on random states); the records
+  arrive already encoded by the Python codec, the function only numbers them;
+- ``agent_history_put_v1``: the writes of any other procedure (delete, ...), with the
+  conversation's expiry;
+- ``agent_history_expiry_v1`` / ``agent_history_touch_v1``: the TTL rule of
+  `base.TtlPolicy` (one ``expires_at`` for every item of a conversation).
+
+Nothing here does I/O; `postgres` and `postgres_async` execute it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from agent_history.history.drivers.base import REFRESH_FRACTION, AppendRequest, TtlPolicy
+from agent_history.history.layout import msgid_key, new_head
+from agent_history.history.records import AppendResult
+from agent_history.history.steps import Get
+
+__all__ = [
+    "APPEND_SQL",
+    "INSPECT_SQL",
+    "LOCK_SQL",
+    "MIGRATIONS",
+    "MIGRATIONS_TABLE",
+    "OWN_VERSION_SQL",
+    "PUT_SQL",
+    "RECORD_VERSION_SQL",
+    "SETUP_LOCK_ID",
+    "SETUP_TRY_LOCK_SQL",
+    "SETUP_UNLOCK_SQL",
+    "STORE_SCHEMA_VERSION",
+    "STORE_VERSION_SQL",
+    "TOUCH_SQL",
+    "append_params",
+    "append_result",
+    "lock_timeout_ms",
+    "migration_statements",
+    "put_params",
+    "select",
+    "shut_socket",
+]
+
+STORE_SCHEMA_VERSION = 3
+"""The last migration of LangGraph's PostgreSQL store (langgraph-checkpoint-postgres 3.x)
+this SQL was written for: ``store(prefix, key, value jsonb, created_at, updated_at,
+expires_at, ttl_minutes)``, primary key ``(prefix, key)``."""
+
+SETUP_LOCK_ID = 0x6167_6831_5345_5450
+"""The session advisory lock that serialises set-up (LangGraph's and ours) across
+processes. It is taken with ``pg_try_advisory_lock`` in a polling loop, so a waiting
+session never sits inside a statement (holding a snapshot) while the holder runs
+``CREATE INDEX CONCURRENTLY``, which waits for every older snapshot to finish."""
+SETUP_TRY_LOCK_SQL = f"SELECT pg_try_advisory_lock({SETUP_LOCK_ID})"
+SETUP_UNLOCK_SQL = f"SELECT pg_advisory_unlock({SETUP_LOCK_ID})"
+
+_KEEP = 1 - REFRESH_FRACTION
+
+MIGRATIONS: Sequence[str] = [
+    f"""
+CREATE OR REPLACE FUNCTION agent_history_chunk_key_v1(p_index bigint) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 'chunk:' || CASE WHEN p_index < 10000000000 THEN lpad(p_index::text, 10, '0')
+                            ELSE p_index::text END
+$$;
+
+-- The expiry every item of a conversation gets when it is written now; when more than
+-- {REFRESH_FRACTION:g} of the TTL has passed, every item of the conversation is given the new one.
+-- The caller holds the conversation's advisory lock.
+CREATE OR REPLACE FUNCTION agent_history_expiry_v1(
+    p_prefix text, p_exists boolean, p_current timestamptz, p_ttl_minutes double precision
+) RETURNS timestamptz
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_expiry timestamptz;
+BEGIN
+    IF p_ttl_minutes IS NULL THEN
+        RETURN p_current;
+    END IF;
+    IF p_exists AND p_current IS NOT NULL
+       AND p_current >= now() + make_interval(secs => p_ttl_minutes * 60 * {_KEEP!r}) THEN
+        RETURN p_current;
+    END IF;
+    v_expiry := now() + make_interval(secs => p_ttl_minutes * 60);
+    IF p_exists THEN
+        UPDATE store SET expires_at = v_expiry, ttl_minutes = NULL WHERE prefix = p_prefix;
+    END IF;
+    RETURN v_expiry;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION agent_history_lock_v1(p_prefix text, p_lock_timeout_ms integer)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_lock_timeout_ms > 0 THEN
+        PERFORM set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_prefix, 0));
+END
+$$;
+
+-- Push a conversation's expiry back after a read (refresh_on_read).
+CREATE OR REPLACE FUNCTION agent_history_touch_v1(
+    p_prefix text, p_ttl_minutes double precision, p_lock_timeout_ms integer
+) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_current timestamptz;
+BEGIN
+    PERFORM agent_history_lock_v1(p_prefix, p_lock_timeout_ms);
+    SELECT s.expires_at INTO v_current FROM store s WHERE s.prefix = p_prefix AND s.key = 'head';
+    IF FOUND THEN
+        PERFORM agent_history_expiry_v1(p_prefix, true, v_current, p_ttl_minutes);
+    END IF;
+END
+$$;
+
+-- The writes of a procedure run in a transaction that holds the conversation's lock:
+-- upserts with the conversation's expiry, then deletes.
+CREATE OR REPLACE FUNCTION agent_history_put_v1(
+    p_prefix text, p_keys text[], p_values jsonb[], p_deletes text[],
+    p_ttl_minutes double precision
+) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_current timestamptz;
+    v_exists boolean;
+    v_expiry timestamptz;
+BEGIN
+    IF cardinality(p_keys) > 0 THEN
+        SELECT s.expires_at INTO v_current FROM store s
+        WHERE s.prefix = p_prefix AND s.key = 'head';
+        v_exists := FOUND;
+        v_expiry := agent_history_expiry_v1(p_prefix, v_exists, v_current, p_ttl_minutes);
+        INSERT INTO store (prefix, key, value, created_at, updated_at, expires_at, ttl_minutes)
+        SELECT p_prefix, u.k, u.v, now(), now(), v_expiry, NULL
+        FROM unnest(p_keys, p_values) AS u(k, v)
+        ON CONFLICT (prefix, key) DO UPDATE
+        SET value = EXCLUDED.value, updated_at = now(),
+            expires_at = EXCLUDED.expires_at, ttl_minutes = NULL;
+    END IF;
+    IF cardinality(p_deletes) > 0 THEN
+        DELETE FROM store WHERE prefix = p_prefix AND key = ANY(p_deletes);
+    END IF;
+END
+$$;
+
+-- layout.plan_append, server side: one statement per append.
+CREATE OR REPLACE FUNCTION agent_history_append_v1(
+    p_prefix text,
+    p_records jsonb,
+    p_ids text[],
+    p_id_keys text[],
+    p_anchor_id text,
+    p_anchor_key text,
+    p_anchor_next text,
+    p_new_head jsonb,
+    p_now text,
+    p_ttl_minutes double precision,
+    p_lock_timeout_ms integer
+) RETURNS TABLE (
+    appended integer, duplicates integer, first_seq bigint, last_seq bigint, total bigint
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_head jsonb;
+    v_exists boolean;
+    v_current timestamptz;
+    v_size bigint;
+    v_epoch jsonb;
+    v_last bigint;
+    v_known text[];
+    v_anchor jsonb;
+    v_n integer := coalesce(cardinality(p_ids), 0);
+    v_seen text[] := '{{}}';
+    v_fresh integer[] := '{{}}';
+    v_dups integer := 0;
+    v_keys text[] := '{{}}';
+    v_values jsonb[] := '{{}}';
+    v_chunk bigint;
+    v_turns jsonb;
+    v_seq bigint;
+    v_index bigint;
+    v_entry jsonb;
+    v_expiry timestamptz;
+    i integer;
+BEGIN
+    PERFORM agent_history_lock_v1(p_prefix, p_lock_timeout_ms);
+    SELECT s.value, s.expires_at INTO v_head, v_current
+    FROM store s WHERE s.prefix = p_prefix AND s.key = 'head';
+    v_exists := FOUND;
+    IF NOT v_exists THEN
+        v_head := p_new_head;
+    END IF;
+    v_size := trunc((v_head->>'chunk_size')::numeric);
+    v_epoch := v_head->'epoch';
+    v_last := trunc((v_head->>'last_seq')::numeric);
+
+    -- Id entries of this epoch among the pending ids and the anchor.
+    SELECT coalesce(array_agg(s.key), '{{}}'),
+           (array_agg(s.value) FILTER (WHERE s.key = p_anchor_key))[1]
+    INTO v_known, v_anchor
+    FROM store s
+    WHERE s.prefix = p_prefix
+      AND s.key = ANY(array_append(p_id_keys, p_anchor_key))
+      AND s.value->'epoch' = v_epoch;
+
+    -- The anchor stored by another run (another token, or none): a re-delivered exchange.
+    IF v_anchor IS NOT NULL
+       AND (p_anchor_next IS NULL OR v_anchor->'next' IS DISTINCT FROM to_jsonb(p_anchor_next)) THEN
+        RETURN QUERY SELECT 0, v_n, NULL::bigint, NULL::bigint, v_last;
+        RETURN;
+    END IF;
+
+    FOR i IN 1 .. v_n LOOP
+        IF p_ids[i] IS NOT NULL THEN
+            IF p_ids[i] = ANY(v_seen) OR p_id_keys[i] = ANY(v_known) THEN
+                v_dups := v_dups + 1;
+                CONTINUE;
+            END IF;
+            v_seen := array_append(v_seen, p_ids[i]);
+        END IF;
+        v_fresh := array_append(v_fresh, i);
+    END LOOP;
+    IF cardinality(v_fresh) = 0 THEN
+        RETURN QUERY SELECT 0, v_dups, NULL::bigint, NULL::bigint, v_last;
+        RETURN;
+    END IF;
+
+    -- The open chunk, without records above the head (an abandoned epoch's).
+    v_seq := v_last;
+    IF v_last % v_size <> 0 THEN
+        v_chunk := (v_last - 1) / v_size;
+        SELECT coalesce(jsonb_agg(t.r ORDER BY t.o), '[]'::jsonb) INTO v_turns
+        FROM store s, jsonb_array_elements(s.value->'turns') WITH ORDINALITY AS t(r, o)
+        WHERE s.prefix = p_prefix AND s.key = agent_history_chunk_key_v1(v_chunk)
+          AND trunc((t.r->>'seq')::numeric) <= v_last;
+    END IF;
+
+    FOREACH i IN ARRAY v_fresh LOOP
+        v_seq := v_seq + 1;
+        v_index := (v_seq - 1) / v_size;
+        IF v_chunk IS DISTINCT FROM v_index THEN
+            IF v_chunk IS NOT NULL THEN
+                v_keys := array_append(v_keys, agent_history_chunk_key_v1(v_chunk));
+                v_values := array_append(v_values, jsonb_build_object(
+                    'kind', 'chunk', 'index', v_chunk, 'turns', v_turns));
+            END IF;
+            v_chunk := v_index;
+            v_turns := '[]'::jsonb;
+        END IF;
+        v_turns := v_turns || jsonb_build_array(
+            (p_records->(i - 1)) || jsonb_build_object('seq', v_seq, 'ts', p_now));
+        IF p_ids[i] IS NOT NULL THEN
+            v_entry := jsonb_build_object('kind', 'msgid', 'seq', v_seq, 'epoch', v_epoch);
+            IF p_ids[i] = p_anchor_id AND p_anchor_next IS NOT NULL THEN
+                v_entry := v_entry || jsonb_build_object('next', p_anchor_next);
+            END IF;
+            v_keys := array_append(v_keys, p_id_keys[i]);
+            v_values := array_append(v_values, v_entry);
+        END IF;
+    END LOOP;
+    v_keys := array_append(v_keys, agent_history_chunk_key_v1(v_chunk));
+    v_values := array_append(v_values, jsonb_build_object(
+        'kind', 'chunk', 'index', v_chunk, 'turns', v_turns));
+    v_keys := array_append(v_keys, 'head'::text);
+    v_values := array_append(v_values,
+        v_head || jsonb_build_object('last_seq', v_seq, 'updated_at', p_now));
+
+    v_expiry := agent_history_expiry_v1(p_prefix, v_exists, v_current, p_ttl_minutes);
+    INSERT INTO store (prefix, key, value, created_at, updated_at, expires_at, ttl_minutes)
+    SELECT p_prefix, u.k, u.v, now(), now(), v_expiry, NULL
+    FROM unnest(v_keys, v_values) AS u(k, v)
+    ON CONFLICT (prefix, key) DO UPDATE
+    SET value = EXCLUDED.value, updated_at = now(),
+        expires_at = EXCLUDED.expires_at, ttl_minutes = NULL;
+
+    RETURN QUERY SELECT cardinality(v_fresh), v_dups, v_last + 1, v_seq, v_seq;
+END
+$$;
+""",
+]
+
+MIGRATIONS_TABLE = "agent_history_migrations"
+
+INSPECT_SQL = (
+    "SELECT to_regclass('store_migrations') IS NOT NULL AS has_store, "
+    f"to_regclass('{MIGRATIONS_TABLE}') IS NOT NULL AS has_own"
+)
+STORE_VERSION_SQL = "SELECT max(v) FROM store_migrations"
+OWN_VERSION_SQL = f"SELECT max(v) FROM {MIGRATIONS_TABLE}"
+RECORD_VERSION_SQL = f"INSERT INTO {MIGRATIONS_TABLE} (v) VALUES (%s)"
+
+APPEND_SQL = (
+    "SELECT appended, duplicates, first_seq, last_seq, total FROM agent_history_append_v1("
+    "%s, %s::jsonb, %s::text[], %s::text[], %s, %s, %s, %s::jsonb, %s, %s, %s)"
+)
+PUT_SQL = "SELECT agent_history_put_v1(%s, %s::text[], %s::jsonb[], %s::text[], %s)"
+TOUCH_SQL = "SELECT agent_history_touch_v1(%s, %s, %s)"
+LOCK_SQL = "SELECT agent_history_lock_v1(%s, %s)"
+
+_SELECT = "SELECT key, value, expires_at FROM store WHERE prefix = %s AND key = ANY(%s::text[])"
+_SELECT_NEWEST = (
+    _SELECT + " UNION ALL (SELECT key, value, expires_at FROM store WHERE prefix = %s"
+    " AND key BETWEEN %s AND %s ORDER BY key DESC LIMIT %s)"
+)
+# Chunk keys are zero-padded: this range holds exactly the chunk items, newest last.
+_CHUNK_LOW, _CHUNK_HIGH = "chunk:0000000000", "chunk:9999999999"
+
+
+def migration_statements(current: int | None) -> list[tuple[int, str]]:
+    """The migrations to apply after version ``current`` (None: none applied yet)."""
+    start = -1 if current is None else current
+    return [(v, sql) for v, sql in enumerate(MIGRATIONS) if v > start]
+
+
+def select(prefix: str, request: Get) -> tuple[str, tuple[Any, ...]]:
+    """One query for a `Get`: the keys, and the newest chunks when hinted."""
+    if request.newest_chunks > 0:
+        return _SELECT_NEWEST, (
+            prefix, list(request.keys), prefix, _CHUNK_LOW, _CHUNK_HIGH, request.newest_chunks,
+        )  # fmt: skip
+    return _SELECT, (prefix, list(request.keys))
+
+
+def lock_timeout_ms(left: float | None) -> int:
+    """The server-side lock wait for ``left`` seconds of budget: a little less, so the
+    server gives up first and the connection stays usable (0: no limit)."""
+    if left is None:
+        return 0
+    return max(1, int(left * 900))
+
+
+def append_params(
+    prefix: str, request: AppendRequest, ttl: TtlPolicy, lock_ms: int
+) -> tuple[Any, ...]:
+    """The arguments of ``agent_history_append_v1`` for ``request``.
+
+    Records are built by the codec here (``PendingTurn.record``); the function sets
+    their ``seq`` and ``ts``.
+    """
+    pending = request.pending
+    records = [t.record(0, request.now, request.value_field) for t in pending]
+    ids = [t.id for t in pending]
+    anchor = request.anchor_id
+    return (
+        prefix,
+        orjson.dumps(records).decode(),
+        ids,
+        [None if i is None else msgid_key(i) for i in ids],
+        anchor,
+        None if anchor is None else msgid_key(anchor),
+        request.anchor_next,
+        orjson.dumps(new_head(request.chunk_size, request.now)).decode(),
+        request.now,
+        ttl.minutes,
+        lock_ms,
+    )
+
+
+def append_result(row: Sequence[Any], skipped: int) -> AppendResult:
+    """The function's row as an `AppendResult`."""
+    appended, duplicates, first_seq, last_seq, total = row
+    if not appended:
+        first_seq = last_seq = None
+    return AppendResult(int(appended), int(duplicates), skipped, first_seq, last_seq, int(total))
+
+
+def put_params(
+    prefix: str, items: Mapping[str, dict[str, Any] | None], ttl: TtlPolicy
+) -> tuple[Any, ...]:
+    """The arguments of ``agent_history_put_v1`` for buffered writes."""
+    keys = [k for k, v in items.items() if v is not None]
+    values = [orjson.dumps(v).decode() for v in items.values() if v is not None]
+    deletes = [k for k, v in items.items() if v is None]
+    return prefix, keys, values, deletes, ttl.minutes
+
+
+def shut_socket(fileno: int) -> None:
+    """Shut a connection's socket down from any thread: whoever waits on it wakes with
+    an error at once (the connection becomes unusable and is dropped by its pool)."""
+    try:
+        sock = socket.socket(fileno=os.dup(fileno))
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()

@@ -1,0 +1,237 @@
+"""PostgreSQL set-up: the schema check, the project's migrations and the setup lock.
+
+`stores` runs `migrate` right after LangGraph's own ``setup()``, under the same setup
+lock; a driver whose store was opened some other way checks the versions at first use
+(`inspect_sync` / `inspect_async`) and applies what is missing itself, under that lock.
+The lock is a session advisory lock taken by polling ``pg_try_advisory_lock``: a session
+waiting for it is never inside a statement, so it holds no snapshot that the holder's
+``CREATE INDEX CONCURRENTLY`` (in LangGraph's migrations) would wait for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from langgraph.store.base import BaseStore
+from psycopg import AsyncConnection, Connection
+
+from agent_history import budget
+from agent_history import observability as obs
+from agent_history.history.drivers import postgres_base as sql
+from agent_history.history.drivers.base import warn_once
+from agent_history.history.drivers.generic import GenericDriver
+
+__all__ = [
+    "SETUP_WAIT_SECONDS",
+    "PostgresState",
+    "SetupLockTimeout",
+    "aacquire_setup_lock",
+    "acquire_setup_lock",
+    "ainspect",
+    "amigrate",
+    "inspect_sync",
+    "migrate",
+]
+
+SETUP_WAIT_SECONDS = 30.0
+"""Longest wait for another process's set-up (it takes milliseconds once tables exist)."""
+_POLL_FIRST, _POLL_MAX = 0.005, 0.1
+
+
+class SetupLockTimeout(TimeoutError):
+    """Another session held the setup lock for longer than the wait allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresState:
+    """What a driver found in its database at first use."""
+
+    store_schema: int | None
+    """LangGraph's store migration version (None: the store is not set up)."""
+    own_schema: int | None
+    """The version of this project's migrations (None: none applied)."""
+    error: str | None = None
+    """Why this project's migrations could not be applied, if they could not."""
+
+    @property
+    def usable(self) -> bool:
+        return (
+            self.store_schema == sql.STORE_SCHEMA_VERSION
+            and self.own_schema == len(sql.MIGRATIONS) - 1
+        )
+
+    def fallback(self, store: BaseStore, backend: str) -> GenericDriver:
+        """Warn once why the SQL path is off, and return the generic driver."""
+        fields: dict[str, object]
+        if self.store_schema != sql.STORE_SCHEMA_VERSION:
+            event, fields = (
+                "history_store_schema_unknown",
+                {
+                    "found_version": self.store_schema,
+                    "expected_version": sql.STORE_SCHEMA_VERSION,
+                },
+            )
+        else:
+            event, fields = "history_migration_failed", {"error": self.error}
+        warn_once(store, event, backend=backend, fallback="generic", **fields)
+        return GenericDriver(store, backend)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "store_schema_version": self.store_schema,
+            "history_schema_version": self.own_schema,
+        }
+
+
+def _poll_delays(wait: float) -> Any:
+    deadline = time.monotonic() + wait
+    delay = _POLL_FIRST
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        yield min(left, delay * (0.5 + random.random()))
+        delay = min(_POLL_MAX, delay * 2)
+
+
+def acquire_setup_lock(conn: Connection[Any], wait: float) -> None:
+    """Take the setup lock on ``conn`` (a session lock; closing the session or
+    ``SETUP_UNLOCK_SQL`` releases it).
+
+    Raises:
+        SetupLockTimeout: it was held elsewhere for longer than ``wait`` seconds.
+    """
+    for delay in _poll_delays(wait):
+        row = conn.execute(sql.SETUP_TRY_LOCK_SQL).fetchone()
+        if row is not None and _first(row):
+            return
+        time.sleep(delay)
+    raise SetupLockTimeout(f"setup lock held elsewhere for more than {wait:g}s")
+
+
+async def aacquire_setup_lock(conn: AsyncConnection[Any], wait: float) -> None:
+    """Async `acquire_setup_lock`."""
+    for delay in _poll_delays(wait):
+        cur = await conn.execute(sql.SETUP_TRY_LOCK_SQL)
+        row = await cur.fetchone()
+        if row is not None and _first(row):
+            return
+        await asyncio.sleep(delay)
+    raise SetupLockTimeout(f"setup lock held elsewhere for more than {wait:g}s")
+
+
+def _columns(row: Any) -> list[Any]:
+    """A row's values, whatever the connection's row factory."""
+    if row is None:
+        return []
+    return list(row.values()) if isinstance(row, dict) else list(row)
+
+
+def _first(row: Any) -> Any:
+    return _columns(row)[0]
+
+
+def migrate(conn: Connection[Any]) -> int:
+    """Apply this project's missing migrations; the caller holds the setup lock.
+
+    Returns:
+        The version now applied.
+    """
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {sql.MIGRATIONS_TABLE} (v INTEGER PRIMARY KEY)",
+        prepare=False,
+    )
+    row = conn.execute(sql.OWN_VERSION_SQL, prepare=False).fetchone()
+    current = None if row is None else _first(row)
+    for version, text in sql.migration_statements(current):
+        with conn.transaction():
+            conn.execute(text, prepare=False)
+            conn.execute(sql.RECORD_VERSION_SQL, (version,), prepare=False)
+        current = version
+    return -1 if current is None else int(current)
+
+
+async def amigrate(conn: AsyncConnection[Any]) -> int:
+    """Async `migrate`."""
+    await conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {sql.MIGRATIONS_TABLE} (v INTEGER PRIMARY KEY)",
+        prepare=False,
+    )
+    cur = await conn.execute(sql.OWN_VERSION_SQL, prepare=False)
+    row = await cur.fetchone()
+    current = None if row is None else _first(row)
+    for version, text in sql.migration_statements(current):
+        async with conn.transaction():
+            await conn.execute(text, prepare=False)
+            await conn.execute(sql.RECORD_VERSION_SQL, (version,), prepare=False)
+        current = version
+    return -1 if current is None else int(current)
+
+
+def _versions(rows: list[Any]) -> int | None:
+    value = _first(rows[0]) if rows else None
+    return None if value is None else int(value)
+
+
+def _lock_wait() -> float:
+    left = budget.remaining()
+    return SETUP_WAIT_SECONDS if left is None else max(0.0, min(SETUP_WAIT_SECONDS, left))
+
+
+def inspect_sync(conn: Connection[Any]) -> PostgresState:
+    """Read both schema versions; apply this project's migrations when LangGraph's schema
+    is the expected one and ours is behind."""
+    row = conn.execute(sql.INSPECT_SQL, prepare=False).fetchone()
+    has_store, has_own = _columns(row) or [False, False]
+    if not has_store:
+        return PostgresState(None, None)
+    store_v = _versions(conn.execute(sql.STORE_VERSION_SQL, prepare=False).fetchall())
+    own_v = (
+        _versions(conn.execute(sql.OWN_VERSION_SQL, prepare=False).fetchall()) if has_own else None
+    )
+    if store_v != sql.STORE_SCHEMA_VERSION or own_v == len(sql.MIGRATIONS) - 1:
+        return PostgresState(store_v, own_v)
+    try:
+        acquire_setup_lock(conn, _lock_wait())
+        try:
+            own_v = migrate(conn)
+        finally:
+            conn.execute(sql.SETUP_UNLOCK_SQL, prepare=False)
+    except (psycopg.Error, SetupLockTimeout) as exc:
+        _log_migration_failure(exc)
+        return PostgresState(store_v, own_v, obs.describe_error(exc))
+    return PostgresState(store_v, own_v)
+
+
+async def ainspect(conn: AsyncConnection[Any]) -> PostgresState:
+    """Async `inspect_sync`."""
+    row = await (await conn.execute(sql.INSPECT_SQL, prepare=False)).fetchone()
+    has_store, has_own = _columns(row) or [False, False]
+    if not has_store:
+        return PostgresState(None, None)
+    store_v = _versions(await (await conn.execute(sql.STORE_VERSION_SQL, prepare=False)).fetchall())
+    own_v = None
+    if has_own:
+        own_v = _versions(await (await conn.execute(sql.OWN_VERSION_SQL, prepare=False)).fetchall())
+    if store_v != sql.STORE_SCHEMA_VERSION or own_v == len(sql.MIGRATIONS) - 1:
+        return PostgresState(store_v, own_v)
+    try:
+        await aacquire_setup_lock(conn, _lock_wait())
+        try:
+            own_v = await amigrate(conn)
+        finally:
+            await conn.execute(sql.SETUP_UNLOCK_SQL, prepare=False)
+    except (psycopg.Error, SetupLockTimeout) as exc:
+        _log_migration_failure(exc)
+        return PostgresState(store_v, own_v, obs.describe_error(exc))
+    return PostgresState(store_v, own_v)
+
+
+def _log_migration_failure(exc: BaseException) -> None:
+    obs.log_event("history_migration_failed", level=logging.DEBUG, error=obs.describe_error(exc))
