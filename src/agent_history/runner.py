@@ -29,7 +29,7 @@ def build_runnable(model: Any, tools: Sequence[Any]) -> Runnable[Any, Any]:
     """The runnable the node calls: ``model`` itself, or a tool agent around it."""
     if isinstance(model, str):
         try:
-            from langchain.chat_models import init_chat_model  # type: ignore[import-not-found]
+            from langchain.chat_models import init_chat_model
         except ImportError as exc:
             raise AgentHistoryError(
                 "a 'provider:model' string needs the langchain package "
@@ -47,7 +47,7 @@ def build_runnable(model: Any, tools: Sequence[Any]) -> Runnable[Any, Any]:
 
 def _tool_agent(model: BaseChatModel, tools: Sequence[Any]) -> Runnable[Any, Any]:
     try:
-        from langchain.agents import create_agent  # type: ignore[import-not-found]
+        from langchain.agents import create_agent
     except ImportError:
         from langgraph.prebuilt import create_react_agent
 

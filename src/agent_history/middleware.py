@@ -1,0 +1,171 @@
+"""`HistoryMiddleware`: durable chat history for an agent made with langchain's
+``create_agent``.
+
+It is one more surface over the shared pass (`session.HistoryPass`), with `AgentNode`'s
+key resolution, toggles, breaker, fallbacks, metrics and `HistoryReport`:
+
+- ``before_agent`` adds the message a callback delivered (``inputs``) to the thread, once
+  per run, with the channel's message id as its id; a callback this thread has already
+  answered ends the run there, without calling the model;
+- ``wrap_model_call`` / ``awrap_model_call`` run one pass per model call: read the newest
+  stored window, merge it with the thread, call the model on that window (the agent's
+  state keeps every message; only the model's input is windowed), and append the
+  exchange once the model's answer is final, so a tool loop inside the agent is stored
+  once, with its tool steps in the ``full`` scope.
+
+Needs the optional ``langchain`` package (``pip install 'agent-history[agents]'``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, NotRequired
+
+from langchain_core.messages import AIMessage, BaseMessage
+
+from agent_history.incoming import ThreadView, as_mapping, current_thread
+from agent_history.node import _not_streamed_as_output, merge_results
+from agent_history.session import HistoryPass, drive_async, drive_sync
+from agent_history.surface import (
+    HistoryFields,
+    Surface,
+    current_config,
+    model_pass_steps,
+    surface_from,
+)
+
+try:
+    from langchain.agents.middleware import (
+        AgentMiddleware,
+        AgentState,
+        ModelRequest,
+        ModelResponse,
+        hook_config,
+    )
+    from langchain.agents.middleware.types import ExtendedModelResponse
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "HistoryMiddleware needs the langchain package: pip install 'agent-history[agents]'"
+    ) from exc
+from langgraph.runtime import Runtime
+from typing_extensions import Unpack
+
+__all__ = ["HistoryAgentState", "HistoryMiddleware"]
+
+ModelCallResult = ModelResponse[Any] | AIMessage | ExtendedModelResponse[Any]
+
+
+class HistoryAgentState(AgentState[Any]):
+    """The agent's state with the callback fields the key templates read."""
+
+    inputs: NotRequired[dict[str, Any]]
+    """The delivered callback (``inputs.message.text``, ``inputs.message.message_id``...)."""
+    results: NotRequired[Annotated[dict[str, Any], merge_results]]
+    """Earlier nodes' results (``results.telegram_events_parser.chat_id``...)."""
+
+
+class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
+    """Durable, keyed chat history for ``create_agent(..., middleware=[HistoryMiddleware()])``.
+
+    Compile the agent with ``store=`` (and usually ``checkpointer=``). Each model call
+    resolves the conversation key (templates over state and config, or ``history_key``),
+    reads the newest stored messages, gives the model the merged window, and appends the
+    exchange when the answer is final. Any store problem degrades to the thread's own
+    messages with a warning; the agent always answers.
+
+    Args:
+        **fields: The history settings, named and defaulted as `AgentNode`'s (see
+            `surface.HistoryFields`): ``max_messages``, ``reset_command``,
+            ``history_namespace``, ``history_key_template``, ``history_key_candidates``,
+            ``history_key`` (a function ``(state, runtime) -> key``),
+            ``history_value_field``, ``history_chunk_size``, ``history_scope``,
+            ``toggles``, ``write_attempts``, ``write_backoff_seconds``, ``on_report``,
+            ``node_name`` (default ``"agent"``) and ``use_graph_chat_history`` (default
+            True). An unknown name raises `TypeError`.
+    """
+
+    state_schema = HistoryAgentState
+
+    def __init__(self, **fields: Unpack[HistoryFields]) -> None:
+        super().__init__()
+        self.surface: Surface = surface_from(fields)
+
+    # --- the delivered message, once per run -----------------------------------------------
+
+    @hook_config(can_jump_to=["end"])
+    def before_agent(
+        self, state: HistoryAgentState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """Add the delivered message to the thread; end a run whose callback this thread
+        already answered (a re-delivery) without calling the model."""
+        view = current_thread(state)
+        if view.answered:
+            run = self.surface.begin(view, state, runtime.store, runtime)
+            run.redelivered = True
+            run.report([], model_called=False)
+            return {"jump_to": "end"}
+        if view.added is None:
+            return None
+        _not_streamed_as_output(current_config(), view.added)
+        return {"messages": [view.added]}
+
+    @hook_config(can_jump_to=["end"])
+    async def abefore_agent(
+        self, state: HistoryAgentState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """Async `before_agent` (it does no I/O)."""
+        return self.before_agent(state, runtime)
+
+    # --- one pass per model call -----------------------------------------------------------
+
+    def _begin(self, request: ModelRequest[Any]) -> HistoryPass:
+        state = as_mapping(request.state)
+        # The thread is what the model would get: earlier middleware may have edited it.
+        view: ThreadView = current_thread(
+            {"messages": request.messages, "inputs": state.get("inputs") or {}}
+        )
+        runtime = request.runtime
+        store = runtime.store if runtime is not None else None
+        return self.surface.begin(view, state, store, runtime)
+
+    def wrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
+    ) -> ModelCallResult:
+        """Call the model on the history window; append the exchange when it ends."""
+        run = self._begin(request)
+        answers: list[ModelCallResult] = []
+
+        def model(payload: list[BaseMessage]) -> list[BaseMessage]:
+            answers.append(handler(request.override(messages=list(payload))))  # type: ignore[arg-type]
+            return _produced(answers[-1])
+
+        drive_sync(model_pass_steps(run), model)
+        return answers[-1]
+
+    async def awrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
+    ) -> ModelCallResult:
+        """Async `wrap_model_call`."""
+        run = self._begin(request)
+        answers: list[ModelCallResult] = []
+
+        async def model(payload: list[BaseMessage]) -> list[BaseMessage]:
+            answers.append(await handler(request.override(messages=list(payload))))  # type: ignore[arg-type]
+            return _produced(answers[-1])
+
+        await drive_async(model_pass_steps(run), model)
+        return answers[-1]
+
+
+def _produced(answer: ModelCallResult) -> list[BaseMessage]:
+    """The messages a model call produced (the objects the agent puts in its state, so
+    the ids the pass gives them are the ids they have there)."""
+    if isinstance(answer, AIMessage):
+        return [answer]
+    if isinstance(answer, ExtendedModelResponse):
+        return list(answer.model_response.result)
+    return list(answer.result)

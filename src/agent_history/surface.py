@@ -1,0 +1,167 @@
+"""What the ``create_agent`` middleware and the prebuilt agent hooks share: the history
+settings they take (the fields `AgentNode` documents, plus a key function), and how one
+pass begins for a model call.
+
+Neither surface runs the model itself: the agent does. So a surface's pass is the shared
+`session.HistoryPass` cut at the model call: `model_pass_steps` reads and merges, yields
+the payload as a `Model` step, and appends what the agent's model produced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.config import get_config
+from langgraph.store.base import BaseStore
+
+from agent_history.history.codec import HistoryScope
+from agent_history.incoming import ThreadView, as_mapping
+from agent_history.session import HistoryOptions, HistoryPass, HistoryReport, Model, Step
+from agent_history.toggles import DEFAULT_TOGGLES, HistoryToggles
+
+__all__ = [
+    "KEY_FUNCTION_FIELD",
+    "HistoryFields",
+    "KeyFunction",
+    "Surface",
+    "current_config",
+    "model_pass_steps",
+    "surface_from",
+]
+
+KeyFunction = Callable[[Mapping[str, Any], Any], "str | None"]
+"""``key(state, runtime) -> key or None``: the conversation key for a run, computed in code
+(``runtime`` is LangGraph's `Runtime`: ``runtime.context``, ``runtime.store``)."""
+
+KEY_FUNCTION_FIELD = "agent_history_key"
+"""The template variable a key function's value is rendered from: it goes through the
+same candidate, ``history_key_template`` and validation steps as a template's value."""
+
+
+class HistoryFields(TypedDict, total=False):
+    """The history settings of `HistoryMiddleware` and `HistoryHooks` (those of
+    `AgentNode`, with the same defaults but ``use_graph_chat_history``)."""
+
+    node_name: str
+    """Name in logs, metrics, reports and toggles (``disabled_nodes``); default ``agent``."""
+    max_messages: int
+    """Most chat messages the model receives (the current exchange is always sent whole)."""
+    reset_command: str
+    """User text that clears earlier history (``""`` disables)."""
+    use_graph_chat_history: bool
+    """Durable history on (default True: adding the surface is the opt-in)."""
+    history_namespace: Sequence[str]
+    """Store namespace prefix of the history."""
+    history_key_template: str
+    """Template applied to the resolved ``conversation_key``."""
+    history_key_candidates: Sequence[str]
+    """Ordered key candidates (literals or templates over state and config)."""
+    history_key: KeyFunction
+    """A function giving the key instead of the candidates (``key(state, runtime)``)."""
+    history_value_field: str
+    """Record field holding a turn's content."""
+    history_chunk_size: int
+    """Turns per chunk item for new conversations."""
+    history_scope: HistoryScope
+    """``"turns"`` (user messages and final answers) or ``"full"`` (tool steps too)."""
+    toggles: HistoryToggles
+    """Rollout switches; the process-wide default reads ``ORCHEO_*`` variables."""
+    write_attempts: int
+    """Attempts for an append before giving up with a warning."""
+    write_backoff_seconds: float
+    """First backoff between attempts (doubles, with jitter)."""
+    on_report: Callable[[HistoryReport], None]
+    """Called with a `HistoryReport` after every model call."""
+
+
+_OPTION_NAMES = {
+    "use_graph_chat_history": "enabled",
+    "history_namespace": "namespace",
+    "history_key_template": "key_template",
+    "history_key_candidates": "key_candidates",
+    "history_value_field": "value_field",
+    "history_chunk_size": "chunk_size",
+    "history_scope": "scope",
+    "max_messages": "max_messages",
+    "reset_command": "reset_command",
+    "toggles": "toggles",
+    "write_attempts": "write_attempts",
+    "write_backoff_seconds": "write_backoff_seconds",
+    "on_report": "on_report",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Surface:
+    """A surface's settings: the pass options, its name, and its key function if any."""
+
+    options: HistoryOptions
+    node: str
+    key: KeyFunction | None
+
+    def begin(
+        self, view: ThreadView, state: Any, store: BaseStore | None, runtime: Any
+    ) -> HistoryPass:
+        """Resolve the key and decide what this model call's pass may do (no I/O)."""
+        if self.key is not None and self.options.enabled:
+            state = {**as_mapping(state), KEY_FUNCTION_FIELD: _call_key(self.key, state, runtime)}
+        return HistoryPass.begin(self.options, self.node, view, state, current_config(), store)
+
+
+def surface_from(fields: Mapping[str, Any]) -> Surface:
+    """Check ``fields`` (unknown names raise, so a typo never runs silently) and build the
+    surface's settings; invalid values raise now, not at the first run."""
+    unknown = sorted(set(fields) - set(HistoryFields.__annotations__))
+    if unknown:
+        raise TypeError(f"unknown history setting(s): {', '.join(unknown)}")
+    values: dict[str, Any] = {"enabled": True, "toggles": DEFAULT_TOGGLES}
+    for name, value in fields.items():
+        if name in _OPTION_NAMES:
+            values[_OPTION_NAMES[name]] = value
+    for name in ("namespace", "key_candidates"):
+        if name in values:
+            if isinstance(values[name], str):
+                raise TypeError(f"history_{name} must be a sequence of strings, not a string")
+            values[name] = tuple(values[name])
+    key = fields.get("history_key")
+    if key is not None:
+        if not callable(key):
+            raise TypeError("history_key must be a function (state, runtime) -> str | None")
+        values["key_candidates"] = ("{{ " + KEY_FUNCTION_FIELD + " }}",)
+    node = str(fields.get("node_name") or "agent")
+    return Surface(HistoryOptions(**values), node, key)
+
+
+def _call_key(key: KeyFunction, state: Any, runtime: Any) -> str | None:
+    """The key function's value; one that raises gives no key (the pass goes in-memory
+    with ``no_valid_key``, as a template that cannot render does)."""
+    try:
+        return key(as_mapping(state), runtime)
+    except Exception:
+        return None
+
+
+def current_config() -> RunnableConfig | None:
+    """The running node's config, None outside a LangGraph run."""
+    try:
+        return get_config()
+    except RuntimeError:
+        return None
+
+
+def model_pass_steps(
+    run: HistoryPass,
+) -> Generator[Step, Any, tuple[list[BaseMessage], list[BaseMessage]]]:
+    """One model call's pass: read the window, hand the payload to the model (a `Model`
+    step answered with the messages the model produced), append when the answer ends the
+    exchange, report. Returns ``(payload, produced)``."""
+    yield from run.read()
+    payload = run.build_payload()
+    produced: list[BaseMessage] = yield Model(payload)
+    yield from run.append(produced)
+    run.report(payload)
+    return payload, produced
