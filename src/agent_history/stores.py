@@ -33,11 +33,12 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from agent_history.dsn import describe_dsn, scrub_dsn_password
 from agent_history.errors import ConfigError, StoreUnavailable
+from agent_history.history.drivers import driver_for
+from agent_history.history.drivers.postgres_setup import amigrate, migrate
 from agent_history.settings import Backend, HistorySettings, env_var
 
 __all__ = [
     "backend_of",
-    "check_postgres_reachable",
     "create_checkpointer",
     "create_checkpointer_sync",
     "create_graph_store",
@@ -51,15 +52,10 @@ _PG_CONN_KWARGS: dict[str, Any] = {
 }
 
 
-def backend_of(store: object) -> str:
-    """Name the backend of a store object: ``memory``, ``sqlite``, ``postgres`` or ``other``."""
-    if isinstance(store, InMemoryStore):
-        return Backend.MEMORY.value
-    if isinstance(store, SqliteStore | AsyncSqliteStore):
-        return Backend.SQLITE.value
-    if isinstance(store, PostgresStore | AsyncPostgresStore):
-        return Backend.POSTGRES.value
-    return "other"
+def backend_of(store: BaseStore) -> str:
+    """Name the backend of a store: ``memory``, ``sqlite``, ``postgres`` or ``other``
+    (its history driver's, see `history.drivers`)."""
+    return driver_for(store).backend
 
 
 def _prepare_sqlite_path(path: Path, field: str) -> str:
@@ -221,7 +217,7 @@ def _setup_lock_held(settings: HistorySettings) -> StoreUnavailable:
 
 
 @contextmanager
-def _postgres_setup_lock(settings: HistorySettings) -> Iterator[None]:
+def _postgres_setup_lock(settings: HistorySettings) -> Iterator[psycopg.Connection[Any]]:
     try:
         conn = psycopg.connect(
             settings.dsn, autocommit=True, connect_timeout=settings.postgres_connect_timeout
@@ -234,11 +230,13 @@ def _postgres_setup_lock(settings: HistorySettings) -> Iterator[None]:
                 conn.execute(statement, params)
         except psycopg.errors.LockNotAvailable:
             raise _setup_lock_held(settings) from None
-        yield  # closing the session releases the lock
+        yield conn  # closing the session releases the lock
 
 
 @asynccontextmanager
-async def _apostgres_setup_lock(settings: HistorySettings) -> AsyncIterator[None]:
+async def _apostgres_setup_lock(
+    settings: HistorySettings,
+) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     try:
         conn = await psycopg.AsyncConnection.connect(
             settings.dsn, autocommit=True, connect_timeout=settings.postgres_connect_timeout
@@ -251,7 +249,7 @@ async def _apostgres_setup_lock(settings: HistorySettings) -> AsyncIterator[None
                 await conn.execute(statement, params)
         except psycopg.errors.LockNotAvailable:
             raise _setup_lock_held(settings) from None
-        yield
+        yield conn
 
 
 def _unreachable(settings: HistorySettings, exc: BaseException) -> StoreUnavailable:
@@ -260,15 +258,6 @@ def _unreachable(settings: HistorySettings, exc: BaseException) -> StoreUnavaila
         f"cannot connect to PostgreSQL at {describe_dsn(settings.dsn)} "
         f"({env_var('postgres_dsn')}): {reason or type(exc).__name__}"
     )
-
-
-def check_postgres_reachable(settings: HistorySettings) -> None:
-    """Connect once to the configured server, raising `StoreUnavailable` quickly if it is down."""
-    try:
-        with psycopg.connect(settings.dsn, connect_timeout=settings.postgres_connect_timeout):
-            pass
-    except psycopg.Error as exc:
-        raise _unreachable(settings, exc) from None
 
 
 def _pool_kwargs(settings: HistorySettings) -> dict[str, Any]:
@@ -322,13 +311,17 @@ async def _apostgres_pool(
 def _postgres_opened(
     settings: HistorySettings,
     factory: Callable[[ConnectionPool[psycopg.Connection[DictRow]]], _S],
+    history_schema: bool = False,
 ) -> Iterator[_S]:
     """Open the pool and build and set up ``factory(pool)`` under the setup lock, whose
-    connection, made first, is also the fail-fast check that the server is reachable."""
+    connection, made first, is also the fail-fast check that the server is reachable;
+    with ``history_schema``, apply the history's own migrations there too."""
     with ExitStack() as stack:
-        with _postgres_setup_lock(settings):
+        with _postgres_setup_lock(settings) as lock_conn:
             opened = factory(stack.enter_context(_postgres_pool(settings)))
             opened.setup()
+            if history_schema:
+                migrate(lock_conn)
         yield opened
 
 
@@ -336,12 +329,15 @@ def _postgres_opened(
 async def _apostgres_opened(
     settings: HistorySettings,
     factory: Callable[[AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]], _AS],
+    history_schema: bool = False,
 ) -> AsyncIterator[_AS]:
     """The async twin of `_postgres_opened`."""
     async with AsyncExitStack() as stack:
-        async with _apostgres_setup_lock(settings):
+        async with _apostgres_setup_lock(settings) as lock_conn:
             opened = factory(await stack.enter_async_context(_apostgres_pool(settings)))
             await opened.setup()
+            if history_schema:
+                await amigrate(lock_conn)
         yield opened
 
 
@@ -363,7 +359,9 @@ def create_graph_store_sync(settings: HistorySettings | None = None) -> Iterator
         with _sqlite_opened(settings, "graph_store_sqlite_path", SqliteStore) as store:
             yield store
     else:
-        with _postgres_opened(settings, lambda pool: PostgresStore(conn=pool)) as pg_store:
+        with _postgres_opened(
+            settings, lambda pool: PostgresStore(conn=pool), history_schema=True
+        ) as pg_store:
             yield pg_store
 
 
@@ -389,7 +387,7 @@ async def create_graph_store(settings: HistorySettings | None = None) -> AsyncIt
             yield astore
     else:
         async with _apostgres_opened(
-            settings, lambda pool: AsyncPostgresStore(conn=pool)
+            settings, lambda pool: AsyncPostgresStore(conn=pool), history_schema=True
         ) as apg_store:
             yield apg_store
 
