@@ -29,6 +29,7 @@ from agent_history.history.codec import (
 )
 from agent_history.history.drivers import AppendRequest, HistoryDriver, driver_for
 from agent_history.history.layout import HEAD_KEY, PendingTurn
+from agent_history.history.message_history import KeyedMessageHistory
 from agent_history.history.naming import conversation_namespace, key_of_label, validate_namespace
 from agent_history.history.records import AppendResult, ConversationInfo, Turn
 from agent_history.history.steps import (
@@ -149,6 +150,19 @@ class ChatHistory:
             InvalidNamespace: a label of the prefix is rejected.
         """
         return conversation_namespace(self.namespace, key)
+
+    def for_key(self, key: str, *, window: int | None = None) -> KeyedMessageHistory:
+        """Conversation ``key`` as LangChain's `BaseChatMessageHistory` (``messages``,
+        ``add_messages``, ``aget_messages``, ``aadd_messages``, ``clear``).
+
+        Args:
+            key: Conversation key.
+            window: Newest messages ``messages`` returns (None: the whole transcript).
+
+        Raises:
+            InvalidKey: ``key`` is rejected by `validate_history_key` (with its reason).
+        """
+        return KeyedMessageHistory(self, key, window=window)
 
     # --- the driver: procedures run atomically, or as reads -----------------------------------
 

@@ -1,0 +1,86 @@
+"""`KeyedMessageHistory`: one conversation of a `ChatHistory` as LangChain's
+`BaseChatMessageHistory`, for anything built on that interface (``RunnableWithMessageHistory``
+while langchain-core ships it, or a plain loop).
+
+Made by `ChatHistory.for_key`. Reads are bounded when a ``window`` is given (a tail read
+of the newest messages); without one, ``messages`` streams the whole transcript. Appends
+are `ChatHistory.append`'s: atomic, and a message whose id is already stored is skipped.
+A message added without an id gets one, set on the message itself (as the graph state
+does), so adding the same message objects again (a retry) stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from langchain_core.chat_history import BaseChatMessageHistory
+from langchain_core.messages import BaseMessage
+
+from agent_history.errors import InvalidArgument
+from agent_history.keys import require_history_key
+
+if TYPE_CHECKING:
+    from agent_history.history.chat_history import ChatHistory
+
+__all__ = ["KeyedMessageHistory"]
+
+
+class KeyedMessageHistory(BaseChatMessageHistory):
+    """The conversation ``key`` of ``history`` as a `BaseChatMessageHistory`.
+
+    Args:
+        history: The `ChatHistory` (store, namespace, scope) the conversation lives in.
+        key: Conversation key (checked by `validate_history_key`).
+        window: Newest messages ``messages`` returns (None: the whole transcript).
+
+    Raises:
+        InvalidKey: ``key`` is rejected (with its reason code).
+        InvalidArgument: ``window`` is below 1.
+    """
+
+    def __init__(self, history: ChatHistory, key: str, *, window: int | None = None) -> None:
+        if window is not None and window < 1:
+            raise InvalidArgument("window must be >= 1 (or None for the whole transcript)")
+        self.history = history
+        self.key = require_history_key(key)
+        self.window = window
+
+    @property
+    def messages(self) -> list[BaseMessage]:  # type: ignore[override]
+        """The newest ``window`` messages (all of them without a window), oldest first."""
+        if self.window is not None:
+            return self.history.tail(self.key, self.window)
+        return self.history.to_messages(list(self.history.read(self.key)), self.key)
+
+    async def aget_messages(self) -> list[BaseMessage]:
+        """Async `messages`."""
+        if self.window is not None:
+            return await self.history.atail(self.key, self.window)
+        turns = [turn async for turn in self.history.aread(self.key)]
+        return self.history.to_messages(turns, self.key)
+
+    def add_messages(self, messages: Sequence[BaseMessage]) -> None:
+        """Append ``messages`` in one atomic write (the history's scope decides which are
+        kept: ``turns`` keeps user messages and final answers)."""
+        self.history.append(self.key, _with_ids(messages))
+
+    async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
+        """Async `add_messages`."""
+        await self.history.aappend(self.key, _with_ids(messages))
+
+    def clear(self) -> None:
+        """Delete the conversation."""
+        self.history.delete(self.key)
+
+    async def aclear(self) -> None:
+        """Async `clear`."""
+        await self.history.adelete(self.key)
+
+
+def _with_ids(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+    for message in messages:
+        if not message.id:
+            message.id = str(uuid.uuid4())
+    return list(messages)

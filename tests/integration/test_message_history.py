@@ -1,0 +1,158 @@
+"""`ChatHistory.for_key`: a conversation as LangChain's `BaseChatMessageHistory`, on every
+backend, sync and async; ``RunnableWithMessageHistory`` and a plain loop keep a
+conversation across runs (a store closed and opened again between them)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from langchain_core.chat_history import BaseChatMessageHistory
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.runnables.history import RunnableWithMessageHistory
+from langgraph.store.base import BaseStore
+
+from agent_history import ChatHistory
+from agent_history.errors import InvalidArgument, InvalidKey
+from agent_history.settings import HistorySettings
+from agent_history.stores import create_graph_store, create_graph_store_sync
+from agent_history.testing import RecordingChatModel
+
+_RWMH_DEPRECATED = "ignore:RunnableWithMessageHistory is deprecated"
+
+
+def _exchange(n: int) -> list[BaseMessage]:
+    return [HumanMessage(f"q{n}", id=f"q{n}"), AIMessage(f"a{n}", id=f"a{n}")]
+
+
+def _texts(messages: list[BaseMessage]) -> list[str]:
+    return [str(m.content) for m in messages]
+
+
+def test_for_key_is_a_chat_message_history(store: BaseStore, ns: tuple[str, ...]) -> None:
+    history = ChatHistory(store, namespace=ns)
+    key = "tenant.a/user 17"
+    everything = history.for_key(key)
+    newest = history.for_key(key, window=3)
+    assert isinstance(everything, BaseChatMessageHistory)
+    assert everything.messages == [] and newest.messages == []
+    for n in range(3):
+        everything.add_messages(_exchange(n))
+    everything.add_messages(_exchange(2))  # already stored: skipped
+    assert _texts(everything.messages) == ["q0", "a0", "q1", "a1", "q2", "a2"]
+    assert _texts(newest.messages) == ["a1", "q2", "a2"]
+    assert newest.messages == everything.messages[-3:]
+    assert history.count(key) == 6 and list(history.keys()) == [key]
+    newest.clear()
+    assert everything.messages == [] and history.count(key) == 0
+
+
+def test_messages_without_ids_get_one_so_a_retry_stores_nothing_twice(
+    store: BaseStore, ns: tuple[str, ...]
+) -> None:
+    view = ChatHistory(store, namespace=ns).for_key("alice@example.com")
+    batch: list[BaseMessage] = [HumanMessage("hi"), AIMessage("hello")]
+    view.add_messages(batch)
+    view.add_messages(batch)  # a retried write with the same messages
+    view.add_user_message("again")  # the interface's one-message helpers
+    assert _texts(view.messages) == ["hi", "hello", "again"]
+    assert [m.id for m in view.messages[:2]] == [m.id for m in batch]
+    assert all(m.id for m in view.messages)
+
+
+def test_full_scope_keeps_every_field(store: BaseStore, ns: tuple[str, ...]) -> None:
+    call = {"name": "get_weather", "args": {"city": "Paris"}, "id": "c1"}
+    produced: list[BaseMessage] = [
+        HumanMessage("weather in Paris", id="h1"),
+        AIMessage("", tool_calls=[call], id="t1", usage_metadata=_usage(), name="bot"),
+        ToolMessage("sunny", tool_call_id="c1", name="get_weather", id="r1"),
+        AIMessage("sunny in Paris", id="f1", response_metadata={"model_name": "m"}),
+    ]
+    full = ChatHistory(store, namespace=ns, scope="full").for_key("k")
+    full.add_messages(produced)
+    assert full.messages == produced
+    turns = ChatHistory(store, namespace=(*ns[:-1], ns[-1] + "t")).for_key("k")
+    turns.add_messages(produced)
+    assert turns.messages == [produced[0], produced[3]]  # user messages and final answers
+
+
+def _usage() -> dict[str, int]:
+    return {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4}
+
+
+async def test_async_methods(astore: BaseStore, ns: tuple[str, ...]) -> None:
+    history = ChatHistory(astore, namespace=ns)
+    view = history.for_key("ключ 🗝", window=2)
+    await view.aadd_messages(_exchange(0))
+    await view.aadd_messages(_exchange(1))
+    assert _texts(await view.aget_messages()) == ["q1", "a1"]
+    everything = history.for_key("ключ 🗝")
+    assert _texts(await everything.aget_messages()) == ["q0", "a0", "q1", "a1"]
+    await view.aclear()
+    assert await everything.aget_messages() == []
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"), [("", "empty"), ("a\nb", "invalid_chars"), ("{{x}}", "unresolved_template")]
+)
+def test_invalid_key_or_window_is_refused(key: str, reason: str) -> None:
+    from langgraph.store.memory import InMemoryStore
+
+    history = ChatHistory(InMemoryStore())
+    with pytest.raises(InvalidKey, match=reason):
+        history.for_key(key)
+    with pytest.raises(InvalidArgument, match="window"):
+        history.for_key("ok", window=0)
+
+
+@pytest.mark.filterwarnings(_RWMH_DEPRECATED)
+def test_runnable_with_message_history_keeps_a_conversation_across_runs(
+    persistent_settings: HistorySettings,
+) -> None:
+    model = RecordingChatModel()
+    key = f"user-{uuid.uuid4().hex[:8]}@example.com"
+    for text in ["hi", "what did I say?"]:
+        # Each run opens the store anew, as a separate process would.
+        with create_graph_store_sync(persistent_settings) as store:
+            chain = RunnableWithMessageHistory(
+                model, lambda session_id, s=store: ChatHistory(s).for_key(session_id, window=10)
+            )
+            reply = chain.invoke(text, {"configurable": {"session_id": key}})
+            assert reply.content == f"echo: {text}"
+    assert _texts(model.calls[-1]) == ["hi", "echo: hi", "what did I say?"]
+    with create_graph_store_sync(persistent_settings) as store:
+        assert _texts(ChatHistory(store).for_key(key).messages) == [
+            "hi",
+            "echo: hi",
+            "what did I say?",
+            "echo: what did I say?",
+        ]
+
+
+@pytest.mark.filterwarnings(_RWMH_DEPRECATED)
+async def test_runnable_with_message_history_async(persistent_settings: HistorySettings) -> None:
+    model = RecordingChatModel()
+    key = f"user-{uuid.uuid4().hex[:8]}"
+    for text in ["one", "two"]:
+        async with create_graph_store(persistent_settings) as store:
+            chain = RunnableWithMessageHistory(
+                model, lambda session_id, s=store: ChatHistory(s).for_key(session_id)
+            )
+            await chain.ainvoke(text, {"configurable": {"session_id": key}})
+    assert _texts(model.calls[-1]) == ["one", "echo: one", "two"]
+
+
+def test_a_plain_loop_over_for_key(persistent_settings: HistorySettings) -> None:
+    model = RecordingChatModel()
+    key = f"chat-{uuid.uuid4().hex[:8]}"
+    for text in ["a", "b", "c"]:
+        with create_graph_store_sync(persistent_settings) as store:
+            history = ChatHistory(store).for_key(key, window=3)
+            question = HumanMessage(text)
+            answer = model.invoke([*history.messages, question])
+            history.add_messages([question, answer])
+    assert [_texts(call) for call in model.calls] == [
+        ["a"],
+        ["a", "echo: a", "b"],
+        ["echo: a", "b", "echo: b", "c"],
+    ]
