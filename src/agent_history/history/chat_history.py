@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -11,13 +10,14 @@ from langchain_core.messages import BaseMessage
 from langgraph.store.base import BaseStore, GetOp
 
 from agent_history.budget import deadline_after
-from agent_history.errors import AgentHistoryError, InvalidArgument, InvalidMessage
+from agent_history.errors import InvalidArgument, InvalidMessage
 from agent_history.history.bulk import (
     ImportConflict,
     ImportedTurn,
     ImportResult,
     delete_if_idle_steps,
     import_steps,
+    imported_turn,
 )
 from agent_history.history.codec import (
     HistoryScope,
@@ -424,14 +424,14 @@ class ChatHistory:
             ImportConflict: the turns do not continue the conversation (a gap), or one of
                 their ids is stored at another position; nothing is written.
         """
-        pending, first_seq = _imported(turns, self.scope)
+        pending, first_seq = _imported(turns)
         if not pending:
             return ImportResult(0, 0, self.count(key))
         return self._run_atomic(key, self._import_steps(pending, first_seq))
 
     async def aimport_turns(self, key: str, turns: Sequence[Turn]) -> ImportResult:
         """Async `import_turns`."""
-        pending, first_seq = _imported(turns, self.scope)
+        pending, first_seq = _imported(turns)
         if not pending:
             return ImportResult(0, 0, await self.acount(key))
         return await self._arun_atomic(key, self._import_steps(pending, first_seq))
@@ -471,27 +471,18 @@ class ChatHistory:
         return _info(key, head)
 
 
-def _imported(turns: Sequence[Turn], scope: HistoryScope) -> tuple[list[ImportedTurn], int]:
+def _imported(turns: Sequence[Turn]) -> tuple[list[ImportedTurn], int]:
     """Validate turns to import; return them as pending turns and their first seq."""
     if not turns:
         return [], 1
     first_seq = turns[0].seq
+    imported = []
     for offset, turn in enumerate(turns):
         if turn.seq != first_seq + offset:
             raise ImportConflict(
                 f"sequence numbers must be contiguous (seq {turn.seq} at position {offset})"
             )
-    try:
-        pending, _ = to_pending(list(turns), None, scope)
-    except AgentHistoryError:
-        raise
-    except (ValueError, TypeError) as exc:  # pydantic errors quote the body: class only
-        raise InvalidMessage(f"not a valid message ({type(exc).__name__})") from None
-    base = [f.name for f in fields(PendingTurn)]
-    imported = [
-        ImportedTurn(**{name: getattr(p, name) for name in base}, ts=turn.ts)
-        for p, turn in zip(pending, turns, strict=True)
-    ]
+        imported.append(imported_turn(turn, f"seq {turn.seq}"))
     return imported, first_seq
 
 
