@@ -8,6 +8,7 @@ from agent_history.errors import (
     WriteConflict,
 )
 from agent_history.history import AppendResult, ChatHistory, ConversationInfo, Turn
+from agent_history.history.message_history import KeyedMessageHistory
 from agent_history.keys import (
     DEFAULT_HISTORY_KEY_CANDIDATES,
     DEFAULT_HISTORY_KEY_TEMPLATE,
@@ -18,6 +19,7 @@ from agent_history.keys import (
 )
 from agent_history.node import AgentNode, AgentState, HistoryReport
 from agent_history.observability import METRICS, enable_prometheus
+from agent_history.prebuilt import HistoryHooks, HistoryReactState
 from agent_history.settings import Backend, HistorySettings
 from agent_history.stores import (
     create_checkpointer,
@@ -48,13 +50,16 @@ __all__ = [
     "ConfigError",
     "ConversationInfo",
     "HistoryDecision",
+    "HistoryHooks",
     "HistoryMode",
+    "HistoryReactState",
     "HistoryReport",
     "HistorySettings",
     "HistoryToggles",
     "KeyRejectReason",
     "KeyResolution",
     "KeyResolutionError",
+    "KeyedMessageHistory",
     "StoreUnavailable",
     "Turn",
     "WriteConflict",
