@@ -9,7 +9,7 @@ the stored tail without ids, or a re-delivered exchange without channel ids).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
@@ -20,6 +20,7 @@ __all__ = [
     "USER",
     "MergedPayload",
     "MessageLike",
+    "TokenCounter",
     "apply_reset",
     "content_of",
     "exchange_overlap",
@@ -39,6 +40,7 @@ MessageLike = BaseMessage | Mapping[str, Any]
 """A LangChain message or a mapping with ``role`` (or ``type``) and ``content``."""
 
 TokenCounter = Callable[[list[BaseMessage]], int]
+"""Counts the tokens of a message list (see `context.budget.token_counter_for`)."""
 
 _ROLE_ALIASES = {
     "user": USER,
@@ -132,6 +134,8 @@ class MergedPayload:
     """Messages ignored because a later reset command cut them off."""
     truncated: int
     """Messages cut by the window."""
+    dropped: list[BaseMessage] = field(default_factory=list)
+    """The messages the window cut (``truncated`` of them), oldest first."""
 
 
 def _match(stored: Sequence[BaseMessage], chat: Sequence[BaseMessage]) -> list[int | None]:
@@ -213,10 +217,6 @@ def tool_safe_units(messages: Sequence[BaseMessage]) -> list[list[BaseMessage]]:
     return units
 
 
-def _count(units: Sequence[Sequence[BaseMessage]]) -> int:
-    return sum(len(unit) for unit in units)
-
-
 def window(
     messages: Sequence[BaseMessage],
     max_messages: int,
@@ -228,28 +228,52 @@ def window(
     """The newest messages that fit, never breaking a tool call from its results.
 
     The current exchange (from the newest user message on: the question and this run's
-    tool steps) is always kept whole, so the model sees the newest user message and the
-    results of the tools it asked for, even when that alone is over the budget. Older
-    messages fill what is left of ``max_messages`` (and of ``max_tokens``, counted with
-    ``token_counter``, after ``reserved_tokens`` for what goes before the window), and
-    the window starts on a user message when one fits.
+    tool steps) is kept whole against ``max_messages``, so the model sees the newest
+    user message and the results of the tools it asked for. Older messages fill what is
+    left, and the window starts on a user message when one fits.
+
+    With ``max_tokens`` (counted with ``token_counter``, after ``reserved_tokens`` for
+    what goes before the window: system prompt, summary) the window never goes over the
+    budget but for the newest user message itself, which always stays: when the current
+    exchange alone is over it, its tool steps are dropped oldest first, each call with
+    its results (a result too large for the budget goes with the call that asked for it).
     """
     units = tool_safe_units(messages)
     flat = [m for unit in units for m in unit]
+    counting = max_tokens is not None and token_counter is not None
+    token_budget = (max_tokens or 0) - reserved_tokens
+    counter: TokenCounter = token_counter or len
     start = newest_human(flat)
-    current = flat[start:] if start is not None else []
-    older = flat[:start] if start is not None else flat
+    if start is None:
+        return _last_units(units, max_messages, token_budget if counting else None, counter)
+    current = flat[start:]
+    older = flat[:start]
     room = max_messages - len(current)
-    if max_tokens is not None and token_counter is not None:
-        token_room = max_tokens - reserved_tokens - (token_counter(current) if current else 0)
-    else:
-        token_room = None
-    if room <= 0 or (token_room is not None and token_room <= 0) or not older:
-        return current if current else _last_units(units, max_messages)
+    token_room = token_budget - counter(current) if counting else None
+    if token_room is not None and token_room < 0:
+        current = _cut_current(current, token_budget, counter)
+        token_room = max(0, token_budget - counter(current))
+        room = max_messages - len(current)
+    if room <= 0 or token_room == 0 or not older:
+        return current
     kept = _fit(older, room, len)
-    if token_room is not None and token_counter is not None:
-        kept = _fit(kept, token_room, token_counter)
+    if token_room is not None:
+        kept = _fit(kept, token_room, counter)
     return [*kept, *current]
+
+
+def _cut_current(
+    current: list[BaseMessage], budget: int, counter: TokenCounter
+) -> list[BaseMessage]:
+    """The newest user message and the newest whole tool units after it that fit
+    ``budget`` together (the user message stays even when it alone does not fit)."""
+    human, after = current[0], tool_safe_units(current[1:])
+    kept: list[BaseMessage] = []
+    for unit in reversed(after):
+        if counter([human, *unit, *kept]) > budget:
+            break
+        kept = [*unit, *kept]
+    return [human, *kept]
 
 
 def _fit(messages: list[BaseMessage], budget: int, counter: TokenCounter) -> list[BaseMessage]:
@@ -263,14 +287,22 @@ def _fit(messages: list[BaseMessage], budget: int, counter: TokenCounter) -> lis
     return kept[first:]
 
 
-def _last_units(units: Sequence[Sequence[BaseMessage]], max_messages: int) -> list[BaseMessage]:
-    """Without any user message: the newest whole units that fit (at least one)."""
-    kept: list[Sequence[BaseMessage]] = []
+def _last_units(
+    units: Sequence[Sequence[BaseMessage]],
+    max_messages: int,
+    token_budget: int | None,
+    counter: TokenCounter,
+) -> list[BaseMessage]:
+    """Without any user message: the newest whole units that fit (at least one, unless
+    it is over the token budget)."""
+    kept: list[BaseMessage] = []
     for unit in reversed(units):
-        if kept and _count(kept) + len(unit) > max_messages:
+        if kept and len(kept) + len(unit) > max_messages:
             break
-        kept.insert(0, unit)
-    return [m for unit in kept for m in unit]
+        if token_budget is not None and counter([*unit, *kept]) > token_budget:
+            break
+        kept = [*unit, *kept]
+    return kept
 
 
 def apply_reset(
@@ -352,6 +384,7 @@ def merge_history(
         token_counter=token_counter,
         reserved_tokens=reserved_tokens,
     )
+    in_window = {id(m) for m in kept}
     stored_ids = {id(m) for m in stored} | {
         id(m) for m, j in zip(chat, matched, strict=True) if j is not None
     }
@@ -364,6 +397,7 @@ def merge_history(
         redelivered=redelivered,
         dropped_by_reset=dropped,
         truncated=len(after_reset) - len(kept),
+        dropped=[m for m in after_reset if id(m) not in in_window],
     )
 
 
