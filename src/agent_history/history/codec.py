@@ -17,6 +17,7 @@ metric (`quarantine`), never raised, never logged with its body.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -153,19 +154,26 @@ def check_content(content: Any, where: str) -> None:
     )
 
 
+@functools.cache
+def _defaults(message_class: type[BaseMessage]) -> dict[str, Any]:
+    """Each optional field's default, per message class (pydantic rebuilds them per call)."""
+    defaults: dict[str, Any] = {}
+    for name, spec in message_class.model_fields.items():
+        if not spec.is_required():
+            defaults[name] = spec.get_default(call_default_factory=True)
+    return defaults
+
+
+_NO_DEFAULT = object()
+
+
 def _non_default(message: BaseMessage, data: Mapping[str, Any]) -> dict[str, Any]:
-    fields = type(message).model_fields
-    extra: dict[str, Any] = {}
-    for name, value in data.items():
-        if name in _OWN_FIELDS:
-            continue
-        spec = fields.get(name)
-        if spec is not None and not spec.is_required():
-            default = spec.get_default(call_default_factory=True)
-            if value == default:
-                continue
-        extra[name] = value
-    return extra
+    defaults = _defaults(type(message))
+    return {
+        name: value
+        for name, value in data.items()
+        if name not in _OWN_FIELDS and defaults.get(name, _NO_DEFAULT) != value
+    }
 
 
 def message_parts(message: BaseMessage) -> tuple[str, Any, str | None, str, dict[str, Any]]:
