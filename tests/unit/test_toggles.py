@@ -1,20 +1,20 @@
-"""Toggle decisions, strict loading, the circuit breaker and the metrics registry."""
+"""Toggle decisions, values in code, strict loading, the circuit breaker, pacing of skip logs."""
 
 from __future__ import annotations
 
 import logging
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from agent_history import observability as obs
 from agent_history.errors import ConfigError
-from agent_history.observability import MetricsRegistry, enable_prometheus, log_event
+from agent_history.observability import log_event
 from agent_history.toggles import (
+    BreakerSettings,
     BreakerState,
     CircuitBreaker,
     HistoryMode,
     HistoryToggles,
+    TriggerSettings,
     load_toggle_config,
 )
 
@@ -70,6 +70,17 @@ def test_invalid_env_at_run_time_keeps_last_good(caplog: pytest.LogCaptureFixtur
         ("ORCHEO_GRAPH_CHAT_HISTORY_READ_TIMEOUT_SECONDS", "-1"),
         ("ORCHEO_GRAPH_CHAT_HISTORY_FLAGS_FILE", "relative.json"),
         ("ORCHEO_GRAPH_CHAT_HISTORY_FLAGS_FILE", "/does/not/exist.json"),
+        ("ORCHEO_GRAPH_CHAT_HISTORY_BREAKER_FAILURE_RATIO", "nan"),
+        ("ORCHEO_GRAPH_CHAT_HISTORY_BREAKER_WINDOW_SECONDS", "inf"),
+        ("ORCHEO_GRAPH_CHAT_HISTORY_BREAKER_COOLDOWN_SECONDS", "NaN"),
+        ("ORCHEO_GRAPH_CHAT_HISTORY_READ_TIMEOUT_SECONDS", "inf"),
+        ("ORCHEO_GRAPH_CHAT_HISTORY_WRITE_TIMEOUT_SECONDS", "nan"),
+        ("ORCHEO_GRAPH_CHAT_HISTORY_TRIGGER_ERROR_RATE", "nan"),
+        ("ORCHEO_GRAPH_CHAT_HISTORY_TRIGGER_READ_P95_SECONDS", "-inf"),
+        ("ORCHEO_GRAPH_CHAT_HISTORY_TRIGGER_WINDOW_SECONDS", "Infinity"),
+        ("ORCHEO_GRAPH_CHAT_HISTORY_TRIGGER_ACTION", "shadow"),
+        ("ORCHEO_GRAPH_CHAT_HISTORY_TRIGGER_MIN_CALLS", "2.5"),
+        ("ORCHEO_GRAPH_CHAT_HISTORY_AUDIT_FILE", "audit.jsonl"),
     ],
 )
 def test_strict_loading_names_the_variable(name: str, value: str) -> None:
@@ -120,42 +131,6 @@ def test_breaker_window_forgets_old_failures() -> None:
     assert breaker.state is BreakerState.OPEN
 
 
-def test_registry_values_snapshot_and_label_hygiene() -> None:
-    registry = MetricsRegistry()
-    registry.inc(obs.FALLBACKS, backend="sqlite", channel="telegram", outcome="fallback")
-    registry.inc(obs.FALLBACKS, 2, backend="sqlite", channel="telegram:12345", outcome="fallback")
-    registry.observe(obs.STORE_READ_LATENCY, 3.0, backend="postgres", outcome="ok")
-    registry.observe(obs.STORE_READ_LATENCY, 700.0, backend="postgres", outcome="ok")
-    registry.set_gauge(obs.BREAKER_STATE, 2, backend="postgres")
-    assert registry.value(obs.FALLBACKS) == 3
-    assert registry.value(obs.FALLBACKS, channel="other") == 2
-    assert registry.value(obs.STORE_READ_LATENCY) == 2
-    assert registry.value(obs.BREAKER_STATE, backend="postgres") == 2
-    snapshot = registry.snapshot()
-    histogram = snapshot[obs.STORE_READ_LATENCY]["series"][0]
-    assert histogram["count"] == 2 and histogram["sum"] == 703.0 and histogram["buckets"][5.0] == 1
-    assert "12345" not in str(snapshot)
-    registry.reset()
-    assert registry.snapshot() == {}
-
-
-def test_prometheus_mirror() -> None:
-    registry, prom = MetricsRegistry(), CollectorRegistry()
-    assert enable_prometheus(prom, registry) is True
-    registry.inc(obs.STORE_WRITE_FAILURES, backend="sqlite", channel="wecom_cs", outcome="fallback")
-    registry.observe(
-        obs.STORE_WRITE_LATENCY, 12.0, backend="sqlite", channel="wecom_cs", outcome="ok"
-    )
-    labels = {"backend": "sqlite", "channel": "wecom_cs", "outcome": "fallback"}
-    assert prom.get_sample_value("agent_history_store_write_failures_total", labels) == 1.0
-    assert (
-        prom.get_sample_value(
-            "agent_history_store_write_latency_ms_count", {**labels, "outcome": "ok"}
-        )
-        == 1.0
-    )
-
-
 def test_log_event_is_structured(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="agent_history"):
         log_event(
@@ -171,3 +146,158 @@ def test_log_event_is_structured(caplog: pytest.LogCaptureFixture) -> None:
         "key": "telegram:1",
         "reason": "read_failed",
     }
+
+
+def test_nan_breaker_ratio_at_run_time_keeps_a_breaker_that_opens(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = {"ORCHEO_GRAPH_CHAT_HISTORY_BREAKER_MIN_CALLS": "2"}
+    clock = Clock()
+    toggles = HistoryToggles(env=env, clock=clock)
+    breaker = toggles.breaker_for(object(), "sqlite")
+    toggles.decide("a", node_enabled=True, breaker=breaker)
+    env["ORCHEO_GRAPH_CHAT_HISTORY_BREAKER_FAILURE_RATIO"] = "nan"
+    with caplog.at_level(logging.WARNING, logger="agent_history"):
+        toggles.decide("a", node_enabled=True, breaker=breaker)
+    assert [r.__dict__["fields"]["variable"] for r in caplog.records] == [
+        "ORCHEO_GRAPH_CHAT_HISTORY_BREAKER_FAILURE_RATIO"
+    ]
+    breaker.record_failure()
+    breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"failure_ratio": float("nan")}, "failure_ratio"),
+        ({"failure_ratio": 0.0}, "failure_ratio"),
+        ({"min_calls": 0}, "min_calls"),
+        ({"window_seconds": float("inf")}, "window_seconds"),
+        ({"cooldown_seconds": -1.0}, "cooldown_seconds"),
+    ],
+)
+def test_breaker_refuses_invalid_numbers(kwargs: dict[str, float], field: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        CircuitBreaker(**kwargs)  # type: ignore[arg-type]
+    assert caught.value.variable == f"CircuitBreaker.{field}"
+
+
+def test_typed_values_in_code() -> None:
+    toggles = HistoryToggles(
+        env={},
+        mode="read_only",
+        disabled_nodes=["billing", " support "],
+        node_modes={"triage": HistoryMode.SHADOW},
+        breaker=BreakerSettings(failure_ratio=0.25, min_calls=3),
+        triggers=TriggerSettings(error_rate=0.1, action="read_only"),
+        read_timeout_seconds=0.5,
+        write_timeout_seconds=1.5,
+    )
+    config = toggles.current()
+    assert config.mode is HistoryMode.READ_ONLY
+    assert config.disabled_nodes == {"billing", "support"}
+    assert config.node_modes == {"triage": HistoryMode.SHADOW}
+    assert (config.breaker_failure_ratio, config.breaker_min_calls) == (0.25, 3)
+    assert config.triggers.error_rate == 0.1 and config.triggers.action is HistoryMode.READ_ONLY
+    assert (config.read_timeout_seconds, config.write_timeout_seconds) == (0.5, 1.5)
+    assert toggles.decide("agent", node_enabled=True).reason == "mode:read_only"
+    assert toggles.decide("support", node_enabled=True).reason == "node_disabled"
+    assert toggles.decide("triage", node_enabled=True).mode is HistoryMode.SHADOW
+
+
+def test_code_values_meet_the_environment() -> None:
+    env = {
+        "ORCHEO_GRAPH_CHAT_HISTORY_MODE": "shadow",
+        "ORCHEO_GRAPH_CHAT_HISTORY_DISABLED_NODES": "from_env",
+        "ORCHEO_GRAPH_CHAT_HISTORY_READ_TIMEOUT_SECONDS": "7",
+    }
+    toggles = HistoryToggles(env=env, mode="read_write", disabled_nodes=("from_code",))
+    config = toggles.current()
+    assert config.mode is HistoryMode.READ_WRITE  # code overrides the environment's mode
+    assert config.disabled_nodes == {"from_env", "from_code"}
+    assert config.read_timeout_seconds == 7.0  # not set in code: the environment's
+    env["ORCHEO_GRAPH_CHAT_HISTORY_MODE"] = "off"
+    assert toggles.current().mode is HistoryMode.OFF  # but "off" from anywhere wins
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "variable"),
+    [
+        ({"mode": "sideways"}, "HistoryToggles.mode"),
+        ({"mode": 3}, "HistoryToggles.mode"),
+        ({"disabled_nodes": 5}, "HistoryToggles.disabled_nodes"),
+        ({"disabled_nodes": ["ok", 7]}, "HistoryToggles.disabled_nodes"),
+        ({"node_modes": {"a": "loud"}}, "HistoryToggles.node_modes['a']"),
+        ({"node_modes": ["a"]}, "HistoryToggles.node_modes"),
+        ({"breaker": {"failure_ratio": 0.5}}, "HistoryToggles.breaker"),
+        ({"triggers": 0.1}, "HistoryToggles.triggers"),
+        ({"read_timeout_seconds": float("nan")}, "HistoryToggles.read_timeout_seconds"),
+        ({"write_timeout_seconds": 0}, "HistoryToggles.write_timeout_seconds"),
+        ({"flags_file": "flags.json"}, "HistoryToggles.flags_file"),
+        ({"audit_file": "audit.jsonl"}, "HistoryToggles.audit_file"),
+    ],
+)
+def test_invalid_values_in_code_raise_at_construction(
+    kwargs: dict[str, object], variable: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        HistoryToggles(env={}, **kwargs)  # type: ignore[arg-type]
+    assert caught.value.variable == variable
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "field"),
+    [
+        (BreakerSettings, {"failure_ratio": float("nan")}, "failure_ratio"),
+        (BreakerSettings, {"half_open_probes": 0}, "half_open_probes"),
+        (TriggerSettings, {"error_rate": float("inf")}, "error_rate"),
+        (TriggerSettings, {"error_rate": 1.0}, "error_rate"),
+        (TriggerSettings, {"read_p95_seconds": float("nan")}, "read_p95_seconds"),
+        (TriggerSettings, {"action": "shadow"}, "action"),
+        (TriggerSettings, {"cooldwon_seconds": 5}, "cooldwon_seconds"),
+    ],
+)
+def test_settings_objects_refuse_bad_values(
+    model: type[BreakerSettings | TriggerSettings], kwargs: dict[str, object], field: str
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        model(**kwargs)
+    assert field in str(caught.value)
+
+
+def test_a_run_skipped_by_a_switch_is_logged_at_debug_once_per_node_per_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    env = {"ORCHEO_GRAPH_CHAT_HISTORY_DISABLED_NODES": "billing"}
+    toggles = HistoryToggles(env=env, clock=clock)
+
+    def skipped() -> list[dict[str, object]]:
+        return [
+            r.__dict__["fields"]
+            for r in caplog.records
+            if r.__dict__.get("event") == "history_skipped"
+        ]
+
+    with caplog.at_level(logging.DEBUG, logger="agent_history"):
+        for _ in range(5):
+            toggles.decide("billing", node_enabled=True)
+            toggles.decide("support", node_enabled=True)  # enabled: never logged
+            toggles.decide("plain", node_enabled=False)
+        assert skipped() == [
+            {"node": "billing", "reason": "node_disabled"},
+            {"node": "plain", "reason": "node_flag_off"},
+        ]
+        clock.now = 59.0
+        toggles.decide("billing", node_enabled=True)
+        assert len(skipped()) == 2
+        env["ORCHEO_GRAPH_CHAT_HISTORY_MODE"] = "off"  # a new reason is logged at once
+        toggles.decide("billing", node_enabled=True)
+        clock.now = 100.0  # 41 s after billing's last line, 100 s after plain's
+        toggles.decide("billing", node_enabled=True)
+        toggles.decide("plain", node_enabled=False)
+    assert skipped()[2:] == [
+        {"node": "billing", "reason": "master_off"},
+        {"node": "plain", "reason": "node_flag_off"},
+    ]

@@ -13,6 +13,7 @@ from agent_history.cli.app import load_settings as _load_settings
 from agent_history.errors import ConfigError
 from agent_history.history import ChatHistory
 from agent_history.stores import backend_of
+from agent_history.toggle_config import TriggerSettings
 from agent_history.toggles import load_toggle_config
 
 __all__ = ["doctor"]
@@ -53,8 +54,11 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
             f"cools down {toggles.breaker_cooldown_seconds:g}s (state is per process: "
             "metric agent_history_breaker_state)"
         ),
+        triggers=_describe_triggers(toggles.triggers),
         disabled_nodes=sorted(toggles.disabled_nodes),
+        node_modes={name: mode.value for name, mode in sorted(toggles.node_modes.items())},
         flags_file=toggles.flags_file,
+        audit_file=toggles.audit_file,
     )
     if as_json:
         console.print_json(json.dumps(report))
@@ -62,3 +66,19 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     for name, value in report.items():
         console.print(f"[bold]{name}[/]: {value}", highlight=False)
     console.print("[green]ok[/]: configuration valid, store reachable, probe round-tripped")
+
+
+def _describe_triggers(triggers: TriggerSettings) -> str:
+    if not triggers.enabled:
+        return "off (no ORCHEO_GRAPH_CHAT_HISTORY_TRIGGER_* threshold set)"
+    limits = []
+    if triggers.error_rate is not None:
+        limits.append(f"error rate > {triggers.error_rate:.0%}")
+    if triggers.read_p95_seconds is not None:
+        limits.append(f"read p95 > {triggers.read_p95_seconds:g}s")
+    if triggers.write_p95_seconds is not None:
+        limits.append(f"write p95 > {triggers.write_p95_seconds:g}s")
+    return (
+        f"{' or '.join(limits)} over {triggers.window_seconds:g}s (>= {triggers.min_calls} "
+        f"calls) sets {triggers.action.value} for {triggers.cooldown_seconds:g}s, then probes"
+    )

@@ -1,0 +1,132 @@
+"""The audit trail of switch changes: one JSON line each, appended by every process.
+
+Each effective change of mode, disabled nodes, per-node modes, breaker state or trigger
+action is logged at INFO (``switch_changed``), counted (``agent_history_switch_changes_total``)
+and, when ``ORCHEO_GRAPH_CHAT_HISTORY_AUDIT_FILE`` is set, appended to that file as one
+line: ``time`` (UTC, ISO 8601), ``change``, ``source``, ``before``, ``after``, ``pid``,
+``host`` and details such as ``backend``.
+
+Several processes may append to the same file: each line is one ``write`` on a descriptor
+opened with ``O_APPEND``, which the kernel applies atomically at the end of the file, so
+lines never interleave. A file that cannot be written is reported once and never fails a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from agent_history import observability as obs
+from agent_history.toggle_config import AUDIT_FILE_VAR
+
+__all__ = ["append_audit_line", "record_change"]
+
+_HOST = socket.gethostname()
+_failed_lock = threading.Lock()
+_failed_paths: set[str] = set()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, frozenset | set):
+        return sorted(str(v) for v in value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, str):  # StrEnum members included
+        return str(value)
+    return value
+
+
+def append_audit_line(path: str, entry: dict[str, Any]) -> bool:
+    """Append ``entry`` as one JSON line to ``path`` in a single ``write``.
+
+    Returns:
+        False when the file cannot be written (reported once per path, never raised).
+    """
+    line = orjson.dumps(entry, default=str) + b"\n"
+    try:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags, 0o640)
+        try:
+            written = os.write(fd, line)
+        finally:
+            os.close(fd)
+        if written != len(line):
+            raise OSError(f"short write ({written} of {len(line)} bytes)")
+    except OSError as exc:
+        with _failed_lock:
+            first = path not in _failed_paths
+            _failed_paths.add(path)
+        if first:
+            obs.log_event(
+                "audit_file_unwritable",
+                variable=AUDIT_FILE_VAR,
+                path=path,
+                error=exc.strerror or str(exc),
+            )
+        return False
+    with _failed_lock:
+        _failed_paths.discard(path)
+    return True
+
+
+def record_change(
+    change: str,
+    *,
+    source: str,
+    before: Any,
+    after: Any,
+    audit_file: str | None,
+    level: int = logging.INFO,
+    **details: Any,
+) -> dict[str, Any]:
+    """Log, count and (with an audit file) append one switch change.
+
+    Args:
+        change: What changed: ``startup``, ``mode``, ``disabled_nodes``, ``node_modes``,
+            ``breaker_state`` or ``trigger``.
+        source: Where from: ``env``, ``code``, ``flags_file`` (one or more, joined with
+            ``+``), ``breaker`` or ``trigger``.
+        before: The value before (None at start-up).
+        after: The value after.
+        audit_file: The audit file, or None to only log and count.
+        level: Log level (INFO; the caller may raise it).
+        details: Extra identifiers (backend, trigger, thresholds); never message bodies.
+
+    Returns:
+        The entry as written.
+    """
+    entry: dict[str, Any] = {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "change": change,
+        "source": source,
+        "before": _plain(before),
+        "after": _plain(after),
+        **{k: _plain(v) for k, v in details.items() if v is not None},
+        "pid": os.getpid(),
+        "host": _HOST,
+    }
+    for part in source.split("+"):
+        obs.METRICS.inc(obs.SWITCH_CHANGES, change=change, source=part)
+    obs.log_event(
+        "switch_changed",
+        level=level,
+        change=change,
+        source=source,
+        before=_short(entry["before"]),
+        after=_short(entry["after"]),
+        **{k: v for k, v in entry.items() if k in details},
+    )
+    if audit_file:
+        append_audit_line(audit_file, entry)
+    return entry
+
+
+def _short(value: Any) -> str:
+    text = orjson.dumps(value, default=str).decode()
+    return text if len(text) <= 200 else text[:197] + "..."

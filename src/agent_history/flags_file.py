@@ -1,0 +1,253 @@
+"""The flags file: a JSON or TOML file of switches, validated whole, re-read when it changes.
+
+Reading never blocks and never loads more than `MAX_FLAGS_FILE_BYTES`: only a regular
+file is read (a FIFO, a device or a symlink to one is refused), opened non-blocking. The
+content is checked against one schema (types, modes, node names, trigger thresholds);
+anything else is an invalid file, which keeps the last good flags in force.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import StringConstraints as Constraints
+
+from agent_history import observability as obs
+from agent_history.toggle_config import (
+    FLAGS_FILE_VAR,
+    HistoryMode,
+    ToggleConfig,
+    TriggerAction,
+    validation_problem,
+)
+
+__all__ = [
+    "MAX_FLAGS_FILE_BYTES",
+    "FlagsFile",
+    "FlagsFileError",
+    "FlagsFileSchema",
+    "merge_flags",
+    "parse_flags",
+    "read_flags_file",
+]
+
+MAX_FLAGS_FILE_BYTES = 256 * 1024
+"""A flags file larger than this is refused (it holds a few switches and node names)."""
+
+NodeName = Annotated[str, Constraints(strip_whitespace=True, min_length=1, max_length=256)]
+
+
+class FlagsFileError(ValueError):
+    """The flags file cannot be used; the message says why (never its content)."""
+
+
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class NodeFlags(_Strict):
+    """Per-node switches under ``nodes.<name>``."""
+
+    mode: HistoryMode | None = None
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, value: Any) -> Any:
+        return _lower(value)
+
+
+class TriggerOverrides(_Strict):
+    """Trigger settings in the file; each one set overrides the environment's."""
+
+    error_rate: float | None = Field(default=None, gt=0, lt=1)
+    read_p95_seconds: float | None = Field(default=None, gt=0)
+    write_p95_seconds: float | None = Field(default=None, gt=0)
+    window_seconds: float | None = Field(default=None, gt=0)
+    min_calls: int | None = Field(default=None, ge=1)
+    cooldown_seconds: float | None = Field(default=None, gt=0)
+    probe_calls: int | None = Field(default=None, ge=1)
+    action: TriggerAction | None = None
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _action(cls, value: Any) -> Any:
+        return _lower(value)
+
+
+class FlagsFileSchema(_Strict):
+    """Everything a flags file may hold; unknown keys are errors (they are usually typos)."""
+
+    mode: HistoryMode | None = None
+    """Global mode; overrides the environment's (``off`` from either wins)."""
+    disabled_nodes: frozenset[NodeName] = frozenset()
+    """Nodes forced in memory: a list, or a comma-separated string."""
+    node_modes: dict[NodeName, HistoryMode] = Field(default_factory=dict)
+    """Per-node mode (the short form of ``nodes.<name>.mode``)."""
+    nodes: dict[NodeName, NodeFlags] = Field(default_factory=dict)
+    """Per-node switches."""
+    triggers: TriggerOverrides | None = None
+    """Automatic rollback trigger settings."""
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, value: Any) -> Any:
+        return _lower(value)
+
+    @field_validator("node_modes", mode="before")
+    @classmethod
+    def _node_modes(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: _lower(v) for k, v in value.items()}
+        return value
+
+    @field_validator("disabled_nodes", mode="before")
+    @classmethod
+    def _disabled(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [name for name in value.split(",") if name.strip()]
+        if not isinstance(value, list | tuple):
+            raise ValueError("must be a list of node names or a comma-separated string")
+        if not all(isinstance(name, str) for name in value):
+            raise ValueError("node names must be strings")
+        return [name for name in value if name.strip()]
+
+    def modes_by_node(self) -> dict[str, HistoryMode]:
+        """``node_modes`` and ``nodes.<name>.mode`` together (the latter wins)."""
+        modes = dict(self.node_modes)
+        modes.update({name: f.mode for name, f in self.nodes.items() if f.mode is not None})
+        return modes
+
+
+def parse_flags(path: str, data: bytes) -> FlagsFileSchema:
+    """Validate a flags file's bytes (TOML when ``path`` ends in ``.toml``, else JSON)."""
+    try:
+        if path.endswith(".toml"):
+            content: Any = tomllib.loads(data.decode("utf-8"))
+        else:
+            content = orjson.loads(data)
+    except RecursionError:
+        raise FlagsFileError("nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        kind = "TOML" if path.endswith(".toml") else "JSON"
+        raise FlagsFileError(f"not valid {kind}: {first}") from None
+    if not isinstance(content, dict):
+        raise FlagsFileError(f"must hold an object (got {type(content).__name__})")
+    try:
+        return FlagsFileSchema.model_validate(content)
+    except ValidationError as exc:
+        raise FlagsFileError(validation_problem(exc)) from None
+    except RecursionError:
+        raise FlagsFileError("nested too deeply") from None
+
+
+def read_flags_file(path: str) -> FlagsFileSchema:
+    """Read and validate the flags file; raises `FlagsFileError` or `OSError`."""
+    # Check the type before opening (opening some devices has effects), and again on
+    # the open descriptor (the path may have been swapped in between).
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise FlagsFileError("is not a regular file")
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FlagsFileError("is not a regular file")
+        if info.st_size > MAX_FLAGS_FILE_BYTES:
+            raise FlagsFileError(f"is larger than {MAX_FLAGS_FILE_BYTES} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = os.read(fd, MAX_FLAGS_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_FLAGS_FILE_BYTES:
+                raise FlagsFileError(f"is larger than {MAX_FLAGS_FILE_BYTES} bytes")
+    finally:
+        os.close(fd)
+    return parse_flags(path, b"".join(chunks))
+
+
+def merge_flags(config: ToggleConfig, flags: FlagsFileSchema) -> ToggleConfig:
+    """Apply the file's switches on top of ``config``."""
+    # The file's mode overrides the environment's and the code's, except that "off"
+    # from either wins.
+    mode = flags.mode or config.mode
+    if config.mode is HistoryMode.OFF:
+        mode = HistoryMode.OFF
+    triggers = config.triggers
+    if flags.triggers is not None:
+        overrides = flags.triggers.model_dump(exclude_none=True)
+        if overrides:
+            triggers = triggers.model_copy(update=overrides)
+    return config.with_changes(
+        mode=mode,
+        disabled_nodes=config.disabled_nodes | flags.disabled_nodes,
+        node_modes={**config.node_modes, **flags.modes_by_node()},
+        triggers=triggers,
+    )
+
+
+_EMPTY = FlagsFileSchema()
+
+
+class FlagsFile:
+    """A flags file re-read when it changes; an invalid version keeps the last good flags.
+
+    Each distinct problem is logged once (``flags_file_invalid``), not on every run.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._signature: tuple[int, ...] | None = None
+        self._flags = _EMPTY
+        self.problem: str | None = None
+        """Why the current file is not in force (None when it is, or when none was read)."""
+
+    def flags(self) -> FlagsFileSchema:
+        """The flags in force: the file's, or the last good ones if it is unusable."""
+        try:
+            info = os.stat(self.path)
+        except OSError as exc:
+            if self._signature != ():
+                self._signature = ()
+                self._invalid(exc.strerror or type(exc).__name__)
+            return self._flags
+        signature = (info.st_dev, info.st_ino, info.st_mode, info.st_mtime_ns, info.st_size)
+        if signature == self._signature:
+            return self._flags
+        self._signature = signature
+        try:
+            self._flags = read_flags_file(self.path)
+        except FlagsFileError as exc:
+            self._invalid(str(exc))
+        except OSError as exc:
+            self._invalid(exc.strerror or type(exc).__name__)
+        else:
+            self.problem = None
+            obs.log_event("flags_file_loaded", level=logging.INFO, path=self.path)
+        return self._flags
+
+    def _invalid(self, problem: str) -> None:
+        self.problem = problem
+        obs.METRICS.inc(obs.CONFIG_ERRORS, source="flags_file")
+        obs.log_event(
+            "flags_file_invalid",
+            variable=FLAGS_FILE_VAR,
+            path=self.path,
+            error=problem,
+            action="keeping last good flags",
+        )
