@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from agent_history.dsn import describe_dsn, parse_dsn, redact_dsn
 from agent_history.errors import ConfigError
 
-__all__ = ["Backend", "HistorySettings", "default_data_dir", "env_var"]
+__all__ = ["Backend", "BackendName", "HistorySettings", "default_data_dir", "env_var"]
 
 ENV_PREFIX = "ORCHEO_"
 
@@ -24,6 +25,9 @@ class Backend(StrEnum):
     MEMORY = "memory"
     SQLITE = "sqlite"
     POSTGRES = "postgres"
+
+
+BackendName = Literal["memory", "sqlite", "postgres"]
 
 
 def env_var(field: str) -> str:
@@ -70,13 +74,18 @@ class HistorySettings(BaseSettings):
     """Storage configuration read from ``ORCHEO_*`` environment variables.
 
     Construct it with no arguments to read the environment, or pass fields to
-    override. Invalid values raise `ConfigError` naming the variable.
+    override. Invalid values raise `ConfigError` naming the variable; a keyword that is
+    not a field (a typo such as ``graph_store_backnd``) raises `ConfigError` naming it.
+    Other ``ORCHEO_*`` variables in the environment are ignored. Numbers must be finite.
     """
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         case_sensitive=False,
-        extra="ignore",
+        # Unknown keyword arguments are errors; the environment source only ever reads
+        # the declared fields, so unrelated ORCHEO_* variables stay ignored.
+        extra="forbid",
+        allow_inf_nan=False,
         validate_default=True,
     )
 
@@ -117,11 +126,33 @@ class HistorySettings(BaseSettings):
     postgres_connect_timeout: int = 5
     """Seconds to wait for the server when connecting."""
 
-    def __init__(self, **values: Any) -> None:
-        try:
-            super().__init__(**values)
-        except ValidationError as exc:
-            raise _config_error(exc) from None
+    if TYPE_CHECKING:
+        # The signature type checkers see: every field as a keyword, with the types a
+        # caller may pass (strings for enums and paths). Kept in step with the fields by
+        # a unit test.
+        def __init__(
+            self,
+            *,
+            graph_store_backend: Backend | BackendName = ...,
+            graph_store_sqlite_path: Path | str = ...,
+            graph_store_sqlite_busy_timeout: float = ...,
+            checkpoint_backend: Backend | BackendName | None = ...,
+            checkpoint_sqlite_path: Path | str = ...,
+            postgres_dsn: SecretStr | str | None = ...,
+            postgres_pool_min_size: int = ...,
+            postgres_pool_max_size: int = ...,
+            postgres_pool_timeout: float = ...,
+            postgres_pool_max_idle: float = ...,
+            postgres_connect_timeout: int = ...,
+        ) -> None: ...
+
+    else:
+
+        def __init__(self, **values: Any) -> None:
+            try:
+                super().__init__(**values)
+            except ValidationError as exc:
+                raise _config_error(exc) from None
 
     @field_validator("graph_store_backend", "checkpoint_backend", mode="before")
     @classmethod
@@ -196,6 +227,10 @@ def _config_error(exc: ValidationError) -> ConfigError:
         return cause
     location = error.get("loc") or ("?",)
     field = str(location[0])
+    if error.get("type") == "extra_forbidden":
+        close = difflib.get_close_matches(field, list(HistorySettings.model_fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return ConfigError(field, f"is not a HistorySettings field{hint}")
     value = error.get("input")
     shown = "***" if field == "postgres_dsn" else repr(value)
     return ConfigError(env_var(field), f"{error.get('msg', 'invalid value')} (got {shown})")

@@ -119,3 +119,71 @@ def test_key_value_dsn_is_redacted() -> None:
     redacted = redact_dsn(f"host=h port=1 dbname=d user=u password={SENTINEL}")
     assert SENTINEL not in redacted
     assert "password=***" in redacted
+
+
+def test_unknown_keyword_is_an_error_naming_it() -> None:
+    with pytest.raises(ConfigError) as caught:
+        HistorySettings(graph_store_backnd="postgres")  # type: ignore[call-arg]
+    assert caught.value.variable == "graph_store_backnd"
+    assert "did you mean 'graph_store_backend'?" in str(caught.value)
+
+
+def test_unrelated_orcheo_variables_are_still_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCHEO_GRAPH_CHAT_HISTORY_MODE", "off")
+    monkeypatch.setenv("ORCHEO_SOMETHING_ELSE", "x")
+    monkeypatch.setenv("ORCHEO_GRAPH_STORE_BACKND", "postgres")
+    assert HistorySettings().graph_store_backend is Backend.SQLITE
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ORCHEO_POSTGRES_POOL_TIMEOUT", "nan"),
+        ("ORCHEO_POSTGRES_POOL_MAX_IDLE", "inf"),
+        ("ORCHEO_GRAPH_STORE_SQLITE_BUSY_TIMEOUT", "NaN"),
+    ],
+)
+def test_nan_and_infinite_numbers_are_errors(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        HistorySettings()
+    assert caught.value.variable == name
+    with pytest.raises(ConfigError):
+        HistorySettings(postgres_pool_timeout=float("inf"))
+
+
+def test_the_typed_signature_lists_every_field() -> None:
+    """The keyword signature type checkers see is declared apart from the fields: keep
+    them in step."""
+    import ast
+    import inspect
+    import textwrap
+
+    from agent_history import settings as module
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(module.HistorySettings)))
+    declared = [
+        arg.arg
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If)
+        for inner in node.body
+        if isinstance(inner, ast.FunctionDef) and inner.name == "__init__"
+        for arg in inner.args.kwonlyargs
+    ]
+    assert declared == list(HistorySettings.model_fields)
+
+
+def test_mypy_catches_a_misspelt_setting(tmp_path: Path) -> None:
+    mypy_api = pytest.importorskip("mypy.api")
+    code = tmp_path / "typo.py"
+    code.write_text(
+        "from agent_history import HistorySettings\n"
+        'HistorySettings(graph_store_backend="postgres", graph_store_sqlite_path="/x.db")\n'
+        'HistorySettings(graph_store_backnd="postgres")\n'
+    )
+    stdout, _, status = mypy_api.run(["--strict", "--no-error-summary", str(code)])
+    assert status == 1
+    assert stdout.count("error:") == 1
+    assert 'typo.py:3: error: Unexpected keyword argument "graph_store_backnd"' in stdout
