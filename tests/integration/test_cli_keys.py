@@ -47,13 +47,19 @@ def test_a_key_with_a_control_character_is_a_usage_error(tmp_path: Path) -> None
     assert "invalid_chars" in result.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/data.py prints keys as rich markup: it must escape them (rich.markup.escape)",
-)
 @pytest.mark.parametrize("key", ["a[/]b", "[bold red]x"])
 def test_keys_that_look_like_markup_are_printed_as_they_are(tmp_path: Path, key: str) -> None:
     env = _store_with(tmp_path / "store.sqlite", [key])
     shown = runner.invoke(app, ["show", key], env=env)
     assert shown.exit_code == 0, shown.output
     assert shown.output.startswith(f"{key}: last 1 of 1 turn"), shown.output
+
+
+@pytest.mark.parametrize("namespace", ["a..b", "a.", " .b"])
+def test_a_namespace_with_an_empty_or_blank_label_is_a_usage_error(
+    tmp_path: Path, namespace: str
+) -> None:
+    env = _store_with(tmp_path / "store.sqlite", KEYS)
+    result = runner.invoke(app, ["stats", "-n", namespace], env=env)
+    assert result.exit_code == 2, result.output
+    assert "--namespace" in result.output and "label" in result.output

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 from rich.table import Table
 
@@ -30,7 +31,9 @@ from agent_history.cli.app import (
     plural,
     progress_bar,
 )
+from agent_history.errors import InvalidNamespace
 from agent_history.history import ChatHistory, ConversationInfo
+from agent_history.history.naming import validate_namespace
 from agent_history.keys import channel_of
 from agent_history.legacy import legacy_keys, migrate_legacy
 from agent_history.retention import PurgeReport, idle_conversations, purge_idle
@@ -51,10 +54,12 @@ NamespaceOption = typer.Option(
 
 
 def _namespace(value: str, option: str = "--namespace") -> tuple[str, ...]:
-    labels = tuple(label for label in value.split(".") if label)
-    if not labels:
+    if not value:
         raise fail(f"{option} must not be empty", EXIT_CONFIG)
-    return labels
+    try:
+        return validate_namespace(value.split("."))
+    except InvalidNamespace as exc:
+        raise fail(f"{option}: {exc}", EXIT_CONFIG) from None
 
 
 def _info(history: ChatHistory, key: str) -> ConversationInfo | None:
@@ -378,7 +383,9 @@ def stats(namespace: str = NamespaceOption, as_json: bool = typer.Option(False, 
     table.add_row("[bold]total", str(summary["conversations"]), str(total))
     console.print(table)
     if largest:
-        console.print(f"largest: {largest[0]} ({plural(largest[1], 'turn')})", highlight=False)
+        console.print(
+            f"largest: {largest[0]} ({plural(largest[1], 'turn')})", highlight=False, markup=False
+        )
 
 
 @app.command()
@@ -408,7 +415,8 @@ def show(
         )
         return
     console.print(
-        f"[bold]{key}[/]: last {len(turns)} of {plural(info.turns, 'turn')}", highlight=False
+        f"[bold]{escape(key)}[/]: last {len(turns)} of {plural(info.turns, 'turn')}",
+        highlight=False,
     )
     for turn in turns:
         text = (
@@ -449,7 +457,7 @@ def delete(
         if not yes:
             _confirm(f"delete conversation {key} ({plural(info.turns, 'turn')})?")
         removed = history.delete(key)
-    console.print(f"deleted {plural(removed, 'turn')} of {key}", highlight=False)
+    console.print(f"deleted {plural(removed, 'turn')} of {key}", highlight=False, markup=False)
 
 
 _AGE = re.compile(r"^(\d+)([smhdw])$")
