@@ -24,7 +24,12 @@ def test_the_page_shows_its_examples_with_output() -> None:
 
 
 @pytest.mark.parametrize("number", range(len(_examples())))
-def test_example_prints_what_the_page_shows(number: int) -> None:
+def test_example_prints_what_the_page_shows(
+    number: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))  # the default SQLite store goes here
+    for name in ("ORCHEO_GRAPH_STORE_BACKEND", "ORCHEO_GRAPH_STORE_SQLITE_PATH"):
+        monkeypatch.delenv(name, raising=False)
     code, output = _examples()[number]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
