@@ -251,3 +251,19 @@ def test_settings_are_checked_when_the_surface_is_made(surface: str) -> None:
         make(max_messages=0)
     with pytest.raises(TypeError, match="history_key"):
         make(history_key="telegram:1")  # type: ignore[typeddict-item]
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+def test_the_breaker_opens_on_a_failing_store_and_stops_calling_it(surface: str) -> None:
+    faulty = FaultyStore(InMemoryStore())
+    faulty.fail_reads = True
+    model, reports = RecordingChatModel(), []
+    switches = toggles(breaker_min_calls="2", breaker_cooldown_seconds="3600")
+    agent = _agent(surface, model, faulty, reports, toggles=switches)
+    for n in range(3):
+        out = agent.invoke(telegram_callback(6, f"m{n}"), _thread())
+        assert _texts(out["messages"]) == [f"m{n}", f"echo: m{n}"]
+        if n == 1:
+            calls = len(faulty.calls)
+    assert [r.fallbacks for r in reports] == [("read_failed",)] * 2 + [("breaker_open",)]
+    assert len(faulty.calls) == calls  # no store call once the breaker is open
