@@ -8,6 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
+from typing import Literal
 
 from agent_history import observability as obs
 from agent_history.toggle_config import BreakerSettings, ToggleConfig, settings_from_code
@@ -27,6 +28,10 @@ _GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 
 
 BreakerListener = Callable[[str, BreakerState, BreakerState], None]
 """Called with (backend, before, after) after each state change, outside the lock."""
+
+Operation = Literal["read", "write"]
+CallListener = Callable[[str, Operation | None, bool, float | None], None]
+"""Called with (backend, operation, ok, seconds) for every recorded store call."""
 
 
 class CircuitBreaker:
@@ -48,6 +53,7 @@ class CircuitBreaker:
         clock: Callable[[], float] = time.monotonic,
         backend: str = "other",
         on_change: BreakerListener | None = None,
+        on_call: CallListener | None = None,
     ) -> None:
         # Validates the numbers (finite, in range): a NaN ratio would never open.
         settings = settings_from_code(
@@ -63,6 +69,7 @@ class CircuitBreaker:
         self.backend = backend
         self._clock = clock
         self._on_change = on_change
+        self._on_call = on_call
         self._lock = threading.Lock()
         self._events: deque[tuple[float, bool]] = deque()
         self._state = BreakerState.CLOSED
@@ -119,8 +126,15 @@ class CircuitBreaker:
         self._emit(changes)
         return allowed
 
-    def record_success(self) -> None:
-        """Record a store call that succeeded."""
+    def record_success(
+        self, latency_seconds: float | None = None, *, operation: Operation | None = None
+    ) -> None:
+        """Record a store call that succeeded.
+
+        Args:
+            latency_seconds: How long the call took (feeds the latency triggers).
+            operation: ``read`` or ``write``.
+        """
         with self._lock:
             changes = self._advance()
             if self._state is BreakerState.HALF_OPEN:
@@ -131,9 +145,12 @@ class CircuitBreaker:
             else:
                 self._events.append((self._clock(), True))
         self._emit(changes)
+        self._report_call(True, latency_seconds, operation)
 
-    def record_failure(self) -> None:
-        """Record a store call that failed or timed out."""
+    def record_failure(
+        self, latency_seconds: float | None = None, *, operation: Operation | None = None
+    ) -> None:
+        """Record a store call that failed or timed out (arguments as `record_success`)."""
         with self._lock:
             changes = self._advance()
             if self._state is BreakerState.HALF_OPEN:
@@ -146,6 +163,16 @@ class CircuitBreaker:
                 if calls >= settings.min_calls and failures / calls >= settings.failure_ratio:
                     changes += self._open()
         self._emit(changes)
+        self._report_call(False, latency_seconds, operation)
+
+    def _report_call(self, ok: bool, seconds: float | None, operation: Operation | None) -> None:
+        # Without an explicit duration, use the one the caller just observed in the
+        # metrics for this store call (same thread or task, nothing awaited in between).
+        last = obs.take_last_store_call()
+        if seconds is None and last is not None and operation in (None, last[0]):
+            operation, seconds = last
+        if self._on_call is not None:
+            self._on_call(self.backend, operation, ok, seconds)
 
     # --- under the lock --------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 from weakref import WeakKeyDictionary
@@ -54,6 +55,7 @@ __all__ = [
     "logger",
     "register_channels",
     "register_channels_from_candidates",
+    "take_last_store_call",
     "timed",
 ]
 
@@ -291,6 +293,28 @@ def channel_label(key: str | None) -> str:
     return prefix if prefix in _channels else "other"
 
 
+STORE_CALL_OPERATIONS: dict[str, Literal["read", "write"]] = {
+    STORE_READ_LATENCY: "read",
+    STORE_WRITE_LATENCY: "write",
+}
+_LAST_STORE_CALL: ContextVar[tuple[Literal["read", "write"], float] | None] = ContextVar(
+    "agent_history_last_store_call", default=None
+)
+
+
+def take_last_store_call() -> tuple[Literal["read", "write"], float] | None:
+    """The store call duration last observed in this context, once: (operation, seconds).
+
+    A caller that observes a store call's duration and then records its outcome on the
+    store's breaker (``breaker.record_success()``) lets the breaker pick the duration up
+    here; passing it to the breaker directly is the explicit form.
+    """
+    last = _LAST_STORE_CALL.get()
+    if last is not None:
+        _LAST_STORE_CALL.set(None)
+    return last
+
+
 LabelKey = tuple[tuple[str, str], ...]
 MetricListener = Callable[[MetricKind, str, float, Mapping[str, str]], None]
 """Called after every update: (kind, metric name, value, labels). Histogram values are
@@ -347,6 +371,9 @@ class MetricsRegistry:
             for index, bound in enumerate(BUCKETS_SECONDS):
                 if seconds <= bound:
                     state[2 + index] += 1
+        operation = STORE_CALL_OPERATIONS.get(name)
+        if operation is not None:
+            _LAST_STORE_CALL.set((operation, seconds))
         self._notify("histogram", name, seconds, key)
 
     def observe(self, name: str, value_ms: float, **labels: str) -> None:

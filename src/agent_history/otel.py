@@ -25,7 +25,13 @@ from weakref import WeakKeyDictionary
 
 from agent_history import observability as obs
 
-__all__ = ["INSTRUMENTATION_NAME", "SPAN_NAMES", "enable_opentelemetry", "otel_metric_name"]
+__all__ = [
+    "INSTRUMENTATION_NAME",
+    "SPAN_NAMES",
+    "disable_opentelemetry",
+    "enable_opentelemetry",
+    "otel_metric_name",
+]
 
 INSTRUMENTATION_NAME = "agent_history"
 SPAN_NAMES = {
@@ -144,3 +150,27 @@ def enable_opentelemetry(
         bridges.append(bridge)
     metrics.add_listener(bridge)
     return True
+
+
+def disable_opentelemetry(
+    *,
+    tracer_provider: Any = None,
+    meter_provider: Any = None,
+    metrics: obs.MetricsRegistry = obs.METRICS,
+) -> bool:
+    """Detach the bridge `enable_opentelemetry` made with the same arguments.
+
+    Returns:
+        True when a bridge was detached.
+    """
+    with _lock:
+        bridges = _bridges.get(metrics, [])
+        for bridge in bridges:
+            if (
+                bridge.tracer_provider is tracer_provider
+                and bridge.meter_provider is meter_provider
+            ):
+                bridges.remove(bridge)
+                metrics.remove_listener(bridge)
+                return True
+    return False

@@ -461,6 +461,7 @@ class HistoryToggles:
                 clock=self._clock,
                 backend=backend,
                 on_change=self._breaker_changed,
+                on_call=self._triggers.record,
             )
             try:
                 self._breakers[store] = breaker

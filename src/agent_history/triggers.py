@@ -1,12 +1,13 @@
 """Automatic rollback triggers: store error rate and p95 latency per backend.
 
 Beside the per-store circuit breaker, a trigger watches every store call of a backend over
-a sliding window (the node reports each attempt's duration and outcome to the metrics
-registry; the triggers listen there). When the error rate or the read or write p95
-duration passes its threshold, the trigger **fires**: the backend's runs take the
-configured action (``off`` or ``read_only``) for the cool-down. Then it **probes**: runs
-go back to the configured mode, and the next store calls of the kind that fired decide:
-``probe_calls`` good ones in a row **return** to watching, a bad one fires again.
+a sliding window: the node records each attempt's outcome and duration on the store's
+breaker, which passes it on to the triggers of the toggles that made it. When the error
+rate or the read or write p95 duration passes its threshold, the trigger **fires**: the
+backend's runs take the configured action (``off`` or ``read_only``) for the cool-down.
+Then it **probes**: runs go back to the configured mode, and the next store calls of the
+kind that fired decide: ``probe_calls`` good ones in a row **return** to watching, a bad
+one fires again.
 
 p95 is the nearest-rank percentile: it exceeds a threshold exactly when more than
 ``n - ceil(0.95 n)`` of the window's ``n`` durations do, so the window keeps a count of
@@ -18,9 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -103,7 +103,7 @@ class RollbackTrigger:
         self._settings = settings
         self._clock = clock
         self._lock = threading.Lock()
-        self._window: deque[tuple[float, Operation, bool, float]] = deque()
+        self._window: deque[tuple[float, Operation | None, bool, float | None]] = deque()
         self._counts = {"calls": 0, "failures": 0, "read": 0, "write": 0}
         self._slow = {"read": 0, "write": 0}
         self._state = TriggerState.WATCHING
@@ -125,7 +125,9 @@ class RollbackTrigger:
         s = self._settings
         return s.read_p95_seconds if operation == "read" else s.write_p95_seconds
 
-    def _is_slow(self, operation: Operation, seconds: float) -> bool:
+    def _is_slow(self, operation: Operation | None, seconds: float | None) -> bool:
+        if operation is None or seconds is None:
+            return False
         threshold = self._threshold(operation)
         return threshold is not None and seconds > threshold
 
@@ -137,7 +139,7 @@ class RollbackTrigger:
             self._settings = settings
             self._slow = {"read": 0, "write": 0}
             for _, operation, _, seconds in self._window:
-                if self._is_slow(operation, seconds):
+                if operation is not None and self._is_slow(operation, seconds):
                     self._slow[operation] += 1
             if not settings.enabled and self._state is not TriggerState.WATCHING:
                 return [self._return("triggers_disabled")]
@@ -145,8 +147,13 @@ class RollbackTrigger:
 
     # --- recording -------------------------------------------------------------------------
 
-    def record(self, operation: Operation, ok: bool, seconds: float) -> list[TriggerEvent]:
-        """Record one store call; returns the state changes it caused."""
+    def record(
+        self, operation: Operation | None, ok: bool, seconds: float | None
+    ) -> list[TriggerEvent]:
+        """Record one store call; returns the state changes it caused.
+
+        A call whose operation or duration is unknown counts for the error rate only.
+        """
         with self._lock:
             events = self._advance()
             if self._state is TriggerState.WATCHING:
@@ -169,7 +176,7 @@ class RollbackTrigger:
 
     # --- under the lock --------------------------------------------------------------------
 
-    def _push(self, operation: Operation, ok: bool, seconds: float) -> None:
+    def _push(self, operation: Operation | None, ok: bool, seconds: float | None) -> None:
         now = self._clock()
         self._window.append((now, operation, ok, seconds))
         self._count(operation, ok, seconds, +1)
@@ -177,13 +184,16 @@ class RollbackTrigger:
             self._drop()
         self._expire(now)
 
-    def _count(self, operation: Operation, ok: bool, seconds: float, sign: int) -> None:
+    def _count(
+        self, operation: Operation | None, ok: bool, seconds: float | None, sign: int
+    ) -> None:
         self._counts["calls"] += sign
-        self._counts[operation] += sign
         if not ok:
             self._counts["failures"] += sign
-        if self._is_slow(operation, seconds):
-            self._slow[operation] += sign
+        if operation is not None and seconds is not None:
+            self._counts[operation] += sign
+            if self._is_slow(operation, seconds):
+                self._slow[operation] += sign
 
     def _drop(self) -> None:
         _, operation, ok, seconds = self._window.popleft()
@@ -212,7 +222,7 @@ class RollbackTrigger:
             if threshold is None or count < s.min_calls:
                 continue
             if _p95_exceeds(self._slow[op], count):
-                p95 = _p95([d for _, o, _, d in self._window if o == op])
+                p95 = _p95([d for _, o, _, d in self._window if o == op and d is not None])
                 return self._fire(kind, p95, threshold, count)
         return None
 
@@ -252,13 +262,17 @@ class RollbackTrigger:
             self._expire(self._clock())
         return []
 
-    def _probe(self, operation: Operation, ok: bool, seconds: float) -> TriggerEvent | None:
+    def _probe(
+        self, operation: Operation | None, ok: bool, seconds: float | None
+    ) -> TriggerEvent | None:
         kind = self._fired
+        if kind is not TriggerKind.ERROR_RATE and seconds is None:
+            return None
         if kind is TriggerKind.READ_P95 and operation != "read":
             return None
         if kind is TriggerKind.WRITE_P95 and operation != "write":
             return None
-        threshold = self._threshold(operation)
+        threshold = self._threshold(operation) if operation is not None else None
         slow = kind is not TriggerKind.ERROR_RATE and self._is_slow(operation, seconds)
         if ok and not slow:
             self._probes_ok += 1
@@ -267,7 +281,7 @@ class RollbackTrigger:
             return None
         if kind is TriggerKind.ERROR_RATE:
             return self._fire(kind, 1.0, self._settings.error_rate or 0.0, 1, "probe_failed")
-        return self._fire(kind, seconds, threshold or 0.0, 1, "probe_failed")
+        return self._fire(kind, seconds or 0.0, threshold or 0.0, 1, "probe_failed")
 
     def _return(self, reason: str) -> TriggerEvent:
         self._state = TriggerState.WATCHING
@@ -276,14 +290,8 @@ class RollbackTrigger:
         return TriggerEvent(self.backend, TriggerState.WATCHING, self._fired, self._action, reason)
 
 
-_HISTOGRAM_OPERATION: dict[str, Operation] = {
-    obs.STORE_READ_LATENCY: "read",
-    obs.STORE_WRITE_LATENCY: "write",
-}
-
-
 class RollbackTriggers:
-    """One `RollbackTrigger` per backend, fed by the metrics registry's store durations.
+    """One `RollbackTrigger` per backend, fed by the breakers of one `HistoryToggles`.
 
     Args:
         clock: Monotonic clock (injectable for tests).
@@ -303,7 +311,6 @@ class RollbackTriggers:
         self._settings = TriggerSettings()
         self._lock = threading.Lock()
         self._triggers: dict[str, RollbackTrigger] = {}
-        self._attached: obs.MetricListener | None = None
 
     @property
     def enabled(self) -> bool:
@@ -311,12 +318,10 @@ class RollbackTriggers:
         return self._settings.enabled
 
     def reconfigure(self, settings: TriggerSettings) -> None:
-        """Apply settings to every backend's trigger; start listening once enabled."""
+        """Apply settings to every backend's trigger."""
         if settings == self._settings:
             return
         self._settings = settings
-        if settings.enabled:
-            self._attach(obs.METRICS)
         with self._lock:
             triggers = list(self._triggers.values())
         for trigger in triggers:
@@ -343,36 +348,13 @@ class RollbackTriggers:
         self._emit(events)
         return action
 
-    def record(self, backend: str, operation: Operation, ok: bool, seconds: float) -> None:
-        """Record one store call of ``backend``."""
+    def record(
+        self, backend: str, operation: Operation | None, ok: bool, seconds: float | None
+    ) -> None:
+        """Record one store call of ``backend`` (operation and duration when known)."""
         if not self._settings.enabled:
             return
         self._emit(self.trigger(backend).record(operation, ok, seconds))
-
-    def _on_metric(
-        self, kind: obs.MetricKind, name: str, value: float, labels: Mapping[str, str]
-    ) -> None:
-        operation = _HISTOGRAM_OPERATION.get(name)
-        if kind != "histogram" or operation is None:
-            return
-        self.record(labels.get("backend", "other"), operation, labels.get("outcome") == "ok", value)
-
-    def _attach(self, metrics: obs.MetricsRegistry) -> None:
-        if self._attached is not None:
-            return
-        ref = weakref.ref(self)
-
-        def listener(
-            kind: obs.MetricKind, name: str, value: float, labels: Mapping[str, str]
-        ) -> None:
-            owner = ref()
-            if owner is None:
-                metrics.remove_listener(listener)
-            else:
-                owner._on_metric(kind, name, value, labels)
-
-        self._attached = listener
-        metrics.add_listener(listener)
 
     def _emit(self, events: list[TriggerEvent]) -> None:
         for event in events:

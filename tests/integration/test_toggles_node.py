@@ -290,3 +290,95 @@ def test_health_on_real_stores(store: BaseStore, backend: str) -> None:
     report = check_health(store, toggles=HistoryToggles(env={}))
     assert report.status == "ok", report.details
     assert report.details["backend"] == backend
+
+
+def _audit_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_every_effective_switch_change_is_audited_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    audit, flags = tmp_path / "audit.jsonl", tmp_path / "flags.json"
+    _write_flags(flags, {"mode": "read_write"}, 1_000_000_000)
+    clock = FakeClock()
+    env = {
+        "ORCHEO_GRAPH_CHAT_HISTORY_AUDIT_FILE": str(audit),
+        "ORCHEO_GRAPH_CHAT_HISTORY_FLAGS_FILE": str(flags),
+        "ORCHEO_GRAPH_CHAT_HISTORY_BREAKER_MIN_CALLS": "2",
+        "ORCHEO_GRAPH_CHAT_HISTORY_BREAKER_COOLDOWN_SECONDS": "30",
+    }
+    faulty, reports = FaultyStore(InMemoryStore()), []
+    graph = _graph(faulty, HistoryToggles(env=env, clock=clock), reports)
+    with caplog.at_level(logging.INFO, logger="agent_history"):
+        _run(graph, "start")
+        _run(graph, "nothing changed")
+        _write_flags(flags, {"mode": "off"}, 2_000_000_000)
+        _run(graph, "flags off")
+        _write_flags(
+            flags,
+            {"disabled_nodes": ["billing"], "nodes": {"triage": {"mode": "shadow"}}},
+            3_000_000_000,
+        )
+        _run(graph, "flags back on, narrower")
+        _write_flags(
+            flags,
+            {"disabled_nodes": ["billing"], "nodes": {"triage": {"mode": "shadow"}}},
+            4_000_000_000,
+        )  # rewritten, same content: no effective change
+        _run(graph, "same flags")
+        env["ORCHEO_GRAPH_CHAT_HISTORY_MODE"] = "read_only"
+        _run(graph, "env read_only")
+        faulty.fail_reads = True
+        clock.now += 61  # earlier successes leave the breaker's window
+        _run(graph, "fail 1")
+        _run(graph, "fail 2")
+        faulty.fail_reads = False
+        clock.now += 31
+        _run(graph, "probe")
+    entries = _audit_lines(audit)
+    changes = [(e["change"], e["source"], e["before"], e["after"]) for e in entries]
+    assert changes == [
+        (
+            "startup",
+            "env+flags_file",
+            None,
+            {"mode": "read_write", "disabled_nodes": [], "node_modes": {}},
+        ),
+        ("mode", "flags_file", "read_write", "off"),
+        ("mode", "flags_file", "off", "read_write"),
+        ("disabled_nodes", "flags_file", [], ["billing"]),
+        ("node_modes", "flags_file", {}, {"triage": "shadow"}),
+        ("mode", "env", "read_write", "read_only"),
+        ("breaker_state", "breaker", "closed", "open"),
+        ("breaker_state", "breaker", "open", "half_open"),
+        ("breaker_state", "breaker", "half_open", "closed"),
+    ]
+    assert all(e["pid"] == os.getpid() and e["host"] for e in entries)
+    assert {e.get("backend") for e in entries if e["change"] == "breaker_state"} == {"other"}
+    logged = [r for r in caplog.records if r.__dict__.get("event") == "switch_changed"]
+    assert len(logged) == len(entries) and {r.levelno for r in logged} == {logging.INFO}
+    assert METRICS.value(obs.SWITCH_CHANGES, source="flags_file") == 5
+    assert METRICS.value(obs.SWITCH_CHANGES, change="breaker_state") == 3
+
+
+def test_switch_changes_made_in_code_are_audited(tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    toggles = HistoryToggles(env={}, mode="shadow", disabled_nodes=["x"], audit_file=audit)
+    toggles.current()
+    [entry] = _audit_lines(audit)
+    assert entry["source"] == "env+code"
+    assert entry["after"] == {"mode": "shadow", "disabled_nodes": ["x"], "node_modes": {}}
+
+
+def test_an_unwritable_audit_file_never_fails_a_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = {"ORCHEO_GRAPH_CHAT_HISTORY_AUDIT_FILE": str(tmp_path / "missing-dir" / "audit.jsonl")}
+    toggles, reports = HistoryToggles(env=env), []
+    with caplog.at_level(logging.WARNING, logger="agent_history"):
+        _run(_graph(_seeded(), toggles, reports), "hi")
+        env["ORCHEO_GRAPH_CHAT_HISTORY_MODE"] = "read_only"
+        _run(_graph(_seeded(), toggles, reports), "again")
+    unwritable = [r for r in caplog.records if r.__dict__.get("event") == "audit_file_unwritable"]
+    assert len(unwritable) == 1
