@@ -245,7 +245,7 @@ def validation_problem(exc: ValidationError, limit: int = 3) -> str:
     parts = []
     for error in exc.errors()[:limit]:
         where = ".".join(str(p) for p in error.get("loc", ())) or "(file)"
-        message = str(error.get("msg", "invalid value"))
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
         if error.get("type") == "extra_forbidden":
             message = "unknown setting"
         parts.append(f"{where[:80]}: {message}")
