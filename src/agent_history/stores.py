@@ -165,7 +165,30 @@ def _sqlite_opened(
     try:
         yield opened
     finally:
+        _close_when_idle(opened, conn)
+
+
+def _close_when_idle(opened: object, conn: sqlite3.Connection) -> None:
+    """Close ``conn`` once no call uses it: LangGraph's stores and savers, and the
+    history drivers, use the connection only while holding the object's lock, and every
+    such call ends by its deadline or the busy timeout. Closing under a statement that
+    another thread is running would make that thread fail, or crash the process."""
+    lock = getattr(opened, "lock", None)
+    if lock is None:
         conn.close()
+        return
+    with lock:
+        conn.close()
+
+
+async def _aclose_when_idle(opened: object, conn: aiosqlite.Connection) -> None:
+    """The async twin of `_close_when_idle` (the lock is an `asyncio.Lock`)."""
+    lock = getattr(opened, "lock", None)
+    if lock is None:
+        await conn.close()
+        return
+    async with lock:
+        await conn.close()
 
 
 @asynccontextmanager
@@ -194,7 +217,7 @@ async def _async_sqlite_opened(
     try:
         yield opened
     finally:
-        await conn.close()
+        await _aclose_when_idle(opened, conn)
 
 
 _PG_SETUP_LOCK_ID = 0x6167_6831_5345_5450  # one advisory lock per database, for setup
