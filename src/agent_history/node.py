@@ -13,15 +13,18 @@ from typing import Annotated, Any, TypedDict
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AnyMessage, BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.base import RunnableBindingBase
 from langgraph.config import get_store
 from langgraph.graph.message import add_messages
 from langgraph.store.base import BaseStore
 
+from agent_history.context.budget import TokenCounterLike
+from agent_history.context.summary import DEFAULT_SUMMARY_PROMPT
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
 from agent_history.history.codec import HistoryScope
 from agent_history.incoming import current_thread
 from agent_history.keys import DEFAULT_HISTORY_KEY_CANDIDATES, DEFAULT_HISTORY_KEY_TEMPLATE
-from agent_history.runner import aproduce, build_runnable, produce
+from agent_history.runner import aproduce, build_runnable, produce, takes_messages
 from agent_history.session import (
     REPORT_LISTENERS,
     HistoryOptions,
@@ -68,9 +71,28 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
             taking ``{"messages": [...]}`` (a compiled graph, a prebuilt agent).
         name: Node name used in logs, metrics and toggles (LangGraph's node name wins).
         tools: Tools for a tool-calling agent built around ``model``.
-        system_prompt: System message put before the payload; not counted in the window.
+        system_prompt: System message put before the payload; not counted against
+            ``max_messages`` (it is against ``max_tokens``).
         max_messages: Most chat messages the model receives (the current exchange is
             always sent whole, see `messages.window`).
+        max_tokens: Token budget of the whole payload (system prompt, summary, window);
+            the tighter of it and ``max_messages`` wins. The newest user message always
+            stays. None: no token budget.
+        token_counter: How tokens are counted: a callable taking a message list, a chat
+            model (its ``get_num_tokens_from_messages``), or None for LangChain's
+            ``count_tokens_approximately``.
+        summarize: Keep a running summary of the turns that fell out of the window, put
+            before the window as one system message. None (default): on when
+            ``summary_model`` is given. True without ``summary_model`` uses ``model``
+            (without its tools); an agent runnable needs a ``summary_model``.
+        summary_model: The chat model (or ``"provider:model"``) that writes summaries.
+        summary_every: Fewest stored turns that must fall out of the window past the
+            summary before it is updated (at most one update per this many turns).
+        summary_max_turns: Most turns one update reads (a larger backlog, e.g. when
+            summaries are turned on for a long conversation, keeps its newest turns).
+        summary_budget_seconds: Longest a run spends on the summary after the answer;
+            past it, the run returns without a fresh summary.
+        summary_prompt: The summary model's instructions.
         reset_command: User text that clears earlier history ("" disables).
         use_graph_chat_history: Opt in to durable history (default off).
         history_namespace: Store namespace prefix of the history.
@@ -106,6 +128,14 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         write_attempts: int = 3,
         write_backoff_seconds: float = 0.05,
         on_report: Callable[[HistoryReport], None] | None = None,
+        max_tokens: int | None = None,
+        token_counter: TokenCounterLike = None,
+        summarize: bool | None = None,
+        summary_model: BaseChatModel | Runnable[Any, Any] | str | None = None,
+        summary_every: int = 4,
+        summary_max_turns: int = 100,
+        summary_budget_seconds: float = 15.0,
+        summary_prompt: str = DEFAULT_SUMMARY_PROMPT,
     ) -> None:
         self.name = name
         self.model = model
@@ -124,8 +154,17 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         self.write_attempts = write_attempts
         self.write_backoff_seconds = write_backoff_seconds
         self.on_report = on_report
-        _ = self._options  # validate the history settings now, not at the first run
+        self.max_tokens = max_tokens
+        self.token_counter = token_counter
+        self.summarize = summarize
+        self.summary_model = summary_model
+        self.summary_every = summary_every
+        self.summary_max_turns = summary_max_turns
+        self.summary_budget_seconds = summary_budget_seconds
+        self.summary_prompt = summary_prompt
         self._runnable = build_runnable(model, self.tools)
+        self._summarizer: tuple[tuple[Any, ...], Runnable[Any, Any] | None] | None = None
+        _ = self._options  # validate the history settings now, not at the first run
 
     @property
     def _options(self) -> HistoryOptions:
@@ -145,7 +184,40 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
             write_attempts=self.write_attempts,
             write_backoff_seconds=self.write_backoff_seconds,
             on_report=self.on_report,
+            max_tokens=self.max_tokens,
+            token_counter=self.token_counter,
+            summarize=self._summary_runnable() is not None,
+            summary_model=self._summary_runnable(),
+            summary_every=self.summary_every,
+            summary_max_turns=self.summary_max_turns,
+            summary_budget_seconds=self.summary_budget_seconds,
+            summary_prompt=self.summary_prompt,
         )
+
+    def _summary_runnable(self) -> Runnable[Any, Any] | None:
+        """The model that writes summaries, None when summaries are off (made once per
+        setting: a ``"provider:model"`` string is not built on every run)."""
+        wanted = (self.summarize, id(self.summary_model), id(self.model), tuple(self.tools))
+        if self._summarizer is None or self._summarizer[0] != wanted:
+            self._summarizer = (wanted, self._resolve_summarizer())
+        return self._summarizer[1]
+
+    def _resolve_summarizer(self) -> Runnable[Any, Any] | None:
+        if self.summarize is False or (self.summarize is None and self.summary_model is None):
+            return None
+        if self.summary_model is not None:
+            chosen = build_runnable(self.summary_model, ())
+            if not takes_messages(chosen):
+                raise ValueError("summary_model must be a chat model (it takes a message list)")
+            return chosen
+        own = self.model if self.tools else self._runnable
+        chat = _chat_model_of(own) if isinstance(own, Runnable) else None
+        if chat is None:
+            raise ValueError(
+                "summarize=True: the node's model is an agent, not a chat model; "
+                "pass summary_model=<a chat model>"
+            )
+        return chat
 
     # --- one pass ----------------------------------------------------------------------
 
@@ -195,6 +267,18 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         )
         _not_streamed_as_output(config, run.view.added)
         return output
+
+
+def _chat_model_of(runnable: Runnable[Any, Any]) -> Runnable[Any, Any] | None:
+    """The chat model under ``runnable`` without its bound tools (``bind_tools``,
+    ``with_config`` and ``with_retry`` wrap it), or the runnable itself when it takes
+    messages; None for an agent (a runnable taking ``{"messages": [...]}``)."""
+    inner: Runnable[Any, Any] = runnable
+    while isinstance(inner, RunnableBindingBase):
+        inner = inner.bound
+    if isinstance(inner, BaseChatModel):
+        return inner
+    return runnable if takes_messages(runnable) else None
 
 
 def _not_streamed_as_output(config: RunnableConfig | None, added: BaseMessage | None) -> None:

@@ -23,6 +23,7 @@ from agent_history.context.window import context_steps
 from agent_history.history.layout import HEAD_KEY, PendingTurn, plan_append
 from agent_history.history.steps import Get, Put, Request, Steps, drive
 from agent_history.messages import merge_history, window
+from agent_history.session import HistoryOptions
 from agent_history.testing import RecordingChatModel
 
 T0 = "2030-01-01T00:00:00.000000+00:00"
@@ -123,6 +124,21 @@ def test_token_counter_choices() -> None:
     assert token_counter_for(chars) is chars
     with pytest.raises(TypeError):
         token_counter_for(42)  # type: ignore[arg-type]
+
+
+def test_history_options_validate_budgets_and_summaries() -> None:
+    with pytest.raises(ValueError, match="max_tokens"):
+        HistoryOptions(max_tokens=0)
+    with pytest.raises(TypeError, match="token_counter"):
+        HistoryOptions(token_counter="words")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="summary_model"):
+        HistoryOptions(summarize=True)
+    with pytest.raises(ValueError, match="summary_every"):
+        HistoryOptions(summary_every=0)
+    with pytest.raises(ValueError, match="summary_max_turns"):
+        HistoryOptions(summary_every=20, summary_max_turns=10)
+    with pytest.raises(ValueError, match="summary_budget_seconds"):
+        HistoryOptions(summary_budget_seconds=float("nan"))
 
 
 # --- the summary item ---------------------------------------------------------------------------

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from langchain_core.messages import BaseMessage
 from langgraph.store.base import BaseStore, GetOp
 
 from agent_history.budget import deadline_after
+from agent_history.context.summary import (
+    Summary,
+    SummaryClaim,
+    SummaryWrite,
+    claim_summary_steps,
+    read_summary_steps,
+    write_summary_steps,
+)
+from agent_history.context.window import ContextRead, context_steps
 from agent_history.errors import InvalidArgument, InvalidMessage
 from agent_history.history.bulk import (
     ImportConflict,
@@ -469,6 +478,151 @@ class ChatHistory:
             raise InvalidArgument("before must be timezone-aware")
         head = await self._arun_atomic(key, delete_if_idle_steps(before, _READ_BATCH_CHUNKS))
         return _info(key, head)
+
+    # --- context: the window read and the running summary (see `agent_history.context`) --
+
+    def tail_context(
+        self,
+        key: str,
+        n: int,
+        *,
+        with_summary: bool = False,
+        enough: Callable[[Sequence[Turn]], bool] | None = None,
+        budget: float | None = None,
+    ) -> ContextRead:
+        """The newest ``n`` turns after the summary (and the summary, ``with_summary``),
+        read chunk by chunk from the newest until ``enough`` says the window is full."""
+        steps = context_steps(n, self.value_field, with_summary=with_summary, enough=enough)
+        return self._read(key, steps, budget)
+
+    async def atail_context(
+        self,
+        key: str,
+        n: int,
+        *,
+        with_summary: bool = False,
+        enough: Callable[[Sequence[Turn]], bool] | None = None,
+        budget: float | None = None,
+    ) -> ContextRead:
+        """Async `tail_context`."""
+        steps = context_steps(n, self.value_field, with_summary=with_summary, enough=enough)
+        return await self._aread(key, steps, budget)
+
+    def summary(self, key: str, *, budget: float | None = None) -> Summary | None:
+        """The conversation's running summary and the turn it covers up to (None when
+        there is none)."""
+        return self._read(key, read_summary_steps(), budget)
+
+    async def asummary(self, key: str, *, budget: float | None = None) -> Summary | None:
+        """Async `summary`."""
+        return await self._aread(key, read_summary_steps(), budget)
+
+    def claim_summary(
+        self,
+        key: str,
+        upto: int,
+        *,
+        every: int,
+        max_turns: int,
+        owner: str | None = None,
+        lease_seconds: float = 0.0,
+        budget: float | None = None,
+    ) -> SummaryClaim:
+        """Start an update of the summary up to turn ``upto`` (see
+        `summary.claim_summary_steps`): with ``owner``, atomically, taking a lease of
+        ``lease_seconds``; without, as a read that writes nothing."""
+        steps = self._claim_steps(upto, every, max_turns, owner, lease_seconds)
+        if owner is None:
+            return self._read(key, steps, budget)
+        return self._run_atomic(key, steps, budget=budget)
+
+    async def aclaim_summary(
+        self,
+        key: str,
+        upto: int,
+        *,
+        every: int,
+        max_turns: int,
+        owner: str | None = None,
+        lease_seconds: float = 0.0,
+        budget: float | None = None,
+    ) -> SummaryClaim:
+        """Async `claim_summary`."""
+        steps = self._claim_steps(upto, every, max_turns, owner, lease_seconds)
+        if owner is None:
+            return await self._aread(key, steps, budget)
+        return await self._arun_atomic(key, steps, budget=budget)
+
+    def _claim_steps(
+        self, upto: int, every: int, max_turns: int, owner: str | None, lease_seconds: float
+    ) -> Steps[SummaryClaim]:
+        if every < 1 or max_turns < 1:
+            raise InvalidArgument("every and max_turns must be >= 1")
+        now = datetime.now(UTC)
+        return claim_summary_steps(
+            upto,
+            every=every,
+            max_turns=max_turns,
+            value_field=self.value_field,
+            now=now.isoformat(timespec="microseconds"),
+            owner=owner,
+            lease_until=(now + timedelta(seconds=max(0.0, lease_seconds))).isoformat(
+                timespec="microseconds"
+            ),
+        )
+
+    def write_summary(
+        self,
+        key: str,
+        text: str,
+        covers_seq: int,
+        *,
+        base_version: int,
+        owner: str | None = None,
+        turns: int = 0,
+        skipped: int = 0,
+        budget: float | None = None,
+    ) -> SummaryWrite:
+        """Store ``text`` as the summary up to turn ``covers_seq``, atomically and only
+        if the stored summary is still version ``base_version`` (see
+        `summary.write_summary_steps`): one version per covered seq, none built on a
+        stale one."""
+        steps = self._write_summary_steps(text, covers_seq, base_version, owner, turns, skipped)
+        return self._run_atomic(key, steps, budget=budget)
+
+    async def awrite_summary(
+        self,
+        key: str,
+        text: str,
+        covers_seq: int,
+        *,
+        base_version: int,
+        owner: str | None = None,
+        turns: int = 0,
+        skipped: int = 0,
+        budget: float | None = None,
+    ) -> SummaryWrite:
+        """Async `write_summary`."""
+        steps = self._write_summary_steps(text, covers_seq, base_version, owner, turns, skipped)
+        return await self._arun_atomic(key, steps, budget=budget)
+
+    @staticmethod
+    def _write_summary_steps(
+        text: str, covers_seq: int, base_version: int, owner: str | None, turns: int, skipped: int
+    ) -> Steps[SummaryWrite]:
+        if not isinstance(text, str):
+            raise InvalidMessage("a summary must be text")
+        if covers_seq < 1 or base_version < 0:
+            raise InvalidArgument("covers_seq must be >= 1 and base_version >= 0")
+        return write_summary_steps(
+            text,
+            covers_seq,
+            base_version=base_version,
+            now=_now(),
+            owner=owner,
+            turns=turns,
+            skipped=skipped,
+        )
 
 
 def _imported(turns: Sequence[Turn]) -> tuple[list[ImportedTurn], int]:
