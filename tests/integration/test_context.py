@@ -432,3 +432,20 @@ def test_the_summary_is_never_streamed_as_the_node_answer() -> None:
     ]
     assert len(summariser.calls) == 1
     assert _texts(chunks) == ["echo: stream me"]
+
+
+# --- deleting a conversation deletes its summary ------------------------------------------------
+
+
+def test_deleting_a_conversation_deletes_its_summary(store: BaseStore) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    history = ChatHistory(store, namespace=("agent_chat_history", uuid.uuid4().hex[:8]))
+    for key in ("a", "b"):
+        history.append(key, [HumanMessage(f"q {i}") for i in range(6)])
+        assert history.write_summary(key, "private summary", 4, base_version=0).written
+    history.delete("a")
+    history.delete_if_idle("b", datetime.now(UTC) + timedelta(days=1))
+    for key in ("a", "b"):
+        assert history.summary(key) is None
+        assert store.get(history.conversation_namespace(key), "summary") is None

@@ -27,7 +27,13 @@ from typing import Any
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, get_buffer_string
 
 from agent_history.history.codec import quarantine
-from agent_history.history.layout import HEAD_KEY, chunk_index, chunk_key, collect_turns
+from agent_history.history.layout import (
+    HEAD_KEY,
+    SUMMARY_KEY,
+    chunk_index,
+    chunk_key,
+    collect_turns,
+)
 from agent_history.history.records import Turn, decode_content, encode_content
 from agent_history.history.steps import Get, Put, Steps
 
@@ -45,7 +51,6 @@ __all__ = [
     "write_summary_steps",
 ]
 
-SUMMARY_KEY = "summary"
 SUMMARY_MESSAGE_ID = "agent-history:summary"
 SUMMARY_HEADING = "Summary of the earlier conversation:"
 

@@ -6,7 +6,9 @@ A conversation lives in its own namespace ``(*namespace, key)`` of the graph sto
 - ``chunk:0000000000`` ...: ``{"kind": "chunk", "index", "turns": [record, ...]}``, turns
   ``index * chunk_size + 1`` to ``(index + 1) * chunk_size``;
 - ``msgid:<id>``: ``{"kind": "msgid", "seq", "epoch"}``, so a re-delivered message id is
-  found with one key lookup.
+  found with one key lookup;
+- ``summary``: the running summary of turns that fell out of the window (see
+  `agent_history.context.summary`).
 
 Turns are never rewritten once stored, so a reader that sees a head with ``last_seq = N``
 may ignore any record above N (it belongs to a newer append or an abandoned epoch).
@@ -26,6 +28,7 @@ from agent_history.history.records import AppendResult, Turn, make_record
 
 __all__ = [
     "HEAD_KEY",
+    "SUMMARY_KEY",
     "AppendPlan",
     "PendingTurn",
     "chunk_index",
@@ -37,6 +40,7 @@ __all__ = [
 ]
 
 HEAD_KEY = "head"
+SUMMARY_KEY = "summary"
 SCHEMA_VERSION = 1
 
 

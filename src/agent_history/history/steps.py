@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from agent_history.history.layout import (
     HEAD_KEY,
+    SUMMARY_KEY,
     PendingTurn,
     chunk_index,
     chunk_key,
@@ -185,7 +186,8 @@ def append_steps(
 
 
 def delete_steps(batch_chunks: int) -> Steps[int]:
-    """Delete a conversation: chunks and their id entries first, the head last."""
+    """Delete a conversation: chunks and their id entries first, the head (and the
+    summary of the conversation) last."""
     head = yield from head_steps()
     if head is None:
         return 0
@@ -201,5 +203,5 @@ def delete_steps(batch_chunks: int) -> Steps[int]:
                 if record.get("id") is not None:
                     doomed[msgid_key(str(record["id"]))] = None
         yield Put(doomed)
-    yield Put({HEAD_KEY: None})
+    yield Put({SUMMARY_KEY: None, HEAD_KEY: None})
     return last_seq
