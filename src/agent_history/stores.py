@@ -34,7 +34,15 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from agent_history.dsn import describe_dsn, scrub_dsn_password
 from agent_history.errors import ConfigError, StoreUnavailable
 from agent_history.history.drivers import driver_for
-from agent_history.history.drivers.postgres_setup import amigrate, migrate
+from agent_history.history.drivers.postgres_base import SETUP_LOCK_ID
+from agent_history.history.drivers.postgres_setup import (
+    SETUP_WAIT_SECONDS,
+    SetupLockTimeout,
+    aacquire_setup_lock,
+    acquire_setup_lock,
+    amigrate,
+    migrate,
+)
 from agent_history.settings import Backend, HistorySettings, env_var
 
 __all__ = [
@@ -220,16 +228,12 @@ async def _async_sqlite_opened(
         await _aclose_when_idle(opened, conn)
 
 
-_PG_SETUP_LOCK_ID = 0x6167_6831_5345_5450  # one advisory lock per database, for setup
-# The wait is bounded like SQLite's: a server-side lock_timeout for this session only.
-_PG_SETUP_WAIT_SECONDS = 30.0
-
-
-def _pg_setup_lock_statements() -> list[tuple[str, tuple[object, ...]]]:
-    return [
-        ("SELECT set_config('lock_timeout', %s, false)", (f"{_PG_SETUP_WAIT_SECONDS:g}s",)),
-        ("SELECT pg_advisory_lock(%s)", (_PG_SETUP_LOCK_ID,)),
-    ]
+_PG_SETUP_LOCK_ID = SETUP_LOCK_ID  # one advisory lock per database, for setup
+# The wait is bounded like SQLite's. The lock is polled with pg_try_advisory_lock, so a
+# waiting session is never inside a statement: it holds no snapshot, which the holder's
+# CREATE INDEX CONCURRENTLY (in LangGraph's migrations) would otherwise wait for while
+# the waiter waits for the holder.
+_PG_SETUP_WAIT_SECONDS = SETUP_WAIT_SECONDS
 
 
 def _setup_lock_held(settings: HistorySettings) -> StoreUnavailable:
@@ -249,9 +253,8 @@ def _postgres_setup_lock(settings: HistorySettings) -> Iterator[psycopg.Connecti
         raise _unreachable(settings, exc) from None
     with conn:
         try:
-            for statement, params in _pg_setup_lock_statements():
-                conn.execute(statement, params)
-        except psycopg.errors.LockNotAvailable:
+            acquire_setup_lock(conn, _PG_SETUP_WAIT_SECONDS)
+        except SetupLockTimeout:
             raise _setup_lock_held(settings) from None
         yield conn  # closing the session releases the lock
 
@@ -268,9 +271,8 @@ async def _apostgres_setup_lock(
         raise _unreachable(settings, exc) from None
     async with conn:
         try:
-            for statement, params in _pg_setup_lock_statements():
-                await conn.execute(statement, params)
-        except psycopg.errors.LockNotAvailable:
+            await aacquire_setup_lock(conn, _PG_SETUP_WAIT_SECONDS)
+        except SetupLockTimeout:
             raise _setup_lock_held(settings) from None
         yield conn
 
