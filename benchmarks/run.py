@@ -24,6 +24,7 @@ from benchmarks.agent_turn import run_agent_overhead
 from benchmarks.analysis import PERSISTENT, evaluate_targets, ratios
 from benchmarks.backends import BACKENDS, BackendRun, open_backend, postgres_target
 from benchmarks.concurrency import run_concurrency
+from benchmarks.context_tail import render_context, run_context_tail
 from benchmarks.facts import machine_facts
 from benchmarks.latency import run_latency, run_store_primitives
 from benchmarks.modes import MODES, BenchConfig
@@ -88,6 +89,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def _measure_backend(run: BackendRun, cfg: BenchConfig, results: dict[str, Any]) -> None:
     results["store_primitives"] += run_store_primitives(run, cfg, _log)
     results["latency"] += run_latency(run, cfg, _log)
+    results["context_tail"] += run_context_tail(run, cfg, _log)
     if run.name in PERSISTENT:
         results["concurrency"] += run_concurrency(run, cfg, _log)
     rows, note = run_agent_overhead(run, cfg, _log)
@@ -142,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "store_primitives": [],
         "latency": [],
         "concurrency": [],
+        "context_tail": [],
         "agent_node": {"rows": [], "notes": []},
         "notes": list(_NOTES),
     }
@@ -156,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["plots"] = [p.name for p in plot_latency(results["latency"], out)]
     results["meta"]["duration_s"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    summary = render_markdown(results)
+    summary = render_markdown(results) + render_context(results["context_tail"])
     (out / "results.md").write_text(summary)
     print(summary)
     _log(f"wrote {out / 'results.json'}, {out / 'results.md'} and {len(results['plots'])} plots")
