@@ -43,7 +43,7 @@ try:
         hook_config,
     )
     from langchain.agents.middleware.types import ExtendedModelResponse
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
+except ImportError as exc:  # without the agents extra
     raise ImportError(
         "HistoryMiddleware needs the langchain package: pip install 'agent-history[agents]'"
     ) from exc

@@ -5,6 +5,8 @@ no store, settings checked at construction, and the message stream."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -267,3 +269,23 @@ def test_the_breaker_opens_on_a_failing_store_and_stops_calling_it(surface: str)
             calls = len(faulty.calls)
     assert [r.fallbacks for r in reports] == [("read_failed",)] * 2 + [("breaker_open",)]
     assert len(faulty.calls) == calls  # no store call once the breaker is open
+
+
+def test_without_langchain_only_the_middleware_needs_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['langchain'] = None  # as if the agents extra were not installed\n"
+        "import agent_history\n"
+        "from agent_history import HistoryHooks, KeyedMessageHistory\n"
+        "try:\n"
+        "    import agent_history.middleware\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout == (
+        "HistoryMiddleware needs the langchain package: pip install 'agent-history[agents]'\n"
+    )
+    assert done.stderr == ""
