@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from weakref import WeakKeyDictionary
 
-from agent_history.dsn import scrub_dsn_password
+from agent_history.redaction import safe_error_text
 
 __all__ = [
     "BREAKER_STATE",
@@ -558,10 +558,13 @@ def enable_prometheus(registry: Any = None, metrics: MetricsRegistry = METRICS) 
 
 
 def describe_error(exc: BaseException, dsn: str | None = None) -> str:
-    """The error's class and a short first line, with any DSN password removed."""
-    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    return scrub_dsn_password(text, dsn)
+    """One line for logs that carries no user data and no secret.
+
+    The library's own errors keep their first line; a driver's error keeps its class,
+    SQLSTATE or SQLite error name and known phrases only (`redaction.safe_error_text`),
+    since its text can quote the data that failed. DSN passwords are scrubbed.
+    """
+    return safe_error_text(exc, dsn)
 
 
 def log_event(event: str, *, level: int = logging.WARNING, **fields: object) -> None:

@@ -421,11 +421,6 @@ class DriverErrorStore(FaultyStore):
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="observability.describe_error still logs a driver's first line: it must return "
-    "redaction.safe_error_text(exc, dsn)",
-)
 def test_store_errors_are_logged_without_the_data_they_quote(
     sqlite_store: BaseStore,
     fresh_pg_dsn: str,
