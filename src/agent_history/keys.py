@@ -20,6 +20,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from agent_history.errors import InvalidKey, KeyResolutionError
 from agent_history.incoming import as_mapping
+from agent_history.observability import channel_label
 
 __all__ = [
     "DEFAULT_HISTORY_KEY_CANDIDATES",
@@ -62,7 +63,6 @@ _TEMPLATE_MARKERS = ("{{", "}}", "{%", "%}", "{#")
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9_-]*")
 MAX_TEMPLATE_LENGTH = 2048
 MAX_RENDERED_LENGTH = 4096
-_CHANNELS = ("telegram", "wecom_cs", "wecom_aibot", "wecom_dm")
 _ALLOWED_FILTERS = frozenset(
     {"lower", "upper", "trim", "default", "d", "string", "replace", "truncate", "first", "last"}
 )
@@ -140,11 +140,9 @@ class KeyResolution:
 
 
 def channel_of(key: str | None) -> str:
-    """The channel named by a key's prefix (before the first ``:``), or ``other``."""
-    if not key:
-        return "other"
-    prefix = key.split(":", 1)[0]
-    return prefix if prefix in _CHANNELS else "other"
+    """The channel named by a key's prefix (before the first ``:``) when it is a known
+    channel (the built-in ones and those registered from key candidates), or ``other``."""
+    return channel_label(key)
 
 
 def validate_history_key(key: str) -> KeyRejectReason | None:
