@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -149,6 +150,7 @@ class HistorySettings(BaseSettings):
     else:
 
         def __init__(self, **values: Any) -> None:
+            _legacy_checkpoint_path(values)
             try:
                 super().__init__(**values)
             except ValidationError as exc:
@@ -217,6 +219,28 @@ class HistorySettings(BaseSettings):
             summary["postgres"] = describe_dsn(self.dsn)
             summary["postgres_dsn"] = redact_dsn(self.dsn)
         return summary
+
+
+LEGACY_SQLITE_PATH_VAR = "ORCHEO_SQLITE_PATH"
+"""The checkpointer path's earlier variable, still read when the new one is unset."""
+
+
+def _legacy_checkpoint_path(values: dict[str, Any]) -> None:
+    """Honour ``ORCHEO_SQLITE_PATH`` for the checkpointer when neither the argument nor
+    ``ORCHEO_CHECKPOINT_SQLITE_PATH`` is given (with a deprecation note in the log)."""
+    legacy = os.environ.get(LEGACY_SQLITE_PATH_VAR, "").strip()
+    current = os.environ.get(env_var("checkpoint_sqlite_path"), "").strip()
+    if not legacy or current or "checkpoint_sqlite_path" in values:
+        return
+    try:
+        values["checkpoint_sqlite_path"] = _absolute_path(legacy, "checkpoint_sqlite_path")
+    except ConfigError as exc:
+        raise ConfigError(LEGACY_SQLITE_PATH_VAR, exc.problem) from None
+    logging.getLogger("agent_history").warning(
+        "event=deprecated_variable variable=%s replacement=%s",
+        LEGACY_SQLITE_PATH_VAR,
+        env_var("checkpoint_sqlite_path"),
+    )
 
 
 def _config_error(exc: ValidationError) -> ConfigError:

@@ -187,3 +187,35 @@ def test_mypy_catches_a_misspelt_setting(tmp_path: Path) -> None:
     assert status == 1
     assert stdout.count("error:") == 1
     assert 'typo.py:3: error: Unexpected keyword argument "graph_store_backnd"' in stdout
+
+
+def test_the_earlier_sqlite_path_variable_still_sets_the_checkpointer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("ORCHEO_SQLITE_PATH", str(tmp_path / "old.sqlite"))
+    with caplog.at_level("WARNING", logger="agent_history"):
+        settings = HistorySettings()
+    assert settings.checkpoint_sqlite_path == tmp_path / "old.sqlite"
+    assert "deprecated_variable variable=ORCHEO_SQLITE_PATH" in caplog.text
+    assert "ORCHEO_CHECKPOINT_SQLITE_PATH" in caplog.text
+
+
+def test_the_new_checkpointer_variable_and_arguments_win_without_a_warning(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("ORCHEO_SQLITE_PATH", str(tmp_path / "old.sqlite"))
+    monkeypatch.setenv("ORCHEO_CHECKPOINT_SQLITE_PATH", str(tmp_path / "new.sqlite"))
+    with caplog.at_level("WARNING", logger="agent_history"):
+        assert HistorySettings().checkpoint_sqlite_path == tmp_path / "new.sqlite"
+        monkeypatch.delenv("ORCHEO_CHECKPOINT_SQLITE_PATH")
+        given = HistorySettings(checkpoint_sqlite_path=tmp_path / "given.sqlite")
+        assert given.checkpoint_sqlite_path == tmp_path / "given.sqlite"
+    assert "deprecated_variable" not in caplog.text
+
+
+def test_a_relative_earlier_sqlite_path_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ORCHEO_SQLITE_PATH", "relative/old.sqlite")
+    with pytest.raises(ConfigError, match=r"^ORCHEO_SQLITE_PATH: must be an absolute path"):
+        HistorySettings()
