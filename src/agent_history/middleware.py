@@ -21,12 +21,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, NotRequired
 
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage
 
 from agent_history.incoming import ThreadView, as_mapping, current_thread
 from agent_history.node import _not_streamed_as_output, merge_results
 from agent_history.session import HistoryPass, drive_async, drive_sync
 from agent_history.surface import (
+    SYSTEM_PROMPT_ID,
     HistoryFields,
     Surface,
     current_config,
@@ -138,10 +139,10 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         answers: list[ModelCallResult] = []
 
         def model(payload: list[BaseMessage]) -> list[BaseMessage]:
-            answers.append(handler(request.override(messages=list(payload))))  # type: ignore[arg-type]
+            answers.append(handler(request.override(messages=_sent(payload))))
             return _produced(answers[-1])
 
-        drive_sync(model_pass_steps(run), model)
+        drive_sync(model_pass_steps(run, request.system_prompt or ""), model)
         return answers[-1]
 
     async def awrap_model_call(
@@ -154,11 +155,16 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         answers: list[ModelCallResult] = []
 
         async def model(payload: list[BaseMessage]) -> list[BaseMessage]:
-            answers.append(await handler(request.override(messages=list(payload))))  # type: ignore[arg-type]
+            answers.append(await handler(request.override(messages=_sent(payload))))
             return _produced(answers[-1])
 
-        await drive_async(model_pass_steps(run), model)
+        await drive_async(model_pass_steps(run, request.system_prompt or ""), model)
         return answers[-1]
+
+
+def _sent(payload: list[BaseMessage]) -> list[AnyMessage]:
+    """The window as the request's messages: the agent sends its system prompt itself."""
+    return [m for m in payload if m.id != SYSTEM_PROMPT_ID]  # type: ignore[misc]
 
 
 def _produced(answer: ModelCallResult) -> list[BaseMessage]:

@@ -14,17 +14,27 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from langchain_core.messages import BaseMessage
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.config import get_config
 from langgraph.store.base import BaseStore
 
+from agent_history.context.budget import TokenCounterLike
 from agent_history.history.codec import HistoryScope
 from agent_history.incoming import ThreadView, as_mapping
-from agent_history.session import HistoryOptions, HistoryPass, HistoryReport, Model, Step
+from agent_history.runner import build_runnable, takes_messages
+from agent_history.session import (
+    SYSTEM_PROMPT_ID,
+    HistoryOptions,
+    HistoryPass,
+    HistoryReport,
+    Model,
+    Step,
+)
 from agent_history.toggles import DEFAULT_TOGGLES, HistoryToggles
 
 __all__ = [
     "KEY_FUNCTION_FIELD",
+    "SYSTEM_PROMPT_ID",
     "HistoryFields",
     "KeyFunction",
     "Surface",
@@ -76,6 +86,21 @@ class HistoryFields(TypedDict, total=False):
     """First backoff between attempts (doubles, with jitter)."""
     on_report: Callable[[HistoryReport], None]
     """Called with a `HistoryReport` after every model call."""
+    max_tokens: int | None
+    """Token budget of the whole payload (the tighter of it and ``max_messages`` wins)."""
+    token_counter: TokenCounterLike
+    """How tokens are counted (a callable, a chat model, None: approximate)."""
+    summary_model: Runnable[Any, Any] | str
+    """A chat model (or ``"provider:model"``) keeping a running summary of what fell out
+    of the window; summaries are off without one."""
+    summary_every: int
+    """Fewest turns that must fall out of the window before the summary is updated."""
+    summary_max_turns: int
+    """Most turns one summary update reads."""
+    summary_budget_seconds: float
+    """Longest a pass spends on the summary after the answer."""
+    summary_prompt: str
+    """The summary model's instructions."""
 
 
 _OPTION_NAMES = {
@@ -92,6 +117,12 @@ _OPTION_NAMES = {
     "write_attempts": "write_attempts",
     "write_backoff_seconds": "write_backoff_seconds",
     "on_report": "on_report",
+    "max_tokens": "max_tokens",
+    "token_counter": "token_counter",
+    "summary_every": "summary_every",
+    "summary_max_turns": "summary_max_turns",
+    "summary_budget_seconds": "summary_budget_seconds",
+    "summary_prompt": "summary_prompt",
 }
 
 
@@ -132,6 +163,12 @@ def surface_from(fields: Mapping[str, Any]) -> Surface:
         if not callable(key):
             raise TypeError("history_key must be a function (state, runtime) -> str | None")
         values["key_candidates"] = ("{{ " + KEY_FUNCTION_FIELD + " }}",)
+    summary_model = fields.get("summary_model")
+    if summary_model is not None:
+        chosen = build_runnable(summary_model, ())
+        if not takes_messages(chosen):
+            raise ValueError("summary_model must be a chat model (it takes a message list)")
+        values["summarize"], values["summary_model"] = True, chosen
     node = str(fields.get("node_name") or "agent")
     return Surface(HistoryOptions(**values), node, key)
 
@@ -154,13 +191,17 @@ def current_config() -> RunnableConfig | None:
 
 
 def model_pass_steps(
-    run: HistoryPass,
+    run: HistoryPass, system_prompt: str = ""
 ) -> Generator[Step, Any, tuple[list[BaseMessage], list[BaseMessage]]]:
     """One model call's pass: read the window, hand the payload to the model (a `Model`
     step answered with the messages the model produced), append when the answer ends the
-    exchange, report. Returns ``(payload, produced)``."""
+    exchange, report. Returns ``(payload, produced)``.
+
+    ``system_prompt`` is the agent's own (it sends it): it counts against ``max_tokens``
+    and leads the payload as a message with the id `SYSTEM_PROMPT_ID`, which the caller
+    leaves out of what it sends."""
     yield from run.read()
-    payload = run.build_payload()
+    payload = run.build_payload(system_prompt)
     produced: list[BaseMessage] = yield Model(payload)
     yield from run.append(produced)
     run.report(payload)

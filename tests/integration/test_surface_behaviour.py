@@ -289,3 +289,46 @@ def test_without_langchain_only_the_middleware_needs_the_extra() -> None:
         "HistoryMiddleware needs the langchain package: pip install 'agent-history[agents]'\n"
     )
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+def test_token_budget_and_running_summary(surface: str) -> None:
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    store, model, reports = InMemoryStore(), RecordingChatModel(), []
+    summarizer = FakeListChatModel(responses=["Ana plans a trip."])
+    agent = _agent(
+        surface,
+        model,
+        store,
+        reports,
+        max_messages=30,
+        max_tokens=4,
+        token_counter=len,  # one token per message
+        summary_model=summarizer,
+        summary_every=2,
+    )
+    for n in range(5):
+        agent.invoke(telegram_callback(11, f"m{n}", n), _thread())
+    for payload in model.calls:
+        assert len(payload) <= 4  # the summary counts, and so does no system prompt here
+    last = model.calls[-1]
+    assert last[0].type == "system" and "Ana plans a trip." in str(last[0].content)
+    assert _texts(last)[-1] == "m4"
+    assert reports[-1].summary_seq > 0 and reports[-1].tokens_sent == len(last)
+    assert ChatHistory(store).count("telegram:11") == 10
+
+
+def test_the_agents_system_prompt_counts_against_the_token_budget() -> None:
+    from langchain.agents import create_agent
+
+    store, model = InMemoryStore(), RecordingChatModel()
+    history = HistoryMiddleware(max_tokens=3, token_counter=len, toggles=HistoryToggles(env={}))
+    agent = create_agent(model, system_prompt="Be brief.", middleware=[history], store=store)
+    for n in range(3):
+        agent.invoke(telegram_callback(12, f"m{n}", n), _thread())
+    assert [(m.type, m.content) for m in model.calls[-1]] == [
+        ("system", "Be brief."),
+        ("ai", "echo: m1"),
+        ("human", "m2"),
+    ]
