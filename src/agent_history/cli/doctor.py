@@ -12,6 +12,7 @@ from agent_history.cli.app import EXIT_CHECK_FAILED, EXIT_CONFIG, app, console, 
 from agent_history.cli.app import load_settings as _load_settings
 from agent_history.errors import ConfigError
 from agent_history.history import ChatHistory
+from agent_history.redaction import safe_error_text
 from agent_history.stores import backend_of
 from agent_history.toggle_config import TriggerSettings
 from agent_history.toggles import load_toggle_config
@@ -38,8 +39,9 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
             read_back = [t.content for t in history.tail_turns(key, 1)]
             history.delete(key)
         except Exception as exc:
+            dsn = settings.dsn if settings.postgres_dsn is not None else None
             raise fail(
-                f"probe round-trip failed: {type(exc).__name__}: {exc}", EXIT_CHECK_FAILED
+                f"probe round-trip failed: {safe_error_text(exc, dsn)}", EXIT_CHECK_FAILED
             ) from None
         if written.appended != 1 or read_back != ["probe"]:
             raise fail("probe round-trip returned unexpected data", EXIT_CHECK_FAILED)
