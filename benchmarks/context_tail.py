@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from agent_history.history import ChatHistory
 from agent_history.messages import window
 from benchmarks.backends import BACKENDS, BackendRun, open_backend, postgres_target
 from benchmarks.formatting import ms, ratio, table
-from benchmarks.measure import quiet_gc, summarize, time_calls
+from benchmarks.measure import quiet_gc, summarize
 from benchmarks.modes import MODES, BenchConfig
 from benchmarks.systems import OURS, OursSystem
 
@@ -86,27 +88,40 @@ def _pass(history: ChatHistory, key: str, cfg: BenchConfig) -> int:
     return len(kept) - 1
 
 
+def _interleaved(calls: dict[int, Callable[[], object]], cfg: BenchConfig) -> dict[int, list[int]]:
+    """Time every length's call in turn, repetition after repetition, so a change in the
+    host's load during the run weighs on all lengths alike (a ratio between lengths is
+    what is judged). Durations in nanoseconds per length."""
+    for _ in range(cfg.warmup):
+        for call in calls.values():
+            call()
+    samples: dict[int, list[int]] = {length: [] for length in calls}
+    started = time.perf_counter()
+    budget = cfg.cell_budget_s * len(calls)
+    with quiet_gc():
+        for rep in range(cfg.reps):
+            if rep >= cfg.min_reps and time.perf_counter() - started > budget:
+                break
+            for length, call in calls.items():
+                t0 = time.perf_counter_ns()
+                call()
+                samples[length].append(time.perf_counter_ns() - t0)
+    return samples
+
+
 def run_context_tail(run: BackendRun, cfg: BenchConfig, log: Log) -> list[Row]:
     """Time one pass's context read and cut at every length, conversations loaded first."""
     if run.system(OURS) is None:
         return []
     prepared = {length: _prepare(run, length) for length in _lengths(cfg)}
     run.settle()
+    calls: dict[int, Callable[[], object]] = {
+        length: partial(_pass, history, key, cfg) for length, (history, key) in prepared.items()
+    }
     rows: list[Row] = []
-    for length, (history, key) in prepared.items():
-
-        def call(_i: int, history: ChatHistory = history, key: str = key) -> int:
-            return _pass(history, key, cfg)
-
-        with quiet_gc():
-            samples = time_calls(
-                call,
-                reps=cfg.reps,
-                min_reps=cfg.min_reps,
-                warmup=cfg.warmup,
-                budget_s=cfg.cell_budget_s,
-            )
+    for length, samples in _interleaved(calls, cfg).items():
         stats = summarize(samples)
+        history, key = prepared[length]
         kept = _pass(history, key, cfg)
         rows.append(
             {
