@@ -607,6 +607,7 @@ class HistoryPass:
         is left out.
         """
         thread = self.view.messages
+        self.tokens_sent = self.tokens_dropped = 0
         system = [SystemMessage(system_prompt, id=SYSTEM_PROMPT_ID)] if system_prompt else []
         prefix = [*system, *(m for m in thread if role_of(m) == "system")]
         from_store = self.history is not None and self.decision.payload_from_store
@@ -740,9 +741,10 @@ class HistoryPass:
     # --- the running summary ------------------------------------------------------------
 
     def summarize(self) -> Generator[Step, Any, None]:
-        """Update the running summary with the stored turns that fell out of this pass's
-        window, when at least ``summary_every`` did since the summary (after the answer;
-        `append` calls it once the exchange is written).
+        """Update the running summary with the stored turns that have fallen out of the
+        window (as the conversation stands after this exchange), when at least
+        ``summary_every`` have since the summary (after the answer; `append` calls it
+        once the exchange is written).
 
         Only a pass that may write updates it (``read_only`` reads the summary and
         writes none); in ``shadow`` mode it is computed and not stored. The update
