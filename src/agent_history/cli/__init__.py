@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from agent_history.cli import data, demo, doctor, replay  # noqa: F401  (registers commands)
+from agent_history.cli import data, demo, doctor, drill, replay  # noqa: F401  (registers commands)
 from agent_history.cli.app import app, guarded
 
 __all__ = ["app", "main"]
