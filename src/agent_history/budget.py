@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar, Token
 from typing import TypeVar
 
 from agent_history.errors import StoreTimeout
@@ -53,34 +53,43 @@ def timeout_error(what: str = "store call") -> StoreTimeout:
     return StoreTimeout(f"{what} exceeded its time budget")
 
 
-@contextmanager
-def deadline_at(deadline: float | None) -> Iterator[float | None]:
-    """Run the block under ``deadline`` (or the current one, when it is sooner)."""
-    current = _DEADLINE.get()
-    if deadline is None or (current is not None and current <= deadline):
-        yield current
-        return
-    token = _DEADLINE.set(deadline)
-    try:
-        yield deadline
-    finally:
-        _DEADLINE.reset(token)
+class deadline_at:  # a function to its callers: ``with deadline_at(when):``
+    """Run the block under ``deadline`` (or the current one, when it is sooner).
+
+    A class rather than a generator: every history call enters one, so it stays cheap.
+    """
+
+    __slots__ = ("_deadline", "_token")
+
+    def __init__(self, deadline: float | None) -> None:
+        self._deadline = deadline
+        self._token: Token[float | None] | None = None
+
+    def __enter__(self) -> float | None:
+        current = _DEADLINE.get()
+        deadline = self._deadline
+        if deadline is None or (current is not None and current <= deadline):
+            return current
+        self._token = _DEADLINE.set(deadline)
+        return deadline
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _DEADLINE.reset(self._token)
+            self._token = None
 
 
-@contextmanager
-def deadline_after(seconds: float | None) -> Iterator[float | None]:
+def deadline_after(seconds: float | None) -> deadline_at:
     """Run the block with at most ``seconds`` left (None: no new limit).
 
     Raises:
         ValueError: ``seconds`` is NaN.
     """
     if seconds is None:
-        yield _DEADLINE.get()
-        return
+        return deadline_at(None)
     if math.isnan(seconds):
         raise ValueError("a time budget cannot be NaN")
-    with deadline_at(time.monotonic() + max(0.0, seconds)) as deadline:
-        yield deadline
+    return deadline_at(time.monotonic() + max(0.0, seconds))
 
 
 @asynccontextmanager

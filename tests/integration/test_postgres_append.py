@@ -19,9 +19,12 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from langchain_core.messages import HumanMessage
 from langgraph.store.base import BaseStore
 
+from agent_history.history import ChatHistory
 from agent_history.history.drivers import AppendRequest, driver_for, namespace_text
+from agent_history.history.drivers import postgres_base as pg_sql
 from agent_history.history.drivers.postgres import PostgresDriver
 from agent_history.history.layout import (
     HEAD_KEY,
@@ -31,6 +34,7 @@ from agent_history.history.layout import (
     msgid_key,
     plan_append,
 )
+from agent_history.history.steps import Get
 from agent_history.settings import HistorySettings
 from agent_history.stores import create_graph_store_sync
 
@@ -181,3 +185,57 @@ def test_one_statement_append_matches_the_planner(
         expected_items, expected_result = _expected(state)
         assert result == expected_result
         assert _stored(conn, prefix) == expected_items
+
+
+_TOUCHED = (
+    "SELECT pg_stat_get_xact_tuples_fetched('store'::regclass)"
+    " + pg_stat_get_xact_tuples_returned('store'::regclass)"
+)
+
+
+def _rows_touched(conn: psycopg.Connection[Any], sql_text: str, params: Any) -> int:
+    """Rows of ``store`` the statement read (index fetches and scans), from the session's
+    statistics counters, before and after it."""
+    with conn.transaction():
+        before = conn.execute(_TOUCHED).fetchone()
+        conn.execute(sql_text, params, prepare=True).fetchall()
+        after = conn.execute(_TOUCHED).fetchone()
+    assert before is not None and after is not None
+    return int(after[0]) - int(before[0])
+
+
+def test_a_big_conversation_is_never_scanned_whatever_the_statistics(fresh_pg_dsn: str) -> None:
+    """With statistics taken while every conversation was small (as they stay once
+    conversations are many), `prefix = $1 AND key = ...` is planned with the prefix
+    index and a filter: a scan of the whole conversation. Ours reads by primary key."""
+    settings = HistorySettings(graph_store_backend="postgres", postgres_dsn=fresh_pg_dsn)
+    with create_graph_store_sync(settings) as store:
+        history = ChatHistory(store)
+        for i in range(200):
+            history.append(f"small{i}", [HumanMessage(f"m{j}") for j in range(3)])
+        with psycopg.connect(fresh_pg_dsn, autocommit=True) as conn:
+            conn.execute("ANALYZE store")
+        for block in range(4):
+            turns = [HumanMessage(f"t{block}-{j}", id=f"b{block}-{j}") for j in range(2000)]
+            history.append("big", turns)
+        driver = driver_for(store)
+        assert isinstance(driver, PostgresDriver)
+        prefix = namespace_text(history.conversation_namespace("big"))
+        with psycopg.connect(fresh_pg_dsn) as conn:
+            # The plans a prepared statement gets after a few executions (the drivers'
+            # statements are prepared): made without the parameters' values.
+            conn.execute("SET plan_cache_mode = force_generic_plan")
+            count = conn.execute("SELECT count(*) FROM store WHERE prefix = %s", (prefix,))
+            row = count.fetchone()
+            conn.commit()
+            assert row is not None and row[0] > 8000
+            tail = pg_sql.select(prefix, Get((HEAD_KEY,), newest_chunks=2))
+            assert _rows_touched(conn, *tail) < 20
+            request = AppendRequest(
+                [PendingTurn("user", "new", "n1", "human"), PendingTurn("assistant", "ok", "n2", "ai")],
+                chunk_size=32, value_field="content", now=NOW, anchor_id="n1",
+                anchor_next="n2",
+            )  # fmt: skip
+            params = pg_sql.append_params(prefix, request, driver.ttl, 0)
+            assert _rows_touched(conn, pg_sql.APPEND_SQL, params) < 20
+        assert [m.content for m in history.tail("big", 3)] == ["t3-1999", "new", "ok"]

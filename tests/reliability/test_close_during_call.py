@@ -121,6 +121,7 @@ def test_closing_waits_for_a_call_in_another_thread(tmp_path: Path) -> None:
     errors: list[BaseException] = []
     with _lock_holder(settings.graph_store_sqlite_path) as holder:
         with create_graph_store_sync(settings) as store:
+            ChatHistory(store).count("k")  # the driver's first use (its checks) is over
 
             def append() -> None:
                 try:
@@ -143,6 +144,7 @@ async def test_closing_an_async_store_waits_for_a_call_in_flight(tmp_path: Path)
     settings = _settings(tmp_path)
     with _lock_holder(settings.graph_store_sqlite_path) as holder:
         async with create_graph_store(settings) as astore:
+            await ChatHistory(astore).acount("k")  # the driver's first use is over
             task = asyncio.ensure_future(
                 ChatHistory(astore).aappend("k", [HumanMessage("x")], budget=2.0)
             )

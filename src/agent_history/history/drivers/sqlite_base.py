@@ -13,6 +13,7 @@ deadline, so the call ends in its thread and never outlives its budget.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import time
@@ -129,17 +130,24 @@ def bounded(conn: sqlite3.Connection, state: SqliteState) -> Iterator[None]:
 # --- statements -----------------------------------------------------------------------------
 
 
-def _select(prefix: str, request: Get) -> tuple[str, tuple[Any, ...]]:
-    marks = ",".join("?" * len(request.keys))
+@functools.lru_cache(maxsize=64)
+def _select_sql(keys: int, newest: bool) -> str:
+    marks = ",".join("?" * keys)
     sql = f"SELECT key, value, expires_at FROM store WHERE prefix = ? AND key IN ({marks})"
-    params: tuple[Any, ...] = (prefix, *request.keys)
-    if request.newest_chunks > 0:
+    if newest:
         sql += (
             " UNION ALL SELECT key, value, expires_at FROM (SELECT key, value, expires_at"
             " FROM store WHERE prefix = ? AND key BETWEEN ? AND ? ORDER BY key DESC LIMIT ?)"
         )
+    return sql
+
+
+def _select(prefix: str, request: Get) -> tuple[str, tuple[Any, ...]]:
+    newest = request.newest_chunks > 0
+    params: tuple[Any, ...] = (prefix, *request.keys)
+    if newest:
         params += (prefix, CHUNK_LOW, CHUNK_HIGH, request.newest_chunks)
-    return sql, params
+    return _select_sql(len(request.keys), newest), params
 
 
 def _parse_time(raw: Any) -> datetime | None:
@@ -269,11 +277,18 @@ def transaction(conn: sqlite3.Connection, prefix: str, steps: Steps[T], state: S
 
 def read(conn: sqlite3.Connection, prefix: str, steps: Steps[T], state: SqliteState) -> T:
     """Run read-only ``steps``, one query per request, outside a transaction."""
+    if budget.current_deadline() is None:  # the common case, without a context manager
+        return _read(conn, prefix, steps, state)
     with bounded(conn, state):
-        conversation = _Conversation(conn, prefix, state)
-        result = drive(steps, conversation.get)
+        return _read(conn, prefix, steps, state)
+
+
+def _read(conn: sqlite3.Connection, prefix: str, steps: Steps[T], state: SqliteState) -> T:
+    conversation = _Conversation(conn, prefix, state)
+    result = drive(steps, conversation.get)
+    if state.ttl.refresh_on_read:
         conversation.refresh_if_due()
-        return result
+    return result
 
 
 def read_one(conn: sqlite3.Connection, prefix: str, request: Request, state: SqliteState) -> Any:
