@@ -18,6 +18,7 @@ from benchmarks.systems import (
     LangchainPostgresSystem,
     MemoryFloor,
     NaiveSystem,
+    OursPlainSystem,
     OursSystem,
     PostgresFloor,
     SqliteFloor,
@@ -45,6 +46,8 @@ class BackendRun:
     store: BaseStore
     systems: list[HistorySystem]
     dsn: str | None = None
+    settings: HistorySettings | None = None
+    """How the store was opened (writer processes open their own from it)."""
 
     def settle(self) -> None:
         """Bring the database to its steady state after a bulk load (untimed).
@@ -89,16 +92,20 @@ def postgres_target(dsn: str | None) -> Iterator[PostgresTarget]:
 
 def _settings(name: str, workdir: Path, cfg: BenchConfig, dsn: str | None) -> HistorySettings:
     if name == "postgres":
-        # Every writer thread of the concurrency runs gets its own pooled connection.
+        # One process, one writer: a small pool, kept open (min = max) so no call waits
+        # for a new connection.
         return HistorySettings(
             graph_store_backend="postgres",
             postgres_dsn=dsn,
-            postgres_pool_max_size=max(cfg.writers) + 4,
+            postgres_pool_min_size=2,
+            postgres_pool_max_size=2,
         )
     return HistorySettings(
         graph_store_backend=name,
         graph_store_sqlite_path=workdir / "store.sqlite",
         checkpoint_sqlite_path=workdir / "checkpoints.sqlite",
+        # Writer processes queue for SQLite's one write lock: let them wait.
+        graph_store_sqlite_busy_timeout=60.0,
     )
 
 
@@ -110,10 +117,12 @@ def open_backend(
     if name == "postgres" and not dsn:
         raise ValueError("the postgres backend needs a DSN")
     chars = cfg.content_chars
+    settings = _settings(name, workdir, cfg, dsn)
     with ExitStack() as stack:
-        store = stack.enter_context(create_graph_store_sync(_settings(name, workdir, cfg, dsn)))
+        store = stack.enter_context(create_graph_store_sync(settings))
         systems: list[HistorySystem] = [
             OursSystem(name, chars, store),
+            OursPlainSystem(name, chars, store),
             NaiveSystem(name, chars, store),
         ]
         if name == "postgres":
@@ -126,4 +135,4 @@ def open_backend(
             systems.append(MemoryFloor(name, chars))
         for system in systems:
             stack.callback(system.close)
-        yield BackendRun(name, store, systems, dsn)
+        yield BackendRun(name, store, systems, dsn, settings)

@@ -1,15 +1,30 @@
-"""Concurrent writers: throughput and lost turns, on one shared key and on distinct keys."""
+"""Concurrent writers in separate processes: throughput and lost turns, on one shared key
+and on distinct keys.
+
+Each writer is a process of its own (one interpreter, one store opened from the run's
+settings, as a worker of a service would), so writers are limited by the database and
+the machine's cores, not by one interpreter lock. The processes are started once per
+backend and reused by every run; a run tells its writers a common start time, and its
+wall time runs from that start to the last writer's end.
+"""
 
 from __future__ import annotations
 
-import threading
+import multiprocessing
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from langgraph.store.base import BaseStore
+
+from agent_history.history import ChatHistory
+from agent_history.settings import HistorySettings
+from agent_history.stores import create_graph_store_sync
 from benchmarks.backends import BackendRun
 from benchmarks.modes import BenchConfig
+from benchmarks.naive_history import NaiveHistory
 from benchmarks.systems import NAIVE, OURS, HistorySystem
 from benchmarks.workload import turn_pair
 
@@ -17,46 +32,144 @@ __all__ = ["CONCURRENCY_SYSTEMS", "run_concurrency"]
 
 CONCURRENCY_SYSTEMS = (OURS, NAIVE)
 KEY_MODES = ("one_key", "distinct_keys")
+_START_DELAY_S = 0.05
+_RESULT_TIMEOUT_S = 600.0
 
 Log = Callable[[str], None]
+Job = tuple[str, tuple[str, ...], str, int, int, float]
+
+
+def _writer_process(settings_values: dict[str, Any], jobs: Any, results: Any) -> None:
+    """One writer: open the store, then run jobs until told to stop (None)."""
+    settings = HistorySettings(**settings_values)
+    with create_graph_store_sync(settings) as store:
+        results.put(("ready", None))
+        while True:
+            job: Job | None = jobs.get()
+            if job is None:
+                return
+            system, namespace, key, appends, chars, start_at = job
+            history = _history(store, system, namespace)
+            errors: list[str] = []
+            time.sleep(max(0.0, start_at - time.monotonic()))  # a common start
+            started, cpu = time.monotonic(), time.process_time()
+            for j in range(appends):
+                try:
+                    history.append(key, turn_pair(f"{key}-{uuid.uuid4().hex[:6]}-{j}", chars))
+                except Exception as exc:  # a failed append is a finding, not a crash
+                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
+            results.put(("done", (started, time.monotonic(), time.process_time() - cpu, errors)))
+
+
+class WriterPool:
+    """``size`` writer processes on one backend (see the module)."""
+
+    def __init__(self, settings: HistorySettings, size: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        values = settings.model_dump(mode="json")
+        if settings.postgres_dsn is not None:
+            values["postgres_dsn"] = settings.dsn
+            # One writer per process: two pooled connections are plenty.
+            values["postgres_pool_min_size"] = values["postgres_pool_max_size"] = 2
+        self.results = ctx.Queue()
+        self.jobs = [ctx.Queue() for _ in range(size)]
+        self.procs = [
+            ctx.Process(target=_writer_process, args=(values, q, self.results), daemon=True)
+            for q in self.jobs
+        ]
+        for proc in self.procs:
+            proc.start()
+        for _ in self.procs:
+            status, payload = self.results.get(timeout=_RESULT_TIMEOUT_S)
+            assert status == "ready", payload
+
+    def run(self, system: str, namespace: tuple[str, ...], keys: list[str], appends: int,
+            chars: int) -> list[tuple[float, float, float, list[str]]]:  # fmt: skip
+        """Each of ``len(keys)`` writers appends ``appends`` turn pairs to its key."""
+        start_at = time.monotonic() + _START_DELAY_S
+        for queue, key in zip(self.jobs, keys, strict=False):
+            queue.put((system, namespace, key, appends, chars, start_at))
+        done = []
+        for _ in keys:
+            status, payload = self.results.get(timeout=_RESULT_TIMEOUT_S)
+            assert status == "done", payload
+            done.append(payload)
+        return done
+
+    def close(self) -> None:
+        for queue in self.jobs:
+            queue.put(None)
+        for proc in self.procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+
+
+@contextmanager
+def writer_pool(settings: HistorySettings, size: int) -> Iterator[WriterPool]:
+    pool = WriterPool(settings, size)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def _history(store: BaseStore, system: str, namespace: tuple[str, ...]) -> Any:
+    if system == OURS:
+        return ChatHistory(store, namespace=namespace)
+    return NaiveHistory(store, namespace=namespace)
+
+
+def _count(store: BaseStore, system: str, namespace: tuple[str, ...], key: str) -> int:
+    history = _history(store, system, namespace)
+    return int(history.count(key)) if system == OURS else len(history.all(key))
+
+
+def run_concurrency(run: BackendRun, cfg: BenchConfig, log: Log) -> list[dict[str, Any]]:
+    """Every writer count x key mode for ours and naive on backend ``run``.
+
+    Throughput counts the turns the writers attempted; what they lost is reported
+    next to it, so a fast system that drops turns cannot look good.
+    """
+    if run.settings is None:
+        return []
+    rows: list[dict[str, Any]] = []
+    with writer_pool(run.settings, max(cfg.writers)) as pool:
+        for name in CONCURRENCY_SYSTEMS:
+            system = run.system(name)
+            if system is None:
+                continue
+            for key_mode in KEY_MODES:
+                for writers in cfg.writers:
+                    row = _writers_run(pool, run.store, system, writers, key_mode, cfg)
+                    rows.append(row)
+                    log(
+                        f"[{run.name}] {name:<6} {writers:>2} writer processes "
+                        f"{key_mode:<13}: {row['turns_per_s']:.0f} turns/s, client CPU "
+                        f"{row['client_cpu_cores']:.2f} cores, lost {row['lost_turns']}, "
+                        f"errors {row['errors']}"
+                    )
+    return rows
 
 
 def _writers_run(
-    system: HistorySystem, writers: int, key_mode: str, cfg: BenchConfig
+    pool: WriterPool,
+    store: BaseStore,
+    system: HistorySystem,
+    writers: int,
+    key_mode: str,
+    cfg: BenchConfig,
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
-    if key_mode == "one_key":
-        keys = [f"conc-{system.name}-{tag}"] * writers
-    else:
-        keys = [f"conc-{system.name}-{tag}-{w}" for w in range(writers)]
-    # Everyone starts together: the main thread is the last party of the barrier.
-    barrier = threading.Barrier(writers + 1)
-    errors: list[str] = []
-    errors_lock = threading.Lock()
-
-    def writer(w: int) -> None:
-        barrier.wait()
-        for j in range(cfg.appends_per_writer):
-            try:
-                system.append(keys[w], turn_pair(f"{tag}-{w}-{j}", cfg.content_chars))
-            except Exception as exc:  # a failed append is a finding, not a crash
-                with errors_lock:
-                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
-
-    threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(writers)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    started, cpu_started = time.perf_counter(), time.process_time()
-    for thread in threads:
-        thread.join()
-    wall_s = time.perf_counter() - started
-    # CPU this process used (all threads) per second of wall time: near 1.0 means the
-    # writers are bound by Python itself (one GIL), not by the database.
-    client_cpu = (time.process_time() - cpu_started) / wall_s if wall_s > 0 else 0.0
-
+    namespace = (f"conc_{system.name}_{tag}",)
+    keys = ["shared"] * writers if key_mode == "one_key" else [f"w{w}" for w in range(writers)]
+    done = pool.run(system.name, namespace, keys, cfg.appends_per_writer, cfg.content_chars)
+    wall_s = max(end for _, end, _, _ in done) - min(start for start, _, _, _ in done)
+    errors = [e for *_, errs in done for e in errs]
+    # CPU the writer processes used per second of wall time.
+    client_cpu = sum(cpu for _, _, cpu, _ in done) / wall_s if wall_s > 0 else 0.0
     expected = 2 * writers * cfg.appends_per_writer
-    stored = sum(system.count(key) for key in dict.fromkeys(keys))
+    stored = sum(_count(store, system.name, namespace, key) for key in dict.fromkeys(keys))
     return {
         "backend": system.backend,
         "system": system.name,
@@ -72,27 +185,3 @@ def _writers_run(
         "client_cpu_cores": round(client_cpu, 2),
         "turns_per_s": expected / wall_s if wall_s > 0 else float("inf"),
     }
-
-
-def run_concurrency(run: BackendRun, cfg: BenchConfig, log: Log) -> list[dict[str, Any]]:
-    """Every writer count x key mode for ours and naive on backend ``run``.
-
-    Throughput counts the turns the writers attempted; what they lost is reported
-    next to it, so a fast system that drops turns cannot look good.
-    """
-    rows: list[dict[str, Any]] = []
-    for name in CONCURRENCY_SYSTEMS:
-        system = run.system(name)
-        if system is None:
-            continue
-        for key_mode in KEY_MODES:
-            for writers in cfg.writers:
-                row = _writers_run(system, writers, key_mode, cfg)
-                rows.append(row)
-                log(
-                    f"[{run.name}] {name:<6} {writers:>2} writers {key_mode:<13}: "
-                    f"{row['turns_per_s']:.0f} turns/s, client CPU {row['client_cpu_cores']:.2f} "
-                    f"cores, lost {row['lost_turns']}, "
-                    f"errors {row['errors']}"
-                )
-    return rows

@@ -31,9 +31,9 @@ class BenchConfig:
     growth_limit: float = 0.05
     """Most a conversation may grow (as a fraction of its length) from timed appends."""
     writers: tuple[int, ...] = (1, 4, 8, 16)
-    """Writer thread counts of the concurrency runs."""
+    """Writer process counts of the concurrency runs."""
     appends_per_writer: int = 25
-    """Appends (one user + one assistant turn each) per writer thread."""
+    """Appends (one user + one assistant turn each) per writer process."""
     agent_lengths: tuple[int, ...] = (10, 10_000)
     """History lengths of the AgentNode overhead measurement."""
     agent_reps: int = 30
@@ -64,6 +64,7 @@ MODES: dict[str, BenchConfig] = {
         min_reps=3,
         warmup=3,
         cell_budget_s=0.5,
+        writers=(1, 4, 8),
         appends_per_writer=25,
         agent_reps=12,
     ),
@@ -74,6 +75,7 @@ MODES: dict[str, BenchConfig] = {
         min_reps=3,
         warmup=1,
         cell_budget_s=0.2,
+        writers=(1, 2),
         appends_per_writer=2,
         agent_lengths=(10, 100),
         agent_reps=3,

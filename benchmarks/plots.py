@@ -16,6 +16,7 @@ __all__ = ["plot_latency"]
 # (colour, marker) per system.
 _STYLE = {
     "ours": ("tab:blue", "o"),
+    "ours-basestore": ("tab:cyan", "D"),
     "naive": ("tab:red", "s"),
     "langchain-postgres": ("tab:orange", "^"),
     "floor": ("tab:gray", "v"),

@@ -42,8 +42,12 @@ _NOTES = (
     "Append cells rotate over conversations of the cell's length, built untimed, so none "
     "grows by more than 5% (a 10-turn conversation takes a single append: 10 -> 12).",
     "The floor numbers its rows from the indexed max(seq) in the INSERT itself; its tail "
-    "is one indexed ORDER BY seq DESC LIMIT query. Our tail reads the head item, then "
-    "the one or two chunk items holding the window: two store round trips.",
+    "is one indexed ORDER BY seq DESC LIMIT query. Every system's tail returns LangChain "
+    "messages built with the same constructor as ours (langchain-postgres builds its own). "
+    "Our tail is one query on SQLite and PostgreSQL (head and newest chunks); through "
+    "plain BaseStore calls (ours-basestore) it is two store calls, head then chunks.",
+    "Concurrent writers are separate processes (one store each), started once per backend; "
+    "a run's wall time runs from a common start to the last writer's end.",
     "PostgreSQL runs ANALYZE (untimed) once every conversation is loaded, the steady "
     "state autovacuum reaches on a live server. Without statistics the planner may serve LangGraph's "
     "store GET query by scanning every item of the conversation's namespace, so store "

@@ -1,10 +1,17 @@
 """The systems under test behind one interface: bulk-load a history, read its tail, append.
 
-- ``ours``: `ChatHistory` in the LangGraph store (default chunk size);
+- ``ours``: `ChatHistory` in the LangGraph store (default chunk size), through its
+  backend's driver (SQL of its own on SQLite and PostgreSQL);
+- ``ours-basestore``: the same layout through plain ``BaseStore.batch`` calls (the
+  generic driver), to tell the layout's gain from the SQL fast path's;
 - ``naive``: `NaiveHistory`, one store item holding the whole list (read-modify-write);
 - ``langchain-postgres``: `PostgresChatMessageHistory`, one row per message in its own table;
 - ``floor``: the least any design can do: an indexed table ``(conv, seq, role, content)``
   through the driver directly (sqlite3, psycopg), or a dict of lists in memory.
+
+A tail returns LangChain messages, as `AgentNode` reads it: every system builds them
+with the same constructor as ours (`codec.build_message`), so the ratios compare the
+storage, not the message construction (langchain-postgres builds its own).
 """
 
 from __future__ import annotations
@@ -13,15 +20,16 @@ import sqlite3
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langgraph.store.base import BaseStore
+from langgraph.store.base import BaseStore, Op, Result
 
 from agent_history.history import ChatHistory
+from agent_history.history.codec import build_message
 from benchmarks.naive_history import NaiveHistory
 from benchmarks.workload import Turn, synthetic_turns
 
@@ -30,19 +38,32 @@ __all__ = [
     "LANGCHAIN",
     "NAIVE",
     "OURS",
+    "OURS_PLAIN",
     "HistorySystem",
     "LangchainPostgresSystem",
     "MemoryFloor",
     "NaiveSystem",
+    "OursPlainSystem",
     "OursSystem",
+    "PlainStore",
     "PostgresFloor",
     "SqliteFloor",
+    "as_messages",
 ]
 
 OURS = "ours"
+OURS_PLAIN = "ours-basestore"
 NAIVE = "naive"
 LANGCHAIN = "langchain-postgres"
 FLOOR = "floor"
+
+_KIND = {"user": "human", "assistant": "ai"}
+
+
+def as_messages(rows: Iterable[tuple[str, Any]]) -> list[BaseMessage]:
+    """``(role, content)`` rows as LangChain messages, built as ours are."""
+    return [build_message(role, content, None, _KIND[role], {}) for role, content in rows]
+
 
 # Bulk loads go in slices so no single statement or plan holds a 100k-turn history
 # twice over; a multiple of the chunk size keeps our chunks full.
@@ -100,13 +121,42 @@ class OursSystem(HistorySystem):
             self.history.append(key, turns)
 
     def tail(self, key: str, n: int) -> int:
-        return len(self.history.tail_turns(key, n))
+        return len(self.history.tail(key, n))
 
     def append(self, key: str, pair: Sequence[Turn]) -> None:
         self.history.append(key, pair)
 
     def count(self, key: str) -> int:
         return self.history.count(key)
+
+
+class PlainStore(BaseStore):
+    """A store seen through its public ``batch``/``abatch`` only: a `ChatHistory` on it
+    gets the generic driver (the store's own calls, no SQL of its own)."""
+
+    def __init__(self, inner: BaseStore) -> None:
+        self.inner = inner
+
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        return self.inner.batch(ops)
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        return await self.inner.abatch(ops)
+
+
+class OursPlainSystem(OursSystem):
+    """`ChatHistory` in the same store and layout, through plain `BaseStore` calls."""
+
+    name = OURS_PLAIN
+
+    def __init__(self, backend: str, content_chars: int, store: BaseStore) -> None:
+        super().__init__(backend, content_chars, store)
+        self.loader = self.history  # bulk loads take the fast path: the same items
+        self.history = ChatHistory(PlainStore(store))
+
+    def load(self, key: str, length: int) -> None:
+        for _, turns in self._slices(length):
+            self.loader.append(key, turns)
 
 
 class NaiveSystem(HistorySystem):
@@ -124,7 +174,7 @@ class NaiveSystem(HistorySystem):
         self.history.store.put(self.history.namespace, key, {"messages": turns}, index=False)
 
     def tail(self, key: str, n: int) -> int:
-        return len(self.history.tail(key, n))
+        return len(as_messages((t["role"], t["content"]) for t in self.history.tail(key, n)))
 
     def append(self, key: str, pair: Sequence[Turn]) -> None:
         self.history.append(key, pair)
@@ -207,7 +257,7 @@ class MemoryFloor(HistorySystem):
         self.data[key] = synthetic_turns(1, length, self.content_chars)
 
     def tail(self, key: str, n: int) -> int:
-        return len(self.data.get(key, [])[-n:])
+        return len(as_messages((t["role"], t["content"]) for t in self.data.get(key, [])[-n:]))
 
     def append(self, key: str, pair: Sequence[Turn]) -> None:
         self.data.setdefault(key, []).extend(pair)
@@ -258,7 +308,7 @@ class SqliteFloor(HistorySystem):
         with self.lock:
             rows = self.conn.execute(_SQLITE_FLOOR_TAIL, (key, n)).fetchall()
         rows.reverse()
-        return len(rows)
+        return len(as_messages((role, content) for _, role, content in rows))
 
     def append(self, key: str, pair: Sequence[Turn]) -> None:
         with self.lock:
@@ -314,7 +364,7 @@ class PostgresFloor(HistorySystem):
         with self.lock:
             rows = self.conn.execute(self._tail_sql, (key, n)).fetchall()
         rows.reverse()
-        return len(rows)
+        return len(as_messages((role, content) for _, role, content in rows))
 
     def append(self, key: str, pair: Sequence[Turn]) -> None:
         with self.lock:

@@ -20,9 +20,9 @@ from tests.support.postgres_server import PostgresServer
 pytestmark = pytest.mark.postgres
 
 SYSTEMS = {
-    "memory": {"ours", "naive", "floor"},
-    "sqlite": {"ours", "naive", "floor"},
-    "postgres": {"ours", "naive", "langchain-postgres", "floor"},
+    "memory": {"ours", "ours-basestore", "naive", "floor"},
+    "sqlite": {"ours", "ours-basestore", "naive", "floor"},
+    "postgres": {"ours", "ours-basestore", "naive", "langchain-postgres", "floor"},
 }
 
 
