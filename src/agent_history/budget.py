@@ -22,6 +22,7 @@ from typing import TypeVar
 from agent_history.errors import StoreTimeout
 
 __all__ = [
+    "acall_with_budget",
     "call_with_budget",
     "current_deadline",
     "deadline_after",
@@ -127,3 +128,14 @@ def call_with_budget(fn: Callable[[], T], budget: float) -> T:
     """
     with deadline_after(budget):
         return fn()
+
+
+async def acall_with_budget(call: Callable[[], Awaitable[T]], budget: float) -> T:
+    """Async `call_with_budget`: await ``call()`` under a deadline ``budget`` seconds away.
+
+    Prefer it to ``asyncio.wait_for``: the history's drivers see the deadline, so a sync
+    store driven from a worker thread stops there too, and PostgreSQL gives up a lock
+    wait before its connection has to be shut down.
+    """
+    with deadline_after(budget):
+        return await call()

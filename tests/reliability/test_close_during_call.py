@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import HumanMessage
 
+from agent_history.budget import acall_with_budget
 from agent_history.errors import StoreTimeout
 from agent_history.history import ChatHistory
 from agent_history.settings import HistorySettings
@@ -153,3 +154,20 @@ async def test_closing_an_async_store_waits_for_a_call_in_flight(tmp_path: Path)
         with pytest.raises(StoreTimeout):
             await task
         _commit(holder)
+
+
+async def test_an_async_call_on_a_sync_store_ends_at_its_budget(tmp_path: Path) -> None:
+    """The deadline travels into the worker thread that runs a sync store's call, so the
+    call ends there (busy timeout 5 s, budget 1 s), not only the wait for it."""
+    settings = _settings(tmp_path)
+    with _lock_holder(settings.graph_store_sqlite_path) as holder:
+        with create_graph_store_sync(settings) as store:
+            history = ChatHistory(store)
+            await history.acount("k")
+            started = time.monotonic()
+            with pytest.raises(StoreTimeout):
+                await acall_with_budget(lambda: history.aappend("k", [HumanMessage("x")]), 1.0)
+            elapsed = time.monotonic() - started
+            assert not store.lock.locked()  # nothing of the call is still running
+        _commit(holder)
+    assert elapsed <= 1.1 + 0.5, elapsed
