@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, convert_to_messages
+from langchain_core.runnables import RunnableConfig
 
 from agent_history.messages import ASSISTANT, newest_human, role_of, text_of
 
@@ -26,6 +27,7 @@ __all__ = [
     "as_mapping",
     "current_thread",
     "incoming_message",
+    "not_streamed_as_output",
 ]
 
 _MESSAGE_FIELDS = ("message", "user_message", "query", "prompt")
@@ -158,3 +160,16 @@ def current_thread(state: Any) -> ThreadView:
         return ThreadView(thread, incoming, None, answered)
     added = HumanMessage(incoming.text, id=incoming.message_id or str(uuid.uuid4()))
     return ThreadView([*thread, added], incoming, added, False)
+
+
+def not_streamed_as_output(config: RunnableConfig | None, added: BaseMessage | None) -> None:
+    """Keep ``stream_mode="messages"`` from emitting the delivered user message as if this
+    node had produced it: LangGraph's message stream skips ids it has seen."""
+    if added is None or not added.id:
+        return
+    callbacks = (config or {}).get("callbacks")
+    handlers = callbacks if isinstance(callbacks, list) else getattr(callbacks, "handlers", [])
+    for handler in handlers or ():
+        seen = getattr(handler, "seen", None)
+        if isinstance(seen, set) and type(handler).__name__.startswith("StreamMessagesHandler"):
+            seen.add(added.id)

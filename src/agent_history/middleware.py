@@ -23,9 +23,10 @@ from typing import Annotated, Any, NotRequired
 
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage
 
-from agent_history.incoming import ThreadView, as_mapping, current_thread
-from agent_history.node import _not_streamed_as_output, merge_results
-from agent_history.session import HistoryPass, drive_async, drive_sync
+from agent_history.incoming import ThreadView, as_mapping, current_thread, not_streamed_as_output
+from agent_history.node import merge_results
+from agent_history.pass_steps import drive_async, drive_sync
+from agent_history.session import HistoryPass
 from agent_history.surface import (
     SYSTEM_PROMPT_ID,
     HistoryFields,
@@ -107,7 +108,7 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
             return {"jump_to": "end"}
         if view.added is None:
             return None
-        _not_streamed_as_output(current_config(), view.added)
+        not_streamed_as_output(current_config(), view.added)
         return {"messages": [view.added]}
 
     @hook_config(can_jump_to=["end"])

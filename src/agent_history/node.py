@@ -22,19 +22,11 @@ from agent_history.context.budget import TokenCounterLike
 from agent_history.context.summary import DEFAULT_SUMMARY_PROMPT
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
 from agent_history.history.codec import HistoryScope
-from agent_history.incoming import current_thread
+from agent_history.incoming import current_thread, not_streamed_as_output
 from agent_history.keys import DEFAULT_HISTORY_KEY_CANDIDATES, DEFAULT_HISTORY_KEY_TEMPLATE
+from agent_history.pass_steps import Model, Step, drive_async, drive_sync
 from agent_history.runner import aproduce, build_runnable, produce, takes_messages
-from agent_history.session import (
-    REPORT_LISTENERS,
-    HistoryOptions,
-    HistoryPass,
-    HistoryReport,
-    Model,
-    Step,
-    drive_async,
-    drive_sync,
-)
+from agent_history.session import REPORT_LISTENERS, HistoryOptions, HistoryPass, HistoryReport
 from agent_history.toggles import DEFAULT_TOGGLES, HistoryToggles
 
 __all__ = ["REPORT_LISTENERS", "AgentNode", "AgentState", "HistoryReport", "merge_results"]
@@ -102,6 +94,9 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         history_chunk_size: Turns per chunk item for new conversations.
         history_scope: ``"turns"`` stores user messages and final answers; ``"full"``
             stores every message of the run (tool calls and results included).
+        history_read_legacy: When a conversation has no log yet, read its single-item
+            legacy history (namespace ``("agent_chat_history",)``, key = conversation
+            key) and write it into the log before the first new exchange.
         toggles: Rollout switches; the process-wide default reads ``ORCHEO_*`` variables.
         write_attempts: Attempts for an append before giving up with a warning.
         write_backoff_seconds: First backoff between attempts (doubles, with jitter).
@@ -124,6 +119,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         history_value_field: str = "content",
         history_chunk_size: int = DEFAULT_CHUNK_SIZE,
         history_scope: HistoryScope = "turns",
+        history_read_legacy: bool = False,
         toggles: HistoryToggles | None = None,
         write_attempts: int = 3,
         write_backoff_seconds: float = 0.05,
@@ -150,6 +146,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         self.history_value_field = history_value_field
         self.history_chunk_size = history_chunk_size
         self.history_scope: HistoryScope = history_scope
+        self.history_read_legacy = history_read_legacy
         self.toggles = toggles or DEFAULT_TOGGLES
         self.write_attempts = write_attempts
         self.write_backoff_seconds = write_backoff_seconds
@@ -178,6 +175,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
             value_field=self.history_value_field,
             chunk_size=self.history_chunk_size,
             scope=self.history_scope,
+            read_legacy=self.history_read_legacy,
             max_messages=self.max_messages,
             reset_command=self.reset_command,
             toggles=self.toggles,
@@ -254,7 +252,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         output: dict[str, Any] = drive_sync(
             self._steps(run), lambda payload: produce(self._runnable, payload, config)
         )
-        _not_streamed_as_output(config, run.view.added)
+        not_streamed_as_output(config, run.view.added)
         return output
 
     async def ainvoke(
@@ -265,7 +263,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         output: dict[str, Any] = await drive_async(
             self._steps(run), lambda payload: aproduce(self._runnable, payload, config)
         )
-        _not_streamed_as_output(config, run.view.added)
+        not_streamed_as_output(config, run.view.added)
         return output
 
 
@@ -279,19 +277,6 @@ def _chat_model_of(runnable: Runnable[Any, Any]) -> Runnable[Any, Any] | None:
     if isinstance(inner, BaseChatModel):
         return inner
     return runnable if takes_messages(runnable) else None
-
-
-def _not_streamed_as_output(config: RunnableConfig | None, added: BaseMessage | None) -> None:
-    """Keep ``stream_mode="messages"`` from emitting the delivered user message as if this
-    node had produced it: LangGraph's message stream skips ids it has seen."""
-    if added is None or not added.id:
-        return
-    callbacks = (config or {}).get("callbacks")
-    handlers = callbacks if isinstance(callbacks, list) else getattr(callbacks, "handlers", [])
-    for handler in handlers or ():
-        seen = getattr(handler, "seen", None)
-        if isinstance(seen, set) and type(handler).__name__.startswith("StreamMessagesHandler"):
-            seen.add(added.id)
 
 
 def _current_store() -> BaseStore | None:

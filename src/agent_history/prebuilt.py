@@ -32,9 +32,10 @@ from langgraph.managed import RemainingSteps
 from langgraph.runtime import Runtime, get_runtime
 from typing_extensions import Unpack
 
-from agent_history.incoming import ThreadView, as_mapping, current_thread
-from agent_history.node import _not_streamed_as_output, merge_results
-from agent_history.session import HistoryPass, Step, drive_async, drive_sync
+from agent_history.incoming import ThreadView, as_mapping, current_thread, not_streamed_as_output
+from agent_history.node import merge_results
+from agent_history.pass_steps import Step, drive_async, drive_sync
+from agent_history.session import HistoryPass
 from agent_history.surface import HistoryFields, Surface, current_config, surface_from
 
 __all__ = ["HistoryHooks", "HistoryReactState"]
@@ -173,7 +174,7 @@ class PreModelHook(Runnable[Any, dict[str, Any]]):
         self.hooks._keep(_handoff_key(run.view, config), run)
         update: dict[str, Any] = {"llm_input_messages": payload}
         if run.view.added is not None:
-            _not_streamed_as_output(config, run.view.added)
+            not_streamed_as_output(config, run.view.added)
             update["messages"] = [run.view.added]
         return update
 

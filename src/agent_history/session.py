@@ -3,49 +3,38 @@ middleware, the prebuilt agent hooks): resolve the key, decide what the pass may
 the newest stored window, merge it with the thread, (the caller runs the model), append
 the exchange when it ends, report.
 
-A pass is a generator of steps (`Read`, `Append`, `Model`, `Sleep`, and for context
-budgets and running summaries `ReadContext`, `ClaimSummary`, `Summarize`, `WriteSummary`):
-the decisions live here once, and `drive_sync` / `drive_async` perform the I/O for sync
-and async callers.
+A pass is a generator of steps (`pass_steps`: `Read`, `Append`, `Model`, `Sleep`, and for
+context budgets and running summaries `ReadContext`, `ClaimSummary`, `Summarize`,
+`WriteSummary`): the decisions live here once (the summary's in
+`context.summary_updates`), and `drive_sync` / `drive_async` perform the I/O for sync and
+async callers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import logging
 import math
 import random
-import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import BaseMessage, SystemMessage
 from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.runnables.config import merge_configs
-from langgraph.constants import TAG_NOSTREAM
 from langgraph.store.base import BaseStore
 
 from agent_history import observability as obs
-from agent_history.budget import call_with_budget
 from agent_history.context.budget import TokenCounterLike, WindowFill, token_counter_for
-from agent_history.context.summary import (
-    DEFAULT_SUMMARY_PROMPT,
-    Summary,
-    SummaryClaim,
-    SummaryWrite,
-    summary_message,
-    summary_request,
-)
+from agent_history.context.summary import DEFAULT_SUMMARY_PROMPT, Summary, summary_message
+from agent_history.context.summary_updates import SummaryUpdates
 from agent_history.context.window import ContextRead
 from agent_history.errors import WriteConflict
 from agent_history.history import AppendResult, ChatHistory
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
 from agent_history.history.codec import HistoryScope, in_scope, is_final_answer
+from agent_history.history.naming import validate_namespace
 from agent_history.history.records import Turn
 from agent_history.incoming import ThreadView
 from agent_history.keys import (
@@ -54,37 +43,26 @@ from agent_history.keys import (
     KeyResolution,
     resolve_history_key,
 )
+from agent_history.legacy import LEGACY_NAMESPACE
 from agent_history.messages import (
     MergedPayload,
     TokenCounter,
-    apply_reset,
     exchange_overlap,
     merge_history,
     newest_human,
     role_of,
-    text_of,
     tool_safe_units,
-    window,
 )
+from agent_history.pass_steps import Append, ImportTurns, Read, ReadContext, ReadLegacy, Sleep, Step
 from agent_history.stores import backend_of
 from agent_history.toggles import DEFAULT_TOGGLES, CircuitBreaker, HistoryDecision, HistoryToggles
 
 __all__ = [
     "REPORT_LISTENERS",
-    "Append",
-    "ClaimSummary",
+    "SYSTEM_PROMPT_ID",
     "HistoryOptions",
     "HistoryPass",
     "HistoryReport",
-    "Model",
-    "Read",
-    "ReadContext",
-    "Sleep",
-    "Step",
-    "Summarize",
-    "WriteSummary",
-    "drive_async",
-    "drive_sync",
 ]
 
 SYSTEM_PROMPT_ID = "agent-history:system-prompt"
@@ -168,6 +146,12 @@ class HistoryOptions:
     """Longest a pass spends on the summary after the answer; then it gives up."""
     summary_prompt: str = DEFAULT_SUMMARY_PROMPT
     """The summary model's instructions."""
+    read_legacy: bool = False
+    """When a conversation has no log yet, read its single-item legacy history
+    (``legacy_namespace``, key = conversation key) as the stored window, and write it
+    into the log before the first exchange is appended (`legacy`)."""
+    legacy_namespace: tuple[str, ...] = LEGACY_NAMESPACE
+    """Namespace of the legacy items."""
 
     def __post_init__(self) -> None:
         if self.max_messages < 1:
@@ -186,8 +170,9 @@ class HistoryOptions:
             raise ValueError("write_attempts must be >= 1")
         if self.scope not in ("turns", "full"):
             raise ValueError(f"history_scope must be 'turns' or 'full' (got {self.scope!r})")
-        if not self.namespace or any(not label or "." in label for label in self.namespace):
-            raise ValueError("history_namespace labels must be non-empty and contain no '.'")
+        validate_namespace(self.namespace)  # InvalidNamespace (a ValueError) names the label
+        # Channels named by the candidates' literal prefixes become metric label values.
+        obs.register_channels_from_candidates(self.key_candidates)
 
     @property
     def counts_tokens(self) -> bool:
@@ -200,277 +185,11 @@ class HistoryOptions:
         return token_counter_for(self.token_counter)
 
 
-# --- steps -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Read:
-    """Read the newest ``n`` stored turns within ``budget`` seconds."""
-
-    history: ChatHistory
-    key: str
-    n: int
-    budget: float
-
-
-@dataclass(frozen=True, slots=True)
-class Append:
-    """Append ``messages`` (see `ChatHistory.append`) within ``budget`` seconds."""
-
-    history: ChatHistory
-    key: str
-    messages: list[BaseMessage]
-    anchor_id: str | None
-    anchor_next: str | None
-    budget: float
-
-
-@dataclass(frozen=True, slots=True)
-class ReadContext:
-    """Read the newest ``n`` stored turns after the summary, chunk by chunk until
-    ``enough`` says the window is full (`ChatHistory.tail_context`), within ``budget``."""
-
-    history: ChatHistory
-    key: str
-    n: int
-    budget: float
-    with_summary: bool
-    enough: Callable[[Sequence[Turn]], bool] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimSummary:
-    """Start a summary update (`ChatHistory.claim_summary`) within ``budget`` seconds."""
-
-    history: ChatHistory
-    key: str
-    upto: int
-    every: int
-    max_turns: int
-    owner: str | None
-    lease_seconds: float
-    budget: float
-
-
-@dataclass(frozen=True, slots=True)
-class WriteSummary:
-    """Write a summary version (`ChatHistory.write_summary`) within ``budget`` seconds."""
-
-    history: ChatHistory
-    key: str
-    text: str
-    covers_seq: int
-    base_version: int
-    owner: str | None
-    turns: int
-    skipped: int
-    budget: float
-
-
-@dataclass(frozen=True, slots=True)
-class Summarize:
-    """Ask ``model`` for a summary (the answer is ``(ok, text or exception)``), giving up
-    after ``budget`` seconds."""
-
-    model: Runnable[Any, Any]
-    request: list[BaseMessage]
-    budget: float
-    config: RunnableConfig | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Model:
-    """Run the model on ``payload``; the answer is the list of messages it produced."""
-
-    payload: list[BaseMessage]
-
-
-@dataclass(frozen=True, slots=True)
-class Sleep:
-    """Back off before a retry."""
-
-    seconds: float
-
-
-Step = Read | Append | Model | Sleep | ReadContext | ClaimSummary | WriteSummary | Summarize
-StoreStep = Read | Append | ReadContext | ClaimSummary | WriteSummary
-
-
-def _store_call(step: StoreStep) -> Callable[[], Any]:
-    if isinstance(step, Read):
-        return lambda: step.history.tail_turns(step.key, step.n)
-    if isinstance(step, ReadContext):
-        return lambda: step.history.tail_context(
-            step.key, step.n, with_summary=step.with_summary, enough=step.enough
-        )
-    if isinstance(step, ClaimSummary):
-        return lambda: step.history.claim_summary(
-            step.key,
-            step.upto,
-            every=step.every,
-            max_turns=step.max_turns,
-            owner=step.owner,
-            lease_seconds=step.lease_seconds,
-        )
-    if isinstance(step, WriteSummary):
-        return lambda: step.history.write_summary(
-            step.key,
-            step.text,
-            step.covers_seq,
-            base_version=step.base_version,
-            owner=step.owner,
-            turns=step.turns,
-            skipped=step.skipped,
-        )
-    return lambda: step.history.append(
-        step.key, step.messages, anchor_id=step.anchor_id, anchor_next=step.anchor_next
-    )
-
-
-def _store_coro(step: StoreStep) -> Awaitable[Any]:
-    if isinstance(step, Read):
-        return step.history.atail_turns(step.key, step.n)
-    if isinstance(step, ReadContext):
-        return step.history.atail_context(
-            step.key, step.n, with_summary=step.with_summary, enough=step.enough
-        )
-    if isinstance(step, ClaimSummary):
-        return step.history.aclaim_summary(
-            step.key,
-            step.upto,
-            every=step.every,
-            max_turns=step.max_turns,
-            owner=step.owner,
-            lease_seconds=step.lease_seconds,
-        )
-    if isinstance(step, WriteSummary):
-        return step.history.awrite_summary(
-            step.key,
-            step.text,
-            step.covers_seq,
-            base_version=step.base_version,
-            owner=step.owner,
-            turns=step.turns,
-            skipped=step.skipped,
-        )
-    return step.history.aappend(
-        step.key, step.messages, anchor_id=step.anchor_id, anchor_next=step.anchor_next
-    )
-
-
-def _attempt_sync(step: StoreStep) -> tuple[bool, Any]:
-    try:
-        return True, call_with_budget(_store_call(step), step.budget)
-    except Exception as exc:
-        return False, exc
-
-
-async def _attempt_async(step: StoreStep) -> tuple[bool, Any]:
-    try:
-        return True, await asyncio.wait_for(_store_coro(step), step.budget)
-    except Exception as exc:
-        return False, exc
-
-
-def _summary_text(output: Any) -> str:
-    """The text of a summary model's answer (a message or a string)."""
-    text = text_of(output) if isinstance(output, BaseMessage) else output
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("the summary model gave no text")
-    return text.strip()
-
-
-def _summarize_sync(step: Summarize) -> tuple[bool, Any]:
-    """Run the summary model in a worker thread and wait at most ``step.budget``: a
-    model call cannot be interrupted, so a late one is left to finish on its own and
-    its answer is dropped (nothing is written after the pass gave up)."""
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def work() -> None:
-        try:
-            box["text"] = _summary_text(step.model.invoke(step.request, step.config))
-        except Exception as exc:
-            box["error"] = exc
-        finally:
-            done.set()
-
-    context = contextvars.copy_context()
-    worker = threading.Thread(
-        target=context.run, args=(work,), name="agent-history-summary", daemon=True
-    )
-    worker.start()
-    if not done.wait(max(0.0, step.budget)):
-        return False, TimeoutError("the summary model did not answer within its budget")
-    if "error" in box:
-        return False, box["error"]
-    return True, box["text"]
-
-
-async def _summarize_async(step: Summarize) -> tuple[bool, Any]:
-    try:
-        output = await asyncio.wait_for(
-            step.model.ainvoke(step.request, step.config), max(0.0, step.budget)
-        )
-        return True, _summary_text(output)
-    except Exception as exc:
-        return False, exc
-
-
-def drive_sync(
-    steps: Generator[Step, Any, Any],
-    model: Callable[[list[BaseMessage]], list[BaseMessage]] | None = None,
-) -> Any:
-    """Run ``steps`` with sync I/O; ``model`` answers `Model` steps. Exceptions from the
-    model propagate unchanged (StopIteration included); store failures never do."""
-    answer: Any = None
-    while True:
-        try:
-            step = steps.send(answer)
-        except StopIteration as done:
-            return done.value
-        if isinstance(step, Model):
-            if model is None:
-                raise TypeError("these steps need a model")
-            answer = model(step.payload)
-        elif isinstance(step, Sleep):
-            time.sleep(step.seconds)
-            answer = None
-        elif isinstance(step, Summarize):
-            answer = _summarize_sync(step)
-        else:
-            answer = _attempt_sync(step)
-
-
-async def drive_async(
-    steps: Generator[Step, Any, Any],
-    model: Callable[[list[BaseMessage]], Awaitable[list[BaseMessage]]] | None = None,
-) -> Any:
-    """Async `drive_sync`."""
-    answer: Any = None
-    while True:
-        try:
-            step = steps.send(answer)
-        except StopIteration as done:
-            return done.value
-        if isinstance(step, Model):
-            if model is None:
-                raise TypeError("these steps need a model")
-            answer = await model(step.payload)
-        elif isinstance(step, Sleep):
-            await asyncio.sleep(step.seconds)
-            answer = None
-        elif isinstance(step, Summarize):
-            answer = await _summarize_async(step)
-        else:
-            answer = await _attempt_async(step)
-
-
 # --- one pass ----------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
-class HistoryPass:
+class HistoryPass(SummaryUpdates):
     """One pass over a conversation: what it may do, what it read, what it appended."""
 
     options: HistoryOptions
@@ -504,6 +223,8 @@ class HistoryPass:
     _seq_of_id: dict[str, int] = field(default_factory=dict)
     _appended: list[BaseMessage] = field(default_factory=list)
     """The messages this pass appended, when their seqs are known."""
+    _legacy: list[Turn] = field(default_factory=list)
+    """Legacy turns read for a conversation without a log, to seed it before appending."""
     _reserved: int = 0
     """Tokens of what goes before the window (system prompt, thread system messages, the
     summary), when counting."""
@@ -571,11 +292,33 @@ class HistoryPass:
             self._took(value)
         else:
             self.stored = self.history.to_messages(value, self.key)
+        if ok and self.options.read_legacy and not self.stored and self.last_seq == 0:
+            yield from self._read_legacy(budget)
 
-    @property
-    def summary_on(self) -> bool:
-        """Whether this pass keeps a running summary."""
-        return self.options.summarize and self.options.summary_model is not None
+    def _read_legacy(self, budget: float) -> Generator[Step, Any, None]:
+        """A conversation without a log: its legacy item, if it has one, is the window."""
+        assert self.history is not None
+        step = ReadLegacy(self.history.store, self.options.legacy_namespace, self.key, budget)
+        ok, value = yield step
+        if not ok:
+            self._fallback("legacy_read_failed", obs.describe_error(value))
+            return
+        self._legacy = list(value)
+        newest = self._legacy[-self.options.max_messages :]
+        self.stored = self.history.to_messages(newest, self.key)
+
+    def _seed_from_legacy(self, budget: float) -> Generator[Step, Any, bool]:
+        """Write the legacy turns into the log before the first exchange (idempotent by
+        seq), so the log continues the legacy history and it is never read again."""
+        assert self.history is not None
+        started = time.perf_counter()
+        ok, value = yield ImportTurns(self.history, self.key, self._legacy, budget)
+        self._record(obs.STORE_WRITE_LATENCY, started, ok)
+        if not ok:
+            self._write_failed(value)
+            return False
+        self._legacy = []
+        return True
 
     def _reads_context(self) -> bool:
         return self.options.max_tokens is not None or self.summary_on
@@ -721,6 +464,8 @@ class HistoryPass:
             pending = pending[exchange_overlap(stored, pending) :]
         if not pending:
             return True
+        if self._legacy and not (yield from self._seed_from_legacy(budgets.write_timeout_seconds)):
+            return False
         step = Append(
             self.history, self.key, pending, anchor_id, anchor_next, budgets.write_timeout_seconds
         )
@@ -737,183 +482,6 @@ class HistoryPass:
                 return False
             yield Sleep(self._backoff(attempt))
         return False
-
-    # --- the running summary ------------------------------------------------------------
-
-    def summarize(self) -> Generator[Step, Any, None]:
-        """Update the running summary with the stored turns that have fallen out of the
-        window (as the conversation stands after this exchange), when at least
-        ``summary_every`` have since the summary (after the answer; `append` calls it
-        once the exchange is written).
-
-        Only a pass that may write updates it (``read_only`` reads the summary and
-        writes none); in ``shadow`` mode it is computed and not stored. The update
-        takes a lease, so one run at a time asks the model; the model sees the previous
-        summary and the newly dropped turns only; the write is versioned, so a stale
-        update stores nothing. Failures (store, model, budget) leave the previous
-        summary in place, with a warning and `obs.SUMMARY_FAILURES`.
-        """
-        history, merged, options = self.history, self.merged, self.options
-        model = options.summary_model
-        if not self.summary_on or model is None or history is None or merged is None:
-            return
-        if not self.decision.write or self.redelivered:
-            return
-        upto = self._dropped_upto()
-        deadline = time.monotonic() + options.summary_budget_seconds
-        write_budget = options.toggles.current().write_timeout_seconds
-        shadow = not self.decision.payload_from_store
-        summary = self.summary
-        if merged.dropped_by_reset and summary is not None and summary.text and not shadow:
-            yield from self._clear_summary(summary, upto, min(write_budget, _left(deadline)))
-            return
-        covers = summary.covers_seq if summary else 0
-        if shadow:
-            covers = max(covers, _shadow_covers(self._conversation()))
-        if upto - covers < options.summary_every:
-            self.summary_outcome = "not_due" if upto > covers else ""
-            return
-        owner = None if shadow else uuid.uuid4().hex
-        ok, claim = yield ClaimSummary(
-            history,
-            self.key,
-            upto,
-            options.summary_every,
-            options.summary_max_turns,
-            owner,
-            options.summary_budget_seconds + write_budget,
-            min(write_budget, _left(deadline)),
-        )
-        if not ok:
-            self._summary_failed("claim_failed", claim)
-            return
-        claimed: SummaryClaim = claim
-        if not claimed.granted:
-            self.summary_outcome = claimed.reason if claimed.reason != "no_conversation" else ""
-            return
-        previous = claimed.previous
-        request = self._summary_request(previous, claimed.turns)
-        ok, text = yield Summarize(model, request, _left(deadline), self._summary_config())
-        if not ok:
-            self._summary_failed("model_failed", text)
-            return
-        if shadow:
-            _shadow_covers(self._conversation(), claimed.upto)
-            self.summary_outcome = "shadow"
-            return
-        ok, written = yield WriteSummary(
-            history,
-            self.key,
-            text,
-            claimed.upto,
-            previous.version if previous else 0,
-            owner,
-            len(claimed.turns),
-            claimed.skipped,
-            min(write_budget, _left(deadline)),
-        )
-        if not ok:
-            self._summary_failed("write_failed", written)
-            return
-        self._summary_written(written, claimed.upto)
-
-    def _summary_request(self, previous: Summary | None, turns: list[Turn]) -> list[BaseMessage]:
-        """The summary model's input: the previous summary and the turns to add. A reset
-        command among them clears what came before it, the previous summary included."""
-        assert self.history is not None
-        messages = self.history.to_messages(turns, self.key)
-        after_reset, cut = apply_reset(messages, self.options.reset_command)
-        text = "" if cut or previous is None else previous.text
-        return summary_request(text, after_reset, self.options.summary_prompt)
-
-    def _clear_summary(
-        self, summary: Summary, upto: int, budget: float
-    ) -> Generator[Step, Any, None]:
-        """A reset command is in the window: store an empty summary covering everything
-        before the window, so what came before the reset is not shown again."""
-        assert self.history is not None
-        if upto <= summary.covers_seq:
-            return
-        step = WriteSummary(self.history, self.key, "", upto, summary.version, None, 0, 0, budget)
-        ok, written = yield step
-        if not ok:
-            self._summary_failed("write_failed", written)
-        elif written.written:
-            self.summary_outcome = "cleared"
-            self.summary_written_seq = upto
-        else:
-            self.summary_outcome = written.reason
-
-    def _summary_written(self, written: SummaryWrite, upto: int) -> None:
-        self.summary_outcome = written.reason
-        if written.written:
-            self.summary_written_seq = upto
-
-    def _dropped_upto(self) -> int:
-        """The newest stored turn that has fallen out of the window, as the conversation
-        stands after this exchange: the next pass's window (this one's stored messages,
-        what this pass appended, and one more user message) starts after it."""
-        assert self.merged is not None
-        options = self.options
-        kept = [m for m in self.merged.messages if self._seq_for(m) is not None]
-        seen = {id(m) for m in kept}
-        added = [m for m in self._appended if id(m) not in seen]
-        conversation = [*kept, *added, HumanMessage("")]
-        counting = options.max_tokens is not None
-        upcoming = window(
-            conversation,
-            options.max_messages,
-            max_tokens=options.max_tokens,
-            token_counter=options.counter if counting else None,
-            reserved_tokens=self._reserved,
-        )
-        seqs = [seq for seq in map(self._seq_for, upcoming) if seq is not None]
-        if seqs:
-            return min(seqs) - 1
-        known = [seq for seq in map(self._seq_for, conversation) if seq is not None]
-        return max(known, default=self.last_seq)
-
-    def _note_appended(self, pending: Sequence[BaseMessage], result: AppendResult) -> None:
-        """Remember the seqs of what this pass appended (when the append stored all of it
-        in order, so the seqs are certain)."""
-        if result.first_seq is None or result.appended != len(pending):
-            return
-        for offset, message in enumerate(pending):
-            seq = result.first_seq + offset
-            self._seq_of[id(message)] = seq
-            if message.id:
-                self._seq_of_id[message.id] = seq
-        self._appended = list(pending)
-
-    def _seq_for(self, message: BaseMessage) -> int | None:
-        seq = self._seq_of.get(id(message))
-        if seq is None and message.id:
-            seq = self._seq_of_id.get(message.id)
-        return seq
-
-    def _conversation(self) -> tuple[str, ...]:
-        return (*self.options.namespace, self.key)
-
-    def _summary_config(self) -> RunnableConfig:
-        """The summary model's config: the run's (callbacks, tracing) with LangGraph's
-        ``nostream`` tag, so ``stream_mode="messages"`` never streams a summary as if the
-        node had answered with it."""
-        own: RunnableConfig = {"tags": [TAG_NOSTREAM], "run_name": "agent_history_summary"}
-        return merge_configs(self.config, own) if self.config else own
-
-    def _summary_failed(self, reason: str, exc: Any) -> None:
-        self.summary_outcome = "failed"
-        timeout = isinstance(exc, TimeoutError)
-        outcome = "timeout" if timeout else "error"
-        obs.METRICS.inc(obs.SUMMARY_FAILURES, backend=self.backend, outcome=outcome)
-        obs.log_event(
-            "summary_failed",
-            node=self.node,
-            namespace="/".join(self.options.namespace),
-            key=self.key or None,
-            reason="timeout" if timeout else reason,
-            error=obs.describe_error(exc) if isinstance(exc, BaseException) else None,
-        )
 
     def report(self, payload: Sequence[BaseMessage], model_called: bool = True) -> HistoryReport:
         """Build the pass's `HistoryReport` and hand it to the listeners."""
@@ -996,9 +564,7 @@ class HistoryPass:
     def _fallback(self, reason: str, error: str = "") -> None:
         self.fallbacks.append(reason)
         resolution = self.resolution
-        obs.METRICS.inc(
-            obs.FALLBACKS, backend=self.backend, channel=self._channel(), outcome="fallback"
-        )
+        obs.METRICS.inc(obs.FALLBACKS, backend=self.backend, channel=self._channel(), reason=reason)
         obs.log_event(
             "history_fallback",
             node=self.node,
@@ -1011,13 +577,15 @@ class HistoryPass:
         )
 
     def _record(self, metric: str, started: float, ok: bool) -> None:
-        elapsed = (time.perf_counter() - started) * 1000
+        elapsed = time.perf_counter() - started
         outcome = "ok" if ok else "fallback"
-        obs.METRICS.observe(
+        obs.METRICS.observe_seconds(
             metric, elapsed, backend=self.backend, channel=self._channel(), outcome=outcome
         )
         if self.breaker is not None:
-            (self.breaker.record_success if ok else self.breaker.record_failure)()
+            operation = obs.STORE_CALL_OPERATIONS[metric]
+            record = self.breaker.record_success if ok else self.breaker.record_failure
+            record(elapsed, operation=operation)
 
     def _read_failed(self, exc: BaseException) -> None:
         obs.METRICS.inc(obs.STORE_READ_FAILURES, backend=self.backend, channel=self._channel())
@@ -1044,11 +612,6 @@ class HistoryPass:
     def _backoff(self, attempt: int) -> float:
         base = self.options.write_backoff_seconds
         return float(base * (2**attempt) * (0.5 + random.random()))
-
-
-def _left(deadline: float) -> float:
-    """Seconds left before ``deadline`` (at least 0)."""
-    return max(0.0, deadline - time.monotonic())
 
 
 def _readable(turns: Sequence[Turn]) -> list[BaseMessage]:
@@ -1079,23 +642,6 @@ def _shave(
         gone = {id(m) for m in doomed}
         window = [m for m in window if id(m) not in gone]
     return window
-
-
-_SHADOW_COVERS: OrderedDict[tuple[str, ...], int] = OrderedDict()
-"""In shadow mode nothing is stored: the turn each conversation's last computed summary
-covered, so a shadow pass still computes at most once per ``summary_every`` turns."""
-_SHADOW_COVERS_MAX = 4096
-_shadow_lock = threading.Lock()
-
-
-def _shadow_covers(conversation: tuple[str, ...], upto: int | None = None) -> int:
-    with _shadow_lock:
-        if upto is not None:
-            _SHADOW_COVERS[conversation] = upto
-            _SHADOW_COVERS.move_to_end(conversation)
-            while len(_SHADOW_COVERS) > _SHADOW_COVERS_MAX:
-                _SHADOW_COVERS.popitem(last=False)
-        return _SHADOW_COVERS.get(conversation, 0)
 
 
 def _payload_key(messages: Sequence[BaseMessage]) -> list[tuple[str, str]]:

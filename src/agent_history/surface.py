@@ -21,15 +21,9 @@ from langgraph.store.base import BaseStore
 from agent_history.context.budget import TokenCounterLike
 from agent_history.history.codec import HistoryScope
 from agent_history.incoming import ThreadView, as_mapping
+from agent_history.pass_steps import Model, Step
 from agent_history.runner import build_runnable, takes_messages
-from agent_history.session import (
-    SYSTEM_PROMPT_ID,
-    HistoryOptions,
-    HistoryPass,
-    HistoryReport,
-    Model,
-    Step,
-)
+from agent_history.session import SYSTEM_PROMPT_ID, HistoryOptions, HistoryPass, HistoryReport
 from agent_history.toggles import DEFAULT_TOGGLES, HistoryToggles
 
 __all__ = [
@@ -101,6 +95,8 @@ class HistoryFields(TypedDict, total=False):
     """Longest a pass spends on the summary after the answer."""
     summary_prompt: str
     """The summary model's instructions."""
+    history_read_legacy: bool
+    """Read a conversation's single-item legacy history while it has no log."""
 
 
 _OPTION_NAMES = {
@@ -123,6 +119,7 @@ _OPTION_NAMES = {
     "summary_max_turns": "summary_max_turns",
     "summary_budget_seconds": "summary_budget_seconds",
     "summary_prompt": "summary_prompt",
+    "history_read_legacy": "read_legacy",
 }
 
 
