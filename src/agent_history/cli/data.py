@@ -404,6 +404,7 @@ def show(
         if info is None:
             raise _not_found(key, namespace)
         turns = history.tail_turns(key, last)
+        summary = history.summary(key)
     if as_json:
         console.print_json(
             json.dumps(
@@ -418,6 +419,15 @@ def show(
         f"[bold]{escape(key)}[/]: last {len(turns)} of {plural(info.turns, 'turn')}",
         highlight=False,
     )
+    if summary is not None:
+        console.print(
+            f"summary v{summary.version}: turns 1-{summary.covers_seq} "
+            f"({summary.turns} summarised, {summary.skipped} skipped), "
+            f"updated {summary.updated_at}",
+            highlight=False,
+            markup=False,
+        )
+        console.print(summary.text or "(cleared by a reset)", highlight=False, markup=False)
     for turn in turns:
         text = (
             turn.content
