@@ -26,7 +26,7 @@ from benchmarks.backends import BackendRun
 from benchmarks.modes import BenchConfig
 from benchmarks.naive_history import NaiveHistory
 from benchmarks.systems import NAIVE, OURS, HistorySystem
-from benchmarks.workload import turn_pair
+from benchmarks.workload import as_dict, turn_pair
 
 __all__ = ["CONCURRENCY_SYSTEMS", "run_concurrency"]
 
@@ -55,7 +55,8 @@ def _writer_process(settings_values: dict[str, Any], jobs: Any, results: Any) ->
             started, cpu = time.monotonic(), time.process_time()
             for j in range(appends):
                 try:
-                    history.append(key, turn_pair(f"{key}-{uuid.uuid4().hex[:6]}-{j}", chars))
+                    pair = turn_pair(f"{key}-{uuid.uuid4().hex[:6]}-{j}", chars)
+                    history.append(key, pair if system == OURS else [as_dict(m) for m in pair])
                 except Exception as exc:  # a failed append is a finding, not a crash
                     errors.append(f"{type(exc).__name__}: {exc}"[:200])
             results.put(("done", (started, time.monotonic(), time.process_time() - cpu, errors)))

@@ -31,7 +31,7 @@ from langgraph.store.base import BaseStore, Op, Result
 from agent_history.history import ChatHistory
 from agent_history.history.codec import build_message
 from benchmarks.naive_history import NaiveHistory
-from benchmarks.workload import Turn, synthetic_turns
+from benchmarks.workload import Turn, as_dict, synthetic_turns
 
 __all__ = [
     "FLOOR",
@@ -95,8 +95,8 @@ class HistorySystem(ABC):
         """Read the newest ``n`` turns the way an agent would; return how many came back."""
 
     @abstractmethod
-    def append(self, key: str, pair: Sequence[Turn]) -> None:
-        """Append one user and one assistant turn."""
+    def append(self, key: str, pair: Sequence[BaseMessage]) -> None:
+        """Append one user and one assistant message."""
 
     @abstractmethod
     def count(self, key: str) -> int:
@@ -123,7 +123,7 @@ class OursSystem(HistorySystem):
     def tail(self, key: str, n: int) -> int:
         return len(self.history.tail(key, n))
 
-    def append(self, key: str, pair: Sequence[Turn]) -> None:
+    def append(self, key: str, pair: Sequence[BaseMessage]) -> None:
         self.history.append(key, pair)
 
     def count(self, key: str) -> int:
@@ -176,8 +176,8 @@ class NaiveSystem(HistorySystem):
     def tail(self, key: str, n: int) -> int:
         return len(as_messages((t["role"], t["content"]) for t in self.history.tail(key, n)))
 
-    def append(self, key: str, pair: Sequence[Turn]) -> None:
-        self.history.append(key, pair)
+    def append(self, key: str, pair: Sequence[BaseMessage]) -> None:
+        self.history.append(key, [as_dict(m) for m in pair])
 
     def count(self, key: str) -> int:
         return len(self.history.all(key))
@@ -227,8 +227,8 @@ class LangchainPostgresSystem(HistorySystem):
     def tail(self, key: str, n: int) -> int:
         return len(self._session(key).messages[-n:])
 
-    def append(self, key: str, pair: Sequence[Turn]) -> None:
-        self._session(key).add_messages([_as_message(t) for t in pair])
+    def append(self, key: str, pair: Sequence[BaseMessage]) -> None:
+        self._session(key).add_messages(list(pair))
 
     def count(self, key: str) -> int:
         session_id = self._session(key)._session_id
@@ -259,8 +259,8 @@ class MemoryFloor(HistorySystem):
     def tail(self, key: str, n: int) -> int:
         return len(as_messages((t["role"], t["content"]) for t in self.data.get(key, [])[-n:]))
 
-    def append(self, key: str, pair: Sequence[Turn]) -> None:
-        self.data.setdefault(key, []).extend(pair)
+    def append(self, key: str, pair: Sequence[BaseMessage]) -> None:
+        self.data.setdefault(key, []).extend(as_dict(m) for m in pair)
 
     def count(self, key: str) -> int:
         return len(self.data.get(key, []))
@@ -310,11 +310,9 @@ class SqliteFloor(HistorySystem):
         rows.reverse()
         return len(as_messages((role, content) for _, role, content in rows))
 
-    def append(self, key: str, pair: Sequence[Turn]) -> None:
+    def append(self, key: str, pair: Sequence[BaseMessage]) -> None:
         with self.lock:
-            self.conn.execute(
-                _SQLITE_FLOOR_APPEND, (key, key, pair[0]["content"], pair[1]["content"])
-            )
+            self.conn.execute(_SQLITE_FLOOR_APPEND, (key, key, pair[0].content, pair[1].content))
 
     def count(self, key: str) -> int:
         with self.lock:
@@ -366,9 +364,9 @@ class PostgresFloor(HistorySystem):
         rows.reverse()
         return len(as_messages((role, content) for _, role, content in rows))
 
-    def append(self, key: str, pair: Sequence[Turn]) -> None:
+    def append(self, key: str, pair: Sequence[BaseMessage]) -> None:
         with self.lock:
-            self.conn.execute(self._append_sql, (key, key, pair[0]["content"], pair[1]["content"]))
+            self.conn.execute(self._append_sql, (key, key, pair[0].content, pair[1].content))
 
     def count(self, key: str) -> int:
         with self.lock:

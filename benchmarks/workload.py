@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Turn", "synthetic_turns", "turn_pair"]
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+
+__all__ = ["Turn", "as_dict", "synthetic_turns", "turn_pair"]
 
 Turn = dict[str, Any]
 """A role/content dict (plus an optional ``id``), the form every system accepts."""
@@ -27,13 +29,21 @@ def synthetic_turns(first_seq: int, count: int, chars: int) -> list[Turn]:
     ]
 
 
-def turn_pair(tag: str, chars: int) -> list[Turn]:
-    """One user turn and its assistant reply, with message ids as `AgentNode` gives them.
+def turn_pair(tag: str, chars: int) -> list[BaseMessage]:
+    """One user message and its assistant reply, as `AgentNode` appends them: LangChain
+    messages with ids. Every system gets them so (built inside the timed call, for all
+    alike) and stores what it keeps of them.
 
     Ids make the append take our idempotent path (an id lookup per turn), which is what
     production appends do; systems without ids ignore them.
     """
     return [
-        {"role": "user", "content": _text(f"user {tag}:", chars), "id": f"{tag}:u"},
-        {"role": "assistant", "content": _text(f"reply {tag}:", chars), "id": f"{tag}:a"},
+        HumanMessage(_text(f"user {tag}:", chars), id=f"{tag}:u"),
+        AIMessage(_text(f"reply {tag}:", chars), id=f"{tag}:a"),
     ]
+
+
+def as_dict(message: BaseMessage) -> Turn:
+    """The role/content dict a list-in-one-item history keeps of a message."""
+    role = "user" if message.type == "human" else "assistant"
+    return {"role": role, "content": message.content, "id": message.id}

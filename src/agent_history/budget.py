@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar, Token
 from typing import TypeVar
 
-from agent_history.errors import StoreTimeout
+from agent_history.errors import InvalidArgument, StoreTimeout
 
 __all__ = [
     "acall_with_budget",
@@ -84,12 +84,12 @@ def deadline_after(seconds: float | None) -> deadline_at:
     """Run the block with at most ``seconds`` left (None: no new limit).
 
     Raises:
-        ValueError: ``seconds`` is NaN.
+        InvalidArgument: ``seconds`` is NaN.
     """
     if seconds is None:
         return deadline_at(None)
     if math.isnan(seconds):
-        raise ValueError("a time budget cannot be NaN")
+        raise InvalidArgument("a time budget cannot be NaN")
     return deadline_at(time.monotonic() + max(0.0, seconds))
 
 
