@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.store.base import BaseStore
 
+from agent_history.errors import SyncCallInEventLoop
 from agent_history.history import ChatHistory, Turn
 from tests.support.counting_store import CountingStore
 
@@ -218,3 +220,30 @@ def test_reads_ignore_chunks_above_the_head(history: ChatHistory, store: BaseSto
     history.append(key, [HumanMessage("m10")])
     assert [t.content for t in history.read(key)] == [f"m{i}" for i in range(11)]
     assert [m.content for m in history.tail(key, 2)] == ["m9", "m10"]
+
+
+async def test_sync_methods_on_async_stores(
+    astore: BaseStore, backend: str, ns: tuple[str, ...]
+) -> None:
+    history = ChatHistory(astore, namespace=ns)
+    key = _key()
+    await history.aappend(key, [HumanMessage("one", id="1")])
+    # From another thread, a sync call runs on the store's own event loop.
+    result = await asyncio.to_thread(history.append, key, [AIMessage("two", id="2")])
+    assert (result.appended, result.total) == (1, 2)
+    assert [m.content for m in await asyncio.to_thread(history.tail, key, 5)] == ["one", "two"]
+    assert [t.content for t in await asyncio.to_thread(lambda: list(history.read(key)))] == [
+        "one",
+        "two",
+    ]
+    if backend == "memory":
+        return  # the in-memory store has no event loop of its own
+    # On that loop itself a sync call would wait for the loop forever: a clear error.
+    with pytest.raises(SyncCallInEventLoop, match="async methods"):
+        history.tail(key, 5)
+
+
+def test_one_driver_per_store_whatever_the_history(store: BaseStore, backend: str) -> None:
+    first, second = ChatHistory(store), ChatHistory(store, namespace=("other",), chunk_size=4)
+    assert first._driver is second._driver
+    assert first._driver.backend == backend
