@@ -143,7 +143,8 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
             answers.append(handler(request.override(messages=_sent(payload))))
             return _produced(answers[-1])
 
-        drive_sync(model_pass_steps(run, request.system_prompt or ""), model)
+        steps = model_pass_steps(run, request.system_prompt or "", lambda: _structured(answers))
+        drive_sync(steps, model)
         return answers[-1]
 
     async def awrap_model_call(
@@ -159,8 +160,16 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
             answers.append(await handler(request.override(messages=_sent(payload))))
             return _produced(answers[-1])
 
-        await drive_async(model_pass_steps(run, request.system_prompt or ""), model)
+        steps = model_pass_steps(run, request.system_prompt or "", lambda: _structured(answers))
+        await drive_async(steps, model)
         return answers[-1]
+
+
+def _structured(answers: list[ModelCallResult]) -> bool | None:
+    """True when the model call gave the agent's structured response (with a tool
+    strategy, the answer is a tool call): that ends the exchange."""
+    response = answers[-1] if answers else None
+    return True if getattr(response, "structured_response", None) is not None else None
 
 
 def _sent(payload: list[BaseMessage]) -> list[AnyMessage]:

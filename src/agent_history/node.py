@@ -239,7 +239,8 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         yield from run.read()
         payload = run.build_payload(self.system_prompt)
         produced: list[BaseMessage] = yield Model(payload)
-        yield from run.append(produced)
+        structured = getattr(produced, "structured", False)
+        yield from run.append(produced, ends=True if structured else None)
         run.report(payload)
         added = [run.view.added] if run.view.added is not None else []
         return {"messages": [*added, *produced]}

@@ -22,7 +22,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 
 from agent_history.errors import AgentHistoryError
 
-__all__ = ["aproduce", "build_runnable", "produce", "takes_messages"]
+__all__ = ["Produced", "aproduce", "build_runnable", "produce", "takes_messages"]
 
 
 def build_runnable(model: Any, tools: Sequence[Any]) -> Runnable[Any, Any]:
@@ -70,6 +70,13 @@ def takes_messages(runnable: Runnable[Any, Any]) -> bool:
     return any(isinstance(o, type) and issubclass(o, PromptValue) for o in options)
 
 
+class Produced(list[BaseMessage]):
+    """The messages a model call produced; ``structured`` when an agent gave a structured
+    response (its answer may then be a tool call and its result)."""
+
+    structured: bool = False
+
+
 def _new_messages(output: Any, payload: Sequence[BaseMessage]) -> list[BaseMessage]:
     if isinstance(output, BaseMessage):
         return [output]
@@ -78,7 +85,9 @@ def _new_messages(output: Any, payload: Sequence[BaseMessage]) -> list[BaseMessa
         if isinstance(messages, list):
             sent = {m.id for m in payload if m.id}
             tail = messages[len(payload) :] if len(messages) >= len(payload) else messages
-            return [m for m in tail if isinstance(m, BaseMessage) and m.id not in sent]
+            produced = Produced(m for m in tail if isinstance(m, BaseMessage) and m.id not in sent)
+            produced.structured = output.get("structured_response") is not None
+            return produced
         raw = output.get("raw")
         if isinstance(raw, BaseMessage):  # with_structured_output(..., include_raw=True)
             return [raw]

@@ -267,7 +267,9 @@ class HistoryPass(SummaryUpdates):
             namespace=options.namespace,
             chunk_size=options.chunk_size,
             value_field=options.value_field,
-            scope=options.scope,
+            # The pass itself chooses what its scope keeps (`_to_append`): the log stores
+            # what it is given.
+            scope="full",
         )
         return run
 
@@ -433,23 +435,32 @@ class HistoryPass(SummaryUpdates):
             self.tokens_dropped += counter(cut) if cut else 0
         return result
 
-    def append(self, produced: Sequence[BaseMessage]) -> Generator[Step, Any, None]:
+    def append(
+        self, produced: Sequence[BaseMessage], *, ends: bool | None = None
+    ) -> Generator[Step, Any, None]:
         """Append the exchange when this pass ends it (its last message is a final answer):
         the thread's unstored messages and what the model produced, once. Then, with
-        summaries on, update the summary of what fell out of the window (`summarize`)."""
-        if (yield from self._append_exchange(produced)):
+        summaries on, update the summary of what fell out of the window (`summarize`).
+
+        ``ends=True`` says the exchange ends although the last message calls a tool: a
+        structured answer given as a tool call (the answer and its result are kept in
+        the ``turns`` scope too).
+        """
+        if (yield from self._append_exchange(produced, ends)):
             yield from self.summarize()
 
-    def _append_exchange(self, produced: Sequence[BaseMessage]) -> Generator[Step, Any, bool]:
+    def _append_exchange(
+        self, produced: Sequence[BaseMessage], ends: bool | None
+    ) -> Generator[Step, Any, bool]:
         """`append` without the summary; True when the exchange was written."""
         for message in produced:
             if not message.id:
                 # The id it has in the graph state is the id it is stored under.
                 message.id = str(uuid.uuid4())
-        ends = bool(produced) and is_final_answer(produced[-1])
-        if self.history is None or not self.decision.write or not ends:
+        final = bool(produced) and is_final_answer(produced[-1])
+        if self.history is None or not self.decision.write or not (final or ends):
             return False
-        pending, anchor_id, anchor_next = self._to_append(produced)
+        pending, anchor_id, anchor_next = self._to_append(produced, keep_answer=not final)
         budgets = self.options.toggles.current()
         if pending and self._by_content():
             # Without ids, a re-delivered exchange is recognised by content: it repeats
@@ -521,14 +532,18 @@ class HistoryPass(SummaryUpdates):
     # --- helpers ------------------------------------------------------------------------
 
     def _to_append(
-        self, produced: Sequence[BaseMessage]
+        self, produced: Sequence[BaseMessage], keep_answer: bool = False
     ) -> tuple[list[BaseMessage], str | None, str | None]:
         """What the pass appends (the exchange it ends, with any unstored thread messages
         before it), the exchange's anchor (the user message it answers) and the run's
-        token (the first message the run produced after the anchor)."""
+        token (the first message the run produced after the anchor). ``keep_answer``:
+        the produced tool-call answer and its results are kept whatever the scope."""
         assert self.merged is not None
         scope = self.options.scope
-        pending = [m for m in [*self.merged.unstored, *produced] if in_scope(m, scope)]
+        answer = _answer_unit(produced) if keep_answer else set()
+        pending = [
+            m for m in [*self.merged.unstored, *produced] if in_scope(m, scope) or id(m) in answer
+        ]
         chat = [m for m in self.view.messages if role_of(m) != "system"]
         conversation = [*chat, *produced]
         anchor = newest_human(chat)
@@ -612,6 +627,13 @@ class HistoryPass(SummaryUpdates):
     def _backoff(self, attempt: int) -> float:
         base = self.options.write_backoff_seconds
         return float(base * (2**attempt) * (0.5 + random.random()))
+
+
+def _answer_unit(produced: Sequence[BaseMessage]) -> set[int]:
+    """The produced messages from the last tool-calling assistant message on (a
+    structured answer and its results), by object id."""
+    start = max((i for i, m in enumerate(produced) if getattr(m, "tool_calls", None)), default=0)
+    return {id(m) for m in produced[start:]}
 
 
 def _readable(turns: Sequence[Turn]) -> list[BaseMessage]:

@@ -188,7 +188,7 @@ def current_config() -> RunnableConfig | None:
 
 
 def model_pass_steps(
-    run: HistoryPass, system_prompt: str = ""
+    run: HistoryPass, system_prompt: str = "", ends: Callable[[], bool | None] | None = None
 ) -> Generator[Step, Any, tuple[list[BaseMessage], list[BaseMessage]]]:
     """One model call's pass: read the window, hand the payload to the model (a `Model`
     step answered with the messages the model produced), append when the answer ends the
@@ -196,10 +196,11 @@ def model_pass_steps(
 
     ``system_prompt`` is the agent's own (it sends it): it counts against ``max_tokens``
     and leads the payload as a message with the id `SYSTEM_PROMPT_ID`, which the caller
-    leaves out of what it sends."""
+    leaves out of what it sends. ``ends`` tells, after the call, whether the answer ended
+    the exchange although it calls a tool (a structured answer); None: by the message."""
     yield from run.read()
     payload = run.build_payload(system_prompt)
     produced: list[BaseMessage] = yield Model(payload)
-    yield from run.append(produced)
+    yield from run.append(produced, ends=ends() if ends is not None else None)
     run.report(payload)
     return payload, produced
