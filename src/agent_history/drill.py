@@ -533,7 +533,8 @@ def _remove_namespace(store: BaseStore, namespace: tuple[str, ...], keys: Iterab
             break
         for item in items:
             store.delete(item.namespace, item.key)
-    return not store.list_namespaces(prefix=namespace, limit=1)
+    # Items, not namespaces: the in-memory store keeps a namespace's empty entry.
+    return not store.search(namespace, limit=1)
 
 
 class _QuietDrillEvents(logging.Filter):

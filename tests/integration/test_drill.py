@@ -100,6 +100,24 @@ def test_drill_passes_on_the_configured_store_and_touches_nothing_else(
     assert dict(os.environ) == environ
 
 
+def test_drill_passes_on_the_in_memory_store(tmp_path: Path) -> None:
+    # The in-memory store keeps an empty entry for a namespace whose items are all
+    # deleted: what counts as removed is that no item is left.
+    result = runner.invoke(
+        app,
+        ["drill", "--json"],
+        env={
+            "ORCHEO_GRAPH_STORE_BACKEND": "memory",
+            "ORCHEO_CHECKPOINT_SQLITE_PATH": str(tmp_path / "checkpoints.sqlite"),
+        },
+    )
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and report["backend"] == "memory"
+    assert report["namespace_removed"] is True and report["problems"] == []
+
+
 def test_drill_table_fits_80_columns_and_names_every_switch(
     sqlite_settings: HistorySettings,
 ) -> None:
