@@ -48,8 +48,8 @@ from agent_history.drill_checks import (
 from agent_history.history import ChatHistory
 from agent_history.messages import role_of, text_of
 from agent_history.node import AgentNode, AgentState, HistoryReport
+from agent_history.offline_model import RecordingChatModel
 from agent_history.stores import backend_of
-from agent_history.testing import RecordingChatModel
 from agent_history.toggles import (
     DISABLED_NODES_VAR,
     MODE_VAR,

@@ -15,7 +15,7 @@ from langgraph.store.base import BaseStore
 
 from agent_history.history import ChatHistory
 from agent_history.node import REPORT_LISTENERS, AgentNode, AgentState, HistoryReport
-from agent_history.testing import RecordingChatModel
+from agent_history.offline_model import RecordingChatModel
 
 __all__ = [
     "SCRATCH_PREFIX",

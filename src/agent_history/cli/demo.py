@@ -15,7 +15,7 @@ from rich.table import Table
 from agent_history.cli.app import app, console, load_settings, open_store
 from agent_history.history import ChatHistory
 from agent_history.node import AgentNode, AgentState, HistoryReport
-from agent_history.testing import RecordingChatModel
+from agent_history.offline_model import RecordingChatModel
 from agent_history.toggles import HistoryToggles
 
 __all__ = ["demo"]

@@ -1,0 +1,56 @@
+"""A deterministic offline chat model for the demo, replays, drills and tests: it echoes the
+newest user message and records every payload (no network, no keys)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import Field
+
+__all__ = ["RecordingChatModel"]
+
+
+def _text(message: BaseMessage) -> str:
+    content = message.content
+    if isinstance(content, str):
+        return content
+    parts = [b.get("text", "") if isinstance(b, dict) else str(b) for b in content]
+    return " ".join(p for p in parts if p)
+
+
+class RecordingChatModel(BaseChatModel):
+    """Answers ``"<prefix><last user text>"`` and records every payload it receives.
+
+    ``calls`` holds, per invocation, the list of messages the model was given, so tests can
+    assert exactly what an agent node sent.
+    """
+
+    prefix: str = "echo: "
+    """Text put before the echoed user message."""
+    calls: list[list[BaseMessage]] = Field(default_factory=list)
+    """Payloads received, in order."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "recording-echo"
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.calls.append(list(messages))
+        last_user = next((m for m in reversed(messages) if m.type == "human"), None)
+        reply = AIMessage(content=self.prefix + (_text(last_user) if last_user else ""))
+        return ChatResult(generations=[ChatGeneration(message=reply)])
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> RecordingChatModel:
+        """Tools are accepted and ignored: the model never calls them."""
+        return self
