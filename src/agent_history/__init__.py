@@ -3,8 +3,14 @@
 from agent_history.errors import (
     AgentHistoryError,
     ConfigError,
+    InvalidArgument,
+    InvalidKey,
+    InvalidMessage,
+    InvalidNamespace,
     KeyResolutionError,
+    StoreTimeout,
     StoreUnavailable,
+    SyncCallInEventLoop,
     WriteConflict,
 )
 from agent_history.history import AppendResult, ChatHistory, ConversationInfo, Turn
@@ -19,6 +25,7 @@ from agent_history.keys import (
 )
 from agent_history.node import AgentNode, AgentState, HistoryReport
 from agent_history.observability import METRICS, enable_prometheus
+from agent_history.otel import enable_opentelemetry
 from agent_history.prebuilt import HistoryHooks, HistoryReactState
 from agent_history.settings import Backend, HistorySettings
 from agent_history.stores import (
@@ -27,6 +34,7 @@ from agent_history.stores import (
     create_graph_store,
     create_graph_store_sync,
 )
+from agent_history.toggle_config import BreakerSettings, TriggerSettings
 from agent_history.toggles import (
     DEFAULT_TOGGLES,
     CircuitBreaker,
@@ -45,6 +53,7 @@ __all__ = [
     "AgentState",
     "AppendResult",
     "Backend",
+    "BreakerSettings",
     "ChatHistory",
     "CircuitBreaker",
     "ConfigError",
@@ -56,17 +65,25 @@ __all__ = [
     "HistoryReport",
     "HistorySettings",
     "HistoryToggles",
+    "InvalidArgument",
+    "InvalidKey",
+    "InvalidMessage",
+    "InvalidNamespace",
     "KeyRejectReason",
     "KeyResolution",
     "KeyResolutionError",
     "KeyedMessageHistory",
+    "StoreTimeout",
     "StoreUnavailable",
+    "SyncCallInEventLoop",
+    "TriggerSettings",
     "Turn",
     "WriteConflict",
     "create_checkpointer",
     "create_checkpointer_sync",
     "create_graph_store",
     "create_graph_store_sync",
+    "enable_opentelemetry",
     "enable_prometheus",
     "resolve_history_key",
     "validate_history_key",
