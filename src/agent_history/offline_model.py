@@ -12,15 +12,9 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 
+from agent_history.messages import text_of
+
 __all__ = ["RecordingChatModel"]
-
-
-def _text(message: BaseMessage) -> str:
-    content = message.content
-    if isinstance(content, str):
-        return content
-    parts = [b.get("text", "") if isinstance(b, dict) else str(b) for b in content]
-    return " ".join(p for p in parts if p)
 
 
 class RecordingChatModel(BaseChatModel):
@@ -48,7 +42,7 @@ class RecordingChatModel(BaseChatModel):
     ) -> ChatResult:
         self.calls.append(list(messages))
         last_user = next((m for m in reversed(messages) if m.type == "human"), None)
-        reply = AIMessage(content=self.prefix + (_text(last_user) if last_user else ""))
+        reply = AIMessage(content=self.prefix + (text_of(last_user) if last_user else ""))
         return ChatResult(generations=[ChatGeneration(message=reply)])
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> RecordingChatModel:

@@ -14,6 +14,8 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import tool
 from pydantic import Field
 
+from agent_history.messages import text_of
+
 __all__ = ["WeatherModel", "get_weather", "signature"]
 
 _WEATHER = re.compile(r"weather in (\w+)")
@@ -23,13 +25,6 @@ _WEATHER = re.compile(r"weather in (\w+)")
 def get_weather(city: str) -> str:
     """The weather in a city."""
     return f"sunny in {city}"
-
-
-def _text(message: BaseMessage) -> str:
-    content = message.content
-    if isinstance(content, str):
-        return content
-    return " ".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in content)
 
 
 class WeatherModel(BaseChatModel):
@@ -69,7 +64,7 @@ class WeatherModel(BaseChatModel):
             reply = AIMessage(f"final[{city}]: {last.content}", **meta)
         else:
             user = next((m for m in reversed(messages) if m.type == "human"), None)
-            text = _text(user) if user else ""
+            text = text_of(user) if user else ""
             match = _WEATHER.search(text)
             if tools and match and not isinstance(last, AIMessage):
                 call = {
@@ -92,4 +87,4 @@ def signature(message: BaseMessage) -> tuple[Any, ...]:
     calls = tuple(
         (c["name"], tuple(sorted(c["args"].items()))) for c in getattr(message, "tool_calls", [])
     )
-    return message.type, _text(message), calls
+    return message.type, text_of(message), calls
