@@ -30,7 +30,6 @@ from langgraph.store.base import BaseStore
 from langgraph.store.postgres import PostgresStore
 from psycopg import Connection
 from psycopg.rows import tuple_row
-from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from agent_history import budget
@@ -257,7 +256,6 @@ class PostgresDriver(SyncStoreDriver):
                 conn.transaction(),
                 conn.cursor(row_factory=tuple_row) as cur,
             ):
-                set_json_loads(orjson.loads, cur)
                 cur.execute(sql.LOCK_SQL, (prefix, lock_ms))
 
                 def flush() -> None:
@@ -269,7 +267,7 @@ class PostgresDriver(SyncStoreDriver):
                     if isinstance(request, Get):
                         flush()
                         cur.execute(*sql.select(prefix, request))
-                        return {key: value for key, value, _ in cur.fetchall()}
+                        return {key: orjson.loads(value) for key, value, _ in cur.fetchall()}
                     pending.update(request.items)
                     return None
 
@@ -281,11 +279,10 @@ class PostgresDriver(SyncStoreDriver):
 
     def _get(self, conn: Connection[Any], prefix: str, request: Get) -> dict[str, Any]:
         with conn.cursor(row_factory=tuple_row) as cur:
-            set_json_loads(orjson.loads, cur)
             rows = cur.execute(*sql.select(prefix, request)).fetchall()
         found = {}
         for key, value, expires_at in rows:
-            found[key] = value
+            found[key] = orjson.loads(value)
             if key == HEAD_KEY and self.ttl.refresh_on_read:
                 self._touch_if_due(conn, prefix, expires_at)
         return found

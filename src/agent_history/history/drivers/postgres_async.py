@@ -24,7 +24,6 @@ from langgraph.store.base import BaseStore
 from langgraph.store.postgres import AsyncPostgresStore
 from psycopg import AsyncConnection
 from psycopg.rows import tuple_row
-from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from agent_history import budget
@@ -193,7 +192,6 @@ class AsyncPostgresDriver(AsyncStoreDriver):
                 conn.transaction(),
                 conn.cursor(row_factory=tuple_row) as cur,
             ):
-                set_json_loads(orjson.loads, cur)
                 await cur.execute(sql.LOCK_SQL, (prefix, lock_ms))
 
                 async def flush() -> None:
@@ -205,7 +203,7 @@ class AsyncPostgresDriver(AsyncStoreDriver):
                     if isinstance(request, Get):
                         await flush()
                         await cur.execute(*sql.select(prefix, request))
-                        return {key: value for key, value, _ in await cur.fetchall()}
+                        return {key: orjson.loads(value) for key, value, _ in await cur.fetchall()}
                     pending.update(request.items)
                     return None
 
@@ -219,11 +217,10 @@ class AsyncPostgresDriver(AsyncStoreDriver):
         if not isinstance(request, Get):
             raise InvalidArgument("a read-only history procedure asked to write")
         async with conn.cursor(row_factory=tuple_row) as cur:
-            set_json_loads(orjson.loads, cur)
             rows = await (await cur.execute(*sql.select(prefix, request))).fetchall()
         found = {}
         for key, value, expires_at in rows:
-            found[key] = value
+            found[key] = orjson.loads(value)
             if key == HEAD_KEY and self.ttl.needs_refresh(expires_at, utc_now()):
                 try:
                     async with conn.transaction(), conn.cursor() as cur:

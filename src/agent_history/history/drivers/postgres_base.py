@@ -380,12 +380,17 @@ LOCK_SQL = "SELECT agent_history_lock_v1(%s, %s)"
 # chunks: the rows just below the highest chunk key in primary-key order, read backwards
 # and stopped by the LIMIT, kept when they are chunks of this conversation. Written so
 # that no plan can scan the conversation (see the module).
-_SELECT = (
-    "SELECT i.key, i.value, i.expires_at FROM unnest(%s::text[]) AS k(key), "
-    "LATERAL agent_history_item_v1(%s, k.key) AS i "
-    "UNION ALL SELECT c.key, c.value, c.expires_at FROM ("
+# Values come as JSON text, which the drivers decode with orjson: registering a json
+# loader on a cursor costs more than the query.
+_NEWEST = (
+    " UNION ALL SELECT c.key, c.value::text, c.expires_at FROM ("
     "SELECT prefix, key, value, expires_at FROM store WHERE (prefix, key) <= (%s, %s) "
     "ORDER BY prefix DESC, key DESC LIMIT %s) AS c WHERE c.prefix = %s AND c.key >= %s"
+)
+_SELECT_ONE = "SELECT key, value::text, expires_at FROM agent_history_item_v1(%s, %s)" + _NEWEST
+_SELECT = (
+    "SELECT i.key, i.value::text, i.expires_at FROM unnest(%s::text[]) AS k(key), "
+    "LATERAL agent_history_item_v1(%s, k.key) AS i" + _NEWEST
 )
 # Chunk keys are zero-padded: this range holds exactly the chunk items.
 _CHUNK_LOW, _CHUNK_HIGH = "chunk:0000000000", "chunk:9999999999"
@@ -399,10 +404,10 @@ def migration_statements(current: int | None) -> list[tuple[int, str]]:
 
 def select(prefix: str, request: Get) -> tuple[str, tuple[Any, ...]]:
     """One query for a `Get`: the keys, and the newest chunks when hinted."""
-    return _SELECT, (
-        list(request.keys), prefix, prefix, _CHUNK_HIGH, request.newest_chunks, prefix,
-        _CHUNK_LOW,
-    )  # fmt: skip
+    newest = (prefix, _CHUNK_HIGH, request.newest_chunks, prefix, _CHUNK_LOW)
+    if len(request.keys) == 1:  # the head of a tail or an append: no array to adapt
+        return _SELECT_ONE, (prefix, request.keys[0], *newest)
+    return _SELECT, (list(request.keys), prefix, *newest)
 
 
 def lock_timeout_ms(left: float | None) -> int:
