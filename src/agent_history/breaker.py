@@ -166,11 +166,6 @@ class CircuitBreaker:
         self._report_call(False, latency_seconds, operation)
 
     def _report_call(self, ok: bool, seconds: float | None, operation: Operation | None) -> None:
-        # Without an explicit duration, use the one the caller just observed in the
-        # metrics for this store call (same thread or task, nothing awaited in between).
-        last = obs.take_last_store_call()
-        if seconds is None and last is not None and operation in (None, last[0]):
-            operation, seconds = last
         if self._on_call is not None:
             self._on_call(self.backend, operation, ok, seconds)
 

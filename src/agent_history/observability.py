@@ -11,10 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 from weakref import WeakKeyDictionary
@@ -55,8 +52,6 @@ __all__ = [
     "logger",
     "register_channels",
     "register_channels_from_candidates",
-    "take_last_store_call",
-    "timed",
 ]
 
 LOGGER_NAME = "agent_history"
@@ -297,24 +292,6 @@ STORE_CALL_OPERATIONS: dict[str, Literal["read", "write"]] = {
     STORE_READ_LATENCY: "read",
     STORE_WRITE_LATENCY: "write",
 }
-_LAST_STORE_CALL: ContextVar[tuple[Literal["read", "write"], float] | None] = ContextVar(
-    "agent_history_last_store_call", default=None
-)
-
-
-def take_last_store_call() -> tuple[Literal["read", "write"], float] | None:
-    """The store call duration last observed in this context, once: (operation, seconds).
-
-    A caller that observes a store call's duration and then records its outcome on the
-    store's breaker (``breaker.record_success()``) lets the breaker pick the duration up
-    here; passing it to the breaker directly is the explicit form.
-    """
-    last = _LAST_STORE_CALL.get()
-    if last is not None:
-        _LAST_STORE_CALL.set(None)
-    return last
-
-
 LabelKey = tuple[tuple[str, str], ...]
 MetricListener = Callable[[MetricKind, str, float, Mapping[str, str]], None]
 """Called after every update: (kind, metric name, value, labels). Histogram values are
@@ -371,17 +348,7 @@ class MetricsRegistry:
             for index, bound in enumerate(BUCKETS_SECONDS):
                 if seconds <= bound:
                     state[2 + index] += 1
-        operation = STORE_CALL_OPERATIONS.get(name)
-        if operation is not None:
-            _LAST_STORE_CALL.set((operation, seconds))
         self._notify("histogram", name, seconds, key)
-
-    def observe(self, name: str, value_ms: float, **labels: str) -> None:
-        """Record one duration given in **milliseconds** (stored in seconds).
-
-        Kept for callers that measure in ms; `observe_seconds` is the direct form.
-        """
-        self.observe_seconds(name, value_ms / 1000.0, **labels)
 
     def set_gauge(self, name: str, value: float, **labels: str) -> None:
         """Set gauge ``name``."""
@@ -579,13 +546,3 @@ def log_event(event: str, *, level: int = logging.WARNING, **fields: object) -> 
     clean = {k: (v[:200] if isinstance(v, str) else v) for k, v in fields.items() if v is not None}
     text = " ".join([f"event={event}", *(f"{k}={v}" for k, v in clean.items())])
     logger.log(level, text, extra={"event": event, "fields": clean})
-
-
-@contextmanager
-def timed(name: str, metrics: MetricsRegistry = METRICS, **labels: str) -> Iterator[None]:
-    """Observe the block's duration (seconds) in histogram ``name``."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        metrics.observe_seconds(name, time.perf_counter() - started, **labels)

@@ -23,7 +23,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.store.base import BaseStore
 
-from agent_history.budget import call_with_budget
+from agent_history.budget import acall_with_budget, call_with_budget
 from agent_history.history import ChatHistory
 from agent_history.history.records import Turn
 from agent_history.legacy import aread_legacy_turns, read_legacy_turns
@@ -236,8 +236,10 @@ def _attempt_sync(step: StoreStep) -> tuple[bool, Any]:
 
 
 async def _attempt_async(step: StoreStep) -> tuple[bool, Any]:
+    # The deadline reaches the drivers (a sync store run in a worker thread stops there
+    # too); wait_for also cancels a store that ignores deadlines (any other BaseStore).
     try:
-        return True, await asyncio.wait_for(step.acall(), step.budget)
+        return True, await asyncio.wait_for(acall_with_budget(step.acall, step.budget), step.budget)
     except Exception as exc:
         return False, exc
 

@@ -30,7 +30,7 @@ from agent_history.context.budget import TokenCounterLike, WindowFill, token_cou
 from agent_history.context.summary import DEFAULT_SUMMARY_PROMPT, Summary, summary_message
 from agent_history.context.summary_updates import SummaryUpdates
 from agent_history.context.window import ContextRead
-from agent_history.errors import WriteConflict
+from agent_history.errors import InvalidNamespace, WriteConflict
 from agent_history.history import AppendResult, ChatHistory
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
 from agent_history.history.codec import HistoryScope, in_scope, is_final_answer
@@ -170,7 +170,10 @@ class HistoryOptions:
             raise ValueError("write_attempts must be >= 1")
         if self.scope not in ("turns", "full"):
             raise ValueError(f"history_scope must be 'turns' or 'full' (got {self.scope!r})")
-        validate_namespace(self.namespace)  # InvalidNamespace (a ValueError) names the label
+        try:
+            validate_namespace(self.namespace)
+        except InvalidNamespace as exc:
+            raise InvalidNamespace(f"history_namespace: {exc}") from None
         # Channels named by the candidates' literal prefixes become metric label values.
         obs.register_channels_from_candidates(self.key_candidates)
 

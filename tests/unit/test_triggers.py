@@ -102,7 +102,6 @@ def test_new_thresholds_recount_the_window() -> None:
 
 
 def test_breakers_feed_the_triggers_of_their_own_toggles_only() -> None:
-    from agent_history import observability as obs
     from agent_history.toggles import HistoryToggles
 
     clock = Clock()
@@ -113,10 +112,8 @@ def test_breakers_feed_the_triggers_of_their_own_toggles_only() -> None:
     bystander.current()
     bystander.breaker_for(object(), "sqlite")
     breaker = watched.breaker_for(object(), "sqlite")
-    breaker.record_success(2.0, operation="read")  # the explicit form
-    # The form that picks up the duration just observed in the metrics, in this context:
-    obs.METRICS.observe_seconds(obs.STORE_READ_LATENCY, 3.0, backend="sqlite", outcome="ok")
-    breaker.record_success()
+    breaker.record_success(2.0, operation="read")
+    breaker.record_success(3.0, operation="read")
     assert watched.trigger_state("sqlite") is TriggerState.FIRED
     assert bystander.trigger_state("sqlite") is TriggerState.WATCHING
-    breaker.record_success()  # nothing observed since: counts for the error rate only
+    breaker.record_success()  # no duration: counts for the error rate only
