@@ -31,7 +31,7 @@ from langgraph.store.sqlite.aio import AsyncSqliteStore
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from agent_history.dsn import describe_dsn, scrub_dsn_password
+from agent_history.dsn import describe_dsn
 from agent_history.errors import ConfigError, StoreUnavailable
 from agent_history.history.drivers import driver_for
 from agent_history.history.drivers.postgres_base import SETUP_LOCK_ID
@@ -43,6 +43,7 @@ from agent_history.history.drivers.postgres_setup import (
     amigrate,
     migrate,
 )
+from agent_history.redaction import safe_reason
 from agent_history.settings import Backend, HistorySettings, env_var
 
 __all__ = [
@@ -278,7 +279,9 @@ async def _apostgres_setup_lock(
 
 
 def _unreachable(settings: HistorySettings, exc: BaseException) -> StoreUnavailable:
-    reason = scrub_dsn_password(str(exc).strip().splitlines()[0] if str(exc) else "", settings.dsn)
+    # The driver's text can quote what it was given (a password as written, a host); only
+    # phrases from a fixed vocabulary go into the message.
+    reason = safe_reason(exc)
     return StoreUnavailable(
         f"cannot connect to PostgreSQL at {describe_dsn(settings.dsn)} "
         f"({env_var('postgres_dsn')}): {reason or type(exc).__name__}"
