@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -123,14 +124,13 @@ def test_any_runnable_agent_taking_messages() -> None:
     assert [m.content for m in seen[-1]] == ["one", "1 messages", "two"]
 
 
-def test_provider_string_needs_langchain() -> None:
-    try:
-        import langchain  # noqa: F401
-    except ImportError:
-        with pytest.raises(AgentHistoryError, match="langchain"):
-            AgentNode("openai:gpt-4o-mini")
-    else:  # pragma: no cover - depends on the environment
-        pytest.skip("langchain is installed; the string form is resolved by init_chat_model")
+def test_provider_string_needs_langchain(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without the agents extra: a clear error naming it (langchain hidden from imports).
+    for name in [m for m in sys.modules if m == "langchain" or m.startswith("langchain.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "langchain", None)
+    with pytest.raises(AgentHistoryError, match=r"agent-history\[agents\]"):
+        AgentNode("openai:gpt-4o-mini")
 
 
 def test_invalid_node_settings_fail_at_construction() -> None:
