@@ -16,10 +16,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, convert_to_messages
+from langchain_core.messages import BaseMessage, HumanMessage, convert_to_messages
 from langchain_core.runnables import RunnableConfig
 
-from agent_history.messages import ASSISTANT, newest_human, role_of, text_of
+from agent_history.history.codec import is_final_answer
+from agent_history.messages import newest_human, text_of
 
 __all__ = [
     "IncomingMessage",
@@ -101,12 +102,6 @@ def _to_messages(raw: Any) -> list[BaseMessage]:
         return []
 
 
-def _is_final_answer(message: BaseMessage) -> bool:
-    return role_of(message) == ASSISTANT and not (
-        isinstance(message, AIMessage) and message.tool_calls
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class ThreadView:
     """The thread as this pass of the node sees it."""
@@ -118,8 +113,9 @@ class ThreadView:
     added: BaseMessage | None
     """The message this pass added for it (None when the thread already had it)."""
     answered: bool
-    """The thread already holds the delivered message (by its channel id) and a final
-    answer after it: a re-delivered callback on a stable thread, nothing to do."""
+    """Nothing to do: the thread already holds the delivered message (by its channel id)
+    and a final answer after it (a re-delivered callback on a stable thread), or the
+    callback delivered no user message and every user message has an answer."""
 
 
 def _position(thread: Sequence[BaseMessage], incoming: IncomingMessage) -> int | None:
@@ -133,7 +129,7 @@ def _position(thread: Sequence[BaseMessage], incoming: IncomingMessage) -> int |
         return None
     if last == len(thread) - 1:
         return last  # the caller put it in the thread too
-    if incoming.message_id is None and not any(_is_final_answer(m) for m in thread[last + 1 :]):
+    if incoming.message_id is None and not any(is_final_answer(m) for m in thread[last + 1 :]):
         return last  # this run's tool steps follow it: the node was reached again
     return None
 
@@ -151,11 +147,15 @@ def current_thread(state: Any) -> ThreadView:
     thread = _to_messages(mapping.get("messages")) or _to_messages(inputs.get("history"))
     incoming = incoming_message(inputs)
     if incoming is None:
-        return ThreadView(thread, None, None, False)
+        # A callback that delivers no user message (a sticker, a photo, an edit) has
+        # nothing to answer when every user message of the thread already has an answer.
+        last = newest_human(thread)
+        settled = last is None or any(is_final_answer(m) for m in thread[last + 1 :])
+        return ThreadView(thread, None, None, bool(inputs) and settled)
     position = _position(thread, incoming)
     if position is not None:
         answered = incoming.message_id is not None and any(
-            _is_final_answer(m) for m in thread[position + 1 :]
+            is_final_answer(m) for m in thread[position + 1 :]
         )
         return ThreadView(thread, incoming, None, answered)
     added = HumanMessage(incoming.text, id=incoming.message_id or str(uuid.uuid4()))

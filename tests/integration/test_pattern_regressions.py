@@ -184,3 +184,25 @@ async def test_message_stream_does_not_attribute_the_delivered_message_to_the_no
     ]
     emitted = [m.id for update in updates for m in update["agent"]["messages"]]
     assert len(emitted) == len(set(emitted)) == 2
+
+
+@pytest.mark.parametrize("thread", ["stable", "fresh"])
+def test_a_callback_without_a_user_message_answers_nothing_twice(
+    store: BaseStore, thread: str
+) -> None:
+    model = RecordingChatModel()
+    graph = _one_node(_node(model), store, InMemorySaver())
+    chat = uuid.uuid4().int % 10**9
+    stable = {"configurable": {"thread_id": f"chat-{chat}"}}
+
+    def config() -> dict[str, Any]:
+        return stable if thread == "stable" else {"configurable": {"thread_id": uuid.uuid4().hex}}
+
+    graph.invoke(telegram_callback(chat, "hi", message_id=1), config())
+    sticker = telegram_callback(chat, "x")
+    sticker["inputs"]["message"] = {"sticker": {"file_id": "abc"}, "message_id": 2}
+    result = graph.invoke(sticker, config())
+    assert len(model.calls) == 1  # nothing new to answer: no model call
+    assert [m.content for m in result["messages"]][-1:] in (["echo: hi"], [])
+    stored = [m.content for m in _stored(store, f"telegram:{chat}")]
+    assert stored == ["hi", "echo: hi"]
