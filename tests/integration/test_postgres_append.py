@@ -231,6 +231,11 @@ def test_a_big_conversation_is_never_scanned_whatever_the_statistics(fresh_pg_ds
             assert row is not None and row[0] > 8000
             tail = pg_sql.select(prefix, Get((HEAD_KEY,), newest_chunks=2))
             assert _rows_touched(conn, *tail) < 20
+            # A few keys (one lookup each, joined) and many keys (an array).
+            few = Get((HEAD_KEY, msgid_key("b0-1"), msgid_key("absent")), newest_chunks=1)
+            assert _rows_touched(conn, *pg_sql.select(prefix, few)) < 20
+            many = Get((HEAD_KEY, *(msgid_key(f"b3-{j}") for j in range(12))))
+            assert _rows_touched(conn, *pg_sql.select(prefix, many)) < 40
             request = AppendRequest(
                 [PendingTurn("user", "new", "n1", "human"), PendingTurn("assistant", "ok", "n2", "ai")],
                 chunk_size=32, value_field="content", now=NOW, anchor_id="n1",
@@ -239,3 +244,39 @@ def test_a_big_conversation_is_never_scanned_whatever_the_statistics(fresh_pg_ds
             params = pg_sql.append_params(prefix, request, driver.ttl, 0)
             assert _rows_touched(conn, pg_sql.APPEND_SQL, params) < 20
         assert [m.content for m in history.tail("big", 3)] == ["t3-1999", "new", "ok"]
+
+
+_READS = {
+    "tail": Get((HEAD_KEY,), newest_chunks=2),
+    "head-and-summary": Get((HEAD_KEY, "summary")),  # a tail under a budget
+    "append-lookup": Get((HEAD_KEY, msgid_key("b0-1"), msgid_key("b9")), newest_chunks=1),
+    "many-ids": Get(tuple(msgid_key(f"b1-{j}") for j in range(12))),
+}
+
+
+def test_the_read_queries_keep_one_cached_plan(fresh_pg_dsn: str) -> None:
+    """A prepared statement is planned for its values on its first five runs; then the
+    server keeps a generic plan, unless that looks dearer than the custom ones: then it
+    plans the query again on every call (0.2-0.4 ms, more than running it). With a big
+    table, a LIMIT taken as a parameter did that to every tail."""
+    settings = HistorySettings(graph_store_backend="postgres", postgres_dsn=fresh_pg_dsn)
+    with create_graph_store_sync(settings) as store:
+        history = ChatHistory(store)
+        for block in range(3):
+            turns = [HumanMessage(f"t{block}-{j}", id=f"b{block}-{j}") for j in range(2000)]
+            history.append("big", turns)
+        prefix = namespace_text(history.conversation_namespace("big"))
+    with psycopg.connect(fresh_pg_dsn, autocommit=True) as conn:
+        conn.execute("ANALYZE store")
+        plans = {}
+        for name, request in _READS.items():
+            sql_text, params = pg_sql.select(prefix, request)
+            for _ in range(8):
+                conn.execute(sql_text, params, prepare=True).fetchall()
+            row = conn.execute(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE statement = (SELECT statement FROM pg_prepared_statements "
+                "ORDER BY prepare_time DESC LIMIT 1)"
+            ).fetchone()
+            plans[name] = row
+    assert plans == {name: (3, 5) for name in _READS}
