@@ -53,7 +53,7 @@ from agent_history.messages import MessageLike
 __all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_NAMESPACE", "ChatHistory"]
 
 DEFAULT_NAMESPACE: tuple[str, ...] = ("agent_chat_history",)
-DEFAULT_CHUNK_SIZE = 32
+DEFAULT_CHUNK_SIZE = 16
 _READ_BATCH_CHUNKS = 16
 _KEYS_PAGE = 500
 _RESERVED_FIELDS = frozenset({"seq", "role", "id", "ts", "enc", "type", "lc"})
