@@ -49,7 +49,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Read:
-    """Read the newest ``n`` stored turns within ``budget`` seconds."""
+    """Read the newest ``n`` stored turns, as messages, within ``budget`` seconds."""
 
     history: ChatHistory
     key: str
@@ -57,10 +57,10 @@ class Read:
     budget: float
 
     def call(self) -> Any:
-        return self.history.tail_turns(self.key, self.n)
+        return self.history.tail(self.key, self.n)
 
     def acall(self) -> Awaitable[Any]:
-        return self.history.atail_turns(self.key, self.n)
+        return self.history.atail(self.key, self.n)
 
 
 @dataclass(frozen=True, slots=True)

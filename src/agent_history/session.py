@@ -296,7 +296,7 @@ class HistoryPass(SummaryUpdates):
         elif isinstance(value, ContextRead):
             self._took(value)
         else:
-            self.stored = self.history.to_messages(value, self.key)
+            self.stored = value
         if ok and self.options.read_legacy and not self.stored and self.last_seq == 0:
             yield from self._read_legacy(budget)
 
@@ -474,7 +474,7 @@ class HistoryPass(SummaryUpdates):
                 ok, value = yield Read(
                     self.history, self.key, len(pending), budgets.read_timeout_seconds
                 )
-                stored = self.history.to_messages(value, self.key) if ok else stored
+                stored = value if ok else stored
             pending = pending[exchange_overlap(stored, pending) :]
         if not pending:
             return True

@@ -131,7 +131,9 @@ def test_listeners_see_updates_and_a_failing_one_never_fails_the_caller(
         lambda kind, name, value, labels: seen.append((kind, name, value, dict(labels)))
     )
     registry.add_listener(broken)
-    registry.observe_seconds(obs.STORE_READ_LATENCY, 0.25, backend="sqlite", outcome="ok", key="secret")
+    registry.observe_seconds(
+        obs.STORE_READ_LATENCY, 0.25, backend="sqlite", outcome="ok", key="secret"
+    )
     registry.inc(obs.FALLBACKS, backend="sqlite")
     assert seen == [
         ("histogram", obs.STORE_READ_LATENCY, 0.25, {"backend": "sqlite", "outcome": "ok"}),

@@ -37,10 +37,15 @@ from agent_history.history.codec import (
     quarantine,
 )
 from agent_history.history.drivers import AppendRequest, HistoryDriver, driver_for
-from agent_history.history.layout import HEAD_KEY, PendingTurn
+from agent_history.history.layout import HEAD_KEY, PendingTurn, turn_reader
 from agent_history.history.message_history import KeyedMessageHistory
 from agent_history.history.naming import conversation_namespace, key_of_label, validate_namespace
-from agent_history.history.records import AppendResult, ConversationInfo, Turn
+from agent_history.history.records import (
+    AppendResult,
+    ConversationInfo,
+    Turn,
+    message_from_record,
+)
 from agent_history.history.steps import (
     Steps,
     delete_steps,
@@ -202,20 +207,27 @@ class ChatHistory:
 
     def tail_turns(self, key: str, n: int, *, budget: float | None = None) -> list[Turn]:
         """The newest ``n`` stored turns, oldest first (within ``budget`` seconds)."""
-        return self._read(key, tail_steps(n, self.value_field, self.chunk_size), budget)
+        return self._read(key, self._tail(key, n, turn_reader(self.value_field)), budget)
 
     async def atail_turns(self, key: str, n: int, *, budget: float | None = None) -> list[Turn]:
         """Async `tail_turns`."""
-        return await self._aread(key, tail_steps(n, self.value_field, self.chunk_size), budget)
+        steps = self._tail(key, n, turn_reader(self.value_field))
+        return await self._aread(key, steps, budget)
 
     def tail(self, key: str, n: int, *, budget: float | None = None) -> list[BaseMessage]:
         """The newest ``n`` turns as LangChain messages, oldest first (a stored turn that
         cannot be read is skipped and reported, see `codec.quarantine`)."""
-        return self.to_messages(self.tail_turns(key, n, budget=budget), key)
+        return self._read(key, self._tail(key, n, self._message_reader), budget)
 
     async def atail(self, key: str, n: int, *, budget: float | None = None) -> list[BaseMessage]:
         """Async `tail`."""
-        return self.to_messages(await self.atail_turns(key, n, budget=budget), key)
+        return await self._aread(key, self._tail(key, n, self._message_reader), budget)
+
+    def _tail(self, key: str, n: int, read: Callable[[dict[str, Any]], T]) -> Steps[list[T]]:
+        return tail_steps(n, read, self.chunk_size, (*self.namespace, key))
+
+    def _message_reader(self, record: dict[str, Any]) -> BaseMessage:
+        return message_from_record(record, self.value_field)
 
     def to_messages(self, turns: Sequence[Turn], key: str = "") -> list[BaseMessage]:
         """Stored turns as LangChain messages, skipping (and reporting) unreadable ones."""

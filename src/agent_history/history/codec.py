@@ -184,12 +184,23 @@ def message_parts(message: BaseMessage) -> tuple[str, Any, str | None, str, dict
     return role_for_type(kind), message.content, message.id, kind, extra
 
 
+_COMMON_TYPES: dict[str, type[BaseMessage]] = {
+    "human": HumanMessage,
+    "ai": AIMessage,
+    "tool": ToolMessage,
+    "system": SystemMessage,
+}
+
+
 def build_message(
     role: str, content: Any, message_id: str | None, kind: str | None, extra: Mapping[str, Any]
 ) -> BaseMessage:
     """The LangChain message for a stored turn (records of every format)."""
     if kind:
         data = {**extra, "content": content, "id": message_id, "type": kind}
+        cls = _COMMON_TYPES.get(kind)
+        if cls is not None:  # what `messages_from_dict` does, without its dispatch
+            return cls(**data)
         return messages_from_dict([{"type": kind, "data": data}])[0]
     # Records written before messages kept their type: role and content only.
     if role == ASSISTANT:

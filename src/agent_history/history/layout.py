@@ -16,12 +16,13 @@ may ignore any record above N (it belongs to a newer append or an abandoned epoc
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from agent_history.history.codec import quarantine
 from agent_history.history.records import AppendResult, Turn, make_record
@@ -33,11 +34,15 @@ __all__ = [
     "PendingTurn",
     "chunk_index",
     "chunk_key",
+    "collect_records",
     "collect_turns",
     "msgid_key",
     "plan_append",
     "tail_chunk_keys",
+    "turn_reader",
 ]
+
+T = TypeVar("T")
 
 HEAD_KEY = "head"
 SUMMARY_KEY = "summary"
@@ -77,30 +82,59 @@ def tail_chunk_keys(head: dict[str, Any], n: int) -> tuple[list[str], int]:
     return [chunk_key(i) for i in indexes], first_seq
 
 
-def collect_turns(
+def collect_records(
     chunks: Iterable[dict[str, Any] | None],
     first_seq: int,
     last_seq: int,
-    value_field: str,
-) -> list[Turn]:
-    """Turns with ``first_seq <= seq <= last_seq`` from the given chunk values, in order.
+    read: Callable[[dict[str, Any]], T],
+    namespace: Sequence[str] = (),
+) -> list[T]:
+    """``read(record)`` for the records with ``first_seq <= seq <= last_seq`` in the given
+    chunk values, in seq order.
 
-    A record that cannot be read is skipped and reported (`codec.quarantine`): one bad
-    record must not make a conversation unreadable.
+    A record that cannot be read (``read`` raises, or its seq is not a number) is skipped
+    and reported (`codec.quarantine`): one bad record must not make a conversation
+    unreadable. Errors are reported by class only: pydantic's quote the body.
     """
-    turns: list[Turn] = []
+    wanted: list[tuple[int, dict[str, Any]]] = []
     for chunk in chunks:
         if not chunk:
             continue
         for record in chunk.get("turns", ()):
             try:
                 seq = int(record["seq"])
-                if first_seq <= seq <= last_seq:
-                    turns.append(Turn.from_record(record, value_field))
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                quarantine(type(exc).__name__, seq=_seq_of(record))
-    turns.sort(key=lambda turn: turn.seq)
-    return turns
+                quarantine(type(exc).__name__, namespace=namespace, seq=_seq_of(record))
+                continue
+            if first_seq <= seq <= last_seq:
+                wanted.append((seq, record))
+    wanted.sort(key=_first)
+    values: list[T] = []
+    for seq, record in wanted:
+        try:
+            values.append(read(record))
+        except Exception as exc:
+            quarantine(type(exc).__name__, namespace=namespace, seq=seq)
+    return values
+
+
+def _first(pair: tuple[int, Any]) -> int:
+    return pair[0]
+
+
+def collect_turns(
+    chunks: Iterable[dict[str, Any] | None],
+    first_seq: int,
+    last_seq: int,
+    value_field: str,
+) -> list[Turn]:
+    """The `Turn`s with ``first_seq <= seq <= last_seq`` (see `collect_records`)."""
+    return collect_records(chunks, first_seq, last_seq, turn_reader(value_field))
+
+
+def turn_reader(value_field: str) -> Callable[[dict[str, Any]], Turn]:
+    """``record -> Turn`` for records whose content is in ``value_field``."""
+    return functools.partial(Turn.from_record, value_field=value_field)
 
 
 def _has_seq(record: Any) -> bool:

@@ -15,7 +15,14 @@ from agent_history.history.codec import (
     is_plain,
 )
 
-__all__ = ["AppendResult", "ConversationInfo", "Turn", "decode_content", "encode_content"]
+__all__ = [
+    "AppendResult",
+    "ConversationInfo",
+    "Turn",
+    "decode_content",
+    "encode_content",
+    "message_from_record",
+]
 
 
 def encode_content(content: Any) -> tuple[Any, str | None]:
@@ -75,20 +82,40 @@ class Turn(NamedTuple):
         Raises:
             ValueError, KeyError, TypeError: the record is malformed (see `codec.quarantine`).
         """
-        get = record.get
-        stored = record[value_field] if value_field in record else get("content", "")
-        extra = get("lc")
-        if get("enc") == ENCODING_JSON:
-            stored = decode_value(stored)
-            extra = decode_value(extra) if extra is not None else None
-        elif get("enc") is not None:
-            raise ValueError("unknown record encoding")
-        if extra is not None and not isinstance(extra, dict):
-            raise TypeError("record fields must be an object")
-        return cls(
-            int(record["seq"]), str(get("role", "user")), stored, get("id"), get("ts"),
-            get("type"), extra,
-        )  # fmt: skip
+        return cls(*_fields(record, value_field))
+
+
+def message_from_record(record: dict[str, Any], value_field: str = "content") -> BaseMessage:
+    """The LangChain message a chunk record holds, without an intermediate `Turn` (a
+    tail builds dozens).
+
+    Raises:
+        ValueError, KeyError, TypeError: the record is malformed, or pydantic rejects the
+            message (see `codec.quarantine`).
+    """
+    _, role, content, message_id, _, kind, extra = _fields(record, value_field)
+    return build_message(role, content, message_id, kind, extra or {})
+
+
+def _fields(
+    record: dict[str, Any], value_field: str
+) -> tuple[int, str, Any, str | None, str | None, str | None, dict[str, Any] | None]:
+    """A record's turn fields, decoded: ``(seq, role, content, id, ts, type, extra)``."""
+    get = record.get
+    stored = record[value_field] if value_field in record else get("content", "")
+    extra = get("lc")
+    encoding = get("enc")
+    if encoding == ENCODING_JSON:
+        stored = decode_value(stored)
+        extra = decode_value(extra) if extra is not None else None
+    elif encoding is not None:
+        raise ValueError("unknown record encoding")
+    if extra is not None and not isinstance(extra, dict):
+        raise TypeError("record fields must be an object")
+    return (
+        int(record["seq"]), str(get("role", "user")), stored, get("id"), get("ts"),
+        get("type"), extra,
+    )  # fmt: skip
 
 
 def make_record(

@@ -17,6 +17,7 @@ from agent_history.history.layout import (
     PendingTurn,
     chunk_index,
     chunk_key,
+    collect_records,
     collect_turns,
     msgid_key,
     plan_append,
@@ -91,8 +92,15 @@ def head_steps() -> Steps[dict[str, Any] | None]:
     return head
 
 
-def tail_steps(n: int, value_field: str, chunk_size_hint: int = 0) -> Steps[list[Turn]]:
-    """The newest ``n`` turns, oldest first: the head plus the chunks that hold them.
+def tail_steps(
+    n: int,
+    read: Callable[[dict[str, Any]], T],
+    chunk_size_hint: int = 0,
+    namespace: Sequence[str] = (),
+) -> Steps[list[T]]:
+    """``read(record)`` for the newest ``n`` turns, oldest first: the head plus the
+    chunks that hold them (records that cannot be read are skipped and reported with
+    ``namespace``, see `layout.collect_records`).
 
     With ``chunk_size_hint``, the head read also asks for the newest chunks, so SQL
     backends answer a tail in one round trip.
@@ -108,9 +116,8 @@ def tail_steps(n: int, value_field: str, chunk_size_hint: int = 0) -> Steps[list
     missing = tuple(k for k in keys if k not in found)
     if missing:
         found = {**found, **(yield Get(missing))}
-    return collect_turns(
-        (found.get(k) for k in keys), first_seq, int(head["last_seq"]), value_field
-    )
+    chunks = (found.get(k) for k in keys)
+    return collect_records(chunks, first_seq, int(head["last_seq"]), read, namespace)
 
 
 def read_steps(
