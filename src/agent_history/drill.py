@@ -5,7 +5,8 @@ The workload runs Telegram-style callbacks (a fresh thread per callback) for a f
 conversations, round-robin, in a worker thread, against the given store, in a scratch
 namespace of its own (removed afterwards, also when the drill fails). The store is
 wrapped in a `DrillStore` that counts each run's store calls and injects latency on
-demand; the switches belong to a `HistoryToggles` made for the drill, with an
+demand; history on it keeps the real store's driver, so the drill runs the SQL paths
+production runs. The switches belong to a `HistoryToggles` made for the drill, with an
 environment of its own (a dict), a flags file and an audit file in a temporary
 directory, and a clock the drill moves forward to end cool-downs without waiting. The
 process environment is neither read nor changed.
@@ -27,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from langchain_core.messages import BaseMessage
@@ -46,6 +47,16 @@ from agent_history.drill_checks import (
     judge,
 )
 from agent_history.history import ChatHistory
+from agent_history.history.drivers import (
+    AppendRequest,
+    AsyncPerform,
+    HistoryDriver,
+    SyncPerform,
+    driver_for,
+    use_driver,
+)
+from agent_history.history.records import AppendResult
+from agent_history.history.steps import Request, Steps
 from agent_history.messages import role_of, text_of
 from agent_history.node import AgentNode, AgentState, HistoryReport
 from agent_history.offline_model import RecordingChatModel
@@ -70,6 +81,8 @@ __all__ = [
     "run_drill",
     "scratch_namespace",
 ]
+
+T = TypeVar("T")
 
 SCRATCH_PREFIX = "agent_history_drill"
 """First label of every drill namespace (never the production ``agent_chat_history``)."""
@@ -132,8 +145,9 @@ class DrillStore(BaseStore):
     """Delegates to the real store; counts the calls of the run in progress and, while
     ``delay`` is set, makes every call that many seconds slower.
 
-    History on a wrapper takes the store-agnostic path (`history.drivers.generic`) and
-    its metrics and triggers use the backend label ``other``.
+    History on it keeps the real store's own driver (`use_driver`), wrapped to count and
+    slow its calls the same way, so the drill runs the path production runs: the SQL of
+    the SQLite and PostgreSQL drivers, with their backend label in metrics and triggers.
     """
 
     def __init__(self, inner: BaseStore) -> None:
@@ -141,14 +155,15 @@ class DrillStore(BaseStore):
         self.delay = 0.0
         self._lock = threading.Lock()
         self._current: StoreCalls | None = None
+        use_driver(self, _CountingDriver(self, driver_for(inner)))
 
     def attach(self, calls: StoreCalls | None) -> None:
         """Count the following calls in ``calls`` (None: between runs, not counted)."""
         with self._lock:
             self._current = calls
 
-    def _note(self, ops: Sequence[Op]) -> None:
-        writes = any(isinstance(op, PutOp) for op in ops)
+    def note(self, writes: bool) -> None:
+        """Count one call of the run in progress, and make it slower while ``delay`` is set."""
         with self._lock:
             if self._current is not None and writes:
                 self._current.writes += 1
@@ -159,13 +174,74 @@ class DrillStore(BaseStore):
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         listed = list(ops)
-        self._note(listed)
+        self.note(any(isinstance(op, PutOp) for op in listed))
         return self.inner.batch(listed)
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
         listed = list(ops)
-        self._note(listed)  # a blocking delay, like a slow sync driver
+        self.note(any(isinstance(op, PutOp) for op in listed))  # blocks, like a slow driver
         return await self.inner.abatch(listed)
+
+
+class _CountingDriver(HistoryDriver):
+    """The wrapped store's own history driver, each call counted by the `DrillStore`
+    (appends and atomic procedures as writes, the rest as reads) and slowed like its
+    store calls."""
+
+    def __init__(self, wrapper: DrillStore, inner: HistoryDriver) -> None:
+        super().__init__(wrapper)
+        self._wrapper = wrapper
+        self.inner = inner
+        self.backend = inner.backend
+
+    @classmethod
+    def accepts(cls, store: BaseStore) -> bool:
+        return False  # only ever given to a DrillStore by `use_driver`
+
+    def run(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        self._wrapper.note(True)
+        return self.inner.run(namespace, steps)
+
+    def reader(self, namespace: tuple[str, ...]) -> SyncPerform:
+        perform = self.inner.reader(namespace)
+
+        def counted(request: Request) -> Any:
+            self._wrapper.note(False)
+            return perform(request)
+
+        return counted
+
+    def read(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        self._wrapper.note(False)
+        return self.inner.read(namespace, steps)
+
+    def append(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
+        self._wrapper.note(True)
+        return self.inner.append(namespace, request)
+
+    async def arun(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        self._wrapper.note(True)
+        return await self.inner.arun(namespace, steps)
+
+    def areader(self, namespace: tuple[str, ...]) -> AsyncPerform:
+        aperform = self.inner.areader(namespace)
+
+        async def counted(request: Request) -> Any:
+            self._wrapper.note(False)
+            return await aperform(request)
+
+        return counted
+
+    async def aread(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        self._wrapper.note(False)
+        return await self.inner.aread(namespace, steps)
+
+    async def aappend(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
+        self._wrapper.note(True)
+        return await self.inner.aappend(namespace, request)
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,9 +5,11 @@ behind, also when it fails."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,9 @@ from typer.testing import CliRunner
 from agent_history.cli import app
 from agent_history.drill import SCRATCH_PREFIX, SWITCHES
 from agent_history.history import ChatHistory
+from agent_history.history.drivers.generic import GenericDriver
+from agent_history.history.drivers.postgres import PostgresDriver
+from agent_history.history.drivers.sqlite import SqliteDriver
 from agent_history.settings import HistorySettings
 from agent_history.stores import create_graph_store_sync
 from agent_history.toggles import HistoryDecision, HistoryMode, HistoryToggles
@@ -255,3 +260,33 @@ def test_the_scratch_namespace_is_removed_when_the_drill_breaks_half_way(
     assert result.stderr.startswith("error: unexpected RuntimeError")
     assert "Traceback" not in result.output
     assert _left_behind(sqlite_settings, (SCRATCH_PREFIX,)) == []
+
+
+def test_the_drill_runs_the_stores_own_driver(
+    persistent_settings: HistorySettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drill counts store calls through a wrapper store; history on it must still take
+    the store's own driver (SQL of its own on SQLite and PostgreSQL), the path production
+    runs, and never the generic `BaseStore` path a wrapper would otherwise get."""
+    calls: Counter[str] = Counter()
+    for cls in (SqliteDriver, PostgresDriver, GenericDriver):
+        for method in ("run", "read", "append"):
+            original = getattr(cls, method)
+
+            def spy(self: Any, *args: Any, _original: Any = original, _name: str = "") -> Any:
+                calls[_name] += 1
+                return _original(self, *args)
+
+            monkeypatch.setattr(cls, method, functools.partialmethod(spy, _name=cls.__name__))
+
+    result = _drill(persistent_settings, "--json")
+
+    assert result.exit_code == 0, result.output
+    own = (
+        "SqliteDriver"
+        if persistent_settings.graph_store_backend.value == "sqlite"
+        else ("PostgresDriver")
+    )
+    assert calls[own] > 50, calls
+    assert calls["GenericDriver"] == 0, calls
+    assert json.loads(result.stdout)["backend"] == persistent_settings.graph_store_backend.value
