@@ -247,3 +247,26 @@ def test_one_driver_per_store_whatever_the_history(store: BaseStore, backend: st
     first, second = ChatHistory(store), ChatHistory(store, namespace=("other",), chunk_size=4)
     assert first._driver is second._driver
     assert first._driver.backend == backend
+
+
+@pytest.mark.parametrize("old_size", [32, 5])
+async def test_a_conversation_keeps_the_chunk_size_it_was_made_with(
+    store: BaseStore, ns: tuple[str, ...], old_size: int
+) -> None:
+    """A log written with another chunk size (32 was the default before 16) is read and
+    appended by a history of today's default, sync and async, through every driver: its
+    chunks keep their size, every tail is exact and nothing is stored twice."""
+    key = _key()
+    older = ChatHistory(store, namespace=ns, chunk_size=old_size)
+    older.append(key, [HumanMessage(f"m{i}", id=f"m{i}") for i in range(1, 38)])
+    today = ChatHistory(store, namespace=ns)
+    assert today.chunk_size != old_size
+    for n in (1, 5, 16, 30, 37, 60):
+        assert [m.content for m in today.tail(key, n)] == [
+            f"m{i}" for i in range(max(1, 38 - n), 38)
+        ]
+    today.append(key, [HumanMessage("m38", id="m38"), AIMessage("m39", id="m39")])
+    await today.aappend(key, [HumanMessage("m39", id="m39"), HumanMessage("m40", id="m40")])
+    assert [m.content for m in await today.atail(key, 33)] == [f"m{i}" for i in range(8, 41)]
+    assert [t.seq for t in today.read(key)] == list(range(1, 41))
+    assert today.info(key).chunk_size == old_size
