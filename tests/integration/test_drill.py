@@ -236,13 +236,15 @@ def test_a_build_that_stops_writing_after_a_rollback_loses_turns(
     rows = {row["switch"]: row for row in report["switches"]}
     assert rows["off"]["ok"] and rows["off"]["lost"] == 0
     after = rows["read_only"]
-    # Each run after the return (3, or 4 when one was in flight at the next flip) lost
-    # its message and its answer.
-    assert not after["ok"] and after["failed"] == 0 and after["lost"] in (6, 8)
-    assert any(
-        re.fullmatch(r"[34] runs did not write the store after the return", problem)
+    # Each run after the return (at least 3; more when the workload outpaced the drill's
+    # controller before the next flip) lost its message and its answer.
+    found = [
+        re.fullmatch(r"(\d+) runs did not write the store after the return", problem)
         for problem in after["problems"]
-    ), after["problems"]
+    ]
+    counts = [int(m.group(1)) for m in found if m]
+    assert len(counts) == 1 and counts[0] >= 3, after["problems"]
+    assert not after["ok"] and after["failed"] == 0 and after["lost"] == 2 * counts[0]
     assert report["namespace_removed"] is True
 
 
