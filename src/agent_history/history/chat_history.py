@@ -37,7 +37,7 @@ from agent_history.history.codec import (
     quarantine,
 )
 from agent_history.history.drivers import AppendRequest, HistoryDriver, driver_for
-from agent_history.history.layout import HEAD_KEY, PendingTurn, turn_reader
+from agent_history.history.layout import HEAD_KEY, PendingTurn, read_records, turn_reader
 from agent_history.history.message_history import KeyedMessageHistory
 from agent_history.history.naming import conversation_namespace, key_of_label, validate_namespace
 from agent_history.history.records import (
@@ -207,24 +207,27 @@ class ChatHistory:
 
     def tail_turns(self, key: str, n: int, *, budget: float | None = None) -> list[Turn]:
         """The newest ``n`` stored turns, oldest first (within ``budget`` seconds)."""
-        return self._read(key, self._tail(key, n, turn_reader(self.value_field)), budget)
+        records = self._read(key, self._tail(key, n), budget)
+        return read_records(records, turn_reader(self.value_field), (*self.namespace, key))
 
     async def atail_turns(self, key: str, n: int, *, budget: float | None = None) -> list[Turn]:
         """Async `tail_turns`."""
-        steps = self._tail(key, n, turn_reader(self.value_field))
-        return await self._aread(key, steps, budget)
+        records = await self._aread(key, self._tail(key, n), budget)
+        return read_records(records, turn_reader(self.value_field), (*self.namespace, key))
 
     def tail(self, key: str, n: int, *, budget: float | None = None) -> list[BaseMessage]:
         """The newest ``n`` turns as LangChain messages, oldest first (a stored turn that
         cannot be read is skipped and reported, see `codec.quarantine`)."""
-        return self._read(key, self._tail(key, n, self._message_reader), budget)
+        records = self._read(key, self._tail(key, n), budget)
+        return read_records(records, self._message_reader, (*self.namespace, key))
 
     async def atail(self, key: str, n: int, *, budget: float | None = None) -> list[BaseMessage]:
         """Async `tail`."""
-        return await self._aread(key, self._tail(key, n, self._message_reader), budget)
+        records = await self._aread(key, self._tail(key, n), budget)
+        return read_records(records, self._message_reader, (*self.namespace, key))
 
-    def _tail(self, key: str, n: int, read: Callable[[dict[str, Any]], T]) -> Steps[list[T]]:
-        return tail_steps(n, read, self.chunk_size, (*self.namespace, key))
+    def _tail(self, key: str, n: int) -> Steps[list[tuple[int, dict[str, Any]]]]:
+        return tail_steps(n, self.chunk_size, (*self.namespace, key))
 
     def _message_reader(self, record: dict[str, Any]) -> BaseMessage:
         return message_from_record(record, self.value_field)

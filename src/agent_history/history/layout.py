@@ -38,6 +38,7 @@ __all__ = [
     "collect_turns",
     "msgid_key",
     "plan_append",
+    "read_records",
     "tail_chunk_keys",
     "turn_reader",
 ]
@@ -86,16 +87,11 @@ def collect_records(
     chunks: Iterable[dict[str, Any] | None],
     first_seq: int,
     last_seq: int,
-    read: Callable[[dict[str, Any]], T],
     namespace: Sequence[str] = (),
-) -> list[T]:
-    """``read(record)`` for the records with ``first_seq <= seq <= last_seq`` in the given
-    chunk values, in seq order.
-
-    A record that cannot be read (``read`` raises, or its seq is not a number) is skipped
-    and reported (`codec.quarantine`): one bad record must not make a conversation
-    unreadable. Errors are reported by class only: pydantic's quote the body.
-    """
+) -> list[tuple[int, dict[str, Any]]]:
+    """``(seq, record)`` for the records with ``first_seq <= seq <= last_seq`` in the given
+    chunk values, in seq order (a record whose seq is not a number is skipped and reported,
+    see `read_records`)."""
     wanted: list[tuple[int, dict[str, Any]]] = []
     for chunk in chunks:
         if not chunk:
@@ -109,17 +105,31 @@ def collect_records(
             if first_seq <= seq <= last_seq:
                 wanted.append((seq, record))
     wanted.sort(key=_first)
+    return wanted
+
+
+def _first(pair: tuple[int, Any]) -> int:
+    return pair[0]
+
+
+def read_records(
+    records: Iterable[tuple[int, dict[str, Any]]],
+    read: Callable[[dict[str, Any]], T],
+    namespace: Sequence[str] = (),
+) -> list[T]:
+    """``read(record)`` for each of ``records`` (see `collect_records`), in order.
+
+    A record that cannot be read is skipped and reported (`codec.quarantine`): one bad
+    record must not make a conversation unreadable. Errors are reported by class only:
+    pydantic's quote the body.
+    """
     values: list[T] = []
-    for seq, record in wanted:
+    for seq, record in records:
         try:
             values.append(read(record))
         except Exception as exc:
             quarantine(type(exc).__name__, namespace=namespace, seq=seq)
     return values
-
-
-def _first(pair: tuple[int, Any]) -> int:
-    return pair[0]
 
 
 def collect_turns(
@@ -129,7 +139,7 @@ def collect_turns(
     value_field: str,
 ) -> list[Turn]:
     """The `Turn`s with ``first_seq <= seq <= last_seq`` (see `collect_records`)."""
-    return collect_records(chunks, first_seq, last_seq, turn_reader(value_field))
+    return read_records(collect_records(chunks, first_seq, last_seq), turn_reader(value_field))
 
 
 def turn_reader(value_field: str) -> Callable[[dict[str, Any]], Turn]:

@@ -93,14 +93,12 @@ def head_steps() -> Steps[dict[str, Any] | None]:
 
 
 def tail_steps(
-    n: int,
-    read: Callable[[dict[str, Any]], T],
-    chunk_size_hint: int = 0,
-    namespace: Sequence[str] = (),
-) -> Steps[list[T]]:
-    """``read(record)`` for the newest ``n`` turns, oldest first: the head plus the
-    chunks that hold them (records that cannot be read are skipped and reported with
-    ``namespace``, see `layout.collect_records`).
+    n: int, chunk_size_hint: int = 0, namespace: Sequence[str] = ()
+) -> Steps[list[tuple[int, dict[str, Any]]]]:
+    """``(seq, record)`` for the newest ``n`` turns, oldest first: the head plus the
+    chunks that hold them (see `layout.collect_records`). The caller reads the records
+    (`layout.read_records`) after the driver call, so no lock or connection is held
+    while messages are built.
 
     With ``chunk_size_hint``, the head read also asks for the newest chunks, so SQL
     backends answer a tail in one round trip.
@@ -117,7 +115,7 @@ def tail_steps(
     if missing:
         found = {**found, **(yield Get(missing))}
     chunks = (found.get(k) for k in keys)
-    return collect_records(chunks, first_seq, int(head["last_seq"]), read, namespace)
+    return collect_records(chunks, first_seq, int(head["last_seq"]), namespace)
 
 
 def read_steps(
