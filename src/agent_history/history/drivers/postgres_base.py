@@ -409,8 +409,9 @@ def migration_statements(current: int | None) -> list[tuple[int, str]]:
 
 # Up to this many keys are looked up with one `agent_history_item_v1` each, joined by
 # UNION ALL; more go through ``unnest`` of an array. The array's length is unknown to a
-# generic plan, which therefore looks dearer than the custom one and is never kept: the
-# query was planned again on every call (0.15 ms), so the common few-key reads avoid it.
+# generic plan, which can then look dearer than a custom one and not be kept (the query
+# was planned again on every call, 0.15 ms, in a measurement), so the common few-key
+# reads (head, summary, id entries) avoid the array.
 _UNION_KEYS = 8
 
 
