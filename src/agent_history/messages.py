@@ -279,9 +279,12 @@ def _cut_current(
 def _fit(messages: list[BaseMessage], budget: int, counter: TokenCounter) -> list[BaseMessage]:
     """The newest whole messages within ``budget`` (LangChain's `trim_messages`, strategy
     ``last``), tool-call safe, starting on a user message when one is among them."""
-    kept = trim_messages(
-        messages, max_tokens=budget, token_counter=counter, strategy="last", allow_partial=False
-    )
+    if counter is len:  # counting messages: `trim_messages` would keep this suffix
+        kept = messages[max(0, len(messages) - budget) :] if budget > 0 else []
+    else:
+        kept = trim_messages(
+            messages, max_tokens=budget, token_counter=counter, strategy="last", allow_partial=False
+        )
     kept = [m for unit in tool_safe_units(kept) for m in unit]
     first = next((i for i, m in enumerate(kept) if role_of(m) == USER), 0)
     return kept[first:]

@@ -3,10 +3,19 @@ windows, and placing the delivered message in the thread."""
 
 from __future__ import annotations
 
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    trim_messages,
+)
 
 from agent_history.incoming import current_thread
-from agent_history.messages import apply_reset, merge_history, window
+from agent_history.messages import _fit, apply_reset, merge_history, tool_safe_units, window
 
 
 def _texts(messages: list) -> list[str]:
@@ -171,3 +180,41 @@ def test_thread_from_history_and_prompt_fields() -> None:
     assert view.incoming is not None and view.incoming.message_id == "w1"
     assert current_thread({"inputs": {"message": "   "}}).messages == []
     assert current_thread(None).messages == []
+
+
+_KINDS = st.sampled_from(["human", "ai", "call", "tool", "system"])
+
+
+def _conversation(kinds: list[str]) -> list[BaseMessage]:
+    """Messages of the given kinds: tool calls answered, orphaned or left unanswered."""
+    messages: list[BaseMessage] = []
+    for index, kind in enumerate(kinds):
+        if kind == "human":
+            messages.append(HumanMessage(f"q{index}"))
+        elif kind == "ai":
+            messages.append(AIMessage(f"a{index}"))
+        elif kind == "call":
+            messages.append(
+                AIMessage("", tool_calls=[{"name": "f", "args": {}, "id": f"c{index}"}])
+            )
+        elif kind == "tool":
+            call = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
+            ids = [c["id"] for c in call.tool_calls] if call is not None else []
+            messages.append(ToolMessage(f"r{index}", tool_call_id=ids[0] if ids else "none"))
+        else:
+            messages.append(SystemMessage(f"s{index}"))
+    return messages
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_KINDS, max_size=14), st.integers(min_value=-1, max_value=16))
+def test_counting_messages_keeps_what_trim_messages_keeps(kinds: list[str], budget: int) -> None:
+    """The window counts messages without `trim_messages` (a quarter of a turn's history
+    overhead); it must keep exactly what `trim_messages` keeps when counting with `len`."""
+    messages = _conversation(kinds)
+    kept = trim_messages(
+        messages, max_tokens=budget, token_counter=len, strategy="last", allow_partial=False
+    )
+    kept = [m for unit in tool_safe_units(kept) for m in unit]
+    first = next((i for i, m in enumerate(kept) if isinstance(m, HumanMessage)), 0)
+    assert _fit(messages, budget, len) == kept[first:]
