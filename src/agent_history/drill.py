@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 from langchain_core.messages import BaseMessage
@@ -189,10 +189,13 @@ class _CountingDriver(HistoryDriver):
     store calls."""
 
     def __init__(self, wrapper: DrillStore, inner: HistoryDriver) -> None:
-        super().__init__(wrapper)
-        self._wrapper = wrapper
+        super().__init__(wrapper)  # weakly, like every driver: it must not keep it alive
         self.inner = inner
         self.backend = inner.backend
+
+    @property
+    def _wrapper(self) -> DrillStore:
+        return cast(DrillStore, self.store)
 
     @classmethod
     def accepts(cls, store: BaseStore) -> bool:

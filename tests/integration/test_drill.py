@@ -6,20 +6,24 @@ behind, also when it fails."""
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import os
 import re
+import weakref
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from langgraph.store.memory import InMemoryStore
 from typer.testing import CliRunner
 
 from agent_history.cli import app
-from agent_history.drill import SCRATCH_PREFIX, SWITCHES
+from agent_history.drill import SCRATCH_PREFIX, SWITCHES, DrillStore
 from agent_history.history import ChatHistory
+from agent_history.history.drivers import driver_for
 from agent_history.history.drivers.generic import GenericDriver
 from agent_history.history.drivers.postgres import PostgresDriver
 from agent_history.history.drivers.sqlite import SqliteDriver
@@ -292,3 +296,14 @@ def test_the_drill_runs_the_stores_own_driver(
     assert calls[own] > 50, calls
     assert calls["GenericDriver"] == 0, calls
     assert json.loads(result.stdout)["backend"] == persistent_settings.graph_store_backend.value
+
+
+def test_a_drill_store_is_not_kept_alive_by_its_driver() -> None:
+    """Drivers are kept per store in a weak mapping; the drill's counting driver must hold
+    its store weakly too, or every drill run would stay in memory."""
+    wrapper = DrillStore(InMemoryStore())
+    assert driver_for(wrapper).backend == "memory"
+    gone = weakref.ref(wrapper)
+    del wrapper
+    gc.collect()
+    assert gone() is None
