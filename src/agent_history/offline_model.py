@@ -41,9 +41,14 @@ class RecordingChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         self.calls.append(list(messages))
+        return ChatResult(generations=[ChatGeneration(message=self.reply(messages, **kwargs))])
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+        """The answer to ``messages`` (already recorded in ``calls``); ``kwargs`` are the
+        call's bound arguments (``tools``, ...). Subclasses override it to answer
+        otherwise and keep the recording."""
         last_user = next((m for m in reversed(messages) if m.type == "human"), None)
-        reply = AIMessage(content=self.prefix + (text_of(last_user) if last_user else ""))
-        return ChatResult(generations=[ChatGeneration(message=reply)])
+        return AIMessage(content=self.prefix + (text_of(last_user) if last_user else ""))
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> RecordingChatModel:
         """Tools are accepted and ignored: the model never calls them."""

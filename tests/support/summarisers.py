@@ -7,11 +7,10 @@ import re
 import threading
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict
+
+from agent_history.offline_model import RecordingChatModel
 
 __all__ = ["AccumulatingSummariser", "FixedSummariser", "request_parts"]
 
@@ -25,14 +24,13 @@ def request_parts(request: list[BaseMessage]) -> tuple[str, str]:
     return found.group(1), found.group(2)
 
 
-class FixedSummariser(BaseChatModel):
+class FixedSummariser(RecordingChatModel):
     """Answers every request with ``text``; records the requests. ``fail`` makes it
     raise; ``gate`` makes it wait until the event is set (a model that is slow)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     text: str = "SUMMARY"
-    calls: list[list[BaseMessage]] = Field(default_factory=list)
     fail: bool = False
     gate: threading.Event | None = None
 
@@ -40,39 +38,22 @@ class FixedSummariser(BaseChatModel):
     def _llm_type(self) -> str:
         return "fixed-summary"
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        self.calls.append(list(messages))
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
         if self.gate is not None:
             self.gate.wait(60)
         if self.fail:
             raise RuntimeError("summary model down")
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(self.text))])
+        return AIMessage(self.text)
 
 
-class AccumulatingSummariser(BaseChatModel):
+class AccumulatingSummariser(RecordingChatModel):
     """Answers with the previous summary followed by the new transcript: the stored
     summary then shows exactly which turns every version added (none lost, none twice)."""
-
-    calls: list[list[BaseMessage]] = Field(default_factory=list)
 
     @property
     def _llm_type(self) -> str:
         return "accumulating-summary"
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        self.calls.append(list(messages))
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
         previous, transcript = request_parts(messages)
-        text = f"{previous}\n{transcript}" if previous else transcript
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(text))])
+        return AIMessage(f"{previous}\n{transcript}" if previous else transcript)

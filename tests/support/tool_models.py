@@ -6,15 +6,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import tool
-from pydantic import Field
 
 from agent_history.messages import text_of
+from agent_history.offline_model import RecordingChatModel
 
 __all__ = ["WeatherModel", "get_weather", "signature"]
 
@@ -27,13 +24,12 @@ def get_weather(city: str) -> str:
     return f"sunny in {city}"
 
 
-class WeatherModel(BaseChatModel):
+class WeatherModel(RecordingChatModel):
     """Records every payload. With tools bound, a user message "weather in X" gets a
     ``get_weather(city=X)`` call and a tool result gets ``final[X]: <result>``; anything
     else is answered ``echo: <newest user text>``. Answers carry usage and response
     metadata, so full-fidelity storage has fields to keep."""
 
-    calls: list[list[BaseMessage]] = Field(default_factory=list)
     always_tools: bool = False
     """Call tools even when none were bound (a model configured with tools elsewhere)."""
 
@@ -41,14 +37,7 @@ class WeatherModel(BaseChatModel):
     def _llm_type(self) -> str:
         return "weather-test"
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        self.calls.append(list(messages))
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
         last = messages[-1] if messages else None
         meta: dict[str, Any] = {
             "usage_metadata": {
@@ -75,7 +64,7 @@ class WeatherModel(BaseChatModel):
                 reply = AIMessage("", tool_calls=[call], **meta)
             else:
                 reply = AIMessage(f"echo: {text}", name="weather-bot", **meta)
-        return ChatResult(generations=[ChatGeneration(message=reply)])
+        return reply
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable[Any, BaseMessage]:
         """Like a real chat model: a binding, not a chat model."""
