@@ -5,6 +5,7 @@ calling conventions and full-fidelity storage."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +18,11 @@ from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.store.base import BaseStore
 
 from agent_history import AgentNode, AgentState, ChatHistory
+from agent_history.settings import HistorySettings
+from agent_history.stores import create_checkpointer_sync, create_graph_store_sync
 from agent_history.testing import RecordingChatModel
 from agent_history.toggles import HistoryToggles
-from tests.support.agent_graphs import telegram_callback
+from tests.support.agent_graphs import build_graph, telegram_callback
 from tests.support.patterns import check_pairing
 from tests.support.tool_models import WeatherModel, get_weather, signature
 
@@ -206,3 +209,45 @@ def test_a_callback_without_a_user_message_answers_nothing_twice(
     assert [m.content for m in result["messages"]][-1:] in (["echo: hi"], [])
     stored = [m.content for m in _stored(store, f"telegram:{chat}")]
     assert stored == ["hi", "echo: hi"]
+
+
+def test_an_upgrade_onto_a_log_of_32_turn_chunks_with_a_stable_thread_and_redeliveries(
+    tmp_path: Path,
+) -> None:
+    """What an operator upgrading brings: a log written with 32-turn chunks (the old
+    default), a stable thread per chat with a SQLite checkpointer, and a webhook that
+    re-delivers a message without ids. Every payload is the window of the old log and the
+    thread, the re-delivery stores nothing, and the log goes on from where it was."""
+    settings = HistorySettings(
+        graph_store_sqlite_path=tmp_path / "store.sqlite",
+        checkpoint_sqlite_path=tmp_path / "checkpoints.sqlite",
+    )
+    chat = 7001
+    key = f"telegram:{chat}"
+    with (
+        create_graph_store_sync(settings) as store,
+        create_checkpointer_sync(settings) as checkpointer,
+    ):
+        old = ChatHistory(store, chunk_size=32)
+        old.append(key, [m for i in range(20) for m in (HumanMessage(f"q{i}"), AIMessage(f"a{i}"))])
+        model = RecordingChatModel()
+        node = AgentNode(
+            model, use_graph_chat_history=True, max_messages=6, toggles=HistoryToggles(env={})
+        )
+        graph = build_graph(node, store, checkpointer)
+        thread = {"configurable": {"thread_id": f"chat-{chat}"}}
+        graph.invoke(telegram_callback(chat, "new"), thread)
+        graph.invoke(telegram_callback(chat, "new"), thread)  # re-delivered, no ids
+        graph.invoke(telegram_callback(chat, "after"), thread)
+
+        # Without an id the re-delivery is the user saying "new" again (the thread keeps
+        # it, the model answers it); the log stores the repeated exchange once.
+        assert [[m.content for m in call] for call in model.calls] == [
+            ["q18", "a18", "q19", "a19", "new"],
+            ["q19", "a19", "new", "echo: new", "new"],
+            ["new", "echo: new", "new", "echo: new", "after"],
+        ]
+        stored = [t.content for t in ChatHistory(store).read(key)]
+        assert stored[:40] == [t for i in range(20) for t in (f"q{i}", f"a{i}")]
+        assert stored[40:] == ["new", "echo: new", "after", "echo: after"]
+        assert ChatHistory(store).info(key).chunk_size == 32  # type: ignore[union-attr]
