@@ -183,6 +183,32 @@ def _interleave(
     return head, newer, list(chat[last + 1 :]), stored_count + len(newer)
 
 
+def _without_second_answer(
+    stored: Sequence[BaseMessage],
+    chat: Sequence[BaseMessage],
+    matched: list[int | None],
+    unstored: list[BaseMessage],
+) -> list[BaseMessage]:
+    """The unstored end of the thread without another answer to a stored exchange.
+
+    When the thread's last stored message is a user message whose exchange the log
+    already answers (another run stored it: a re-delivery answered again after the
+    thread lost its checkpoint, or a replay from an earlier checkpoint), the thread's own
+    answer to it is a second one: it is not this run's to store, nor to send beside the
+    stored one. It ends where the next user message begins; without a newer user message
+    it is the exchange being answered now, and stays.
+    """
+    last = max((i for i, j in enumerate(matched) if j is not None), default=-1)
+    if last < 0 or role_of(chat[last]) != USER:
+        return unstored
+    at = matched[last]
+    assert at is not None
+    if at + 1 >= len(stored) or role_of(stored[at + 1]) == USER:
+        return unstored  # the log holds no answer to it
+    start = next((i for i, m in enumerate(unstored) if role_of(m) == USER), None)
+    return unstored if start is None else unstored[start:]
+
+
 def tool_safe_units(messages: Sequence[BaseMessage]) -> list[list[BaseMessage]]:
     """Group messages into units a window may keep or drop whole: an assistant message
     that calls tools together with all of its results, or one other message.
@@ -365,6 +391,7 @@ def merge_history(
     chat = [m for m in thread if role_of(m) != "system"]
     matched = _match(stored, chat)
     head, newer, unstored, stored_count = _interleave(stored, chat, matched)
+    unstored = _without_second_answer(stored, chat, matched, unstored)
     conversation = [*head, *newer, *unstored]
     last_human = newest_human(chat)
     # The message to answer is already stored and only this run's tool steps (if any)
