@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -78,14 +79,37 @@ def _not_found(key: str, namespace: str) -> typer.Exit:
 
 
 def _check_output(out: Path) -> None:
-    """Exit 2 with a clear reason when ``out`` cannot be written as a file."""
-    if out.is_dir():
+    """Exit 2 with a clear reason when ``out`` cannot be written as a file.
+
+    A symlink is followed: what is checked (and written) is the file it points to.
+    """
+    target = _resolved(out)
+    if target.is_dir():
         raise fail(f"cannot write {out}: it is a directory", EXIT_CONFIG)
-    parent = out.parent
+    if _is_special(target):
+        if not os.access(target, os.W_OK):
+            raise fail(f"cannot write {out}: it is not writable", EXIT_CONFIG)
+        return
+    parent = target.parent
     if not parent.is_dir():
         raise fail(f"cannot write {out}: directory {parent} does not exist", EXIT_CONFIG)
     if not os.access(parent, os.W_OK):
         raise fail(f"cannot write {out}: directory {parent} is not writable", EXIT_CONFIG)
+
+
+def _resolved(out: Path) -> Path:
+    """The file a path names once symlinks are followed (``out`` itself when it is none)."""
+    return Path(os.path.realpath(out)) if out.is_symlink() else out
+
+
+def _is_special(path: Path) -> bool:
+    """Whether ``path`` exists and is neither a regular file nor a directory (a device such
+    as /dev/null, a FIFO, a socket): such a target is written in place, never replaced."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 @app.command()
@@ -131,13 +155,33 @@ def export(
 
 
 def _export_file(history: ChatHistory, out: Path, keys: list[str], advance: Any) -> tuple[int, int]:
-    """Export into a temporary file beside ``out``, renamed when complete (an interrupted
-    export never leaves a file that looks whole)."""
-    partial = out.with_name(f".{out.name}.partial")
+    """Export into ``out``.
+
+    A regular file (new, or the one a symlink points to) is written as a temporary file
+    beside it, renamed over it when complete (an interrupted export never leaves a file
+    that looks whole) with the permission bits the file had. A target that is neither
+    (a device such as /dev/null, a FIFO) is written directly, as any Unix tool would.
+    """
+    target = _resolved(out)
     try:
-        with partial.open("w", encoding="utf-8") as handle:
+        if _is_special(target):
+            with target.open("w", encoding="utf-8") as handle:
+                return export_jsonl(history, handle, keys, on_progress=advance)
+    except OSError as exc:
+        raise fail(f"cannot write {out}: {exc.strerror or exc}", EXIT_CONFIG) from None
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        try:
+            mode: int | None = stat.S_IMODE(target.stat().st_mode)
+        except FileNotFoundError:
+            mode = None
+        partial.unlink(missing_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if mode is not None else 0o666)
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with open(fd, "w", encoding="utf-8") as handle:
             counts = export_jsonl(history, handle, keys, on_progress=advance)
-        partial.replace(out)
+        partial.replace(target)
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise fail(f"cannot write {out}: {exc.strerror or exc}", EXIT_CONFIG) from None
