@@ -23,13 +23,19 @@ from agent_history.history.codec import is_final_answer
 from agent_history.messages import newest_human, text_of
 
 __all__ = [
+    "ANSWERED_FIELD",
     "IncomingMessage",
     "ThreadView",
+    "answered_update",
     "as_mapping",
     "current_thread",
     "incoming_message",
     "not_streamed_as_output",
 ]
+
+ANSWERED_FIELD = "answered"
+"""The state field (in `AgentState`) naming, per node, the channel id of the delivered
+message the node last answered."""
 
 _MESSAGE_FIELDS = ("message", "user_message", "query", "prompt")
 _TEXT_FIELDS = ("text", "content", "message", "query", "prompt")
@@ -134,32 +140,62 @@ def _position(thread: Sequence[BaseMessage], incoming: IncomingMessage) -> int |
     return None
 
 
-def current_thread(state: Any) -> ThreadView:
+def current_thread(state: Any, node: str | None = None) -> ThreadView:
     """The thread for this node pass, with the delivered message in it exactly once.
 
     ``state["messages"]`` wins when present; otherwise ``inputs.history`` is used. The
     delivered message (from ``inputs``) is added as the newest user message unless the
     thread already holds it (same channel id; or, without one, the newest user message
     with the same text followed only by tool steps, or by nothing).
+
+    A delivered message the thread holds with a user message after it is an earlier
+    run's callback still in the state (``inputs`` keeps its last value on a stable
+    thread): the pass answers the thread's newest user message, as without a callback.
+    With ``node`` and the state's `ANSWERED_FIELD`, a delivered message counts as
+    answered only when that node answered it, so a second node in the same run (a
+    pipeline of agents) answers it too.
     """
     mapping = as_mapping(state)
     inputs = as_mapping(mapping.get("inputs") or {})
     thread = _to_messages(mapping.get("messages")) or _to_messages(inputs.get("history"))
     incoming = incoming_message(inputs)
+    position = None if incoming is None else _position(thread, incoming)
+    if incoming is not None and position is not None and newest_human(thread) != position:
+        incoming = None  # the thread has moved on since that callback
     if incoming is None:
         # A callback that delivers no user message (a sticker, a photo, an edit) has
         # nothing to answer when every user message of the thread already has an answer.
         last = newest_human(thread)
         settled = last is None or any(is_final_answer(m) for m in thread[last + 1 :])
         return ThreadView(thread, None, None, bool(inputs) and settled)
-    position = _position(thread, incoming)
     if position is not None:
-        answered = incoming.message_id is not None and any(
-            is_final_answer(m) for m in thread[position + 1 :]
+        answered = (
+            incoming.message_id is not None
+            and any(is_final_answer(m) for m in thread[position + 1 :])
+            and _answered_by(mapping, node, incoming.message_id)
         )
         return ThreadView(thread, incoming, None, answered)
     added = HumanMessage(incoming.text, id=incoming.message_id or str(uuid.uuid4()))
     return ThreadView([*thread, added], incoming, added, False)
+
+
+def _answered_by(state: Mapping[str, Any], node: str | None, message_id: str) -> bool:
+    """Whether ``node`` answered the delivered message ``message_id``, as far as the
+    state tells: True when the state does not keep `ANSWERED_FIELD` (a schema without it,
+    or a thread from before it), so a re-delivery is recognised as before."""
+    answered = state.get(ANSWERED_FIELD)
+    if node is None or not isinstance(answered, Mapping):
+        return True
+    return answered.get(node) == message_id
+
+
+def answered_update(view: ThreadView, node: str) -> dict[str, Any]:
+    """The state update recording that ``node`` answered the delivered message (empty
+    when the callback has no channel id: without one, re-deliveries go by content)."""
+    incoming = view.incoming
+    if incoming is None or incoming.message_id is None:
+        return {}
+    return {ANSWERED_FIELD: {node: incoming.message_id}}
 
 
 def not_streamed_as_output(config: RunnableConfig | None, added: BaseMessage | None) -> None:

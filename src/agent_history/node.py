@@ -22,7 +22,7 @@ from agent_history.context.budget import TokenCounterLike
 from agent_history.context.summary import DEFAULT_SUMMARY_PROMPT
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
 from agent_history.history.codec import HistoryScope
-from agent_history.incoming import current_thread, not_streamed_as_output
+from agent_history.incoming import answered_update, current_thread, not_streamed_as_output
 from agent_history.keys import DEFAULT_HISTORY_KEY_CANDIDATES, DEFAULT_HISTORY_KEY_TEMPLATE
 from agent_history.pass_steps import Model, Step, drive_async, drive_sync
 from agent_history.runner import aproduce, build_runnable, produce, takes_messages
@@ -43,6 +43,10 @@ class AgentState(TypedDict, total=False):
     messages: Annotated[list[AnyMessage], add_messages]
     inputs: dict[str, Any]
     results: Annotated[dict[str, Any], merge_results]
+    answered: Annotated[dict[str, str], merge_results]
+    """Per node, the channel message id of the delivered message it last answered: a
+    re-delivered callback is skipped by the nodes that answered it, and a second agent
+    node of the same run still answers."""
 
 
 class AgentNode(Runnable[Any, dict[str, Any]]):
@@ -226,8 +230,9 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
 
     def _begin(self, state: Any, config: RunnableConfig | None) -> HistoryPass:
         store = _current_store() if self.use_graph_chat_history else None
-        view = current_thread(state)
-        return HistoryPass.begin(self._options, self._node_name(config), view, state, config, store)
+        node = self._node_name(config)
+        view = current_thread(state, node)
+        return HistoryPass.begin(self._options, node, view, state, config, store)
 
     def _steps(self, run: HistoryPass) -> Generator[Step, Any, dict[str, Any]]:
         """The pass's control flow; it yields the I/O it needs and receives the outcome."""
@@ -243,7 +248,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         yield from run.append(produced, ends=True if structured else None)
         run.report(payload)
         added = [run.view.added] if run.view.added is not None else []
-        return {"messages": [*added, *produced]}
+        return {"messages": [*added, *produced], **answered_update(run.view, run.node)}
 
     def invoke(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
