@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from agent_history.history import ChatHistory
 from agent_history.settings import HistorySettings
+from agent_history.stores import create_graph_store_sync
 from tests.integration.test_cli import _invoke, _seed
 
 
@@ -113,3 +115,74 @@ def test_export_to_dev_null_leaves_the_device_in_place(env: dict[str, str], ns: 
     assert "exported 2 turns of 1 conversation to /dev/null" in result.output
     assert stat.S_ISCHR(os.lstat(os.devnull).st_mode)
     assert Path(os.devnull).read_bytes() == b""
+
+
+# --- import from a pipe -----------------------------------------------------------------
+
+
+def _export_text(env: dict[str, str], ns: str, tmp_path: Path) -> bytes:
+    out = tmp_path / "export.jsonl"
+    exported = _invoke(["export", "-n", ns, "-o", str(out)], env)
+    assert exported.exit_code == 0, exported.output
+    return out.read_bytes()
+
+
+def _stored(env: dict[str, str], ns: str) -> dict[str, list[str | None]]:
+    with create_graph_store_sync(_settings(env)) as store:
+        history = ChatHistory(store, namespace=(ns,))
+        keys = list(history.keys())
+        return {key: [t.id for t in history.read(key)] for key in keys}
+
+
+def test_import_from_a_fifo_reads_it_once_and_imports_everything(
+    env: dict[str, str], tmp_path: Path, ns: str
+) -> None:
+    _seed(_settings(env), ns, {"telegram:1": 3, "telegram:2": 2})
+    payload = _export_text(env, ns, tmp_path)
+    fifo = tmp_path / "feed"
+    os.mkfifo(fifo)
+    done = threading.Event()
+
+    def feed() -> None:
+        # Opens the FIFO for every reader: the first gets the export, any later one
+        # (a second read of the same input) only the end of the file.
+        data = payload
+        while not done.is_set():
+            with fifo.open("wb") as handle:
+                handle.write(data)
+            data = b""
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        result = _invoke(["import", str(fifo), "--into", ns + "copy"], env)
+    finally:
+        done.set()
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # frees a writer still waiting
+        writer.join(timeout=60)
+    assert result.exit_code == 0, result.output
+    assert "imported 5 new turns into 2 conversations (0 turns already present)" in result.output
+    assert _stored(env, ns + "copy") == _stored(env, ns)
+    assert _stored(env, ns + "copy")["telegram:1"] == [
+        "telegram:1-0",
+        "telegram:1-1",
+        "telegram:1-2",
+    ]
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_import_from_a_pipe_descriptor_imports_everything(
+    env: dict[str, str], tmp_path: Path, ns: str
+) -> None:
+    _seed(_settings(env), ns, {"telegram:1": 2})
+    payload = _export_text(env, ns, tmp_path)
+    read_end, write_end = os.pipe()
+    os.write(write_end, payload)
+    os.close(write_end)
+    try:
+        result = _invoke(["import", f"/dev/fd/{read_end}", "--into", ns + "copy"], env)
+    finally:
+        os.close(read_end)
+    assert result.exit_code == 0, result.output
+    assert "imported 2 new turns into 1 conversation (0 turns already present)" in result.output
+    assert _stored(env, ns + "copy") == {"telegram:1": ["telegram:1-0", "telegram:1-1"]}

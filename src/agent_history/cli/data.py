@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import typer
 from rich.markup import escape
@@ -176,7 +178,9 @@ def _export_file(history: ChatHistory, out: Path, keys: list[str], advance: Any)
         except FileNotFoundError:
             mode = None
         partial.unlink(missing_ok=True)
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if mode is not None else 0o666)
+        fd = os.open(
+            partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if mode is not None else 0o666
+        )
         if mode is not None:
             os.fchmod(fd, mode)
         with open(fd, "w", encoding="utf-8") as handle:
@@ -191,16 +195,37 @@ def _export_file(history: ChatHistory, out: Path, keys: list[str], advance: Any)
     return counts
 
 
-def _read_lines(file: Path, bar: Progress, task: TaskID) -> Iterator[str]:
-    """The file's lines as text, advancing ``task`` by bytes read; a line that is not
-    UTF-8 becomes one that fails validation with its number."""
-    with file.open("rb") as handle:
-        for raw in handle:
-            bar.advance(task, len(raw))
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError:
-                yield '"not UTF-8 text"'
+def _read_lines(handle: BinaryIO, bar: Progress, task: TaskID) -> Iterator[str]:
+    """The file's lines as text from its start, advancing ``task`` by bytes read; a line
+    that is not UTF-8 becomes one that fails validation with its number."""
+    handle.seek(0)
+    for raw in handle:
+        bar.advance(task, len(raw))
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield '"not UTF-8 text"'
+
+
+def _open_input(file: Path, stack: ExitStack) -> tuple[BinaryIO, int]:
+    """The import file open for reading from the start as often as needed, and its size.
+
+    A regular file is read where it is. Anything else (a pipe, ``/dev/stdin``, ``<(...)``,
+    a FIFO) can be read once only: it is copied into a temporary file first.
+    """
+    try:
+        handle = stack.enter_context(file.open("rb"))
+        if stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return handle, os.fstat(handle.fileno()).st_size
+        # closed by the stack
+        spool = stack.enter_context(tempfile.TemporaryFile(prefix="agent-history-"))  # noqa: SIM115
+        shutil.copyfileobj(handle, spool, _SPOOL_CHUNK)
+        return spool, spool.tell()
+    except OSError as exc:
+        raise fail(f"cannot read {file}: {exc.strerror or exc}", EXIT_CONFIG) from None
+
+
+_SPOOL_CHUNK = 1 << 20
 
 
 @app.command("import")
@@ -229,31 +254,32 @@ def import_(
         raise fail("use --namespace or --into, not both", EXIT_CONFIG)
     only = _namespace(namespace) if namespace is not None else None
     target = _namespace(into, "--into") if into is not None else None
-    size = file.stat().st_size
-    settings = load_settings()
-    with (
-        open_store(settings) as store,
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            console=err_console,
-            disable=as_json,
-        ) as bar,
-    ):
-        checking = bar.add_task("checking ", total=size)
-        importing = bar.add_task("importing", total=size, start=False)
-        calls = 0
+    with ExitStack() as files:
+        source, size = _open_input(file, files)
+        settings = load_settings()
+        with (
+            open_store(settings) as store,
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                console=err_console,
+                disable=as_json,
+            ) as bar,
+        ):
+            checking = bar.add_task("checking ", total=size)
+            importing = bar.add_task("importing", total=size, start=False)
+            calls = 0
 
-        def lines() -> Iterator[str]:
-            nonlocal calls
-            calls += 1
-            task = checking if calls == 1 else importing
-            if task == importing:
-                bar.start_task(importing)
-            return _read_lines(file, bar, task)
+            def lines() -> Iterator[str]:
+                nonlocal calls
+                calls += 1
+                task = checking if calls == 1 else importing
+                if task == importing:
+                    bar.start_task(importing)
+                return _read_lines(source, bar, task)
 
-        plan, report = import_jsonl(store, lines, namespace=only, into=target)
+            plan, report = import_jsonl(store, lines, namespace=only, into=target)
     if not plan.ok:
         for problem in plan.errors:
             err_console.print(f"{file}: {problem}", highlight=False, markup=False)
