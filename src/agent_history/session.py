@@ -556,9 +556,15 @@ class HistoryPass(SummaryUpdates):
         return pending, anchor_id, anchor_next
 
     def _by_content(self) -> bool:
-        """Whether re-deliveries can only be recognised by content (no channel id)."""
+        """Whether re-deliveries can only be recognised by content: a callback without a
+        channel id, or a thread that shares no id with the log (a fresh thread per run).
+        A thread that does (a stable thread, driven with plain ``messages``) tells a
+        repeated text from a re-run by its own ids."""
         incoming = self.view.incoming
-        return not (incoming and incoming.message_id)
+        if incoming is not None:
+            return incoming.message_id is None
+        stored = {m.id for m in self.stored if m.id}
+        return not any(m.id in stored for m in self.view.messages)
 
     def _compare_shadow(self, in_memory: MergedPayload) -> None:
         assert self.merged is not None

@@ -125,3 +125,31 @@ def test_the_middleware_answers_a_plain_message_after_a_callback(store: BaseStor
     assert _stored(store, f"telegram:{chat}", ("agent_chat_history",)) == [
         "one", "echo: one", "two", "echo: two"
     ]  # fmt: skip
+
+
+def test_a_stable_thread_of_plain_messages_stores_a_repeated_text_twice(
+    store: BaseStore,
+) -> None:
+    """Plain ``{"messages": [...]}`` runs carry no channel id, but the stable thread
+    gives each message its own id: a user who says "yes" twice said it twice."""
+    model = RecordingChatModel()
+    builder = StateGraph(AgentState)
+    node = AgentNode(
+        model,
+        use_graph_chat_history=True,
+        toggles=TOGGLES,
+        history_key_candidates=["web:{{ config.configurable.thread_id }}"],
+    )
+    builder.add_node("agent", node)
+    builder.add_edge(START, "agent")
+    graph = builder.compile(store=store, checkpointer=InMemorySaver())
+    thread_id = uuid.uuid4().hex
+    config = {"configurable": {"thread_id": thread_id}}
+    for text in ["x", "yes", "yes", "z"]:
+        result = graph.invoke({"messages": [("user", text)]}, config)
+
+    thread = result["messages"]
+    history = ChatHistory(store)
+    stored = history.to_messages(list(history.read(f"web:{thread_id}")))
+    assert _texts(stored) == ["x", "echo: x", "yes", "echo: yes", "yes", "echo: yes", "z", "echo: z"]  # fmt: skip
+    assert [m.id for m in stored] == [m.id for m in thread]
