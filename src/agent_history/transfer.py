@@ -407,22 +407,33 @@ class ImportReport:
     """``line N: ...`` for each conversation the store refused (nothing written for it)."""
 
 
-def _conversations(lines: Iterable[str]) -> Iterator[tuple[ParsedLine, list[Turn]]]:
-    """The file's conversations in order: first line and turns (file already validated)."""
+def _conversations(lines: Iterable[str]) -> Iterator[tuple[ParsedLine, list[Turn], list[int]]]:
+    """The file's conversations in order: first line, turns and the line of each turn
+    (file already validated)."""
     first: ParsedLine | None = None
     turns: list[Turn] = []
+    numbers: list[int] = []
     for number, raw in enumerate(lines, start=1):
         parsed = parse_line(number, raw)
         if parsed is None:
             continue
         if first is not None and (parsed.namespace, parsed.key) != (first.namespace, first.key):
-            yield first, turns
-            turns = []
+            yield first, turns, numbers
+            turns, numbers = [], []
             first = None
         first = first or parsed
         turns.append(parsed.turn)
+        numbers.append(number)
     if first is not None:
-        yield first, turns
+        yield first, turns, numbers
+
+
+def _line_of(exc: Exception, first: ParsedLine, turns: list[Turn], numbers: list[int]) -> int:
+    """The line a refusal is about: the turn's when it names a seq, else the first."""
+    seq = getattr(exc, "seq", None)
+    if isinstance(seq, int) and turns and 0 <= seq - turns[0].seq < len(numbers):
+        return numbers[seq - turns[0].seq]
+    return first.line
 
 
 def import_jsonl(
@@ -436,8 +447,10 @@ def import_jsonl(
     """Validate an export, then import it conversation by conversation.
 
     Nothing is written when a line is invalid. Each conversation is written in one
-    transaction at the sequence numbers of its lines: turns already present are skipped,
-    so the import can be run again (or twice at once) without a duplicate.
+    transaction at the sequence numbers of its lines: turns already present (the same
+    turn at the same seq) are skipped, so the import can be run again (or twice at once)
+    without a duplicate. A conversation holding other turns at those seqs is not imported
+    (``report.rejected`` names the line of the first differing turn).
 
     Args:
         store: The destination store.
@@ -454,14 +467,15 @@ def import_jsonl(
     if not plan.ok:
         return plan, report
     fallback = tuple(namespace) if namespace is not None else DEFAULT_NAMESPACE
-    for first, turns in _conversations(lines()):
+    for first, turns, numbers in _conversations(lines()):
         target = tuple(into) if into is not None else first.namespace or fallback
         history = ChatHistory(store, namespace=target)
         try:
             result = history.import_turns(first.key, turns)
         except (ImportConflict, InvalidMessage) as exc:
+            line = _line_of(exc, first, turns, numbers)
             report.rejected.append(
-                f"line {first.line}: conversation {_shown(first.key)} not imported: {exc}"
+                f"line {line}: conversation {_shown(first.key)} not imported: {exc}"
             )
         else:
             report.written += result.written

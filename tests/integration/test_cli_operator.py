@@ -10,6 +10,7 @@ import stat
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,3 +187,135 @@ def test_import_from_a_pipe_descriptor_imports_everything(
     assert result.exit_code == 0, result.output
     assert "imported 2 new turns into 1 conversation (0 turns already present)" in result.output
     assert _stored(env, ns + "copy") == {"telegram:1": ["telegram:1-0", "telegram:1-1"]}
+
+
+# --- import / migrate into a conversation holding other turns ---------------------------
+
+
+def _append(env: dict[str, str], ns: str, key: str, messages: list[dict[str, Any]]) -> None:
+    with create_graph_store_sync(_settings(env)) as store:
+        ChatHistory(store, namespace=(ns,)).append(key, messages)
+
+
+def _agent_turns(prefix: str, count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "role": "user" if i % 2 == 0 else "assistant",
+            "content": f"{prefix} {i}",
+            "id": f"{prefix}-{i}",
+        }
+        for i in range(count)
+    ]
+
+
+def test_import_refuses_a_conversation_holding_other_turns_at_its_seqs(
+    env: dict[str, str], tmp_path: Path, ns: str
+) -> None:
+    _seed(_settings(env), ns, {"telegram:41": 2, "telegram:42": 6})
+    out = tmp_path / "export.jsonl"
+    assert _invoke(["export", "-n", ns, "-o", str(out)], env).exit_code == 0
+    target = ns + "live"
+    _append(env, target, "telegram:42", _agent_turns("new", 2))  # the agent wrote first
+    result = _invoke(["import", str(out), "--into", target], env)
+    assert result.exit_code == 1, result.output
+    assert (
+        f"{out}: line 3: conversation 'telegram:42' not imported: the conversation already "
+        "holds another turn at seq 1"
+    ) in result.output
+    assert "imported 2 new turns into 2 conversations (0 turns already present)" in result.output
+    assert "error: 1 conversation not imported" in result.output
+    assert _stored(env, target) == {
+        "telegram:41": ["telegram:41-0", "telegram:41-1"],
+        "telegram:42": ["new-0", "new-1"],
+    }
+
+
+def test_import_refuses_a_stored_conversation_that_is_longer_or_diverges(
+    env: dict[str, str], tmp_path: Path, ns: str
+) -> None:
+    _seed(_settings(env), ns, {"telegram:1": 3, "telegram:2": 2})
+    out = tmp_path / "export.jsonl"
+    assert _invoke(["export", "-n", ns, "-o", str(out)], env).exit_code == 0
+    target = ns + "live"
+    _seed(_settings(env), target, {"telegram:1": 2})  # the file's first 2 turns
+    _append(env, target, "telegram:1", _agent_turns("other", 1))  # then another third
+    _append(env, target, "telegram:2", _agent_turns("long", 4))  # longer than the file
+    result = _invoke(["import", str(out), "--into", target, "--json"], env)
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report == {
+        "conversations": 2,
+        "turns_written": 0,
+        "turns_present": 0,
+        "rejected": [
+            "line 3: conversation 'telegram:1' not imported: the conversation already holds "
+            "another turn at seq 3",
+            "line 4: conversation 'telegram:2' not imported: the conversation already holds "
+            "another turn at seq 1",
+        ],
+    }
+    assert _stored(env, target) == {
+        "telegram:1": ["telegram:1-0", "telegram:1-1", "other-0"],
+        "telegram:2": ["long-0", "long-1", "long-2", "long-3"],
+    }
+
+
+def test_import_without_ids_compares_role_and_content(
+    env: dict[str, str], tmp_path: Path, ns: str
+) -> None:
+    def line(seq: int, content: str) -> str:
+        role = "user" if seq % 2 else "assistant"
+        return json.dumps(
+            {
+                "namespace": [ns],
+                "key": "telegram:7",
+                "seq": seq,
+                "role": role,
+                "content": content,
+                "id": None,
+            }
+        )
+
+    same = tmp_path / "same.jsonl"
+    same.write_text(line(1, "hi") + "\n" + line(2, "hello") + "\n")
+    first = _invoke(["import", str(same)], env)
+    assert first.exit_code == 0, first.output
+    again = _invoke(["import", str(same)], env)
+    assert again.exit_code == 0, again.output
+    assert "imported 0 new turns into 1 conversation (2 turns already present)" in again.output
+    other = tmp_path / "other.jsonl"
+    other.write_text(line(1, "hi") + "\n" + line(2, "bye") + "\n" + line(3, "more") + "\n")
+    refused = _invoke(["import", str(other)], env)
+    assert refused.exit_code == 1, refused.output
+    assert (
+        "line 2: conversation 'telegram:7' not imported: the conversation already holds another turn at seq 2"
+        in refused.output
+    )
+    with create_graph_store_sync(_settings(env)) as store:
+        stored = ChatHistory(store, namespace=(ns,)).read("telegram:7")
+        assert [(t.seq, t.content) for t in stored] == [(1, "hi"), (2, "hello")]
+
+
+def test_migrate_never_writes_into_a_conversation_holding_other_turns(
+    env: dict[str, str], tmp_path: Path, ns: str
+) -> None:
+    _seed(_settings(env), ns, {"telegram:41": 2, "telegram:42": 6})
+    target_env = {**env, "ORCHEO_GRAPH_STORE_SQLITE_PATH": str(tmp_path / "target.sqlite")}
+    _append(target_env, ns, "telegram:42", _agent_turns("new", 2))
+    args = [
+        "migrate", "--from-backend", "sqlite", "--to-backend", "sqlite",
+        "--to-sqlite-path", target_env["ORCHEO_GRAPH_STORE_SQLITE_PATH"], "-n", ns, "--json",
+    ]  # fmt: skip
+    result = _invoke(args, env)
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["turns_copied"] == 2 and report["mismatches"] == ["telegram:42"]
+    assert report["problems"] == {
+        "telegram:42": "the conversation already holds another turn at seq 1"
+    }
+    assert _stored(target_env, ns) == {
+        "telegram:41": ["telegram:41-0", "telegram:41-1"],
+        "telegram:42": ["new-0", "new-1"],
+    }
+    again = _invoke(args, env)
+    assert again.exit_code == 1 and json.loads(again.stdout)["turns_copied"] == 0

@@ -141,7 +141,7 @@ def test_migration_resumes_and_reports_what_it_cannot_copy(tmp_path: Path) -> No
     assert "migrated 5 conversations, 2 turns copied; verification: MISMATCH" in result.output
     assert "telegram:bad: not a legacy history item (no 'messages' list)" in result.output
     assert "telegram:odd: message 0: content must be a string" in result.output
-    assert "telegram:taken: the copy differs from the source" in result.output
+    assert "telegram:taken: the conversation already holds another turn at seq 1" in result.output
     assert "verification failed for 3 conversations" in result.output
     with create_graph_store_sync(settings) as store:
         target = ChatHistory(store)

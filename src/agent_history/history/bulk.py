@@ -5,9 +5,10 @@ Like `steps`, each procedure yields `Get` / `Put` requests and is run by a drive
 the conversation's transaction, so what it checks still holds when it writes:
 
 - `import_steps` writes turns at the sequence numbers they carry. Turns the conversation
-  already holds (by seq) are skipped, so an import or a migration can be run again, or by
-  two processes at once, without a duplicate; a gap or an id stored elsewhere in the
-  conversation refuses the whole batch.
+  already holds (the same turn at the same seq) are skipped, so an import or a migration
+  can be run again, or by two processes at once, without a duplicate; a gap, another turn
+  stored at one of the seqs, or an id stored elsewhere in the conversation refuses the
+  whole batch.
 - `delete_if_idle_steps` deletes a conversation only if its newest write is older than a
   cutoff when it is read under the lock, so a turn appended after a retention listing is
   never deleted with it.
@@ -27,6 +28,7 @@ from agent_history.history.layout import (
     PendingTurn,
     chunk_index,
     chunk_key,
+    collect_records,
     msgid_key,
     plan_append,
 )
@@ -42,15 +44,23 @@ __all__ = [
     "import_steps",
     "imported_turn",
     "is_idle",
+    "same_turn",
 ]
 
 _IDS_PER_READ = 500
+_CHUNKS_PER_READ = 64
 _ITEMS_PER_WRITE = 1_000
 
 
 class ImportConflict(AgentHistoryError, ValueError):
     """The conversation cannot take the imported turns at their sequence numbers (a gap,
-    or an id the conversation already holds at another position); nothing was written."""
+    another turn already stored at one of their seqs, or an id the conversation already
+    holds at another position); nothing was written."""
+
+    def __init__(self, message: str, seq: int | None = None) -> None:
+        super().__init__(message)
+        self.seq = seq
+        """The imported turn's seq the conflict is about, when it is about one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +124,54 @@ class ImportResult:
     """Turns in the conversation afterwards."""
 
 
+def same_turn(stored: Turn, turn: ImportedTurn) -> bool:
+    """Whether a stored turn is the one being imported at its seq: the same id and role
+    when either has an id, else the same role and content."""
+    if stored.id is not None or turn.id is not None:
+        return stored.id == turn.id and stored.role == turn.role
+    return stored.role == turn.role and stored.content == turn.content
+
+
+def _check_overlap(
+    head: dict[str, Any],
+    found: dict[str, Any],
+    pending: Sequence[ImportedTurn],
+    first_seq: int,
+    last_seq: int,
+    value_field: str,
+) -> Steps[None]:
+    """Raise `ImportConflict` unless the stored turns ``first_seq..last_seq`` are the
+    imported ones at those seqs (`same_turn`): only then are they "already present"."""
+    size = int(head["chunk_size"])
+    indexes = range(chunk_index(first_seq, size), chunk_index(last_seq, size) + 1)
+    keys = [chunk_key(i) for i in indexes]
+    seen = first_seq - 1
+    for start in range(0, len(keys), _CHUNKS_PER_READ):
+        batch = tuple(keys[start : start + _CHUNKS_PER_READ])
+        missing = tuple(k for k in batch if k not in found)
+        chunks = dict(found)
+        if missing:
+            chunks.update((yield Get(missing)))
+        for seq, record in collect_records((chunks.get(k) for k in batch), first_seq, last_seq):
+            if seq <= seen:
+                continue
+            try:
+                stored = Turn.from_record(record, value_field)
+            except Exception:  # an unreadable record is not the imported turn
+                stored = None
+            turn = pending[seq - first_seq]
+            if seq != seen + 1 or stored is None or not same_turn(stored, turn):
+                where = seen + 1 if seq != seen + 1 else seq
+                raise ImportConflict(
+                    f"the conversation already holds another turn at seq {where}", seq=where
+                )
+            seen = seq
+    if seen != last_seq:
+        raise ImportConflict(
+            f"the conversation already holds another turn at seq {seen + 1}", seq=seen + 1
+        )
+
+
 def _later(first: str | None, second: str | None) -> str | None:
     """The later of two ISO times (either may be missing or unparsable)."""
     if not (first and second):
@@ -134,14 +192,16 @@ def import_steps(
 ) -> Steps[ImportResult]:
     """Write ``pending`` as turns ``first_seq, first_seq + 1, ...``. Run atomically.
 
-    Turns whose seq the conversation already holds are skipped (idempotent by seq); the
-    rest must continue the conversation exactly, and none of their ids may be stored in
-    it already. The head keeps the source's times (its newest turn's ``ts``), so
-    retention sees the conversation's real age.
+    Turns the conversation already holds at their seq are skipped (idempotent), when the
+    stored turn is the imported one (`same_turn`); the rest must continue the
+    conversation exactly, and none of their ids may be stored in it already. The head
+    keeps the source's times (its newest turn's ``ts``), so retention sees the
+    conversation's real age.
 
     Raises:
-        ImportConflict: the conversation holds fewer turns than ``first_seq - 1``, or one
-            of the new turns' ids is stored at another position. Nothing is written.
+        ImportConflict: the conversation holds fewer turns than ``first_seq - 1``,
+            another turn at one of the seqs (``seq`` names the first), or one of the new
+            turns' ids at another position. Nothing is written.
     """
     if first_seq < 1:
         raise ImportConflict(f"sequence numbers start at 1 (got {first_seq})")
@@ -149,12 +209,14 @@ def import_steps(
     head = found.get(HEAD_KEY)
     last_seq = int(head["last_seq"]) if head else 0
     end = first_seq + len(pending) - 1
-    if last_seq >= end:
-        return ImportResult(0, len(pending), last_seq)
     if last_seq < first_seq - 1:
         raise ImportConflict(
             f"the conversation holds {last_seq} turns; these turns start at seq {first_seq}"
         )
+    if head is not None and last_seq >= first_seq:
+        yield from _check_overlap(head, found, pending, first_seq, min(last_seq, end), value_field)
+    if last_seq >= end:
+        return ImportResult(0, len(pending), last_seq)
     fresh = list(pending[last_seq - first_seq + 1 :])
     ids = [t.id for t in fresh if t.id is not None]
     if len(set(ids)) != len(ids):
