@@ -319,3 +319,45 @@ def test_migrate_never_writes_into_a_conversation_holding_other_turns(
     }
     again = _invoke(args, env)
     assert again.exit_code == 1 and json.loads(again.stdout)["turns_copied"] == 0
+
+
+# --- a missing SQLite source is never created -------------------------------------------
+
+
+def test_migrate_from_a_missing_sqlite_file_fails_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "missing.sqlite"
+    target = tmp_path / "target.sqlite"
+    env = {"ORCHEO_GRAPH_STORE_SQLITE_PATH": str(tmp_path / "configured.sqlite")}
+    args = ["migrate", "--from-backend", "sqlite", "--to-backend", "sqlite"]
+    result = _invoke(
+        [*args, "--from-sqlite-path", str(missing), "--to-sqlite-path", str(target)], env
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"error: --from-sqlite-path: {missing} does not exist (a store only read is never created)\n"
+    )
+    from_env = _invoke([*args, "--to-sqlite-path", str(target)], env)
+    assert from_env.exit_code == 2, from_env.output
+    assert from_env.output == (
+        f"error: ORCHEO_GRAPH_STORE_SQLITE_PATH: {tmp_path / 'configured.sqlite'} does not exist "
+        "(a store only read is never created)\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args", [["stats"], ["show", "telegram:1"], ["export", "-o", "OUT"]], ids=lambda a: a[0]
+)
+def test_read_only_commands_on_a_missing_sqlite_file_fail_and_create_nothing(
+    args: list[str], tmp_path: Path
+) -> None:
+    store = tmp_path / "data" / "store.sqlite"
+    out = tmp_path / "out.jsonl"
+    env = {"ORCHEO_GRAPH_STORE_SQLITE_PATH": str(store)}
+    result = _invoke([str(out) if a == "OUT" else a for a in args], env)
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"error: ORCHEO_GRAPH_STORE_SQLITE_PATH: {store} does not exist "
+        "(a store only read is never created)\n"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -40,7 +40,7 @@ from agent_history.history.naming import validate_namespace
 from agent_history.keys import channel_of
 from agent_history.legacy import legacy_keys, migrate_legacy
 from agent_history.retention import PurgeReport, idle_conversations, purge_idle
-from agent_history.settings import Backend
+from agent_history.settings import Backend, HistorySettings, env_var
 from agent_history.transfer import (
     MigrationReport,
     export_jsonl,
@@ -63,6 +63,20 @@ def _namespace(value: str, option: str = "--namespace") -> tuple[str, ...]:
         return validate_namespace(value.split("."))
     except InvalidNamespace as exc:
         raise fail(f"{option}: {exc}", EXIT_CONFIG) from None
+
+
+def _require_existing(settings: HistorySettings, option: str | None = None) -> None:
+    """Exit 2 when the SQLite store a command only reads from does not exist: opening it
+    would create an empty database and report on nothing (a typo in the path looks like
+    an empty store). ``option`` names where the path was given (default: its variable)."""
+    if settings.graph_store_backend is not Backend.SQLITE:
+        return
+    path = settings.graph_store_sqlite_path
+    if not path.exists():
+        where = option or env_var("graph_store_sqlite_path")
+        raise fail(
+            f"{where}: {path} does not exist (a store only read is never created)", EXIT_CONFIG
+        )
 
 
 def _info(history: ChatHistory, key: str) -> ConversationInfo | None:
@@ -129,6 +143,7 @@ def export(
     if not to_stdout:
         _check_output(out)
     settings = load_settings()
+    _require_existing(settings)
     with open_store(settings) as store:
         history = ChatHistory(store, namespace=labels)
         if key:
@@ -354,6 +369,7 @@ def migrate(
     same = source_settings.describe() == target_settings.describe()
     if same and not from_legacy:
         raise fail("source and target are the same store", EXIT_CONFIG)
+    _require_existing(source_settings, "--from-sqlite-path" if from_sqlite_path else None)
     labels = _namespace(namespace)
     legacy_labels = _namespace(legacy_namespace, "--legacy-namespace")
     with ExitStack() as stack:
@@ -419,6 +435,7 @@ def _migration_summary(result: MigrationReport, as_json: bool) -> None:
 def stats(namespace: str = NamespaceOption, as_json: bool = typer.Option(False, "--json")) -> None:
     """Conversations, turns, the largest conversation, and counts per channel."""
     settings = load_settings()
+    _require_existing(settings)
     with open_store(settings) as store:
         history = ChatHistory(store, namespace=_namespace(namespace))
         per_channel: Counter[str] = Counter()
@@ -468,6 +485,7 @@ def show(
 ) -> None:
     """Print the newest turns of a conversation."""
     settings = load_settings()
+    _require_existing(settings)
     with open_store(settings) as store:
         history = ChatHistory(store, namespace=_namespace(namespace))
         info = _info(history, key)
