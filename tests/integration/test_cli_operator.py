@@ -361,3 +361,56 @@ def test_read_only_commands_on_a_missing_sqlite_file_fail_and_create_nothing(
         "(a store only read is never created)\n"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+# --- messages are printed as they are, never read as markup -----------------------------
+
+
+@pytest.mark.parametrize("key", ["telegram:a[/]b", "telegram:[red]x"])
+def test_error_messages_print_keys_that_look_like_markup_as_they_are(
+    key: str, env: dict[str, str], ns: str
+) -> None:
+    _seed(_settings(env), ns, {"telegram:1": 1})
+    for args in (
+        ["show", key, "-n", ns],
+        ["delete", key, "-n", ns, "--yes"],
+        ["export", "-n", ns, "-k", key],
+    ):
+        result = _invoke(args, env)
+        assert (result.exit_code, result.output) == (
+            1,
+            f"error: no conversation {key!r} in namespace {ns!r}\n",
+        ), args
+
+
+def test_error_messages_print_paths_that_look_like_markup_as_they_are(
+    env: dict[str, str], tmp_path: Path, ns: str
+) -> None:
+    relative = _invoke(["stats"], {**env, "ORCHEO_GRAPH_STORE_SQLITE_PATH": "data/[bold]x.db"})
+    assert (relative.exit_code, relative.output) == (
+        2,
+        "error: ORCHEO_GRAPH_STORE_SQLITE_PATH: must be an absolute path (got 'data/[bold]x.db')\n",
+    )
+    _seed(_settings(env), ns, {"telegram:1": 1})
+    out = tmp_path / "no[/]dir" / "x.jsonl"
+    result = _invoke(["export", "-n", ns, "-o", str(out)], env)
+    assert (result.exit_code, result.output) == (
+        2,
+        f"error: cannot write {out}: directory {out.parent} does not exist\n",
+    )
+    written = tmp_path / "[red]x.jsonl"
+    done = _invoke(["export", "-n", ns, "-o", str(written)], env)
+    assert done.exit_code == 0, done.output
+    assert f"exported 1 turn of 1 conversation to {written}\n" in done.output
+
+
+def test_doctor_prints_settings_that_look_like_markup_as_they_are(tmp_path: Path) -> None:
+    store = tmp_path / "[red]x.sqlite"
+    env = {
+        "ORCHEO_GRAPH_STORE_SQLITE_PATH": str(store),
+        "ORCHEO_CHECKPOINT_SQLITE_PATH": str(tmp_path / "[bold]ck.sqlite"),
+    }
+    result = _invoke(["doctor"], env)
+    assert result.exit_code == 0, result.output
+    assert f"'graph_store_sqlite_path': '{store}'" in result.output
+    assert f"'checkpoint_sqlite_path': '{tmp_path / '[bold]ck.sqlite'}'" in result.output

@@ -18,6 +18,7 @@ import psycopg
 import typer
 from langgraph.store.base import BaseStore
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from agent_history.errors import ConfigError, StoreUnavailable
@@ -109,8 +110,12 @@ def progress_bar(verb: str, *, disable: bool = False, unit: str = "") -> Progres
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    """Print a one-line reason on stderr and return the exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print a one-line reason on stderr and return the exit to raise.
+
+    ``message`` is printed as it is: keys, paths and DSNs may hold ``[...]``, which must
+    not be read as markup (it would change the text, or fail with another exit code).
+    """
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

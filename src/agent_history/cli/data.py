@@ -168,6 +168,7 @@ def export(
     err_console.print(
         f"exported {plural(turns, 'turn')} of {plural(conversations, 'conversation')}{where}",
         highlight=False,
+        markup=False,
     )
 
 
@@ -299,7 +300,9 @@ def import_(
         for problem in plan.errors:
             err_console.print(f"{file}: {problem}", highlight=False, markup=False)
         if plan.more_errors:
-            err_console.print(f"{file}: ... and {plural(plan.more_errors, 'more problem')}")
+            err_console.print(
+                f"{file}: ... and {plural(plan.more_errors, 'more problem')}", markup=False
+            )
         raise fail(f"{file} not imported: nothing was written", EXIT_CONFIG)
     for problem in report.rejected:
         err_console.print(f"{file}: {problem}", highlight=False, markup=False)
@@ -461,12 +464,12 @@ def stats(namespace: str = NamespaceOption, as_json: bool = typer.Option(False, 
     if as_json:
         console.print_json(json.dumps(summary))
         return
-    table = Table(title=f"history in {settings.graph_store_backend.value} / {namespace}")
+    table = Table(title=f"history in {settings.graph_store_backend.value} / {escape(namespace)}")
     table.add_column("channel")
     table.add_column("conversations", justify="right")
     table.add_column("turns", justify="right")
     for channel, numbers in summary["channels"].items():
-        table.add_row(channel, str(numbers["conversations"]), str(numbers["turns"]))
+        table.add_row(escape(channel), str(numbers["conversations"]), str(numbers["turns"]))
     table.add_row("[bold]total", str(summary["conversations"]), str(total))
     console.print(table)
     if largest:

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from agent_history.cli.app import EXIT_CHECK_FAILED, EXIT_CONFIG, app, console, fail, open_store
 from agent_history.cli.app import load_settings as _load_settings
@@ -66,7 +67,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         console.print_json(json.dumps(report))
         return
     for name, value in report.items():
-        console.print(f"[bold]{name}[/]: {value}", highlight=False)
+        console.print(f"[bold]{name}[/]: {escape(str(value))}", highlight=False)
     console.print("[green]ok[/]: configuration valid, store reachable, probe round-tripped")
 
 
