@@ -414,3 +414,24 @@ def test_doctor_prints_settings_that_look_like_markup_as_they_are(tmp_path: Path
     assert result.exit_code == 0, result.output
     assert f"'graph_store_sqlite_path': '{store}'" in result.output
     assert f"'checkpoint_sqlite_path': '{tmp_path / '[bold]ck.sqlite'}'" in result.output
+
+
+# --- migrate path errors name the option ------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--from-sqlite-path", "--to-sqlite-path"])
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("rel.sqlite", "must be an absolute path (got 'rel.sqlite')"),
+        ("~/x.sqlite", "must be an absolute path; '~' is not expanded (got '~/x.sqlite')"),
+    ],
+)
+def test_a_relative_migrate_path_is_reported_under_its_option(
+    option: str, value: str, problem: str, tmp_path: Path
+) -> None:
+    env = {"ORCHEO_GRAPH_STORE_SQLITE_PATH": str(tmp_path / "store.sqlite")}
+    args = ["migrate", "--from-backend", "sqlite", "--to-backend", "sqlite", option, value]
+    result = _invoke(args, env)
+    assert (result.exit_code, result.output) == (2, f"error: {option}: {problem}\n")
+    assert list(tmp_path.iterdir()) == []

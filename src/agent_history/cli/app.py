@@ -8,7 +8,7 @@ import logging
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from agent_history.errors import ConfigError, StoreUnavailable
 from agent_history.redaction import safe_error_text
-from agent_history.settings import HistorySettings
+from agent_history.settings import HistorySettings, env_var
 from agent_history.stores import create_graph_store_sync
 
 __all__ = [
@@ -119,12 +119,19 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def load_settings(**overrides: object) -> HistorySettings:
-    """Settings from the environment (plus overrides), exiting with code 2 when invalid."""
+def load_settings(named: Mapping[str, str] | None = None, **overrides: object) -> HistorySettings:
+    """Settings from the environment (plus overrides), exiting with code 2 when invalid.
+
+    ``named`` maps an overridden field to the option that gave it, so that an invalid
+    value is reported under that option rather than under the field's variable.
+    """
+    values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     try:
-        values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
         return HistorySettings(**values)
     except ConfigError as exc:
+        for field, option in (named or {}).items():
+            if field in values and exc.variable == env_var(field):
+                raise fail(f"{option}: {exc.problem}", EXIT_CONFIG) from None
         raise fail(str(exc), EXIT_CONFIG) from None
 
 

@@ -362,10 +362,12 @@ def migrate(
     if not from_legacy and (from_backend is None or to_backend is None):
         raise fail("give --from-backend and --to-backend, or --from-legacy", EXIT_CONFIG)
     source_settings = load_settings(
+        {"graph_store_sqlite_path": "--from-sqlite-path"},
         graph_store_backend=from_backend.value if from_backend else None,
         graph_store_sqlite_path=from_sqlite_path,
     )
     target_settings = load_settings(
+        {"graph_store_sqlite_path": "--to-sqlite-path"},
         graph_store_backend=to_backend.value if to_backend else None,
         graph_store_sqlite_path=to_sqlite_path,
     )
