@@ -8,6 +8,7 @@ anything else is an invalid file, which keeps the last good flags in force.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -16,7 +17,14 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic import StringConstraints as Constraints
 
 from agent_history import observability as obs
@@ -122,8 +130,20 @@ class FlagsFileSchema(_Strict):
             raise ValueError("node names must be strings")
         return [name for name in value if name.strip()]
 
+    @model_validator(mode="after")
+    def _one_mode_per_node(self) -> FlagsFileSchema:
+        for name, flags in self.nodes.items():
+            short = self.node_modes.get(name)
+            if flags.mode is not None and short is not None and short != flags.mode:
+                raise ValueError(
+                    f"node {name[:60]!r} has two modes: node_modes ({short.value}) and "
+                    f"nodes.mode ({flags.mode.value})"
+                )
+        return self
+
     def modes_by_node(self) -> dict[str, HistoryMode]:
-        """``node_modes`` and ``nodes.<name>.mode`` together (the latter wins)."""
+        """``node_modes`` and ``nodes.<name>.mode`` together (they agree: a file giving a
+        node two different modes is invalid)."""
         modes = dict(self.node_modes)
         modes.update({name: f.mode for name, f in self.nodes.items() if f.mode is not None})
         return modes
@@ -136,6 +156,9 @@ def parse_flags(path: str, data: bytes) -> FlagsFileSchema:
             content: Any = tomllib.loads(data.decode("utf-8"))
         else:
             content = orjson.loads(data)
+            _refuse_duplicate_keys(data)  # TOML refuses them itself
+    except FlagsFileError:
+        raise
     except RecursionError:
         raise FlagsFileError("nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -150,6 +173,22 @@ def parse_flags(path: str, data: bytes) -> FlagsFileSchema:
         raise FlagsFileError(validation_problem(exc)) from None
     except RecursionError:
         raise FlagsFileError("nested too deeply") from None
+
+
+def _refuse_duplicate_keys(data: bytes) -> None:
+    """Raise `FlagsFileError` naming the first key an object of the (valid) JSON repeats:
+    strict JSON has no "last one wins", and a switch added above an old line must not be
+    silently overridden by it."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                raise FlagsFileError(f"not valid JSON: key {key[:60]!r} appears twice in an object")
+            seen.add(key)
+        return dict(items)
+
+    json.loads(data, object_pairs_hook=pairs)
 
 
 def read_flags_file(path: str) -> FlagsFileSchema:

@@ -435,3 +435,40 @@ def test_a_relative_migrate_path_is_reported_under_its_option(
     result = _invoke(args, env)
     assert (result.exit_code, result.output) == (2, f"error: {option}: {problem}\n")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- a flags file is strict JSON: no repeated key ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        (
+            "flags.json",
+            '{"mode": "off",\n "mode": "read_write"}',
+            "not valid JSON: key 'mode' appears twice in an object",
+        ),
+        (
+            "flags.json",
+            '{"nodes": {"agent": {"mode": "off", "mode": "shadow"}}}',
+            "not valid JSON: key 'mode' appears twice in an object",
+        ),
+        (
+            "flags.json",
+            '{"nodes": {"agent": {"mode": "off"}}, "node_modes": {"agent": "read_write"}}',
+            "node 'agent' has two modes: node_modes (read_write) and nodes.mode (off)",
+        ),
+        ("flags.toml", 'mode = "off"\nmode = "read_write"\n', "not valid TOML"),
+    ],
+    ids=["top level", "nested", "two spellings", "toml"],
+)
+def test_doctor_refuses_a_flags_file_that_gives_a_switch_twice(
+    name: str, content: str, problem: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    flags = tmp_path / name
+    flags.write_text(content)
+    result = _invoke(["doctor"], {**env, "ORCHEO_GRAPH_CHAT_HISTORY_FLAGS_FILE": str(flags)})
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: ORCHEO_GRAPH_CHAT_HISTORY_FLAGS_FILE: {flags}: ")
+    assert problem in result.output
+    assert len(result.output.splitlines()) == 1
