@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -472,3 +474,59 @@ def test_doctor_refuses_a_flags_file_that_gives_a_switch_twice(
     assert result.output.startswith(f"error: ORCHEO_GRAPH_CHAT_HISTORY_FLAGS_FILE: {flags}: ")
     assert problem in result.output
     assert len(result.output.splitlines()) == 1
+
+
+# --- stdout: a reader that goes away, a locale that is not UTF-8 ------------------------
+
+
+def _cli(args: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    full = {**os.environ, **env}
+    full.pop("AGENT_HISTORY_DEBUG", None)
+    return subprocess.Popen([sys.executable, "-m", "agent_history.cli", *args], env=full, **kwargs)
+
+
+def test_export_into_a_pipe_closed_early_exits_quietly_with_141(
+    env: dict[str, str], ns: str
+) -> None:
+    big = "é✓ " * 300  # about 2 MB in all: far more than a pipe holds
+    _append(env, ns, "telegram:1", [{"role": "user", "content": big}] * 2000)
+    process = _cli(["export", "-n", ns], env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    first = json.loads(process.stdout.readline())
+    process.stdout.close()  # `| head -1`
+    errors = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141
+    assert (first["key"], first["seq"]) == ("telegram:1", 1)
+    assert "error" not in errors and "Traceback" not in errors and "Exception" not in errors
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "ascii"])
+def test_export_and_show_write_utf8_whatever_the_locale(
+    encoding: str, env: dict[str, str], tmp_path: Path, ns: str
+) -> None:
+    _append(env, ns, "telegram:1", [{"role": "user", "content": "snow ☃ café 😀 中文"}])
+    expected = _export_text(env, ns, tmp_path)
+    locale = {"PYTHONIOENCODING": encoding, "LC_ALL": "C", "LANG": "C"}
+    exported = _cli(
+        ["export", "-n", ns], {**env, **locale}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = exported.communicate(timeout=120)
+    assert exported.returncode == 0, err.decode(errors="replace")
+    assert out == expected
+    shown = _cli(
+        ["show", "telegram:1", "-n", ns],
+        {**env, **locale},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = shown.communicate(timeout=120)
+    assert shown.returncode == 0, err.decode(errors="replace")
+    assert out.decode("utf-8").splitlines()[-1].split() == [
+        "1",
+        "user",
+        "snow",
+        "☃",
+        "café",
+        "😀",
+        "中文",
+    ]

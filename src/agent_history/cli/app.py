@@ -3,7 +3,9 @@ into a one-line message and an exit code (never a traceback)."""
 
 from __future__ import annotations
 
+import codecs
 import functools
+import io
 import logging
 import os
 import sqlite3
@@ -27,6 +29,7 @@ from agent_history.settings import HistorySettings, env_var
 from agent_history.stores import create_graph_store_sync
 
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_CHECK_FAILED",
     "EXIT_CONFIG",
     "EXIT_OK",
@@ -45,6 +48,9 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_STORE = 3
+EXIT_BROKEN_PIPE = 141
+"""stdout was closed by its reader (``export | head``): the status of a Unix filter
+stopped by SIGPIPE (128 + 13), without a message."""
 
 app = typer.Typer(
     help="Durable chat history for LangGraph agents: demo and operations.",
@@ -89,11 +95,34 @@ def _configure_logging(
     """Durable chat history for LangGraph agents: demo and operations."""
     # Warnings from the library go to stderr, one line each, in order with the output.
     # The level is the handler's: the library logger's own level stays the caller's.
+    _utf8_stdout()
     library = logging.getLogger("agent_history")
     if not any(isinstance(h, _StderrHandler) for h in library.handlers):
         handler = _StderrHandler(logging.WARNING)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         library.addHandler(handler)
+
+
+def _utf8_stdout() -> None:
+    """Write stdout as UTF-8 whatever the locale: exports are UTF-8 by definition, and
+    a key or message in another script must not end a command in UnicodeEncodeError."""
+    stream = sys.stdout
+    if isinstance(stream, io.TextIOWrapper) and codecs.lookup(stream.encoding).name != "utf-8":
+        stream.reconfigure(encoding="utf-8")
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null after its reader went away, so that the interpreter's
+    last flush cannot fail again (and print a second error)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests, notebooks)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def plural(count: int, noun: str, plural_noun: str | None = None) -> str:
@@ -164,9 +193,14 @@ def guarded(command: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(command)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
+            sys.stdout.flush()  # a reader gone away shows here, not at interpreter exit
+            return result
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
+        except BrokenPipeError:
+            _quiet_stdout()
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except Exception as exc:
             if os.environ.get(DEBUG_VAR, "").strip() not in ("", "0"):
                 raise
