@@ -13,12 +13,14 @@ from typing import Any
 from langgraph.graph import START, StateGraph
 from langgraph.store.base import BaseStore
 
+from agent_history.errors import AgentHistoryError
 from agent_history.history import ChatHistory
 from agent_history.node import REPORT_LISTENERS, AgentNode, AgentState, HistoryReport
 from agent_history.offline_model import RecordingChatModel
 
 __all__ = [
     "SCRATCH_PREFIX",
+    "NotAGraph",
     "ReplayCheck",
     "ReplayReport",
     "load_graph",
@@ -54,6 +56,10 @@ def reference_graph(
     return builder.compile(store=store)
 
 
+class NotAGraph(AgentHistoryError, TypeError):
+    """What ``--graph`` names is neither a graph nor a factory that builds one."""
+
+
 def load_graph(spec: str) -> Callable[[BaseStore], Any]:
     """Load ``module:attribute``: a compiled graph, a `StateGraph`, or a callable taking
     the store and returning a compiled graph."""
@@ -67,7 +73,7 @@ def load_graph(spec: str) -> Callable[[BaseStore], Any]:
         return lambda store: target
     if callable(target):
         return target  # type: ignore[no-any-return]
-    raise TypeError(f"{spec} is neither a graph nor a graph factory")
+    raise NotAGraph(f"{spec} is neither a graph nor a graph factory")
 
 
 def read_records(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
@@ -128,9 +134,10 @@ def replay(
     durability check looks (a ``graph_factory``'s graph must store there too).
     """
     graph = (
-        graph_factory
-        or (lambda s: reference_graph(s, max_messages=max_messages, namespace=namespace))
-    )(store)
+        _built(graph_factory, store)
+        if graph_factory is not None
+        else reference_graph(store, max_messages=max_messages, namespace=namespace)
+    )
     report = ReplayReport()
     REPORT_LISTENERS.append(report.reports.append)
     try:
@@ -149,7 +156,28 @@ def replay(
     return report
 
 
+def _built(factory: Callable[[BaseStore], Any], store: BaseStore) -> Any:
+    """The graph ``factory`` builds for ``store``.
+
+    Raises:
+        NotAGraph: the factory failed, or what it returned cannot be invoked.
+    """
+    try:
+        graph = factory(store)
+    except Exception as exc:
+        raise NotAGraph(
+            f"it is not a graph, and calling it with the store failed ({type(exc).__name__})"
+        ) from None
+    if not callable(getattr(graph, "invoke", None)):
+        raise NotAGraph(
+            f"calling it with the store returned {type(graph).__name__}, not a compiled graph"
+        )
+    return graph
+
+
 def _check(report: ReplayReport, store: BaseStore, namespace: Sequence[str]) -> None:
+    if report.runs == 0:  # every check below would hold on nothing
+        report.checks.append(ReplayCheck("callbacks replayed", False, "the file holds none"))
     by_key: dict[str, list[HistoryReport]] = defaultdict(list)
     for item in report.reports:
         if item.key:

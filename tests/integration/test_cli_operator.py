@@ -530,3 +530,35 @@ def test_export_and_show_write_utf8_whatever_the_locale(
         "😀",
         "中文",
     ]
+
+
+# --- replay: something that is not a graph, a file without callbacks -------------------
+
+CALLBACKS = Path(__file__).resolve().parents[2] / "docs" / "examples" / "callbacks.jsonl"
+
+
+def test_replay_with_a_graph_option_naming_no_graph_is_a_usage_error(env: dict[str, str]) -> None:
+    result = _invoke(["replay", str(CALLBACKS), "--graph", "json:loads", "-n", "x"], env)
+    assert (result.exit_code, result.output) == (
+        2,
+        "error: --graph json:loads: it is not a graph, and calling it with the store failed "
+        "(TypeError)\n",
+    )
+    assert _stored(env, "x") == {}
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"], ids=["empty", "blank lines"])
+def test_replay_of_a_file_without_callbacks_fails_its_check(
+    content: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    empty = tmp_path / "none.jsonl"
+    empty.write_text(content)
+    result = _invoke(["replay", str(empty), "--json"], env)
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert (report["runs"], report["ok"]) == (0, False)
+    assert report["checks"][0] == {
+        "name": "callbacks replayed",
+        "ok": False,
+        "detail": "the file holds none",
+    }

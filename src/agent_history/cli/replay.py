@@ -21,7 +21,7 @@ from agent_history.cli.app import (
     plural,
 )
 from agent_history.history import ChatHistory
-from agent_history.replay import load_graph, read_records, scratch_namespace
+from agent_history.replay import NotAGraph, load_graph, read_records, scratch_namespace
 from agent_history.replay import replay as run_replay
 
 __all__ = ["replay"]
@@ -76,6 +76,8 @@ def replay(
             report = run_replay(
                 records, store, factory, max_messages=max_messages, namespace=labels
             )
+        except NotAGraph as exc:
+            raise fail(f"--graph {graph}: {exc}", EXIT_CONFIG) from None
         finally:
             if scratch and not keep:
                 history = ChatHistory(store, namespace=labels)
