@@ -309,8 +309,8 @@ class HistoryPass(SummaryUpdates):
             self._fallback("legacy_read_failed", obs.describe_error(value))
             return
         self._legacy = list(value)
-        newest = self._legacy[-self.options.max_messages :]
-        self.stored = self.history.to_messages(newest, self.key)
+        # The legacy turns keep their seqs when they seed the log (`_seed_from_legacy`).
+        self._took_turns(self._legacy[-self.options.max_messages :])
 
     def _seed_from_legacy(self, budget: float) -> Generator[Step, Any, bool]:
         """Write the legacy turns into the log before the first exchange (idempotent by
@@ -338,7 +338,12 @@ class HistoryPass(SummaryUpdates):
         assert self.history is not None
         self.summary = read.summary
         self.last_seq = read.last_seq
-        for turn in read.turns:
+        self._took_turns(read.turns)
+
+    def _took_turns(self, turns: Sequence[Turn]) -> None:
+        """Add stored turns to the window read, each message with its seq."""
+        assert self.history is not None
+        for turn in turns:
             for message in self.history.to_messages([turn], self.key):
                 self.stored.append(message)
                 self._seq_of[id(message)] = turn.seq
@@ -476,6 +481,11 @@ class HistoryPass(SummaryUpdates):
                 )
                 stored = value if ok else stored
             pending = pending[exchange_overlap(stored, pending) :]
+            if not pending:
+                # All of it is stored already: a re-delivery, which stores nothing (nor
+                # a summary: its window is not the conversation's).
+                self.redelivered = True
+                return False
         if not pending:
             return True
         if self._legacy and not (yield from self._seed_from_legacy(budgets.write_timeout_seconds)):

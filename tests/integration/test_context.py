@@ -389,6 +389,74 @@ def test_a_reset_command_clears_the_summary() -> None:
     assert "User: m" not in transcripts and "User: new 0" in transcripts
 
 
+def test_a_reset_before_any_summary_summarises_nothing_from_before_it() -> None:
+    """No summary yet: the reset pass must not summarise the turns it resets (they would
+    come back as the summary), nor may a re-delivered reset show them."""
+    store, chat = InMemoryStore(), _chat()
+    model, summariser, reports = RecordingChatModel(), FixedSummariser(text="LEAK"), []
+    node = _node(model, reports, summary_model=summariser, summary_every=2,
+                 reset_command="/reset")  # fmt: skip
+    graph = build_graph(node, store)
+    for number, text in enumerate(["my card is 4111", "my pin is 1234", "/reset"], start=1):
+        graph.invoke(telegram_callback(chat, text, number), new_thread())
+    assert summariser.calls == []
+    assert reports[-1].summary_outcome == "cleared"
+    summary = ChatHistory(store).summary(f"telegram:{chat}")
+    assert summary is not None and (summary.text, summary.covers_seq) == ("", 4)
+
+    graph.invoke(telegram_callback(chat, "/reset", 3), new_thread())  # re-delivered
+    assert _texts(model.calls[-1]) == [SYSTEM, "/reset"]
+    graph.invoke(telegram_callback(chat, "hello", 4), new_thread())
+    assert _texts(model.calls[-1]) == [SYSTEM, "echo: /reset", "hello"]
+    assert summariser.calls == []
+
+
+def test_legacy_turns_that_still_fit_the_window_are_not_summarised() -> None:
+    """A conversation read from its legacy item: its turns keep their place in the log,
+    so the summary covers only what the next window will not hold."""
+    store, chat = InMemoryStore(), _chat()
+    old = [
+        {"role": "user", "content": "my name is Ana"},
+        {"role": "assistant", "content": "hi Ana"},
+        {"role": "user", "content": "I live in Porto"},
+        {"role": "assistant", "content": "nice"},
+    ]
+    store.put(("agent_chat_history",), f"telegram:{chat}", {"version": 2, "messages": old})
+    model, summariser, reports = RecordingChatModel(), FixedSummariser(), []
+    node = _node(model, reports, summary_model=summariser, summary_every=2,
+                 history_read_legacy=True)  # fmt: skip
+    graph = build_graph(node, store)
+    for number, text in enumerate(["x", "y"], start=1):
+        graph.invoke(telegram_callback(chat, text, number), new_thread())
+
+    assert summariser.calls == []
+    assert ChatHistory(store).summary(f"telegram:{chat}") is None
+    assert _texts(model.calls[-1]) == [
+        SYSTEM, "my name is Ana", "hi Ana", "I live in Porto", "nice", "x", "echo: x", "y"
+    ]  # fmt: skip
+
+
+def test_a_repeated_reset_without_ids_on_a_stable_thread_is_stored_once() -> None:
+    """Without ids the second "/reset" is a re-delivery by content: it stores nothing,
+    and moves no summary, so the next pass still reads a short window of the log."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    store, chat = InMemoryStore(), _chat()
+    model, reads, reports = RecordingChatModel(), [], []
+    node = _node(model, reports, max_messages=4, summary_model=FixedSummariser(),
+                 summary_every=2, reset_command="/reset")  # fmt: skip
+    graph = build_graph(node, store, InMemorySaver())
+    config = {"configurable": {"thread_id": f"chat-{chat}"}}
+    for text in ["a", "b", "/reset", "/reset", "c"]:
+        graph.invoke(telegram_callback(chat, text), config)
+        reads.append(reports[-1].stored_read)
+
+    stored = ChatHistory(store).to_messages(list(ChatHistory(store).read(f"telegram:{chat}")))
+    assert _texts(stored) == ["a", "echo: a", "b", "echo: b", "/reset", "echo: /reset", "c", "echo: c"]  # fmt: skip
+    assert reports[3].redelivered and reports[3].summary_outcome == ""
+    assert reads[4] <= 4, "the pass after the repeat reads a window, not the log"
+
+
 # --- which model summarises ---------------------------------------------------------------------
 
 

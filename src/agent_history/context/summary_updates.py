@@ -84,8 +84,11 @@ class SummaryUpdates:
         write_budget = options.toggles.current().write_timeout_seconds
         shadow = not self.decision.payload_from_store
         summary = self.summary
-        if merged.dropped_by_reset and summary is not None and summary.text and not shadow:
-            yield from self._clear_summary(summary, upto, min(write_budget, _left(deadline)))
+        if merged.dropped_by_reset:
+            # What came before the reset is never summarised: the summary is cleared up to
+            # the window (even when there was none yet), so no later pass shows it again.
+            if not shadow:
+                yield from self._clear_summary(summary, upto, min(write_budget, _left(deadline)))
             return
         covers = summary.covers_seq if summary else 0
         if shadow:
@@ -147,14 +150,17 @@ class SummaryUpdates:
         return summary_request(text, after_reset, self.options.summary_prompt)
 
     def _clear_summary(
-        self, summary: Summary, upto: int, budget: float
+        self, summary: Summary | None, upto: int, budget: float
     ) -> Generator[Step, Any, None]:
         """A reset command is in the window: store an empty summary covering everything
         before the window, so what came before the reset is not shown again."""
         assert self.history is not None
-        if upto <= summary.covers_seq:
+        covers = summary.covers_seq if summary else 0
+        if upto <= covers and not (summary and summary.text):
             return
-        step = WriteSummary(self.history, self.key, "", upto, summary.version, None, 0, 0, budget)
+        version = summary.version if summary else 0
+        upto = max(upto, covers)
+        step = WriteSummary(self.history, self.key, "", upto, version, None, 0, 0, budget)
         ok, written = yield step
         if not ok:
             self._summary_failed("write_failed", written)
