@@ -8,6 +8,7 @@ closed on exit.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
@@ -117,8 +118,19 @@ def _cannot_lock(field: str, lock: str, exc: OSError, wait: float) -> ConfigErro
     return ConfigError(env_var(field), problem)
 
 
+def _check_lock_file(lock: str, field: str, wait: float) -> None:
+    """Create the lock file up front: filelock retries every error but EACCES and EROFS
+    until its timeout, so a lock file that cannot exist (ENOENT under /proc, ENOSPC, ...)
+    would be reported after the whole wait as held by another process."""
+    try:
+        os.close(os.open(lock, os.O_RDWR | os.O_CREAT, 0o644))
+    except OSError as exc:
+        raise _cannot_lock(field, lock, exc, wait) from None
+
+
 @contextmanager
 def _sqlite_setup_lock(lock: str, field: str, wait: float) -> Iterator[None]:
+    _check_lock_file(lock, field, wait)
     file_lock = FileLock(lock, timeout=wait)
     try:
         file_lock.acquire()
@@ -132,6 +144,7 @@ def _sqlite_setup_lock(lock: str, field: str, wait: float) -> Iterator[None]:
 
 @asynccontextmanager
 async def _async_sqlite_setup_lock(lock: str, field: str, wait: float) -> AsyncIterator[None]:
+    _check_lock_file(lock, field, wait)
     file_lock = AsyncFileLock(lock, timeout=wait)
     try:
         await file_lock.acquire()

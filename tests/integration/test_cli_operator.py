@@ -562,3 +562,22 @@ def test_replay_of_a_file_without_callbacks_fails_its_check(
         "ok": False,
         "detail": "the file holds none",
     }
+
+
+# --- a setup lock that cannot be created is reported at once ----------------------------
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_a_lock_file_that_cannot_be_created_is_reported_at_once_for_what_it_is(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "ORCHEO_GRAPH_STORE_SQLITE_PATH": "/proc/agent-history-x.sqlite",  # ENOENT, not EACCES
+        "ORCHEO_CHECKPOINT_SQLITE_PATH": str(tmp_path / "ck.sqlite"),
+    }
+    result = _invoke(["doctor"], env)
+    assert (result.exit_code, result.output) == (
+        2,
+        "error: ORCHEO_GRAPH_STORE_SQLITE_PATH: cannot create lock file "
+        "/proc/agent-history-x.sqlite.setup-lock: No such file or directory\n",
+    )
