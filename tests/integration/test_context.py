@@ -457,6 +457,45 @@ def test_a_repeated_reset_without_ids_on_a_stable_thread_is_stored_once() -> Non
     assert reads[4] <= 4, "the pass after the repeat reads a window, not the log"
 
 
+class _BigOnce(RecordingChatModel):
+    """Echoes, but answers "big" with more text than the whole token budget."""
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+        last = str(messages[-1].content)
+        return AIMessage("X" * 4000 if last == "big" else f"echo: {last}")
+
+
+@pytest.mark.parametrize("ids", [True, False])
+def test_an_answer_over_the_budget_keeps_the_next_read_bounded(ids: bool) -> None:
+    """On a stable thread, an exchange that alone fills the window must not let the
+    summary cover the whole log: the next pass would find nothing to match the thread
+    against, and take all of it for unstored (checking every message, or reading the
+    whole log to compare contents)."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from tests.support.counting_store import CountingStore
+
+    store, chat = CountingStore(InMemoryStore()), _chat()
+    model, reports = _BigOnce(), []
+    node = _node(model, reports, max_messages=6, max_tokens=300, summary_model=FixedSummariser(),
+                 summary_every=2)  # fmt: skip
+    graph = build_graph(node, store, InMemorySaver())
+    config = {"configurable": {"thread_id": f"chat-{chat}"}}
+    gets = []
+    texts = [*(f"m{i}" for i in range(60)), "big", "after", "again"]
+    for number, text in enumerate(texts):
+        before = store.ops["get"]
+        graph.invoke(telegram_callback(chat, text, number if ids else None), config)
+        gets.append(store.ops["get"] - before)
+
+    assert _texts(model.calls[-2]) == [SYSTEM, f"{HEADING}\nSUMMARY", "after"]
+    assert [r.appended for r in reports[-3:]] == [2, 2, 2]
+    assert reports[-2].duplicates == 0, "only the new exchange went to the append"
+    assert gets[-2] <= max(gets[50:60]), "no more reads than an ordinary pass"
+    stored = ChatHistory(store).to_messages(list(ChatHistory(store).read(f"telegram:{chat}")))
+    assert len(stored) == 2 * len(texts) and len({m.id for m in stored}) == len(stored)
+
+
 # --- which model summarises ---------------------------------------------------------------------
 
 

@@ -196,8 +196,12 @@ class SummaryUpdates:
         seqs = [seq for seq in map(self._seq_for, upcoming) if seq is not None]
         if seqs:
             return min(seqs) - 1
+        # Nothing stored fits the next window (this exchange fills it). The newest stored
+        # turn stays out of the summary all the same: the next read then finds it, and a
+        # stable thread is matched against the log by it instead of being taken whole for
+        # unstored (which would make the next pass read and check the whole log).
         known = [seq for seq in map(self._seq_for, conversation) if seq is not None]
-        return max(known, default=self.last_seq)
+        return max(known, default=self.last_seq + 1) - 1
 
     def _note_appended(self, pending: Sequence[BaseMessage], result: AppendResult) -> None:
         """Remember the seqs of what this pass appended (when the append stored all of it
