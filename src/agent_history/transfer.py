@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +43,7 @@ __all__ = [
     "ImportReport",
     "LineError",
     "MigrationReport",
+    "NotStrictJSON",
     "ParsedLine",
     "conversation_checksum",
     "copy_conversation",
@@ -80,13 +82,34 @@ def turn_to_json(key: str, turn: Turn, namespace: Sequence[str]) -> dict[str, An
     return line
 
 
+class NotStrictJSON(AgentHistoryError, ValueError):
+    """A stored turn holds a number JSON cannot represent (NaN or an infinity)."""
+
+
 def _dumps(line: dict[str, Any]) -> str:
-    text = json.dumps(line, ensure_ascii=False)
+    try:
+        text = json.dumps(line, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # Python would write NaN / Infinity, which no strict parser reads
+        raise NotStrictJSON(
+            f"conversation {_shown(line['key'])}, seq {line['seq']} holds NaN or an "
+            "infinity, which JSON cannot represent"
+        ) from None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: only an escape writes it exactly
-        text = json.dumps(line, ensure_ascii=True)
+        text = json.dumps(line, ensure_ascii=True, allow_nan=False)
     return text
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:24]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 class LineError(AgentHistoryError, ValueError):
@@ -188,11 +211,13 @@ def parse_line(number: int, raw: str) -> ParsedLine | None:
     if not raw.strip():
         return None
     try:
-        data = json.loads(raw.rstrip("\r\n"))
+        data = json.loads(raw.rstrip("\r\n"), parse_float=_finite, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise LineError(number, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
     except RecursionError:
         raise LineError(number, "invalid JSON (nested too deeply)") from None
+    except ValueError as exc:  # NaN, Infinity, 1e400: accepted by Python, not by JSON
+        raise LineError(number, f"invalid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise LineError(number, f"expected a JSON object, got {_json_kind(data)}")
     unknown = sorted(set(data) - _FIELDS)

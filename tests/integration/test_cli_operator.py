@@ -581,3 +581,52 @@ def test_a_lock_file_that_cannot_be_created_is_reported_at_once_for_what_it_is(
         "error: ORCHEO_GRAPH_STORE_SQLITE_PATH: cannot create lock file "
         "/proc/agent-history-x.sqlite.setup-lock: No such file or directory\n",
     )
+
+
+# --- JSON is strict both ways: no NaN, no infinity ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("NaN", "NaN is not a JSON value"),
+        ("-Infinity", "-Infinity is not a JSON value"),
+        ("1e400", "the number 1e400 is out of range"),
+    ],
+)
+def test_import_refuses_numbers_that_are_not_json(
+    value: str, problem: str, env: dict[str, str], tmp_path: Path, ns: str
+) -> None:
+    good = {"namespace": [ns], "key": "telegram:1", "seq": 1, "role": "user", "content": "hi"}
+    bad = (
+        f'{{"namespace": ["{ns}"], "key": "telegram:1", "seq": 2, "role": "assistant", '
+        f'"content": [{{"type": "text", "text": "x", "score": {value}}}]}}'
+    )
+    file = tmp_path / "in.jsonl"
+    file.write_text(json.dumps(good) + "\n" + bad + "\n")
+    result = _invoke(["import", str(file)], env)
+    assert result.exit_code == 2, result.output
+    assert f"{file}: line 2: invalid JSON ({problem})\n" in result.output
+    assert f"error: {file} not imported: nothing was written\n" in result.output
+    assert _stored(env, ns) == {}
+
+
+def test_export_and_show_never_write_nan_or_infinity(
+    env: dict[str, str], tmp_path: Path, ns: str
+) -> None:
+    content = [{"type": "text", "text": "x", "score": float("inf")}]
+    _append(env, ns, "telegram:1", [{"role": "user", "content": "hi", "id": "u1"}])
+    _append(env, ns, "telegram:1", [{"role": "assistant", "content": content, "id": "a1"}])
+    out = tmp_path / "out.jsonl"
+    result = _invoke(["export", "-n", ns, "-o", str(out)], env)
+    assert result.exit_code == 1, result.output
+    assert (
+        "error: conversation 'telegram:1', seq 2 holds NaN or an infinity, which JSON cannot "
+        "represent; export stopped\n"
+    ) in result.output
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".out", "out"))]
+    shown = _invoke(["show", "telegram:1", "-n", ns, "--json"], env)
+    assert (shown.exit_code, shown.output) == (
+        1,
+        "error: 'telegram:1' holds NaN or an infinity, which JSON cannot represent\n",
+    )

@@ -43,6 +43,7 @@ from agent_history.retention import PurgeReport, idle_conversations, purge_idle
 from agent_history.settings import Backend, HistorySettings, env_var
 from agent_history.transfer import (
     MigrationReport,
+    NotStrictJSON,
     export_jsonl,
     import_jsonl,
     migrate_history,
@@ -160,10 +161,15 @@ def export(
             def advance(_key: str, turns: int) -> None:
                 bar.update(task, advance=1, turns=bar.tasks[task].fields["turns"] + turns)
 
-            if to_stdout:
-                conversations, turns = export_jsonl(history, sys.stdout, keys, on_progress=advance)
-            else:
-                conversations, turns = _export_file(history, out, keys, advance)
+            try:
+                if to_stdout:
+                    conversations, turns = export_jsonl(
+                        history, sys.stdout, keys, on_progress=advance
+                    )
+                else:
+                    conversations, turns = _export_file(history, out, keys, advance)
+            except NotStrictJSON as exc:
+                raise fail(f"{exc}; export stopped", EXIT_CHECK_FAILED) from None
     where = "" if to_stdout else f" to {out}"
     err_console.print(
         f"exported {plural(turns, 'turn')} of {plural(conversations, 'conversation')}{where}",
@@ -499,14 +505,17 @@ def show(
         turns = history.tail_turns(key, last)
         summary = history.summary(key)
     if as_json:
-        console.print_json(
-            json.dumps(
-                [
-                    {"seq": t.seq, "role": t.role, "content": t.content, "id": t.id, "ts": t.ts}
-                    for t in turns
-                ]
-            )
-        )
+        rows = [
+            {"seq": t.seq, "role": t.role, "content": t.content, "id": t.id, "ts": t.ts}
+            for t in turns
+        ]
+        try:
+            text = json.dumps(rows, allow_nan=False)
+        except ValueError:
+            raise fail(
+                f"{key!r} holds NaN or an infinity, which JSON cannot represent", EXIT_CHECK_FAILED
+            ) from None
+        console.print_json(text)
         return
     console.print(
         f"[bold]{escape(key)}[/]: last {len(turns)} of {plural(info.turns, 'turn')}",
