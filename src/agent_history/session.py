@@ -30,7 +30,7 @@ from agent_history.context.budget import TokenCounterLike, WindowFill, token_cou
 from agent_history.context.summary import DEFAULT_SUMMARY_PROMPT, Summary, summary_message
 from agent_history.context.summary_updates import SummaryUpdates
 from agent_history.context.window import ContextRead
-from agent_history.errors import InvalidNamespace, WriteConflict
+from agent_history.errors import InvalidMessage, InvalidNamespace, WriteConflict
 from agent_history.history import AppendResult, ChatHistory
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
 from agent_history.history.codec import HistoryScope, in_scope, is_final_answer
@@ -496,6 +496,11 @@ class HistoryPass(SummaryUpdates):
         for attempt in range(self.options.write_attempts):
             started = time.perf_counter()
             ok, value = yield step
+            if not ok and isinstance(value, InvalidMessage):
+                # The exchange cannot be stored (a message the codec refuses): the store
+                # is fine, so no retry, and nothing for the breaker to count.
+                self._fallback("invalid_message", obs.describe_error(value))
+                return False
             self._record(obs.STORE_WRITE_LATENCY, started, ok)
             if ok:
                 self._wrote(value)

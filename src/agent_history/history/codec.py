@@ -34,6 +34,7 @@ from langchain_core.messages import (
     message_to_dict,
     messages_from_dict,
 )
+from pydantic_core import to_jsonable_python
 
 from agent_history import observability as obs
 from agent_history.errors import InvalidMessage
@@ -177,11 +178,23 @@ def _non_default(message: BaseMessage, data: Mapping[str, Any]) -> dict[str, Any
 
 
 def message_parts(message: BaseMessage) -> tuple[str, Any, str | None, str, dict[str, Any]]:
-    """``(role, content, id, type, other fields)`` of a message, as stored."""
+    """``(role, content, id, type, other fields)`` of a message, as stored.
+
+    The content is kept exactly (or refused, see `check_content`). The other fields
+    (metadata a provider or a tool attached: times, decimals, bytes, objects) are made
+    JSON the way pydantic serialises them (ISO times, decimals as text, bytes as base64,
+    other objects as ``<unserialisable Type>``), so one odd field never costs the turn.
+    """
     data = message_to_dict(message)
     kind = str(data["type"])
     extra = _non_default(message, data["data"])
+    if extra:
+        extra = to_jsonable_python(extra, bytes_mode="base64", fallback=_placeholder)
     return role_for_type(kind), message.content, message.id, kind, extra
+
+
+def _placeholder(value: Any) -> str:
+    return f"<unserialisable {type(value).__name__}>"
 
 
 _COMMON_TYPES: dict[str, type[BaseMessage]] = {

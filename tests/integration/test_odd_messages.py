@@ -1,0 +1,106 @@
+"""Messages a provider or a tool makes that are not plain JSON: the turn is stored (its
+odd metadata in pydantic's JSON form), and a message the codec cannot store costs its
+exchange only: no retry, and the store-wide breaker does not count it."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import logging
+import uuid
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langgraph.graph import START, StateGraph
+from langgraph.store.base import BaseStore
+
+from agent_history import AgentNode, AgentState, ChatHistory, HistoryReport
+from agent_history.testing import RecordingChatModel
+from agent_history.toggles import HistoryToggles
+from tests.support.agent_graphs import new_thread, telegram_callback
+
+_WHEN = datetime.datetime(2026, 11, 26, 7, 0, tzinfo=datetime.UTC)
+
+
+def _deep(levels: int) -> Any:
+    value: Any = "x"
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+class OddModel(RecordingChatModel):
+    """Answers with metadata a provider might attach; "deep" gets an answer whose
+    content block nests deeper than any backend stores."""
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+        text = str(messages[-1].content)
+        if text == "deep":
+            return AIMessage([{"type": "text", "text": "deep", "extra": _deep(80)}])
+        return AIMessage(
+            f"echo: {text}",
+            response_metadata={"created": _WHEN, "cost": decimal.Decimal("0.10")},
+            additional_kwargs={"raw": b"\xff\x00", "tags": {"a"}},
+        )
+
+
+def _graph(model: Any, store: BaseStore, reports: list[HistoryReport], **kw: Any) -> Any:
+    toggles = HistoryToggles(
+        env={"ORCHEO_GRAPH_CHAT_HISTORY_BREAKER_MIN_CALLS": "2"}  # opens after 2 failures
+    )
+    node = AgentNode(
+        model, use_graph_chat_history=True, toggles=toggles, on_report=reports.append, **kw
+    )
+    builder = StateGraph(AgentState)
+    builder.add_node("agent", node)
+    builder.add_edge(START, "agent")
+    return builder.compile(store=store)
+
+
+def test_odd_metadata_is_stored_in_json_form(store: BaseStore) -> None:
+    reports: list[HistoryReport] = []
+    graph = _graph(OddModel(), store, reports, history_scope="full")
+    chat = uuid.uuid4().int % 10**9
+    result = graph.invoke(telegram_callback(chat, "hi", 1), new_thread())
+    assert result["messages"][-1].content == "echo: hi"
+    assert reports[-1].appended == 2 and reports[-1].fallbacks == ()
+
+    history = ChatHistory(store, scope="full")
+    stored = history.to_messages(list(history.read(f"telegram:{chat}")))
+    assert [m.content for m in stored] == ["hi", "echo: hi"]
+    answer = stored[1]
+    assert answer.id == result["messages"][-1].id
+    assert answer.response_metadata == {"created": "2026-11-26T07:00:00Z", "cost": "0.10"}
+    assert answer.additional_kwargs == {"raw": "_wA=", "tags": ["a"]}
+
+
+def test_a_tool_artifact_of_bytes_keeps_the_tool_turn(store: BaseStore) -> None:
+    history = ChatHistory(store, scope="full")
+    key = f"k{uuid.uuid4().hex[:8]}"
+    call = AIMessage("", tool_calls=[{"name": "shot", "args": {}, "id": "c1"}], id="a1")
+    result = ToolMessage("a picture", tool_call_id="c1", artifact=b"\x89PNG", id="t1")
+    history.append(key, [call, result, AIMessage("done", id="a2")])
+    assert history.to_messages(list(history.read(key)))[1].artifact == "iVBORw=="
+
+
+def test_an_unstorable_answer_costs_its_exchange_only(
+    store: BaseStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    reports: list[HistoryReport] = []
+    graph = _graph(OddModel(), store, reports)
+    chat = uuid.uuid4().int % 10**9
+    caplog.set_level(logging.WARNING, logger="agent_history")
+    for number in range(1, 4):  # more refusals than the breaker needs to open
+        result = graph.invoke(telegram_callback(chat, "deep", number), new_thread())
+        assert result["messages"][-1].content[0]["text"] == "deep"
+        assert reports[-1].fallbacks == ("invalid_message",)
+    # Each refusal was tried once, and the breaker stayed closed: the next exchange is stored.
+    graph.invoke(telegram_callback(chat, "fine", 9), new_thread())
+    assert reports[-1].fallbacks == () and reports[-1].appended == 2
+    stored = ChatHistory(store).to_messages(list(ChatHistory(store).read(f"telegram:{chat}")))
+    assert [m.content for m in stored] == ["fine", "echo: fine"]
+    refusals = [r for r in caplog.records if "reason=invalid_message" in r.getMessage()]
+    assert len(refusals) == 3
+    assert not any("breaker_open" in r.getMessage() for r in caplog.records)
+    assert not any("x" * 3 in r.getMessage() for r in caplog.records)
