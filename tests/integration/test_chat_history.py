@@ -11,7 +11,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.store.base import BaseStore
 
-from agent_history.errors import SyncCallInEventLoop
+from agent_history.errors import InvalidNamespace, SyncCallInEventLoop
 from agent_history.history import ChatHistory, Turn
 from tests.support.counting_store import CountingStore
 
@@ -270,3 +270,15 @@ async def test_a_conversation_keeps_the_chunk_size_it_was_made_with(
     assert [m.content for m in await today.atail(key, 33)] == [f"m{i}" for i in range(8, 41)]
     assert [t.seq for t in today.read(key)] == list(range(1, 41))
     assert today.info(key).chunk_size == old_size
+
+
+@pytest.mark.parametrize("namespace", ["myapp", b"myapp", None, 7])
+def test_a_namespace_that_is_not_a_sequence_of_labels_is_refused(
+    store: BaseStore, namespace: Any
+) -> None:
+    """A bare string was split into one label per character: ("m", "y", "a", "p", "p")."""
+    with pytest.raises(InvalidNamespace, match=r"sequence of labels.*\('myapp',\)"):
+        ChatHistory(store, namespace=namespace)
+    assert [ns for ns in store.list_namespaces(prefix=("m", "y"))] == []
+    one_label = ChatHistory(store, namespace=["myapp"])
+    assert one_label.namespace == ("myapp",)

@@ -19,7 +19,7 @@ from agent_history.context.summary import (
     write_summary_steps,
 )
 from agent_history.context.window import ContextRead, context_steps
-from agent_history.errors import InvalidArgument, InvalidMessage
+from agent_history.errors import InvalidArgument, InvalidMessage, InvalidNamespace
 from agent_history.history.bulk import (
     ImportConflict,
     ImportedTurn,
@@ -126,11 +126,17 @@ class ChatHistory:
     Args:
         store: Any LangGraph store; SQLite and PostgreSQL stores get cross-process atomic
             appends, the in-memory store an in-process lock, others a best-effort path.
-        namespace: Namespace prefix; a conversation lives in ``(*namespace, key)``.
+        namespace: Namespace prefix, a sequence of labels (``("myapp",)``, never a bare
+            string); a conversation lives in ``(*namespace, key)``.
         chunk_size: Turns per chunk item for new conversations.
         value_field: Record field holding a turn's content.
         scope: What `append` keeps: ``turns`` (user messages and final assistant
             answers) or ``full`` (every message but system ones, tool steps included).
+
+    Raises:
+        InvalidNamespace: ``namespace`` is a string or not a sequence (its labels are
+            checked by `validate_namespace` on each call).
+        InvalidArgument: ``chunk_size``, ``value_field`` or ``scope`` cannot be used.
     """
 
     def __init__(
@@ -150,7 +156,7 @@ class ChatHistory:
             raise InvalidArgument(f"scope must be 'turns' or 'full' (got {scope!r})")
         self.store = store
         self._driver: HistoryDriver = driver_for(store)
-        self.namespace = tuple(namespace)
+        self.namespace = _namespace_labels(namespace)
         self.chunk_size = chunk_size
         self.value_field = value_field
         self.scope: HistoryScope = scope
@@ -638,6 +644,18 @@ class ChatHistory:
             turns=turns,
             skipped=skipped,
         )
+
+
+def _namespace_labels(namespace: Sequence[str]) -> tuple[str, ...]:
+    """The prefix as a tuple; a bare string (which would split into one label per
+    character) or a value that is not a sequence is refused here, the labels themselves by
+    `validate_namespace` on each call."""
+    if isinstance(namespace, str | bytes) or not isinstance(namespace, Sequence):
+        raise InvalidNamespace(
+            "a history namespace is a sequence of labels, not "
+            f"{type(namespace).__name__}: pass e.g. ('myapp',)"
+        )
+    return tuple(namespace)
 
 
 def _imported(turns: Sequence[Turn]) -> tuple[list[ImportedTurn], int]:
