@@ -33,7 +33,7 @@ from langgraph.store.base import BaseStore
 from agent_history.errors import AgentHistoryError, InvalidMessage, InvalidNamespace
 from agent_history.history import DEFAULT_NAMESPACE, ChatHistory, Turn
 from agent_history.history.bulk import STORED_ROLES, ImportConflict, imported_turn
-from agent_history.history.codec import check_content, is_plain, role_for_type
+from agent_history.history.codec import check_content, is_plain, type_fits_role
 from agent_history.history.naming import validate_namespace
 from agent_history.keys import validate_history_key
 
@@ -172,7 +172,7 @@ def _check_turn(data: dict[str, Any]) -> Turn:
     if role not in STORED_ROLES:
         raise ValueError(f"role {_shown(role)} is not one of {', '.join(STORED_ROLES)}")
     kind = data.get("type")
-    if kind is not None and (not isinstance(kind, str) or role_for_type(kind) != role):
+    if kind is not None and (not isinstance(kind, str) or not type_fits_role(kind, role)):
         raise ValueError(f"type {_shown(kind)} does not match role {role!r}")
     message_id = data.get("id")
     if message_id is not None and (not isinstance(message_id, str) or not message_id):

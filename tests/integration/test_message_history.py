@@ -4,11 +4,20 @@ conversation across runs (a store closed and opened again between them)."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import pytest
 from langchain_core.chat_history import BaseChatMessageHistory
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    RemoveMessage,
+    ToolMessage,
+)
 from langchain_core.runnables.history import RunnableWithMessageHistory
 from langgraph.store.base import BaseStore
 
@@ -74,6 +83,60 @@ def test_full_scope_keeps_every_field(store: BaseStore, ns: tuple[str, ...]) -> 
     turns = ChatHistory(store, namespace=(*ns[:-1], ns[-1] + "t")).for_key("k")
     turns.add_messages(produced)
     assert turns.messages == [produced[0], produced[3]]  # user messages and final answers
+
+
+@pytest.mark.parametrize("scope", ["turns", "full"])
+def test_chat_messages_with_a_chat_role_are_stored_as_chat_messages(
+    store: BaseStore, ns: tuple[str, ...], scope: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ChatMessage(role="user"/"assistant") was dropped while the same dict was stored."""
+    chat: list[BaseMessage] = [
+        ChatMessage("hi", role="user", id="c1"),
+        ChatMessage("hello", role="assistant", id="c2", name="bot"),
+        ChatMessage("again", role="human", id="c3"),
+        ChatMessage("sure", role="bot", id="c4"),
+    ]
+    history = ChatHistory(store, namespace=ns, scope=scope)  # type: ignore[arg-type]
+    view = history.for_key("k")
+    with caplog.at_level(logging.WARNING, logger="agent_history"):
+        view.add_messages(chat[:2])
+        result = history.append("k", chat[2:])
+    assert (result.appended, result.skipped, result.first_seq) == (2, 0, 3)
+    assert view.messages == chat  # type, role, name and id kept
+    assert [type(m).__name__ for m in history.tail("k", 4)] == ["ChatMessage"] * 4
+    assert [t.role for t in history.read("k")] == ["user", "assistant", "user", "assistant"]
+    assert [m.content for m in history.for_key("k", window=2).messages] == ["again", "sure"]
+    assert not [r for r in caplog.records if "unsupported" in r.getMessage()]
+    copy = ChatHistory(store, namespace=ns)
+    assert copy.import_turns("copy", list(history.read("k"))).written == 4
+    assert copy.for_key("copy").messages == chat
+
+
+def test_messages_no_scope_stores_are_reported_not_dropped_silently(
+    store: BaseStore, ns: tuple[str, ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    history = ChatHistory(store, namespace=ns, scope="full")
+    odd: list[BaseMessage] = [
+        ChatMessage("judge", role="critic", id="x1"),
+        FunctionMessage("fn", name="f", id="x2"),
+        RemoveMessage(id="x3"),
+        ChatMessage("ok", role="user", id="x4"),
+    ]
+    with caplog.at_level(logging.WARNING, logger="agent_history"):
+        history.for_key("k").add_messages(odd)
+        result = history.append("k", [{"role": "critic", "content": "secret words"}])
+    assert (result.appended, result.skipped) == (0, 1)
+    assert [m.id for m in history.for_key("k").messages] == ["x4"]
+    warned = [
+        r.getMessage() for r in caplog.records if "history_messages_unsupported" in r.getMessage()
+    ]
+    assert warned == [
+        "event=history_messages_unsupported count=3 types=ChatMessage,FunctionMessage,RemoveMessage",
+        "event=history_messages_unsupported count=1 types=dict",
+    ]
+    assert not [
+        r for r in caplog.records if "judge" in r.getMessage() or "secret" in r.getMessage()
+    ]
 
 
 def _usage() -> dict[str, int]:

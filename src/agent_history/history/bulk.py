@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from agent_history.errors import AgentHistoryError, InvalidMessage
-from agent_history.history.codec import check_content, is_plain, role_for_type
+from agent_history.history.codec import check_content, is_plain, type_fits_role
 from agent_history.history.layout import (
     HEAD_KEY,
     PendingTurn,
@@ -92,7 +92,7 @@ def imported_turn(turn: Turn, where: str = "turn") -> ImportedTurn:
     if turn.role not in STORED_ROLES:
         raise InvalidMessage(f"{where}: role is not one of {', '.join(STORED_ROLES)}")
     if turn.kind is not None and (
-        not isinstance(turn.kind, str) or role_for_type(turn.kind) != turn.role
+        not isinstance(turn.kind, str) or not type_fits_role(turn.kind, turn.role)
     ):
         raise InvalidMessage(f"{where}: type does not match role {turn.role!r}")
     if turn.id is not None and (not isinstance(turn.id, str) or not turn.id):

@@ -59,6 +59,8 @@ __all__ = [
     "messages_of",
     "quarantine",
     "role_for_type",
+    "role_of_message",
+    "type_fits_role",
 ]
 
 USER = "user"
@@ -80,6 +82,8 @@ _ROLE_OF_TYPE = {
     "ToolMessageChunk": TOOL,
     "system": "system",
 }
+_CHAT_TYPES = frozenset({"chat", "ChatMessageChunk"})
+"""`ChatMessage` types: the role is the message's ``role`` field, not its type."""
 _TYPE_OF_ROLE = {USER: "human", ASSISTANT: "ai", TOOL: "tool", "system": "system"}
 # Fields written by message_to_dict that the record holds elsewhere.
 _OWN_FIELDS = frozenset({"content", "id", "type"})
@@ -90,6 +94,21 @@ _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 def role_for_type(kind: str) -> str:
     """The stored role of a LangChain message type (``human`` -> ``user``, ...)."""
     return _ROLE_OF_TYPE.get(kind, "unknown")
+
+
+def role_of_message(message: BaseMessage) -> str:
+    """The stored role of ``message``: its type's, or for a `ChatMessage` its ``role`` read
+    as a dict's is (``user``/``human``, ``assistant``/``ai``/``bot``, ``system``); a chat
+    message with another role (``tool`` without a call id, ``critic``) is ``unknown``."""
+    if message.type not in _CHAT_TYPES:
+        return role_for_type(message.type)
+    role = role_of({"role": str(getattr(message, "role", ""))})
+    return role if role in (USER, ASSISTANT, "system") else "unknown"
+
+
+def type_fits_role(kind: str, role: str) -> bool:
+    """Whether a stored turn's LangChain type can carry its role (imports check it)."""
+    return role_for_type(kind) == role or (kind in _CHAT_TYPES and role in (USER, ASSISTANT))
 
 
 def _walk(value: Any, depth: int, where: str) -> bool:
@@ -190,7 +209,7 @@ def message_parts(message: BaseMessage) -> tuple[str, Any, str | None, str, dict
     extra = _non_default(message, data["data"])
     if extra:
         extra = to_jsonable_python(extra, bytes_mode="base64", fallback=_placeholder)
-    return role_for_type(kind), message.content, message.id, kind, extra
+    return role_of_message(message), message.content, message.id, kind, extra
 
 
 def _placeholder(value: Any) -> str:
@@ -254,12 +273,14 @@ def is_final_answer(message: BaseMessage) -> bool:
 
 def in_scope(message: BaseMessage, scope: HistoryScope) -> bool:
     """Whether ``scope`` keeps ``message`` in the transcript (system messages never)."""
-    role = role_for_type(message.type)
+    role = role_of_message(message)
     if role in ("system", "unknown"):
         return False
     if scope == "full":
         return True
-    return role == USER or (role == ASSISTANT and is_final_answer(message))
+    # A chat message cannot ask for a tool: with the assistant role it is an answer.
+    chat_answer = message.type in _CHAT_TYPES
+    return role == USER or (role == ASSISTANT and (chat_answer or is_final_answer(message)))
 
 
 def messages_of(
