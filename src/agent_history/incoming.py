@@ -152,8 +152,9 @@ def current_thread(state: Any, node: str | None = None) -> ThreadView:
     run's callback still in the state (``inputs`` keeps its last value on a stable
     thread): the pass answers the thread's newest user message, as without a callback.
     With ``node`` and the state's `ANSWERED_FIELD`, a delivered message counts as
-    answered only when that node answered it, so a second node in the same run (a
-    pipeline of agents) answers it too.
+    answered when that node has answered it (its exchange ended, with a final or a
+    structured answer), so a second node in the same run (a pipeline of agents) answers
+    it too; without that field, when a final answer follows it in the thread.
     """
     mapping = as_mapping(state)
     inputs = as_mapping(mapping.get("inputs") or {})
@@ -169,29 +170,33 @@ def current_thread(state: Any, node: str | None = None) -> ThreadView:
         settled = last is None or any(is_final_answer(m) for m in thread[last + 1 :])
         return ThreadView(thread, None, None, bool(inputs) and settled)
     if position is not None:
-        answered = (
-            incoming.message_id is not None
-            and any(is_final_answer(m) for m in thread[position + 1 :])
-            and _answered_by(mapping, node, incoming.message_id)
-        )
+        answered = False
+        if incoming.message_id is not None:
+            marked = _answered_by(mapping, node, incoming.message_id)
+            answered = (
+                any(is_final_answer(m) for m in thread[position + 1 :])
+                if marked is None
+                else marked
+            )
         return ThreadView(thread, incoming, None, answered)
     added = HumanMessage(incoming.text, id=incoming.message_id or str(uuid.uuid4()))
     return ThreadView([*thread, added], incoming, added, False)
 
 
-def _answered_by(state: Mapping[str, Any], node: str | None, message_id: str) -> bool:
-    """Whether ``node`` answered the delivered message ``message_id``, as far as the
-    state tells: True when the state does not keep `ANSWERED_FIELD` (a schema without it,
-    or a thread from before it), so a re-delivery is recognised as before."""
+def _answered_by(state: Mapping[str, Any], node: str | None, message_id: str) -> bool | None:
+    """Whether ``node`` answered the delivered message ``message_id``, as the state's
+    `ANSWERED_FIELD` tells; None when the state does not keep it (a schema without it,
+    or a thread from before it): the thread rule decides then."""
     answered = state.get(ANSWERED_FIELD)
     if node is None or not isinstance(answered, Mapping):
-        return True
+        return None
     return answered.get(node) == message_id
 
 
 def answered_update(view: ThreadView, node: str) -> dict[str, Any]:
-    """The state update recording that ``node`` answered the delivered message (empty
-    when the callback has no channel id: without one, re-deliveries go by content)."""
+    """The state update recording that ``node`` has answered the delivered message: its
+    exchange ended (a final or a structured answer). Empty when the callback has no
+    channel id: without one, re-deliveries go by content."""
     incoming = view.incoming
     if incoming is None or incoming.message_id is None:
         return {}

@@ -23,7 +23,13 @@ from typing import Annotated, Any, NotRequired
 
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage
 
-from agent_history.incoming import ThreadView, as_mapping, current_thread, not_streamed_as_output
+from agent_history.incoming import (
+    ThreadView,
+    answered_update,
+    as_mapping,
+    current_thread,
+    not_streamed_as_output,
+)
 from agent_history.node import merge_results
 from agent_history.pass_steps import drive_async, drive_sync
 from agent_history.session import HistoryPass
@@ -64,6 +70,9 @@ class HistoryAgentState(AgentState[Any]):
     """The delivered callback (``inputs.message.text``, ``inputs.message.message_id``...)."""
     results: NotRequired[Annotated[dict[str, Any], merge_results]]
     """Earlier nodes' results (``results.telegram_events_parser.chat_id``...)."""
+    answered: NotRequired[Annotated[dict[str, str], merge_results]]
+    """Per ``node_name``, the channel id of the delivered message the agent last answered
+    (a final or a structured answer): a re-delivery of it ends the run at once."""
 
 
 class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
@@ -100,7 +109,7 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
     ) -> dict[str, Any] | None:
         """Add the delivered message to the thread; end a run whose callback this thread
         already answered (a re-delivery) without calling the model."""
-        view = current_thread(state)
+        view = current_thread(state, self.surface.node)
         if view.answered:
             run = self.surface.begin(view, state, runtime.store, runtime)
             run.redelivered = True
@@ -117,6 +126,20 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
     ) -> dict[str, Any] | None:
         """Async `before_agent` (it does no I/O)."""
         return self.before_agent(state, runtime)
+
+    def after_agent(self, state: HistoryAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """Record that the agent answered the delivered message (its run ended), so a
+        re-delivery is recognised whatever the answer was (a structured one too)."""
+        view = current_thread(state, self.surface.node)
+        if view.incoming is None or view.added is not None:
+            return None
+        return answered_update(view, self.surface.node) or None
+
+    async def aafter_agent(
+        self, state: HistoryAgentState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """Async `after_agent` (it does no I/O)."""
+        return self.after_agent(state, runtime)
 
     # --- one pass per model call -----------------------------------------------------------
 

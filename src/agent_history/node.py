@@ -21,7 +21,7 @@ from langgraph.store.base import BaseStore
 from agent_history.context.budget import TokenCounterLike
 from agent_history.context.summary import DEFAULT_SUMMARY_PROMPT
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
-from agent_history.history.codec import HistoryScope
+from agent_history.history.codec import HistoryScope, is_final_answer
 from agent_history.incoming import answered_update, current_thread, not_streamed_as_output
 from agent_history.keys import DEFAULT_HISTORY_KEY_CANDIDATES, DEFAULT_HISTORY_KEY_TEMPLATE
 from agent_history.pass_steps import Model, Step, drive_async, drive_sync
@@ -248,7 +248,9 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         yield from run.append(produced, ends=True if structured else None)
         run.report(payload)
         added = [run.view.added] if run.view.added is not None else []
-        return {"messages": [*added, *produced], **answered_update(run.view, run.node)}
+        ended = structured or (bool(produced) and is_final_answer(produced[-1]))
+        marker = answered_update(run.view, run.node) if ended else {}
+        return {"messages": [*added, *produced], **marker}
 
     def invoke(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any

@@ -153,3 +153,58 @@ def test_a_stable_thread_of_plain_messages_stores_a_repeated_text_twice(
     stored = history.to_messages(list(history.read(f"web:{thread_id}")))
     assert _texts(stored) == ["x", "echo: x", "yes", "echo: yes", "yes", "echo: yes", "z", "echo: z"]  # fmt: skip
     assert [m.id for m in stored] == [m.id for m in thread]
+
+
+class _StructuredModel(RecordingChatModel):
+    """Calls the weather tool, then gives its answer through the structured-output tool."""
+
+    def reply(self, messages: list[Any], **kwargs: Any) -> Any:
+        from langchain_core.messages import AIMessage
+
+        calls = len(self.calls)
+        if messages[-1].type == "human":
+            call = {"name": "get_weather", "args": {"city": "Oslo"}, "id": f"w{calls}"}
+        else:
+            call = {"name": "Forecast", "args": {"city": "Oslo", "temp": 3}, "id": f"s{calls}"}
+        return AIMessage("", tool_calls=[call])
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
+
+
+@pytest.mark.parametrize("scope", ["turns", "full"])
+def test_a_structured_answer_on_a_stable_thread_is_not_given_twice(
+    store: BaseStore, scope: str
+) -> None:
+    from langchain.agents.structured_output import ToolStrategy
+    from pydantic import BaseModel
+
+    from tests.support.tool_models import get_weather
+
+    class Forecast(BaseModel):
+        city: str
+        temp: int
+
+    model = _StructuredModel()
+    agent = create_agent(
+        model,
+        tools=[get_weather],
+        response_format=ToolStrategy(Forecast),
+        middleware=[HistoryMiddleware(toggles=TOGGLES, history_scope=scope)],
+        store=store,
+        checkpointer=InMemorySaver(),
+    )
+    chat = uuid.uuid4().int % 10**9
+    config = {"configurable": {"thread_id": f"chat-{chat}"}}
+    first = agent.invoke(telegram_callback(chat, "weather?", 1), config)
+    assert first["structured_response"] == Forecast(city="Oslo", temp=3)
+    calls = len(model.calls)
+    again = agent.invoke(telegram_callback(chat, "weather?", 1), config)  # re-delivered
+
+    assert len(model.calls) == calls == 2, "no model call for the re-delivery"
+    assert [m.id for m in again["messages"]] == [m.id for m in first["messages"]]
+    history = ChatHistory(store, scope=scope)
+    stored = history.to_messages(list(history.read(f"telegram:{chat}")))
+    kinds = [m.type for m in stored]
+    assert kinds == (["human", "ai", "tool"] if scope == "turns" else ["human", "ai", "tool", "ai", "tool"])  # fmt: skip
+    assert stored[-2].tool_calls[0]["name"] == "Forecast"
