@@ -56,6 +56,8 @@ class HistoryReactState(TypedDict):
     """The delivered callback (``inputs.message.text``, ``inputs.message.message_id``...)."""
     results: NotRequired[Annotated[dict[str, Any], merge_results]]
     """Earlier nodes' results (``results.telegram_events_parser.chat_id``...)."""
+    structured_response: NotRequired[Any]
+    """The agent's structured response, with ``create_react_agent(response_format=...)``."""
 
 
 class HistoryHooks:

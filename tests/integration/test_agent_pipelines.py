@@ -6,6 +6,7 @@ value) is not taken for a new delivery."""
 from __future__ import annotations
 
 import uuid
+import warnings
 from typing import Any
 
 import pytest
@@ -208,3 +209,38 @@ def test_a_structured_answer_on_a_stable_thread_is_not_given_twice(
     kinds = [m.type for m in stored]
     assert kinds == (["human", "ai", "tool"] if scope == "turns" else ["human", "ai", "tool", "ai", "tool"])  # fmt: skip
     assert stored[-2].tool_calls[0]["name"] == "Forecast"
+
+
+def test_the_hooks_build_an_agent_with_a_response_format(store: BaseStore) -> None:
+    """``create_react_agent(response_format=...)`` needs ``structured_response`` in the
+    state schema: the hooks' schema has it, and the run gives the structured answer."""
+    from langchain_core.runnables import RunnableLambda
+    from langgraph.prebuilt import create_react_agent
+    from pydantic import BaseModel
+
+    from agent_history import HistoryHooks
+    from tests.support.agent_graphs import new_thread
+
+    class Reply(BaseModel):
+        words: int
+
+    class Structuring(RecordingChatModel):
+        def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+            return self
+
+        def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:
+            return RunnableLambda(lambda messages: Reply(words=len(messages)))
+
+    model = Structuring()
+    hooks = HistoryHooks(toggles=TOGGLES).hooks()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # moved to langchain.agents; still shipped
+        agent = create_react_agent(model, [], response_format=Reply, **hooks, store=store)
+    chat = uuid.uuid4().int % 10**9
+    for number, text in enumerate(["one", "two"], start=1):
+        result = agent.invoke(telegram_callback(chat, text, number), new_thread())
+    assert result["structured_response"] == Reply(words=2)  # the thread: question, answer
+    assert _texts(model.calls[-1]) == ["one", "echo: one", "two"]
+    assert _stored(store, f"telegram:{chat}", ("agent_chat_history",)) == [
+        "one", "echo: one", "two", "echo: two"
+    ]  # fmt: skip
