@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.store.base import BaseStore
 
-from agent_history.errors import InvalidNamespace, SyncCallInEventLoop
+from agent_history.errors import (
+    InvalidArgument,
+    InvalidMessage,
+    InvalidNamespace,
+    SyncCallInEventLoop,
+)
 from agent_history.history import ChatHistory, Turn
 from tests.support.counting_store import CountingStore
 
@@ -282,3 +288,92 @@ def test_a_namespace_that_is_not_a_sequence_of_labels_is_refused(
     assert [ns for ns in store.list_namespaces(prefix=("m", "y"))] == []
     one_label = ChatHistory(store, namespace=["myapp"])
     assert one_label.namespace == ("myapp",)
+
+
+@pytest.mark.parametrize("bad", [1.5, "2", None, True, float("nan"), [1]])
+async def test_counts_that_are_not_whole_numbers_are_refused(
+    history: ChatHistory, bad: Any
+) -> None:
+    """They raised TypeError from deep inside, or were taken (True as 1, 1.5 as 1)."""
+    key = _key()
+    history.append(key, [HumanMessage("q"), AIMessage("a")])
+    calls: list[Callable[[], object]] = [
+        lambda: history.tail(key, bad),
+        lambda: history.tail_turns(key, bad),
+        lambda: history.tail_context(key, bad),
+        lambda: history.read(key, start_seq=bad),
+        lambda: history.aread(key, start_seq=bad),
+        lambda: ChatHistory(history.store, chunk_size=bad),
+    ]
+    if bad is not None:  # window=None: the whole transcript
+        calls.append(lambda: history.for_key(key, window=bad))
+    for call in calls:
+        with pytest.raises(InvalidArgument, match="must be a whole number"):
+            call()
+    for acall in (lambda: history.atail(key, bad), lambda: history.atail_turns(key, bad)):
+        with pytest.raises(InvalidArgument, match="must be a whole number"):
+            await acall()
+
+
+async def test_counts_out_of_range_are_refused_or_clamped_alike_on_every_backend(
+    history: ChatHistory,
+) -> None:
+    key = _key()
+    history.append(key, [HumanMessage("q"), AIMessage("a")])
+    for call in (
+        lambda: history.tail(key, -1),
+        lambda: history.read(key, start_seq=0),
+        lambda: history.for_key(key, window=-1),
+        lambda: ChatHistory(history.store, chunk_size=0),
+        lambda: ChatHistory(history.store, chunk_size=2**40),
+    ):
+        with pytest.raises(InvalidArgument, match="must be"):
+            call()
+    huge = 2**70  # SQLite raised OverflowError; memory returned everything
+    assert [m.content for m in history.tail(key, huge)] == ["q", "a"]
+    assert [m.content for m in await history.atail(key, huge)] == ["q", "a"]
+    assert [t.content for t in history.tail_turns(key, huge)] == ["q", "a"]
+    assert [m.content for m in history.for_key(key, window=huge).messages] == ["q", "a"]
+    assert list(history.read(key, start_seq=huge)) == []
+    assert [t async for t in history.aread(key, start_seq=huge)] == []
+
+
+@pytest.mark.parametrize("field", [3, None, b"content"])
+def test_a_value_field_that_is_not_text_is_refused(store: BaseStore, field: Any) -> None:
+    with pytest.raises(InvalidArgument, match="value_field must be text"):
+        ChatHistory(store, value_field=field)
+
+
+@pytest.mark.parametrize("budget", [0, -1, 0.0, "x", True, float("nan"), float("inf")])
+async def test_a_budget_that_is_not_a_positive_number_is_refused_on_every_backend(
+    history: ChatHistory, budget: Any
+) -> None:
+    """budget=0 stored on memory and raised StoreTimeout on SQLite; "x" a TypeError."""
+    key = _key()
+    history.append(key, [HumanMessage("q")])
+    calls: list[Callable[[], object]] = [
+        lambda: history.append(key, [HumanMessage("more")], budget=budget),
+        lambda: history.tail(key, 5, budget=budget),
+        lambda: history.info(key, budget=budget),
+        lambda: history.delete(key, budget=budget),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidArgument, match="budget must be"):
+            call()
+    with pytest.raises(InvalidArgument, match="budget must be"):
+        await history.aappend(key, [HumanMessage("more")], budget=budget)
+    assert [m.content for m in history.tail(key, 5, budget=30)] == ["q"]
+
+
+@pytest.mark.parametrize("messages", [None, "hello", b"hi", 3])
+def test_messages_that_are_not_a_sequence_are_refused(history: ChatHistory, messages: Any) -> None:
+    key = _key()
+    for call in (
+        lambda: history.append(key, messages),
+        lambda: history.for_key(key).add_messages(messages),
+    ):
+        with pytest.raises(InvalidMessage, match="must be a sequence of messages"):
+            call()
+    with pytest.raises(InvalidMessage, match="str is not a message"):
+        history.for_key(key).add_messages(["hello"])
+    assert history.count(key) == 0

@@ -139,6 +139,24 @@ def test_messages_no_scope_stores_are_reported_not_dropped_silently(
     ]
 
 
+async def test_add_messages_takes_dicts_as_append_does(
+    store: BaseStore, ns: tuple[str, ...]
+) -> None:
+    """Dicts raised AttributeError ('dict' object has no attribute 'id')."""
+    history = ChatHistory(store, namespace=ns)
+    view = history.for_key("k")
+    view.add_messages([{"role": "user", "content": "hi", "id": "u1"}, AIMessage("hello")])
+    await view.aadd_messages(
+        [{"role": "human", "content": "again"}, {"role": "bot", "content": "ok"}]
+    )
+    view.add_messages([{"role": "user", "content": "hi", "id": "u1"}])  # stored id: skipped
+    history.append("k2", [{"role": "user", "content": "hi", "id": "u1"}, AIMessage("hello")])
+    assert _texts(view.messages) == ["hi", "hello", "again", "ok"]
+    assert [type(m).__name__ for m in view.messages] == ["HumanMessage", "AIMessage"] * 2
+    assert view.messages[0].id == "u1"
+    assert _texts(view.messages[:2]) == _texts(history.for_key("k2").messages)
+
+
 def _usage() -> dict[str, int]:
     return {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4}
 

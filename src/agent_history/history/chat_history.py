@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ from agent_history.context.summary import (
 )
 from agent_history.context.window import ContextRead, context_steps
 from agent_history.errors import InvalidArgument, InvalidMessage, InvalidNamespace
+from agent_history.history.arguments import budget_arg, count_arg
 from agent_history.history.bulk import (
     ImportConflict,
     ImportedTurn,
@@ -50,6 +51,8 @@ from agent_history.history.records import (
     message_from_record,
 )
 from agent_history.history.steps import (
+    ReadBatch,
+    Request,
     Steps,
     delete_steps,
     head_steps,
@@ -88,6 +91,14 @@ def to_pending(
         InvalidMessage: a message's content or fields cannot be stored exactly, or its id
             is not text; nothing is written.
     """
+    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+        raise InvalidMessage(
+            f"messages must be a sequence of messages, not {type(messages).__name__}"
+        )
+    if message_ids is not None and (
+        isinstance(message_ids, str | bytes) or not isinstance(message_ids, Sequence)
+    ):
+        raise InvalidArgument("message_ids must be a sequence with one entry per message")
     if message_ids is not None and len(message_ids) != len(messages):
         raise InvalidArgument("message_ids must have one entry per message")
     turns = [m for m in messages if isinstance(m, Turn)]
@@ -175,11 +186,12 @@ class ChatHistory:
         value_field: str = "content",
         scope: HistoryScope = "turns",
     ) -> None:
-        if chunk_size < 1:
-            raise InvalidArgument("chunk_size must be >= 1")
+        chunk_size = count_arg("chunk_size", chunk_size, minimum=1, clamp=False)
+        if not isinstance(value_field, str):
+            raise InvalidArgument(f"value_field must be text (got {type(value_field).__name__})")
         if not value_field or value_field in _RESERVED_FIELDS:
             raise InvalidArgument(f"value_field {value_field!r} is empty or reserved")
-        if scope not in ("turns", "full"):
+        if not isinstance(scope, str) or scope not in ("turns", "full"):
             raise InvalidArgument(f"scope must be 'turns' or 'full' (got {scope!r})")
         self.store = store
         self._driver: HistoryDriver = driver_for(store)
@@ -217,23 +229,23 @@ class ChatHistory:
         """Run the step procedure ``steps`` on conversation ``key`` as one atomic unit of
         work (the store's transaction, or its driver's lock), within ``budget`` seconds."""
         namespace = self.conversation_namespace(key)
-        with deadline_after(budget):
+        with deadline_after(budget_arg(budget)):
             return self._driver.run(namespace, steps)
 
     async def _arun_atomic(self, key: str, steps: Steps[T], *, budget: float | None = None) -> T:
         """Async `_run_atomic`."""
         namespace = self.conversation_namespace(key)
-        with deadline_after(budget):
+        with deadline_after(budget_arg(budget)):
             return await self._driver.arun(namespace, steps)
 
     def _read(self, key: str, steps: Steps[T], budget: float | None = None) -> T:
         namespace = self.conversation_namespace(key)
-        with deadline_after(budget):
+        with deadline_after(budget_arg(budget)):
             return self._driver.read(namespace, steps)
 
     async def _aread(self, key: str, steps: Steps[T], budget: float | None = None) -> T:
         namespace = self.conversation_namespace(key)
-        with deadline_after(budget):
+        with deadline_after(budget_arg(budget)):
             return await self._driver.aread(namespace, steps)
 
     # --- reads ---------------------------------------------------------------------------
@@ -260,7 +272,7 @@ class ChatHistory:
         return read_records(records, self._message_reader, (*self.namespace, key))
 
     def _tail(self, key: str, n: int) -> Steps[list[tuple[int, dict[str, Any]]]]:
-        return tail_steps(n, self.chunk_size, (*self.namespace, key))
+        return tail_steps(count_arg("n", n), self.chunk_size, (*self.namespace, key))
 
     def _message_reader(self, record: dict[str, Any]) -> BaseMessage:
         return message_from_record(record, self.value_field)
@@ -276,35 +288,25 @@ class ChatHistory:
         return messages
 
     def read(self, key: str, *, start_seq: int = 1) -> Iterator[Turn]:
-        """Stream the whole transcript from ``start_seq`` on, a few chunks at a time."""
-        perform = self._driver.reader(self.conversation_namespace(key))
-        steps = read_steps(start_seq, _READ_BATCH_CHUNKS, self.value_field)
-        try:
-            item = next(steps)
-            while True:
-                if isinstance(item, list):
-                    yield from item
-                    item = next(steps)
-                else:
-                    item = steps.send(perform(item))
-        except StopIteration:
-            return
+        """Stream the whole transcript from ``start_seq`` on, a few chunks at a time.
 
-    async def aread(self, key: str, *, start_seq: int = 1) -> AsyncIterator[Turn]:
+        Raises:
+            InvalidKey: ``key`` is rejected (when called, not when iterated).
+            InvalidArgument: ``start_seq`` is not a whole number from 1.
+        """
+        namespace = self.conversation_namespace(key)
+        first = count_arg("start_seq", start_seq, minimum=1)
+        return _streamed(
+            self._driver, namespace, read_steps(first, _READ_BATCH_CHUNKS, self.value_field)
+        )
+
+    def aread(self, key: str, *, start_seq: int = 1) -> AsyncIterator[Turn]:
         """Async `read`."""
-        perform = self._driver.areader(self.conversation_namespace(key))
-        steps = read_steps(start_seq, _READ_BATCH_CHUNKS, self.value_field)
-        try:
-            item = next(steps)
-            while True:
-                if isinstance(item, list):
-                    for turn in item:
-                        yield turn
-                    item = next(steps)
-                else:
-                    item = steps.send(await perform(item))
-        except StopIteration:
-            return
+        namespace = self.conversation_namespace(key)
+        first = count_arg("start_seq", start_seq, minimum=1)
+        return _astreamed(
+            self._driver, namespace, read_steps(first, _READ_BATCH_CHUNKS, self.value_field)
+        )
 
     def info(self, key: str, *, budget: float | None = None) -> ConversationInfo | None:
         """Turn count and timestamps of a conversation, None when it does not exist."""
@@ -410,7 +412,7 @@ class ChatHistory:
             StoreTimeout: ``budget`` passed; the append was stopped (if it had been
                 committed, appending the same ids again stores nothing twice).
         """
-        with deadline_after(budget):
+        with deadline_after(budget_arg(budget)):
             pending, skipped = to_pending(messages, message_ids, self.scope)
             namespace = self.conversation_namespace(key)
             if not pending:
@@ -429,7 +431,7 @@ class ChatHistory:
         budget: float | None = None,
     ) -> AppendResult:
         """Async `append`."""
-        with deadline_after(budget):
+        with deadline_after(budget_arg(budget)):
             pending, skipped = to_pending(messages, message_ids, self.scope)
             namespace = self.conversation_namespace(key)
             if not pending:
@@ -540,7 +542,9 @@ class ChatHistory:
     ) -> ContextRead:
         """The newest ``n`` turns after the summary (and the summary, ``with_summary``),
         read chunk by chunk from the newest until ``enough`` says the window is full."""
-        steps = context_steps(n, self.value_field, with_summary=with_summary, enough=enough)
+        steps = context_steps(
+            count_arg("n", n), self.value_field, with_summary=with_summary, enough=enough
+        )
         return self._read(key, steps, budget)
 
     async def atail_context(
@@ -553,7 +557,9 @@ class ChatHistory:
         budget: float | None = None,
     ) -> ContextRead:
         """Async `tail_context`."""
-        steps = context_steps(n, self.value_field, with_summary=with_summary, enough=enough)
+        steps = context_steps(
+            count_arg("n", n), self.value_field, with_summary=with_summary, enough=enough
+        )
         return await self._aread(key, steps, budget)
 
     def summary(self, key: str, *, budget: float | None = None) -> Summary | None:
@@ -604,13 +610,11 @@ class ChatHistory:
     def _claim_steps(
         self, upto: int, every: int, max_turns: int, owner: str | None, lease_seconds: float
     ) -> Steps[SummaryClaim]:
-        if every < 1 or max_turns < 1:
-            raise InvalidArgument("every and max_turns must be >= 1")
         now = datetime.now(UTC)
         return claim_summary_steps(
-            upto,
-            every=every,
-            max_turns=max_turns,
+            count_arg("upto", upto),
+            every=count_arg("every", every, minimum=1),
+            max_turns=count_arg("max_turns", max_turns, minimum=1),
             value_field=self.value_field,
             now=now.isoformat(timespec="microseconds"),
             owner=owner,
@@ -660,17 +664,54 @@ class ChatHistory:
     ) -> Steps[SummaryWrite]:
         if not isinstance(text, str):
             raise InvalidMessage("a summary must be text")
-        if covers_seq < 1 or base_version < 0:
-            raise InvalidArgument("covers_seq must be >= 1 and base_version >= 0")
         return write_summary_steps(
             text,
-            covers_seq,
-            base_version=base_version,
+            count_arg("covers_seq", covers_seq, minimum=1, clamp=False),
+            base_version=count_arg("base_version", base_version, clamp=False),
             now=_now(),
             owner=owner,
             turns=turns,
             skipped=skipped,
         )
+
+
+def _streamed(
+    driver: HistoryDriver,
+    namespace: tuple[str, ...],
+    steps: Generator[Request | ReadBatch, Any, None],
+) -> Iterator[Turn]:
+    """Perform the read procedure ``steps`` request by request, yielding its batches."""
+    perform = driver.reader(namespace)
+    try:
+        item = next(steps)
+        while True:
+            if isinstance(item, list):
+                yield from item
+                item = next(steps)
+            else:
+                item = steps.send(perform(item))
+    except StopIteration:
+        return
+
+
+async def _astreamed(
+    driver: HistoryDriver,
+    namespace: tuple[str, ...],
+    steps: Generator[Request | ReadBatch, Any, None],
+) -> AsyncIterator[Turn]:
+    """Async `_streamed`."""
+    perform = driver.areader(namespace)
+    try:
+        item = next(steps)
+        while True:
+            if isinstance(item, list):
+                for turn in item:
+                    yield turn
+                item = next(steps)
+            else:
+                item = steps.send(await perform(item))
+    except StopIteration:
+        return
 
 
 def _namespace_labels(namespace: Sequence[str]) -> tuple[str, ...]:

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage
 
-from agent_history.errors import InvalidArgument
+from agent_history.errors import InvalidMessage
+from agent_history.history.arguments import count_arg
 from agent_history.keys import require_history_key
+from agent_history.messages import MessageLike
 
 if TYPE_CHECKING:
     from agent_history.history.chat_history import ChatHistory
@@ -37,15 +39,14 @@ class KeyedMessageHistory(BaseChatMessageHistory):
 
     Raises:
         InvalidKey: ``key`` is rejected (with its reason code).
-        InvalidArgument: ``window`` is below 1.
+        InvalidArgument: ``window`` is not a whole number from 1 (a larger window than
+            `arguments.MAX_COUNT` reads every message).
     """
 
     def __init__(self, history: ChatHistory, key: str, *, window: int | None = None) -> None:
-        if window is not None and window < 1:
-            raise InvalidArgument("window must be >= 1 (or None for the whole transcript)")
         self.history = history
         self.key = require_history_key(key)
-        self.window = window
+        self.window = None if window is None else count_arg("window", window, minimum=1)
 
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
@@ -61,12 +62,20 @@ class KeyedMessageHistory(BaseChatMessageHistory):
         turns = [turn async for turn in self.history.aread(self.key)]
         return self.history.to_messages(turns, self.key)
 
-    def add_messages(self, messages: Sequence[BaseMessage]) -> None:
+    def add_messages(self, messages: Sequence[MessageLike]) -> None:
         """Append ``messages`` in one atomic write (the history's scope decides which are
-        kept: ``turns`` keeps user messages and final answers)."""
+        kept: ``turns`` keeps user messages and final answers).
+
+        LangChain messages without an id get one; role/content dicts are taken as
+        `ChatHistory.append` takes them (stored under their own ``id``, if any).
+
+        Raises:
+            InvalidMessage: a message cannot be stored exactly (or is not a message, such
+                as a string); nothing is written.
+        """
         self.history.append(self.key, _with_ids(messages))
 
-    async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
+    async def aadd_messages(self, messages: Sequence[MessageLike]) -> None:
         """Async `add_messages`."""
         await self.history.aappend(self.key, _with_ids(messages))
 
@@ -79,8 +88,14 @@ class KeyedMessageHistory(BaseChatMessageHistory):
         await self.history.adelete(self.key)
 
 
-def _with_ids(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+def _with_ids(messages: Sequence[MessageLike]) -> list[MessageLike]:
+    """``messages`` with an id set on each LangChain message that has none (dicts and
+    anything else are left to `ChatHistory.append`, which refuses what is not a message)."""
+    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+        raise InvalidMessage(
+            f"messages must be a sequence of messages, not {type(messages).__name__}"
+        )
     for message in messages:
-        if not message.id:
+        if isinstance(message, BaseMessage) and not message.id:
             message.id = str(uuid.uuid4())
     return list(messages)
