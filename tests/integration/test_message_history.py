@@ -237,3 +237,31 @@ def test_a_plain_loop_over_for_key(persistent_settings: HistorySettings) -> None
         ["a", "echo: a", "b"],
         ["echo: a", "b", "echo: b", "c"],
     ]
+
+
+async def test_a_window_never_starts_with_a_tool_result_of_a_call_outside_it(
+    store: BaseStore, ns: tuple[str, ...]
+) -> None:
+    """A model rejects a tool result whose call it was not sent: the window leaves such
+    results out (here the window of 3 would start on the second of two results)."""
+    view = ChatHistory(store, namespace=ns, scope="full").for_key("tools", window=3)
+    call = AIMessage(
+        "",
+        tool_calls=[
+            {"name": "a", "args": {}, "id": "c1"},
+            {"name": "b", "args": {}, "id": "c2"},
+        ],
+    )
+    view.add_messages(
+        [
+            HumanMessage("q"),
+            call,
+            ToolMessage("r1", tool_call_id="c1"),
+            ToolMessage("r2", tool_call_id="c2"),
+            AIMessage("done"),
+        ]
+    )
+    assert [m.content for m in view.messages] == ["done"]
+    assert [m.content for m in await view.aget_messages()] == ["done"]
+    whole = ChatHistory(store, namespace=ns, scope="full").for_key("tools")
+    assert [m.content for m in whole.messages] == ["q", "", "r1", "r2", "done"]

@@ -21,7 +21,7 @@ from langchain_core.messages import BaseMessage
 from agent_history.errors import InvalidMessage
 from agent_history.history.arguments import count_arg
 from agent_history.keys import require_history_key
-from agent_history.messages import MessageLike
+from agent_history.messages import MessageLike, role_of
 
 if TYPE_CHECKING:
     from agent_history.history.chat_history import ChatHistory
@@ -50,15 +50,18 @@ class KeyedMessageHistory(BaseChatMessageHistory):
 
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
-        """The newest ``window`` messages (all of them without a window), oldest first."""
+        """The newest ``window`` messages (all of them without a window), oldest first.
+
+        A window is tool-call safe, as a model needs it: it never starts with tool results
+        whose call is older than the window (they are left out)."""
         if self.window is not None:
-            return self.history.tail(self.key, self.window)
+            return _tool_safe(self.history.tail(self.key, self.window))
         return self.history.to_messages(list(self.history.read(self.key)), self.key)
 
     async def aget_messages(self) -> list[BaseMessage]:
         """Async `messages`."""
         if self.window is not None:
-            return await self.history.atail(self.key, self.window)
+            return _tool_safe(await self.history.atail(self.key, self.window))
         turns = [turn async for turn in self.history.aread(self.key)]
         return self.history.to_messages(turns, self.key)
 
@@ -99,3 +102,11 @@ def _with_ids(messages: Sequence[MessageLike]) -> list[MessageLike]:
         if isinstance(message, BaseMessage) and not message.id:
             message.id = str(uuid.uuid4())
     return list(messages)
+
+
+def _tool_safe(messages: list[BaseMessage]) -> list[BaseMessage]:
+    """``messages`` without the tool results at its start whose call it does not hold."""
+    start = 0
+    while start < len(messages) and role_of(messages[start]) == "tool":
+        start += 1
+    return messages[start:]
