@@ -377,3 +377,14 @@ def test_messages_that_are_not_a_sequence_are_refused(history: ChatHistory, mess
     with pytest.raises(InvalidMessage, match="str is not a message"):
         history.for_key(key).add_messages(["hello"])
     assert history.count(key) == 0
+
+
+@pytest.mark.parametrize("tool_calls", ["not a list", [1], [{"name": "x"}]])
+def test_a_dict_with_malformed_tool_calls_is_refused_and_stores_nothing(
+    store: BaseStore, ns: tuple[str, ...], tool_calls: object
+) -> None:
+    history = ChatHistory(store, namespace=ns)
+    message = {"role": "assistant", "content": "", "tool_calls": tool_calls}
+    with pytest.raises(InvalidMessage, match="message 1: tool_calls must be a list"):
+        history.append("k", [{"role": "user", "content": "q"}, message])
+    assert history.count("k") == 0

@@ -256,7 +256,10 @@ def dict_message(message: Mapping[str, Any], where: str = "message") -> BaseMess
         return HumanMessage(content=content, id=message_id)
     if role == ASSISTANT:
         tool_calls = message.get("tool_calls") or []
-        return AIMessage(content=content, id=message_id, tool_calls=tool_calls)
+        try:
+            return AIMessage(content=content, id=message_id, tool_calls=tool_calls)
+        except (ValueError, TypeError, AttributeError):  # pydantic's errors are ValueErrors
+            raise InvalidMessage(f"{where}: tool_calls must be a list of tool calls") from None
     if role == TOOL and message.get("tool_call_id"):
         return ToolMessage(
             content=content, id=message_id, tool_call_id=str(message["tool_call_id"])
