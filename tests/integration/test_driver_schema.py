@@ -135,3 +135,35 @@ def test_the_factory_installs_the_migrations(fresh_pg_dsn: str) -> None:
     ns = ("schema", uuid.uuid4().hex[:8])
     with create_graph_store_sync(settings) as store:  # opening again: nothing to apply
         assert ChatHistory(store, namespace=ns).append("k", [HumanMessage("x")]).appended == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_history_migrations_from_a_newer_deploy_keep_the_sql_path(
+    fresh_pg_dsn: str, caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    """A rolling deploy: a newer release installed a later migration. Migrations only add
+    or fix functions, so this release's are still there: it keeps its SQL path (and its
+    per-conversation lock), where a fallback to the generic path would write beside the
+    newer workers without that lock."""
+    settings = HistorySettings(graph_store_backend="postgres", postgres_dsn=fresh_pg_dsn)
+    with create_graph_store_sync(settings):
+        pass
+    with psycopg.connect(fresh_pg_dsn, autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (v) VALUES (%s)", (len(MIGRATIONS) + 3,))
+    with caplog.at_level(logging.WARNING, logger="agent_history"):
+        if mode == "sync":
+            with create_graph_store_sync(settings) as store:
+                history = ChatHistory(store)
+                history.append("k", [HumanMessage("q", id="q1"), AIMessage("a")])
+                assert history.count("k") == 2
+                described = driver_for(store).describe()
+        else:
+            async with create_graph_store(settings) as astore:
+                history = ChatHistory(astore)
+                await history.aappend("k", [HumanMessage("q", id="q1"), AIMessage("a")])
+                assert await history.acount("k") == 2
+                described = driver_for(astore).describe()
+    assert described["driver"] in ("postgres", "postgres-async")
+    assert described["history_schema_version"] == len(MIGRATIONS) + 3
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

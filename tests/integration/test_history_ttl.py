@@ -173,3 +173,64 @@ def test_a_store_without_ttl_writes_no_expiry(
         history.append("telegram:3", [HumanMessage("x", id="x")])
         prefix = namespace_text(history.conversation_namespace("telegram:3"))
         assert {at for at, _ in rows.expiries(prefix).values()} == {None}
+
+
+def _waiting_on_a_lock(dsn: str, application: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as pg:
+        row = pg.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = %s AND wait_event_type = 'Lock'",
+            (application,),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("sweep", ["commits", "rolls_back"])
+def test_an_append_racing_a_sweep_leaves_a_whole_conversation(
+    fresh_pg_dsn: str, tmp_path: Path, sweep: str
+) -> None:
+    """LangGraph's sweeper deletes expired rows without the conversation's lock. An append
+    that meets an uncommitted sweep of its conversation waits for it: after the sweep the
+    conversation starts again from nothing (no old turn revived, no chunk without its
+    head); without it, the whole conversation is continued and refreshed."""
+    import threading
+
+    application = "append-" + uuid.uuid4().hex[:8]
+    dsn = f"{fresh_pg_dsn}{'&' if '?' in fresh_pg_dsn else '?'}application_name={application}"
+    rows = Rows("postgres", tmp_path, fresh_pg_dsn)
+    with _ttl_store("postgres", tmp_path, dsn, refresh=False) as store:
+        history = ChatHistory(store, namespace=("ttl", uuid.uuid4().hex[:8]), chunk_size=CHUNK)
+        key = "telegram:1"
+        prefix = namespace_text(history.conversation_namespace(key))
+        history.append(key, [HumanMessage(f"old {i}", id=f"o{i}") for i in range(6)])
+        rows.set_expiry(prefix, datetime.now(UTC) - timedelta(minutes=5))
+
+        with psycopg.connect(fresh_pg_dsn) as sweeper:
+            sweeper.execute("DELETE FROM store WHERE expires_at < now()")  # not committed
+            result: list[Any] = []
+            appender = threading.Thread(
+                target=lambda: result.append(history.append(key, [HumanMessage("new", id="n1")]))
+            )
+            appender.start()
+            while not _waiting_on_a_lock(fresh_pg_dsn, application):
+                assert appender.is_alive() or result, "the append did not wait for the sweep"
+                if not appender.is_alive():
+                    break
+            if sweep == "commits":
+                sweeper.commit()
+            else:
+                sweeper.rollback()
+            appender.join(30)
+        assert not appender.is_alive()
+
+        stored = [t.content for t in history.read(key)]
+        keys = set(rows.expiries(prefix))
+        if sweep == "commits":
+            assert stored == ["new"] and result[0].last_seq == 1
+            assert keys == {"head", "chunk:0000000000", "msgid:n1"}
+        else:
+            assert stored == [*(f"old {i}" for i in range(6)), "new"]
+            assert result[0].last_seq == 7
+        expiry = _one_expiry(rows.expiries(prefix))
+        assert expiry > datetime.now(UTC) + timedelta(minutes=TTL_MINUTES - 5)

@@ -78,8 +78,7 @@ SETUP_UNLOCK_SQL = f"SELECT pg_advisory_unlock({SETUP_LOCK_ID})"
 
 _KEEP = 1 - REFRESH_FRACTION
 
-MIGRATIONS: Sequence[str] = [
-    f"""
+_FUNCTIONS = f"""
 -- One item by its primary key, found so that no plan can do it by scanning its
 -- conversation: the first row at or after (prefix, key) in primary-key order (only the
 -- primary key index gives that order cheaply), kept if it is the one asked for. A plain
@@ -186,6 +185,9 @@ BEGIN
 END
 $$;
 
+"""
+
+_APPEND_FUNCTION = """
 -- layout.plan_append, server side: one statement per append. The records arrive built
 -- by the codec (with their time); the function numbers them.
 CREATE OR REPLACE FUNCTION agent_history_append_v1(
@@ -215,16 +217,16 @@ DECLARE
     v_size bigint;
     v_epoch jsonb;
     v_last bigint;
-    v_known text[] := '{{}}';
-    v_checked text[] := '{{}}';
+    v_known text[] := '{}';
+    v_checked text[] := '{}';
     v_anchor jsonb;
     v_key text;
     v_n integer := coalesce(cardinality(p_ids), 0);
-    v_seen text[] := '{{}}';
-    v_fresh integer[] := '{{}}';
+    v_seen text[] := '{}';
+    v_fresh integer[] := '{}';
     v_dups integer := 0;
-    v_keys text[] := '{{}}';
-    v_values jsonb[] := '{{}}';
+    v_keys text[] := '{}';
+    v_values jsonb[] := '{}';
     v_chunk bigint;
     v_turns jsonb;
     v_seq bigint;
@@ -356,7 +358,36 @@ BEGIN
     total := v_seq;
 END
 $$;
-""",
+"""
+
+_HEAD_READ = """    v_exists := FOUND;
+    IF NOT v_exists THEN
+        v_head := p_new_head;
+    END IF;
+"""
+
+# LangGraph's sweeper deletes expired rows without the conversation's advisory lock. An
+# append that read the head of a conversation the sweeper was deleting (its DELETE not
+# committed yet) wrote its chunk and head back after the sweep: half a conversation, with
+# expired turns revived. So a conversation within a minute of its expiry has its rows
+# locked first (which waits for a sweep holding them), then its head read again: after a
+# sweep it is a new conversation; otherwise the sweep, once it gets the rows, finds them
+# refreshed by this append. (A sweep started later sees the new expiry.)
+_SWEEP_GUARD = """    IF FOUND AND v_current IS NOT NULL
+       AND v_current < now() + interval '1 minute' THEN
+        PERFORM 1 FROM store WHERE prefix = p_prefix FOR UPDATE;
+        SELECT s.value, s.expires_at INTO v_head, v_current
+        FROM agent_history_item_v1(p_prefix, 'head') s;
+    END IF;
+"""
+
+if _HEAD_READ not in _APPEND_FUNCTION:  # pragma: no cover - a guard on the text above
+    raise RuntimeError("agent_history_append_v1: head read not found")
+
+MIGRATIONS: Sequence[str] = [
+    _FUNCTIONS + _APPEND_FUNCTION,
+    # 1: the append waits for a sweep of the conversation it appends to (see _SWEEP_GUARD).
+    _APPEND_FUNCTION.replace(_HEAD_READ, _SWEEP_GUARD + _HEAD_READ),
 ]
 
 MIGRATIONS_TABLE = "agent_history_migrations"

@@ -61,9 +61,14 @@ class PostgresState:
 
     @property
     def usable(self) -> bool:
+        """Whether the SQL path may run: LangGraph's schema is the one the SQL was
+        written for, and this project's migrations are applied, or newer ones (a newer
+        deploy installed them: migrations only add or fix functions and keep their
+        signatures, so this code's functions are still there and still right)."""
         return (
             self.store_schema == sql.STORE_SCHEMA_VERSION
-            and self.own_schema == len(sql.MIGRATIONS) - 1
+            and self.own_schema is not None
+            and self.own_schema >= len(sql.MIGRATIONS) - 1
         )
 
     def fallback(self, store: BaseStore, backend: str) -> GenericDriver:
@@ -195,7 +200,7 @@ def inspect_sync(conn: Connection[Any]) -> PostgresState:
     own_v = (
         _versions(conn.execute(sql.OWN_VERSION_SQL, prepare=False).fetchall()) if has_own else None
     )
-    if store_v != sql.STORE_SCHEMA_VERSION or own_v == len(sql.MIGRATIONS) - 1:
+    if store_v != sql.STORE_SCHEMA_VERSION or _current(own_v):
         return PostgresState(store_v, own_v)
     try:
         acquire_setup_lock(conn, _lock_wait())
@@ -219,7 +224,7 @@ async def ainspect(conn: AsyncConnection[Any]) -> PostgresState:
     own_v = None
     if has_own:
         own_v = _versions(await (await conn.execute(sql.OWN_VERSION_SQL, prepare=False)).fetchall())
-    if store_v != sql.STORE_SCHEMA_VERSION or own_v == len(sql.MIGRATIONS) - 1:
+    if store_v != sql.STORE_SCHEMA_VERSION or _current(own_v):
         return PostgresState(store_v, own_v)
     try:
         await aacquire_setup_lock(conn, _lock_wait())
@@ -231,6 +236,12 @@ async def ainspect(conn: AsyncConnection[Any]) -> PostgresState:
         _log_migration_failure(exc)
         return PostgresState(store_v, own_v, obs.describe_error(exc))
     return PostgresState(store_v, own_v)
+
+
+def _current(own: int | None) -> bool:
+    """Whether this project's migrations need nothing applied (they are this code's, or
+    a newer deploy's)."""
+    return own is not None and own >= len(sql.MIGRATIONS) - 1
 
 
 def _log_migration_failure(exc: BaseException) -> None:
