@@ -302,6 +302,9 @@ def _unreachable(settings: HistorySettings, exc: BaseException) -> StoreUnavaila
 
 
 def _pool_kwargs(settings: HistorySettings) -> dict[str, Any]:
+    """The pool settings. Pools of the history store check no connection when lending
+    it (a round trip per call on the hot path): a call that finds its connection broken
+    drains the pool instead (the drivers)."""
     return {
         "min_size": settings.postgres_pool_min_size,
         "max_size": settings.postgres_pool_max_size,
@@ -314,10 +317,13 @@ def _pool_kwargs(settings: HistorySettings) -> dict[str, Any]:
 
 @contextmanager
 def _postgres_pool(
-    settings: HistorySettings,
+    settings: HistorySettings, checked: bool = False
 ) -> Iterator[ConnectionPool[psycopg.Connection[DictRow]]]:
+    """The pool; ``checked``: each connection is checked before it is lent (LangGraph's
+    checkpointer raises out of the run on a connection a server restart broke)."""
+    check = ConnectionPool.check_connection if checked else None
     pool: ConnectionPool[psycopg.Connection[DictRow]] = ConnectionPool(
-        settings.dsn, **_pool_kwargs(settings)
+        settings.dsn, check=check, **_pool_kwargs(settings)
     )
     try:
         pool.open(wait=True, timeout=settings.postgres_pool_timeout)
@@ -332,10 +338,12 @@ def _postgres_pool(
 
 @asynccontextmanager
 async def _apostgres_pool(
-    settings: HistorySettings,
+    settings: HistorySettings, checked: bool = False
 ) -> AsyncIterator[AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]]:
+    """The async twin of `_postgres_pool`."""
+    check = AsyncConnectionPool.check_connection if checked else None
     pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = AsyncConnectionPool(
-        settings.dsn, **_pool_kwargs(settings)
+        settings.dsn, check=check, **_pool_kwargs(settings)
     )
     try:
         await pool.open(wait=True, timeout=settings.postgres_pool_timeout)
@@ -356,10 +364,12 @@ def _postgres_opened(
 ) -> Iterator[_S]:
     """Open the pool and build and set up ``factory(pool)`` under the setup lock, whose
     connection, made first, is also the fail-fast check that the server is reachable;
-    with ``history_schema``, apply the history's own migrations there too."""
+    with ``history_schema`` (the store), apply the history's own migrations there too;
+    without (the checkpointer), the pool checks each connection it lends."""
     with ExitStack() as stack:
         with _postgres_setup_lock(settings) as lock_conn:
-            opened = factory(stack.enter_context(_postgres_pool(settings)))
+            pool = _postgres_pool(settings, checked=not history_schema)
+            opened = factory(stack.enter_context(pool))
             opened.setup()
             if history_schema:
                 migrate(lock_conn)
@@ -375,7 +385,8 @@ async def _apostgres_opened(
     """The async twin of `_postgres_opened`."""
     async with AsyncExitStack() as stack:
         async with _apostgres_setup_lock(settings) as lock_conn:
-            opened = factory(await stack.enter_async_context(_apostgres_pool(settings)))
+            pool = _apostgres_pool(settings, checked=not history_schema)
+            opened = factory(await stack.enter_async_context(pool))
             await opened.setup()
             if history_schema:
                 await amigrate(lock_conn)

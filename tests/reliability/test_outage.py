@@ -180,3 +180,106 @@ def test_outage_degrades_opens_breaker_and_resumes_without_duplicates(
         lost=0,
         duplicated=0,
     )
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_after_a_server_restart_one_run_falls_back_and_the_next_ones_store(
+    pg_server: PostgresServer, fresh_pg_dsn: str, mode: str
+) -> None:
+    """The pool's idle connections were all opened to the old server process. The first
+    call on one of them fails; the pool is then refreshed, so later runs do not each fail
+    on another stale connection (with four of them, three more runs would fall back, and
+    the breaker would open)."""
+    from agent_history.stores import create_graph_store
+
+    settings = HistorySettings(
+        graph_store_backend="postgres",
+        postgres_dsn=fresh_pg_dsn,
+        postgres_pool_min_size=4,
+        postgres_pool_max_size=4,
+        postgres_connect_timeout=2,
+    )
+    reports: list[HistoryReport] = []
+    node = AgentNode(
+        RecordingChatModel(),
+        use_graph_chat_history=True,
+        toggles=toggles(breaker_min_calls="3"),
+        write_backoff_seconds=0,
+        on_report=reports.append,
+    )
+    chat = int(uuid.uuid4().int % 10**9)
+
+    async def runs(graph: object, count: int, label: str) -> None:
+        for i in range(count):
+            callback = telegram_callback(chat, f"{label} {i}", message_id=f"{label}{i}")
+            if mode == "sync":
+                graph.invoke(callback, new_thread())  # type: ignore[attr-defined]
+            else:
+                await graph.ainvoke(callback, new_thread())  # type: ignore[attr-defined]
+
+    if mode == "sync":
+        with create_graph_store_sync(settings) as store:
+            graph = build_graph(node, store)
+            await runs(graph, 4, "before")
+            pg_server.stop("fast")
+            pg_server.start()
+            await runs(graph, 6, "after")
+    else:
+        async with create_graph_store(settings) as astore:
+            graph = build_graph(node, astore)
+            await runs(graph, 4, "before")
+            pg_server.stop("fast")
+            pg_server.start()
+            await runs(graph, 6, "after")
+
+    after = reports[4:]
+    failed = [r for r in after if r.fallbacks]
+    assert len(failed) <= 1, [r.fallbacks for r in after]
+    assert all(r.appended == 2 for r in after[1:]), [r.fallbacks for r in after]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_checkpointed_graph_runs_on_after_a_server_restart(
+    pg_server: PostgresServer, fresh_pg_dsn: str, mode: str
+) -> None:
+    """LangGraph's checkpointer raises out of the run on a broken connection: its pool
+    checks each connection it lends, so a restart costs no run an exception."""
+    from agent_history.stores import create_checkpointer, create_checkpointer_sync
+
+    settings = HistorySettings(
+        graph_store_backend="postgres",
+        checkpoint_backend="postgres",
+        postgres_dsn=fresh_pg_dsn,
+        postgres_pool_min_size=3,
+        postgres_pool_max_size=3,
+        postgres_connect_timeout=2,
+    )
+    model = RecordingChatModel()
+    node = AgentNode(model, use_graph_chat_history=True, toggles=toggles(), write_backoff_seconds=0)
+    chat = int(uuid.uuid4().int % 10**9)
+    config = {"configurable": {"thread_id": f"chat-{chat}"}}
+    texts = [f"m{i}" for i in range(8)]
+    if mode == "sync":
+        with (
+            create_graph_store_sync(settings) as store,
+            create_checkpointer_sync(settings) as saver,
+        ):
+            graph = build_graph(node, store, saver)
+            for i, text in enumerate(texts):
+                if i == 4:
+                    pg_server.stop("fast")
+                    pg_server.start()
+                graph.invoke(telegram_callback(chat, text, message_id=i), config)
+            thread = graph.get_state(config).values["messages"]
+    else:
+        from agent_history.stores import create_graph_store
+
+        async with create_graph_store(settings) as astore, create_checkpointer(settings) as asaver:
+            graph = build_graph(node, astore, asaver)
+            for i, text in enumerate(texts):
+                if i == 4:
+                    pg_server.stop("fast")
+                    pg_server.start()
+                await graph.ainvoke(telegram_callback(chat, text, message_id=i), config)
+            thread = (await graph.aget_state(config)).values["messages"]
+    assert [m.content for m in thread if m.type == "human"] == texts

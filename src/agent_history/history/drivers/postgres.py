@@ -195,7 +195,14 @@ class PostgresDriver(SyncStoreDriver):
 
     def _use(self, work: Callable[[Connection[Any]], T]) -> T:
         with self._connection() as conn, self._watched(conn):
-            return work(conn)
+            try:
+                return work(conn)
+            except psycopg.OperationalError:
+                if conn.broken:
+                    # The server went away (a restart, a failover): the pool's idle
+                    # connections were opened to it too, and would each fail a call.
+                    self._drain()
+                raise
 
     # --- schema ----------------------------------------------------------------------------
 

@@ -132,6 +132,10 @@ class AsyncPostgresDriver(AsyncStoreDriver):
             except psycopg.OperationalError as exc:
                 if fired or isinstance(exc, psycopg.errors.LockNotAvailable):
                     raise budget.timeout_error() from None
+                if conn.broken and not fired:
+                    # The server went away (a restart, a failover): the pool's idle
+                    # connections were opened to it too, and would each fail a call.
+                    await self._drain()
                 raise
             finally:
                 if timer is not None:
