@@ -183,30 +183,35 @@ def _interleave(
     return head, newer, list(chat[last + 1 :]), stored_count + len(newer)
 
 
-def _without_second_answer(
-    stored: Sequence[BaseMessage],
-    chat: Sequence[BaseMessage],
-    matched: list[int | None],
-    unstored: list[BaseMessage],
-) -> list[BaseMessage]:
-    """The unstored end of the thread without another answer to a stored exchange.
+def _without_second_answers(
+    stored: Sequence[BaseMessage], chat: Sequence[BaseMessage], matched: list[int | None]
+) -> tuple[list[BaseMessage], list[int | None]]:
+    """The thread without its second answers to stored exchanges.
 
-    When the thread's last stored message is a user message whose exchange the log
-    already answers (another run stored it: a re-delivery answered again after the
-    thread lost its checkpoint, or a replay from an earlier checkpoint), the thread's own
-    answer to it is a second one: it is not this run's to store, nor to send beside the
-    stored one. It ends where the next user message begins; without a newer user message
-    it is the exchange being answered now, and stays.
+    A thread can answer an exchange the log already holds (it lost its checkpoints and
+    answered a re-delivery again, two workers shared it, or a run was replayed from an
+    earlier checkpoint). Such an answer is the thread's messages after a stored user
+    message, up to the next user message, none of them stored, while the log holds an
+    answer to that user message: it is not this run's to store, nor to send beside the
+    stored one. The exchange being answered now (no user message after it) stays.
     """
-    last = max((i for i, j in enumerate(matched) if j is not None), default=-1)
-    if last < 0 or role_of(chat[last]) != USER:
-        return unstored
-    at = matched[last]
-    assert at is not None
-    if at + 1 >= len(stored) or role_of(stored[at + 1]) == USER:
-        return unstored  # the log holds no answer to it
-    start = next((i for i, m in enumerate(unstored) if role_of(m) == USER), None)
-    return unstored if start is None else unstored[start:]
+    drop: set[int] = set()
+    for index, message in enumerate(chat):
+        at = matched[index]
+        if at is None or role_of(message) != USER:
+            continue
+        if at + 1 >= len(stored) or role_of(stored[at + 1]) == USER:
+            continue  # the log holds no answer to it
+        end = next((k for k in range(index + 1, len(chat)) if role_of(chat[k]) == USER), None)
+        if end is None:
+            continue
+        answer = range(index + 1, end)
+        if all(matched[k] is None for k in answer):
+            drop.update(answer)
+    if not drop:
+        return list(chat), matched
+    kept = [k for k in range(len(chat)) if k not in drop]
+    return [chat[k] for k in kept], [matched[k] for k in kept]
 
 
 def tool_safe_units(messages: Sequence[BaseMessage]) -> list[list[BaseMessage]]:
@@ -389,9 +394,8 @@ def merge_history(
     """
     system = [m for m in thread if role_of(m) == "system"]
     chat = [m for m in thread if role_of(m) != "system"]
-    matched = _match(stored, chat)
+    chat, matched = _without_second_answers(stored, chat, _match(stored, chat))
     head, newer, unstored, stored_count = _interleave(stored, chat, matched)
-    unstored = _without_second_answer(stored, chat, matched, unstored)
     conversation = [*head, *newer, *unstored]
     last_human = newest_human(chat)
     # The message to answer is already stored and only this run's tool steps (if any)

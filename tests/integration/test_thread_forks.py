@@ -67,6 +67,13 @@ def test_a_redelivery_after_the_checkpoints_were_lost_is_stored_once(
     graph.invoke(telegram_callback(chat, "four", 4), config)
     assert _stored(store, f"telegram:{chat}", scope)[-2:] == ["four", "echo: four"]
     assert len(_stored(store, f"telegram:{chat}", scope)) == 8
+    # Every later payload too: the thread still holds its second answer to "two".
+    assert _texts(model.calls[-1]) == [
+        "one", "echo: one", "two", "echo: two", "three", "echo: three", "four"
+    ]  # fmt: skip
+    graph.invoke(telegram_callback(chat, "five", 5), config)
+    assert _texts(model.calls[-1])[-5:] == ["three", "echo: three", "four", "echo: four", "five"]
+    assert _texts(model.calls[-1]).count("echo: two") == 1
 
 
 def test_a_redelivery_answered_with_a_tool_loop_keeps_its_own_steps(store: BaseStore) -> None:

@@ -218,3 +218,29 @@ def test_counting_messages_keeps_what_trim_messages_keeps(kinds: list[str], budg
     kept = [m for unit in tool_safe_units(kept) for m in unit]
     first = next((i for i, m in enumerate(kept) if isinstance(m, HumanMessage)), 0)
     assert _fit(messages, budget, len) == kept[first:]
+
+
+def test_a_second_answer_to_a_stored_exchange_is_left_out_but_tool_steps_stay() -> None:
+    """Turns scope stores the question and the final answer; the thread also holds the
+    tool steps between them (kept: the exchange's stored answer is in the thread), and a
+    second answer to another stored question (left out: the log holds the first one)."""
+    call = AIMessage("", id="c", tool_calls=[{"name": "t", "args": {}, "id": "t1"}])
+    result = ToolMessage("r", id="r", tool_call_id="t1")
+    stored = [
+        HumanMessage("q1", id="q1"),
+        AIMessage("a1", id="a1"),
+        HumanMessage("q2", id="q2"),
+        AIMessage("a2", id="a2"),
+    ]
+    thread = [
+        HumanMessage("q1", id="q1"),
+        call,
+        result,
+        AIMessage("a1", id="a1"),
+        HumanMessage("q2", id="q2"),
+        AIMessage("a2 again", id="a2-bis"),
+        HumanMessage("q3", id="q3"),
+    ]
+    merged = merge_history(stored, thread, max_messages=20)
+    assert _texts(merged.messages) == ["q1", "", "r", "a1", "q2", "a2", "q3"]
+    assert _texts(merged.unstored) == ["q3"]
