@@ -8,6 +8,7 @@ placeholders are percent-escaped (`escape_key_value`) so distinct values give di
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -224,6 +225,14 @@ def _finalize(value: Any) -> Any:
         # A mapping, a list, a method or one of Jinja's own objects prints as its repr:
         # never a key (and a repr with an address would change every run).
         raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, "a value is not text or a number")
+    if isinstance(value, bool):
+        # A parser's "no id" as True/False would put every such chat in one conversation.
+        raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, "a value is true or false")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, "a value is not a finite number")
+        if value.is_integer() and abs(value) < 2**53:
+            return int(value)  # 5.0 is chat 5, as "5" and 5 are
     return value
 
 
