@@ -228,11 +228,8 @@ def _finalize(value: Any) -> Any:
     if isinstance(value, bool):
         # A parser's "no id" as True/False would put every such chat in one conversation.
         raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, "a value is true or false")
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, "a value is not a finite number")
-        if value.is_integer() and abs(value) < 2**53:
-            return int(value)  # 5.0 is chat 5, as "5" and 5 are
+    if isinstance(value, float) and not math.isfinite(value):
+        raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, "a value is not a finite number")
     return value
 
 

@@ -379,11 +379,18 @@ def test_values_that_are_not_text_or_numbers_never_become_keys(template: str) ->
 
 @pytest.mark.parametrize(
     ("chat_id", "key"),
-    [(True, None), (False, None), (float("nan"), None), (float("inf"), None), (5.0, "telegram:5")],
+    [
+        (True, None),
+        (False, None),
+        (float("nan"), None),
+        (float("inf"), None),
+        (5.0, "telegram:5.0"),
+    ],
 )
 def test_odd_chat_ids_never_share_a_conversation(chat_id: Any, key: str | None) -> None:
     """A parser that reports a missing id as True/False or NaN would put every such chat
-    in one conversation ("telegram:True"): those values are refused; 5.0 is chat 5."""
+    in one conversation ("telegram:True"): those values are refused. A float keeps its
+    text (5.0 is not rewritten to 5: keys of stored conversations never change)."""
     resolution = resolve_history_key({"results": {"telegram_events_parser": {"chat_id": chat_id}}})
     assert resolution.key == key
     if key is None:
