@@ -323,6 +323,23 @@ def test_migrate_never_writes_into_a_conversation_holding_other_turns(
     assert again.exit_code == 1 and json.loads(again.stdout)["turns_copied"] == 0
 
 
+def test_migrate_of_an_empty_namespace_does_not_report_a_match(
+    env: dict[str, str], tmp_path: Path, ns: str
+) -> None:
+    """A mistyped namespace copies nothing: "all counts and checksums match" would read as
+    a verified migration."""
+    _seed(_settings(env), ns, {"telegram:1": 2})
+    target = str(tmp_path / "target.sqlite")
+    args = ["migrate", "--from-backend", "sqlite", "--to-backend", "sqlite",
+            "--to-sqlite-path", target, "-n", ns + "typo"]  # fmt: skip
+    result = _invoke(args, env)
+    assert result.exit_code == 0, result.output
+    assert "migrated 0 conversations, 0 turns copied; verification: nothing to compare: " in (
+        result.output
+    )
+    assert "all counts and checksums match" not in result.output
+
+
 # --- a missing SQLite source is never created -------------------------------------------
 
 

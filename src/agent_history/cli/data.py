@@ -424,6 +424,10 @@ def _migration_summary(result: MigrationReport, as_json: bool) -> None:
         console.print_json(json.dumps(summary))
     else:
         verdict = "all counts and checksums match" if result.ok else "MISMATCH"
+        if result.ok and not result.conversations:
+            # Nothing was compared: say so rather than "all match" (a wrong source
+            # namespace or an empty source file would otherwise read as a success).
+            verdict = "nothing to compare: the source holds no conversation"
         console.print(
             f"migrated {plural(result.conversations, 'conversation')}, "
             f"{plural(result.turns_copied, 'turn')} copied; verification: {verdict}",
