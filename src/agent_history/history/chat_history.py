@@ -33,12 +33,10 @@ from agent_history.history.bulk import (
 from agent_history.history.codec import (
     HistoryScope,
     check_content,
-    dict_message,
     is_plain,
     message_parts,
     messages_of,
     quarantine,
-    role_of_message,
 )
 from agent_history.history.drivers import AppendRequest, HistoryDriver, driver_for
 from agent_history.history.layout import HEAD_KEY, PendingTurn, read_records, turn_reader
@@ -112,9 +110,15 @@ def to_pending(
             kept.append((index, turn.to_message()))
         skipped = 0
     else:
-        kept, skipped = messages_of(messages, scope)  # type: ignore[arg-type]
-        if skipped:
-            _report_unsupported(messages, {index for index, _ in kept})  # type: ignore[arg-type]
+        kept, skipped, unsupported = messages_of(messages, scope)  # type: ignore[arg-type]
+        if unsupported:
+            # No scope stores them: say so (by count and type, never content) rather than
+            # let them vanish without a trace.
+            obs.log_event(
+                "history_messages_unsupported",
+                count=len(unsupported),
+                types=",".join(sorted(set(unsupported))),
+            )
     for index, message in kept:
         role, content, mid, kind, extra = message_parts(message)
         if message_ids is not None and message_ids[index] is not None:
@@ -125,28 +129,6 @@ def to_pending(
         plain = is_plain(content, where) & is_plain(extra, where)
         pending.append(PendingTurn(role, content, mid, kind, extra or None, plain))
     return pending, skipped
-
-
-def _report_unsupported(messages: Sequence[MessageLike], kept: set[int]) -> None:
-    """Warn about skipped messages that no scope stores (a role that is not a chat role,
-    such as ``ChatMessage(role="critic")``, a ``FunctionMessage`` or a ``RemoveMessage``),
-    by count and type, never by content: they would otherwise vanish without a trace."""
-    unsupported = [
-        type(message).__name__
-        for index, message in enumerate(messages)
-        if index not in kept
-        and (
-            role_of_message(message) == "unknown"
-            if isinstance(message, BaseMessage)
-            else dict_message(message) is None
-        )
-    ]
-    if unsupported:
-        obs.log_event(
-            "history_messages_unsupported",
-            count=len(unsupported),
-            types=",".join(sorted(set(unsupported))),
-        )
 
 
 class ChatHistory:

@@ -288,14 +288,18 @@ def in_scope(message: BaseMessage, scope: HistoryScope) -> bool:
 
 def messages_of(
     items: Sequence[BaseMessage | Mapping[str, Any]], scope: HistoryScope
-) -> tuple[list[tuple[int, BaseMessage]], int]:
-    """The messages ``scope`` keeps, with their positions, and how many it skipped.
+) -> tuple[list[tuple[int, BaseMessage]], int, list[str]]:
+    """The messages ``scope`` keeps, with their positions; how many it skipped; and the
+    types of the skipped items that no scope stores (a role that is not a chat role, such
+    as ``ChatMessage(role="critic")``, a ``FunctionMessage``, a ``RemoveMessage``, a dict
+    with an unknown role).
 
     Raises:
         InvalidMessage: an item's content is not a string or a list of content blocks.
     """
     kept: list[tuple[int, BaseMessage]] = []
     skipped = 0
+    unsupported: list[str] = []
     for index, item in enumerate(items):
         if isinstance(item, BaseMessage):
             check_content(item.content, f"message {index}")
@@ -306,9 +310,11 @@ def messages_of(
             raise InvalidMessage(f"message {index}: {type(item).__name__} is not a message")
         if message is None or not in_scope(message, scope):
             skipped += 1
+            if message is None or role_of_message(message) == "unknown":
+                unsupported.append(type(item).__name__)
             continue
         kept.append((index, message))
-    return kept, skipped
+    return kept, skipped, unsupported
 
 
 def quarantine(reason: str, *, namespace: Iterable[str] = (), seq: object = None) -> None:
