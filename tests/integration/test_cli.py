@@ -269,13 +269,18 @@ def test_migrate_refuses_the_same_store(tmp_path: Path) -> None:
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
 
-@pytest.fixture
-def sqlite_env(tmp_path: Path) -> dict[str, str]:
+def scratch_env(tmp_path: Path) -> dict[str, str]:
+    """The CLI's environment: SQLite store and checkpoints in ``tmp_path``."""
     return {
         "ORCHEO_GRAPH_STORE_BACKEND": "sqlite",
         "ORCHEO_GRAPH_STORE_SQLITE_PATH": str(tmp_path / "store.sqlite"),
         "ORCHEO_CHECKPOINT_SQLITE_PATH": str(tmp_path / "checkpoints.sqlite"),
     }
+
+
+@pytest.fixture
+def sqlite_env(tmp_path: Path) -> dict[str, str]:
+    return scratch_env(tmp_path)
 
 
 def _sqlite(env: dict[str, str]) -> HistorySettings:

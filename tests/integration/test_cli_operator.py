@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from agent_history.history import ChatHistory
-from agent_history.settings import HistorySettings
 from agent_history.stores import create_graph_store_sync
-from tests.integration.test_cli import _invoke, _seed
+from tests.integration.test_cli import _invoke, _seed, scratch_env
+from tests.integration.test_cli import _sqlite as _settings
 
 
 @pytest.fixture
@@ -29,15 +29,7 @@ def ns() -> str:
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    return {
-        "ORCHEO_GRAPH_STORE_BACKEND": "sqlite",
-        "ORCHEO_GRAPH_STORE_SQLITE_PATH": str(tmp_path / "store.sqlite"),
-        "ORCHEO_CHECKPOINT_SQLITE_PATH": str(tmp_path / "checkpoints.sqlite"),
-    }
-
-
-def _settings(env: dict[str, str]) -> HistorySettings:
-    return HistorySettings(graph_store_sqlite_path=env["ORCHEO_GRAPH_STORE_SQLITE_PATH"])
+    return scratch_env(tmp_path)
 
 
 def _keys_and_seqs(text: str) -> list[tuple[str, int]]:

@@ -237,8 +237,9 @@ def _open_input(file: Path, stack: ExitStack) -> tuple[BinaryIO, int]:
     """
     try:
         handle = stack.enter_context(file.open("rb"))
-        if stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            return handle, os.fstat(handle.fileno()).st_size
+        info = os.fstat(handle.fileno())
+        if stat.S_ISREG(info.st_mode):
+            return handle, info.st_size
         # closed by the stack
         spool = stack.enter_context(tempfile.TemporaryFile(prefix="agent-history-"))  # noqa: SIM115
         shutil.copyfileobj(handle, spool, _SPOOL_CHUNK)
