@@ -39,6 +39,7 @@ from agent_history.history.codec import (
     quarantine,
 )
 from agent_history.history.drivers import AppendRequest, HistoryDriver, driver_for
+from agent_history.history.faults import store_faults
 from agent_history.history.layout import HEAD_KEY, PendingTurn, read_records, turn_reader
 from agent_history.history.message_history import KeyedMessageHistory
 from agent_history.history.naming import conversation_namespace, key_of_label, validate_namespace
@@ -211,23 +212,23 @@ class ChatHistory:
         """Run the step procedure ``steps`` on conversation ``key`` as one atomic unit of
         work (the store's transaction, or its driver's lock), within ``budget`` seconds."""
         namespace = self.conversation_namespace(key)
-        with deadline_after(budget_arg(budget)):
+        with deadline_after(budget_arg(budget)), store_faults(self._driver.backend):
             return self._driver.run(namespace, steps)
 
     async def _arun_atomic(self, key: str, steps: Steps[T], *, budget: float | None = None) -> T:
         """Async `_run_atomic`."""
         namespace = self.conversation_namespace(key)
-        with deadline_after(budget_arg(budget)):
+        with deadline_after(budget_arg(budget)), store_faults(self._driver.backend):
             return await self._driver.arun(namespace, steps)
 
     def _read(self, key: str, steps: Steps[T], budget: float | None = None) -> T:
         namespace = self.conversation_namespace(key)
-        with deadline_after(budget_arg(budget)):
+        with deadline_after(budget_arg(budget)), store_faults(self._driver.backend):
             return self._driver.read(namespace, steps)
 
     async def _aread(self, key: str, steps: Steps[T], budget: float | None = None) -> T:
         namespace = self.conversation_namespace(key)
-        with deadline_after(budget_arg(budget)):
+        with deadline_after(budget_arg(budget)), store_faults(self._driver.backend):
             return await self._driver.aread(namespace, steps)
 
     # --- reads ---------------------------------------------------------------------------
@@ -330,11 +331,12 @@ class ChatHistory:
         depth = len(self.namespace) + 1
         offset = 0
         while True:
-            page = self.store.list_namespaces(
-                prefix=self.namespace, max_depth=depth, limit=_KEYS_PAGE, offset=offset
-            )
-            candidates = self._key_candidates(page)
-            heads = self.store.batch([GetOp(ns, HEAD_KEY) for ns, _ in candidates])
+            with store_faults(self._driver.backend):
+                page = self.store.list_namespaces(
+                    prefix=self.namespace, max_depth=depth, limit=_KEYS_PAGE, offset=offset
+                )
+                candidates = self._key_candidates(page)
+                heads = self.store.batch([GetOp(ns, HEAD_KEY) for ns, _ in candidates])
             # A namespace can exist without a head (e.g. probed by a read on some stores,
             # or a delete interrupted half-way): only a head makes a conversation.
             yield from (key for (_, key), head in zip(candidates, heads, strict=True) if head)
@@ -348,11 +350,12 @@ class ChatHistory:
         depth = len(self.namespace) + 1
         offset = 0
         while True:
-            page = await self.store.alist_namespaces(
-                prefix=self.namespace, max_depth=depth, limit=_KEYS_PAGE, offset=offset
-            )
-            candidates = self._key_candidates(page)
-            heads = await self.store.abatch([GetOp(ns, HEAD_KEY) for ns, _ in candidates])
+            with store_faults(self._driver.backend):
+                page = await self.store.alist_namespaces(
+                    prefix=self.namespace, max_depth=depth, limit=_KEYS_PAGE, offset=offset
+                )
+                candidates = self._key_candidates(page)
+                heads = await self.store.abatch([GetOp(ns, HEAD_KEY) for ns, _ in candidates])
             for (_, key), head in zip(candidates, heads, strict=True):
                 if head:
                     yield key
@@ -394,7 +397,7 @@ class ChatHistory:
             StoreTimeout: ``budget`` passed; the append was stopped (if it had been
                 committed, appending the same ids again stores nothing twice).
         """
-        with deadline_after(budget_arg(budget)):
+        with deadline_after(budget_arg(budget)), store_faults(self._driver.backend):
             pending, skipped = to_pending(messages, message_ids, self.scope)
             namespace = self.conversation_namespace(key)
             if not pending:
@@ -413,7 +416,7 @@ class ChatHistory:
         budget: float | None = None,
     ) -> AppendResult:
         """Async `append`."""
-        with deadline_after(budget_arg(budget)):
+        with deadline_after(budget_arg(budget)), store_faults(self._driver.backend):
             pending, skipped = to_pending(messages, message_ids, self.scope)
             namespace = self.conversation_namespace(key)
             if not pending:
@@ -671,7 +674,9 @@ def _streamed(
                 yield from item
                 item = next(steps)
             else:
-                item = steps.send(perform(item))
+                with store_faults(driver.backend):
+                    found = perform(item)
+                item = steps.send(found)
     except StopIteration:
         return
 
@@ -691,7 +696,9 @@ async def _astreamed(
                     yield turn
                 item = next(steps)
             else:
-                item = steps.send(await perform(item))
+                with store_faults(driver.backend):
+                    found = await perform(item)
+                item = steps.send(found)
     except StopIteration:
         return
 
