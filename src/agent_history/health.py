@@ -12,6 +12,7 @@ from agent_history.budget import deadline_after
 from agent_history.history.drivers import driver_for
 from agent_history.history.steps import head_steps
 from agent_history.toggles import DEFAULT_TOGGLES, BreakerState, HistoryMode, HistoryToggles
+from agent_history.triggers import TriggerState
 
 __all__ = ["HealthReport", "acheck_health", "check_health"]
 
@@ -39,25 +40,44 @@ class HealthReport:
 def _verdict(details: dict[str, Any]) -> Status:
     if not details["store_reachable"]:
         return "down"
-    degraded = (
-        details["mode"] != HistoryMode.READ_WRITE.value
-        or details["breaker"] != BreakerState.CLOSED.value
-        or details["schema_set_up"] is False
-    )
-    return "degraded" if degraded else "ok"
+    return "degraded" if details["degraded_by"] else "ok"
 
 
 def _base_details(store: BaseStore, toggles: HistoryToggles) -> dict[str, Any]:
     config = toggles.current()
     driver = driver_for(store)
     backend = driver.backend
+    node_modes = {
+        node: mode.value
+        for node, mode in sorted(config.node_modes.items())
+        if mode is not HistoryMode.READ_WRITE
+    }
+    breaker = toggles.breaker_for(store, backend).state.value
+    trigger = toggles.trigger_state(backend).value
+    schema_set_up = getattr(store, "is_setup", None)
+    # Every rollback switch in force, and what else keeps history from working fully.
+    degraded_by = [
+        reason
+        for reason, on in (
+            (f"mode:{config.mode.value}", config.mode is not HistoryMode.READ_WRITE),
+            ("disabled_nodes", bool(config.disabled_nodes)),
+            ("node_modes", bool(node_modes)),
+            (f"trigger:{trigger}", trigger != TriggerState.WATCHING.value),
+            (f"breaker:{breaker}", breaker != BreakerState.CLOSED.value),
+            ("schema_not_set_up", schema_set_up is False),
+        )
+        if on
+    ]
     return {
         "backend": backend,
         "history_driver": driver.describe(),
         "mode": config.mode.value,
         "disabled_nodes": sorted(config.disabled_nodes),
-        "breaker": toggles.breaker_for(store, backend).state.value,
-        "schema_set_up": getattr(store, "is_setup", None),
+        "node_modes": node_modes,
+        "breaker": breaker,
+        "trigger": trigger,
+        "schema_set_up": schema_set_up,
+        "degraded_by": degraded_by,
     }
 
 

@@ -286,6 +286,55 @@ def test_health_reports_ok_degraded_and_down() -> None:
     assert check_health(None).status == "down"
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_health_is_degraded_while_any_rollback_switch_is_in_force(tmp_path: Path) -> None:
+    """A dashboard on ``/health`` shows every rollback in force (docs: "degraded: reachable
+    but a rollback switch is on"), not only the global mode and the breaker."""
+    store = InMemoryStore()
+    flags = tmp_path / "flags.json"
+
+    def health(**env: str) -> Any:
+        values = {f"ORCHEO_GRAPH_CHAT_HISTORY_{k.upper()}": v for k, v in env.items()}
+        return check_health(store, toggles=HistoryToggles(env=values))
+
+    disabled = health(disabled_nodes="agent")
+    assert (disabled.status, disabled.http_status) == ("degraded", 200)
+    assert disabled.details["degraded_by"] == ["disabled_nodes"]
+    assert disabled.details["disabled_nodes"] == ["agent"]
+    flags.write_text(json.dumps({"nodes": {"agent": {"mode": "off"}, "b": {"mode": "read_write"}}}))
+    node_off = health(flags_file=str(flags))
+    assert node_off.status == "degraded" and node_off.details["node_modes"] == {"agent": "off"}
+    assert node_off.details["degraded_by"] == ["node_modes"]
+    assert health(mode="shadow").details["degraded_by"] == ["mode:shadow"]
+    # A fired automatic trigger rolls the backend back by itself: health says so.
+    clock = _Clock()
+    toggles = HistoryToggles(
+        env={
+            "ORCHEO_GRAPH_CHAT_HISTORY_TRIGGER_ERROR_RATE": "0.1",
+            "ORCHEO_GRAPH_CHAT_HISTORY_TRIGGER_MIN_CALLS": "2",
+            "ORCHEO_GRAPH_CHAT_HISTORY_TRIGGER_COOLDOWN_SECONDS": "60",
+            "ORCHEO_GRAPH_CHAT_HISTORY_BREAKER_MIN_CALLS": "1000",
+        },
+        clock=clock,
+    )
+    assert check_health(store, toggles=toggles).status == "ok"
+    breaker = toggles.breaker_for(store, "memory")
+    breaker.record_success()
+    breaker.record_failure()
+    fired = check_health(store, toggles=toggles)
+    assert (fired.status, fired.details["trigger"]) == ("degraded", "fired")
+    assert fired.details["degraded_by"] == ["trigger:fired"]
+    healthy = check_health(store, toggles=HistoryToggles(env={}))
+    assert (healthy.status, healthy.details["degraded_by"]) == ("ok", [])
+
+
 def test_health_on_real_stores(store: BaseStore, backend: str) -> None:
     report = check_health(store, toggles=HistoryToggles(env={}))
     assert report.status == "ok", report.details
