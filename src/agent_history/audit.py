@@ -8,11 +8,15 @@ line: ``time`` (UTC, ISO 8601), ``change``, ``source``, ``before``, ``after``, `
 
 Several processes may append to the same file: each line is one ``write`` on a descriptor
 opened with ``O_APPEND``, which the kernel applies atomically at the end of the file, so
-lines never interleave. A file that cannot be written is reported once and never fails a run.
+lines never interleave. A line cut short (a full disk, a crash) is ended with a newline by
+its writer when it can be, else by the next writer, so it costs no other line. A file
+that cannot be written is reported once and never fails a run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import socket
@@ -25,7 +29,7 @@ import orjson
 from agent_history import observability as obs
 from agent_history.toggle_config import AUDIT_FILE_VAR
 
-__all__ = ["append_audit_line", "record_change"]
+__all__ = ["append_audit_line", "audit_file_problem", "record_change"]
 
 _HOST = socket.gethostname()
 _failed_lock = threading.Lock()
@@ -50,14 +54,28 @@ def append_audit_line(path: str, entry: dict[str, Any]) -> bool:
     """
     line = orjson.dumps(entry, default=str) + b"\n"
     try:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(path, flags, 0o640)
+        flags = os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         try:
+            fd, readable = os.open(path, flags | os.O_RDWR, 0o640), True
+        except PermissionError:  # a file we may append to but not read
+            fd, readable = os.open(path, flags | os.O_WRONLY, 0o640), False
+        try:
+            # Writers take turns (flock), so none reads the end of the file while another
+            # one's line is half copied into it.
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if readable and not _ends_a_line(fd):
+                # A line cut short (a full disk, a crash, a copytruncate mid-line) would
+                # swallow this one: start on a line of our own.
+                line = b"\n" + line
             written = os.write(fd, line)
+            if written != len(line):
+                # End the fragment, if the disk lets us, so the next line stays whole.
+                with contextlib.suppress(OSError):
+                    os.write(fd, b"\n")
+                raise OSError(f"short write ({written} of {len(line)} bytes)")
         finally:
             os.close(fd)
-        if written != len(line):
-            raise OSError(f"short write ({written} of {len(line)} bytes)")
     except OSError as exc:
         with _failed_lock:
             first = path not in _failed_paths
@@ -73,6 +91,26 @@ def append_audit_line(path: str, entry: dict[str, Any]) -> bool:
     with _failed_lock:
         _failed_paths.discard(path)
     return True
+
+
+def audit_file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be appended to (None: it can), for a check at deploy time.
+
+    Opening it the way `append_audit_line` does creates it when it does not exist, as the
+    first process to start would.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        return f"cannot append to {path}: {exc.strerror or type(exc).__name__}"
+    os.close(fd)
+    return None
+
+
+def _ends_a_line(fd: int) -> bool:
+    """Whether the file is empty or ends with a newline."""
+    size = os.fstat(fd).st_size
+    return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
 
 
 def record_change(

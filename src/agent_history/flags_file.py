@@ -33,6 +33,7 @@ from agent_history.toggle_config import (
     HistoryMode,
     ToggleConfig,
     TriggerAction,
+    trigger_action,
     validation_problem,
 )
 
@@ -90,7 +91,7 @@ class TriggerOverrides(_Strict):
     @field_validator("action", mode="before")
     @classmethod
     def _action(cls, value: Any) -> Any:
-        return _lower(value)
+        return trigger_action(value)
 
 
 class FlagsFileSchema(_Strict):

@@ -34,6 +34,7 @@ __all__ = [
     "parse_mode",
     "parse_names",
     "settings_from_code",
+    "trigger_action",
     "validation_problem",
     "watched_variables",
 ]
@@ -92,6 +93,15 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def trigger_action(value: Any) -> Any:
+    """Validate a trigger action before pydantic does: its own message would quote the
+    enum members' reprs (``<HistoryMode.OFF: 'off'>``)."""
+    value = _lower_mode(value)
+    if value is not None and value not in (HistoryMode.READ_ONLY, HistoryMode.OFF):
+        raise ValueError("must be read_only or off")
+    return value
+
+
 def _lower_mode(value: Any) -> Any:
     return value.strip().lower() if isinstance(value, str) else value
 
@@ -141,7 +151,7 @@ class TriggerSettings(_Settings):
     @field_validator("action", mode="before")
     @classmethod
     def _action(cls, value: Any) -> Any:
-        return _lower_mode(value)
+        return trigger_action(value)
 
     @property
     def enabled(self) -> bool:
@@ -245,7 +255,7 @@ def validation_problem(exc: ValidationError, limit: int = 3) -> str:
     parts = []
     for error in exc.errors()[:limit]:
         where = ".".join(str(p) for p in error.get("loc", ())) or "(file)"
-        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        message = _message(error)
         if error.get("type") == "extra_forbidden":
             message = "unknown setting"
         parts.append(f"{where[:80]}: {message}")
@@ -253,6 +263,11 @@ def validation_problem(exc: ValidationError, limit: int = 3) -> str:
     if more > 0:
         parts.append(f"and {more} more")
     return "; ".join(parts)
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    """A pydantic error's message, without the prefix it gives a validator's own."""
+    return str(error.get("msg", "invalid value")).removeprefix("Value error, ")
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -272,9 +287,7 @@ def _from_env(env: Mapping[str, str], names: dict[str, str], model: type[M]) -> 
         error = exc.errors()[0]
         name = str(error["loc"][0]) if error.get("loc") else ""
         variable = variables.get(name, ENV_PREFIX + "?")
-        raise ConfigError(
-            variable, f"{error.get('msg', 'invalid value')} (got {_shown(values.get(name))})"
-        ) from None
+        raise ConfigError(variable, f"{_message(error)} (got {_shown(values.get(name))})") from None
 
 
 def settings_from_code(model: type[M], where: str, **values: Any) -> M:
@@ -286,9 +299,7 @@ def settings_from_code(model: type[M], where: str, **values: Any) -> M:
         error = exc.errors()[0]
         name = ".".join(str(p) for p in error.get("loc", ())) or "?"
         shown = _shown(error.get("input"))
-        raise ConfigError(
-            f"{where}.{name}", f"{error.get('msg', 'invalid value')} (got {shown})"
-        ) from None
+        raise ConfigError(f"{where}.{name}", f"{_message(error)} (got {shown})") from None
 
 
 def absolute_path(value: Any, variable: str) -> str | None:

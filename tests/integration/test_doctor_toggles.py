@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from agent_history.cli import app
+from agent_history.toggles import HistoryToggles
 
 PREFIX = "ORCHEO_GRAPH_CHAT_HISTORY_"
 
@@ -52,3 +53,51 @@ def test_doctor_refuses_nan_thresholds(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["doctor"], env=env)
     assert result.exit_code == 2
     assert f"{PREFIX}BREAKER_FAILURE_RATIO" in result.output and "Traceback" not in result.output
+
+
+def _env(tmp_path: Path, **values: str) -> dict[str, str]:
+    return {
+        "ORCHEO_GRAPH_STORE_BACKEND": "sqlite",
+        "ORCHEO_GRAPH_STORE_SQLITE_PATH": str(tmp_path / "s.sqlite"),
+        "ORCHEO_CHECKPOINT_SQLITE_PATH": str(tmp_path / "c.sqlite"),
+        **{PREFIX + k.upper(): v for k, v in values.items()},
+    }
+
+
+def test_doctor_refuses_an_audit_file_no_process_could_append_to(tmp_path: Path) -> None:
+    """At run time each process would warn once and keep no audit trail at all: the
+    deploy-time check says so first (exit 2, naming the variable)."""
+    (tmp_path / "a-directory").mkdir()
+    cases = {
+        str(tmp_path / "missing-dir" / "audit.jsonl"): "No such file or directory",
+        str(tmp_path / "a-directory"): "Is a directory",
+    }
+    for path, reason in cases.items():
+        result = CliRunner().invoke(app, ["doctor"], env=_env(tmp_path, audit_file=path))
+        assert result.exit_code == 2, result.output
+        assert f"{PREFIX}AUDIT_FILE" in result.output and reason in result.output
+        assert "Traceback" not in result.output
+    # A file that does not exist yet in a writable directory is fine (the first process
+    # creates it, as doctor does).
+    fine = tmp_path / "audit.jsonl"
+    result = CliRunner().invoke(app, ["doctor"], env=_env(tmp_path, audit_file=str(fine)))
+    assert result.exit_code == 0, result.output
+    assert fine.exists()
+
+
+def test_a_bad_trigger_action_is_named_in_plain_words(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["doctor"], env=_env(tmp_path, trigger_action="shadow", trigger_error_rate="0.1")
+    )
+    assert result.exit_code == 2
+    assert f"{PREFIX}TRIGGER_ACTION: must be read_only or off (got 'shadow')" in " ".join(
+        result.output.split()
+    )
+    assert "HistoryMode" not in result.output
+    flags = tmp_path / "flags.json"
+    flags.write_text(json.dumps({"triggers": {"action": "shadow"}}))
+    toggles = HistoryToggles(env={PREFIX + "FLAGS_FILE": str(flags)})
+    toggles.current()
+    problem = toggles.flags_file_problem()
+    assert problem is not None and "triggers.action: must be read_only or off" in problem
+    assert "HistoryMode" not in problem

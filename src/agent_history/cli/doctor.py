@@ -9,13 +9,14 @@ from typing import Any
 import typer
 from rich.markup import escape
 
+from agent_history.audit import audit_file_problem
 from agent_history.cli.app import EXIT_CHECK_FAILED, EXIT_CONFIG, app, console, fail, open_store
 from agent_history.cli.app import load_settings as _load_settings
 from agent_history.errors import ConfigError
 from agent_history.history import ChatHistory
 from agent_history.redaction import safe_error_text
 from agent_history.stores import backend_of
-from agent_history.toggle_config import TriggerSettings
+from agent_history.toggle_config import AUDIT_FILE_VAR, TriggerSettings
 from agent_history.toggles import load_toggle_config
 
 __all__ = ["doctor"]
@@ -31,6 +32,11 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         toggles = load_toggle_config()
     except ConfigError as exc:
         raise fail(str(exc), EXIT_CONFIG) from None
+    if toggles.audit_file is not None:
+        problem = audit_file_problem(toggles.audit_file)
+        if problem is not None:
+            # At run time each process would only warn once and keep no audit trail.
+            raise fail(f"{AUDIT_FILE_VAR}: {problem}", EXIT_CONFIG)
     report: dict[str, Any] = {"settings": settings.describe(), "mode": toggles.mode.value}
     with open_store(settings) as store:
         history = ChatHistory(store, namespace=_PROBE_NAMESPACE)
