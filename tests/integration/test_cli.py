@@ -15,6 +15,7 @@ from agent_history.history import ChatHistory
 from agent_history.settings import HistorySettings
 from agent_history.stores import create_graph_store_sync
 from agent_history.transfer import conversation_checksum, migrate_history
+from tests.reliability.test_close_during_call import _lock_holder
 
 runner = CliRunner()
 
@@ -450,3 +451,20 @@ def test_unexpected_errors_are_one_line_without_a_traceback(tmp_path: Path) -> N
     assert done.returncode in (2, 3), done.stderr
     assert "Traceback" not in done.stderr and done.stderr.startswith("error: ")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_doctor_on_a_store_that_cannot_take_the_probe_exits_3(tmp_path: Path) -> None:
+    """A store that is reachable but cannot write (here: another process holds SQLite's
+    write lock past the busy timeout) failed (exit 3), like an unreachable one; it is not
+    a failed check (exit 1)."""
+    settings = HistorySettings(
+        graph_store_sqlite_path=tmp_path / "store.sqlite",
+        checkpoint_sqlite_path=tmp_path / "checkpoints.sqlite",
+    )
+    env = {**_env(settings), "ORCHEO_GRAPH_STORE_SQLITE_BUSY_TIMEOUT": "0.2"}
+    assert _invoke(["doctor"], env).exit_code == 0  # set up while free
+    with _lock_holder(tmp_path / "store.sqlite"):
+        result = _invoke(["doctor"], env)
+    assert result.exit_code == 3, result.output
+    assert "probe round-trip failed: StoreUnavailable" in " ".join(result.output.split())
+    assert "database is locked" in result.output and "Traceback" not in result.output

@@ -10,9 +10,17 @@ import typer
 from rich.markup import escape
 
 from agent_history.audit import audit_file_problem
-from agent_history.cli.app import EXIT_CHECK_FAILED, EXIT_CONFIG, app, console, fail, open_store
+from agent_history.cli.app import (
+    EXIT_CHECK_FAILED,
+    EXIT_CONFIG,
+    EXIT_STORE,
+    app,
+    console,
+    fail,
+    open_store,
+)
 from agent_history.cli.app import load_settings as _load_settings
-from agent_history.errors import ConfigError
+from agent_history.errors import ConfigError, StoreTimeout, StoreUnavailable
 from agent_history.history import ChatHistory
 from agent_history.redaction import safe_error_text
 from agent_history.stores import backend_of
@@ -47,9 +55,14 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
             history.delete(key)
         except Exception as exc:
             dsn = settings.dsn if settings.postgres_dsn is not None else None
-            raise fail(
-                f"probe round-trip failed: {safe_error_text(exc, dsn)}", EXIT_CHECK_FAILED
-            ) from None
+            # A store that cannot serve the probe (a read-only file, a full disk, a
+            # replica) failed, like an unreachable one; anything else is a failed check.
+            code = (
+                EXIT_STORE
+                if isinstance(exc, StoreUnavailable | StoreTimeout)
+                else EXIT_CHECK_FAILED
+            )
+            raise fail(f"probe round-trip failed: {safe_error_text(exc, dsn)}", code) from None
         if written.appended != 1 or read_back != ["probe"]:
             raise fail("probe round-trip returned unexpected data", EXIT_CHECK_FAILED)
         report["backend"] = backend_of(store)
