@@ -101,3 +101,18 @@ def test_a_bad_trigger_action_is_named_in_plain_words(tmp_path: Path) -> None:
     problem = toggles.flags_file_problem()
     assert problem is not None and "triggers.action: must be read_only or off" in problem
     assert "HistoryMode" not in problem
+
+
+def test_doctor_warns_of_a_latency_trigger_its_budget_keeps_from_firing(tmp_path: Path) -> None:
+    env = _env(tmp_path, trigger_read_p95_seconds="3", trigger_write_p95_seconds="3")
+    result = CliRunner().invoke(app, ["doctor", "--json"], env=env)
+    assert result.exit_code == 0, result.output  # a warning, not an invalid configuration
+    [warning] = json.loads(result.stdout)["warnings"]
+    assert warning.startswith(
+        f"{PREFIX}TRIGGER_READ_P95_SECONDS=3 can never fire: calls are cut at "
+        f"{PREFIX}READ_TIMEOUT_SECONDS=2"
+    )  # the write budget (5 s) leaves the write trigger room
+    text = CliRunner().invoke(app, ["doctor"], env={**env, PREFIX + "READ_TIMEOUT_SECONDS": "5"})
+    assert text.exit_code == 0 and "warning" not in text.output
+    lower = CliRunner().invoke(app, ["doctor"], env=_env(tmp_path, trigger_read_p95_seconds="1.5"))
+    assert "warning" not in lower.output

@@ -24,7 +24,7 @@ from agent_history.errors import ConfigError, StoreTimeout, StoreUnavailable
 from agent_history.history import ChatHistory
 from agent_history.redaction import safe_error_text
 from agent_history.stores import backend_of
-from agent_history.toggle_config import AUDIT_FILE_VAR, TriggerSettings
+from agent_history.toggle_config import AUDIT_FILE_VAR, ENV_PREFIX, ToggleConfig, TriggerSettings
 from agent_history.toggles import load_toggle_config
 
 __all__ = ["doctor"]
@@ -82,11 +82,15 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         flags_file=toggles.flags_file,
         audit_file=toggles.audit_file,
     )
+    report["warnings"] = _trigger_warnings(toggles)
     if as_json:
         console.print_json(json.dumps(report))
         return
     for name, value in report.items():
-        console.print(f"[bold]{name}[/]: {escape(str(value))}", highlight=False)
+        if name != "warnings":
+            console.print(f"[bold]{name}[/]: {escape(str(value))}", highlight=False)
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning[/]: {escape(warning)}", highlight=False)
     console.print("[green]ok[/]: configuration valid, store reachable, probe round-tripped")
 
 
@@ -104,3 +108,19 @@ def _describe_triggers(triggers: TriggerSettings) -> str:
         f"{' or '.join(limits)} over {triggers.window_seconds:g}s (>= {triggers.min_calls} "
         f"calls) sets {triggers.action.value} for {triggers.cooldown_seconds:g}s, then probes"
     )
+
+
+def _trigger_warnings(toggles: ToggleConfig) -> list[str]:
+    """Latency triggers that can never fire: a call is cut at its budget, so its duration
+    never passes a threshold at or above that budget (slow calls count as failures)."""
+    checks = (
+        ("READ", toggles.triggers.read_p95_seconds, toggles.read_timeout_seconds),
+        ("WRITE", toggles.triggers.write_p95_seconds, toggles.write_timeout_seconds),
+    )
+    return [
+        f"{ENV_PREFIX}TRIGGER_{kind}_P95_SECONDS={threshold:g} can never fire: calls are cut "
+        f"at {ENV_PREFIX}{kind}_TIMEOUT_SECONDS={budget:g}; set it below the budget (slow "
+        "calls count as failures for the error-rate trigger and the breaker meanwhile)"
+        for kind, threshold, budget in checks
+        if threshold is not None and threshold >= budget
+    ]
