@@ -55,6 +55,24 @@ def _shut(conn: AsyncConnection[Any]) -> None:
         sql.shut_socket(conn.fileno())
 
 
+_HANDING_BACK: set[asyncio.Task[None]] = set()
+"""Connections on their way back to their pool (a reference keeps each task alive)."""
+
+
+async def _hand_back(pool: AsyncConnectionPool[Any], conn: AsyncConnection[Any]) -> None:
+    """Return ``conn`` to ``pool``, also when the caller is cancelled meanwhile.
+
+    ``putconn`` waits for the pool's lock; a cancellation landing there (a client that
+    hung up, under load) left the connection neither in the pool nor closed, and the
+    pool never replaced it: a few hang-ups emptied it for every conversation. The hand-
+    back runs in a task of its own that a cancellation of the caller does not stop.
+    """
+    task = asyncio.ensure_future(pool.putconn(conn))
+    _HANDING_BACK.add(task)
+    task.add_done_callback(_HANDING_BACK.discard)
+    await asyncio.shield(task)
+
+
 class AsyncPostgresDriver(AsyncStoreDriver):
     """`AsyncPostgresStore` on a pool or a plain connection (see the module)."""
 
@@ -94,7 +112,7 @@ class AsyncPostgresDriver(AsyncStoreDriver):
             try:
                 yield conn
             finally:
-                await target.putconn(conn)
+                await _hand_back(target, conn)
         else:
             async with budget.enforced():
                 await self.pg.lock.acquire()
@@ -127,6 +145,10 @@ class AsyncPostgresDriver(AsyncStoreDriver):
             except asyncio.CancelledError:
                 if not inner.done():
                     _shut(conn)
+                    # The socket is gone, whatever the statement does now (it may even
+                    # end cleanly, having read all it needed): the pool must replace the
+                    # connection, not lend it to the next call.
+                    inner.add_done_callback(lambda _: conn.pgconn.finish())
                     await asyncio.gather(inner, return_exceptions=True)
                 raise
             except psycopg.OperationalError as exc:
