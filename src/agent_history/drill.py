@@ -3,9 +3,9 @@ rollback switch is flipped in turn, each effect checked from outside the library
 
 The workload runs Telegram-style callbacks (a fresh thread per callback) for a few
 conversations, round-robin, in a worker thread, against the given store, in a scratch
-namespace of its own (removed afterwards, also when the drill fails). The store is
-wrapped in a `DrillStore` that counts each run's store calls and injects latency on
-demand; history on it keeps the real store's driver, so the drill runs the SQL paths
+namespace of its own, removed afterwards whatever ends the drill (see `run_drill`). The
+store is wrapped in a `DrillStore` that counts each run's store calls and injects latency
+on demand; history on it keeps the real store's driver, so the drill runs the SQL paths
 production runs. The switches belong to a `HistoryToggles` made for the drill, with an
 environment of its own (a dict), a flags file and an audit file in a temporary
 directory, and a clock the drill moves forward to end cool-downs without waiting. The
@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -28,6 +29,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType, TracebackType
 from typing import Any, TypeVar, cast
 
 import orjson
@@ -60,6 +62,7 @@ from agent_history.history.steps import Request, Steps
 from agent_history.messages import role_of, text_of
 from agent_history.node import AgentNode, AgentState, HistoryReport
 from agent_history.offline_model import RecordingChatModel
+from agent_history.redaction import safe_error_text
 from agent_history.stores import backend_of
 from agent_history.toggles import (
     DISABLED_NODES_VAR,
@@ -73,9 +76,11 @@ __all__ = [
     "NODE_NAME",
     "SCRATCH_PREFIX",
     "SWITCHES",
+    "DrillCleanup",
     "DrillClock",
     "DrillReport",
     "DrillStore",
+    "DrillTerminated",
     "StoreCalls",
     "SwitchResult",
     "run_drill",
@@ -300,8 +305,32 @@ class DrillReport:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class DrillCleanup:
+    """What became of a drill's scratch namespace, whatever ended the drill (given to
+    `run_drill`'s ``on_cleanup`` before it returns or raises)."""
+
+    namespace: tuple[str, ...]
+    removed: bool
+    """True when no item is left under the namespace."""
+    error: str | None = None
+    """Why the removal stopped, when it raised (the error's class and safe text)."""
+
+
+class DrillTerminated(SystemExit):
+    """SIGTERM ended the drill; raised once its clean-up is done. Left uncaught, the
+    process exits with status 143 (128 + SIGTERM), as if the signal had ended it."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
 class _Stalled(Exception):
     """The workload made no progress within the stage timeout."""
+
+
+def _conversation_key(conversation: int) -> str:
+    return f"telegram:{1001 + conversation}"
 
 
 def _pairs(messages: Sequence[BaseMessage]) -> list[tuple[str, str]]:
@@ -320,6 +349,7 @@ class _Drill:
         runs_per_switch: int,
         latency_seconds: float,
         stage_timeout: float,
+        namespace: tuple[str, ...],
         workdir: str,
         threads: set[int | None],
     ) -> None:
@@ -332,7 +362,7 @@ class _Drill:
         self.per_stage = max(runs_per_switch, conversations)
         self.latency = latency_seconds
         self.stage_timeout = stage_timeout
-        self.namespace = scratch_namespace()
+        self.namespace = namespace
         self.clock = DrillClock()
         self.env: dict[str, str] = {}
         self.flags_path = os.path.join(workdir, "flags.json")
@@ -371,7 +401,7 @@ class _Drill:
         return time.perf_counter() - self.t0
 
     def key(self, conversation: int) -> str:
-        return f"telegram:{1001 + conversation}"
+        return _conversation_key(conversation)
 
     def _write_flags(self, flags: dict[str, Any]) -> None:
         # A new file moved into place: a reader sees the old or the new one, never half.
@@ -571,10 +601,12 @@ class _Drill:
         self._trigger()
 
     def halt(self) -> None:
+        """Stop the workload and wait for its run in flight (again after an interrupt cut
+        the first wait short)."""
         self.stop.set()
         if self.worker.is_alive():
             self.worker.join(self.stage_timeout)
-            if self.worker.is_alive():
+            if self.worker.is_alive() and "the workload did not stop" not in self.problems:
                 self.problems.append("the workload did not stop")
 
     # --- judging ---------------------------------------------------------------------------
@@ -644,6 +676,75 @@ def _quiet(threads: set[int | None]) -> Iterator[None]:
         obs.logger.removeFilter(quiet)
 
 
+# --- signals ----------------------------------------------------------------------------------
+
+
+class _Termination:
+    """SIGTERM while the drill runs: its default action ends the process at once, skipping
+    every clean-up. While the drill runs in the main thread and that default is in place,
+    SIGTERM raises `DrillTerminated` there instead; once the clean-up has begun it is
+    only noted (``received``), so that a second signal cannot cut the clean-up short.
+    A handler of the application's own is left alone."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.cleaning = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _Termination:
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        first = not self.received
+        self.received = True
+        if first and not self.cleaning:
+            raise DrillTerminated()
+
+
+def _clean_up(
+    store: BaseStore,
+    namespace: tuple[str, ...],
+    drill: _Drill | None,
+    keys: Iterable[str],
+    workdir: str,
+) -> tuple[DrillCleanup, BaseException | None]:
+    """Stop the workload, remove the scratch namespace and the temporary directory.
+    Never raises: the error that stopped the removal is returned with the outcome."""
+    try:
+        if drill is not None:
+            drill.halt()  # a run still writing would leave a turn behind
+        return DrillCleanup(namespace, _remove_namespace(store, namespace, keys)), None
+    except BaseException as exc:  # a failing store, a second Ctrl-C: reported, raised later
+        return DrillCleanup(namespace, False, safe_error_text(exc)), exc
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _to_raise(
+    failure: BaseException | None, cleanup_failure: BaseException | None
+) -> BaseException | None:
+    """The one exception `run_drill` ends with: an interrupt first (Ctrl-C, SIGTERM),
+    then the drill's own error, then the clean-up's."""
+    for candidate in (failure, cleanup_failure):
+        if candidate is not None and not isinstance(candidate, Exception):
+            return candidate
+    return failure or cleanup_failure
+
+
 # --- the entry point ------------------------------------------------------------------------
 
 
@@ -654,10 +755,16 @@ def run_drill(
     runs_per_switch: int = 3,
     latency_seconds: float = 0.1,
     stage_timeout_seconds: float = 30.0,
+    on_cleanup: Callable[[DrillCleanup], None] | None = None,
 ) -> DrillReport:
     """Run the rollback drill against ``store`` in a scratch namespace (see the module).
 
-    The namespace is removed afterwards, also when the drill fails or is interrupted.
+    Whatever ends the drill (its end, a failed check, an error of the store, Ctrl-C,
+    SIGTERM), the workload is stopped and the scratch namespace and the temporary
+    directory are removed before `run_drill` returns or raises; ``on_cleanup`` is told
+    what became of the namespace. SIGTERM, whose default action would end the process
+    at once, raises `DrillTerminated` after the clean-up instead (when the drill runs in
+    the main thread and no handler of the application's own is set).
 
     Args:
         store: A set-up sync graph store (the configured one, e.g. from
@@ -668,52 +775,68 @@ def run_drill(
         latency_seconds: Latency injected into each store call to fire the read p95
             trigger (its threshold is half of it).
         stage_timeout_seconds: Longest wait for the workload to make progress.
+        on_cleanup: Called once with the `DrillCleanup`, also when the drill raises.
 
     Returns:
         The `DrillReport`: one `SwitchResult` per switch, ``ok`` when all passed.
+
+    Raises:
+        DrillTerminated: SIGTERM arrived (after the clean-up).
+        KeyboardInterrupt: Ctrl-C (after the clean-up).
+        StoreUnavailable: the store failed during the drill or its clean-up; the
+            namespace is then named by ``on_cleanup`` when it could not be removed.
     """
     if conversations < 1 or runs_per_switch < 1:
         raise ValueError("conversations and runs_per_switch must be >= 1")
     if not latency_seconds > 0 or not stage_timeout_seconds > 0:
         raise ValueError("latency_seconds and stage_timeout_seconds must be > 0")
-    workdir = tempfile.mkdtemp(prefix="agent-history-drill-")
+    namespace = scratch_namespace()
+    keys = [_conversation_key(c) for c in range(conversations)]
     threads: set[int | None] = {threading.get_ident()}
     drill: _Drill | None = None
-    removed = False
+    rows: list[SwitchResult] = []
     problems: list[str] = []
-    try:
-        drill = _Drill(
-            store,
-            conversations=conversations,
-            runs_per_switch=runs_per_switch,
-            latency_seconds=latency_seconds,
-            stage_timeout=stage_timeout_seconds,
-            workdir=workdir,
-            threads=threads,
-        )
-        with _quiet(threads):
-            try:
-                drill.drive()
-            except _Stalled as exc:
-                problems.append(str(exc))
-            finally:
-                drill.halt()
-            rows = drill.results()
-    finally:
+    failure: BaseException | None = None
+    workdir = tempfile.mkdtemp(prefix="agent-history-drill-")
+    with _Termination() as termination:
         try:
-            keys = [drill.key(c) for c in range(conversations)] if drill else []
-            namespace = drill.namespace if drill else ()
-            removed = bool(namespace) and _remove_namespace(store, namespace, keys)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            drill = _Drill(
+                store,
+                conversations=conversations,
+                runs_per_switch=runs_per_switch,
+                latency_seconds=latency_seconds,
+                stage_timeout=stage_timeout_seconds,
+                namespace=namespace,
+                workdir=workdir,
+                threads=threads,
+            )
+            with _quiet(threads):
+                try:
+                    drill.drive()
+                except _Stalled as exc:
+                    problems.append(str(exc))
+                finally:
+                    drill.halt()
+                rows = drill.results()
+        except BaseException as exc:  # raised again below, after the clean-up
+            failure = exc
+        termination.cleaning = True
+        cleanup, cleanup_failure = _clean_up(store, namespace, drill, keys, workdir)
+        if on_cleanup is not None:
+            on_cleanup(cleanup)
+        if termination.received and not isinstance(failure, DrillTerminated):
+            failure = DrillTerminated()
+    error = _to_raise(failure, cleanup_failure)
+    if error is not None:
+        raise error
     assert drill is not None
     return DrillReport(
         backend=backend_of(store),
-        namespace=drill.namespace,
+        namespace=namespace,
         conversations=conversations,
         runs=len(drill.runs),
         seconds=drill._now(),
         switches=tuple(rows),
-        namespace_removed=removed,
+        namespace_removed=cleanup.removed,
         problems=(*problems, *drill.problems),
     )

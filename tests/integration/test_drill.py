@@ -10,8 +10,14 @@ import gc
 import json
 import os
 import re
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
 import weakref
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,7 @@ from agent_history.transfer import conversation_checksum
 
 runner = CliRunner()
 ROWS = ("baseline", *SWITCHES)
+NAMESPACE = re.compile(rf"{SCRATCH_PREFIX}\.d[0-9a-f]{{12}}")
 
 
 def _env(settings: HistorySettings) -> dict[str, str]:
@@ -99,6 +106,7 @@ def test_drill_passes_on_the_configured_store_and_touches_nothing_else(
         assert (row["effect_ms"] is None) == (row["switch"] == "baseline"), row
     namespace = tuple(report["namespace"].split("."))
     assert namespace[0] == SCRATCH_PREFIX and report["namespace_removed"] is True
+    assert result.stderr == f"scratch namespace {report['namespace']} removed\n"
     assert _left_behind(persistent_settings, namespace) == []
     with create_graph_store_sync(persistent_settings) as store:
         history = ChatHistory(store)
@@ -263,7 +271,9 @@ def test_the_scratch_namespace_is_removed_when_the_drill_breaks_half_way(
     result = _drill(sqlite_settings)
 
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: unexpected RuntimeError")
+    note, error = result.stderr.splitlines()
+    assert re.fullmatch(rf"scratch namespace {NAMESPACE.pattern} removed", note), note
+    assert error.startswith("error: unexpected RuntimeError")
     assert "Traceback" not in result.output
     assert _left_behind(sqlite_settings, (SCRATCH_PREFIX,)) == []
 
@@ -307,3 +317,184 @@ def test_a_drill_store_is_not_kept_alive_by_its_driver() -> None:
     del wrapper
     gc.collect()
     assert gone() is None
+
+
+# --- whatever ends the drill: the real command in a process of its own --------------------
+
+REPO = Path(__file__).resolve().parents[2]
+LINE_TIMEOUT = 60.0
+PAUSE_AT = 40  # a store call of the workload: the baseline or the first switches
+
+
+def _read_line(stream: Any) -> str:
+    ready, _, _ = select.select([stream], [], [], LINE_TIMEOUT)
+    assert ready, "no answer"
+    return str(stream.readline().strip())
+
+
+class _PausedDrill:
+    """`agent-history drill` in a process of its own, its store paused mid-drill at the
+    ``PAUSE_AT``th call (`tests.support.drill_pause`) until `go`."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        ready_read, ready_write = os.pipe()
+        go_read, self._go = os.pipe()
+        full = {**os.environ, **env}
+        full.pop("AGENT_HISTORY_DEBUG", None)
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "tests.support.drill_pause",
+                str(ready_write), str(go_read), str(PAUSE_AT),
+            ],
+            cwd=REPO, env=full, pass_fds=(ready_write, go_read),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        os.close(ready_write)
+        os.close(go_read)
+        self._ready = ready_read
+
+    def wait_paused(self) -> str:
+        with os.fdopen(self._ready, "r") as ready:
+            return _read_line(ready)
+
+    def go(self) -> None:
+        os.write(self._go, b"go\n")
+        os.close(self._go)
+
+    def finish(self) -> tuple[int, str, str]:
+        out, err = self.process.communicate(timeout=300)
+        return self.process.returncode, out, err
+
+    def kill(self) -> None:
+        """After a failed assertion: nothing left running."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate(timeout=LINE_TIMEOUT)
+
+
+@pytest.fixture
+def paused_drill() -> Iterator[Callable[[dict[str, str]], _PausedDrill]]:
+    started: list[_PausedDrill] = []
+
+    def start(env: dict[str, str]) -> _PausedDrill:
+        started.append(_PausedDrill(env))
+        assert started[-1].wait_paused() == "paused"
+        return started[-1]
+
+    yield start
+    for drill in started:
+        drill.kill()
+
+
+def _drill_rows(path: Path) -> int:
+    """Items under any drill namespace, counted in the SQLite file itself."""
+    conn = sqlite3.connect(path)
+    try:
+        query = "SELECT count(*) FROM store WHERE prefix LIKE ?"
+        return int(conn.execute(query, (SCRATCH_PREFIX + ".%",)).fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def process_env(sqlite_settings: HistorySettings, tmp_path: Path) -> dict[str, str]:
+    """The drill's SQLite file, and a temporary directory of its own to look into."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    return {**_env(sqlite_settings), "TMPDIR": str(temp)}
+
+
+@pytest.mark.parametrize(
+    ("sent", "code", "reason"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_a_signal_mid_drill_removes_the_scratch_namespace_and_says_so(
+    sqlite_settings: HistorySettings,
+    process_env: dict[str, str],
+    paused_drill: Callable[[dict[str, str]], _PausedDrill],
+    sent: signal.Signals,
+    code: int,
+    reason: str,
+) -> None:
+    drill = paused_drill(process_env)
+    path = Path(sqlite_settings.graph_store_sqlite_path)
+    assert _drill_rows(path) > 0  # mid-drill: the scratch conversations exist
+    temp = Path(process_env["TMPDIR"])
+    assert [p.name[:20] for p in temp.iterdir()] == ["agent-history-drill-"]
+
+    drill.process.send_signal(sent)
+    drill.go()
+    returncode, out, err = drill.finish()
+
+    assert returncode == code, err
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) >= 2 and lines[-1] == f"error: {reason}", err
+    removed = re.fullmatch(rf"scratch namespace ({NAMESPACE.pattern}) removed", lines[-2])
+    assert removed, lines
+    assert "Traceback" not in err and "drill turn" not in err  # no message text
+    assert _drill_rows(path) == 0
+    assert _left_behind(sqlite_settings, tuple(removed.group(1).split("."))) == []
+    assert list(temp.iterdir()) == []
+
+
+def test_a_store_failing_mid_drill_exits_3_naming_the_namespace_and_how_to_remove_it(
+    sqlite_settings: HistorySettings,
+    process_env: dict[str, str],
+    paused_drill: Callable[[dict[str, str]], _PausedDrill],
+) -> None:
+    path = Path(sqlite_settings.graph_store_sqlite_path)
+    env = {**process_env, "ORCHEO_GRAPH_STORE_SQLITE_BUSY_TIMEOUT": "0.2"}
+    drill = paused_drill(env)
+    # Another process takes the write lock mid-drill and keeps it until the drill ended.
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.sqlite_lock_holder", str(path), "holder", "row", "{}"],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert _read_line(holder.stdout) == "locked"
+        drill.go()
+        returncode, out, err = drill.finish()
+        assert holder.stdin is not None
+        holder.stdin.write("commit\n")
+        holder.stdin.flush()
+        assert _read_line(holder.stdout) == "committed"
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.communicate(timeout=LINE_TIMEOUT)
+
+    assert returncode == 3, err
+    assert out == ""  # no verdict on a drill whose store failed
+    *_, note, error = err.splitlines()
+    assert error.startswith("error: the sqlite store failed: OperationalError [SQLITE_BUSY]")
+    left = re.fullmatch(
+        rf"FAIL drill: scratch namespace ({NAMESPACE.pattern}) not removed; "
+        r"remove it with: (agent-history purge .*)",
+        note,
+    )
+    assert left, note
+    namespace, command = left.groups()
+    assert command == f"agent-history purge -n {namespace} --older-than 0s"
+    assert "Traceback" not in err and "drill turn" not in err  # no message text
+    assert list(Path(process_env["TMPDIR"]).iterdir()) == []
+    assert _drill_rows(path) > 0
+
+    # The lock released, the command given removes every item the drill left.
+    purge = subprocess.run(
+        [sys.executable, "-m", "agent_history.cli", *command.split()[1:]],
+        cwd=REPO, env={**os.environ, **process_env}, input="y\n",
+        capture_output=True, text=True, timeout=LINE_TIMEOUT,
+    )  # fmt: skip
+    assert purge.returncode == 0, purge.stderr
+    listing, *conversations, deleted = purge.stdout.splitlines()
+    assert listing.startswith("3 conversations idle since before ")
+    assert [line.split()[0] for line in conversations] == [
+        "telegram:1001",
+        "telegram:1002",
+        "telegram:1003",
+    ]
+    assert deleted.strip().startswith("deleted 3 conversations idle since before ")
+    assert _drill_rows(path) == 0
+    assert _left_behind(sqlite_settings, tuple(namespace.split("."))) == []

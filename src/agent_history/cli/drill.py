@@ -14,14 +14,24 @@ from agent_history.cli.app import (
     app,
     console,
     err_console,
+    fail,
     guarded,
     load_settings,
     open_store,
     plural,
 )
-from agent_history.drill import DrillReport, SwitchResult, run_drill
+from agent_history.drill import (
+    DrillCleanup,
+    DrillReport,
+    DrillTerminated,
+    SwitchResult,
+    run_drill,
+)
 
-__all__ = ["drill"]
+__all__ = ["EXIT_TERMINATED", "drill"]
+
+EXIT_TERMINATED = 143
+"""SIGTERM ended the drill (after its clean-up): 128 + 15, the shell's status for it."""
 
 
 @app.command()
@@ -45,17 +55,51 @@ def drill(
     fresh scratch namespace of the configured store, removed afterwards; the
     production history is never touched. The switches are the drill's own: the
     ORCHEO_GRAPH_CHAT_HISTORY_* variables are neither read nor changed. Exits 1
-    when a switch did not take effect, a run failed or a turn was lost.
+    when a switch did not take effect, a run failed or a turn was lost. Whatever ends
+    it (also Ctrl-C, SIGTERM or a failing store), the last lines say whether the
+    scratch namespace was removed, or name it and how to remove it.
     """
     settings = load_settings()
+    cleanups: list[DrillCleanup] = []
     with open_store(settings) as store:
-        report = run_drill(store, conversations=conversations, runs_per_switch=runs)
+        try:
+            report = run_drill(
+                store, conversations=conversations, runs_per_switch=runs, on_cleanup=cleanups.append
+            )
+        except DrillTerminated:
+            _print_cleanups(cleanups)
+            raise fail("terminated", EXIT_TERMINATED) from None
+        except BaseException:  # Ctrl-C, a failing store: `guarded` says which, and exits
+            _print_cleanups(cleanups)
+            raise
     if as_json:
         console.print_json(json.dumps(report.as_dict()))
     else:
         _print(report)
+        verdict = "every switch took effect" if report.ok else "the drill failed"
+        console.print(verdict, highlight=False)
+    _print_cleanup(DrillCleanup(report.namespace, report.namespace_removed))
     if not report.ok:
         raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def _print_cleanups(cleanups: list[DrillCleanup]) -> None:
+    for cleanup in cleanups:
+        _print_cleanup(cleanup)
+
+
+def _print_cleanup(cleanup: DrillCleanup) -> None:
+    """One line on stderr: the scratch namespace removed, or named with the command that
+    removes it (its name is the drill's own, never data)."""
+    where = ".".join(cleanup.namespace)
+    if cleanup.removed:
+        note = f"scratch namespace {where} removed"
+    else:
+        note = (
+            f"FAIL drill: scratch namespace {where} not removed; remove it with: "
+            f"agent-history purge -n {where} --older-than 0s"
+        )
+    err_console.print(note, highlight=False, markup=False)
 
 
 def _ms(row: SwitchResult) -> str:
@@ -94,11 +138,3 @@ def _print(report: DrillReport) -> None:
             console.print(f"FAIL {row.switch}: {problem}", highlight=False, markup=False)
     for problem in report.problems:
         console.print(f"FAIL drill: {problem}", highlight=False, markup=False)
-    where = ".".join(report.namespace)
-    if report.namespace_removed:
-        note = f"scratch namespace {where} removed"
-    else:
-        note = f"FAIL drill: scratch namespace {where} not removed"
-    err_console.print(note, highlight=False, markup=False)
-    verdict = "every switch took effect" if report.ok else "the drill failed"
-    console.print(verdict, highlight=False)
