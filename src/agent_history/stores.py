@@ -44,6 +44,7 @@ from agent_history.history.drivers.postgres_setup import (
     amigrate,
     migrate,
 )
+from agent_history.pg_pools import HangupSafePool
 from agent_history.redaction import safe_reason
 from agent_history.settings import Backend, HistorySettings, env_var
 
@@ -342,7 +343,8 @@ async def _apostgres_pool(
 ) -> AsyncIterator[AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]]:
     """The async twin of `_postgres_pool`."""
     check = AsyncConnectionPool.check_connection if checked else None
-    pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = AsyncConnectionPool(
+    # A client hanging up must not cost the pool a connection (see `pg_pools`).
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = HangupSafePool(
         settings.dsn, check=check, **_pool_kwargs(settings)
     )
     try:

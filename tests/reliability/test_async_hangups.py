@@ -30,7 +30,7 @@ from agent_history.history import ChatHistory
 from agent_history.history.drivers import driver_for, namespace_text
 from agent_history.history.drivers.postgres_async import AsyncPostgresDriver
 from agent_history.settings import HistorySettings
-from agent_history.stores import create_graph_store
+from agent_history.stores import create_checkpointer, create_graph_store
 
 pytestmark = pytest.mark.postgres
 
@@ -155,3 +155,38 @@ async def test_a_connection_shut_by_a_hang_up_is_never_lent_again(fresh_pg_dsn: 
         assert [m.content for m in await history.atail("next", 1)] == ["next"]
         async with pool.connection() as conn:
             assert conn is not used[0]
+
+
+async def test_the_checkpointer_pool_keeps_its_connections_through_hang_ups(
+    fresh_pg_dsn: str,
+) -> None:
+    """LangGraph's checkpointer (and store) use ``pool.connection()``, whose hand-back
+    psycopg_pool runs in the caller's task: the factories' pools finish it anyway."""
+    settings = _settings(fresh_pg_dsn, "ckpt-" + uuid.uuid4().hex[:8], 2)
+    settings = settings.model_copy(update={"checkpoint_backend": "postgres"})
+    async with create_checkpointer(settings) as saver:
+        pool = getattr(saver, "conn", None)
+        assert isinstance(pool, AsyncConnectionPool)
+
+        async def use(inside: asyncio.Event, release: asyncio.Event) -> None:
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1")
+                inside.set()
+                await release.wait()
+
+        for _ in range(2):
+            inside, release = asyncio.Event(), asyncio.Event()
+            task = asyncio.create_task(use(inside, release))
+            await inside.wait()
+            await pool._lock.acquire()  # busy when the connection goes back
+            try:
+                release.set()
+                await _until(lambda: bool(pool._lock._waiters))
+                task.cancel()  # the client hangs up during the hand-back
+                outcome = await asyncio.gather(task, return_exceptions=True)
+            finally:
+                pool._lock.release()
+            assert isinstance(outcome[0], asyncio.CancelledError)
+            await _until(lambda: pool.get_stats()["pool_available"] == 2)
+        config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        assert await saver.aget_tuple(config) is None  # and it still serves

@@ -44,6 +44,7 @@ from agent_history.history.drivers.postgres_setup import PostgresState, ainspect
 from agent_history.history.layout import HEAD_KEY
 from agent_history.history.records import AppendResult
 from agent_history.history.steps import Get, Request, Steps, drive_async
+from agent_history.pg_pools import hand_back
 
 __all__ = ["AsyncPostgresDriver"]
 
@@ -53,24 +54,6 @@ T = TypeVar("T")
 def _shut(conn: AsyncConnection[Any]) -> None:
     with contextlib.suppress(psycopg.Error):  # already closed
         sql.shut_socket(conn.fileno())
-
-
-_HANDING_BACK: set[asyncio.Task[None]] = set()
-"""Connections on their way back to their pool (a reference keeps each task alive)."""
-
-
-async def _hand_back(pool: AsyncConnectionPool[Any], conn: AsyncConnection[Any]) -> None:
-    """Return ``conn`` to ``pool``, also when the caller is cancelled meanwhile.
-
-    ``putconn`` waits for the pool's lock; a cancellation landing there (a client that
-    hung up, under load) left the connection neither in the pool nor closed, and the
-    pool never replaced it: a few hang-ups emptied it for every conversation. The hand-
-    back runs in a task of its own that a cancellation of the caller does not stop.
-    """
-    task = asyncio.ensure_future(pool.putconn(conn))
-    _HANDING_BACK.add(task)
-    task.add_done_callback(_HANDING_BACK.discard)
-    await asyncio.shield(task)
 
 
 class AsyncPostgresDriver(AsyncStoreDriver):
@@ -112,7 +95,7 @@ class AsyncPostgresDriver(AsyncStoreDriver):
             try:
                 yield conn
             finally:
-                await _hand_back(target, conn)
+                await hand_back(target, conn)  # survives a caller cancelled meanwhile
         else:
             async with budget.enforced():
                 await self.pg.lock.acquire()
