@@ -115,6 +115,7 @@ def test_drill_passes_on_the_configured_store_and_touches_nothing_else(
     assert not audit.exists()  # the operator's audit file was not written
     assert flags.read_text() == '{"mode": "off"}'
     assert dict(os.environ) == environ
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # its own handler is gone
 
 
 def test_drill_passes_on_the_in_memory_store(tmp_path: Path) -> None:
@@ -333,10 +334,10 @@ def _read_line(stream: Any) -> str:
 
 
 class _PausedDrill:
-    """`agent-history drill` in a process of its own, its store paused mid-drill at the
-    ``PAUSE_AT``th call (`tests.support.drill_pause`) until `go`."""
+    """`agent-history drill` in a process of its own whose store pauses mid-drill
+    (`tests.support.drill_pause`) until `go`."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], pause: str) -> None:
         ready_read, ready_write = os.pipe()
         go_read, self._go = os.pipe()
         full = {**os.environ, **env}
@@ -344,7 +345,7 @@ class _PausedDrill:
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "tests.support.drill_pause",
-                str(ready_write), str(go_read), str(PAUSE_AT),
+                str(ready_write), str(go_read), pause,
             ],
             cwd=REPO, env=full, pass_fds=(ready_write, go_read),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -354,36 +355,47 @@ class _PausedDrill:
         self._ready = ready_read
 
     def wait_paused(self) -> str:
-        with os.fdopen(self._ready, "r") as ready:
-            return _read_line(ready)
+        """The next line the paused store wrote (read unbuffered: one line at a time)."""
+        line = b""
+        while not line.endswith(b"\n"):
+            ready, _, _ = select.select([self._ready], [], [], LINE_TIMEOUT)
+            assert ready, "the drill did not pause"
+            byte = os.read(self._ready, 1)
+            assert byte, "the drill ended without pausing"
+            line += byte
+        return line.decode().strip()
 
     def go(self) -> None:
         os.write(self._go, b"go\n")
-        os.close(self._go)
 
     def finish(self) -> tuple[int, str, str]:
         out, err = self.process.communicate(timeout=300)
         return self.process.returncode, out, err
 
-    def kill(self) -> None:
-        """After a failed assertion: nothing left running."""
+    def close(self) -> None:
+        """Nothing left running or open, also after a failed assertion."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.communicate(timeout=LINE_TIMEOUT)
+        os.close(self._go)
+        os.close(self._ready)
 
 
 @pytest.fixture
-def paused_drill() -> Iterator[Callable[[dict[str, str]], _PausedDrill]]:
+def paused_drill() -> Iterator[Callable[..., _PausedDrill]]:
+    """Start a paused drill: ``paused_drill(env)`` pauses at the ``PAUSE_AT``th store
+    call, ``paused_drill(env, f"{PAUSE_AT}+main")`` also at the main thread's first one
+    after it."""
     started: list[_PausedDrill] = []
 
-    def start(env: dict[str, str]) -> _PausedDrill:
-        started.append(_PausedDrill(env))
+    def start(env: dict[str, str], pause: str = str(PAUSE_AT)) -> _PausedDrill:
+        started.append(_PausedDrill(env, pause))
         assert started[-1].wait_paused() == "paused"
         return started[-1]
 
     yield start
     for drill in started:
-        drill.kill()
+        drill.close()
 
 
 def _drill_rows(path: Path) -> int:
@@ -412,7 +424,7 @@ def process_env(sqlite_settings: HistorySettings, tmp_path: Path) -> dict[str, s
 def test_a_signal_mid_drill_removes_the_scratch_namespace_and_says_so(
     sqlite_settings: HistorySettings,
     process_env: dict[str, str],
-    paused_drill: Callable[[dict[str, str]], _PausedDrill],
+    paused_drill: Callable[..., _PausedDrill],
     sent: signal.Signals,
     code: int,
     reason: str,
@@ -439,10 +451,36 @@ def test_a_signal_mid_drill_removes_the_scratch_namespace_and_says_so(
     assert list(temp.iterdir()) == []
 
 
+def test_a_second_sigterm_does_not_cut_the_clean_up_short(
+    sqlite_settings: HistorySettings,
+    process_env: dict[str, str],
+    paused_drill: Callable[..., _PausedDrill],
+) -> None:
+    drill = paused_drill(process_env, f"{PAUSE_AT}+main")
+    path = Path(sqlite_settings.graph_store_sqlite_path)
+    drill.process.send_signal(signal.SIGTERM)
+    drill.go()
+    # The main thread's next store call is the clean-up's (the workload has stopped).
+    assert drill.wait_paused() == "paused main"
+    assert _drill_rows(path) > 0
+
+    drill.process.send_signal(signal.SIGTERM)  # e.g. a supervisor that asks twice
+    drill.go()
+    returncode, out, err = drill.finish()
+
+    assert returncode == 143, err
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) >= 2 and lines[-1] == "error: terminated", err
+    assert re.fullmatch(rf"scratch namespace {NAMESPACE.pattern} removed", lines[-2]), lines
+    assert _drill_rows(path) == 0
+    assert list(Path(process_env["TMPDIR"]).iterdir()) == []
+
+
 def test_a_store_failing_mid_drill_exits_3_naming_the_namespace_and_how_to_remove_it(
     sqlite_settings: HistorySettings,
     process_env: dict[str, str],
-    paused_drill: Callable[[dict[str, str]], _PausedDrill],
+    paused_drill: Callable[..., _PausedDrill],
 ) -> None:
     path = Path(sqlite_settings.graph_store_sqlite_path)
     env = {**process_env, "ORCHEO_GRAPH_STORE_SQLITE_BUSY_TIMEOUT": "0.2"}
