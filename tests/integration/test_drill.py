@@ -483,7 +483,7 @@ def test_a_store_failing_mid_drill_exits_3_naming_the_namespace_and_how_to_remov
     paused_drill: Callable[..., _PausedDrill],
 ) -> None:
     path = Path(sqlite_settings.graph_store_sqlite_path)
-    env = {**process_env, "ORCHEO_GRAPH_STORE_SQLITE_BUSY_TIMEOUT": "0.2"}
+    env = {**process_env, "ORCHEO_GRAPH_STORE_SQLITE_BUSY_TIMEOUT": "0.05"}
     drill = paused_drill(env)
     # Another process takes the write lock mid-drill and keeps it until the drill ended.
     holder = subprocess.Popen(
