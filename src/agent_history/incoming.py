@@ -122,6 +122,9 @@ class ThreadView:
     """Nothing to do: the thread already holds the delivered message (by its channel id)
     and a final answer after it (a re-delivered callback on a stable thread), or the
     callback delivered no user message and every user message has an answer."""
+    delivered: bool = False
+    """``inputs`` carries a user message (a re-delivery when ``answered``), even one the
+    thread has moved on from; False for a sticker, an event, no ``inputs``."""
 
 
 def _position(thread: Sequence[BaseMessage], incoming: IncomingMessage) -> int | None:
@@ -160,15 +163,21 @@ def current_thread(state: Any, node: str | None = None) -> ThreadView:
     inputs = as_mapping(mapping.get("inputs") or {})
     thread = _to_messages(mapping.get("messages")) or _to_messages(inputs.get("history"))
     incoming = incoming_message(inputs)
+    delivered = incoming is not None
     position = None if incoming is None else _position(thread, incoming)
     if incoming is not None and position is not None and newest_human(thread) != position:
         incoming = None  # the thread has moved on since that callback
     if incoming is None:
-        # A callback that delivers no user message (a sticker, a photo, an edit) has
-        # nothing to answer when every user message of the thread already has an answer.
+        # Without a delivered user message there is nothing to answer when the run
+        # brought no message at all (an event with only a parser's `results`: the stored
+        # question must not be answered again), nor, in a callback's state (a sticker, a
+        # photo, `inputs` without a text, even empty), when every user message of the
+        # thread already has an answer. A graph driven with plain messages answers its
+        # thread as it stands (a system prompt alone: the assistant speaks first).
         last = newest_human(thread)
         settled = last is None or any(is_final_answer(m) for m in thread[last + 1 :])
-        return ThreadView(thread, None, None, bool(inputs) and settled)
+        callback = "inputs" in mapping or not thread
+        return ThreadView(thread, None, None, settled and callback, delivered)
     if position is not None:
         answered = False
         if incoming.message_id is not None:
@@ -178,9 +187,9 @@ def current_thread(state: Any, node: str | None = None) -> ThreadView:
                 if marked is None
                 else marked
             )
-        return ThreadView(thread, incoming, None, answered)
+        return ThreadView(thread, incoming, None, answered, delivered)
     added = HumanMessage(incoming.text, id=incoming.message_id or str(uuid.uuid4()))
-    return ThreadView([*thread, added], incoming, added, False)
+    return ThreadView([*thread, added], incoming, added, False, delivered)
 
 
 def _answered_by(state: Mapping[str, Any], node: str | None, message_id: str) -> bool | None:

@@ -112,7 +112,7 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         view = current_thread(state, self.surface.node)
         if view.answered:
             run = self.surface.begin(view, state, runtime.store, runtime)
-            run.redelivered = True
+            run.redelivered = view.delivered  # (else: nothing was delivered)
             run.report([], model_called=False)
             return {"jump_to": "end"}
         if view.added is None:

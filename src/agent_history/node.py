@@ -237,8 +237,9 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
     def _steps(self, run: HistoryPass) -> Generator[Step, Any, dict[str, Any]]:
         """The pass's control flow; it yields the I/O it needs and receives the outcome."""
         if run.view.answered:
-            # A re-delivered callback this thread already answered: nothing to do.
-            run.redelivered = True
+            # A re-delivered callback this thread already answered, or nothing delivered
+            # and nothing left to answer: nothing to do.
+            run.redelivered = run.view.delivered
             run.report([], model_called=False)
             return {"messages": []}
         yield from run.read()

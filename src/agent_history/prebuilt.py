@@ -153,8 +153,9 @@ def _finish_steps(run: HistoryPass, answer: AIMessage, derived: bool) -> Generat
 
 def _report_redelivery(run: HistoryPass) -> None:
     """A callback this thread already answered: the model was called (a prebuilt agent
-    cannot skip it), its answer is dropped and nothing is stored."""
-    run.redelivered = True
+    cannot skip it), its answer is dropped and nothing is stored. (Also a run that
+    delivered nothing, with nothing left to answer: not a re-delivery.)"""
+    run.redelivered = run.view.delivered
     run.report([])
 
 

@@ -17,7 +17,7 @@ from langgraph.graph import START, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.store.base import BaseStore
 
-from agent_history import AgentNode, AgentState, ChatHistory
+from agent_history import AgentNode, AgentState, ChatHistory, HistoryReport
 from agent_history.settings import HistorySettings
 from agent_history.stores import create_checkpointer_sync, create_graph_store_sync
 from agent_history.testing import RecordingChatModel
@@ -27,6 +27,14 @@ from tests.support.patterns import check_pairing
 from tests.support.tool_models import WeatherModel, get_weather, signature
 
 NS = ("agent_chat_history",)
+
+
+class VaryingModel(RecordingChatModel):
+    """Answers like a real model: never twice the same text."""
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+        asked = next((m.content for m in reversed(messages) if m.type == "human"), "<nothing>")
+        return AIMessage(f"answer {len(self.calls)} to: {asked}")
 
 
 def _node(model: Any, **kwargs: Any) -> AgentNode:
@@ -189,12 +197,29 @@ async def test_message_stream_does_not_attribute_the_delivered_message_to_the_no
     assert len(emitted) == len(set(emitted)) == 2
 
 
+def _sticker(chat: int) -> dict[str, Any]:
+    callback = telegram_callback(chat, "x")
+    callback["inputs"]["message"] = {"sticker": {"file_id": "abc"}, "message_id": 2}
+    return callback
+
+
+def _event(chat: int, inputs: Any) -> dict[str, Any]:
+    """An event the workflow maps into no `inputs` (a WeCom enter_agent, a Telegram
+    update type it ignores): only the parser's result, which resolves the key."""
+    state: dict[str, Any] = {"results": {"telegram_events_parser": {"chat_id": chat}}}
+    if inputs != "absent":
+        state["inputs"] = inputs
+    return state
+
+
 @pytest.mark.parametrize("thread", ["stable", "fresh"])
+@pytest.mark.parametrize("callback", ["sticker", "no inputs", "empty inputs", "inputs None"])
 def test_a_callback_without_a_user_message_answers_nothing_twice(
-    store: BaseStore, thread: str
+    store: BaseStore, thread: str, callback: str
 ) -> None:
-    model = RecordingChatModel()
-    graph = _one_node(_node(model), store, InMemorySaver())
+    reports: list[HistoryReport] = []
+    model = VaryingModel()  # a real model answers the same question differently
+    graph = _one_node(_node(model, on_report=reports.append), store, InMemorySaver())
     chat = uuid.uuid4().int % 10**9
     stable = {"configurable": {"thread_id": f"chat-{chat}"}}
 
@@ -202,13 +227,41 @@ def test_a_callback_without_a_user_message_answers_nothing_twice(
         return stable if thread == "stable" else {"configurable": {"thread_id": uuid.uuid4().hex}}
 
     graph.invoke(telegram_callback(chat, "hi", message_id=1), config())
-    sticker = telegram_callback(chat, "x")
-    sticker["inputs"]["message"] = {"sticker": {"file_id": "abc"}, "message_id": 2}
-    result = graph.invoke(sticker, config())
+    delivered = {
+        "sticker": _sticker(chat),
+        "no inputs": _event(chat, "absent"),
+        "empty inputs": _event(chat, {}),
+        "inputs None": _event(chat, None),
+    }[callback]
+    result = graph.invoke(delivered, config())
     assert len(model.calls) == 1  # nothing new to answer: no model call
-    assert [m.content for m in result["messages"]][-1:] in (["echo: hi"], [])
+    assert [m.content for m in result["messages"]][-1:] in (["answer 1 to: hi"], [])
     stored = [m.content for m in _stored(store, f"telegram:{chat}")]
-    assert stored == ["hi", "echo: hi"]
+    assert stored == ["hi", "answer 1 to: hi"]  # no second answer without a question
+    # Nothing was delivered, so nothing was re-delivered either (except that a stable
+    # thread's state still holds the last callback's `inputs` when the event sets none).
+    stale = thread == "stable" and callback == "no inputs"
+    assert (reports[-1].model_called, reports[-1].redelivered) == (False, stale)
+    # A chat whose first callback delivers no message: no model call on an empty payload.
+    first = uuid.uuid4().int % 10**9
+    graph.invoke(_event(first, {}) if callback != "sticker" else _sticker(first), config())
+    assert len(model.calls) == 1
+    assert _stored(store, f"telegram:{first}") == []
+
+
+def test_a_graph_driven_with_plain_messages_answers_its_thread_as_it_stands(
+    store: BaseStore,
+) -> None:
+    """Without a callback (no `inputs`, no `results`), the thread is what the run gives:
+    a run with a new user message is answered, and the rule above does not apply."""
+    model = RecordingChatModel()
+    graph = _one_node(_node(model, history_key_candidates=["web:42"]), store, InMemorySaver())
+    stable = {"configurable": {"thread_id": "web-42"}}
+    graph.invoke({"messages": [HumanMessage("hi", id="h1")]}, stable)
+    graph.invoke({"messages": [HumanMessage("and you?", id="h2")]}, stable)
+    assert [m[-1].content for m in model.calls] == ["hi", "and you?"]
+    stored = [m.content for m in _stored(store, "web:42")]
+    assert stored == ["hi", "echo: hi", "and you?", "echo: and you?"]
 
 
 def test_an_upgrade_onto_a_log_of_32_turn_chunks_with_a_stable_thread_and_redeliveries(
