@@ -38,8 +38,10 @@ ANSWERED_FIELD = "answered"
 message the node last answered."""
 
 _MESSAGE_FIELDS = ("message", "user_message", "query", "prompt")
-_TEXT_FIELDS = ("text", "content", "message", "query", "prompt")
-_ID_FIELDS = ("message_id", "msgid", "msg_id", "id", "update_id")
+_TEXT_FIELDS = ("text", "content", "message", "query", "prompt", "Content")
+_ID_FIELDS = ("message_id", "msgid", "msg_id", "MsgId", "id", "update_id")
+"""WeCom's own names too: ``Content``/``MsgId`` (a decrypted callback), and ``text`` as
+``{"content": ...}`` (an AI bot or customer-service message)."""
 
 
 def as_mapping(value: Any) -> Mapping[str, Any]:
@@ -77,8 +79,13 @@ def _from_payload(payload: Any, outer: Mapping[str, Any]) -> IncomingMessage | N
         found = (_channel_id(outer.get(f)) for f in _ID_FIELDS[:3])
         message_id = next((i for i in found if i is not None), None)
         return IncomingMessage(payload, message_id) if payload.strip() else None
+    if payload is not None and not isinstance(payload, Mapping):
+        payload = as_mapping(payload) or None  # a pydantic model or an object
     if isinstance(payload, Mapping):
         text = next((payload[f] for f in _TEXT_FIELDS if isinstance(payload.get(f), str)), None)
+        nested = payload.get("text")
+        if text is None and isinstance(nested, Mapping) and isinstance(nested.get("content"), str):
+            text = nested["content"]
         if text is None or not text.strip():
             return None
         found = (_channel_id(payload.get(f)) for f in _ID_FIELDS)
@@ -93,8 +100,8 @@ def incoming_message(inputs: Mapping[str, Any]) -> IncomingMessage | None:
         found = _from_payload(inputs.get(field), inputs)
         if found:
             return found
-    listener = inputs.get("listener")
-    if isinstance(listener, Mapping):
+    listener = as_mapping(inputs.get("listener"))
+    if listener:
         return _from_payload(listener.get("message"), listener)
     return None
 

@@ -97,6 +97,7 @@ class KeyRejectReason(StrEnum):
     INVALID_CHARS = "invalid_chars"
     TOO_LONG = "too_long"
     RENDER_ERROR = "render_error"
+    NOT_TEXT = "not_text"
 
 
 class KeyRejection(NamedTuple):
@@ -155,11 +156,11 @@ def validate_history_key(key: str) -> KeyRejectReason | None:
     ``{{``, ``}}``, ``{%``, ``%}`` or ``{#`` (an unrendered template).
 
     Returns:
-        None, or the reason code: ``empty``, ``unresolved_template``, ``too_long`` or
-        ``invalid_chars``.
+        None, or the reason code: ``not_text``, ``empty``, ``unresolved_template``,
+        ``too_long`` or ``invalid_chars``.
     """
     if not isinstance(key, str):
-        return KeyRejectReason.INVALID_CHARS
+        return KeyRejectReason.NOT_TEXT
     if not key or key.isspace():
         return KeyRejectReason.EMPTY
     if any(marker in key for marker in _TEMPLATE_MARKERS):
@@ -365,8 +366,16 @@ def _plain(value: Any, depth: int = 0) -> Any:
     """Copy state into plain dicts and lists so templates never reach user objects."""
     if depth > 12:
         return None
-    if isinstance(value, str | int | float | bool) or value is None:
+    if isinstance(value, bool) or value is None:
         return value
+    # A subclass (a str or int Enum member, as parsers' platform fields are) as its plain
+    # value: Jinja would print a str Enum member as `Platform.TELEGRAM`.
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
     if isinstance(value, Mapping):
         return {str(k): _plain(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):

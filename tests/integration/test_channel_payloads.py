@@ -1,0 +1,128 @@
+"""Telegram and WeCom messages as the channels and their parsers really hand them over.
+
+WeCom sends ``Content``/``MsgId`` (a decrypted callback) or ``text: {"content": ...}``
+(an AI bot or customer-service message); listener payloads may be pydantic models whose
+platform is a ``str`` Enum. Each must be answered, stored once under the same key as the
+webhook path gives, and recognised when re-delivered.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import Enum, IntEnum
+from typing import Any
+
+import pytest
+from langgraph.store.base import BaseStore
+from pydantic import BaseModel
+
+from agent_history import AgentNode, ChatHistory, HistoryReport
+from agent_history.errors import InvalidKey
+from agent_history.keys import KeyRejectReason, resolve_history_key
+from agent_history.testing import RecordingChatModel
+from agent_history.toggles import HistoryToggles
+from tests.support.agent_graphs import build_graph, new_thread
+
+
+class Platform(str, Enum):  # noqa: UP042 (as listener models type it; a StrEnum prints fine)
+    TELEGRAM = "telegram"
+
+
+class Chat(IntEnum):
+    SUPPORT = 4242
+
+
+class ListenerMessage(BaseModel):
+    chat_id: int
+    message_id: int
+    text: str
+
+
+class Listener(BaseModel):
+    platform: Platform
+    message: ListenerMessage
+
+
+def _graph(store: BaseStore) -> tuple[Any, RecordingChatModel, list[HistoryReport]]:
+    model, reports = RecordingChatModel(), []
+    node = AgentNode(
+        model,
+        use_graph_chat_history=True,
+        toggles=HistoryToggles(env={}),
+        on_report=reports.append,
+    )
+    return build_graph(node, store), model, reports
+
+
+def _stored(store: BaseStore, key: str) -> list[tuple[str, str, str | None]]:
+    return [(t.role, str(t.content), t.id) for t in ChatHistory(store).read(key)]
+
+
+def test_a_str_enum_platform_gives_the_key_the_webhook_path_gives() -> None:
+    by_listener = resolve_history_key(
+        {"inputs": {"listener": {"platform": Platform.TELEGRAM, "message": {"chat_id": -100123}}}}
+    )
+    by_webhook = resolve_history_key({"results": {"telegram_events_parser": {"chat_id": -100123}}})
+    assert by_listener.key == by_webhook.key == "telegram:-100123"
+    assert by_listener.channel == "telegram"
+    custom = resolve_history_key(
+        {"inputs": {"chat": Chat.SUPPORT}}, candidates=["chat:{{inputs.chat}}"]
+    )
+    assert custom.key == "chat:4242"
+
+
+def test_a_pydantic_listener_payload_is_answered_and_stored_once(store: BaseStore) -> None:
+    graph, model, reports = _graph(store)
+    chat = -(uuid.uuid4().int % 10**9)
+    listener = Listener(
+        platform=Platform.TELEGRAM, message=ListenerMessage(chat_id=chat, message_id=7, text="hi")
+    )
+    for _ in range(2):  # a re-delivery
+        graph.invoke({"inputs": {"listener": listener}}, new_thread())
+    assert model.calls and model.calls[0][-1].content == "hi"
+    stored = _stored(store, f"telegram:{chat}")
+    assert [(role, text) for role, text, _ in stored] == [("user", "hi"), ("assistant", "echo: hi")]
+    assert stored[0][2] == "7"  # the channel id names the stored turn
+    assert reports[-1].redelivered and reports[-1].appended == 0
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # A decrypted internal-app callback, as WeCom names its fields.
+        {"ToUserName": "ww1", "FromUserName": "zhangsan", "CreateTime": 1700000000,
+         "MsgType": "text", "Content": "请假流程是什么?", "MsgId": "7300000000000000001",
+         "AgentID": 1000002},
+        # An AI bot / customer-service message: the text is nested.
+        {"msgid": "7300000000000000001", "msgtype": "text",
+         "text": {"content": "请假流程是什么?"}, "from": {"userid": "zhangsan"}},
+    ],
+    ids=["callback-xml", "nested-text"],
+)  # fmt: skip
+def test_wecom_messages_as_wecom_sends_them_are_answered_and_stored_once(
+    store: BaseStore, message: dict[str, Any]
+) -> None:
+    graph, model, reports = _graph(store)
+    user = "u" + uuid.uuid4().hex[:8]
+    state = {"inputs": {"message": message}, "results": {"wecom_events_parser": {"user": user}}}
+    for _ in range(2):  # WeCom retries a callback it got no answer to in time
+        graph.invoke(state, new_thread())
+    assert model.calls[0][-1].content == "请假流程是什么?"
+    stored = _stored(store, f"wecom_dm:{user}")
+    assert [(role, text) for role, text, _ in stored] == [
+        ("user", "请假流程是什么?"),
+        ("assistant", "echo: 请假流程是什么?"),
+    ]
+    assert stored[0][2] == "7300000000000000001"  # the channel id names the stored turn
+    assert reports[-1].redelivered and reports[-1].appended == 0
+    # A WeCom event or an image (no text) is answered by nobody and stores nothing.
+    image = {"MsgType": "image", "PicUrl": "https://example.invalid/p.png", "MsgId": "2"}
+    graph.invoke({**state, "inputs": {"message": image}}, new_thread())
+    assert len(model.calls) == 2 and len(_stored(store, f"wecom_dm:{user}")) == 2
+
+
+def test_a_key_that_is_not_text_is_named_so(store: BaseStore) -> None:
+    for key in (5, None, b"telegram:1"):
+        with pytest.raises(InvalidKey) as raised:
+            ChatHistory(store).for_key(key)  # type: ignore[arg-type]
+        assert raised.value.reason == KeyRejectReason.NOT_TEXT == "not_text"
