@@ -21,6 +21,7 @@ from langgraph.store.sqlite import SqliteStore
 
 from agent_history.history import ChatHistory
 from agent_history.history.drivers import namespace_text
+from tests.support.postgres_server import waiting_on_a_lock
 
 TTL_MINUTES = 60.0
 CHUNK = 2  # several chunk items from a few turns
@@ -175,16 +176,6 @@ def test_a_store_without_ttl_writes_no_expiry(
         assert {at for at, _ in rows.expiries(prefix).values()} == {None}
 
 
-def _waiting_on_a_lock(dsn: str, application: str) -> bool:
-    with psycopg.connect(dsn, autocommit=True) as pg:
-        row = pg.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE application_name = %s AND wait_event_type = 'Lock'",
-            (application,),
-        ).fetchone()
-    return bool(row and row[0])
-
-
 @pytest.mark.postgres
 @pytest.mark.parametrize("sweep", ["commits", "rolls_back"])
 def test_an_append_racing_a_sweep_leaves_a_whole_conversation(
@@ -213,7 +204,7 @@ def test_an_append_racing_a_sweep_leaves_a_whole_conversation(
                 target=lambda: result.append(history.append(key, [HumanMessage("new", id="n1")]))
             )
             appender.start()
-            while not _waiting_on_a_lock(fresh_pg_dsn, application):
+            while not waiting_on_a_lock(fresh_pg_dsn, application):
                 assert appender.is_alive() or result, "the append did not wait for the sweep"
                 if not appender.is_alive():
                     break

@@ -31,6 +31,7 @@ from agent_history.history.drivers import driver_for, namespace_text
 from agent_history.history.drivers.postgres_async import AsyncPostgresDriver
 from agent_history.settings import HistorySettings
 from agent_history.stores import create_checkpointer, create_graph_store
+from tests.support.postgres_server import waiting_on_a_lock
 
 pytestmark = pytest.mark.postgres
 
@@ -54,16 +55,6 @@ def _settings(dsn: str, application: str, pool: int) -> HistorySettings:
         postgres_pool_min_size=pool,
         postgres_pool_max_size=pool,
     )
-
-
-def _lock_waiters(dsn: str, application: str) -> bool:
-    with psycopg.connect(dsn, autocommit=True) as pg:
-        row = pg.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE application_name = %s AND wait_event_type = 'Lock'",
-            (application,),
-        ).fetchone()
-    return bool(row and row[0])
 
 
 def _socket_shut(conn: Any) -> bool:
@@ -99,7 +90,9 @@ async def test_hanging_up_while_the_connection_goes_back_loses_no_connection(
                 task = asyncio.create_task(
                     history.aappend(key, [HumanMessage("hi", id=f"m{attempt}")])
                 )
-                await _until(lambda: asyncio.to_thread(_lock_waiters, fresh_pg_dsn, application))
+                await _until(
+                    lambda: asyncio.to_thread(waiting_on_a_lock, fresh_pg_dsn, application)
+                )
                 # The pool's lock is busy (as under load) when the append ends...
                 await pool._lock.acquire()
                 try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-__all__ = ["PostgresServer", "PostgresServerError", "find_pg_bin"]
+__all__ = ["PostgresServer", "PostgresServerError", "find_pg_bin", "waiting_on_a_lock"]
 
 
 class PostgresServerError(RuntimeError):
@@ -128,3 +128,15 @@ class PostgresServer:
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             row = conn.execute("SHOW server_version").fetchone()
         return str(row[0]) if row else "?"
+
+
+def waiting_on_a_lock(dsn: str, application: str) -> bool:
+    """Whether a session named ``application`` (its ``application_name``) is waiting for
+    a lock: the observable state a test waits for instead of sleeping."""
+    with psycopg.connect(dsn, autocommit=True) as pg:
+        row = pg.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = %s AND wait_event_type = 'Lock'",
+            (application,),
+        ).fetchone()
+    return bool(row and row[0])
