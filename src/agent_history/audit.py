@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,9 +62,10 @@ def append_audit_line(path: str, entry: dict[str, Any]) -> bool:
             fd, readable = os.open(path, flags | os.O_WRONLY, 0o640), False
         try:
             # Writers take turns (flock), so none reads the end of the file while another
-            # one's line is half copied into it.
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_EX)
+            # one's line is half copied into it; a holder that does not let go (stopped,
+            # hung) costs at most a few milliseconds, then the line goes out unlocked
+            # (still one atomic O_APPEND write).
+            _take_turn(fd)
             if readable and not _ends_a_line(fd):
                 # A line cut short (a full disk, a crash, a copytruncate mid-line) would
                 # swallow this one: start on a line of our own.
@@ -94,17 +96,36 @@ def append_audit_line(path: str, entry: dict[str, Any]) -> bool:
 
 
 def audit_file_problem(path: str) -> str | None:
-    """Why ``path`` cannot be appended to (None: it can), for a check at deploy time.
-
-    Opening it the way `append_audit_line` does creates it when it does not exist, as the
-    first process to start would.
-    """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    except OSError as exc:
-        return f"cannot append to {path}: {exc.strerror or type(exc).__name__}"
-    os.close(fd)
+    """Why no process could append to ``path`` (None: one can), for a check at deploy
+    time. Nothing is created: the service's own user creates the file on its first
+    change (a check run as another user would leave a file the service cannot write)."""
+    if os.path.isdir(path):
+        return f"cannot append to {path}: Is a directory"
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            return f"cannot append to {path}: Permission denied"
+        return None
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        return f"cannot append to {path}: No such file or directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {path}: Permission denied"
     return None
+
+
+_TURN_TRIES = 20
+_TURN_WAIT_SECONDS = 0.001
+
+
+def _take_turn(fd: int) -> None:
+    for _ in range(_TURN_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(_TURN_WAIT_SECONDS)  # another writer's line is being copied
+        except OSError:
+            return  # a file system without flock
 
 
 def _ends_a_line(fd: int) -> bool:

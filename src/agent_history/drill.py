@@ -632,12 +632,21 @@ class _Drill:
 # --- clean-up and logs ------------------------------------------------------------------------
 
 
+_CLEANUP_BUDGET_SECONDS = 10.0
+"""Longest a clean-up's delete of one conversation may wait for the store (a table
+locked by an operator): past it the clean-up stops and names the namespace."""
+
+
 def _remove_namespace(store: BaseStore, namespace: tuple[str, ...], keys: Iterable[str]) -> bool:
     """Delete every conversation and any other item under ``namespace``; True when
-    nothing is left."""
+    nothing is left. The drill's own conversations go first, each within a budget, so a
+    store that hangs ends the clean-up (reported) instead of holding the process."""
     history = ChatHistory(store, namespace=namespace)
-    for key in {*keys, *history.keys()}:
-        history.delete(key)
+    known = set(keys)
+    for key in sorted(known):
+        history.delete(key, budget=_CLEANUP_BUDGET_SECONDS)
+    for key in set(history.keys()) - known:
+        history.delete(key, budget=_CLEANUP_BUDGET_SECONDS)
     for _ in range(1000):
         items = store.search(namespace, limit=100)
         if not items:

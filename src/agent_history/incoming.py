@@ -175,16 +175,18 @@ def current_thread(state: Any, node: str | None = None) -> ThreadView:
     if incoming is not None and position is not None and newest_human(thread) != position:
         incoming = None  # the thread has moved on since that callback
     if incoming is None:
-        # Without a delivered user message there is nothing to answer when the run
-        # brought no message at all (an event with only a parser's `results`: the stored
-        # question must not be answered again), nor, in a callback's state (a sticker, a
-        # photo, `inputs` without a text, even empty), when every user message of the
-        # thread already has an answer. A graph driven with plain messages answers its
-        # thread as it stands (a system prompt alone: the assistant speaks first).
+        # Without a delivered user message there is nothing to answer in a callback's
+        # state (a sticker, a photo: `inputs` without a text) when every user message of
+        # the thread already has an answer, nor when a callback brought no message at
+        # all (an event with only a parser's `results`, its `inputs` empty or absent):
+        # the stored question must not be answered again. A graph driven with plain
+        # messages answers its thread as it stands: a pipeline's second agent, a
+        # supervisor's worker (their `inputs` may be an empty default), an assistant that
+        # speaks first on an empty thread.
         last = newest_human(thread)
         settled = last is None or any(is_final_answer(m) for m in thread[last + 1 :])
-        callback = "inputs" in mapping or not thread
-        return ThreadView(thread, None, None, settled and callback, delivered)
+        event = not thread and bool(as_mapping(mapping.get("results") or {}))
+        return ThreadView(thread, None, None, settled and (bool(inputs) or event), delivered)
     if position is not None:
         answered = False
         if incoming.message_id is not None:

@@ -366,16 +366,10 @@ def _plain(value: Any, depth: int = 0) -> Any:
     """Copy state into plain dicts and lists so templates never reach user objects."""
     if depth > 12:
         return None
-    if isinstance(value, bool) or value is None:
+    if isinstance(value, str | int | float | bool) or value is None:
+        # (A str subclass renders through its own __str__: a `(str, Enum)` member as
+        # `Platform.TELEGRAM`. Kept so: changing it would move stored conversations.)
         return value
-    # A subclass (a str or int Enum member, as parsers' platform fields are) as its plain
-    # value: Jinja would print a str Enum member as `Platform.TELEGRAM`.
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
     if isinstance(value, Mapping):
         return {str(k): _plain(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -1,8 +1,7 @@
 """Telegram and WeCom messages as the channels and their parsers really hand them over.
 
 WeCom sends ``Content``/``MsgId`` (a decrypted callback) or ``text: {"content": ...}``
-(an AI bot or customer-service message); listener payloads may be pydantic models whose
-platform is a ``str`` Enum. Each must be answered, stored once under the same key as the
+(an AI bot or customer-service message); listener payloads may be pydantic models. Each must be answered, stored once under the same key as the
 webhook path gives, and recognised when re-delivered.
 """
 
@@ -39,7 +38,7 @@ class ListenerMessage(BaseModel):
 
 
 class Listener(BaseModel):
-    platform: Platform
+    platform: str
     message: ListenerMessage
 
 
@@ -58,24 +57,26 @@ def _stored(store: BaseStore, key: str) -> list[tuple[str, str, str | None]]:
     return [(t.role, str(t.content), t.id) for t in ChatHistory(store).read(key)]
 
 
-def test_a_str_enum_platform_gives_the_key_the_webhook_path_gives() -> None:
-    by_listener = resolve_history_key(
-        {"inputs": {"listener": {"platform": Platform.TELEGRAM, "message": {"chat_id": -100123}}}}
-    )
-    by_webhook = resolve_history_key({"results": {"telegram_events_parser": {"chat_id": -100123}}})
-    assert by_listener.key == by_webhook.key == "telegram:-100123"
-    assert by_listener.channel == "telegram"
+def test_a_str_enum_value_keeps_the_key_it_always_had() -> None:
+    """A `(str, Enum)` member renders through its own ``__str__`` (`Platform.TELEGRAM`), as
+    it always did: rendering it otherwise would move the conversations stored under that
+    key. The docs say to pass ``.value`` (or a JSON-mode dump)."""
+    state = {"inputs": {"listener": {"platform": Platform.TELEGRAM, "message": {"chat_id": -5}}}}
+    assert resolve_history_key(state).key == "Platform%2ETELEGRAM:-5"
+    plain = {"inputs": {"listener": {"platform": "telegram", "message": {"chat_id": -5}}}}
+    by_webhook = resolve_history_key({"results": {"telegram_events_parser": {"chat_id": -5}}})
+    assert resolve_history_key(plain).key == by_webhook.key == "telegram:-5"
     custom = resolve_history_key(
         {"inputs": {"chat": Chat.SUPPORT}}, candidates=["chat:{{inputs.chat}}"]
     )
-    assert custom.key == "chat:4242"
+    assert custom.key == "chat:4242"  # an IntEnum prints as its number
 
 
 def test_a_pydantic_listener_payload_is_answered_and_stored_once(store: BaseStore) -> None:
     graph, model, reports = _graph(store)
     chat = -(uuid.uuid4().int % 10**9)
     listener = Listener(
-        platform=Platform.TELEGRAM, message=ListenerMessage(chat_id=chat, message_id=7, text="hi")
+        platform="telegram", message=ListenerMessage(chat_id=chat, message_id=7, text="hi")
     )
     for _ in range(2):  # a re-delivery
         graph.invoke({"inputs": {"listener": listener}}, new_thread())

@@ -536,3 +536,30 @@ def test_a_store_failing_mid_drill_exits_3_naming_the_namespace_and_how_to_remov
     assert deleted.strip().startswith("deleted 3 conversations idle since before ")
     assert _drill_rows(path) == 0
     assert _left_behind(sqlite_settings, tuple(namespace.split("."))) == []
+
+
+@pytest.mark.postgres
+def test_the_clean_up_stops_at_its_budget_when_the_store_hangs(
+    fresh_pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's `LOCK TABLE store` (or a hung server) must not hold a drill's
+    clean-up, and with it the process, forever: each delete has a budget, and the
+    clean-up then reports the namespace as not removed."""
+    import psycopg
+
+    from agent_history import drill as drill_module
+    from agent_history.errors import StoreTimeout
+
+    settings = HistorySettings(graph_store_backend="postgres", postgres_dsn=fresh_pg_dsn)
+    namespace = (SCRATCH_PREFIX, "dtest")
+    monkeypatch.setattr(drill_module, "_CLEANUP_BUDGET_SECONDS", 0.5)
+    with create_graph_store_sync(settings) as store:
+        ChatHistory(store, namespace=namespace).append(
+            "telegram:1001", [{"role": "user", "content": "x"}]
+        )
+        with psycopg.connect(fresh_pg_dsn) as holder:
+            holder.execute("LOCK TABLE store IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(StoreTimeout):
+                drill_module._remove_namespace(store, namespace, ["telegram:1001"])
+            holder.rollback()
+        assert drill_module._remove_namespace(store, namespace, ["telegram:1001"])

@@ -212,8 +212,19 @@ def _event(chat: int, inputs: Any) -> dict[str, Any]:
     return state
 
 
-@pytest.mark.parametrize("thread", ["stable", "fresh"])
-@pytest.mark.parametrize("callback", ["sticker", "no inputs", "empty inputs", "inputs None"])
+@pytest.mark.parametrize(
+    ("thread", "callback"),
+    [
+        ("stable", "sticker"),
+        ("fresh", "sticker"),
+        # A stable thread's state keeps the last callback's `inputs` when an event sets none.
+        ("stable", "no inputs"),
+        ("fresh", "no inputs"),
+        ("fresh", "empty inputs"),
+        ("fresh", "inputs None"),
+        # (A stable thread given an empty `inputs` is a plain-messages run: see the docs.)
+    ],
+)
 def test_a_callback_without_a_user_message_answers_nothing_twice(
     store: BaseStore, thread: str, callback: str
 ) -> None:
@@ -244,9 +255,33 @@ def test_a_callback_without_a_user_message_answers_nothing_twice(
     assert (reports[-1].model_called, reports[-1].redelivered) == (False, stale)
     # A chat whose first callback delivers no message: no model call on an empty payload.
     first = uuid.uuid4().int % 10**9
-    graph.invoke(_event(first, {}) if callback != "sticker" else _sticker(first), config())
+    fresh = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    graph.invoke(_event(first, {}) if callback != "sticker" else _sticker(first), fresh)
     assert len(model.calls) == 1
     assert _stored(store, f"telegram:{first}") == []
+
+
+def test_plain_message_graphs_with_an_empty_inputs_default_still_run_every_agent(
+    store: BaseStore,
+) -> None:
+    """A pipeline's second agent and an assistant that speaks first: their state may carry
+    an empty `inputs` (a pydantic default), which is not a callback."""
+    writer, reviewer = RecordingChatModel(prefix="draft: "), RecordingChatModel(prefix="ok: ")
+    builder = StateGraph(AgentState)
+    builder.add_node("writer", _node(writer, history_key_candidates=["web:7"]))
+    builder.add_node("reviewer", _node(reviewer, history_namespace=["reviews"],
+                                       history_key_candidates=["web:7"]))  # fmt: skip
+    builder.add_edge(START, "writer")
+    builder.add_edge("writer", "reviewer")
+    graph = builder.compile(store=store)
+    out = graph.invoke({"messages": [HumanMessage("a poem", id="p1")], "inputs": {}})
+    assert (len(writer.calls), len(reviewer.calls)) == (1, 1)
+    assert out["messages"][-1].content.startswith("ok: ")
+    greeter = RecordingChatModel(prefix="hello")
+    first = _one_node(_node(greeter, system_prompt="Greet the user.",
+                            history_key_candidates=["web:8"]), store)  # fmt: skip
+    spoken = first.invoke({"messages": []})
+    assert len(greeter.calls) == 1 and spoken["messages"][-1].content == "hello"
 
 
 def test_a_graph_driven_with_plain_messages_answers_its_thread_as_it_stands(

@@ -166,3 +166,44 @@ def test_agent_node_on_a_closed_store_still_answers_and_logs_no_body(
     logged = [r.getMessage() for r in caplog.records]
     assert any("history_fallback" in m and "StoreUnavailable" in m for m in logged), logged
     assert not any("4111" in m for m in logged)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("target", ["file", "stdout"])
+def test_export_that_loses_its_store_mid_way_exits_3_whatever_the_target(
+    fresh_pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    """`StoreUnavailable` is a `ConnectionError`, so an `OSError`: writing to a file must
+    not report it as "cannot write FILE" (exit 2, a wrong target) but as the store (3)."""
+    from typer.testing import CliRunner
+
+    import agent_history.cli.data as data
+    from agent_history.cli import app
+
+    settings = HistorySettings(graph_store_backend="postgres", postgres_dsn=fresh_pg_dsn)
+    with create_graph_store_sync(settings) as store:
+        history = ChatHistory(store)
+        for i in range(3):
+            history.append(f"c{i}", [HumanMessage(f"q{i}", id=f"h{i}")])
+    export = data.export_jsonl
+
+    def cut_after_the_first(*args: Any, on_progress: Any = None, **kwargs: Any) -> Any:
+        def progress(*values: Any) -> None:
+            on_progress(*values)
+            with psycopg.connect(fresh_pg_dsn, autocommit=True) as admin:  # a failover
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+
+        return export(*args, on_progress=progress, **kwargs)
+
+    monkeypatch.setattr(data, "export_jsonl", cut_after_the_first)
+    out = tmp_path / "all.jsonl"
+    env = {"ORCHEO_GRAPH_STORE_BACKEND": "postgres", "ORCHEO_POSTGRES_DSN": fresh_pg_dsn}
+    args = ["export", "-o", str(out)] if target == "file" else ["export"]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 3, result.output
+    assert "the postgres store failed" in " ".join(result.output.split())
+    assert "cannot write" not in result.output
+    assert not out.exists() and not (tmp_path / ".all.jsonl.partial").exists()

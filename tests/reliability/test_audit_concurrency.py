@@ -99,3 +99,34 @@ def test_a_file_left_without_a_final_newline_costs_no_line(tmp_path: Path) -> No
     assert len(parsed) == 2 and torn == [
         b'{"time":"2026-01-01T00:00:00.000+00:00","change":"mode","sour'
     ]
+
+
+_HOLD_LOCK = r"""
+import fcntl, sys
+with open(sys.argv[1], "a") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_writer_holding_the_lock_forever_stalls_no_one(tmp_path: Path) -> None:
+    """A process stopped (SIGSTOP, a debugger) while it holds the audit file's lock: the
+    others write their lines anyway (the lock is only for the newline repair), rather
+    than block, in an async service the event loop with them."""
+    audit = tmp_path / "audit.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(audit)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        _append(audit, 0)  # bounded by its own timeout: it would hang on a blocking lock
+        parsed, torn = _whole_lines(audit)
+        assert [entry["change"] for entry in parsed] == ["disabled_nodes"] and torn == []
+    finally:
+        holder.kill()
+        holder.wait(60)
+        for pipe in (holder.stdin, holder.stdout):
+            if pipe is not None:
+                pipe.close()

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from agent_history.errors import ConfigError, StoreUnavailable
+from agent_history.errors import ConfigError, StoreTimeout, StoreUnavailable
 from agent_history.redaction import safe_error_text
 from agent_history.settings import HistorySettings, env_var
 from agent_history.stores import create_graph_store_sync
@@ -206,7 +206,7 @@ def guarded(command: Callable[P, R]) -> Callable[P, R]:
                 raise
             if isinstance(exc, ConfigError):
                 raise fail(str(exc), EXIT_CONFIG) from None
-            if isinstance(exc, StoreUnavailable):
+            if isinstance(exc, StoreUnavailable | StoreTimeout):
                 raise fail(str(exc), EXIT_STORE) from None
             if isinstance(exc, psycopg.Error | sqlite3.Error):
                 raise fail(f"the store failed: {safe_error_text(exc)}", EXIT_STORE) from None

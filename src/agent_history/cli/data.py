@@ -34,7 +34,7 @@ from agent_history.cli.app import (
     plural,
     progress_bar,
 )
-from agent_history.errors import InvalidNamespace
+from agent_history.errors import AgentHistoryError, InvalidNamespace
 from agent_history.history import ChatHistory, ConversationInfo
 from agent_history.history.naming import validate_namespace
 from agent_history.keys import channel_of
@@ -191,6 +191,8 @@ def _export_file(history: ChatHistory, out: Path, keys: list[str], advance: Any)
         if _is_special(target):
             with target.open("w", encoding="utf-8") as handle:
                 return export_jsonl(history, handle, keys, on_progress=advance)
+    except AgentHistoryError:  # StoreUnavailable/StoreTimeout are OSErrors too: the store's
+        raise
     except OSError as exc:
         raise fail(f"cannot write {out}: {exc.strerror or exc}", EXIT_CONFIG) from None
     partial = target.with_name(f".{target.name}.partial")
@@ -208,6 +210,9 @@ def _export_file(history: ChatHistory, out: Path, keys: list[str], advance: Any)
         with open(fd, "w", encoding="utf-8") as handle:
             counts = export_jsonl(history, handle, keys, on_progress=advance)
         partial.replace(target)
+    except AgentHistoryError:  # a store fault, not the file's (see above)
+        partial.unlink(missing_ok=True)
+        raise
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise fail(f"cannot write {out}: {exc.strerror or exc}", EXIT_CONFIG) from None

@@ -112,7 +112,8 @@ def _describe_triggers(triggers: TriggerSettings) -> str:
 
 def _trigger_warnings(toggles: ToggleConfig) -> list[str]:
     """Latency triggers that can never fire: a call is cut at its budget, so its duration
-    never passes a threshold at or above that budget (slow calls count as failures)."""
+    never passes a threshold above that budget (slow calls count as failures). At the
+    budget itself it does: a call cut there lasts a little longer than it."""
     checks = (
         ("READ", toggles.triggers.read_p95_seconds, toggles.read_timeout_seconds),
         ("WRITE", toggles.triggers.write_p95_seconds, toggles.write_timeout_seconds),
@@ -122,5 +123,5 @@ def _trigger_warnings(toggles: ToggleConfig) -> list[str]:
         f"at {ENV_PREFIX}{kind}_TIMEOUT_SECONDS={budget:g}; set it below the budget (slow "
         "calls count as failures for the error-rate trigger and the breaker meanwhile)"
         for kind, threshold, budget in checks
-        if threshold is not None and threshold >= budget
+        if threshold is not None and threshold > budget
     ]

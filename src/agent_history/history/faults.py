@@ -44,8 +44,16 @@ def store_faults(backend: str) -> Iterator[None]:
         raise StoreUnavailable(f"the {backend} store failed: {safe_error_text(closed)}") from closed
 
 
+_CLOSED = ("Connection closed", "no active connection")
+"""aiosqlite's words for a closed connection."""
+
+
 def _raised_by_aiosqlite(exc: BaseException) -> bool:
-    """Whether the innermost frame of ``exc``'s traceback is aiosqlite's."""
+    """Whether ``exc`` is aiosqlite's closed-connection error: its words, raised in
+    aiosqlite's own code (a C function's ValueError, e.g. a value SQLite cannot bind,
+    would show aiosqlite's frame too, with other words)."""
+    if str(exc) not in _CLOSED:
+        return False
     tb = exc.__traceback__
     if tb is None:
         return False
