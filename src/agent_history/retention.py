@@ -31,7 +31,9 @@ class PurgeReport:
     deleted: list[ConversationInfo] = field(default_factory=list)
     """Conversations deleted, as they were when deleted."""
     kept: list[str] = field(default_factory=list)
-    """Listed conversations that were written to (or deleted elsewhere) since."""
+    """Listed conversations that were written to since."""
+    gone: list[str] = field(default_factory=list)
+    """Listed conversations already deleted elsewhere (another purge, a delete)."""
 
 
 def purge_idle(
@@ -50,10 +52,12 @@ def purge_idle(
     report = PurgeReport()
     for key in keys:
         gone = history.delete_if_idle(key, before)
-        if gone is None:
-            report.kept.append(key)
-        else:
+        if gone is not None:
             report.deleted.append(gone)
+        elif history.info(key) is None:
+            report.gone.append(key)
+        else:
+            report.kept.append(key)
         if on_progress is not None:
             on_progress(key, gone is not None)
     return report

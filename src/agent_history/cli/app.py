@@ -57,8 +57,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# emoji=False: Rich would print a key or a message holding `:id:` or `:thumbs_up:` with an
+# emoji in its place (`wecom:id:42` as `wecom🆔42`), a key an operator cannot copy back.
+console = Console(soft_wrap=True, emoji=False)
+err_console = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 class _StderrHandler(logging.Handler):

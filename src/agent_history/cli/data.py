@@ -556,7 +556,11 @@ def _confirm(question: str) -> None:
     """Ask on stderr; exit 1 when the answer is no or there is nobody to answer."""
     try:
         agreed = typer.confirm(question, err=True)
-    except (typer.Abort, EOFError):
+    except typer.Abort as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):  # Ctrl-C at the question
+            raise fail("interrupted; nothing deleted", 130) from None
+        agreed = False
+    except (EOFError, RuntimeError):  # nobody to answer: stdin closed (`<&-`, cron)
         agreed = False
     if not agreed:
         raise fail("not confirmed; nothing deleted (--yes skips the question)", EXIT_CHECK_FAILED)
@@ -571,6 +575,7 @@ def delete(
 ) -> None:
     """Delete one conversation."""
     settings = load_settings()
+    _require_existing(settings)
     with open_store(settings) as store:
         history = ChatHistory(store, namespace=_namespace(namespace))
         info = _info(history, key)
@@ -634,10 +639,18 @@ def purge(
         raise fail(f"--older-than is too large (got {older_than!r})", EXIT_CONFIG) from None
     since = cutoff.isoformat(timespec="seconds")
     settings = load_settings()
+    _require_existing(settings)
     report = PurgeReport()
     with open_store(settings) as store:
         history = ChatHistory(store, namespace=_namespace(namespace))
         doomed = idle_conversations(history, cutoff)
+        if not doomed and next(iter(history.keys()), None) is None:
+            # Nothing at all there: more likely a mistyped namespace than a clean store.
+            err_console.print(
+                f"note: no conversation under namespace {'.'.join(history.namespace)}",
+                highlight=False,
+                markup=False,
+            )
         if not as_json:
             _print_listing(doomed, since)
         if doomed and not dry_run:
@@ -660,12 +673,15 @@ def purge(
                         {"key": i.key, "turns": i.turns, "updated_at": i.updated_at} for i in listed
                     ],
                     "kept_written_since": kept,
+                    "already_deleted": report.gone,
                 }
             )
         )
         return
     for key in kept:
         console.print(f"kept {key}: written to since the listing", highlight=False, markup=False)
+    for key in report.gone:
+        console.print(f"{key}: already deleted (by another purge?)", highlight=False, markup=False)
     count = len(doomed) if dry_run else len(deleted)
     verb = "would delete" if dry_run else "deleted"
     console.print(
