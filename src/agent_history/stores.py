@@ -102,13 +102,55 @@ def _setup_wait(settings: HistorySettings) -> float:
 
 
 def _sqlite_target(settings: HistorySettings, field: str) -> tuple[str, str]:
-    """The database path (parent directories created) and its setup lock file."""
+    """The database path (parent directories created) and its setup lock file, beside
+    the file the path resolves to: two spellings of one database (a symlink) share it."""
     target = _prepare_sqlite_path(getattr(settings, field), field)
-    return target, target + ".setup-lock"
+    return target, os.path.realpath(target) + ".setup-lock"
 
 
-def _cannot_open(field: str, target: str, exc: sqlite3.Error) -> ConfigError:
-    return ConfigError(env_var(field), f"cannot open SQLite file {target}: {exc}")
+# SQLite errors that say the file is fine but cannot be used now (a fault, not a setting).
+_FAULTS = ("SQLITE_IOERR", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL")
+
+
+def _cannot_open(field: str, target: str, exc: sqlite3.Error) -> ConfigError | StoreUnavailable:
+    problem = f"cannot open SQLite file {target}: {exc}"
+    if str(getattr(exc, "sqlite_errorname", "")).startswith(_FAULTS):
+        return StoreUnavailable(f"{env_var(field)}: {problem}")
+    return ConfigError(env_var(field), problem)
+
+
+# Tables LangGraph's SQLite store and checkpointer make (one file may hold both).
+_LANGGRAPH_TABLES = frozenset(
+    {"store", "store_migrations", "store_vectors", "vector_migrations", "checkpoints", "writes"}
+)
+
+
+def _refuse_a_foreign_database(target: str, field: str) -> None:
+    """Refuse a SQLite database that holds tables of another application: setting it up
+    would add the store's tables to it and switch it to WAL for good. (A file that is not
+    a database at all is refused when it is opened.)"""
+    if not os.path.isfile(target) or os.path.getsize(target) == 0:
+        return
+    try:
+        probe = sqlite3.connect(f"{Path(target).resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return
+    try:
+        rows = probe.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+    except sqlite3.Error:
+        return  # not a database, or busy: the normal open reports it
+    finally:
+        probe.close()
+    foreign = sorted({str(name) for (name,) in rows} - _LANGGRAPH_TABLES)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ConfigError(
+            env_var(field),
+            f"{target} is another application's SQLite database (tables: {shown}); it was "
+            "left as it is: give the graph store a file of its own",
+        )
 
 
 def _cannot_lock(field: str, lock: str, exc: OSError, wait: float) -> ConfigError:
@@ -165,6 +207,7 @@ def _sqlite_opened(
     close the connection on exit."""
     target, lock = _sqlite_target(settings, field)
     with _sqlite_setup_lock(lock, field, _setup_wait(settings)):
+        _refuse_a_foreign_database(target, field)
         try:
             conn = sqlite3.connect(
                 target,
@@ -221,6 +264,7 @@ async def _async_sqlite_opened(
     """The async twin of `_sqlite_opened`."""
     target, lock = _sqlite_target(settings, field)
     async with _async_sqlite_setup_lock(lock, field, _setup_wait(settings)):
+        _refuse_a_foreign_database(target, field)
         try:
             conn = await aiosqlite.connect(
                 target, isolation_level=None, timeout=settings.graph_store_sqlite_busy_timeout

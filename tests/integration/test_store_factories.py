@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sqlite3
 import uuid
@@ -196,3 +197,89 @@ async def test_postgres_setup_lock_held_too_long_fails_with_a_clear_reason(
     # The holder is gone: setup goes through.
     with create_graph_store_sync(settings) as store:
         store.put(("a",), "k", {"v": 1})
+
+
+def _another_apps_database(path: Path) -> bytes:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT)")
+    conn.execute("INSERT INTO users (email) VALUES ('ana@example.com')")
+    conn.commit()
+    conn.close()
+    return path.read_bytes()
+
+
+async def _open_async(settings: HistorySettings) -> None:
+    async with create_graph_store(settings):
+        pass
+
+
+def test_another_applications_database_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    """An operator pointing the store at another application's database (a typo, a
+    shared data directory): refused at start naming the variable, the file untouched
+    (no store tables added, not switched to WAL), by the factories and the CLI alike."""
+    from typer.testing import CliRunner
+
+    from agent_history.cli import app
+
+    path = tmp_path / "app.db"
+    before = _another_apps_database(path)
+    settings = HistorySettings(
+        graph_store_sqlite_path=path, checkpoint_sqlite_path=tmp_path / "checkpoints.sqlite"
+    )
+    with pytest.raises(ConfigError) as raised, create_graph_store_sync(settings):
+        pass
+    assert raised.value.variable == "ORCHEO_GRAPH_STORE_SQLITE_PATH"
+    assert "another application's SQLite database (tables: users)" in str(raised.value)
+    with pytest.raises(ConfigError):
+        asyncio.run(_open_async(settings))
+    env = {
+        "ORCHEO_GRAPH_STORE_SQLITE_PATH": str(path),
+        "ORCHEO_CHECKPOINT_SQLITE_PATH": str(tmp_path / "checkpoints.sqlite"),
+    }
+    for command in (["stats"], ["doctor"], ["purge", "--older-than", "30d", "--dry-run"]):
+        result = CliRunner().invoke(app, command, env=env)
+        assert result.exit_code == 2, (command, result.output)
+    assert path.read_bytes() == before
+    assert not Path(f"{path}-wal").exists()
+    # A store and a checkpointer sharing one file are not foreign to each other.
+    shared = HistorySettings(
+        graph_store_sqlite_path=tmp_path / "one.sqlite",
+        checkpoint_sqlite_path=tmp_path / "one.sqlite",
+    )
+    with create_checkpointer_sync(shared), create_graph_store_sync(shared) as store:
+        store.put(("a",), "k", {"v": 1})
+
+
+def test_one_database_through_a_symlink_shares_its_setup_lock(tmp_path: Path) -> None:
+    """Workers configured with two spellings of one file (a symlink) must serialise their
+    set-up on one lock, or two would migrate a new database at once."""
+    real = tmp_path / "data" / "store.sqlite"
+    link = tmp_path / "store-link.sqlite"
+    real.parent.mkdir()
+    real.touch()
+    link.symlink_to(real)
+    for path in (real, link):
+        settings = HistorySettings(
+            graph_store_sqlite_path=path, checkpoint_sqlite_path=tmp_path / "c.sqlite"
+        )
+        with create_graph_store_sync(settings) as store:
+            store.put(("a",), str(path), {"v": 1})
+    # One lock, beside the file itself, whichever spelling opened it.
+    assert set(tmp_path.rglob("*.setup-lock")) == {real.parent / "store.sqlite.setup-lock"}
+
+
+def test_a_file_fault_at_open_is_a_store_failure_not_a_setting(tmp_path: Path) -> None:
+    """The WAL file of a database in use deleted under the service (a clean-up script):
+    opening it again fails with an I/O error. That is the store failing (StoreUnavailable,
+    CLI exit 3), not a wrong setting (ConfigError, exit 2)."""
+    settings = HistorySettings(
+        graph_store_sqlite_path=tmp_path / "store.sqlite",
+        checkpoint_sqlite_path=tmp_path / "c.sqlite",
+    )
+    with create_graph_store_sync(settings) as store:
+        store.put(("a",), "k", {"v": 1})
+        Path(f"{tmp_path / 'store.sqlite'}-wal").unlink()
+        with pytest.raises(StoreUnavailable) as raised, create_graph_store_sync(settings):
+            pass
+    assert "ORCHEO_GRAPH_STORE_SQLITE_PATH" in str(raised.value)
+    assert "disk I/O error" in str(raised.value)
