@@ -119,10 +119,10 @@ def _cannot_open(field: str, target: str, exc: sqlite3.Error) -> ConfigError | S
     return ConfigError(env_var(field), problem)
 
 
-# Tables LangGraph's SQLite store and checkpointer make (one file may hold both).
-_LANGGRAPH_TABLES = frozenset(
-    {"store", "store_migrations", "store_vectors", "vector_migrations", "checkpoints", "writes"}
-)
+# Tables LangGraph's SQLite store and checkpointer make (one file may hold both), with
+# room for the ones a later release of theirs adds under the same prefixes.
+_LANGGRAPH_TABLES = frozenset({"writes", "vector_migrations"})
+_LANGGRAPH_PREFIXES = ("store", "checkpoint")
 
 
 def _refuse_a_foreign_database(target: str, field: str) -> None:
@@ -143,7 +143,10 @@ def _refuse_a_foreign_database(target: str, field: str) -> None:
         return  # not a database, or busy: the normal open reports it
     finally:
         probe.close()
-    foreign = sorted({str(name) for (name,) in rows} - _LANGGRAPH_TABLES)
+    names = {str(name) for (name,) in rows}
+    foreign = sorted(
+        n for n in names if n not in _LANGGRAPH_TABLES and not n.startswith(_LANGGRAPH_PREFIXES)
+    )
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise ConfigError(
