@@ -78,28 +78,24 @@ def drill(
         _print(report)
         verdict = "every switch took effect" if report.ok else "the drill failed"
         console.print(verdict, highlight=False)
-    _print_cleanup(DrillCleanup(report.namespace, report.namespace_removed))
+    _print_cleanups(cleanups)
     if not report.ok:
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 def _print_cleanups(cleanups: list[DrillCleanup]) -> None:
+    """One line on stderr per clean-up (the drill's one): the scratch namespace removed,
+    or named with the command that removes it (its name is the drill's own, never data)."""
     for cleanup in cleanups:
-        _print_cleanup(cleanup)
-
-
-def _print_cleanup(cleanup: DrillCleanup) -> None:
-    """One line on stderr: the scratch namespace removed, or named with the command that
-    removes it (its name is the drill's own, never data)."""
-    where = ".".join(cleanup.namespace)
-    if cleanup.removed:
-        note = f"scratch namespace {where} removed"
-    else:
-        note = (
-            f"FAIL drill: scratch namespace {where} not removed; remove it with: "
-            f"agent-history purge -n {where} --older-than 0s"
-        )
-    err_console.print(note, highlight=False, markup=False)
+        where = ".".join(cleanup.namespace)
+        if cleanup.removed:
+            note = f"scratch namespace {where} removed"
+        else:
+            note = (
+                f"FAIL drill: scratch namespace {where} not removed; remove it with: "
+                f"agent-history purge -n {where} --older-than 0s"
+            )
+        err_console.print(note, highlight=False, markup=False)
 
 
 def _ms(row: SwitchResult) -> str:
