@@ -25,6 +25,7 @@ from agent_history.history.drivers.generic import GenericDriver
 from agent_history.history.drivers.memory import MemoryDriver
 from agent_history.history.drivers.postgres import PostgresDriver
 from agent_history.history.drivers.postgres_async import AsyncPostgresDriver
+from agent_history.history.drivers.postgres_pipeline import AsyncPipelineDriver, PipelineDriver
 from agent_history.history.drivers.sqlite import SqliteDriver
 from agent_history.history.drivers.sqlite_async import AsyncSqliteDriver
 
@@ -44,6 +45,8 @@ DRIVERS: tuple[type[HistoryDriver], ...] = (
     MemoryDriver,
     SqliteDriver,
     AsyncSqliteDriver,
+    PipelineDriver,
+    AsyncPipelineDriver,
     PostgresDriver,
     AsyncPostgresDriver,
 )

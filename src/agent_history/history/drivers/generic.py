@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
+import functools
 import queue
 import random
 import threading
@@ -97,7 +99,8 @@ def _bounded(fn: Callable[[], T]) -> T:
         return fn()
     if left <= 0:
         raise budget.timeout_error()
-    future = _POOL.submit(fn)
+    # The deadline travels with the copied context, so the call can stop at it too.
+    future = _POOL.submit(functools.partial(contextvars.copy_context().run, fn))
     try:
         return future.result(left)
     except concurrent.futures.TimeoutError:

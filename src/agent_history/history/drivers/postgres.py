@@ -43,7 +43,6 @@ from agent_history.history.drivers.base import (
     TtlPolicy,
     namespace_text,
     utc_now,
-    warn_once,
 )
 from agent_history.history.drivers.generic import GenericDriver
 from agent_history.history.drivers.postgres_setup import PostgresState, inspect_sync
@@ -135,7 +134,8 @@ class PostgresDriver(SyncStoreDriver):
 
     @classmethod
     def accepts(cls, store: BaseStore) -> bool:
-        return isinstance(store, PostgresStore)
+        # A store in pipeline mode shares its connection: `postgres_pipeline` drives it.
+        return isinstance(store, PostgresStore) and store.pipe is None
 
     @property
     def pg(self) -> PostgresStore:
@@ -216,9 +216,6 @@ class PostgresDriver(SyncStoreDriver):
                         # The store is not set up (yet): LangGraph's own path reports it.
                         return GenericDriver(self.store, self.backend)
                     self._state = state
-        if self._fallback is None and self.pg.pipe is not None:
-            warn_once(self.store, "history_pipeline_store", driver="generic")
-            self._fallback = GenericDriver(self.store, self.backend)
         state = self._state
         assert state is not None
         if self._fallback is None and not state.usable:

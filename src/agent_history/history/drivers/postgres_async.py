@@ -37,7 +37,6 @@ from agent_history.history.drivers.base import (
     TtlPolicy,
     namespace_text,
     utc_now,
-    warn_once,
 )
 from agent_history.history.drivers.generic import GenericDriver
 from agent_history.history.drivers.postgres_setup import PostgresState, ainspect
@@ -71,7 +70,8 @@ class AsyncPostgresDriver(AsyncStoreDriver):
 
     @classmethod
     def accepts(cls, store: BaseStore) -> bool:
-        return isinstance(store, AsyncPostgresStore)
+        # A store in pipeline mode shares its connection: `postgres_pipeline` drives it.
+        return isinstance(store, AsyncPostgresStore) and store.pipe is None
 
     @property
     def pg(self) -> AsyncPostgresStore:
@@ -158,10 +158,7 @@ class AsyncPostgresDriver(AsyncStoreDriver):
             if state.store_schema is None:
                 return GenericDriver(self.store, self.backend)
             self._state = state
-        if self.pg.pipe is not None:
-            warn_once(self.store, "history_pipeline_store", driver="generic")
-            self._fallback = GenericDriver(self.store, self.backend)
-        elif not self._state.usable:
+        if not self._state.usable:
             self._fallback = self._state.fallback(self.store, self.backend)
         return self._fallback
 

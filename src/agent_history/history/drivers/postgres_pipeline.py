@@ -1,0 +1,239 @@
+"""Drivers for LangGraph's PostgreSQL stores in pipeline mode (``pipeline=True``).
+
+Such a store shares one connection between all its callers: their statements may run
+between ours, inside the same implicit transaction, so the SQL path's one-transaction
+append cannot run there. These drivers use the store's own ``batch``/``abatch`` calls
+(as `GenericDriver` does) and hold the conversation's advisory lock around every unit of
+work, so writers in other processes are excluded too, not only this process's:
+
+- the lock is a session lock on the store's connection, keyed as the SQL path's
+  transaction lock (``hashtextextended(<namespace>, 0)``), so pipelined stores and
+  pooled ones writing the same database exclude each other;
+- it is taken with ``pg_try_advisory_lock`` in a polling loop with jittered backoff, so
+  the shared connection is never blocked waiting for it, and the wait ends at the call's
+  deadline (`StoreTimeout`); without a deadline it waits, as the SQL path does;
+- this process's callers of one conversation queue on the generic driver's lock first
+  (sync callers on a thread lock, async ones on the event loop's lock), so the session
+  never takes a lock it already holds;
+- a session lock survives transactions, so it is released explicitly, also when the
+  caller is cancelled; a statement whose outcome is unknown (it failed, or its caller was
+  cancelled) is followed by an unlock, which is harmless when nothing was held. A lost
+  connection ends the session and its locks with it.
+
+Appends then need no read-back: the lock excludes every writer of this library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, TypeVar, cast
+
+from langgraph.store.base import BaseStore
+from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
+from psycopg.rows import tuple_row
+
+from agent_history import budget
+from agent_history import observability as obs
+from agent_history.history.drivers.base import (
+    AppendRequest,
+    AsyncStoreDriver,
+    SyncStoreDriver,
+    namespace_text,
+)
+from agent_history.history.drivers.generic import GenericDriver
+from agent_history.history.records import AppendResult
+from agent_history.history.steps import Steps, drive, drive_async
+
+__all__ = ["AsyncPipelineDriver", "PipelineDriver"]
+
+T = TypeVar("T")
+
+TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
+UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
+_FIRST_PAUSE = 0.0005
+_MAX_PAUSE = 0.02
+
+# Unlock tasks outlive a cancelled caller; keep them referenced until they end.
+_RELEASING: set[asyncio.Task[Any]] = set()
+
+
+class _Backoff:
+    """The pauses between attempts at a held lock, up to the current deadline."""
+
+    def __init__(self) -> None:
+        self.deadline = budget.current_deadline()
+        self.pause = _FIRST_PAUSE
+
+    def next_pause(self) -> float:
+        """Seconds to wait before the next attempt; `StoreTimeout` when the deadline
+        would pass first."""
+        pause = self.pause * (0.5 + random.random())
+        self.pause = min(self.pause * 2, _MAX_PAUSE)
+        if self.deadline is not None and time.monotonic() + pause >= self.deadline:
+            raise budget.timeout_error("wait for the conversation's lock")
+        return pause
+
+
+def _release_failed(exc: BaseException) -> None:
+    obs.log_event(
+        "history_lock_release_failed",
+        level=logging.WARNING,
+        driver="postgres-pipeline",
+        error=obs.describe_error(exc),
+    )
+
+
+class PipelineDriver(SyncStoreDriver, GenericDriver):
+    """A sync `PostgresStore` in pipeline mode (see the module); async calls run the sync
+    ones in a worker thread, so they take the same locks."""
+
+    name = "postgres-pipeline"
+    atomic = True
+
+    def __init__(self, store: BaseStore) -> None:
+        super().__init__(store, "postgres")
+
+    @classmethod
+    def accepts(cls, store: BaseStore) -> bool:
+        return isinstance(store, PostgresStore) and store.pipe is not None
+
+    @property
+    def pg(self) -> PostgresStore:
+        return cast(PostgresStore, self.store)
+
+    def _statement(self, sql: str, prefix: str) -> bool:
+        store = self.pg
+        with store.conn.cursor(row_factory=tuple_row) as cur:  # type: ignore[union-attr]
+            cur.execute(sql, (prefix,))
+            row = cur.fetchone()
+        assert store.pipe is not None
+        store.pipe.sync()
+        return bool(row and row[0])
+
+    def _unlock(self, prefix: str) -> None:
+        try:
+            self._statement(UNLOCK_SQL, prefix)
+        except Exception as exc:  # the append stands; a lost session released the lock
+            _release_failed(exc)
+
+    def _take(self, prefix: str) -> bool:
+        try:
+            return self._statement(TRY_LOCK_SQL, prefix)
+        except BaseException:
+            self._unlock(prefix)  # it may have been taken before the failure
+            raise
+
+    @contextmanager
+    def _conversation_lock(self, prefix: str) -> Iterator[None]:
+        backoff = _Backoff()
+        while not self._take(prefix):
+            time.sleep(backoff.next_pause())
+        try:
+            yield
+        finally:
+            self._unlock(prefix)
+
+    def _run_locked(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        lock = self._lock(namespace)
+        left = budget.remaining()
+        if not lock.acquire(timeout=-1 if left is None else max(0.0, left)):
+            raise budget.timeout_error("wait for the conversation's lock")
+        try:
+            with self._conversation_lock(namespace_text(namespace)):
+                return drive(steps, self.perform(namespace))
+        finally:
+            lock.release()
+
+    def _append_now(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
+        return self._run_locked(namespace, request.steps())
+
+    def describe(self) -> dict[str, Any]:
+        return {"driver": self.name}
+
+
+class AsyncPipelineDriver(AsyncStoreDriver, GenericDriver):
+    """An `AsyncPostgresStore` in pipeline mode (see the module); sync calls (from other
+    threads) run the async ones on the store's loop, so they take the same locks."""
+
+    name = "postgres-pipeline"
+    atomic = True
+
+    def __init__(self, store: BaseStore) -> None:
+        super().__init__(store, "postgres")
+
+    @classmethod
+    def accepts(cls, store: BaseStore) -> bool:
+        return isinstance(store, AsyncPostgresStore) and store.pipe is not None
+
+    @property
+    def pg(self) -> AsyncPostgresStore:
+        return cast(AsyncPostgresStore, self.store)
+
+    async def _statement(self, sql: str, prefix: str) -> bool:
+        store = self.pg
+        async with store.conn.cursor(row_factory=tuple_row) as cur:  # type: ignore[union-attr]
+            await cur.execute(sql, (prefix,))
+            row = await cur.fetchone()
+        assert store.pipe is not None
+        await store.pipe.sync()
+        return bool(row and row[0])
+
+    async def _unlock(self, prefix: str, attempt: asyncio.Task[bool] | None = None) -> None:
+        """Release the lock (after ``attempt``, a lock statement whose outcome is unknown:
+        it is awaited first, so the unlock runs after it)."""
+        if attempt is not None:
+            try:
+                if not await attempt:
+                    return
+            except BaseException:
+                pass  # unknown: unlock anyway (harmless when nothing was held)
+        try:
+            await self._statement(UNLOCK_SQL, prefix)
+        except Exception as exc:  # the append stands; a lost session released the lock
+            _release_failed(exc)
+
+    async def _release(self, prefix: str, attempt: asyncio.Task[bool] | None = None) -> None:
+        """`_unlock` in a task of its own, which a cancellation of the caller does not stop."""
+        task = asyncio.ensure_future(self._unlock(prefix, attempt))
+        _RELEASING.add(task)
+        task.add_done_callback(_RELEASING.discard)
+        await asyncio.shield(task)
+
+    async def _take(self, prefix: str) -> bool:
+        attempt = asyncio.ensure_future(self._statement(TRY_LOCK_SQL, prefix))
+        try:
+            return await asyncio.shield(attempt)
+        except BaseException:
+            await self._release(prefix, attempt)
+            raise
+
+    @asynccontextmanager
+    async def _conversation_lock(self, prefix: str) -> AsyncIterator[None]:
+        backoff = _Backoff()
+        while True:  # polled: the shared connection must never wait on the lock
+            if await self._take(prefix):
+                break
+            await asyncio.sleep(backoff.next_pause())
+        try:
+            yield
+        finally:
+            await self._release(prefix)
+
+    async def arun(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        async with (
+            budget.enforced(),
+            self._alock(namespace),
+            self._conversation_lock(namespace_text(namespace)),
+        ):
+            return await drive_async(steps, self.aperform(namespace))
+
+    async def aappend(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
+        return await self.arun(namespace, request.steps())
+
+    def describe(self) -> dict[str, Any]:
+        return {"driver": self.name}

@@ -1,0 +1,212 @@
+"""LangGraph's PostgreSQL stores in pipeline mode (``pipeline=True``): one shared
+connection, so the history runs the store's own calls under the conversation's advisory
+lock. Writers in several processes (pipelined, async pipelined and pooled ones at once)
+lose and duplicate nothing; a held lock is waited for until the call's budget, without
+blocking the shared connection, and is never left held."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
+
+from agent_history import AgentNode
+from agent_history.errors import StoreTimeout
+from agent_history.history import ChatHistory
+from agent_history.history.drivers import driver_for, namespace_text
+from agent_history.testing import RecordingChatModel
+from agent_history.toggles import HistoryToggles
+from tests.support.agent_graphs import build_graph, new_thread, telegram_callback
+from tests.support.pipeline_writers import pipeline_writers
+
+pytestmark = pytest.mark.postgres
+
+APPENDS = 60
+
+
+@pytest.fixture
+def dsn(fresh_pg_dsn: str) -> str:
+    with PostgresStore.from_conn_string(fresh_pg_dsn) as store:
+        store.setup()
+    return fresh_pg_dsn
+
+
+def _pair(tag: str) -> list[HumanMessage | AIMessage]:
+    return [HumanMessage(tag, id=f"u-{tag}"), AIMessage(f"re: {tag}", id=f"a-{tag}")]
+
+
+def _advisory_locks(dsn: str, pid: int) -> list[Any]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(
+            "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND pid = %s AND granted",
+            (pid,),
+        ).fetchall()
+
+
+@pytest.fixture
+def held(dsn: str) -> Iterator[Any]:
+    """Another session holding the advisory lock of conversation ``chat`` (the default
+    namespace): a writer in another process in the middle of an append."""
+    conn = psycopg.connect(dsn, autocommit=True)
+    key = namespace_text(("agent_chat_history", "chat"))
+    conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+
+    class Holder:
+        def release(self) -> None:
+            conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+    try:
+        yield Holder()
+    finally:
+        conn.close()
+
+
+def test_writers_in_several_processes_lose_and_duplicate_nothing(dsn: str) -> None:
+    # Sync pipelined stores with threads and with async callers, async pipelined stores
+    # with tasks and with sync callers in threads, and a pooled store (the SQL path): three
+    # writers each, all on one conversation at once.
+    kinds = ["pipeline", "pipeline-tasks", "apipeline", "apipeline-threads", "pool"]
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=pipeline_writers, args=(dsn, kind, "chat", p, 3, APPENDS))
+        for p, kind in enumerate(kinds)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=300)
+    assert [proc.exitcode for proc in procs] == [0] * len(kinds)
+
+    with PostgresStore.from_conn_string(dsn) as store:
+        turns = list(ChatHistory(store).read("chat"))
+    total = len(kinds) * 3 * APPENDS * 2
+    assert len(turns) == total
+    assert [t.seq for t in turns] == list(range(1, total + 1))
+    assert len({t.id for t in turns}) == total
+    per_writer: dict[str, list[int]] = defaultdict(list)
+    for user, answer in zip(turns[::2], turns[1::2], strict=True):
+        # Each exchange stays whole: no other writer's turn between a question and its answer.
+        assert (user.role, answer.role, answer.content) == (
+            "user",
+            "assistant",
+            f"re: {user.content}",
+        )
+        writer, i = str(user.content).rsplit("-", 1)
+        per_writer[writer].append(int(i))
+    assert all(order == list(range(APPENDS)) for order in per_writer.values())
+    assert len(per_writer) == len(kinds) * 3
+
+
+def test_a_held_conversation_is_waited_for_without_blocking_the_connection(
+    dsn: str, held: Any
+) -> None:
+    with PostgresStore.from_conn_string(dsn, pipeline=True) as store:
+        history = ChatHistory(store)
+        driver = driver_for(store)
+        assert driver.describe() == {"driver": "postgres-pipeline"}
+        waiting = threading.Event()
+        take = driver._take  # type: ignore[attr-defined]
+
+        def noting_take(prefix: str) -> bool:
+            got: bool = take(prefix)
+            if not got:
+                waiting.set()
+            return got
+
+        driver._take = noting_take  # type: ignore[attr-defined]
+        results: list[Any] = []
+        writer = threading.Thread(
+            target=lambda: results.append(history.append("chat", _pair("one"), budget=30))
+        )
+        writer.start()
+        try:
+            assert waiting.wait(30), "the append did not wait for the held conversation"
+            # The shared connection serves other conversations meanwhile.
+            other = history.append("other", _pair("two"), budget=30)
+            assert other.appended == 2
+            assert history.count("chat") == 0
+        finally:
+            held.release()
+            writer.join(60)
+        assert [r.appended for r in results] == [2]
+        assert [t.content for t in history.read("chat")] == ["one", "re: one"]
+        assert _advisory_locks(dsn, store.conn.info.backend_pid) == []
+
+
+def test_a_budget_ends_the_wait_and_leaves_no_lock_held(dsn: str, held: Any) -> None:
+    with PostgresStore.from_conn_string(dsn, pipeline=True) as store:
+        history = ChatHistory(store)
+        with pytest.raises(StoreTimeout):
+            history.append("chat", _pair("one"), budget=0.3)
+        pid = store.conn.info.backend_pid
+        assert _advisory_locks(dsn, pid) == []
+        held.release()
+        assert history.append("chat", _pair("one"), budget=30).appended == 2
+        assert history.append("chat", _pair("one"), budget=30).duplicates == 2
+        assert [t.content for t in history.read("chat")] == ["one", "re: one"]
+        assert _advisory_locks(dsn, pid) == []
+
+
+def test_async_budget_and_cancellation_leave_no_lock_held(dsn: str, held: Any) -> None:
+    async def scenario() -> None:
+        async with AsyncPostgresStore.from_conn_string(dsn, pipeline=True) as store:
+            history = ChatHistory(store)
+            pid = store.conn.info.backend_pid
+            with pytest.raises(StoreTimeout):
+                await history.aappend("chat", _pair("one"), budget=0.3)
+            assert _advisory_locks(dsn, pid) == []
+            # A caller that goes away (a client hanging up) while the append waits.
+            driver = driver_for(store)
+            waiting = asyncio.Event()
+            take = driver._take  # type: ignore[attr-defined]
+
+            async def noting_take(prefix: str) -> bool:
+                got: bool = await take(prefix)
+                if not got:
+                    waiting.set()
+                return got
+
+            driver._take = noting_take  # type: ignore[attr-defined]
+            task = asyncio.ensure_future(history.aappend("chat", _pair("one"), budget=30))
+            await asyncio.wait_for(waiting.wait(), 30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert _advisory_locks(dsn, pid) == []
+            held.release()
+            assert (await history.aappend("chat", _pair("one"))).appended == 2
+            assert (await history.aappend("chat", _pair("one"))).duplicates == 2
+            assert [m.content for m in await history.atail("chat", 10)] == ["one", "re: one"]
+            assert _advisory_locks(dsn, pid) == []
+
+    asyncio.run(scenario())
+
+
+def test_agent_node_on_a_pipelined_store_keeps_the_conversation(dsn: str) -> None:
+    model = RecordingChatModel()
+    node = AgentNode(model, use_graph_chat_history=True, toggles=HistoryToggles(env={}))
+    with PostgresStore.from_conn_string(dsn, pipeline=True) as store:
+        graph = build_graph(node, store)
+        graph.invoke(telegram_callback(42, "hello", message_id=1), new_thread())
+        graph.invoke(telegram_callback(42, "again", message_id=2), new_thread())
+        graph.invoke(telegram_callback(42, "again", message_id=2), new_thread())  # re-delivered
+        stored = [(t.role, t.content) for t in ChatHistory(store).read("telegram:42")]
+    assert [[m.content for m in call] for call in model.calls] == [
+        ["hello"],
+        ["hello", "echo: hello", "again"],
+        ["hello", "echo: hello", "again"],
+    ]
+    assert stored == [
+        ("user", "hello"),
+        ("assistant", "echo: hello"),
+        ("user", "again"),
+        ("assistant", "echo: again"),
+    ]
