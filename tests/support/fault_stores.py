@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from langgraph.store.base import BaseStore, GetOp, Op, PutOp, Result
+from langgraph.store.memory import InMemoryStore
 
 
 class InjectedStoreError(RuntimeError):
@@ -45,6 +47,56 @@ class FaultyStore(BaseStore):
         listed = list(ops)
         self._check(listed)
         return await self.inner.abatch(listed)
+
+
+def head_put(ops: list[Op]) -> bool:
+    """Whether ``ops`` write a conversation's head (the last write of an append)."""
+    return any(isinstance(op, PutOp) and op.key == "head" for op in ops)
+
+
+def seeded_failures(seed: int, rate: float) -> Callable[[list[Op]], bool]:
+    """A rule failing about ``rate`` of all batch calls, reproducibly."""
+    draw = random.Random(seed)
+    return lambda ops: draw.random() < rate
+
+
+class FlakyStore(BaseStore):
+    """A store without transactions that fails a batch before doing any of it when
+    ``rule(ops)`` says so (a network store losing its connection between two calls)."""
+
+    def __init__(self, rule: Callable[[list[Op]], bool]) -> None:
+        self.inner = InMemoryStore()
+        self.rule = rule
+        self.failures = 0
+
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        listed = list(ops)
+        if self.rule(listed):
+            self.failures += 1
+            raise ConnectionError("store unreachable")
+        return self.inner.batch(listed)
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        return self.batch(ops)
+
+
+class FlakyMemoryStore(InMemoryStore):
+    """`FlakyStore` as a subclass of `InMemoryStore` (its own driver, not the generic one)."""
+
+    def __init__(self, rule: Callable[[list[Op]], bool]) -> None:
+        super().__init__()
+        self.rule = rule
+        self.failures = 0
+
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        listed = list(ops)
+        if self.rule(listed):
+            self.failures += 1
+            raise ConnectionError("store unreachable")
+        return super().batch(listed)
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        return self.batch(ops)
 
 
 class UntouchableStore(BaseStore):

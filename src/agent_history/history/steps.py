@@ -169,6 +169,8 @@ def append_steps(
         if last_seq % size:
             key = chunk_key(chunk_index(last_seq, size))
             last_chunk = found[key] if key in found else (yield Get((key,))).get(key)
+            found = {**found, key: last_chunk}
+        known = yield from _committed(known, head, found)
     plan = plan_append(
         head,
         last_chunk,
@@ -188,6 +190,53 @@ def append_steps(
         yield Put({HEAD_KEY: head_value})
     assert plan.result is not None
     return plan.result
+
+
+def _committed(
+    known: dict[str, dict[str, Any] | None], head: dict[str, Any], found: dict[str, Any]
+) -> Steps[dict[str, dict[str, Any] | None]]:
+    """``known`` without the id entries of turns that were never committed.
+
+    A store without transactions can fail between an append's two writes (chunk and id
+    entries, then the head): its id entries then point above the head, or, once a later
+    append has taken those numbers, at another turn. An entry counts only when the turn
+    at its ``seq`` carries its id (the chunks read here are the ones the entries name,
+    one more read at most, and only for ids found: re-deliveries, not new messages).
+    """
+    epoch = head.get("epoch")
+    last_seq = int(head["last_seq"])
+    size = int(head["chunk_size"])
+    claims: dict[str, int] = {}
+    for message_id, entry in known.items():
+        if entry is None or entry.get("epoch") != epoch:
+            continue
+        seq = entry.get("seq")
+        if isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq <= last_seq:
+            claims[message_id] = seq
+        elif _is_number(seq):
+            known = {**known, message_id: None}  # above the head: never committed
+        # An entry whose seq cannot be read is left as it is: never destroy what an
+        # append cannot interpret.
+    if not claims:
+        return known
+    keys = {chunk_key(chunk_index(seq, size)) for seq in claims.values()}
+    missing = tuple(sorted(k for k in keys if k not in found))
+    if missing:
+        found = {**found, **(yield Get(missing))}
+    checked = dict(known)
+    for message_id, seq in claims.items():
+        chunk = found.get(chunk_key(chunk_index(seq, size))) or {}
+        record = next(
+            (r for r in chunk.get("turns", ()) if isinstance(r, dict) and r.get("seq") == seq),
+            None,
+        )
+        if record is None or record.get("id") != message_id:
+            checked[message_id] = None
+    return checked
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def delete_steps(batch_chunks: int) -> Steps[int]:
