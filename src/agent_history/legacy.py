@@ -30,6 +30,7 @@ from agent_history import observability as obs
 from agent_history.errors import AgentHistoryError, InvalidMessage
 from agent_history.history import ChatHistory, Turn
 from agent_history.history.codec import dict_message, in_scope, message_parts, role_for_type
+from agent_history.history.drivers.base import uses_own_io
 from agent_history.keys import validate_history_key
 from agent_history.transfer import ConversationCheck, MigrationReport, copy_conversation
 
@@ -158,7 +159,7 @@ def _newest(turns: list[Turn], last: int | None) -> list[Turn]:
 def _sql_keys(store: BaseStore, prefix: str, after: str) -> list[str] | None:
     """A page of item keys in exactly namespace ``prefix`` (not below it), through the
     store's own SQL connection; None for a store without one."""
-    if isinstance(store, SqliteStore):
+    if uses_own_io(store, SqliteStore):  # a subclass overriding batch: its own calls
         if not store.is_setup:
             store.setup()
         with store.lock:
@@ -167,7 +168,7 @@ def _sql_keys(store: BaseStore, prefix: str, after: str) -> list[str] | None:
                 (prefix, after, _PAGE),
             )
             return [str(row[0]) for row in cur.fetchall()]
-    if isinstance(store, PostgresStore) and store.pipe is None:
+    if uses_own_io(store, PostgresStore) and store.pipe is None:
         sql = "SELECT key FROM store WHERE prefix = %s AND key > %s ORDER BY key LIMIT %s"
         if isinstance(store.conn, ConnectionPool):
             with store.conn.connection() as conn:

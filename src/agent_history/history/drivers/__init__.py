@@ -12,6 +12,8 @@ import threading
 import weakref
 
 from langgraph.store.base import BaseStore
+from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
+from langgraph.store.sqlite import AsyncSqliteStore, SqliteStore
 
 from agent_history.history.drivers.base import (
     AppendRequest,
@@ -20,6 +22,7 @@ from agent_history.history.drivers.base import (
     SyncPerform,
     TtlPolicy,
     namespace_text,
+    warn_once,
 )
 from agent_history.history.drivers.generic import GenericDriver
 from agent_history.history.drivers.memory import MemoryDriver
@@ -52,6 +55,8 @@ DRIVERS: tuple[type[HistoryDriver], ...] = (
 )
 """The specialised drivers, tried in order; any other store gets `GenericDriver`."""
 
+_SQL_STORES = (SqliteStore, AsyncSqliteStore, PostgresStore, AsyncPostgresStore)
+
 _chosen: weakref.WeakKeyDictionary[BaseStore, HistoryDriver] = weakref.WeakKeyDictionary()
 _guard = threading.Lock()
 
@@ -67,6 +72,14 @@ def driver_for(store: BaseStore) -> HistoryDriver:
         if found is None:
             kind = next((d for d in DRIVERS if d.accepts(store)), GenericDriver)
             found = kind(store)
+            if kind is GenericDriver and isinstance(store, _SQL_STORES):
+                warn_once(
+                    store,
+                    "history_sql_path_off",
+                    store_class=type(store).__name__,
+                    reason="the store class overrides batch or abatch",
+                    driver="generic",
+                )
             _chosen[store] = found
         return found
 

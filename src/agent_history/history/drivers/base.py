@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeGuard, TypeVar
 
 from langgraph.store.base import BaseStore
 
@@ -41,16 +41,26 @@ __all__ = [
     "SyncStoreDriver",
     "TtlPolicy",
     "namespace_text",
+    "uses_own_io",
     "warn_once",
 ]
 
 T = TypeVar("T")
+S = TypeVar("S", bound=BaseStore)
 SyncPerform = Callable[[Request], Any]
 AsyncPerform = Callable[[Request], Awaitable[Any]]
 
 REFRESH_FRACTION = 0.1
 """A conversation's expiry is pushed back once more than this fraction of its TTL has
 passed since it was last set, so a busy conversation is not rewritten on every turn."""
+
+
+def uses_own_io(store: BaseStore, cls: type[S]) -> TypeGuard[S]:
+    """Whether ``store`` is a ``cls`` that reads and writes as ``cls`` does. A subclass
+    that overrides ``batch`` or ``abatch`` (a tenant prefix, an audit trail, a cache)
+    redefines where items live: SQL written for ``cls`` would bypass it."""
+    kind = type(store)
+    return isinstance(store, cls) and kind.batch is cls.batch and kind.abatch is cls.abatch
 
 
 def namespace_text(namespace: tuple[str, ...]) -> str:

@@ -42,6 +42,7 @@ from agent_history.history.drivers.base import (
     SyncStoreDriver,
     TtlPolicy,
     namespace_text,
+    uses_own_io,
     utc_now,
 )
 from agent_history.history.drivers.generic import GenericDriver
@@ -135,7 +136,7 @@ class PostgresDriver(SyncStoreDriver):
     @classmethod
     def accepts(cls, store: BaseStore) -> bool:
         # A store in pipeline mode shares its connection: `postgres_pipeline` drives it.
-        return isinstance(store, PostgresStore) and store.pipe is None
+        return uses_own_io(store, PostgresStore) and store.pipe is None
 
     @property
     def pg(self) -> PostgresStore:

@@ -36,6 +36,7 @@ from agent_history.history.drivers.base import (
     HistoryDriver,
     TtlPolicy,
     namespace_text,
+    uses_own_io,
     utc_now,
 )
 from agent_history.history.drivers.generic import GenericDriver
@@ -71,7 +72,7 @@ class AsyncPostgresDriver(AsyncStoreDriver):
     @classmethod
     def accepts(cls, store: BaseStore) -> bool:
         # A store in pipeline mode shares its connection: `postgres_pipeline` drives it.
-        return isinstance(store, AsyncPostgresStore) and store.pipe is None
+        return uses_own_io(store, AsyncPostgresStore) and store.pipe is None
 
     @property
     def pg(self) -> AsyncPostgresStore:

@@ -24,6 +24,7 @@ from agent_history.history.drivers.base import (
     SyncStoreDriver,
     TtlPolicy,
     namespace_text,
+    uses_own_io,
     warn_once,
 )
 from agent_history.history.drivers.generic import GenericDriver
@@ -65,7 +66,7 @@ class SqliteDriver(SyncStoreDriver):
 
     @classmethod
     def accepts(cls, store: BaseStore) -> bool:
-        return isinstance(store, SqliteStore)
+        return uses_own_io(store, SqliteStore)
 
     @property
     def sqlite(self) -> SqliteStore:

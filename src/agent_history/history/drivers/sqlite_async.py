@@ -30,6 +30,7 @@ from agent_history.history.drivers.base import (
     HistoryDriver,
     TtlPolicy,
     namespace_text,
+    uses_own_io,
     warn_once,
 )
 from agent_history.history.drivers.generic import GenericDriver
@@ -60,7 +61,7 @@ class AsyncSqliteDriver(AsyncStoreDriver):
 
     @classmethod
     def accepts(cls, store: BaseStore) -> bool:
-        return isinstance(store, AsyncSqliteStore)
+        return uses_own_io(store, AsyncSqliteStore)
 
     @property
     def sqlite(self) -> AsyncSqliteStore:
