@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.store.base import BaseStore
+from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
 
 from agent_history import AgentNode, HistoryReport
 from agent_history.errors import StoreTimeout
@@ -206,3 +207,29 @@ async def test_a_silent_failover_recovers_at_the_next_call(
         lost=0,
         duplicated=0,
     )
+
+
+def test_a_store_on_one_connection_ends_its_calls_when_the_server_never_answers(
+    proxy: TcpProxy, fresh_pg_dsn: str
+) -> None:
+    # A cancel request cannot help here (the server takes none): the statement is ended
+    # by shutting the socket after the cancel's grace, so the call still returns.
+    with PostgresStore.from_conn_string(proxy.dsn_for(fresh_pg_dsn)) as store:
+        store.setup()
+        history = ChatHistory(store)
+        assert history.append("k", _pair("before"), budget=5.0).appended == 2
+        proxy.set_mode("hang")
+        with pytest.raises(StoreTimeout):
+            history.tail_turns("k", 30, budget=BUDGET)
+
+
+async def test_an_async_store_on_one_connection_ends_its_calls_when_the_server_never_answers(
+    proxy: TcpProxy, fresh_pg_dsn: str
+) -> None:
+    async with AsyncPostgresStore.from_conn_string(proxy.dsn_for(fresh_pg_dsn)) as store:
+        await store.setup()
+        history = ChatHistory(store)
+        assert (await history.aappend("k", _pair("before"), budget=5.0)).appended == 2
+        proxy.set_mode("hang")
+        with pytest.raises(StoreTimeout):
+            await history.atail_turns("k", 30, budget=BUDGET)

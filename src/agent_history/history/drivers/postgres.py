@@ -10,7 +10,9 @@ gives up waiting for the conversation's lock a little before the deadline, and a
 deadline the connection's socket is shut down from a watchdog thread, so a server that
 stopped answering cannot hold the caller. A connection that was shut down is dropped by
 the pool, and the pool is drained, because when one connection hangs its idle siblings
-(opened to the same, possibly failed-over, server) likely hang too.
+(opened to the same, possibly failed-over, server) likely hang too. A store on one
+connection has its statement cancelled instead, so the store stays usable
+(`postgres_cancel`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from agent_history.history.drivers.base import (
     utc_now,
 )
 from agent_history.history.drivers.generic import GenericDriver
+from agent_history.history.drivers.postgres_cancel import Canceller
 from agent_history.history.drivers.postgres_setup import PostgresState, inspect_sync
 from agent_history.history.layout import HEAD_KEY
 from agent_history.history.records import AppendResult
@@ -64,12 +67,22 @@ class _Alarm:
     deadline: float
     order: int
     fileno: int = field(compare=False)
+    canceller: Canceller | None = field(default=None, compare=False)
+    """For a store's only connection: cancel the statement instead of shutting down."""
     armed: bool = field(default=True, compare=False)
     fired: bool = field(default=False, compare=False)
 
+    def fire(self) -> None:
+        self.fired = True
+        if self.canceller is not None:
+            self.canceller.start()
+        else:
+            sql.shut_socket(self.fileno)
+
 
 class _Watchdog:
-    """Shuts a connection's socket down at its deadline unless disarmed first.
+    """Shuts a connection's socket down at its deadline unless disarmed first (a store's
+    only connection has its statement cancelled instead, see `postgres_cancel`).
 
     Arming and disarming share a lock with firing, so a socket is never shut after its
     call ended (its connection may already serve someone else).
@@ -81,8 +94,8 @@ class _Watchdog:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def arm(self, deadline: float, fileno: int) -> _Alarm:
-        alarm = _Alarm(deadline, next(self._order), fileno)
+    def arm(self, deadline: float, fileno: int, canceller: Canceller | None = None) -> _Alarm:
+        alarm = _Alarm(deadline, next(self._order), fileno, canceller)
         with self._wake:
             heapq.heappush(self._alarms, alarm)
             if self._thread is None:
@@ -111,9 +124,7 @@ class _Watchdog:
                 if wait > 0:
                     self._wake.wait(wait)
                     continue
-                alarm = heapq.heappop(self._alarms)
-                alarm.fired = True
-                sql.shut_socket(alarm.fileno)
+                heapq.heappop(self._alarms).fire()
 
 
 _WATCHDOG = _Watchdog()
@@ -177,7 +188,9 @@ class PostgresDriver(SyncStoreDriver):
         if deadline is None:
             yield
             return
-        alarm = _WATCHDOG.arm(deadline, conn.fileno())
+        pooled = isinstance(self.pg.conn, ConnectionPool)
+        canceller = None if pooled else Canceller(conn)
+        alarm = _WATCHDOG.arm(deadline, conn.fileno(), canceller)
         fired = False
         try:
             yield
@@ -187,7 +200,10 @@ class PostgresDriver(SyncStoreDriver):
                 raise budget.timeout_error() from None
             raise
         finally:
-            if _WATCHDOG.disarm(alarm) or fired:
+            fired = _WATCHDOG.disarm(alarm) or fired
+            if canceller is not None:
+                canceller.finish()  # no cancel in flight once the connection is free
+            if fired:
                 self._drain()
 
     def _drain(self) -> None:

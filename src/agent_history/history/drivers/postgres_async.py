@@ -6,7 +6,8 @@ transaction. Deadlines work the same way, with a timer of the event loop in plac
 watchdog thread. A caller cancelled from outside (``asyncio.wait_for``, a task shut down)
 does not wait for psycopg's own cancel round trip to a server that may not answer: the
 statement runs in an inner task, and the outer cancellation shuts the socket down,
-which ends it at once.
+which ends it at once. A store on one connection has its statement cancelled instead
+(at most `postgres_cancel.CANCEL_GRACE_SECONDS` twice), so the store stays usable.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from agent_history.history.drivers.base import (
     utc_now,
 )
 from agent_history.history.drivers.generic import GenericDriver
+from agent_history.history.drivers.postgres_cancel import cancel_or_shut
 from agent_history.history.drivers.postgres_setup import PostgresState, ainspect
 from agent_history.history.layout import HEAD_KEY
 from agent_history.history.records import AppendResult
@@ -114,25 +116,35 @@ class AsyncPostgresDriver(AsyncStoreDriver):
         async with self._connection() as conn:
             loop = asyncio.get_running_loop()
             fired: list[bool] = []
+            # A store's only connection has its statement cancelled, not its socket shut:
+            # nothing could replace it (see `postgres_cancel`).
+            pooled = isinstance(self.pg.conn, AsyncConnectionPool)
+            stopping: list[asyncio.Future[None]] = []
+            inner = asyncio.ensure_future(work(conn))
 
             def expire() -> None:
                 fired.append(True)
-                _shut(conn)
+                if pooled:
+                    _shut(conn)
+                elif not inner.done():
+                    stopping.append(asyncio.ensure_future(cancel_or_shut(conn, inner)))
 
             deadline = budget.current_deadline()
             timer = None
             if deadline is not None:
                 timer = loop.call_later(max(0.0, deadline - time.monotonic()), expire)
-            inner = asyncio.ensure_future(work(conn))
             try:
                 return await asyncio.shield(inner)
             except asyncio.CancelledError:
                 if not inner.done():
-                    _shut(conn)
-                    # The socket is gone, whatever the statement does now (it may even
-                    # end cleanly, having read all it needed): the pool must replace the
-                    # connection, not lend it to the next call.
-                    inner.add_done_callback(lambda _: conn.pgconn.finish())
+                    if pooled:
+                        _shut(conn)
+                        # The socket is gone, whatever the statement does now (it may
+                        # even end cleanly, having read all it needed): the pool must
+                        # replace the connection, not lend it to the next call.
+                        inner.add_done_callback(lambda _: conn.pgconn.finish())
+                    elif not stopping:
+                        stopping.append(asyncio.ensure_future(cancel_or_shut(conn, inner)))
                     await asyncio.gather(inner, return_exceptions=True)
                 raise
             except psycopg.OperationalError as exc:
@@ -146,6 +158,9 @@ class AsyncPostgresDriver(AsyncStoreDriver):
             finally:
                 if timer is not None:
                     timer.cancel()
+                if stopping:
+                    # No cancel in flight once the connection serves anyone else.
+                    await asyncio.gather(*stopping, return_exceptions=True)
                 if fired:
                     await self._drain()
 
