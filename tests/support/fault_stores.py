@@ -60,39 +60,45 @@ def seeded_failures(seed: int, rate: float) -> Callable[[list[Op]], bool]:
     return lambda ops: draw.random() < rate
 
 
-class FlakyStore(BaseStore):
-    """A store without transactions that fails a batch before doing any of it when
-    ``rule(ops)`` says so (a network store losing its connection between two calls)."""
+class _Flaky:
+    """Fails a batch before doing any of it when ``rule(ops)`` says so."""
+
+    rule: Callable[[list[Op]], bool]
+    failures: int
+
+    def _fault(self, ops: list[Op]) -> None:
+        if self.rule(ops):
+            self.failures += 1
+            raise ConnectionError("store unreachable")
+
+
+class FlakyStore(_Flaky, BaseStore):
+    """A store without transactions (a network store losing its connection between two
+    calls), wrapping an in-memory one: the generic driver's kind of store."""
 
     def __init__(self, rule: Callable[[list[Op]], bool]) -> None:
         self.inner = InMemoryStore()
-        self.rule = rule
-        self.failures = 0
+        self.rule, self.failures = rule, 0
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         listed = list(ops)
-        if self.rule(listed):
-            self.failures += 1
-            raise ConnectionError("store unreachable")
+        self._fault(listed)
         return self.inner.batch(listed)
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
         return self.batch(ops)
 
 
-class FlakyMemoryStore(InMemoryStore):
+class FlakyMemoryStore(_Flaky, InMemoryStore):
     """`FlakyStore` as a subclass of `InMemoryStore` (its own driver, not the generic one)."""
 
     def __init__(self, rule: Callable[[list[Op]], bool]) -> None:
         super().__init__()
-        self.rule = rule
-        self.failures = 0
+        self.rule, self.failures = rule, 0
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         listed = list(ops)
-        if self.rule(listed):
-            self.failures += 1
-            raise ConnectionError("store unreachable")
+        self._fault(listed)
         return super().batch(listed)
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:

@@ -31,7 +31,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 from langgraph.store.base import BaseStore
 from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
@@ -88,19 +88,29 @@ def _release_failed(exc: BaseException) -> None:
     )
 
 
-class PipelineDriver(SyncStoreDriver, GenericDriver):
-    """A sync `PostgresStore` in pipeline mode (see the module); async calls run the sync
-    ones in a worker thread, so they take the same locks."""
+class _Pipelined(GenericDriver):
+    """What both drivers share: the store's own calls, under locks every writer takes."""
 
     name = "postgres-pipeline"
     atomic = True
+    store_class: ClassVar[type[BaseStore]]
 
     def __init__(self, store: BaseStore) -> None:
         super().__init__(store, "postgres")
 
     @classmethod
     def accepts(cls, store: BaseStore) -> bool:
-        return isinstance(store, PostgresStore) and store.pipe is not None
+        return isinstance(store, cls.store_class) and getattr(store, "pipe", None) is not None
+
+    def describe(self) -> dict[str, Any]:
+        return {"driver": self.name}
+
+
+class PipelineDriver(SyncStoreDriver, _Pipelined):
+    """A sync `PostgresStore` in pipeline mode (see the module); async calls run the sync
+    ones in a worker thread, so they take the same locks."""
+
+    store_class = PostgresStore
 
     @property
     def pg(self) -> PostgresStore:
@@ -152,23 +162,12 @@ class PipelineDriver(SyncStoreDriver, GenericDriver):
     def _append_now(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
         return self._run_locked(namespace, request.steps())
 
-    def describe(self) -> dict[str, Any]:
-        return {"driver": self.name}
 
-
-class AsyncPipelineDriver(AsyncStoreDriver, GenericDriver):
+class AsyncPipelineDriver(AsyncStoreDriver, _Pipelined):
     """An `AsyncPostgresStore` in pipeline mode (see the module); sync calls (from other
     threads) run the async ones on the store's loop, so they take the same locks."""
 
-    name = "postgres-pipeline"
-    atomic = True
-
-    def __init__(self, store: BaseStore) -> None:
-        super().__init__(store, "postgres")
-
-    @classmethod
-    def accepts(cls, store: BaseStore) -> bool:
-        return isinstance(store, AsyncPostgresStore) and store.pipe is not None
+    store_class = AsyncPostgresStore
 
     @property
     def pg(self) -> AsyncPostgresStore:
@@ -234,6 +233,3 @@ class AsyncPipelineDriver(AsyncStoreDriver, GenericDriver):
 
     async def aappend(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
         return await self.arun(namespace, request.steps())
-
-    def describe(self) -> dict[str, Any]:
-        return {"driver": self.name}
