@@ -2,14 +2,16 @@
 
 The model is the instant, offline `RecordingChatModel`, so the difference between a run
 with ``use_graph_chat_history=True`` and one with ``False`` is the history's cost: key
-resolution, toggles, the tail read, merging, and the append.
+resolution, toggles, the tail read, merging, and the append. The node keeps its history
+under the run's own namespace (``history_namespace``), never the default one, so the
+conversation of chat 42 it writes to is the benchmark's, not an application's.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langgraph.store.base import BaseStore
@@ -36,7 +38,7 @@ def _input(n: int) -> dict[str, Any]:
 Log = Callable[[str], None]
 
 
-def _graph(store: BaseStore, *, history: bool, reports: list[Any]) -> Any:
+def _graph(store: BaseStore, namespace: Sequence[str], *, history: bool, reports: list[Any]) -> Any:
     from langgraph.graph import START, StateGraph
 
     from agent_history import AgentNode, AgentState
@@ -45,6 +47,7 @@ def _graph(store: BaseStore, *, history: bool, reports: list[Any]) -> Any:
         name="agent",
         model=RecordingChatModel(),
         use_graph_chat_history=history,
+        history_namespace=namespace,
         max_messages=30,
         on_report=reports.append,
     )
@@ -64,13 +67,14 @@ def run_agent_overhead(
         return [], f"AgentNode overhead skipped: {exc}"
 
     store, backend = run.store, run.name
+    namespace = (*run.namespace, "agent_node")
     reports: list[Any] = []
     try:
-        with_history = _graph(store, history=True, reports=reports)
-        without = _graph(store, history=False, reports=[])
+        with_history = _graph(store, namespace, history=True, reports=reports)
+        without = _graph(store, namespace, history=False, reports=[])
     except TypeError as exc:  # the node's constructor differs from the planned API
         return [], f"AgentNode overhead skipped: {exc}"
-    history = ChatHistory(store)
+    history = ChatHistory(store, namespace=namespace)
     rows: list[dict[str, Any]] = []
     counter = itertools.count(1)
     for length in cfg.agent_lengths:

@@ -29,13 +29,30 @@ from langchain_core.messages.utils import count_tokens_approximately
 from agent_history.context import WindowFill, summary_message
 from agent_history.history import ChatHistory
 from agent_history.messages import window
-from benchmarks.backends import BACKENDS, BackendRun, open_backend, postgres_target
+from benchmarks.backends import (
+    BACKENDS,
+    BackendRun,
+    BackendUnavailable,
+    dsn_problem,
+    open_backend,
+    postgres_target,
+)
 from benchmarks.formatting import ms, ratio, table
 from benchmarks.measure import quiet_gc, summarize
 from benchmarks.modes import MODES, BenchConfig
+from benchmarks.signals import TERMINATED_EXIT, Terminated, sigterm_exits
 from benchmarks.systems import OURS, OursSystem
 
-__all__ = ["CONTEXT_LENGTHS", "MAX_TOKENS", "TARGET_RATIO", "render_context", "run_context_tail"]
+__all__ = [
+    "CONTEXT_LENGTHS",
+    "MAX_TOKENS",
+    "TARGET",
+    "TARGET_RATIO",
+    "context_targets",
+    "render_context",
+    "run_context_tail",
+    "verdicts",
+]
 
 CONTEXT_LENGTHS = (10, 1_000, 100_000)
 """History lengths measured (the smoke run uses its own short lengths)."""
@@ -43,6 +60,8 @@ MAX_TOKENS = 600
 """The token budget of the payload: with 100-character turns, about 20 turns."""
 TARGET_RATIO = 1.2
 """p50 at the longest length over p50 at 1k may be at most this."""
+TARGET = "flat context tail"
+"""The target's name in results.json and in the verdict lines."""
 _SUMMARY_BEHIND = 40
 """The summary covers all but this many newest turns (a summary updated a while ago)."""
 
@@ -155,8 +174,34 @@ def verdicts(rows: list[Row]) -> list[Row]:
     return found
 
 
-def render_context(rows: list[Row]) -> str:
-    """The Markdown section of the results summary."""
+def _detail(verdict: Row) -> str:
+    if verdict["ratio"] is None:
+        return "needs lengths 1,000 and more"
+    return (
+        f"p50 at {verdict['longest']:,} / p50 at 1,000 = {ratio(verdict['ratio'])} "
+        f"(target <= {TARGET_RATIO}x)"
+    )
+
+
+def context_targets(rows: list[Row]) -> list[Row]:
+    """The verdicts as target rows, shaped like `analysis.evaluate_targets`' (results.json
+    ``targets``, the Targets block of results.md)."""
+    return [
+        {
+            "target": TARGET,
+            "backend": v["backend"],
+            "value": v["ratio"],
+            "threshold": TARGET_RATIO,
+            "status": v["status"],
+            "detail": _detail(v),
+        }
+        for v in verdicts(rows)
+    ]
+
+
+def render_context(rows: list[Row], *, with_verdicts: bool = True) -> str:
+    """The Markdown section of the results summary; ``with_verdicts=False`` leaves out
+    the verdict lines (a full run lists them with its other targets)."""
     if not rows:
         return ""
     lengths = sorted({r["length"] for r in rows})
@@ -179,41 +224,52 @@ def render_context(rows: list[Row]) -> str:
         "",
         table(["backend", *(f"{n:,}" for n in lengths)], body),
         "",
-        "```",
     ]
-    for v in verdicts(rows):
-        detail = (
-            f"p50 at {v['longest']:,} / p50 at 1,000 = {ratio(v['ratio'])} "
-            f"(target <= {TARGET_RATIO}x)"
-            if v["ratio"] is not None
-            else "needs lengths 1,000 and more"
-        )
-        lines.append(f"{v['status']:<4}  {v['backend']:<8}  flat context tail: {detail}")
-    lines += ["```", ""]
+    if with_verdicts:
+        lines.append("```")
+        for t in context_targets(rows):
+            lines.append(f"{t['status']:<4}  {t['backend']:<8}  {TARGET}: {t['detail']}")
+        lines += ["```", ""]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Measure the context tail alone and print its Markdown section."""
+    """Measure the context tail alone and print its Markdown section (exit status as
+    ``python -m benchmarks.run``'s)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.context_tail")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--postgres-dsn", default=None)
     args = parser.parse_args(argv)
     cfg = MODES["quick" if args.quick else "full"]
+    chosen = {b.strip().lower() for b in args.backends.split(",")}
+    problem = dsn_problem(args.postgres_dsn)
+    if problem:
+        print(f"{parser.prog}: error: {problem}", file=sys.stderr)
+        return 2
+    dsn_option = args.postgres_dsn.strip() if args.postgres_dsn else None
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="agent-history-context-") as tmp:
-        for name in [b for b in BACKENDS if b in args.backends.split(",")]:
-            with ExitStack() as stack:
-                dsn = None
-                if name == "postgres":
-                    dsn = stack.enter_context(postgres_target(args.postgres_dsn)).dsn
-                run = stack.enter_context(open_backend(name, Path(tmp), cfg, dsn))
-                rows += run_context_tail(run, cfg, log)
+    with sigterm_exits():
+        try:
+            with tempfile.TemporaryDirectory(prefix="agent-history-context-") as tmp:
+                for name in [b for b in BACKENDS if b in chosen]:
+                    with ExitStack() as stack:
+                        dsn = None
+                        if name == "postgres":
+                            dsn = stack.enter_context(postgres_target(dsn_option)).dsn
+                        run = stack.enter_context(open_backend(name, Path(tmp), cfg, dsn, log=log))
+                        rows += run_context_tail(run, cfg, log)
+        except BackendUnavailable as exc:
+            log(f"postgres not measured: {exc}")
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        except Terminated:
+            return TERMINATED_EXIT
     print(render_context(rows))
     return 0
 

@@ -142,7 +142,7 @@ def run_latency(run: BackendRun, cfg: BenchConfig, log: Log) -> list[Row]:
 def run_store_primitives(run: BackendRun, cfg: BenchConfig, log: Log) -> list[Row]:
     """One `BaseStore.get` and one `BaseStore.put` of a small item: the round trip any
     design built on the LangGraph store pays per store call (ours: two per tail read)."""
-    namespace = ("bench_store_primitives", uuid.uuid4().hex[:8])
+    namespace = (*run.namespace, "store_primitives", uuid.uuid4().hex[:8])
     value = {"kind": "head", "last_seq": 12345, "chunk_size": 32, "note": "x" * 100}
     run.store.put(namespace, "item", value, index=False)
     calls: dict[str, Callable[[int], object]] = {

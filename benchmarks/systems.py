@@ -24,12 +24,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langgraph.store.base import BaseStore, Op, Result
+from psycopg import sql
 
 from agent_history.history import ChatHistory
 from agent_history.history.codec import build_message
+from benchmarks.connections import connect
 from benchmarks.naive_history import NaiveHistory
 from benchmarks.workload import Turn, as_dict, synthetic_turns
 
@@ -106,15 +107,22 @@ class HistorySystem(ABC):
         """Release what the system opened (the shared store is closed by its owner)."""
         return None
 
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """PostgreSQL tables of the system's own (created and dropped by it)."""
+        return ()
+
 
 class OursSystem(HistorySystem):
-    """`ChatHistory` on the backend's LangGraph store."""
+    """`ChatHistory` on the backend's LangGraph store, under ``namespace``."""
 
     name = OURS
 
-    def __init__(self, backend: str, content_chars: int, store: BaseStore) -> None:
+    def __init__(
+        self, backend: str, content_chars: int, store: BaseStore, *, namespace: tuple[str, ...]
+    ) -> None:
         super().__init__(backend, content_chars)
-        self.history = ChatHistory(store)
+        self.history = ChatHistory(store, namespace=namespace)
 
     def load(self, key: str, length: int) -> None:
         for _, turns in self._slices(length):
@@ -149,10 +157,12 @@ class OursPlainSystem(OursSystem):
 
     name = OURS_PLAIN
 
-    def __init__(self, backend: str, content_chars: int, store: BaseStore) -> None:
-        super().__init__(backend, content_chars, store)
+    def __init__(
+        self, backend: str, content_chars: int, store: BaseStore, *, namespace: tuple[str, ...]
+    ) -> None:
+        super().__init__(backend, content_chars, store, namespace=namespace)
         self.loader = self.history  # bulk loads take the fast path: the same items
-        self.history = ChatHistory(PlainStore(store))
+        self.history = ChatHistory(PlainStore(store), namespace=namespace)
 
     def load(self, key: str, length: int) -> None:
         for _, turns in self._slices(length):
@@ -160,13 +170,15 @@ class OursPlainSystem(OursSystem):
 
 
 class NaiveSystem(HistorySystem):
-    """`NaiveHistory` on the backend's LangGraph store."""
+    """`NaiveHistory` on the backend's LangGraph store, under ``namespace``."""
 
     name = NAIVE
 
-    def __init__(self, backend: str, content_chars: int, store: BaseStore) -> None:
+    def __init__(
+        self, backend: str, content_chars: int, store: BaseStore, *, namespace: tuple[str, ...]
+    ) -> None:
         super().__init__(backend, content_chars)
-        self.history = NaiveHistory(store)
+        self.history = NaiveHistory(store, namespace=namespace)
 
     def load(self, key: str, length: int) -> None:
         # One put of the whole list: building it turn by turn would cost O(length**2).
@@ -204,7 +216,8 @@ class LangchainPostgresSystem(HistorySystem):
         super().__init__(backend, content_chars)
         self._cls = PostgresChatMessageHistory
         # The package commits itself after writes, so the connection is not autocommit.
-        self.conn = psycopg.connect(dsn)
+        self.dsn = dsn
+        self.conn = connect(dsn)
         self.table = "lc_chat_" + uuid.uuid4().hex[:10]
         PostgresChatMessageHistory.create_tables(self.conn, self.table)
         self._sessions: dict[str, Any] = {}
@@ -238,10 +251,12 @@ class LangchainPostgresSystem(HistorySystem):
         self.conn.commit()
         return int(row[0]) if row else 0
 
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return (self.table,)
+
     def close(self) -> None:
-        self.conn.rollback()
-        self._cls.drop_table(self.conn, self.table)
-        self.conn.close()
+        _drop_table(self.conn, self.dsn, self.table)
 
 
 class MemoryFloor(HistorySystem):
@@ -338,7 +353,8 @@ class PostgresFloor(HistorySystem):
 
     def __init__(self, backend: str, content_chars: int, dsn: str) -> None:
         super().__init__(backend, content_chars)
-        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.dsn = dsn
+        self.conn = connect(dsn, autocommit=True)
         self.table = "floor_" + uuid.uuid4().hex[:10]
         self.conn.execute(
             f"CREATE TABLE {self.table} (conv text NOT NULL, seq bigint NOT NULL, "
@@ -375,6 +391,18 @@ class PostgresFloor(HistorySystem):
             ).fetchone()
         return int(row[0]) if row else 0
 
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return (self.table,)
+
     def close(self) -> None:
-        self.conn.execute(f"DROP TABLE IF EXISTS {self.table}")
-        self.conn.close()
+        _drop_table(self.conn, self.dsn, self.table)
+
+
+def _drop_table(conn: Any, dsn: str, table: str) -> None:
+    """Close the system's connection, then drop its table on a fresh one: a run
+    interrupted mid-statement leaves the system's own connection unusable, and its open
+    transaction would hold the table's lock."""
+    conn.close()
+    with connect(dsn, autocommit=True) as fresh:
+        fresh.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
