@@ -11,6 +11,7 @@ import math
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 from benchmarks import run as bench
 from benchmarks.modes import MODES
@@ -75,3 +76,16 @@ def test_smoke_run_writes_complete_results(
     else:
         assert agent["notes"], "a skipped AgentNode measurement must say why"
     assert {t["status"] for t in results["targets"]} <= {"PASS", "MISS", "SKIP"}
+    context = [t for t in results["targets"] if t["target"] == "flat context tail"]
+    assert [t["backend"] for t in context] == list(SYSTEMS)
+    assert all(t["status"] == "SKIP" for t in context)  # smoke lengths stop at 100
+
+    # The run removed what it wrote (its namespace, its own tables); LangGraph's and the
+    # history's schema stay.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM store").fetchone() == (0,)
+        tables = {
+            str(r[0])
+            for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
+    assert not any(t.startswith(("lc_chat_", "floor_")) for t in tables), tables
