@@ -1,14 +1,18 @@
 """Stores without transactions that fail between an append's writes (the chunk and its id
 entries land, the head does not): a retry with the same ids stores the turns, once, and
-an agent whose store fails that way loses and duplicates nothing."""
+an agent whose store fails that way loses and duplicates nothing. Also: ids already
+stored are skipped through plain batch calls, and odd stored data never breaks an
+append."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-from langgraph.store.base import BaseStore, Op
+from langgraph.store.base import BaseStore, Op, Result
+from langgraph.store.memory import InMemoryStore
 
 from agent_history import AgentNode
 from agent_history.history import ChatHistory
@@ -135,3 +139,66 @@ def test_an_agent_whose_store_fails_a_head_write_keeps_every_exchange_once(kind:
         pair for i in range(4) for pair in (("user", f"msg {i}"), ("assistant", f"echo: msg {i}"))
     ]
     assert [len(call) for call in model.calls] == [1, 3, 5, 7]
+
+
+class _PassThroughStore(BaseStore):
+    """A store seen through its public batch calls only (the generic driver)."""
+
+    def __init__(self) -> None:
+        self.inner = InMemoryStore()
+
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        return self.inner.batch(ops)
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        return self.inner.batch(ops)
+
+
+def test_appending_the_whole_thread_each_turn_stores_each_message_once() -> None:
+    # A caller that hands over the whole growing thread every turn relies on ids: the
+    # generic driver's read-back must not take the skipped ones for lost turns.
+    history = ChatHistory(_PassThroughStore())
+    thread: list[dict[str, str]] = []
+    results = []
+    for i in range(3):
+        thread += _exchange(str(i))
+        results.append(history.append("k", thread))
+    assert [(r.appended, r.duplicates, r.conflicts) for r in results] == [
+        (2, 0, 0), (2, 2, 0), (2, 4, 0),
+    ]  # fmt: skip
+    assert [t.content for t in history.read("k")] == ["0", "re: 0", "1", "re: 1", "2", "re: 2"]
+
+
+ODD_EDITS: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
+    "entry seq as a float": lambda entry, chunk: entry.update(seq=1.0),
+    "entry seq as text": lambda entry, chunk: entry.update(seq="1"),
+    "entry seq missing": lambda entry, chunk: entry.pop("seq"),
+    "entry seq true": lambda entry, chunk: entry.update(seq=True),
+    "chunk turns null": lambda entry, chunk: chunk.update(turns=None),
+    "chunk turns a number": lambda entry, chunk: chunk.update(turns=7),
+    "chunk records not objects": lambda entry, chunk: chunk.update(turns=[["x"], "y"]),
+    "record seq as text": lambda entry, chunk: chunk["turns"][0].update(seq="1"),
+    "record seq as a float": lambda entry, chunk: chunk["turns"][0].update(seq=1.0),
+}
+
+
+@pytest.mark.parametrize("edit", list(ODD_EDITS))
+def test_odd_stored_data_never_breaks_a_redelivery(edit: str) -> None:
+    # A conversation edited by hand or by another tool: a re-delivered first exchange
+    # must neither crash the append nor be stored twice.
+    store = InMemoryStore()
+    history = ChatHistory(store, chunk_size=2)
+    for i in range(6):
+        history.append("k", _exchange(str(i)))
+    ns = history.conversation_namespace("k")
+    entry = store.get(ns, "msgid:u-0")
+    chunk = store.get(ns, "chunk:0000000000")
+    assert entry is not None and chunk is not None
+    entry_value, chunk_value = dict(entry.value), json.loads(json.dumps(chunk.value))
+    ODD_EDITS[edit](entry_value, chunk_value)
+    store.put(ns, "msgid:u-0", entry_value, index=False)
+    store.put(ns, "chunk:0000000000", chunk_value, index=False)
+
+    again = history.append("k", _exchange("0"))
+    assert (again.appended, again.duplicates) == (0, 2)
+    assert history.count("k") == 12

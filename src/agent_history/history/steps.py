@@ -30,6 +30,7 @@ __all__ = [
     "Put",
     "Steps",
     "append_steps",
+    "committed_ids_steps",
     "delete_steps",
     "drive",
     "drive_async",
@@ -202,41 +203,75 @@ def _committed(
     append has taken those numbers, at another turn. An entry counts only when the turn
     at its ``seq`` carries its id (the chunks read here are the ones the entries name,
     one more read at most, and only for ids found: re-deliveries, not new messages).
+    What cannot be read (an entry's or a record's ``seq`` that is not a whole number, a
+    chunk that is not one) is left as it is: an append never destroys what it cannot
+    interpret.
     """
     epoch = head.get("epoch")
     last_seq = int(head["last_seq"])
     size = int(head["chunk_size"])
+    checked = dict(known)
     claims: dict[str, int] = {}
     for message_id, entry in known.items():
         if entry is None or entry.get("epoch") != epoch:
             continue
-        seq = entry.get("seq")
-        if isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq <= last_seq:
+        seq = _whole(entry.get("seq"))
+        if seq is None or seq <= 0:
+            continue
+        if seq > last_seq:
+            checked[message_id] = None  # above the head: never committed
+        else:
             claims[message_id] = seq
-        elif _is_number(seq):
-            known = {**known, message_id: None}  # above the head: never committed
-        # An entry whose seq cannot be read is left as it is: never destroy what an
-        # append cannot interpret.
     if not claims:
-        return known
+        return checked
     keys = {chunk_key(chunk_index(seq, size)) for seq in claims.values()}
     missing = tuple(sorted(k for k in keys if k not in found))
     if missing:
         found = {**found, **(yield Get(missing))}
-    checked = dict(known)
     for message_id, seq in claims.items():
-        chunk = found.get(chunk_key(chunk_index(seq, size))) or {}
-        record = next(
-            (r for r in chunk.get("turns", ()) if isinstance(r, dict) and r.get("seq") == seq),
-            None,
-        )
+        chunk = found.get(chunk_key(chunk_index(seq, size)))
+        if chunk is None:
+            checked[message_id] = None  # its turn was never written
+            continue
+        turns = chunk.get("turns") if isinstance(chunk, dict) else None
+        if not isinstance(turns, list):
+            continue  # a chunk that cannot be read: left as it is
+        readable = [r for r in turns if isinstance(r, dict) and _whole(r.get("seq")) is not None]
+        record = next((r for r in readable if _whole(r.get("seq")) == seq), None)
+        if record is None and len(readable) < len(turns):
+            continue  # maybe one of the records that cannot be read: left as it is
         if record is None or record.get("id") != message_id:
             checked[message_id] = None
     return checked
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def committed_ids_steps(ids: Sequence[str]) -> Steps[set[str]]:
+    """Which of ``ids`` are stored in the conversation (their turn is there): for a
+    driver that must tell its own lost turns from turns stored before."""
+    found = yield Get((HEAD_KEY, *(msgid_key(i) for i in ids)))
+    head = found.get(HEAD_KEY)
+    if head is None:
+        return set()
+    known = {i: found.get(msgid_key(i)) for i in ids}
+    known = yield from _committed(known, head, found)
+    epoch = head.get("epoch")
+    return {i for i, entry in known.items() if entry is not None and entry.get("epoch") == epoch}
+
+
+def _whole(value: Any) -> int | None:
+    """``value`` as a whole number (``3``, ``3.0``, ``"3"``), or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return None
 
 
 def delete_steps(batch_chunks: int) -> Steps[int]:

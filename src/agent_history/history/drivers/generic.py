@@ -37,7 +37,16 @@ from agent_history.history.drivers.base import (
 )
 from agent_history.history.layout import PendingTurn, msgid_key
 from agent_history.history.records import AppendResult, Turn
-from agent_history.history.steps import Get, Put, Request, Steps, drive, drive_async, read_steps
+from agent_history.history.steps import (
+    Get,
+    Put,
+    Request,
+    Steps,
+    committed_ids_steps,
+    drive,
+    drive_async,
+    read_steps,
+)
 
 __all__ = ["GenericDriver", "collect_steps"]
 
@@ -161,7 +170,12 @@ def _best_effort_append(request: AppendRequest) -> Generator[_Instruction, Any, 
         if result.first_seq is not None and result.last_seq is not None:
             stored: list[Turn] = yield _Read(collect_steps(result.first_seq, request.value_field))
             present = {(t.role, repr(t.content), t.id) for t in stored}
-            lost = [p for p in remaining if (p.role, repr(p.content), p.id) not in present]
+            missing = [p for p in remaining if (p.role, repr(p.content), p.id) not in present]
+            # Turns the append skipped as already stored sit before what it wrote: they
+            # are not lost (only turns without an id, or whose id is not stored, are).
+            ids = tuple(dict.fromkeys(p.id for p in missing if p.id is not None))
+            before: set[str] = (yield _Read(committed_ids_steps(ids))) if ids else set()
+            lost = [p for p in missing if p.id is None or p.id not in before]
         if not lost:
             return AppendResult(
                 appended=len(pending) - first.duplicates,
