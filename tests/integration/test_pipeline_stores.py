@@ -210,3 +210,97 @@ def test_agent_node_on_a_pipelined_store_keeps_the_conversation(dsn: str) -> Non
         ("user", "again"),
         ("assistant", "echo: again"),
     ]
+
+
+def _writes_head(ops: Any) -> bool:
+    return any(getattr(op, "key", None) == "head" and hasattr(op, "value") for op in ops)
+
+
+def test_another_callers_failing_statement_does_not_keep_the_lock(dsn: str) -> None:
+    # Another thread's statement that fails on the server (LangGraph's own put of a value
+    # jsonb refuses, say) lands in the shared pipeline while the append holds the lock:
+    # the unlock must still happen, or every other process waits on that conversation.
+    with PostgresStore.from_conn_string(dsn, pipeline=True) as store:
+        history = ChatHistory(store)
+        pid = store.conn.info.backend_pid
+        batch = store.batch
+
+        def failing_neighbour(ops: Any) -> Any:
+            out = batch(ops)
+            if _writes_head(ops):
+                with pytest.raises(psycopg.Error):
+                    store.conn.execute("SELECT 1/0").fetchone()
+            return out
+
+        store.batch = failing_neighbour  # type: ignore[method-assign]
+        assert history.append("chat", _pair("one")).appended == 2
+        store.batch = batch  # type: ignore[method-assign]
+        assert _advisory_locks(dsn, pid) == []
+        with PostgresStore.from_conn_string(dsn) as other:  # another process's writer
+            assert ChatHistory(other).append("chat", _pair("two"), budget=5).appended == 2
+        assert [t.content for t in history.read("chat")] == ["one", "re: one", "two", "re: two"]
+
+
+def test_async_another_callers_failing_statement_does_not_keep_the_lock(dsn: str) -> None:
+    async def scenario() -> None:
+        async with AsyncPostgresStore.from_conn_string(dsn, pipeline=True) as store:
+            history = ChatHistory(store)
+            pid = store.conn.info.backend_pid
+            abatch = store.abatch
+
+            async def failing_neighbour(ops: Any) -> Any:
+                out = await abatch(ops)
+                if _writes_head(ops):
+                    with pytest.raises(psycopg.Error):
+                        await (await store.conn.execute("SELECT 1/0")).fetchone()
+                return out
+
+            store.abatch = failing_neighbour  # type: ignore[method-assign]
+            assert (await history.aappend("chat", _pair("one"))).appended == 2
+            store.abatch = abatch  # type: ignore[method-assign]
+            assert _advisory_locks(dsn, pid) == []
+        async with AsyncPostgresStore.from_conn_string(dsn) as other:
+            assert (await ChatHistory(other).aappend("chat", _pair("two"), budget=5)).appended == 2
+
+    asyncio.run(scenario())
+
+
+def test_callers_waiting_for_a_held_conversation_do_not_starve_the_others(
+    dsn: str, held: Any
+) -> None:
+    # Every AgentNode call has a budget. Callers waiting for a conversation another
+    # process holds must not take the threads budgeted calls of other conversations run on.
+    with PostgresStore.from_conn_string(dsn, pipeline=True) as store:
+        history = ChatHistory(store)
+        driver = driver_for(store)
+        take = driver._take  # type: ignore[attr-defined]
+        waiting = threading.Semaphore(0)
+
+        def noting_take(prefix: str) -> bool:
+            got: bool = take(prefix)
+            if not got:
+                waiting.release()
+            return got
+
+        driver._take = noting_take  # type: ignore[attr-defined]
+        results: list[Any] = []
+        waiters = [
+            threading.Thread(
+                target=lambda i=i: results.append(history.append("chat", _pair(f"w{i}"), budget=60))
+            )
+            for i in range(6)
+        ]
+        for thread in waiters:
+            thread.start()
+        try:
+            # The lock is being polled; the other waiters queue behind this process's
+            # lock of the conversation.
+            assert waiting.acquire(timeout=30)
+            assert history.append("other", _pair("x"), budget=5).appended == 2
+            assert [m.content for m in history.tail("other", 5, budget=5)] == ["x", "re: x"]
+        finally:
+            held.release()
+            for thread in waiters:
+                thread.join(60)
+        assert sorted(r.appended for r in results) == [2] * 6
+        assert history.count("chat") == 12

@@ -48,7 +48,7 @@ from agent_history.history.steps import (
     read_steps,
 )
 
-__all__ = ["GenericDriver", "collect_steps"]
+__all__ = ["GenericDriver", "bounded", "collect_steps"]
 
 T = TypeVar("T")
 
@@ -101,19 +101,26 @@ class _DaemonPool:
 _POOL = _DaemonPool(_POOL_THREADS)
 
 
-def _bounded(fn: Callable[[], T]) -> T:
-    """Call ``fn`` here, or on the pool when a deadline is set (waiting until it)."""
+def bounded(fn: Callable[[], T], never_ran: Callable[[], None] | None = None) -> T:
+    """Call ``fn`` here, or on the pool when a deadline is set (waiting until it).
+
+    ``never_ran`` is called when the deadline passes before ``fn`` started (it never
+    will): a caller that handed ``fn`` something to release releases it there.
+    """
     left = budget.remaining()
     if left is None:
         return fn()
     if left <= 0:
+        if never_ran is not None:
+            never_ran()
         raise budget.timeout_error()
     # The deadline travels with the copied context, so the call can stop at it too.
     future = _POOL.submit(functools.partial(contextvars.copy_context().run, fn))
     try:
         return future.result(left)
     except concurrent.futures.TimeoutError:
-        future.cancel()
+        if future.cancel() and never_ran is not None:
+            never_ran()
         raise budget.timeout_error() from None
 
 
@@ -277,17 +284,17 @@ class GenericDriver(HistoryDriver):
             return drive(steps, self.perform(namespace))
 
     def run(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
-        return _bounded(lambda: self._run_locked(namespace, steps))
+        return bounded(lambda: self._run_locked(namespace, steps))
 
     def reader(self, namespace: tuple[str, ...]) -> SyncPerform:
         perform = self.perform(namespace)
-        return lambda request: _bounded(lambda: perform(request))
+        return lambda request: bounded(lambda: perform(request))
 
     def read(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
-        return _bounded(lambda: drive(steps, self.perform(namespace)))
+        return bounded(lambda: drive(steps, self.perform(namespace)))
 
     def append(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
-        return _bounded(lambda: self._append_now(namespace, request))
+        return bounded(lambda: self._append_now(namespace, request))
 
     def _append_now(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
         procedure = _best_effort_append(request)

@@ -14,11 +14,14 @@ work, so writers in other processes are excluded too, not only this process's:
   deadline (`StoreTimeout`); without a deadline it waits, as the SQL path does;
 - this process's callers of one conversation queue on the generic driver's lock first
   (sync callers on a thread lock, async ones on the event loop's lock), so the session
-  never takes a lock it already holds;
+  never takes a lock it already holds; sync callers wait in their own thread, and only
+  the unit of work itself runs on the generic driver's few worker threads;
 - a session lock survives transactions, so it is released explicitly, also when the
   caller is cancelled; a statement whose outcome is unknown (it failed, or its caller was
-  cancelled) is followed by an unlock, which is harmless when nothing was held. A lost
-  connection ends the session and its locks with it.
+  cancelled) is followed by an unlock, which is harmless when nothing was held. Another
+  caller's failing statement can abort the pipeline segment an unlock lands in: the
+  pipeline is synced and the unlock sent again. A lost connection ends the session and
+  its locks with it.
 
 Appends then need no read-back: the lock excludes every writer of this library.
 """
@@ -26,11 +29,12 @@ Appends then need no read-back: the lock excludes every writer of this library.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, ClassVar, TypeVar, cast
 
 from langgraph.store.base import BaseStore
@@ -45,7 +49,7 @@ from agent_history.history.drivers.base import (
     SyncStoreDriver,
     namespace_text,
 )
-from agent_history.history.drivers.generic import GenericDriver
+from agent_history.history.drivers.generic import GenericDriver, bounded
 from agent_history.history.records import AppendResult
 from agent_history.history.steps import Steps, drive, drive_async
 
@@ -55,6 +59,7 @@ T = TypeVar("T")
 
 TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
 UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
+_UNLOCK_ATTEMPTS = 3
 _FIRST_PAUSE = 0.0005
 _MAX_PAUSE = 0.02
 
@@ -126,10 +131,24 @@ class PipelineDriver(SyncStoreDriver, _Pipelined):
         return bool(row and row[0])
 
     def _unlock(self, prefix: str) -> None:
-        try:
-            self._statement(UNLOCK_SQL, prefix)
-        except Exception as exc:  # the append stands; a lost session released the lock
-            _release_failed(exc)
+        """Release the lock. Another caller's failed statement can abort the pipeline
+        segment our unlock lands in: the pipeline is synced and the unlock sent again
+        (an unlock of a lock no longer held is harmless)."""
+        store = self.pg
+        failure: Exception | None = None
+        for _ in range(_UNLOCK_ATTEMPTS):
+            try:
+                self._statement(UNLOCK_SQL, prefix)
+                return
+            except Exception as exc:
+                failure = exc
+                if store.conn.broken:  # type: ignore[union-attr]
+                    return  # the session is gone, and its locks with it
+                assert store.pipe is not None
+                with contextlib.suppress(Exception):
+                    store.pipe.sync()
+        assert failure is not None
+        _release_failed(failure)
 
     def _take(self, prefix: str) -> bool:
         try:
@@ -138,28 +157,44 @@ class PipelineDriver(SyncStoreDriver, _Pipelined):
             self._unlock(prefix)  # it may have been taken before the failure
             raise
 
-    @contextmanager
-    def _conversation_lock(self, prefix: str) -> Iterator[None]:
+    def _acquire(self, prefix: str) -> None:
         backoff = _Backoff()
         while not self._take(prefix):
             time.sleep(backoff.next_pause())
-        try:
-            yield
-        finally:
-            self._unlock(prefix)
 
     def _run_locked(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        """Wait for both locks in the caller's thread (so waiting callers never hold the
+        generic driver's few worker threads), then run the unit of work (on a worker
+        thread when there is a deadline), which releases them when it ends."""
+        prefix = namespace_text(namespace)
         lock = self._lock(namespace)
         left = budget.remaining()
         if not lock.acquire(timeout=-1 if left is None else max(0.0, left)):
             raise budget.timeout_error("wait for the conversation's lock")
         try:
-            with self._conversation_lock(namespace_text(namespace)):
-                return drive(steps, self.perform(namespace))
-        finally:
+            self._acquire(prefix)
+        except BaseException:
             lock.release()
+            raise
 
-    def _append_now(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
+        def release() -> None:
+            try:
+                self._unlock(prefix)
+            finally:
+                lock.release()
+
+        def unit() -> T:
+            try:
+                return drive(steps, self.perform(namespace))
+            finally:
+                release()
+
+        return bounded(unit, never_ran=release)
+
+    def run(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        return self._run_locked(namespace, steps)
+
+    def append(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
         return self._run_locked(namespace, request.steps())
 
 
@@ -191,10 +226,21 @@ class AsyncPipelineDriver(AsyncStoreDriver, _Pipelined):
                     return
             except BaseException:
                 pass  # unknown: unlock anyway (harmless when nothing was held)
-        try:
-            await self._statement(UNLOCK_SQL, prefix)
-        except Exception as exc:  # the append stands; a lost session released the lock
-            _release_failed(exc)
+        store = self.pg
+        failure: Exception | None = None
+        for _ in range(_UNLOCK_ATTEMPTS):  # see `PipelineDriver._unlock`
+            try:
+                await self._statement(UNLOCK_SQL, prefix)
+                return
+            except Exception as exc:
+                failure = exc
+                if store.conn.broken:  # type: ignore[union-attr]
+                    return  # the session is gone, and its locks with it
+                assert store.pipe is not None
+                with contextlib.suppress(Exception):
+                    await store.pipe.sync()
+        assert failure is not None
+        _release_failed(failure)
 
     async def _release(self, prefix: str, attempt: asyncio.Task[bool] | None = None) -> None:
         """`_unlock` in a task of its own, which a cancellation of the caller does not stop."""
