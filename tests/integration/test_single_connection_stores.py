@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
 from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
@@ -113,6 +114,51 @@ def test_async_timeouts_and_hang_ups_leave_the_store_usable(dsn: str, table_lock
             assert await history.acount("k") == 4
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("hang_up", ["cancelled three times", "anyio cancel scope"])
+def test_a_caller_cancelled_again_while_it_cleans_up_leaves_the_store_usable(
+    dsn: str, hang_up: str
+) -> None:
+    # A web framework's cancel scope (anyio, as Starlette uses) cancels the task again at
+    # every step until it ends; so does a server shutting down after a client hung up.
+    application = f"again-{uuid.uuid4().hex[:8]}"
+    holder = psycopg.connect(dsn, autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", ("agent_chat_history.chat",))
+
+    async def waiting() -> None:
+        for _ in range(2000):  # poll the observable state, yielding to the loop
+            if await asyncio.to_thread(waiting_on_a_lock, dsn, application):
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError("the append never waited on the conversation")
+
+    async def scenario() -> None:
+        async with AsyncPostgresStore.from_conn_string(_dsn(dsn, application)) as store:
+            history = ChatHistory(store)
+            await history.aappend("warm", _exchange("w"))
+            if hang_up == "anyio cancel scope":
+                async with anyio.create_task_group() as group:
+                    group.start_soon(history.aappend, "chat", _exchange("x"))
+                    await waiting()
+                    group.cancel_scope.cancel()
+            else:
+                task = asyncio.ensure_future(history.aappend("chat", _exchange("x")))
+                await waiting()
+                for _ in range(3):
+                    task.cancel()
+                    await asyncio.sleep(0)
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            assert not store.conn.closed
+            await store.aput(("profile",), "u", {"v": 1})
+            assert (await history.aappend("other", _exchange("o"))).appended == 2
+            assert await history.acount("chat") == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        holder.close()
 
 
 def test_an_agent_keeps_its_memory_after_a_slow_read(dsn: str, table_lock: Any) -> None:

@@ -53,6 +53,24 @@ __all__ = ["AsyncPostgresDriver"]
 T = TypeVar("T")
 
 
+async def _settled(*futures: asyncio.Future[Any]) -> None:
+    """Wait until ``futures`` are done, without cancelling them when the caller is
+    cancelled meanwhile (``gather`` would: psycopg, cancelled during its own cancel,
+    closes the connection, the store's only one perhaps). A cancellation that came
+    during the wait is raised once they are done."""
+    cancelled = False
+    while pending := {f for f in futures if not f.done()}:
+        try:
+            await asyncio.wait(pending)
+        except asyncio.CancelledError:  # an anyio scope cancels again on every step
+            cancelled = True
+    for future in futures:  # their outcome is the caller's no longer: mark it seen
+        if not future.cancelled():
+            future.exception()
+    if cancelled:
+        raise asyncio.CancelledError
+
+
 def _shut(conn: AsyncConnection[Any]) -> None:
     with contextlib.suppress(psycopg.Error):  # already closed
         sql.shut_socket(conn.fileno())
@@ -145,7 +163,7 @@ class AsyncPostgresDriver(AsyncStoreDriver):
                         inner.add_done_callback(lambda _: conn.pgconn.finish())
                     elif not stopping:
                         stopping.append(asyncio.ensure_future(cancel_or_shut(conn, inner)))
-                    await asyncio.gather(inner, return_exceptions=True)
+                    await _settled(inner)
                 raise
             except psycopg.OperationalError as exc:
                 if fired or isinstance(exc, psycopg.errors.LockNotAvailable):
@@ -160,7 +178,7 @@ class AsyncPostgresDriver(AsyncStoreDriver):
                     timer.cancel()
                 if stopping:
                     # No cancel in flight once the connection serves anyone else.
-                    await asyncio.gather(*stopping, return_exceptions=True)
+                    await _settled(*stopping)
                 if fired:
                     await self._drain()
 
