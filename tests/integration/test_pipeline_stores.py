@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import random
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +32,7 @@ from tests.support.pipeline_writers import pipeline_writers
 pytestmark = pytest.mark.postgres
 
 APPENDS = 60
+BUDGETED, FREE = 200, 150
 
 
 @pytest.fixture
@@ -304,3 +307,59 @@ def test_callers_waiting_for_a_held_conversation_do_not_starve_the_others(
                 thread.join(60)
         assert sorted(r.appended for r in results) == [2] * 6
         assert history.count("chat") == 12
+
+
+def test_budgets_running_out_never_disturb_other_callers_of_an_async_pipelined_store(
+    dsn: str,
+) -> None:
+    # Calls whose budgets run out in the middle of their work (budgets around one
+    # append's duration), beside callers without a budget and LangGraph's own calls on
+    # the same shared connection: an operation cut half-way would hand later results to
+    # the wrong callers ("no result available", another call's value).
+    draw = random.Random(5)
+
+    async def scenario() -> None:
+        async with AsyncPostgresStore.from_conn_string(dsn, pipeline=True) as store:
+            history = ChatHistory(store)
+            pid = store.conn.info.backend_pid
+            started = time.perf_counter()
+            for i in range(20):
+                await history.aappend("warm", _pair(f"w{i}"))
+            per_append = (time.perf_counter() - started) / 20  # scales budgets, asserts nothing
+            outcomes: dict[str, int] = defaultdict(int)
+            failures: list[str] = []
+
+            async def budgeted(writer: int) -> None:
+                for i in range(BUDGETED):
+                    budget = per_append * draw.uniform(0.5, 6)
+                    try:
+                        await history.aappend(f"b{writer}", _pair(f"b{writer}-{i}"), budget=budget)
+                        outcomes["ok"] += 1
+                    except StoreTimeout:
+                        outcomes["timeout"] += 1
+
+            async def free(writer: int) -> None:
+                for i in range(FREE):
+                    try:
+                        await history.aappend(f"f{writer}", _pair(f"f{writer}-{i}"))
+                        await store.aput(("own", str(writer)), "item", {"i": i})
+                        item = await store.aget(("own", str(writer)), "item")
+                        if item is None or item.value != {"i": i}:
+                            failures.append(f"read back {item and item.value} for {i}")
+                    except Exception as exc:
+                        failures.append(type(exc).__name__)
+
+            await asyncio.gather(*(budgeted(w) for w in range(3)), *(free(w) for w in range(2)))
+            assert failures == []
+            assert outcomes["timeout"] > 0  # budgets did run out
+            for writer in range(2):
+                assert await history.acount(f"f{writer}") == 2 * FREE
+            # Work that outlived its caller ends and releases its locks.
+            for writer in range(3):
+                await history.aappend(f"b{writer}", _pair(f"b{writer}-late"), budget=30)
+            assert _advisory_locks(dsn, pid) == []
+            for writer in range(3):
+                turns = [m.content for m in await history.atail(f"b{writer}", 1000)]
+                assert len(turns) == len(set(turns))  # nothing stored twice
+
+    asyncio.run(scenario())

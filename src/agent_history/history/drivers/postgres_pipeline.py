@@ -24,6 +24,11 @@ work, so writers in other processes are excluded too, not only this process's:
   its locks with it.
 
 Appends then need no read-back: the lock excludes every writer of this library.
+
+No operation on the shared connection is cancelled half-way (psycopg would then hand
+later results to the wrong callers: "no result available", another call's value): at a
+deadline, or when an async caller is cancelled, the caller stops waiting and the work
+runs to its end in a task or thread of its own, releasing its locks there.
 """
 
 from __future__ import annotations
@@ -33,8 +38,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar, cast
 
 from langgraph.store.base import BaseStore
@@ -45,13 +49,14 @@ from agent_history import budget
 from agent_history import observability as obs
 from agent_history.history.drivers.base import (
     AppendRequest,
+    AsyncPerform,
     AsyncStoreDriver,
     SyncStoreDriver,
     namespace_text,
 )
 from agent_history.history.drivers.generic import GenericDriver, bounded
 from agent_history.history.records import AppendResult
-from agent_history.history.steps import Steps, drive, drive_async
+from agent_history.history.steps import Request, Steps, drive, drive_async
 
 __all__ = ["AsyncPipelineDriver", "PipelineDriver"]
 
@@ -63,7 +68,8 @@ _UNLOCK_ATTEMPTS = 3
 _FIRST_PAUSE = 0.0005
 _MAX_PAUSE = 0.02
 
-# Unlock tasks outlive a cancelled caller; keep them referenced until they end.
+# Unlock and unit-of-work tasks outlive a cancelled caller; keep them referenced until
+# they end.
 _RELEASING: set[asyncio.Task[Any]] = set()
 
 
@@ -82,6 +88,42 @@ class _Backoff:
         if self.deadline is not None and time.monotonic() + pause >= self.deadline:
             raise budget.timeout_error("wait for the conversation's lock")
         return pause
+
+
+async def _unless_late(
+    work: Callable[[], Awaitable[T]], never_ran: Callable[[], Awaitable[None]] | None = None
+) -> T:
+    """Run ``work()`` in a task of its own and wait for it until the deadline.
+
+    An operation on a shared pipelined connection must never be cancelled half-way:
+    psycopg would then hand later results to the wrong callers. So at the deadline (or
+    when the caller is cancelled) the caller stops waiting, and the task runs to its end
+    (releasing what it holds); as on stores whose calls cannot be interrupted, what it
+    writes may land after the caller got `StoreTimeout`. ``never_ran`` is awaited when
+    the deadline passed before the work could start.
+    """
+    left = budget.remaining()
+    if left is not None and left <= 0:
+        if never_ran is not None:
+            await never_ran()
+        raise budget.timeout_error()
+    task = asyncio.ensure_future(work())
+    _RELEASING.add(task)
+    task.add_done_callback(_settle)
+    try:
+        if left is None:
+            return await asyncio.shield(task)
+        return await asyncio.wait_for(asyncio.shield(task), left)
+    except TimeoutError:
+        raise budget.timeout_error() from None
+
+
+def _settle(task: asyncio.Future[Any]) -> None:
+    """A background task ended: forget it, and mark its outcome seen (its caller may
+    have stopped waiting for it)."""
+    _RELEASING.discard(task)
+    if not task.cancelled():
+        task.exception()
 
 
 def _release_failed(exc: BaseException) -> None:
@@ -257,25 +299,45 @@ class AsyncPipelineDriver(AsyncStoreDriver, _Pipelined):
             await self._release(prefix, attempt)
             raise
 
-    @asynccontextmanager
-    async def _conversation_lock(self, prefix: str) -> AsyncIterator[None]:
+    async def _acquire(self, prefix: str) -> None:
         backoff = _Backoff()
         while True:  # polled: the shared connection must never wait on the lock
             if await self._take(prefix):
-                break
+                return
             await asyncio.sleep(backoff.next_pause())
-        try:
-            yield
-        finally:
-            await self._release(prefix)
 
     async def arun(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
-        async with (
-            budget.enforced(),
-            self._alock(namespace),
-            self._conversation_lock(namespace_text(namespace)),
-        ):
-            return await drive_async(steps, self.aperform(namespace))
+        prefix = namespace_text(namespace)
+        lock = self._alock(namespace)
+        async with budget.enforced():  # nothing is left half-done if the wait is cut
+            await lock.acquire()
+            try:
+                await self._acquire(prefix)
+            except BaseException:
+                lock.release()
+                raise
+
+        async def release() -> None:
+            try:
+                await self._release(prefix)
+            finally:
+                lock.release()
+
+        async def unit() -> T:
+            try:
+                return await drive_async(steps, self.aperform(namespace))
+            finally:
+                await release()
+
+        return await _unless_late(unit, release)
+
+    def areader(self, namespace: tuple[str, ...]) -> AsyncPerform:
+        perform = self.aperform(namespace)
+
+        async def aperform(request: Request) -> Any:
+            return await _unless_late(lambda: perform(request))
+
+        return aperform
 
     async def aappend(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
         return await self.arun(namespace, request.steps())
