@@ -222,15 +222,21 @@ def remove_namespace(dsn: str, namespace: tuple[str, ...]) -> int:
 def _remove_quietly(dsn: str, namespace: tuple[str, ...], log: Log) -> None:
     """`remove_namespace`, reported; a failure is logged with what to delete by hand."""
     label = ".".join(namespace)
+    by_hand = (
+        f"delete them with DELETE FROM store WHERE prefix = '{label}' "
+        f"OR starts_with(prefix, '{label}.')"
+    )
+    log(f"[postgres] removing the benchmark's items (namespace {label})")
     try:
         removed = remove_namespace(dsn, namespace)
     except Exception as exc:
         log(
-            f"[postgres] could not remove the benchmark's items ({safe_error_text(exc, dsn)}): "
-            f"delete them with DELETE FROM store WHERE prefix = '{label}' "
-            f"OR starts_with(prefix, '{label}.')"
+            f"[postgres] could not remove the benchmark's items ({safe_error_text(exc, dsn)}): {by_hand}"
         )
         return
+    except BaseException:  # Ctrl-C or SIGTERM while the delete waited: say what is left
+        log(f"[postgres] stopped before the benchmark's items were removed: {by_hand}")
+        raise
     log(f"[postgres] removed the benchmark's {removed} items (namespace {label})")
 
 
@@ -239,6 +245,9 @@ def _close_quietly(system: HistorySystem, dsn: str | None, log: Log) -> None:
         system.close()
     except Exception as exc:
         log(f"[{system.backend}] {system.name}: could not clean up: {safe_error_text(exc, dsn)}")
+    except BaseException:  # Ctrl-C or SIGTERM during the clean-up
+        log(f"[{system.backend}] {system.name}: stopped before its clean-up ended")
+        raise
 
 
 def _settings(name: str, workdir: Path, cfg: BenchConfig, dsn: str | None) -> HistorySettings:
