@@ -345,3 +345,73 @@ def test_sigterm_mid_run_leaves_no_process_directory_or_row_behind(
     _assert_old_results(out)
     if dsn:
         assert _snapshot(dsn) == before
+
+
+@pytest.mark.postgres
+def test_a_stop_while_the_clean_up_waits_says_what_to_delete(
+    fresh_pg_dsn: str, tmp_path: Path
+) -> None:
+    # A row of the run is locked by another session (an admin's open transaction), so the
+    # clean-up DELETE waits; the operator stops the run: it must say what is left.
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--backends", "postgres",
+         "--postgres-dsn", fresh_pg_dsn, "--out", str(out)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    locker = psycopg.connect(fresh_pg_dsn)
+    watcher = psycopg.connect(fresh_pg_dsn, autocommit=True)
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:  # the last measurement: the run's items are all written
+            lines.append(line)
+            if "AgentNode len     10" in line:
+                break
+        else:
+            pytest.fail("the run ended early:\n" + "".join(lines))
+        row = locker.execute(
+            "SELECT prefix FROM store WHERE starts_with(prefix, 'agent_history_bench.') "
+            "LIMIT 1 FOR UPDATE"
+        ).fetchone()
+        assert row is not None
+        run_namespace = ".".join(str(row[0]).split(".")[:2])
+        for line in proc.stderr:  # until the clean-up has begun
+            lines.append(line)
+            if "removing the benchmark's items" in line:
+                break
+        for _ in range(4000):  # until its DELETE waits for the locked row
+            waiting = watcher.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE 'DELETE FROM store%%'"
+            ).fetchone()
+            if waiting:
+                break
+            time.sleep(0.005)  # polling the server's view, not waiting for a time
+        else:
+            pytest.fail("the clean-up never waited for the locked row")
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        locker.rollback()
+        locker.close()
+    assert proc.returncode == 143
+    assert (
+        "stopped before the benchmark's items were removed: delete them with DELETE FROM store "
+        f"WHERE prefix = '{run_namespace}' OR starts_with(prefix, '{run_namespace}.')"
+    ) in rest
+    # What it names is exactly what is left.
+    left = watcher.execute(
+        "SELECT count(*) FROM store WHERE prefix = %s OR starts_with(prefix, %s)",
+        (run_namespace, run_namespace + "."),
+    ).fetchone()
+    total = watcher.execute("SELECT count(*) FROM store").fetchone()
+    watcher.close()
+    assert left is not None and total is not None and left[0] == total[0] > 0
