@@ -202,3 +202,23 @@ def test_odd_stored_data_never_breaks_a_redelivery(edit: str) -> None:
     again = history.append("k", _exchange("0"))
     assert (again.appended, again.duplicates) == (0, 2)
     assert history.count("k") == 12
+
+
+class _SortingStore(_PassThroughStore):
+    """Hands values back with their keys in another order, as PostgreSQL's jsonb does."""
+
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        results = self.inner.batch(ops)
+        for item in results:
+            value = getattr(item, "value", None)
+            if isinstance(value, dict):
+                item.value = json.loads(json.dumps(value, sort_keys=True))
+        return results
+
+
+def test_content_read_back_with_its_keys_reordered_is_not_taken_for_a_lost_turn() -> None:
+    history = ChatHistory(_SortingStore())
+    blocks = [{"type": "text", "text": "hello"}]
+    result = history.append("k", [{"role": "user", "content": blocks}])
+    assert (result.appended, result.conflicts) == (1, 0)
+    assert [t.content for t in history.read("k")] == [[{"text": "hello", "type": "text"}]]

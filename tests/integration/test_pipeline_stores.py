@@ -7,10 +7,12 @@ blocking the shared connection, and is never left held."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import multiprocessing
 import random
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +30,7 @@ from agent_history.testing import RecordingChatModel
 from agent_history.toggles import HistoryToggles
 from tests.support.agent_graphs import build_graph, new_thread, telegram_callback
 from tests.support.pipeline_writers import pipeline_writers
+from tests.support.postgres_server import waiting_on_a_lock
 
 pytestmark = pytest.mark.postgres
 
@@ -171,8 +174,8 @@ def test_async_budget_and_cancellation_leave_no_lock_held(dsn: str, held: Any) -
             waiting = asyncio.Event()
             take = driver._take  # type: ignore[attr-defined]
 
-            async def noting_take(prefix: str) -> bool:
-                got: bool = await take(prefix)
+            async def noting_take(prefix: str, pending: Any) -> bool:
+                got: bool = await take(prefix, pending)
                 if not got:
                     waiting.set()
                 return got
@@ -361,5 +364,112 @@ def test_budgets_running_out_never_disturb_other_callers_of_an_async_pipelined_s
             for writer in range(3):
                 turns = [m.content for m in await history.atail(f"b{writer}", 1000)]
                 assert len(turns) == len(set(turns))  # nothing stored twice
+
+    asyncio.run(scenario())
+
+
+@pytest.fixture
+def busy_row(dsn: str) -> Iterator[Any]:
+    """A row another session holds (FOR UPDATE): a statement writing it waits there."""
+    conn = psycopg.connect(dsn)
+    conn.execute("SELECT 1")
+
+    class Row:
+        def hold(self) -> None:
+            conn.execute("SELECT 1 FROM store WHERE prefix = 'own' AND key = 'k' FOR UPDATE")
+
+        def release(self) -> None:
+            conn.rollback()
+
+    try:
+        yield Row()
+    finally:
+        conn.close()
+
+
+def _until_waiting(dsn: str, application: str) -> None:
+    for _ in range(4000):  # poll the server's view of the session
+        if waiting_on_a_lock(dsn, application):
+            return
+        time.sleep(0.005)
+    raise AssertionError("the statement never waited on the row")
+
+
+def test_a_budget_holds_while_another_callers_statement_occupies_the_connection(
+    dsn: str, busy_row: Any
+) -> None:
+    # LangGraph's own put waits on a locked row, so the shared connection answers nobody;
+    # a history call on another conversation must still end at its budget.
+    application = f"busy-{uuid.uuid4().hex[:8]}"
+    with PostgresStore.from_conn_string(
+        f"{dsn}?application_name={application}", pipeline=True
+    ) as store:
+        history = ChatHistory(store)
+        history.append("other", _pair("before"))
+        store.put(("own",), "k", {"v": 0})
+        busy_row.hold()
+        blocked = threading.Thread(target=lambda: store.put(("own",), "k", {"v": 1}))
+        blocked.start()
+        outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def call() -> None:
+            try:
+                outcome.set_result(history.append("other", _pair("during"), budget=0.5))
+            except BaseException as exc:
+                outcome.set_exception(exc)
+
+        try:
+            _until_waiting(dsn, application)
+            threading.Thread(target=call, daemon=True).start()
+            # Ended while the row is still held (the connection still busy).
+            with pytest.raises(StoreTimeout):
+                outcome.result(timeout=30)
+        finally:
+            busy_row.release()
+            blocked.join(30)
+        pid = store.conn.info.backend_pid
+        history.append("other", _pair("after"), budget=30)
+        assert _advisory_locks(dsn, pid) == []
+        contents = [t.content for t in history.read("other")]
+        assert contents[:2] == ["before", "re: before"] and contents[-2:] == ["after", "re: after"]
+        assert len(contents) == len(set(contents))
+
+
+def test_an_async_budget_holds_while_another_callers_statement_occupies_the_connection(
+    dsn: str, busy_row: Any
+) -> None:
+    application = f"abusy-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        async with AsyncPostgresStore.from_conn_string(
+            f"{dsn}?application_name={application}", pipeline=True
+        ) as store:
+            history = ChatHistory(store)
+            await history.aappend("other", _pair("before"))
+            await store.aput(("own",), "k", {"v": 0})
+            busy_row.hold()
+            blocked = asyncio.ensure_future(store.aput(("own",), "k", {"v": 1}))
+            try:
+                await asyncio.to_thread(_until_waiting, dsn, application)
+                call = asyncio.ensure_future(history.aappend("other", _pair("during"), budget=0.5))
+                done, _ = await asyncio.wait({call}, timeout=30)
+                assert done, "the call did not end while the connection was busy"
+                with pytest.raises(StoreTimeout):
+                    call.result()
+            finally:
+                busy_row.release()
+                await blocked
+            pid = store.conn.info.backend_pid
+            await history.aappend("other", _pair("after"), budget=30)
+            for _ in range(100):  # work that outlived its caller may still be finishing
+                if _advisory_locks(dsn, pid) == []:
+                    break
+                await asyncio.sleep(0.01)
+            assert _advisory_locks(dsn, pid) == []
+            contents = [m.content for m in await history.atail("other", 20)]
+            assert contents[:2] == ["before", "re: before"] and contents[-2:] == [
+                "after",
+                "re: after",
+            ]
 
     asyncio.run(scenario())

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import json
 import queue
 import random
 import threading
@@ -48,7 +49,7 @@ from agent_history.history.steps import (
     read_steps,
 )
 
-__all__ = ["GenericDriver", "bounded", "collect_steps"]
+__all__ = ["GenericDriver", "collect_steps"]
 
 T = TypeVar("T")
 
@@ -101,26 +102,19 @@ class _DaemonPool:
 _POOL = _DaemonPool(_POOL_THREADS)
 
 
-def bounded(fn: Callable[[], T], never_ran: Callable[[], None] | None = None) -> T:
-    """Call ``fn`` here, or on the pool when a deadline is set (waiting until it).
-
-    ``never_ran`` is called when the deadline passes before ``fn`` started (it never
-    will): a caller that handed ``fn`` something to release releases it there.
-    """
+def _bounded(fn: Callable[[], T]) -> T:
+    """Call ``fn`` here, or on the pool when a deadline is set (waiting until it)."""
     left = budget.remaining()
     if left is None:
         return fn()
     if left <= 0:
-        if never_ran is not None:
-            never_ran()
         raise budget.timeout_error()
     # The deadline travels with the copied context, so the call can stop at it too.
     future = _POOL.submit(functools.partial(contextvars.copy_context().run, fn))
     try:
         return future.result(left)
     except concurrent.futures.TimeoutError:
-        if future.cancel() and never_ran is not None:
-            never_ran()
+        future.cancel()
         raise budget.timeout_error() from None
 
 
@@ -176,8 +170,8 @@ def _best_effort_append(request: AppendRequest) -> Generator[_Instruction, Any, 
         lost: list[PendingTurn] = []
         if result.first_seq is not None and result.last_seq is not None:
             stored: list[Turn] = yield _Read(collect_steps(result.first_seq, request.value_field))
-            present = {(t.role, repr(t.content), t.id) for t in stored}
-            missing = [p for p in remaining if (p.role, repr(p.content), p.id) not in present]
+            present = {(t.role, _canonical(t.content), t.id) for t in stored}
+            missing = [p for p in remaining if (p.role, _canonical(p.content), p.id) not in present]
             # Turns the append skipped as already stored sit before what it wrote: they
             # are not lost (only turns without an id, or whose id is not stored, are).
             ids = tuple(dict.fromkeys(p.id for p in missing if p.id is not None))
@@ -203,6 +197,12 @@ def _best_effort_append(request: AppendRequest) -> Generator[_Instruction, Any, 
     raise WriteConflict(
         f"append lost {len(remaining)} turn(s) to concurrent writers after {_ATTEMPTS} attempts"
     )
+
+
+def _canonical(content: Any) -> str:
+    """``content`` as text that does not depend on key order (a store may hand mappings
+    back with their keys reordered, as PostgreSQL's ``jsonb`` does)."""
+    return json.dumps(content, sort_keys=True, default=repr)
 
 
 def _get_ops(namespace: tuple[str, ...], keys: tuple[str, ...], refresh: bool) -> list[GetOp]:
@@ -284,17 +284,17 @@ class GenericDriver(HistoryDriver):
             return drive(steps, self.perform(namespace))
 
     def run(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
-        return bounded(lambda: self._run_locked(namespace, steps))
+        return _bounded(lambda: self._run_locked(namespace, steps))
 
     def reader(self, namespace: tuple[str, ...]) -> SyncPerform:
         perform = self.perform(namespace)
-        return lambda request: bounded(lambda: perform(request))
+        return lambda request: _bounded(lambda: perform(request))
 
     def read(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
-        return bounded(lambda: drive(steps, self.perform(namespace)))
+        return _bounded(lambda: drive(steps, self.perform(namespace)))
 
     def append(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
-        return bounded(lambda: self._append_now(namespace, request))
+        return _bounded(lambda: self._append_now(namespace, request))
 
     def _append_now(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
         procedure = _best_effort_append(request)

@@ -14,8 +14,9 @@ work, so writers in other processes are excluded too, not only this process's:
   deadline (`StoreTimeout`); without a deadline it waits, as the SQL path does;
 - this process's callers of one conversation queue on the generic driver's lock first
   (sync callers on a thread lock, async ones on the event loop's lock), so the session
-  never takes a lock it already holds; sync callers wait in their own thread, and only
-  the unit of work itself runs on the generic driver's few worker threads;
+  never takes a lock it already holds; a budgeted sync call runs in a thread of its
+  own, never on the generic driver's few worker threads, and its caller stops waiting
+  at the deadline even when a statement is queued behind another caller's;
 - a session lock survives transactions, so it is released explicitly, also when the
   caller is cancelled; a statement whose outcome is unknown (it failed, or its caller was
   cancelled) is followed by an unlock, which is harmless when nothing was held. Another
@@ -34,9 +35,12 @@ runs to its end in a task or thread of its own, releasing its locks there.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import logging
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar, cast
@@ -54,7 +58,7 @@ from agent_history.history.drivers.base import (
     SyncStoreDriver,
     namespace_text,
 )
-from agent_history.history.drivers.generic import GenericDriver, bounded
+from agent_history.history.drivers.generic import GenericDriver
 from agent_history.history.records import AppendResult
 from agent_history.history.steps import Request, Steps, drive, drive_async
 
@@ -70,7 +74,7 @@ _MAX_PAUSE = 0.02
 
 # Unlock and unit-of-work tasks outlive a cancelled caller; keep them referenced until
 # they end.
-_RELEASING: set[asyncio.Task[Any]] = set()
+_RELEASING: set[asyncio.Future[Any]] = set()
 
 
 class _Backoff:
@@ -107,15 +111,22 @@ async def _unless_late(
         if never_ran is not None:
             await never_ran()
         raise budget.timeout_error()
-    task = asyncio.ensure_future(work())
-    _RELEASING.add(task)
-    task.add_done_callback(_settle)
+    task = _in_background(work())
     try:
         if left is None:
             return await asyncio.shield(task)
         return await asyncio.wait_for(asyncio.shield(task), left)
     except TimeoutError:
         raise budget.timeout_error() from None
+
+
+def _in_background(work: Awaitable[T]) -> asyncio.Future[T]:
+    """``work`` in a task that outlives a cancelled caller (kept referenced until it
+    ends, its outcome marked seen)."""
+    task = asyncio.ensure_future(work)
+    _RELEASING.add(task)
+    task.add_done_callback(_settle)
+    return task
 
 
 def _settle(task: asyncio.Future[Any]) -> None:
@@ -205,9 +216,32 @@ class PipelineDriver(SyncStoreDriver, _Pipelined):
             time.sleep(backoff.next_pause())
 
     def _run_locked(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
-        """Wait for both locks in the caller's thread (so waiting callers never hold the
-        generic driver's few worker threads), then run the unit of work (on a worker
-        thread when there is a deadline), which releases them when it ends."""
+        """Run ``steps`` under both locks. With a deadline, in a thread of its own that
+        the caller stops waiting for at the deadline: a statement queued behind another
+        caller's on the shared connection cannot be interrupted, and a thread per call
+        (not the generic driver's few workers) means waiters never starve other calls.
+        The thread releases what it took, whenever it ends."""
+        left = budget.remaining()
+        if left is None:
+            return self._run_here(namespace, steps)
+        if left <= 0:
+            raise budget.timeout_error()
+        outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+        context = contextvars.copy_context()
+
+        def work() -> None:
+            try:
+                outcome.set_result(context.run(self._run_here, namespace, steps))
+            except BaseException as exc:  # handed to the caller, if it still waits
+                outcome.set_exception(exc)
+
+        threading.Thread(target=work, name="agent-history-pipeline", daemon=True).start()
+        try:
+            return outcome.result(left)
+        except concurrent.futures.TimeoutError:
+            raise budget.timeout_error() from None
+
+    def _run_here(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
         prefix = namespace_text(namespace)
         lock = self._lock(namespace)
         left = budget.remaining()
@@ -215,23 +249,15 @@ class PipelineDriver(SyncStoreDriver, _Pipelined):
             raise budget.timeout_error("wait for the conversation's lock")
         try:
             self._acquire(prefix)
-        except BaseException:
-            lock.release()
-            raise
-
-        def release() -> None:
             try:
-                self._unlock(prefix)
-            finally:
-                lock.release()
-
-        def unit() -> T:
-            try:
+                deadline = budget.current_deadline()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise budget.timeout_error()  # the caller gave up: start nothing
                 return drive(steps, self.perform(namespace))
             finally:
-                release()
-
-        return bounded(unit, never_ran=release)
+                self._unlock(prefix)
+        finally:
+            lock.release()
 
     def run(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
         return self._run_locked(namespace, steps)
@@ -284,38 +310,52 @@ class AsyncPipelineDriver(AsyncStoreDriver, _Pipelined):
         assert failure is not None
         _release_failed(failure)
 
-    async def _release(self, prefix: str, attempt: asyncio.Task[bool] | None = None) -> None:
+    async def _release(self, prefix: str) -> None:
         """`_unlock` in a task of its own, which a cancellation of the caller does not stop."""
-        task = asyncio.ensure_future(self._unlock(prefix, attempt))
-        _RELEASING.add(task)
-        task.add_done_callback(_RELEASING.discard)
-        await asyncio.shield(task)
+        await asyncio.shield(_in_background(self._unlock(prefix)))
 
-    async def _take(self, prefix: str) -> bool:
+    async def _take(self, prefix: str, pending: list[asyncio.Task[bool]]) -> bool:
+        """One attempt at the lock. While its statement runs it is in ``pending``: if
+        the caller stops waiting, whoever gives up after it knows what to undo."""
         attempt = asyncio.ensure_future(self._statement(TRY_LOCK_SQL, prefix))
-        try:
-            return await asyncio.shield(attempt)
-        except BaseException:
-            await self._release(prefix, attempt)
-            raise
+        pending.append(attempt)
+        got = await asyncio.shield(attempt)
+        pending.remove(attempt)
+        return got
 
-    async def _acquire(self, prefix: str) -> None:
+    async def _acquire(self, prefix: str, pending: list[asyncio.Task[bool]]) -> None:
         backoff = _Backoff()
         while True:  # polled: the shared connection must never wait on the lock
-            if await self._take(prefix):
+            if await self._take(prefix, pending):
                 return
             await asyncio.sleep(backoff.next_pause())
+
+    async def _give_up(
+        self, prefix: str, pending: list[asyncio.Task[bool]], lock: asyncio.Lock
+    ) -> None:
+        """Undo lock statements still running when their caller stopped waiting (each is
+        awaited, then unlocked unless it surely took nothing), then free this process's
+        lock of the conversation."""
+        try:
+            for attempt in pending:
+                await self._unlock(prefix, attempt)
+        finally:
+            lock.release()
 
     async def arun(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
         prefix = namespace_text(namespace)
         lock = self._alock(namespace)
-        async with budget.enforced():  # nothing is left half-done if the wait is cut
+        async with budget.enforced():
             await lock.acquire()
-            try:
-                await self._acquire(prefix)
-            except BaseException:
-                lock.release()
-                raise
+        pending: list[asyncio.Task[bool]] = []
+        try:
+            async with budget.enforced():
+                await self._acquire(prefix, pending)
+        except BaseException:
+            # A lock statement may still be queued behind another caller's on the shared
+            # connection: the caller does not wait for it; a task of its own does.
+            _in_background(self._give_up(prefix, pending, lock))
+            raise
 
         async def release() -> None:
             try:
