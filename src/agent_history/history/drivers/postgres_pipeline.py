@@ -74,7 +74,7 @@ _MAX_PAUSE = 0.02
 
 # Unlock and unit-of-work tasks outlive a cancelled caller; keep them referenced until
 # they end.
-_RELEASING: set[asyncio.Future[Any]] = set()
+_BACKGROUND: set[asyncio.Future[Any]] = set()
 
 
 class _Backoff:
@@ -124,7 +124,7 @@ def _in_background(work: Awaitable[T]) -> asyncio.Future[T]:
     """``work`` in a task that outlives a cancelled caller (kept referenced until it
     ends, its outcome marked seen)."""
     task = asyncio.ensure_future(work)
-    _RELEASING.add(task)
+    _BACKGROUND.add(task)
     task.add_done_callback(_settle)
     return task
 
@@ -132,7 +132,7 @@ def _in_background(work: Awaitable[T]) -> asyncio.Future[T]:
 def _settle(task: asyncio.Future[Any]) -> None:
     """A background task ended: forget it, and mark its outcome seen (its caller may
     have stopped waiting for it)."""
-    _RELEASING.discard(task)
+    _BACKGROUND.discard(task)
     if not task.cancelled():
         task.exception()
 
