@@ -13,7 +13,6 @@ which ends it at once. A store on one connection has its statement cancelled ins
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -41,7 +40,7 @@ from agent_history.history.drivers.base import (
     utc_now,
 )
 from agent_history.history.drivers.generic import GenericDriver
-from agent_history.history.drivers.postgres_cancel import cancel_or_shut
+from agent_history.history.drivers.postgres_cancel import cancel_or_shut, shut
 from agent_history.history.drivers.postgres_setup import PostgresState, ainspect
 from agent_history.history.layout import HEAD_KEY
 from agent_history.history.records import AppendResult
@@ -69,11 +68,6 @@ async def _settled(*futures: asyncio.Future[Any]) -> None:
             future.exception()
     if cancelled:
         raise asyncio.CancelledError
-
-
-def _shut(conn: AsyncConnection[Any]) -> None:
-    with contextlib.suppress(psycopg.Error):  # already closed
-        sql.shut_socket(conn.fileno())
 
 
 class AsyncPostgresDriver(AsyncStoreDriver):
@@ -143,7 +137,7 @@ class AsyncPostgresDriver(AsyncStoreDriver):
             def expire() -> None:
                 fired.append(True)
                 if pooled:
-                    _shut(conn)
+                    shut(conn)
                 elif not inner.done():
                     stopping.append(asyncio.ensure_future(cancel_or_shut(conn, inner)))
 
@@ -156,7 +150,7 @@ class AsyncPostgresDriver(AsyncStoreDriver):
             except asyncio.CancelledError:
                 if not inner.done():
                     if pooled:
-                        _shut(conn)
+                        shut(conn)
                         # The socket is gone, whatever the statement does now (it may
                         # even end cleanly, having read all it needed): the pool must
                         # replace the connection, not lend it to the next call.

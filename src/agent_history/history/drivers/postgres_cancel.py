@@ -25,13 +25,14 @@ from psycopg import AsyncConnection, Connection
 
 from agent_history.history.drivers.postgres_base import shut_socket
 
-__all__ = ["CANCEL_GRACE_SECONDS", "Canceller", "cancel_or_shut"]
+__all__ = ["CANCEL_GRACE_SECONDS", "Canceller", "cancel_or_shut", "shut"]
 
 CANCEL_GRACE_SECONDS = 0.5
 """How long the server has to take a cancel request, then to end the statement."""
 
 
-def _shut(conn: Connection[Any] | AsyncConnection[Any]) -> None:
+def shut(conn: Connection[Any] | AsyncConnection[Any]) -> None:
+    """Shut ``conn``'s socket down (nothing when it is closed already)."""
     with contextlib.suppress(psycopg.Error):  # already closed
         shut_socket(conn.fileno())
 
@@ -55,10 +56,10 @@ class Canceller:
             self.conn.cancel_safe(timeout=CANCEL_GRACE_SECONDS)
         except Exception:  # no cancel reached the server: end the call the hard way
             if not self.ended.is_set():
-                _shut(self.conn)
+                shut(self.conn)
             return
         if not self.ended.wait(CANCEL_GRACE_SECONDS):
-            _shut(self.conn)
+            shut(self.conn)
 
     def finish(self) -> None:
         """Mark the call over and wait for a cancel in flight (before the connection
@@ -74,8 +75,8 @@ async def cancel_or_shut(conn: AsyncConnection[Any], statement: asyncio.Future[A
         await conn.cancel_safe(timeout=CANCEL_GRACE_SECONDS)
     except Exception:  # no cancel reached the server: end the call the hard way
         if not statement.done():
-            _shut(conn)
+            shut(conn)
         return
     done, _ = await asyncio.wait({statement}, timeout=CANCEL_GRACE_SECONDS)
     if not done:
-        _shut(conn)
+        shut(conn)
