@@ -2,7 +2,8 @@
 ``max_tokens`` and a running summary reads and cuts, at 10, 1k and 100k stored turns.
 
 Part of ``python -m benchmarks.run``; alone: ``python -m benchmarks.context_tail [--quick]
-[--backends memory,sqlite,postgres] [--postgres-dsn DSN]``.
+[--backends memory,sqlite,postgres] [--postgres-dsn DSN]``, with the same checks of
+its options as the main runner.
 
 Each call reads the summary and the newest turns after it, chunk by chunk from the
 newest until the token budget is full (`ChatHistory.tail_context` with a `WindowFill`),
@@ -30,16 +31,15 @@ from agent_history.context import WindowFill, summary_message
 from agent_history.history import ChatHistory
 from agent_history.messages import window
 from benchmarks.backends import (
-    BACKENDS,
     BackendRun,
     BackendUnavailable,
-    dsn_problem,
     open_backend,
     postgres_target,
 )
 from benchmarks.formatting import ms, ratio, table
 from benchmarks.measure import quiet_gc, summarize
 from benchmarks.modes import MODES, BenchConfig
+from benchmarks.options import add_target_options, target_problem
 from benchmarks.signals import TERMINATED_EXIT, Terminated, sigterm_exits
 from benchmarks.systems import OURS, OursSystem
 
@@ -238,16 +238,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``python -m benchmarks.run``'s)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.context_tail")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--backends", default=",".join(BACKENDS))
-    parser.add_argument("--postgres-dsn", default=None)
+    add_target_options(parser)
     args = parser.parse_args(argv)
     cfg = MODES["quick" if args.quick else "full"]
-    chosen = {b.strip().lower() for b in args.backends.split(",")}
-    problem = dsn_problem(args.postgres_dsn)
+    problem = target_problem(args)
     if problem:
         print(f"{parser.prog}: error: {problem}", file=sys.stderr)
         return 2
-    dsn_option = args.postgres_dsn.strip() if args.postgres_dsn else None
+    dsn_option: str | None = args.postgres_dsn
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -256,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with sigterm_exits():
         try:
             with tempfile.TemporaryDirectory(prefix="agent-history-context-") as tmp:
-                for name in [b for b in BACKENDS if b in chosen]:
+                for name in args.backends:
                     with ExitStack() as stack:
                         dsn = None
                         if name == "postgres":

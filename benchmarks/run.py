@@ -30,12 +30,10 @@ from agent_history.redaction import safe_error_text
 from benchmarks.agent_turn import run_agent_overhead
 from benchmarks.analysis import PERSISTENT, evaluate_targets, ratios
 from benchmarks.backends import (
-    BACKENDS,
     BackendRun,
     BackendUnavailable,
     bench_namespace,
     check_postgres,
-    dsn_problem,
     open_backend,
     postgres_target,
 )
@@ -44,6 +42,7 @@ from benchmarks.context_tail import context_targets, render_context, run_context
 from benchmarks.facts import machine_facts
 from benchmarks.latency import run_latency, run_store_primitives
 from benchmarks.modes import MODES, BenchConfig
+from benchmarks.options import add_target_options, target_problem
 from benchmarks.output import RESULT_FILES, OutputError, check_out_dir, publish
 from benchmarks.plots import plot_latency
 from benchmarks.report import render_markdown
@@ -90,36 +89,15 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})"
     )
-    parser.add_argument(
-        "--postgres-dsn",
-        default=None,
-        help="benchmark in this database instead of starting a throwaway server (the run "
-        "writes under a namespace of its own and removes it at the end)",
-    )
-    parser.add_argument(
-        "--backends",
-        default=",".join(BACKENDS),
-        help=f"comma-separated subset of {','.join(BACKENDS)} (any case)",
-    )
-    args = parser.parse_args(argv)
-    chosen = [b.strip().lower() for b in args.backends.split(",") if b.strip()]
-    choices = f"choose from {', '.join(BACKENDS)}"
-    if not chosen:
-        parser.error(f"--backends: empty ({choices})")
-    unknown = [b for b in dict.fromkeys(chosen) if b not in BACKENDS]
-    if unknown:
-        parser.error(f"--backends: unknown {', '.join(unknown)} ({choices})")
-    args.backends = [b for b in BACKENDS if b in chosen]
-    return args
+    add_target_options(parser)
+    return parser.parse_args(argv)
 
 
 def _option_problem(args: argparse.Namespace) -> str | None:
     """A bad option found before anything is measured, as one line; None when all fit."""
-    problem = dsn_problem(args.postgres_dsn)
+    problem = target_problem(args)
     if problem:
         return problem
-    if args.postgres_dsn is not None:
-        args.postgres_dsn = args.postgres_dsn.strip()
     try:
         check_out_dir(args.out)
     except OutputError as exc:

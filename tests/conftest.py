@@ -26,6 +26,13 @@ PERSISTENT_BACKENDS = [
 ]
 
 _postgres_outcomes: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
+
+
+@pytest.fixture(autouse=True)
+def _no_benchmark_dsn_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A benchmark DSN exported in the developer's shell must not point the suite's
+    benchmark runs at that database (the tests that read it set it themselves)."""
+    monkeypatch.delenv("AGENT_HISTORY_BENCH_POSTGRES_DSN", raising=False)
 _postgres_version: list[str] = []
 
 

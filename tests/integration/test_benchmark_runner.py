@@ -23,7 +23,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from benchmarks import context_tail
 from benchmarks import run as bench
+from benchmarks.options import DSN_ENV
 from psycopg.conninfo import make_conninfo
 
 from agent_history.history import ChatHistory
@@ -218,10 +220,88 @@ def test_an_unusable_out_is_refused_at_start_in_one_line(
 def test_backends_option_errors_say_what_is_wrong(
     backends: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exited:
-        bench.main(["--smoke", "--backends", backends, "--out", str(tmp_path)])
-    assert exited.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == f"python -m benchmarks.run: error: {message}"
+    out = tmp_path / "out"
+    assert bench.main(["--smoke", "--backends", backends, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"python -m benchmarks.run: error: {message}\n"
+    assert not out.exists()
+    # The context benchmark run alone checks its options the same way.
+    assert context_tail.main(["--quick", "--backends", backends]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"python -m benchmarks.context_tail: error: {message}\n"
+
+
+# --- the DSN from the environment (out of the process list) -------------------------------
+
+
+@pytest.mark.postgres
+def test_the_dsn_can_come_from_the_environment_and_stays_out_of_the_command_line(
+    fresh_pg_dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _seed_user_data(fresh_pg_dsn)
+    before = _snapshot(fresh_pg_dsn)
+    monkeypatch.setenv(DSN_ENV, f"  {fresh_pg_dsn}  ")
+    monkeypatch.setenv("ORCHEO_POSTGRES_DSN", "postgresql://app:not-this-one@192.0.2.1/app")
+
+    argv = ["--smoke", "--backends", "postgres", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {r["backend"] for r in results["latency"]} == {"postgres"}
+    assert results["meta"]["postgres_started_here"] is False  # no throwaway server
+    assert _snapshot(fresh_pg_dsn) == before  # measured in that database, then cleaned up
+    _, run_id = results["meta"]["namespace"]
+    assert f"(namespace agent_history_bench.{run_id})" in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+def test_the_option_wins_over_the_environment(
+    pg_server: PostgresServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+    _old_results(out)
+    monkeypatch.setenv(DSN_ENV, pg_server.dsn("postgres"))
+    dsn, password = _wrong_password(pg_server)
+
+    args = ["--smoke", "--backends", "postgres", "--postgres-dsn", dsn, "--out", str(out)]
+    assert bench.main(args) == 1
+
+    err = capsys.readouterr().err
+    assert "password authentication failed" in err and password not in err
+    _assert_old_results(out)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("postgresql://app:Sup3r Secret@db.internal/agents", "has a space inside a URI part"),
+        ("", "is empty"),
+    ],
+)
+def test_a_bad_dsn_in_the_environment_is_named_by_its_variable(
+    value: str,
+    problem: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+    _old_results(out)
+    monkeypatch.setenv(DSN_ENV, value)
+
+    assert bench.main(["--smoke", "--backends", "memory", "--out", str(out)]) == 2
+
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"python -m benchmarks.run: error: {DSN_ENV}: {problem}")
+    assert captured.err.count("\n") == 1 and "Sup3r" not in captured.err
+    _assert_old_results(out)
 
 
 def test_results_json_holds_every_verdict_results_md_shows(
