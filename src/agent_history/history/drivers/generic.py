@@ -22,6 +22,7 @@ import queue
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -228,8 +229,15 @@ class GenericDriver(HistoryDriver):
         # The store's own TTL semantics, item by item, as for any other item.
         self._ttl = config.get("default_ttl") if supports_ttl else None
         self._refresh = bool(config.get("refresh_on_read", True)) if supports_ttl else False
-        self._locks: dict[tuple[str, ...], threading.Lock] = {}
-        self._alocks: dict[tuple[int, tuple[str, ...]], asyncio.Lock] = {}
+        # Held weakly: a conversation's lock lives while someone holds or waits for it,
+        # so a long-running process keeps no state per conversation (or per event loop:
+        # a bound asyncio lock holds its loop) once the calls are over.
+        self._locks: weakref.WeakValueDictionary[tuple[str, ...], threading.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self._alocks: weakref.WeakValueDictionary[tuple[int, tuple[str, ...]], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._guard = threading.Lock()
 
     @classmethod
@@ -237,13 +245,22 @@ class GenericDriver(HistoryDriver):
         return True
 
     def _lock(self, namespace: tuple[str, ...]) -> threading.Lock:
+        """This process's lock of a conversation; the caller keeps it alive while it
+        holds or waits for it."""
         with self._guard:
-            return self._locks.setdefault(namespace, threading.Lock())
+            lock = self._locks.get(namespace)
+            if lock is None:
+                lock = self._locks[namespace] = threading.Lock()
+            return lock
 
     def _alock(self, namespace: tuple[str, ...]) -> asyncio.Lock:
+        """The running loop's lock of a conversation (see `_lock`)."""
         key = (id(asyncio.get_running_loop()), namespace)
         with self._guard:
-            return self._alocks.setdefault(key, asyncio.Lock())
+            lock = self._alocks.get(key)
+            if lock is None:
+                lock = self._alocks[key] = asyncio.Lock()
+            return lock
 
     def _put_ops(
         self, namespace: tuple[str, ...], items: Mapping[str, dict[str, Any] | None]
