@@ -33,6 +33,8 @@ def _no_benchmark_dsn_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
     """A benchmark DSN exported in the developer's shell must not point the suite's
     benchmark runs at that database (the tests that read it set it themselves)."""
     monkeypatch.delenv("AGENT_HISTORY_BENCH_POSTGRES_DSN", raising=False)
+
+
 _postgres_version: list[str] = []
 
 

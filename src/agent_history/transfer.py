@@ -8,7 +8,11 @@ An export line is one stored turn with its conversation::
 
 ``type`` and ``fields`` (LangChain's message type and the message's other non-default
 fields: tool calls, tool call id, name, metadata) make the round trip exact; files
-written before they existed still import.
+written before they existed still import. A conversation's running summary (see
+`agent_history.context.summary`) follows its turns as one more line::
+
+    {"namespace": [...], "key": ..., "summary": {"text": ..., "covers_seq": 20,
+     "version": 10, "turns": 20, "skipped": 0, "updated_at": ...}}
 
 Import validates the whole file before writing anything and names what is wrong as
 ``line N: ...``. Each conversation is then written in one transaction at the sequence
@@ -26,10 +30,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from langgraph.store.base import BaseStore
 
+from agent_history.context.summary import Summary
 from agent_history.errors import AgentHistoryError, InvalidMessage, InvalidNamespace
 from agent_history.history import DEFAULT_NAMESPACE, ChatHistory, Turn
 from agent_history.history.bulk import STORED_ROLES, ImportConflict, imported_turn
@@ -40,23 +45,28 @@ from agent_history.keys import validate_history_key
 __all__ = [
     "STORED_ROLES",
     "ConversationCheck",
+    "ExportCounts",
     "ImportReport",
     "LineError",
     "MigrationReport",
     "NotStrictJSON",
     "ParsedLine",
+    "ParsedSummary",
     "conversation_checksum",
     "copy_conversation",
     "export_jsonl",
     "import_jsonl",
     "migrate_history",
     "parse_line",
+    "summary_to_json",
     "turn_from_json",
     "turn_to_json",
     "validate_jsonl",
 ]
 
 _FIELDS = frozenset({"namespace", "key", "seq", "role", "content", "id", "ts", "type", "fields"})
+_SUMMARY_LINE = frozenset({"namespace", "key", "summary"})
+_SUMMARY_FIELDS = frozenset({"text", "covers_seq", "version", "turns", "skipped", "updated_at"})
 _MAX_ERRORS = 20
 _SHOWN = 60
 
@@ -82,6 +92,22 @@ def turn_to_json(key: str, turn: Turn, namespace: Sequence[str]) -> dict[str, An
     return line
 
 
+def summary_to_json(key: str, summary: Summary, namespace: Sequence[str]) -> dict[str, Any]:
+    """The JSONL export line of a conversation's running summary."""
+    return {
+        "namespace": list(namespace),
+        "key": key,
+        "summary": {
+            "text": summary.text,
+            "covers_seq": summary.covers_seq,
+            "version": summary.version,
+            "turns": summary.turns,
+            "skipped": summary.skipped,
+            "updated_at": summary.updated_at,
+        },
+    }
+
+
 class NotStrictJSON(AgentHistoryError, ValueError):
     """A stored turn holds a number JSON cannot represent (NaN or an infinity)."""
 
@@ -91,8 +117,8 @@ def _dumps(line: dict[str, Any]) -> str:
         text = json.dumps(line, ensure_ascii=False, allow_nan=False)
     except ValueError:  # Python would write NaN / Infinity, which no strict parser reads
         raise NotStrictJSON(
-            f"conversation {_shown(line['key'])}, seq {line['seq']} holds NaN or an "
-            "infinity, which JSON cannot represent"
+            f"conversation {_shown(line['key'])}, seq {line.get('seq', '(summary)')} holds "
+            "NaN or an infinity, which JSON cannot represent"
         ) from None
     try:
         text.encode("utf-8")
@@ -130,6 +156,16 @@ class ParsedLine:
     """None when the line names no namespace (files written by hand)."""
     key: str
     turn: Turn
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedSummary:
+    """A valid summary line: where its conversation lives and the summary it holds."""
+
+    line: int
+    namespace: tuple[str, ...] | None
+    key: str
+    summary: Summary
 
 
 def _shown(value: Any) -> str:
@@ -202,11 +238,41 @@ def _check_turn(data: dict[str, Any]) -> Turn:
     return turn
 
 
-def parse_line(number: int, raw: str) -> ParsedLine | None:
+def _whole(data: dict[str, Any], name: str, minimum: int) -> int:
+    value = data.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"summary.{name} must be a whole number from {minimum}")
+    return value
+
+
+def _check_summary(data: Any) -> Summary:
+    if not isinstance(data, dict):
+        raise ValueError(f"summary must be an object (got {_json_kind(data)})")
+    unknown = sorted(set(data) - _SUMMARY_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown summary field {', '.join(map(_shown, unknown))}")
+    text = data.get("text")
+    if not isinstance(text, str):
+        raise ValueError(f"summary.text must be a string (got {_json_kind(text)})")
+    is_plain(text, "summary.text")
+    updated_at = data.get("updated_at", "")
+    if not isinstance(updated_at, str):
+        raise ValueError("summary.updated_at must be a string")
+    return Summary(
+        text=text,
+        covers_seq=_whole(data, "covers_seq", 1),
+        version=_whole(data, "version", 1),
+        turns=_whole(data, "turns", 0) if "turns" in data else 0,
+        skipped=_whole(data, "skipped", 0) if "skipped" in data else 0,
+        updated_at=updated_at,
+    )
+
+
+def parse_line(number: int, raw: str) -> ParsedLine | ParsedSummary | None:
     """Parse and validate line ``number`` of an export; None for a blank line.
 
     Raises:
-        LineError: the line is not a valid turn (the message names the problem).
+        LineError: the line is not a valid turn or summary (the message names the problem).
     """
     if not raw.strip():
         return None
@@ -220,6 +286,8 @@ def parse_line(number: int, raw: str) -> ParsedLine | None:
         raise LineError(number, f"invalid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise LineError(number, f"expected a JSON object, got {_json_kind(data)}")
+    if "summary" in data:
+        return _parse_summary(number, data)
     unknown = sorted(set(data) - _FIELDS)
     if unknown:
         raise LineError(number, f"unknown field {', '.join(map(_shown, unknown))}")
@@ -234,6 +302,21 @@ def parse_line(number: int, raw: str) -> ParsedLine | None:
     return ParsedLine(number, namespace, key, turn)
 
 
+def _parse_summary(number: int, data: dict[str, Any]) -> ParsedSummary:
+    unknown = sorted(set(data) - _SUMMARY_LINE)
+    if unknown:
+        raise LineError(number, f"unknown field {', '.join(map(_shown, unknown))} beside summary")
+    try:
+        if "key" not in data:
+            raise ValueError("key is missing")
+        key = _check_key(data["key"])
+        namespace = _namespace_of(data.get("namespace"))
+        summary = _check_summary(data["summary"])
+    except (ValueError, InvalidMessage) as exc:
+        raise LineError(number, str(exc)) from None
+    return ParsedSummary(number, namespace, key, summary)
+
+
 def turn_from_json(line: dict[str, Any]) -> tuple[str, Turn]:
     """Parse an export line (already decoded) into its key and turn.
 
@@ -241,11 +324,20 @@ def turn_from_json(line: dict[str, Any]) -> tuple[str, Turn]:
         LineError: the line is not a valid turn.
     """
     parsed = parse_line(1, json.dumps(line))
-    assert parsed is not None
+    if not isinstance(parsed, ParsedLine):
+        raise LineError(1, "not a turn")
     return parsed.key, parsed.turn
 
 
 # --- export -----------------------------------------------------------------------------
+
+
+class ExportCounts(NamedTuple):
+    """What `export_jsonl` wrote."""
+
+    conversations: int
+    turns: int
+    summaries: int
 
 
 def export_jsonl(
@@ -254,8 +346,9 @@ def export_jsonl(
     keys: Iterable[str] | None = None,
     *,
     on_progress: Callable[[str, int], None] | None = None,
-) -> tuple[int, int]:
-    """Write every turn of ``keys`` (default: all conversations) as JSON lines.
+) -> ExportCounts:
+    """Write every turn of ``keys`` (default: all conversations) as JSON lines, each
+    conversation's running summary after its turns.
 
     Args:
         history: Where to read.
@@ -264,20 +357,26 @@ def export_jsonl(
         on_progress: Called with each conversation's key and turn count once written.
 
     Returns:
-        (conversations, turns) written.
+        Conversations, turns and summaries written.
     """
-    conversations = turns = 0
+    conversations = turns = summaries = 0
     for key in keys if keys is not None else history.keys():
         conversations += 1
-        written = 0
+        written = last_seq = 0
         for turn in history.read(key):
             out.write(_dumps(turn_to_json(key, turn, history.namespace)))
             out.write("\n")
             written += 1
+            last_seq = turn.seq
+        summary = history.summary(key) if written else None
+        if summary is not None and summary.covers_seq <= last_seq:
+            out.write(_dumps(summary_to_json(key, summary, history.namespace)))
+            out.write("\n")
+            summaries += 1
         turns += written
         if on_progress is not None:
             on_progress(key, written)
-    return conversations, turns
+    return ExportCounts(conversations, turns, summaries)
 
 
 # --- import -----------------------------------------------------------------------------
@@ -292,6 +391,7 @@ class _Span:
     last_seq: int
     ids: dict[str, int] = field(default_factory=dict)
     broken: bool = False
+    summary_line: int = 0
 
 
 @dataclass(slots=True)
@@ -301,6 +401,7 @@ class ImportPlan:
     conversations: list[Conversation] = field(default_factory=list)
     lines: int = 0
     turns: int = 0
+    summaries: int = 0
     errors: list[str] = field(default_factory=list)
     more_errors: int = 0
 
@@ -353,7 +454,8 @@ def validate_jsonl(
             continue
         if parsed is None:
             continue
-        plan.turns += 1
+        if isinstance(parsed, ParsedLine):
+            plan.turns += 1
         ns = parsed.namespace
         if only is not None and ns is not None and ns != only:
             plan.error(
@@ -373,6 +475,9 @@ def validate_jsonl(
                 continue
         conversation = (ns, parsed.key)
         span = spans.get(conversation)
+        if isinstance(parsed, ParsedSummary):
+            _check_summary_line(plan, parsed, span if conversation == current else None)
+            continue
         if conversation != current and span is not None:
             if not span.broken:
                 plan.error(
@@ -418,6 +523,28 @@ def validate_jsonl(
     return plan
 
 
+def _check_summary_line(plan: ImportPlan, parsed: ParsedSummary, span: _Span | None) -> None:
+    """A summary must follow its conversation's turns (``span``: the conversation of the
+    lines just before, None when it is another), once, covering none past them."""
+    number, key, covers = parsed.line, _shown(parsed.key), parsed.summary.covers_seq
+    if span is None:
+        plan.error(f"line {number}: the summary of conversation {key} must follow its turns")
+    elif span.broken:
+        return
+    elif span.summary_line:
+        plan.error(f"line {number}: conversation {key} has a summary at line {span.summary_line}")
+        span.broken = True
+    elif covers > span.last_seq:
+        plan.error(
+            f"line {number}: the summary covers seq {covers}, past the conversation's last "
+            f"turn (seq {span.last_seq}, line {span.last_line})"
+        )
+        span.broken = True
+    else:
+        span.summary_line = number
+        plan.summaries += 1
+
+
 @dataclass(slots=True)
 class ImportReport:
     """What `import_jsonl` wrote."""
@@ -428,29 +555,47 @@ class ImportReport:
     """Turns written."""
     present: int = 0
     """Turns skipped because their conversation already held their sequence numbers."""
+    summaries: int = 0
+    """Running summaries written (a conversation whose summary covers as many turns
+    already keeps its own)."""
     rejected: list[str] = field(default_factory=list)
     """``line N: ...`` for each conversation the store refused (nothing written for it)."""
 
 
-def _conversations(lines: Iterable[str]) -> Iterator[tuple[ParsedLine, list[Turn], list[int]]]:
-    """The file's conversations in order: first line, turns and the line of each turn
-    (file already validated)."""
-    first: ParsedLine | None = None
-    turns: list[Turn] = []
-    numbers: list[int] = []
+@dataclass(slots=True)
+class _FileConversation:
+    """One conversation of a validated file: its first line, turns, the line of each
+    turn, and its summary."""
+
+    first: ParsedLine
+    turns: list[Turn] = field(default_factory=list)
+    numbers: list[int] = field(default_factory=list)
+    summary: Summary | None = None
+
+
+def _conversations(lines: Iterable[str]) -> Iterator[_FileConversation]:
+    """The file's conversations in order (file already validated: a summary line follows
+    turns of its conversation)."""
+    current: _FileConversation | None = None
     for number, raw in enumerate(lines, start=1):
         parsed = parse_line(number, raw)
         if parsed is None:
             continue
-        if first is not None and (parsed.namespace, parsed.key) != (first.namespace, first.key):
-            yield first, turns, numbers
-            turns, numbers = [], []
-            first = None
-        first = first or parsed
-        turns.append(parsed.turn)
-        numbers.append(number)
-    if first is not None:
-        yield first, turns, numbers
+        if isinstance(parsed, ParsedSummary):
+            assert current is not None
+            current.summary = parsed.summary
+            continue
+        if current is not None and (parsed.namespace, parsed.key) != (
+            current.first.namespace,
+            current.first.key,
+        ):
+            yield current
+            current = None
+        current = current or _FileConversation(parsed)
+        current.turns.append(parsed.turn)
+        current.numbers.append(number)
+    if current is not None:
+        yield current
 
 
 def _line_of(exc: Exception, first: ParsedLine, turns: list[Turn], numbers: list[int]) -> int:
@@ -492,19 +637,22 @@ def import_jsonl(
     if not plan.ok:
         return plan, report
     fallback = tuple(namespace) if namespace is not None else DEFAULT_NAMESPACE
-    for first, turns, numbers in _conversations(lines()):
+    for conversation in _conversations(lines()):
+        first, turns = conversation.first, conversation.turns
         target = tuple(into) if into is not None else first.namespace or fallback
         history = ChatHistory(store, namespace=target)
         try:
             result = history.import_turns(first.key, turns)
         except (ImportConflict, InvalidMessage) as exc:
-            line = _line_of(exc, first, turns, numbers)
+            line = _line_of(exc, first, turns, conversation.numbers)
             report.rejected.append(
                 f"line {line}: conversation {_shown(first.key)} not imported: {exc}"
             )
         else:
             report.written += result.written
             report.present += result.present
+            if conversation.summary is not None:
+                report.summaries += history.import_summary(first.key, conversation.summary).written
         if on_progress is not None:
             on_progress(len(turns))
     return plan, report
@@ -534,9 +682,12 @@ class ConversationCheck:
     source_turns: int
     target_turns: int
     matches: bool
-    """The target's first ``source_turns`` turns equal the source's (count and checksum)."""
+    """The target's first ``source_turns`` turns equal the source's (count and checksum),
+    and so does its summary (or the target's covers more turns)."""
     problem: str | None = None
     """Why the conversation was not copied, when it was not."""
+    summary_copied: bool = False
+    """The source's running summary was written to the target."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,6 +697,7 @@ class MigrationReport:
     conversations: int
     turns_copied: int
     checks: tuple[ConversationCheck, ...]
+    summaries_copied: int = 0
 
     @property
     def ok(self) -> bool:
@@ -554,21 +706,37 @@ class MigrationReport:
 
 
 def copy_conversation(
-    target: ChatHistory, key: str, turns: list[Turn]
+    target: ChatHistory, key: str, turns: list[Turn], summary: Summary | None = None
 ) -> tuple[int, ConversationCheck]:
-    """Write ``turns`` into ``target`` at their sequence numbers, then verify them.
+    """Write ``turns`` into ``target`` at their sequence numbers, then ``summary`` (the
+    source's running summary), then verify them.
 
     Returns:
         Turns written, and the check: the target's first ``len(turns)`` turns must equal
-        ``turns`` (the target may have grown since, with newer turns).
+        ``turns`` (the target may have grown since, with newer turns), and its summary
+        ``summary`` (or cover more turns).
     """
     try:
         written = target.import_turns(key, turns).written
     except (ImportConflict, InvalidMessage) as exc:
         return 0, ConversationCheck(key, len(turns), target.count(key), False, str(exc))
+    copied_summary = summary is not None and target.import_summary(key, summary).written
     source = conversation_checksum(turns)
     copied = conversation_checksum(islice(target.read(key), len(turns)))
-    return written, ConversationCheck(key, len(turns), target.count(key), source == copied)
+    problem = None if source == copied else "the copy differs from the source (count or checksum)"
+    if problem is None and summary is not None and not _same_or_newer(summary, target.summary(key)):
+        problem = "the target's summary differs from the source's"
+    return written, ConversationCheck(
+        key, len(turns), target.count(key), problem is None, problem, copied_summary
+    )
+
+
+def _same_or_newer(source: Summary, target: Summary | None) -> bool:
+    if target is None:
+        return False
+    if target.covers_seq != source.covers_seq:
+        return target.covers_seq > source.covers_seq
+    return target.text == source.text
 
 
 def migrate_history(
@@ -589,9 +757,12 @@ def migrate_history(
     checks: list[ConversationCheck] = []
     copied = 0
     for key in list(keys) if keys is not None else list(source.keys()):
-        written, check = copy_conversation(target, key, list(source.read(key)))
+        turns = list(source.read(key))
+        summary = source.summary(key) if turns else None
+        written, check = copy_conversation(target, key, turns, summary)
         copied += written
         checks.append(check)
         if on_progress is not None:
             on_progress(key, written)
-    return MigrationReport(len(checks), copied, tuple(checks))
+    summaries = sum(check.summary_copied for check in checks)
+    return MigrationReport(len(checks), copied, tuple(checks), summaries)

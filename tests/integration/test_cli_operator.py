@@ -241,6 +241,7 @@ def test_import_refuses_a_stored_conversation_that_is_longer_or_diverges(
         "conversations": 2,
         "turns_written": 0,
         "turns_present": 0,
+        "summaries_written": 0,
         "rejected": [
             "line 3: conversation 'telegram:1' not imported: the conversation already holds "
             "another turn at seq 3",

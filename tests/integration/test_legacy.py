@@ -100,8 +100,8 @@ def test_migrate_from_legacy_is_exact_and_idempotent(
     summary = json.loads(first.stdout)
     expected_turns = sum(len(_kept(v)) for v in items.values())
     assert summary == {
-        "conversations": 3, "turns_copied": expected_turns, "verified": True,
-        "mismatches": [], "problems": {},
+        "conversations": 3, "turns_copied": expected_turns, "summaries_copied": 0,
+        "verified": True, "mismatches": [], "problems": {},
     }  # fmt: skip
     second = runner.invoke(app, args, env=env)
     assert second.exit_code == 0, second.output

@@ -181,7 +181,7 @@ def test_export_import_round_trip_is_exact_for_tool_calls(store: BaseStore, tmp_
 
     path = tmp_path / "rt.jsonl"
     with path.open("w", encoding="utf-8") as out:
-        assert export_jsonl(source, out) == (1, 4)
+        assert export_jsonl(source, out) == (1, 4, 0)
     line = json.loads(path.read_text().splitlines()[1])
     assert line["type"] == "ai" and line["fields"]["tool_calls"][0]["id"] == "call-1"
     target_ns = ("rt", uuid.uuid4().hex[:8])

@@ -42,6 +42,7 @@ from agent_history.legacy import legacy_keys, migrate_legacy
 from agent_history.retention import PurgeReport, idle_conversations, purge_idle
 from agent_history.settings import Backend, HistorySettings, env_var
 from agent_history.transfer import (
+    ExportCounts,
     MigrationReport,
     NotStrictJSON,
     export_jsonl,
@@ -163,22 +164,26 @@ def export(
 
             try:
                 if to_stdout:
-                    conversations, turns = export_jsonl(
-                        history, sys.stdout, keys, on_progress=advance
-                    )
+                    counts = export_jsonl(history, sys.stdout, keys, on_progress=advance)
                 else:
-                    conversations, turns = _export_file(history, out, keys, advance)
+                    counts = _export_file(history, out, keys, advance)
             except NotStrictJSON as exc:
                 raise fail(f"{exc}; export stopped", EXIT_CHECK_FAILED) from None
     where = "" if to_stdout else f" to {out}"
+    summaries = f" and {_summaries(counts.summaries)}" if counts.summaries else ""
     err_console.print(
-        f"exported {plural(turns, 'turn')} of {plural(conversations, 'conversation')}{where}",
+        f"exported {plural(counts.turns, 'turn')}{summaries} of "
+        f"{plural(counts.conversations, 'conversation')}{where}",
         highlight=False,
         markup=False,
     )
 
 
-def _export_file(history: ChatHistory, out: Path, keys: list[str], advance: Any) -> tuple[int, int]:
+def _summaries(count: int) -> str:
+    return plural(count, "summary", "summaries")
+
+
+def _export_file(history: ChatHistory, out: Path, keys: list[str], advance: Any) -> ExportCounts:
     """Export into ``out``.
 
     A regular file (new, or the one a symlink points to) is written as a temporary file
@@ -325,6 +330,7 @@ def import_(
                     "conversations": report.conversations,
                     "turns_written": report.written,
                     "turns_present": report.present,
+                    "summaries_written": report.summaries,
                     "rejected": report.rejected,
                 }
             )
@@ -333,7 +339,9 @@ def import_(
         console.print(
             f"imported {plural(report.written, 'new turn')} into "
             f"{plural(report.conversations, 'conversation')} "
-            f"({plural(report.present, 'turn')} already present)",
+            f"({plural(report.present, 'turn')} already present"
+            + (f"; {_summaries(report.summaries)} written" if report.summaries else "")
+            + ")",
             highlight=False,
         )
     if report.rejected:
@@ -423,6 +431,7 @@ def _migration_summary(result: MigrationReport, as_json: bool) -> None:
         summary = {
             "conversations": result.conversations,
             "turns_copied": result.turns_copied,
+            "summaries_copied": result.summaries_copied,
             "verified": result.ok,
             "mismatches": list(problems),
             "problems": problems,
@@ -434,9 +443,12 @@ def _migration_summary(result: MigrationReport, as_json: bool) -> None:
             # Nothing was compared: say so rather than "all match" (a wrong source
             # namespace or an empty source file would otherwise read as a success).
             verdict = "nothing to compare: the source holds no conversation"
+        copied = plural(result.turns_copied, "turn")
+        if result.summaries_copied:
+            copied += f" and {_summaries(result.summaries_copied)}"
         console.print(
             f"migrated {plural(result.conversations, 'conversation')}, "
-            f"{plural(result.turns_copied, 'turn')} copied; verification: {verdict}",
+            f"{copied} copied; verification: {verdict}",
             highlight=False,
         )
     for key, problem in problems.items():

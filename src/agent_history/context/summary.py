@@ -20,7 +20,7 @@ again) is ignored.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -45,6 +45,7 @@ __all__ = [
     "SummaryClaim",
     "SummaryWrite",
     "claim_summary_steps",
+    "import_summary_steps",
     "read_summary_steps",
     "summary_message",
     "summary_request",
@@ -284,7 +285,6 @@ def write_summary_steps(
     )
     if stale:
         return SummaryWrite(False, "stale", current)
-    stored, encoding = encode_content(text)
     new = Summary(
         text=text,
         covers_seq=covers_seq,
@@ -293,18 +293,51 @@ def write_summary_steps(
         skipped=(current.skipped if current else 0) + skipped,
         updated_at=now,
     )
+    yield Put({SUMMARY_KEY: _item(new, head)})
+    return SummaryWrite(True, "written", new)
+
+
+def import_summary_steps(summary: Summary, *, now: str) -> Steps[SummaryWrite]:
+    """Store ``summary``, read from another store (an import, a migration), as the
+    conversation's summary. Run atomically, after the turns it covers.
+
+    Nothing is written when the conversation does not hold turn ``covers_seq`` yet, or
+    already has a summary covering as many turns (run again, the import writes nothing;
+    a target that summarised further keeps its own). The stored version never goes back,
+    so an update that built on the replaced summary finds it stale; a lease another run
+    holds is kept.
+    """
+    found = yield Get((HEAD_KEY, SUMMARY_KEY))
+    head = found.get(HEAD_KEY)
+    if head is None:
+        return SummaryWrite(False, "no_conversation", None)
+    item = found.get(SUMMARY_KEY)
+    current = Summary.from_item(item, head)
+    if summary.covers_seq > int(head["last_seq"]) or (
+        current is not None and current.covers_seq >= summary.covers_seq
+    ):
+        return SummaryWrite(False, "stale", current)
+    version = max(summary.version, (current.version if current else 0) + 1)
+    new = replace(summary, version=version, updated_at=summary.updated_at or now)
+    lease = item.get("lease") if _lease_holder(item, head, now) is not None else None
+    yield Put({SUMMARY_KEY: _item(new, head, lease)})
+    return SummaryWrite(True, "written", new)
+
+
+def _item(summary: Summary, head: dict[str, Any], lease: Any = None) -> dict[str, Any]:
+    """The stored item of ``summary`` in the conversation of ``head``."""
+    stored, encoding = encode_content(summary.text)
     value: dict[str, Any] = {
         "kind": "summary",
-        "version": new.version,
-        "covers_seq": covers_seq,
+        "version": summary.version,
+        "covers_seq": summary.covers_seq,
         "epoch": head.get("epoch"),
         "text": stored,
-        "turns": new.turns,
-        "skipped": new.skipped,
-        "updated_at": now,
-        "lease": None,
+        "turns": summary.turns,
+        "skipped": summary.skipped,
+        "updated_at": summary.updated_at,
+        "lease": lease,
     }
     if encoding is not None:
         value["enc"] = encoding
-    yield Put({SUMMARY_KEY: value})
-    return SummaryWrite(True, "written", new)
+    return value

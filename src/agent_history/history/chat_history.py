@@ -16,6 +16,7 @@ from agent_history.context.summary import (
     SummaryClaim,
     SummaryWrite,
     claim_summary_steps,
+    import_summary_steps,
     read_summary_steps,
     write_summary_steps,
 )
@@ -642,6 +643,24 @@ class ChatHistory:
         """Async `write_summary`."""
         steps = self._write_summary_steps(text, covers_seq, base_version, owner, turns, skipped)
         return await self._arun_atomic(key, steps, budget=budget)
+
+    def import_summary(self, key: str, summary: Summary) -> SummaryWrite:
+        """Store a summary read from another store (imports, migrations), atomically,
+        unless the conversation lacks turn ``summary.covers_seq`` or already has a
+        summary covering as many turns (see `summary.import_summary_steps`)."""
+        return self._run_atomic(key, self._import_summary_steps(summary))
+
+    async def aimport_summary(self, key: str, summary: Summary) -> SummaryWrite:
+        """Async `import_summary`."""
+        return await self._arun_atomic(key, self._import_summary_steps(summary))
+
+    @staticmethod
+    def _import_summary_steps(summary: Summary) -> Steps[SummaryWrite]:
+        if not isinstance(summary, Summary) or not isinstance(summary.text, str):
+            raise InvalidMessage("a summary must be a Summary holding text")
+        count_arg("covers_seq", summary.covers_seq, minimum=1, clamp=False)
+        count_arg("version", summary.version, minimum=1, clamp=False)
+        return import_summary_steps(summary, now=_now())
 
     @staticmethod
     def _write_summary_steps(
