@@ -152,6 +152,8 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         self.history_scope: HistoryScope = history_scope
         self.history_read_legacy = history_read_legacy
         self.toggles = toggles or DEFAULT_TOGGLES
+        if use_graph_chat_history:
+            self.toggles.check()  # a bad switch fails the start, naming the variable
         self.write_attempts = write_attempts
         self.write_backoff_seconds = write_backoff_seconds
         self.on_report = on_report

@@ -167,7 +167,10 @@ def surface_from(fields: Mapping[str, Any]) -> Surface:
             raise ValueError("summary_model must be a chat model (it takes a message list)")
         values["summarize"], values["summary_model"] = True, chosen
     node = str(fields.get("node_name") or "agent")
-    return Surface(HistoryOptions(**values), node, key)
+    options = HistoryOptions(**values)
+    if options.enabled:
+        options.toggles.check()  # a bad switch fails the start, naming the variable
+    return Surface(options, node, key)
 
 
 def _call_key(key: KeyFunction, state: Any, runtime: Any) -> str | None:

@@ -15,8 +15,9 @@ Precedence, strongest first:
 Everything is read on each run: the environment (a dict lookup) and a ``stat`` of the
 flags file, re-read only when it changes. A bad value at run time never fails a run:
 the last good configuration stays in force and a warning is logged once.
-`load_toggle_config` is the strict variant for start-up and ``doctor``. Values passed in
-code (``HistoryToggles(mode="read_only")``) are checked when the object is made.
+`load_toggle_config` is the strict variant for start-up (`HistoryToggles.check`, called
+when a node, middleware or hook is made) and ``doctor``. Values passed in code
+(``HistoryToggles(mode="read_only")``) are checked when the object is made.
 """
 
 from __future__ import annotations
@@ -311,6 +312,20 @@ class HistoryToggles:
                 config = self._last_good
             self._env_cache = (raw, config)
             return config
+
+    def check(self) -> None:
+        """Read the switches strictly, as at start-up: the environment's variables and the
+        flags file they name.
+
+        `AgentNode`, `HistoryMiddleware` and `HistoryHooks` call this when they are made,
+        so a deployment with one bad switch fails to start, naming it, instead of running
+        on the defaults (which would also drop the valid switches beside it: a global
+        ``off``, the flags file). Later, a bad value keeps the last good configuration.
+
+        Raises:
+            ConfigError: a variable, or the flags file, is invalid (named in the message).
+        """
+        load_toggle_config(os.environ if self._env is None else self._env)
 
     def current(self) -> ToggleConfig:
         """The switches in force now."""

@@ -1,0 +1,103 @@
+"""A bad rollback switch fails the start, naming it.
+
+An operator rolling back sets ``MODE=off`` (and a flags file holding ``"mode": "off"``)
+while another switch of the same deployment has a typo. Read leniently, the one bad value
+made the process run on the defaults, ``read_write`` without the flags file, so the
+rollback did nothing and health said ``ok``. The node, the middleware and the hooks now
+refuse to be made, with the variable in the message; a bad value appearing later (an
+in-process change, a flags file edited wrongly) still keeps the last good configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langgraph.store.memory import InMemoryStore
+
+from agent_history import AgentNode, ChatHistory, ConfigError, HistoryHooks
+from agent_history.middleware import HistoryMiddleware
+from agent_history.testing import RecordingChatModel
+from tests.support.agent_graphs import build_graph, new_thread, telegram_callback
+
+PREFIX = "ORCHEO_GRAPH_CHAT_HISTORY_"
+
+SURFACES: dict[str, Callable[[], Any]] = {
+    "AgentNode": lambda: AgentNode(RecordingChatModel(), use_graph_chat_history=True),
+    "HistoryMiddleware": lambda: HistoryMiddleware(),
+    "HistoryHooks": lambda: HistoryHooks(),
+}
+
+
+@pytest.fixture
+def rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fleet-wide off switch, in the environment and in the flags file."""
+    flags = tmp_path / "flags.json"
+    flags.write_text(json.dumps({"mode": "off"}))
+    monkeypatch.setenv(PREFIX + "MODE", "off")
+    monkeypatch.setenv(PREFIX + "FLAGS_FILE", str(flags))
+    return flags
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TRIGGER_ERROR_RATE", "10%"),
+        ("BREAKER_WINDOW_SECONDS", "nan"),
+        ("READ_TIMEOUT_SECONDS", "-1"),
+        ("BREAKER_MIN_CALLS", "zero"),
+    ],
+)
+def test_one_bad_switch_beside_a_rollback_fails_the_start_naming_it(
+    surface: str,
+    variable: str,
+    value: str,
+    rolled_back: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(PREFIX + variable, value)
+    with pytest.raises(ConfigError) as failed:
+        SURFACES[surface]()
+    assert failed.value.variable == PREFIX + variable
+    assert str(failed.value).startswith(f"{PREFIX}{variable}: ")
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+def test_a_bad_flags_file_at_start_fails_it_naming_the_file(
+    surface: str, rolled_back: Path
+) -> None:
+    rolled_back.write_text('{"mode": "of"}')
+    with pytest.raises(ConfigError) as failed:
+        SURFACES[surface]()
+    assert failed.value.variable == PREFIX + "FLAGS_FILE"
+    assert str(rolled_back) in failed.value.problem
+
+
+def test_with_every_switch_valid_the_rollback_holds(rolled_back: Path) -> None:
+    store, model = InMemoryStore(), RecordingChatModel()
+    graph = build_graph(AgentNode(model, use_graph_chat_history=True), store)
+    graph.invoke(telegram_callback(7, "hi", uuid.uuid4().hex), new_thread())
+    assert [str(m.content) for m in model.calls[0]] == ["hi"]
+    assert ChatHistory(store).count("telegram:7") == 0  # off: nothing stored
+
+
+def test_a_node_without_history_ignores_the_switches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PREFIX + "MODE", "sideways")
+    AgentNode(RecordingChatModel(), use_graph_chat_history=False)
+    HistoryMiddleware(use_graph_chat_history=False)
+
+
+def test_a_bad_value_after_the_start_keeps_the_last_good_configuration(
+    rolled_back: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, model = InMemoryStore(), RecordingChatModel()
+    graph = build_graph(AgentNode(model, use_graph_chat_history=True), store)
+    monkeypatch.setenv(PREFIX + "TRIGGER_ERROR_RATE", "10%")  # changed in the process
+    rolled_back.write_text("{not json")  # and the file edited wrongly
+    graph.invoke(telegram_callback(7, "hi", uuid.uuid4().hex), new_thread())
+    assert ChatHistory(store).count("telegram:7") == 0  # still off
