@@ -119,3 +119,29 @@ def test_doctor_warns_of_a_latency_trigger_its_budget_keeps_from_firing(tmp_path
     # At the budget it fires (a call cut there lasts a little longer): no warning.
     equal = CliRunner().invoke(app, ["doctor"], env=_env(tmp_path, trigger_read_p95_seconds="2"))
     assert "warning" not in equal.output
+
+
+def test_doctor_warns_of_node_modes_a_global_rollback_does_not_reach(tmp_path: Path) -> None:
+    """Phase 3 leaves opted-in nodes at their own read_write: a global read_only (rollback
+    step 2) does not reach them, and doctor says so instead of reporting read_only alone."""
+    flags = tmp_path / "flags.json"
+    flags.write_text(
+        json.dumps(
+            {
+                "mode": "read_only",
+                "nodes": {"support": {"mode": "read_write"}, "sales": {"mode": "read_only"}},
+            }
+        )
+    )
+    env = _env(tmp_path, FLAGS_FILE=str(flags))
+    result = CliRunner().invoke(app, ["doctor", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["mode"] == "read_only"
+    assert report["warnings"] == [
+        "node 'support' keeps its own mode read_write (flags file nodes or code), which "
+        "overrides the global mode read_only; set its mode too, or use mode off"
+    ]
+    flags.write_text(json.dumps({"mode": "off", "nodes": {"support": {"mode": "read_write"}}}))
+    quiet = CliRunner().invoke(app, ["doctor", "--json"], env=env)
+    assert json.loads(quiet.stdout)["warnings"] == []  # off reaches every node

@@ -24,7 +24,13 @@ from agent_history.errors import ConfigError, StoreTimeout, StoreUnavailable
 from agent_history.history import ChatHistory
 from agent_history.redaction import safe_error_text
 from agent_history.stores import backend_of
-from agent_history.toggle_config import AUDIT_FILE_VAR, ENV_PREFIX, ToggleConfig, TriggerSettings
+from agent_history.toggle_config import (
+    AUDIT_FILE_VAR,
+    ENV_PREFIX,
+    HistoryMode,
+    ToggleConfig,
+    TriggerSettings,
+)
 from agent_history.toggles import load_toggle_config
 
 __all__ = ["doctor"]
@@ -82,7 +88,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         flags_file=toggles.flags_file,
         audit_file=toggles.audit_file,
     )
-    report["warnings"] = _trigger_warnings(toggles)
+    report["warnings"] = _trigger_warnings(toggles) + _node_mode_warnings(toggles)
     if as_json:
         console.print_json(json.dumps(report))
         return
@@ -108,6 +114,19 @@ def _describe_triggers(triggers: TriggerSettings) -> str:
         f"{' or '.join(limits)} over {triggers.window_seconds:g}s (>= {triggers.min_calls} "
         f"calls) sets {triggers.action.value} for {triggers.cooldown_seconds:g}s, then probes"
     )
+
+
+def _node_mode_warnings(toggles: ToggleConfig) -> list[str]:
+    """Nodes whose own mode overrides a global rollback mode (``read_only``, ``shadow``):
+    a rollback made with the global mode does not reach them."""
+    if toggles.mode in (HistoryMode.READ_WRITE, HistoryMode.OFF):
+        return []
+    return [
+        f"node {name!r} keeps its own mode {mode.value} (flags file nodes or code), which "
+        f"overrides the global mode {toggles.mode.value}; set its mode too, or use mode off"
+        for name, mode in sorted(toggles.node_modes.items())
+        if mode is not toggles.mode and name not in toggles.disabled_nodes
+    ]
 
 
 def _trigger_warnings(toggles: ToggleConfig) -> list[str]:
