@@ -446,9 +446,11 @@ def _migration_summary(result: MigrationReport, as_json: bool) -> None:
         copied = plural(result.turns_copied, "turn")
         if result.summaries_copied:
             copied += f" and {_summaries(result.summaries_copied)}"
+        conversations = plural(result.conversations, "conversation")
+        if problems:  # those listed below were not migrated
+            conversations = f"{result.conversations - len(problems)} of {conversations}"
         console.print(
-            f"migrated {plural(result.conversations, 'conversation')}, "
-            f"{copied} copied; verification: {verdict}",
+            f"migrated {conversations}, {copied} copied; verification: {verdict}",
             highlight=False,
         )
     for key, problem in problems.items():
