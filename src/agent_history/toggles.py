@@ -315,7 +315,8 @@ class HistoryToggles:
 
     def check(self) -> None:
         """Read the switches strictly, as at start-up: the environment's variables and the
-        flags file they name.
+        flags file they name, when it exists (a file that does not exist yet is created
+        when a switch is needed; until then it holds no flags).
 
         `AgentNode`, `HistoryMiddleware` and `HistoryHooks` call this when they are made,
         so a deployment with one bad switch fails to start, naming it, instead of running
@@ -325,7 +326,10 @@ class HistoryToggles:
         Raises:
             ConfigError: a variable, or the flags file, is invalid (named in the message).
         """
-        load_toggle_config(os.environ if self._env is None else self._env)
+        source = os.environ if self._env is None else self._env
+        flags_file = env_config(source).flags_file
+        if flags_file is not None and os.path.lexists(flags_file):
+            load_toggle_config(source)
 
     def current(self) -> ToggleConfig:
         """The switches in force now."""

@@ -101,3 +101,18 @@ def test_a_bad_value_after_the_start_keeps_the_last_good_configuration(
     rolled_back.write_text("{not json")  # and the file edited wrongly
     graph.invoke(telegram_callback(7, "hi", uuid.uuid4().hex), new_thread())
     assert ChatHistory(store).count("telegram:7") == 0  # still off
+
+
+def test_a_flags_file_that_does_not_exist_yet_is_created_when_needed(
+    rolled_back: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers may start before the file exists (it is written when a switch is needed)."""
+    rolled_back.unlink()
+    monkeypatch.delenv(PREFIX + "MODE")
+    store, model = InMemoryStore(), RecordingChatModel()
+    graph = build_graph(AgentNode(model, use_graph_chat_history=True), store)
+    graph.invoke(telegram_callback(7, "one", uuid.uuid4().hex), new_thread())
+    assert ChatHistory(store).count("telegram:7") == 2  # no flags: read_write
+    rolled_back.write_text(json.dumps({"mode": "off"}))
+    graph.invoke(telegram_callback(7, "two", uuid.uuid4().hex), new_thread())
+    assert ChatHistory(store).count("telegram:7") == 2  # the file, once written, holds

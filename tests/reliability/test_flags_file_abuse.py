@@ -201,11 +201,19 @@ def test_oversized_file_is_refused_without_reading_it_all(
     assert "larger than" in _invalid_events(caplog)[0]["error"]
 
 
-def _probe(flags: Path, tmp_path: Path) -> dict[str, Any]:
-    """Three runs in a child process with a timeout and a 2 GiB address-space limit."""
+def _probe(flags: Path, tmp_path: Path, hostile: Path | None = None) -> dict[str, Any]:
+    """Three runs in a child process with a timeout and a 2 GiB address-space limit;
+    ``hostile`` is moved to ``flags`` once the node is made (see `flags_probe`)."""
     started = time.monotonic()
+    args = [str(flags), str(tmp_path / "p.sqlite"), "3"]
     completed = subprocess.run(
-        [sys.executable, "-m", "tests.support.flags_probe", str(flags), str(tmp_path / "p.sqlite")],
+        [
+            sys.executable,
+            "-m",
+            "tests.support.flags_probe",
+            *args,
+            *([str(hostile)] if hostile else []),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -219,10 +227,10 @@ def _probe(flags: Path, tmp_path: Path) -> dict[str, Any]:
 
 
 def test_a_fifo_as_flags_file_never_blocks_a_run(tmp_path: Path, record_figures: Record) -> None:
-    flags = tmp_path / "flags.json"
-    os.mkfifo(flags)
+    flags, fifo = tmp_path / "flags.json", tmp_path / "fifo"
+    os.mkfifo(fifo)
     try:
-        result = _probe(flags, tmp_path)
+        result = _probe(flags, tmp_path, hostile=fifo)
     finally:
         # Should a reader be stuck in open(), a writer end lets it go.
         fd = os.open(flags, os.O_RDWR | os.O_NONBLOCK)
@@ -239,15 +247,32 @@ def test_a_fifo_as_flags_file_never_blocks_a_run(tmp_path: Path, record_figures:
 def test_a_symlink_to_dev_zero_is_refused_in_bounded_memory(
     tmp_path: Path, record_figures: Record
 ) -> None:
-    flags = tmp_path / "flags.json"
-    flags.symlink_to("/dev/zero")
-    result = _probe(flags, tmp_path)
+    flags, zero = tmp_path / "flags.json", tmp_path / "zero"
+    zero.symlink_to("/dev/zero")
+    result = _probe(flags, tmp_path, hostile=zero)
     assert result["answers"] == ["echo: hello 0", "echo: hello 1", "echo: hello 2"]
     invalid = [e for e in result["events"] if e["event"] == "flags_file_invalid"]
     assert [e["error"] for e in invalid] == ["is not a regular file"]
     record_figures(
         attack="flags file: symlink to /dev/zero", runs=3, failed_runs=0, memory_limit_gib=2
     )
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_a_fifo_or_dev_zero_at_start_fails_the_start_without_blocking(
+    kind: str, tmp_path: Path
+) -> None:
+    flags = tmp_path / "flags.json"
+    if kind == "fifo":
+        os.mkfifo(flags)
+    else:
+        flags.symlink_to("/dev/zero")
+    try:
+        result = _probe(flags, tmp_path)
+    finally:
+        if kind == "fifo":
+            os.close(os.open(flags, os.O_RDWR | os.O_NONBLOCK))
+    assert result["start_error"] == f"{FLAGS_VAR}: {flags}: is not a regular file"
 
 
 def test_doctor_on_a_fifo_and_dev_zero_exits_2(tmp_path: Path) -> None:
@@ -297,6 +322,7 @@ _json = st.recursive(
 def test_arbitrary_json_as_flags_file_never_fails_a_run(
     content: Any, sqlite_store: BaseStore, tmp_path: Path
 ) -> None:
+    (tmp_path / "fuzz.json").unlink(missing_ok=True)  # the last example's file, at start
     runs = Runs(sqlite_store, tmp_path / "fuzz.json")
     runs.write(json.dumps(content))
     report = runs.run("fuzz")
