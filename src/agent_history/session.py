@@ -307,6 +307,10 @@ class HistoryPass(SummaryUpdates):
         ok, value = yield step
         if not ok:
             self._fallback("legacy_read_failed", obs.describe_error(value))
+            # In memory, as after a failed read of the log: an exchange appended now
+            # would become the log's first turns, and the legacy item would never be
+            # taken over.
+            self.history = None
             return
         self._legacy = list(value)
         # The legacy turns keep their seqs when they seed the log (`_seed_from_legacy`).

@@ -4,9 +4,11 @@ earlier single-item layout continues from it, and the log takes it over exactly 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 
 import pytest
-from langgraph.store.base import BaseStore
+from langgraph.store.base import BaseStore, GetOp, Op, Result
+from langgraph.store.memory import InMemoryStore
 
 from agent_history import AgentNode, HistoryReport
 from agent_history.history import ChatHistory
@@ -76,3 +78,49 @@ async def test_async_legacy_read_and_a_second_seed_write_nothing_twice(astore: B
     turns = [t.content async for t in history.aread(key)]
     assert turns == ["hi", "again", "echo: again"]
     assert [m.content for m in model.calls[0]] == ["hi", "again"]
+
+
+class _LegacyOutage(InMemoryStore):
+    """An in-memory store whose reads of the legacy items fail while ``down``."""
+
+    down = True
+
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        listed = list(ops)
+        if self.down and any(
+            isinstance(op, GetOp) and op.namespace == LEGACY_NAMESPACE for op in listed
+        ):
+            raise ConnectionError("legacy items unreachable")
+        return super().batch(listed)
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        return self.batch(ops)
+
+
+def test_a_failed_legacy_read_writes_nothing_so_the_old_history_is_taken_over_later() -> None:
+    """Appending after a failed legacy read made the exchange the log's first turns: the
+    legacy item was then never read again, and `migrate --from-legacy` refused it."""
+    store, chat = _LegacyOutage(), uuid.uuid4().int % 10**9
+    key = f"telegram:{chat}"
+    _legacy(store, key, 4)
+    model, reports = RecordingChatModel(), []
+    node = AgentNode(
+        model,
+        use_graph_chat_history=True,
+        history_read_legacy=True,
+        toggles=HistoryToggles(env={}),
+        write_backoff_seconds=0.0,
+        on_report=reports.append,
+    )
+    graph = build_graph(node, store)
+
+    graph.invoke(telegram_callback(chat, "new 1", message_id=1), new_thread())
+    assert [m.content for m in model.calls[0]] == ["new 1"]  # answered in memory
+    assert reports[0].fallbacks == ("legacy_read_failed",) and reports[0].appended == 0
+    assert ChatHistory(store).count(key) == 0  # nothing that would hide the legacy item
+
+    store.down = False
+    graph.invoke(telegram_callback(chat, "new 2", message_id=2), new_thread())
+    assert [m.content for m in model.calls[1]] == ["old 0", "old 1", "old 2", "old 3", "new 2"]
+    stored = [t.content for t in ChatHistory(store).read(key)]
+    assert stored == ["old 0", "old 1", "old 2", "old 3", "new 2", "echo: new 2"]
