@@ -22,7 +22,6 @@ import queue
 import random
 import threading
 import time
-import weakref
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -37,6 +36,7 @@ from agent_history.history.drivers.base import (
     HistoryDriver,
     SyncPerform,
 )
+from agent_history.history.drivers.process_locks import ConversationLocks
 from agent_history.history.layout import PendingTurn, msgid_key
 from agent_history.history.records import AppendResult, Turn
 from agent_history.history.steps import (
@@ -229,38 +229,19 @@ class GenericDriver(HistoryDriver):
         # The store's own TTL semantics, item by item, as for any other item.
         self._ttl = config.get("default_ttl") if supports_ttl else None
         self._refresh = bool(config.get("refresh_on_read", True)) if supports_ttl else False
-        # Held weakly: a conversation's lock lives while someone holds or waits for it,
-        # so a long-running process keeps no state per conversation (or per event loop:
-        # a bound asyncio lock holds its loop) once the calls are over.
-        self._locks: weakref.WeakValueDictionary[tuple[str, ...], threading.Lock] = (
-            weakref.WeakValueDictionary()
-        )
-        self._alocks: weakref.WeakValueDictionary[tuple[int, tuple[str, ...]], asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
-        self._guard = threading.Lock()
+        self._locks = ConversationLocks()
 
     @classmethod
     def accepts(cls, store: BaseStore) -> bool:
         return True
 
     def _lock(self, namespace: tuple[str, ...]) -> threading.Lock:
-        """This process's lock of a conversation; the caller keeps it alive while it
-        holds or waits for it."""
-        with self._guard:
-            lock = self._locks.get(namespace)
-            if lock is None:
-                lock = self._locks[namespace] = threading.Lock()
-            return lock
+        """This process's lock of a conversation (see `process_locks`)."""
+        return self._locks.thread_lock(namespace)
 
     def _alock(self, namespace: tuple[str, ...]) -> asyncio.Lock:
-        """The running loop's lock of a conversation (see `_lock`)."""
-        key = (id(asyncio.get_running_loop()), namespace)
-        with self._guard:
-            lock = self._alocks.get(key)
-            if lock is None:
-                lock = self._alocks[key] = asyncio.Lock()
-            return lock
+        """The running loop's lock of a conversation (see `process_locks`)."""
+        return self._locks.loop_lock(namespace)
 
     def _put_ops(
         self, namespace: tuple[str, ...], items: Mapping[str, dict[str, Any] | None]
@@ -297,8 +278,11 @@ class GenericDriver(HistoryDriver):
     # --- sync ------------------------------------------------------------------------------
 
     def _run_locked(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
-        with self._lock(namespace):
+        lock = self._locks.acquire(namespace)
+        try:
             return drive(steps, self.perform(namespace))
+        finally:
+            lock.release()
 
     def run(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
         return _bounded(lambda: self._run_locked(namespace, steps))
@@ -334,7 +318,7 @@ class GenericDriver(HistoryDriver):
     # --- async -----------------------------------------------------------------------------
 
     async def arun(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
-        async with budget.enforced(), self._alock(namespace):
+        async with budget.enforced(), self._locks.held(namespace):
             return await drive_async(steps, self.aperform(namespace))
 
     def areader(self, namespace: tuple[str, ...]) -> AsyncPerform:
@@ -359,7 +343,7 @@ class GenericDriver(HistoryDriver):
             while True:
                 step = procedure.send(answer)
                 if isinstance(step, _Atomic):
-                    async with self._alock(namespace):
+                    async with self._locks.held(namespace):
                         answer = await drive_async(step.steps, self.aperform(namespace))
                 elif isinstance(step, _Read):
                     answer = await drive_async(step.steps, self.aperform(namespace))

@@ -39,7 +39,6 @@ import concurrent.futures
 import contextlib
 import contextvars
 import logging
-import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -59,6 +58,7 @@ from agent_history.history.drivers.base import (
     namespace_text,
 )
 from agent_history.history.drivers.generic import GenericDriver
+from agent_history.history.drivers.process_locks import Backoff
 from agent_history.history.records import AppendResult
 from agent_history.history.steps import Request, Steps, drive, drive_async
 
@@ -69,29 +69,10 @@ T = TypeVar("T")
 TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
 UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
 _UNLOCK_ATTEMPTS = 3
-_FIRST_PAUSE = 0.0005
-_MAX_PAUSE = 0.02
 
 # Unlock and unit-of-work tasks outlive a cancelled caller; keep them referenced until
 # they end.
 _BACKGROUND: set[asyncio.Future[Any]] = set()
-
-
-class _Backoff:
-    """The pauses between attempts at a held lock, up to the current deadline."""
-
-    def __init__(self) -> None:
-        self.deadline = budget.current_deadline()
-        self.pause = _FIRST_PAUSE
-
-    def next_pause(self) -> float:
-        """Seconds to wait before the next attempt; `StoreTimeout` when the deadline
-        would pass first."""
-        pause = self.pause * (0.5 + random.random())
-        self.pause = min(self.pause * 2, _MAX_PAUSE)
-        if self.deadline is not None and time.monotonic() + pause >= self.deadline:
-            raise budget.timeout_error("wait for the conversation's lock")
-        return pause
 
 
 async def _unless_late(
@@ -211,7 +192,7 @@ class PipelineDriver(SyncStoreDriver, _Pipelined):
             raise
 
     def _acquire(self, prefix: str) -> None:
-        backoff = _Backoff()
+        backoff = Backoff()
         while not self._take(prefix):
             time.sleep(backoff.next_pause())
 
@@ -324,7 +305,7 @@ class AsyncPipelineDriver(AsyncStoreDriver, _Pipelined):
         return got
 
     async def _acquire(self, prefix: str, pending: list[asyncio.Task[bool]]) -> None:
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:  # polled: the shared connection must never wait on the lock
             if await self._take(prefix, pending):
                 return

@@ -1,0 +1,126 @@
+"""Sync and async callers of one process on one conversation, on a store of the
+application's own (the generic driver: no transactions, a lock of the process).
+
+A sync web framework serves requests from a thread pool and runs the async graph with
+``asyncio.run`` per request, while a worker thread appends synchronously: a thread and a
+task each took a lock of their own, read the same head, and one's turns overwrote the
+other's (17 of 100 turns lost in a trial, with no error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+import pytest
+from langgraph.store.base import BaseStore, Op, Result
+from langgraph.store.memory import InMemoryStore
+
+from agent_history import SyncCallInEventLoop
+from agent_history.history import ChatHistory
+
+KEY = "telegram:1"
+LATENCY = 0.0002  # a network store's round trip, so calls overlap
+
+
+class RemoteStore(BaseStore):
+    """A store of the application's own with a round trip of latency per call."""
+
+    def __init__(self) -> None:
+        self.inner = InMemoryStore()
+
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        time.sleep(LATENCY)
+        return self.inner.batch(ops)
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        await asyncio.sleep(LATENCY)
+        return self.inner.batch(ops)
+
+
+def _message(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text, "id": text}]
+
+
+def _sync_worker(history: ChatHistory, name: str, count: int) -> Callable[[], None]:
+    def work() -> None:
+        for i in range(count):
+            history.append(KEY, _message(f"{name}-{i}"))
+
+    return work
+
+
+def _request_per_loop(history: ChatHistory, name: str, count: int) -> Callable[[], None]:
+    def work() -> None:
+        for i in range(count):
+            asyncio.run(history.aappend(KEY, _message(f"{name}-{i}")))
+
+    return work
+
+
+def _one_loop(history: ChatHistory, name: str, count: int) -> Callable[[], None]:
+    async def all_at_once() -> None:
+        await asyncio.gather(*(history.aappend(KEY, _message(f"{name}-{i}")) for i in range(count)))
+
+    return lambda: asyncio.run(all_at_once())
+
+
+@pytest.mark.parametrize(
+    "callers",
+    [
+        pytest.param(
+            [_sync_worker, _sync_worker, _request_per_loop, _request_per_loop],
+            id="threads+asyncio.run",
+        ),
+        pytest.param([_sync_worker, _one_loop], id="thread+loop"),
+        pytest.param([_one_loop, _one_loop], id="two loops"),
+    ],
+)
+def test_sync_and_async_callers_of_one_process_lose_and_duplicate_nothing(
+    callers: list[Callable[[ChatHistory, str, int], Callable[[], None]]],
+) -> None:
+    history, count = ChatHistory(RemoteStore()), 20
+    threads = [
+        threading.Thread(target=make(history, f"w{n}", count)) for n, make in enumerate(callers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    turns = list(history.read(KEY))
+    ids = [turn.id for turn in turns]
+    expected = {f"w{n}-{i}" for n in range(len(callers)) for i in range(count)}
+    assert len(ids) == len(set(ids)), "a turn was stored twice"
+    assert set(ids) == expected, f"{len(expected - set(ids))} turns lost"
+    assert [turn.seq for turn in turns] == list(range(1, len(turns) + 1))
+
+
+class GatedStore(RemoteStore):
+    """Its async writes wait for ``release``; ``entered`` says one is waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        self.entered.set()
+        await self.release.wait()
+        return self.inner.batch(ops)
+
+
+async def test_a_sync_call_on_the_loop_of_the_holder_raises_instead_of_hanging() -> None:
+    store = GatedStore()
+    history = ChatHistory(store)
+    holder = asyncio.create_task(history.aappend(KEY, _message("async")))
+    await store.entered.wait()  # the task holds the conversation, inside the store
+
+    with pytest.raises(SyncCallInEventLoop, match="use the a\\* method"):
+        history.append(KEY, _message("sync on the loop"))
+
+    store.release.set()
+    await holder
+    assert [turn.id for turn in history.read(KEY)] == ["async"]
