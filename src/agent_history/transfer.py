@@ -37,6 +37,7 @@ from langgraph.store.base import BaseStore
 from agent_history.context.summary import Summary
 from agent_history.errors import AgentHistoryError, InvalidMessage, InvalidNamespace
 from agent_history.history import DEFAULT_NAMESPACE, ChatHistory, Turn
+from agent_history.history.arguments import MAX_COUNT
 from agent_history.history.bulk import STORED_ROLES, ImportConflict, imported_turn
 from agent_history.history.codec import check_content, is_plain, type_fits_role
 from agent_history.history.naming import validate_namespace
@@ -215,12 +216,7 @@ def _check_turn(data: dict[str, Any]) -> Turn:
         raise ValueError("id must be a non-empty string or null")
     ts = data.get("ts")
     if ts is not None:
-        try:
-            when = datetime.fromisoformat(ts) if isinstance(ts, str) else None
-        except ValueError:
-            when = None
-        if when is None or when.tzinfo is None:
-            raise ValueError(f"ts {_shown(ts)} is not an ISO-8601 time with a UTC offset")
+        _check_time(ts, "ts")
     extra = data.get("fields")
     if extra is not None and not isinstance(extra, dict):
         raise ValueError(f"fields must be an object (got {_json_kind(extra)})")
@@ -238,10 +234,19 @@ def _check_turn(data: dict[str, Any]) -> Turn:
     return turn
 
 
+def _check_time(value: Any, name: str) -> None:
+    try:
+        when = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise ValueError(f"{name} {_shown(value)} is not an ISO-8601 time with a UTC offset")
+
+
 def _whole(data: dict[str, Any], name: str, minimum: int) -> int:
-    value = data.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"summary.{name} must be a whole number from {minimum}")
+    value = data.get(name, minimum)
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= MAX_COUNT:
+        raise ValueError(f"summary.{name} must be a whole number from {minimum} to {MAX_COUNT}")
     return value
 
 
@@ -255,15 +260,17 @@ def _check_summary(data: Any) -> Summary:
     if not isinstance(text, str):
         raise ValueError(f"summary.text must be a string (got {_json_kind(text)})")
     is_plain(text, "summary.text")
+    if "covers_seq" not in data or "version" not in data:
+        raise ValueError("summary.covers_seq and summary.version are required")
     updated_at = data.get("updated_at", "")
-    if not isinstance(updated_at, str):
-        raise ValueError("summary.updated_at must be a string")
+    if updated_at != "":
+        _check_time(updated_at, "summary.updated_at")
     return Summary(
         text=text,
         covers_seq=_whole(data, "covers_seq", 1),
         version=_whole(data, "version", 1),
-        turns=_whole(data, "turns", 0) if "turns" in data else 0,
-        skipped=_whole(data, "skipped", 0) if "skipped" in data else 0,
+        turns=_whole(data, "turns", 0),
+        skipped=_whole(data, "skipped", 0),
         updated_at=updated_at,
     )
 
@@ -363,12 +370,14 @@ def export_jsonl(
     for key in keys if keys is not None else history.keys():
         conversations += 1
         written = last_seq = 0
+        # The summary first: the turns read after it hold every turn it covers (a summary
+        # read after them may cover turns written since, and be left out).
+        summary = history.summary(key)
         for turn in history.read(key):
             out.write(_dumps(turn_to_json(key, turn, history.namespace)))
             out.write("\n")
             written += 1
             last_seq = turn.seq
-        summary = history.summary(key) if written else None
         if summary is not None and summary.covers_seq <= last_seq:
             out.write(_dumps(summary_to_json(key, summary, history.namespace)))
             out.write("\n")
@@ -724,19 +733,20 @@ def copy_conversation(
     source = conversation_checksum(turns)
     copied = conversation_checksum(islice(target.read(key), len(turns)))
     problem = None if source == copied else "the copy differs from the source (count or checksum)"
-    if problem is None and summary is not None and not _same_or_newer(summary, target.summary(key)):
+    summary_kept = summary is None or _kept(summary, target.summary(key), copied_summary)
+    if problem is None and not summary_kept:
         problem = "the target's summary differs from the source's"
     return written, ConversationCheck(
         key, len(turns), target.count(key), problem is None, problem, copied_summary
     )
 
 
-def _same_or_newer(source: Summary, target: Summary | None) -> bool:
-    if target is None:
+def _kept(source: Summary, target: Summary | None, copied: bool) -> bool:
+    """The target holds the source's summary (``copied``: just written), or one of its
+    own covering as many turns, which `ChatHistory.import_summary` keeps."""
+    if target is None or target.covers_seq < source.covers_seq:
         return False
-    if target.covers_seq != source.covers_seq:
-        return target.covers_seq > source.covers_seq
-    return target.text == source.text
+    return not copied or target.covers_seq > source.covers_seq or target.text == source.text
 
 
 def migrate_history(

@@ -5,14 +5,17 @@ before the move stays reset."""
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from langchain_core.messages import SystemMessage
-from langgraph.store.base import BaseStore
+from langgraph.store.base import BaseStore, GetOp, Op, Result
+from langgraph.store.memory import InMemoryStore
 from typer.testing import CliRunner
 
 from agent_history import AgentNode
@@ -23,6 +26,7 @@ from agent_history.settings import HistorySettings
 from agent_history.stores import create_graph_store_sync
 from agent_history.testing import RecordingChatModel
 from agent_history.toggles import HistoryToggles
+from agent_history.transfer import export_jsonl
 from tests.support.agent_graphs import build_graph, new_thread, telegram_callback
 from tests.support.summarisers import AccumulatingSummariser
 
@@ -200,7 +204,30 @@ def _summary_line(covers: int, key: str = KEY, **extra: Any) -> str:
             [_turn(1), _turn(1, "telegram:8"), _summary_line(1)],
             "line 3: the summary of conversation 'telegram:7' must follow its turns",
         ),
-        ([_turn(1), _summary_line(0)], "line 2: summary.covers_seq must be a whole number from 1"),
+        (
+            [_turn(1), _summary_line(0)],
+            "line 2: summary.covers_seq must be a whole number from 1 to 2147483648",
+        ),
+        (
+            [_turn(1), _summary_line(1, version=10**20)],
+            "line 2: summary.version must be a whole number from 1 to 2147483648",
+        ),
+        (
+            [_turn(1), _summary_line(1, turns=10**20)],
+            "line 2: summary.turns must be a whole number from 0 to 2147483648",
+        ),
+        (
+            [_turn(1), _summary_line(1, updated_at="2025\u0000")],
+            "line 2: summary.updated_at '2025\\x00' is not an ISO-8601 time with a UTC offset",
+        ),
+        (
+            [_turn(1), _summary_line(1, updated_at="\ud800")],
+            "line 2: summary.updated_at '\\ud800' is not an ISO-8601 time with a UTC offset",
+        ),
+        (
+            [_turn(1), json.dumps({"key": KEY, "summary": {"text": "x", "covers_seq": 1}})],
+            "line 2: summary.covers_seq and summary.version are required",
+        ),
         (
             [_turn(1), _summary_line(1, mood="odd")],
             "line 2: unknown summary field 'mood'",
@@ -259,3 +286,61 @@ async def test_the_async_import_writes_the_summary_once(tmp_path: Path) -> None:
         stored = await history.asummary(KEY)
         assert stored is not None
         assert (stored.text, stored.covers_seq, stored.version) == ("they said hi", 1, 4)
+
+
+def test_a_target_that_summarised_the_same_turns_itself_verifies(tmp_path: Path) -> None:
+    """The target keeps its own summary of as many turns: not a mismatch on every rerun."""
+    source, target = _sqlite(tmp_path / "source.sqlite"), _sqlite(tmp_path / "target.sqlite")
+    turns = [{"role": "user", "content": f"m{i}", "id": f"m{i}"} for i in range(6)]
+    for settings, text in ((source, "the source's words"), (target, "the target's words")):
+        with create_graph_store_sync(settings) as store:
+            history = ChatHistory(store)
+            history.append(KEY, turns)
+            history.write_summary(KEY, text, 4, base_version=0)
+    args = ["migrate", "--from-backend", "sqlite", "--to-backend", "sqlite"]
+    args += ["--to-sqlite-path", str(tmp_path / "target.sqlite")]
+    result = runner.invoke(app, args, env=_env(tmp_path / "source.sqlite", target))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.endswith("verification: all counts and checksums match\n")
+    kept = _summary(target)
+    assert kept is not None and kept.text == "the target's words"
+
+
+class _WritesDuringExport(BaseStore):
+    """A store of its own whose first read of a chunk lets the agent write meanwhile: two
+    more turns and a summary (here a reset) covering them."""
+
+    def __init__(self, inner: BaseStore) -> None:
+        self.inner, self.fired = inner, False
+
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        listed = list(ops)
+        if not self.fired and any(
+            isinstance(op, GetOp) and op.key.startswith("chunk:") for op in listed
+        ):
+            self.fired = True
+            history = ChatHistory(self.inner)
+            history.append(KEY, [{"role": "user", "content": "/reset", "id": "r"}])
+            history.append(KEY, [{"role": "assistant", "content": "done", "id": "d"}])
+            current = history.summary(KEY)
+            history.write_summary(KEY, "", 8, base_version=current.version if current else 0)
+        return self.inner.batch(listed)
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        return self.batch(ops)
+
+
+def test_an_export_taken_while_the_agent_writes_keeps_a_summary_of_its_turns() -> None:
+    inner = InMemoryStore()
+    history = ChatHistory(inner)
+    history.append(KEY, [{"role": "user", "content": f"m{i}", "id": f"m{i}"} for i in range(6)])
+    history.write_summary(KEY, "they said m0 to m3", 4, base_version=0)
+    out = io.StringIO()
+
+    counts = export_jsonl(ChatHistory(_WritesDuringExport(inner)), out)
+
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    last_seq = max(line["seq"] for line in lines if "seq" in line)
+    summaries = [line["summary"] for line in lines if "summary" in line]
+    assert counts.summaries == 1 and len(summaries) == 1, "the summary was left out"
+    assert summaries[0]["covers_seq"] <= last_seq

@@ -76,6 +76,14 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def _utc_time(text: Any) -> bool:
+    """Whether ``text`` is an ISO-8601 time with a UTC offset."""
+    try:
+        return isinstance(text, str) and datetime.fromisoformat(text).tzinfo is not None
+    except ValueError:
+        return False
+
+
 def to_pending(
     messages: Sequence[MessageLike | Turn],
     message_ids: Sequence[str | None] | None = None,
@@ -660,6 +668,10 @@ class ChatHistory:
             raise InvalidMessage("a summary must be a Summary holding text")
         count_arg("covers_seq", summary.covers_seq, minimum=1, clamp=False)
         count_arg("version", summary.version, minimum=1, clamp=False)
+        count_arg("turns", summary.turns, clamp=False)
+        count_arg("skipped", summary.skipped, clamp=False)
+        if summary.updated_at and not _utc_time(summary.updated_at):
+            raise InvalidArgument("a summary's updated_at must be an ISO-8601 time with an offset")
         return import_summary_steps(summary, now=_now())
 
     @staticmethod
