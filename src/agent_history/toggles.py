@@ -110,15 +110,19 @@ def load_toggle_config(env: Mapping[str, str] | None = None) -> ToggleConfig:
     """
     source = os.environ if env is None else env
     config = env_config(source)
-    if config.flags_file:
-        try:
-            config = merge_flags(config, read_flags_file(config.flags_file))
-        except FlagsFileError as exc:
-            raise ConfigError(FLAGS_FILE_VAR, f"{config.flags_file}: {exc}") from None
-        except OSError as exc:
-            problem = exc.strerror or type(exc).__name__
-            raise ConfigError(FLAGS_FILE_VAR, f"{config.flags_file}: {problem}") from None
-    return config
+    return _with_flags_file(config) if config.flags_file else config
+
+
+def _with_flags_file(config: ToggleConfig) -> ToggleConfig:
+    """``config`` with its flags file read strictly (`ConfigError` naming the file)."""
+    assert config.flags_file is not None
+    try:
+        return merge_flags(config, read_flags_file(config.flags_file))
+    except FlagsFileError as exc:
+        raise ConfigError(FLAGS_FILE_VAR, f"{config.flags_file}: {exc}") from None
+    except OSError as exc:
+        problem = exc.strerror or type(exc).__name__
+        raise ConfigError(FLAGS_FILE_VAR, f"{config.flags_file}: {problem}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,8 +319,9 @@ class HistoryToggles:
 
     def check(self) -> None:
         """Read the switches strictly, as at start-up: the environment's variables and the
-        flags file they name, when it exists (a file that does not exist yet is created
-        when a switch is needed; until then it holds no flags).
+        flags file in force (given in code, else named by the environment), when it
+        exists (a file that does not exist yet, or a link to one, is written when a switch
+        is needed; until then it holds no flags).
 
         `AgentNode`, `HistoryMiddleware` and `HistoryHooks` call this when they are made,
         so a deployment with one bad switch fails to start, naming it, instead of running
@@ -327,9 +332,9 @@ class HistoryToggles:
             ConfigError: a variable, or the flags file, is invalid (named in the message).
         """
         source = os.environ if self._env is None else self._env
-        flags_file = env_config(source).flags_file
-        if flags_file is not None and os.path.lexists(flags_file):
-            load_toggle_config(source)
+        config = self._code.apply(env_config(source))  # the flags file in force: code's first
+        if config.flags_file is not None and os.path.exists(config.flags_file):
+            _with_flags_file(config)
 
     def current(self) -> ToggleConfig:
         """The switches in force now."""

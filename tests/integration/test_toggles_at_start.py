@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from langgraph.store.memory import InMemoryStore
 
-from agent_history import AgentNode, ChatHistory, ConfigError, HistoryHooks
+from agent_history import AgentNode, ChatHistory, ConfigError, HistoryHooks, HistoryToggles
 from agent_history.middleware import HistoryMiddleware
 from agent_history.testing import RecordingChatModel
 from tests.support.agent_graphs import build_graph, new_thread, telegram_callback
@@ -116,3 +116,28 @@ def test_a_flags_file_that_does_not_exist_yet_is_created_when_needed(
     rolled_back.write_text(json.dumps({"mode": "off"}))
     graph.invoke(telegram_callback(7, "two", uuid.uuid4().hex), new_thread())
     assert ChatHistory(store).count("telegram:7") == 2  # the file, once written, holds
+
+
+def test_the_flags_file_in_force_is_the_one_checked(tmp_path: Path) -> None:
+    """A file given in code replaces the environment's: it is the one read at start."""
+    bad, good = tmp_path / "bad.json", tmp_path / "good.json"
+    bad.write_text('{"mode": "of"}')
+    good.write_text('{"mode": "off"}')
+    with pytest.raises(ConfigError) as failed:
+        AgentNode(
+            RecordingChatModel(),
+            use_graph_chat_history=True,
+            toggles=HistoryToggles(env={}, flags_file=str(bad)),
+        )
+    assert failed.value.variable == PREFIX + "FLAGS_FILE" and str(bad) in failed.value.problem
+
+    toggles = HistoryToggles(env={PREFIX + "FLAGS_FILE": str(bad)}, flags_file=str(good))
+    AgentNode(RecordingChatModel(), use_graph_chat_history=True, toggles=toggles)
+    assert toggles.current().mode.value == "off"
+
+
+def test_a_link_to_a_flags_file_not_written_yet_lets_the_worker_start(tmp_path: Path) -> None:
+    link = tmp_path / "flags.json"
+    link.symlink_to(tmp_path / "mounted" / "flags.json")
+    toggles = HistoryToggles(env={PREFIX + "FLAGS_FILE": str(link)})
+    AgentNode(RecordingChatModel(), use_graph_chat_history=True, toggles=toggles)
