@@ -41,7 +41,7 @@ def target_problem(
 ) -> str | None:
     """Check and normalise the target options in place: ``args.backends`` becomes the
     chosen backends in their usual order, ``args.postgres_dsn`` the DSN to use (from the
-    option, else from `DSN_ENV`) without surrounding blanks. Returns what is wrong, as
+    option, else from `DSN_ENV` unless it is blank) without surrounding blanks. Returns what is wrong, as
     one line naming the option or the variable and never quoting the DSN; None when
     all fit."""
     chosen = [b.strip().lower() for b in args.backends.split(",") if b.strip()]
@@ -55,7 +55,7 @@ def target_problem(
     source = DSN_OPTION
     if args.postgres_dsn is None:
         env = os.environ if environ is None else environ
-        if DSN_ENV in env:
+        if env.get(DSN_ENV, "").strip():  # set but blank: as unset
             args.postgres_dsn, source = env[DSN_ENV], DSN_ENV
     problem = dsn_problem(args.postgres_dsn, source)
     if problem:

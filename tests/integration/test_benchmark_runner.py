@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from benchmarks import context_tail
 from benchmarks import run as bench
-from benchmarks.options import DSN_ENV
+from benchmarks.options import DSN_ENV, target_problem
 from psycopg.conninfo import make_conninfo
 
 from agent_history.history import ChatHistory
@@ -281,7 +281,7 @@ def test_the_option_wins_over_the_environment(
     ("value", "problem"),
     [
         ("postgresql://app:Sup3r Secret@db.internal/agents", "has a space inside a URI part"),
-        ("", "is empty"),
+        ("postgres//app:Sup3r-Secret@@db.internal", "is neither a postgresql:// URI"),
     ],
 )
 def test_a_bad_dsn_in_the_environment_is_named_by_its_variable(
@@ -495,3 +495,11 @@ def test_a_stop_while_the_clean_up_waits_says_what_to_delete(
     total = watcher.execute("SELECT count(*) FROM store").fetchone()
     watcher.close()
     assert left is not None and total is not None and left[0] == total[0] > 0
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_dsn_variable_is_as_good_as_unset(blank: str) -> None:
+    args = bench._parse(["--backends", "memory,postgres"])
+    assert target_problem(args, {DSN_ENV: blank}) is None
+    assert args.postgres_dsn is None  # a throwaway server, as without the variable
+    assert args.backends == ["memory", "postgres"]
