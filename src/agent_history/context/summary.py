@@ -269,12 +269,9 @@ def write_summary_steps(
     covers ``covers_seq``, or when another owner holds a lease that has not ended: each
     covered seq gets at most one version, and no version is built on a stale one.
     """
-    found = yield Get((HEAD_KEY, SUMMARY_KEY))
-    head = found.get(HEAD_KEY)
+    head, item, current = yield from _stored()
     if head is None:
         return SummaryWrite(False, "no_conversation", None)
-    item = found.get(SUMMARY_KEY)
-    current = Summary.from_item(item, head)
     version = current.version if current else 0
     holder = _lease_holder(item, head, now)
     stale = (
@@ -307,12 +304,9 @@ def import_summary_steps(summary: Summary, *, now: str) -> Steps[SummaryWrite]:
     so an update that built on the replaced summary finds it stale; a lease another run
     holds is kept.
     """
-    found = yield Get((HEAD_KEY, SUMMARY_KEY))
-    head = found.get(HEAD_KEY)
+    head, item, current = yield from _stored()
     if head is None:
         return SummaryWrite(False, "no_conversation", None)
-    item = found.get(SUMMARY_KEY)
-    current = Summary.from_item(item, head)
     if summary.covers_seq > int(head["last_seq"]) or (
         current is not None and current.covers_seq >= summary.covers_seq
     ):
@@ -322,6 +316,13 @@ def import_summary_steps(summary: Summary, *, now: str) -> Steps[SummaryWrite]:
     lease = item.get("lease") if _lease_holder(item, head, now) is not None else None
     yield Put({SUMMARY_KEY: _item(new, head, lease)})
     return SummaryWrite(True, "written", new)
+
+
+def _stored() -> Steps[tuple[dict[str, Any] | None, Any, Summary | None]]:
+    """Read the head, the summary item and the summary it holds for that head."""
+    found = yield Get((HEAD_KEY, SUMMARY_KEY))
+    head, item = found.get(HEAD_KEY), found.get(SUMMARY_KEY)
+    return head, item, Summary.from_item(item, head)
 
 
 def _item(summary: Summary, head: dict[str, Any], lease: Any = None) -> dict[str, Any]:
