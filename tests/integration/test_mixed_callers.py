@@ -124,3 +124,42 @@ async def test_a_sync_call_on_the_loop_of_the_holder_raises_instead_of_hanging()
     store.release.set()
     await holder
     assert [turn.id for turn in history.read(KEY)] == ["async"]
+
+
+async def test_a_budgeted_sync_call_on_the_loop_of_the_holder_raises_too() -> None:
+    """A budgeted call runs on a worker thread: the check is made in the caller's."""
+    store = GatedStore()
+    history = ChatHistory(store)
+    holder = asyncio.create_task(history.aappend(KEY, _message("async")))
+    await store.entered.wait()
+
+    with pytest.raises(SyncCallInEventLoop):
+        history.append(KEY, _message("sync on the loop"), budget=0.2)
+
+    store.release.set()
+    await holder
+    assert [turn.id for turn in history.read(KEY)] == ["async"]  # nothing written later
+
+
+def test_a_sync_call_on_an_idle_loops_thread_whose_task_holds_raises() -> None:
+    """A sync framework keeps one loop per thread and runs it only during a request; a
+    request left a task holding the conversation, and the loop now idles."""
+    loop = asyncio.new_event_loop()
+    try:
+        store = loop.run_until_complete(_gated())
+        history = ChatHistory(store)
+        holder = loop.create_task(history.aappend(KEY, _message("async")))
+        loop.run_until_complete(store.entered.wait())
+
+        with pytest.raises(SyncCallInEventLoop):
+            history.append(KEY, _message("sync, loop idle"))
+
+        store.release.set()
+        loop.run_until_complete(holder)
+    finally:
+        loop.close()
+    assert [turn.id for turn in history.read(KEY)] == ["async"]
+
+
+async def _gated() -> GatedStore:
+    return GatedStore()  # its events belong to the running loop

@@ -278,13 +278,11 @@ class GenericDriver(HistoryDriver):
     # --- sync ------------------------------------------------------------------------------
 
     def _run_locked(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
-        lock = self._locks.acquire(namespace)
-        try:
+        with self._locks.hold(namespace):
             return drive(steps, self.perform(namespace))
-        finally:
-            lock.release()
 
     def run(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
+        self._locks.check_caller(namespace)  # here: a budgeted call runs on the pool
         return _bounded(lambda: self._run_locked(namespace, steps))
 
     def reader(self, namespace: tuple[str, ...]) -> SyncPerform:
@@ -295,6 +293,7 @@ class GenericDriver(HistoryDriver):
         return _bounded(lambda: drive(steps, self.perform(namespace)))
 
     def append(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
+        self._locks.check_caller(namespace)  # here: a budgeted call runs on the pool
         return _bounded(lambda: self._append_now(namespace, request))
 
     def _append_now(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:

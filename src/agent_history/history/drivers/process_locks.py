@@ -3,20 +3,20 @@
 A store without transactions (the generic driver) serialises a conversation's units of
 work with a lock of the process. Sync callers (threads) and async callers (tasks of any
 event loop: one loop per thread, ``asyncio.run`` per request) must all take the same
-one, or a thread and a task read the same head and one's turns overwrite the other's:
+one, or a thread and a task read the same head and one's turns overwrite the other's.
+Each conversation gets one ``aiologic.Lock``: threads wait on it as on a thread lock,
+tasks await it without blocking their loop, and waiters of both kinds are served in
+the order they came, up to the call's deadline.
 
-- every conversation has one ``threading.Lock``; a sync caller waits on it;
-- an async caller first queues on its loop's ``asyncio.Lock`` of the conversation (the
-  tasks of one loop take turns without polling), then takes the thread lock with
-  non-blocking attempts and growing pauses (`Backoff`), never blocking its loop, up to
-  the call's deadline.
+A sync call made on the thread of an event loop whose task holds the conversation would
+wait for that loop forever (the loop cannot run while the thread waits, even when it is
+idle between requests): it raises `SyncCallInEventLoop` instead. The check is made in
+the caller's thread, also for budgeted calls that then run on a worker thread.
 
 Locks are held weakly: a conversation's lock lives while someone holds or waits for it,
 so a long-running process keeps no state per conversation, and no closed loop is kept
-alive by a lock bound to it.
-
-A sync call made on an event loop's own thread while a task of that loop holds the
-conversation would wait for that loop forever: it raises `SyncCallInEventLoop` instead.
+alive by a lock bound to it. `thread_lock` and `loop_lock` serve drivers whose async
+callers never wait on a sync one (in-memory, pipelined PostgreSQL).
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TypeVar
+
+import aiologic
 
 from agent_history import budget
 from agent_history.errors import SyncCallInEventLoop
@@ -35,6 +38,8 @@ from agent_history.errors import SyncCallInEventLoop
 __all__ = ["Backoff", "ConversationLocks"]
 
 Namespace = tuple[str, ...]
+K = TypeVar("K")
+L = TypeVar("L")
 
 _FIRST_PAUSE = 0.0005
 _MAX_PAUSE = 0.02
@@ -57,72 +62,77 @@ class Backoff:
         return pause
 
 
+class _Registry(weakref.WeakValueDictionary[K, L]):
+    """Locks by key, made on first use, kept while in use."""
+
+    def __init__(self, guard: threading.Lock) -> None:
+        super().__init__()
+        self._guard = guard
+
+    def lock(self, key: K, make: type[L]) -> L:
+        with self._guard:
+            found = self.get(key)
+            if found is None:
+                found = self[key] = make()
+            return found
+
+
 class ConversationLocks:
     """The locks of one store's conversations in this process (see the module)."""
 
     def __init__(self) -> None:
-        self._threads: weakref.WeakValueDictionary[Namespace, threading.Lock] = (
-            weakref.WeakValueDictionary()
-        )
-        self._loops: weakref.WeakValueDictionary[tuple[int, Namespace], asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
-        self._holding_loop: dict[Namespace, int] = {}
-        """The loop whose task holds a conversation's thread lock, while one does."""
-        self._guard = threading.Lock()
+        guard = threading.Lock()
+        self._shared: _Registry[Namespace, aiologic.Lock] = _Registry(guard)
+        self._threads: _Registry[Namespace, threading.Lock] = _Registry(guard)
+        self._loops: _Registry[tuple[int, Namespace], asyncio.Lock] = _Registry(guard)
+        self._held_on_thread: dict[Namespace, int] = {}
+        """The thread whose loop runs the task holding a conversation, while one does."""
 
     def thread_lock(self, namespace: Namespace) -> threading.Lock:
-        """The conversation's lock; the caller keeps it alive while it holds or waits."""
-        with self._guard:
-            lock = self._threads.get(namespace)
-            if lock is None:
-                lock = self._threads[namespace] = threading.Lock()
-            return lock
+        """A thread lock of the conversation; the caller keeps it alive while in use."""
+        return self._threads.lock(namespace, threading.Lock)
 
     def loop_lock(self, namespace: Namespace) -> asyncio.Lock:
         """The running loop's lock of the conversation (see `thread_lock`)."""
         key = (id(asyncio.get_running_loop()), namespace)
-        with self._guard:
-            lock = self._loops.get(key)
-            if lock is None:
-                lock = self._loops[key] = asyncio.Lock()
-            return lock
+        return self._loops.lock(key, asyncio.Lock)
 
-    def acquire(self, namespace: Namespace) -> threading.Lock:
-        """Wait for the conversation in a sync caller; returns the held lock.
+    def check_caller(self, namespace: Namespace) -> None:
+        """Refuse a sync call whose wait could never end (see the module).
 
         Raises:
-            SyncCallInEventLoop: called on an event loop's thread while a task of that
-                loop holds the conversation (it could never be released).
+            SyncCallInEventLoop: a task of the event loop of this thread holds the
+                conversation.
         """
-        lock = self.thread_lock(namespace)
-        if lock.acquire(blocking=False):
-            return lock
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is not None and self._holding_loop.get(namespace) == id(loop):
+        if self._held_on_thread.get(namespace) == threading.get_ident():
             raise SyncCallInEventLoop(
-                "a sync history call on an event loop whose task holds the conversation "
-                "would wait forever; use the a* method"
+                "a sync history call on the thread of an event loop whose task holds the "
+                "conversation would wait forever; use the a* method"
             )
-        lock.acquire()
-        return lock
+
+    @contextmanager
+    def hold(self, namespace: Namespace) -> Iterator[None]:
+        """Hold the conversation in a sync caller, up to the current deadline (checked
+        with `check_caller` in the caller's own thread first)."""
+        lock = self._shared.lock(namespace, aiologic.Lock)
+        left = budget.remaining()
+        if not lock.green_acquire(timeout=None if left is None else max(0.0, left)):
+            raise budget.timeout_error("wait for the conversation's lock")
+        try:
+            yield
+        finally:
+            lock.green_release()
 
     @asynccontextmanager
     async def held(self, namespace: Namespace) -> AsyncIterator[None]:
         """Hold the conversation in an async caller, up to the current deadline."""
-        lock = self.thread_lock(namespace)
-        async with self.loop_lock(namespace):
-            backoff = Backoff()
-            while True:  # a thread's lock cannot wake a task: poll it
-                if lock.acquire(blocking=False):
-                    break
-                await asyncio.sleep(backoff.next_pause())
-            self._holding_loop[namespace] = id(asyncio.get_running_loop())
-            try:
-                yield
-            finally:
-                del self._holding_loop[namespace]
-                lock.release()
+        lock = self._shared.lock(namespace, aiologic.Lock)
+        left = budget.remaining()
+        if not await lock.async_acquire(timeout=None if left is None else max(0.0, left)):
+            raise budget.timeout_error("wait for the conversation's lock")
+        self._held_on_thread[namespace] = threading.get_ident()
+        try:
+            yield
+        finally:
+            del self._held_on_thread[namespace]
+            lock.async_release()
