@@ -333,8 +333,16 @@ class HistoryToggles:
         """
         source = os.environ if self._env is None else self._env
         config = self._code.apply(env_config(source))  # the flags file in force: code's first
-        if config.flags_file is not None and os.path.exists(config.flags_file):
-            _with_flags_file(config)
+        if config.flags_file is None:
+            return
+        try:
+            os.stat(config.flags_file)
+        except FileNotFoundError:
+            return  # not written yet (a missing path, or a link to one)
+        except OSError as exc:  # a loop of links, no permission on a directory, ...
+            problem = exc.strerror or type(exc).__name__
+            raise ConfigError(FLAGS_FILE_VAR, f"{config.flags_file}: {problem}") from None
+        _with_flags_file(config)
 
     def current(self) -> ToggleConfig:
         """The switches in force now."""

@@ -236,7 +236,9 @@ def _check_turn(data: dict[str, Any]) -> Turn:
 
 def _check_time(value: Any, name: str) -> None:
     try:
-        when = datetime.fromisoformat(value) if isinstance(value, str) else None
+        # isprintable: Python 3.11's parser stops at a NUL and accepts what came before.
+        readable = isinstance(value, str) and value.isprintable()
+        when = datetime.fromisoformat(value) if readable else None
     except ValueError:
         when = None
     if when is None or when.tzinfo is None:
@@ -767,8 +769,9 @@ def migrate_history(
     checks: list[ConversationCheck] = []
     copied = 0
     for key in list(keys) if keys is not None else list(source.keys()):
+        summary = source.summary(key)  # first: the turns read next hold all it covers
         turns = list(source.read(key))
-        summary = source.summary(key) if turns else None
+        summary = summary if turns else None
         written, check = copy_conversation(target, key, turns, summary)
         copied += written
         checks.append(check)

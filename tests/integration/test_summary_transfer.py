@@ -26,7 +26,7 @@ from agent_history.settings import HistorySettings
 from agent_history.stores import create_graph_store_sync
 from agent_history.testing import RecordingChatModel
 from agent_history.toggles import HistoryToggles
-from agent_history.transfer import export_jsonl
+from agent_history.transfer import export_jsonl, migrate_history
 from tests.support.agent_graphs import build_graph, new_thread, telegram_callback
 from tests.support.summarisers import AccumulatingSummariser
 
@@ -228,6 +228,24 @@ def _summary_line(covers: int, key: str = KEY, **extra: Any) -> str:
             [_turn(1), json.dumps({"key": KEY, "summary": {"text": "x", "covers_seq": 1}})],
             "line 2: summary.covers_seq and summary.version are required",
         ),
+        (  # Python 3.11's parser stops at a NUL and accepts what came before it
+            [_turn(1), _summary_line(1, updated_at="2025-01-02T03:04:05+00:00\u0000")],
+            "line 2: summary.updated_at '2025-01-02T03:04:05+00:00\\x00' is not an ISO-8601",
+        ),
+        (
+            [
+                json.dumps(
+                    {
+                        "key": KEY,
+                        "seq": 1,
+                        "role": "user",
+                        "content": "x",
+                        "ts": "2025-01-02T03:04:05+00:00\u0000",
+                    }
+                )
+            ],
+            "line 1: ts '2025-01-02T03:04:05+00:00\\x00' is not an ISO-8601 time",
+        ),
         (
             [_turn(1), _summary_line(1, mood="odd")],
             "line 2: unknown summary field 'mood'",
@@ -344,3 +362,17 @@ def test_an_export_taken_while_the_agent_writes_keeps_a_summary_of_its_turns() -
     summaries = [line["summary"] for line in lines if "summary" in line]
     assert counts.summaries == 1 and len(summaries) == 1, "the summary was left out"
     assert summaries[0]["covers_seq"] <= last_seq
+
+
+def test_a_migration_taken_while_the_agent_writes_copies_a_summary_of_its_turns() -> None:
+    inner = InMemoryStore()
+    history = ChatHistory(inner)
+    history.append(KEY, [{"role": "user", "content": f"m{i}", "id": f"m{i}"} for i in range(6)])
+    history.write_summary(KEY, "they said m0 to m3", 4, base_version=0)
+    target = ChatHistory(InMemoryStore())
+
+    report = migrate_history(ChatHistory(_WritesDuringExport(inner)), target)
+
+    assert report.ok and report.summaries_copied == 1
+    copied = target.summary(KEY)
+    assert copied is not None and copied.covers_seq <= target.count(KEY)

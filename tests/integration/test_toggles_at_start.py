@@ -141,3 +141,13 @@ def test_a_link_to_a_flags_file_not_written_yet_lets_the_worker_start(tmp_path: 
     link.symlink_to(tmp_path / "mounted" / "flags.json")
     toggles = HistoryToggles(env={PREFIX + "FLAGS_FILE": str(link)})
     AgentNode(RecordingChatModel(), use_graph_chat_history=True, toggles=toggles)
+
+
+def test_a_loop_of_links_as_flags_file_fails_the_start(tmp_path: Path) -> None:
+    link = tmp_path / "flags.json"
+    link.symlink_to(tmp_path / "other.json")
+    (tmp_path / "other.json").symlink_to(link)
+    toggles = HistoryToggles(env={PREFIX + "FLAGS_FILE": str(link)})
+    with pytest.raises(ConfigError) as failed:
+        AgentNode(RecordingChatModel(), use_graph_chat_history=True, toggles=toggles)
+    assert "Too many levels of symbolic links" in failed.value.problem

@@ -79,7 +79,8 @@ def _now() -> str:
 def _utc_time(text: Any) -> bool:
     """Whether ``text`` is an ISO-8601 time with a UTC offset."""
     try:
-        return isinstance(text, str) and datetime.fromisoformat(text).tzinfo is not None
+        readable = isinstance(text, str) and text.isprintable()  # a NUL ends 3.11's parse
+        return readable and datetime.fromisoformat(text).tzinfo is not None
     except ValueError:
         return False
 
