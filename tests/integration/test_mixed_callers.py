@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 
 import pytest
-from langgraph.store.base import BaseStore, Op, Result
+from langgraph.store.base import BaseStore, Op, PutOp, Result
 from langgraph.store.memory import InMemoryStore
 
 from agent_history import SyncCallInEventLoop
@@ -163,3 +163,44 @@ def test_a_sync_call_on_an_idle_loops_thread_whose_task_holds_raises() -> None:
 
 async def _gated() -> GatedStore:
     return GatedStore()  # its events belong to the running loop
+
+
+class BlockingStore(RemoteStore):
+    """Its sync writes wait for ``release``; ``entered`` says one is waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        listed = list(ops)
+        if any(isinstance(op, PutOp) for op in listed):
+            self.entered.set()
+            self.release.wait()
+        return self.inner.batch(listed)
+
+
+async def test_a_sync_call_on_the_loop_of_a_waiting_task_raises_instead_of_hanging() -> None:
+    """The lock, once free, goes to the waiting task first, whose loop the sync call
+    would block: neither could go on."""
+    store = BlockingStore()
+    history = ChatHistory(store)
+    writer = threading.Thread(target=lambda: history.append(KEY, _message("thread")))
+    writer.start()
+    await asyncio.to_thread(store.entered.wait)  # the thread holds the conversation
+    waiting = asyncio.create_task(history.aappend(KEY, _message("task")))
+    locks = history._driver._locks  # type: ignore[attr-defined]
+    for _ in range(1000):  # let the task run until it queues for the conversation
+        if locks._tasks:
+            break
+        await asyncio.sleep(0)
+    assert locks._tasks, "the task never queued"
+
+    with pytest.raises(SyncCallInEventLoop, match="holds or waits"):
+        history.append(KEY, _message("sync on the loop"))
+
+    store.release.set()
+    await waiting
+    await asyncio.to_thread(writer.join)
+    assert [turn.id for turn in history.read(KEY)] == ["thread", "task"]

@@ -8,10 +8,11 @@ Each conversation gets one ``aiologic.Lock``: threads wait on it as on a thread 
 tasks await it without blocking their loop, and waiters of both kinds are served in
 the order they came, up to the call's deadline.
 
-A sync call made on the thread of an event loop whose task holds the conversation would
-wait for that loop forever (the loop cannot run while the thread waits, even when it is
-idle between requests): it raises `SyncCallInEventLoop` instead. The check is made in
-the caller's thread, also for budgeted calls that then run on a worker thread.
+A sync call made on the thread of an event loop whose task holds the conversation, or
+waits for it (the lock, once free, goes to that task first), would wait for that loop
+forever: the loop cannot run while its thread waits, even when it is idle between
+requests. It raises `SyncCallInEventLoop` instead. The check is made in the caller's
+thread, also for budgeted calls that then run on a worker thread.
 
 Locks are held weakly: a conversation's lock lives while someone holds or waits for it,
 so a long-running process keeps no state per conversation, and no closed loop is kept
@@ -81,12 +82,12 @@ class ConversationLocks:
     """The locks of one store's conversations in this process (see the module)."""
 
     def __init__(self) -> None:
-        guard = threading.Lock()
-        self._shared: _Registry[Namespace, aiologic.Lock] = _Registry(guard)
-        self._threads: _Registry[Namespace, threading.Lock] = _Registry(guard)
-        self._loops: _Registry[tuple[int, Namespace], asyncio.Lock] = _Registry(guard)
-        self._held_on_thread: dict[Namespace, int] = {}
-        """The thread whose loop runs the task holding a conversation, while one does."""
+        self._guard = threading.Lock()
+        self._shared: _Registry[Namespace, aiologic.Lock] = _Registry(self._guard)
+        self._threads: _Registry[Namespace, threading.Lock] = _Registry(self._guard)
+        self._loops: _Registry[tuple[int, Namespace], asyncio.Lock] = _Registry(self._guard)
+        self._tasks: dict[tuple[Namespace, int], int] = {}
+        """Tasks holding or waiting for a conversation, by the thread of their loop."""
 
     def thread_lock(self, namespace: Namespace) -> threading.Lock:
         """A thread lock of the conversation; the caller keeps it alive while in use."""
@@ -101,13 +102,13 @@ class ConversationLocks:
         """Refuse a sync call whose wait could never end (see the module).
 
         Raises:
-            SyncCallInEventLoop: a task of the event loop of this thread holds the
-                conversation.
+            SyncCallInEventLoop: a task of the event loop of this thread holds or waits
+                for the conversation.
         """
-        if self._held_on_thread.get(namespace) == threading.get_ident():
+        if self._tasks.get((namespace, threading.get_ident())):
             raise SyncCallInEventLoop(
-                "a sync history call on the thread of an event loop whose task holds the "
-                "conversation would wait forever; use the a* method"
+                "a sync history call on the thread of an event loop whose task holds or "
+                "waits for the conversation would wait forever; use the a* method"
             )
 
     @contextmanager
@@ -127,12 +128,20 @@ class ConversationLocks:
     async def held(self, namespace: Namespace) -> AsyncIterator[None]:
         """Hold the conversation in an async caller, up to the current deadline."""
         lock = self._shared.lock(namespace, aiologic.Lock)
-        left = budget.remaining()
-        if not await lock.async_acquire(timeout=None if left is None else max(0.0, left)):
-            raise budget.timeout_error("wait for the conversation's lock")
-        self._held_on_thread[namespace] = threading.get_ident()
+        here = (namespace, threading.get_ident())
+        with self._guard:
+            self._tasks[here] = self._tasks.get(here, 0) + 1
         try:
-            yield
+            left = budget.remaining()
+            if not await lock.async_acquire(timeout=None if left is None else max(0.0, left)):
+                raise budget.timeout_error("wait for the conversation's lock")
+            try:
+                yield
+            finally:
+                lock.async_release()
         finally:
-            del self._held_on_thread[namespace]
-            lock.async_release()
+            with self._guard:
+                if self._tasks[here] == 1:
+                    del self._tasks[here]
+                else:
+                    self._tasks[here] -= 1
