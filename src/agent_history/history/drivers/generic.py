@@ -317,8 +317,10 @@ class GenericDriver(HistoryDriver):
     # --- async -----------------------------------------------------------------------------
 
     async def arun(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
-        async with budget.enforced(), self._locks.held(namespace):
-            return await drive_async(steps, self.aperform(namespace))
+        async with budget.enforced():
+            return await self._locks.run_held(
+                namespace, lambda: drive_async(steps, self.aperform(namespace))
+            )
 
     def areader(self, namespace: tuple[str, ...]) -> AsyncPerform:
         perform = self.aperform(namespace)
@@ -342,8 +344,8 @@ class GenericDriver(HistoryDriver):
             while True:
                 step = procedure.send(answer)
                 if isinstance(step, _Atomic):
-                    async with self._locks.held(namespace):
-                        answer = await drive_async(step.steps, self.aperform(namespace))
+                    work = functools.partial(drive_async, step.steps, self.aperform(namespace))
+                    answer = await self._locks.run_held(namespace, work)
                 elif isinstance(step, _Read):
                     answer = await drive_async(step.steps, self.aperform(namespace))
                 elif isinstance(step, _Write):

@@ -3,21 +3,29 @@
 A store without transactions (the generic driver) serialises a conversation's units of
 work with a lock of the process. Sync callers (threads) and async callers (tasks of any
 event loop: one loop per thread, ``asyncio.run`` per request) must all take the same
-one, or a thread and a task read the same head and one's turns overwrite the other's.
-Each conversation gets one ``aiologic.Lock``: threads wait on it as on a thread lock,
-tasks await it without blocking their loop, and waiters of both kinds are served in
-the order they came, up to the call's deadline.
+one, or a thread and a task read the same head and one's turns overwrite the other's:
 
-A sync call made on the thread of an event loop whose task holds the conversation, or
-waits for it (the lock, once free, goes to that task first), would wait for that loop
-forever: the loop cannot run while its thread waits, even when it is idle between
-requests. It raises `SyncCallInEventLoop` instead. The check is made in the caller's
-thread, also for budgeted calls that then run on a worker thread.
+- every conversation has one ``threading.Lock``; a sync caller waits on it, up to its
+  deadline;
+- an async caller first queues on its loop's ``asyncio.Lock`` of the conversation (the
+  tasks of one loop take turns without polling), then takes the thread lock with
+  non-blocking attempts and growing pauses (`Backoff`), never blocking its loop, up to
+  its deadline.
+
+The lock is never handed to a waiter: a task whose loop was closed or stopped while it
+waited holds nothing, so it cannot lock a conversation for good. The price is fairness:
+threads blocked on the lock are woken at once, so under a steady stream of sync callers
+an async one may wait until its deadline (and go on in memory, as at any timeout).
+
+A sync call made on the thread of an event loop whose task holds or waits for the
+conversation would wait for that loop forever (the loop cannot run while its thread
+waits, even when it is idle between requests): it raises `SyncCallInEventLoop` instead.
+The check is made in the caller's thread, also for budgeted calls that then run on a
+worker thread; tasks of a closed loop do not count.
 
 Locks are held weakly: a conversation's lock lives while someone holds or waits for it,
 so a long-running process keeps no state per conversation, and no closed loop is kept
-alive by a lock bound to it. `thread_lock` and `loop_lock` serve drivers whose async
-callers never wait on a sync one (in-memory, pipelined PostgreSQL).
+alive by a lock bound to it.
 """
 
 from __future__ import annotations
@@ -27,11 +35,9 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
-
-import aiologic
 
 from agent_history import budget
 from agent_history.errors import SyncCallInEventLoop
@@ -41,6 +47,7 @@ __all__ = ["Backoff", "ConversationLocks"]
 Namespace = tuple[str, ...]
 K = TypeVar("K")
 L = TypeVar("L")
+T = TypeVar("T")
 
 _FIRST_PAUSE = 0.0005
 _MAX_PAUSE = 0.02
@@ -78,19 +85,25 @@ class _Registry(weakref.WeakValueDictionary[K, L]):
             return found
 
 
+class _Tasks:
+    """How many tasks of a loop hold or wait for a conversation, by the loop's thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = weakref.ref(loop)
+        self.count = 0
+
+
 class ConversationLocks:
     """The locks of one store's conversations in this process (see the module)."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._shared: _Registry[Namespace, aiologic.Lock] = _Registry(self._guard)
         self._threads: _Registry[Namespace, threading.Lock] = _Registry(self._guard)
         self._loops: _Registry[tuple[int, Namespace], asyncio.Lock] = _Registry(self._guard)
-        self._tasks: dict[tuple[Namespace, int], int] = {}
-        """Tasks holding or waiting for a conversation, by the thread of their loop."""
+        self._tasks: dict[tuple[Namespace, int], _Tasks] = {}
 
     def thread_lock(self, namespace: Namespace) -> threading.Lock:
-        """A thread lock of the conversation; the caller keeps it alive while in use."""
+        """The conversation's lock; the caller keeps it alive while it holds or waits."""
         return self._threads.lock(namespace, threading.Lock)
 
     def loop_lock(self, namespace: Namespace) -> asyncio.Lock:
@@ -102,10 +115,12 @@ class ConversationLocks:
         """Refuse a sync call whose wait could never end (see the module).
 
         Raises:
-            SyncCallInEventLoop: a task of the event loop of this thread holds or waits
-                for the conversation.
+            SyncCallInEventLoop: a task of the open event loop of this thread holds or
+                waits for the conversation.
         """
-        if self._tasks.get((namespace, threading.get_ident())):
+        tasks = self._tasks.get((namespace, threading.get_ident()))
+        loop = tasks.loop() if tasks is not None else None
+        if loop is not None and not loop.is_closed():
             raise SyncCallInEventLoop(
                 "a sync history call on the thread of an event loop whose task holds or "
                 "waits for the conversation would wait forever; use the a* method"
@@ -115,33 +130,39 @@ class ConversationLocks:
     def hold(self, namespace: Namespace) -> Iterator[None]:
         """Hold the conversation in a sync caller, up to the current deadline (checked
         with `check_caller` in the caller's own thread first)."""
-        lock = self._shared.lock(namespace, aiologic.Lock)
+        lock = self.thread_lock(namespace)
         left = budget.remaining()
-        if not lock.green_acquire(timeout=None if left is None else max(0.0, left)):
+        if not lock.acquire(timeout=-1 if left is None else max(0.0, left)):
             raise budget.timeout_error("wait for the conversation's lock")
         try:
             yield
         finally:
-            lock.green_release()
+            lock.release()
 
-    @asynccontextmanager
-    async def held(self, namespace: Namespace) -> AsyncIterator[None]:
-        """Hold the conversation in an async caller, up to the current deadline."""
-        lock = self._shared.lock(namespace, aiologic.Lock)
+    async def run_held(self, namespace: Namespace, work: Callable[[], Awaitable[T]]) -> T:
+        """Await ``work()`` holding the conversation, in an async caller, up to the
+        current deadline. (A coroutine, not a context manager: when a task of a closed
+        loop is collected, closing it runs the clean-up below at once.)"""
+        thread_lock = self.thread_lock(namespace)
         here = (namespace, threading.get_ident())
         with self._guard:
-            self._tasks[here] = self._tasks.get(here, 0) + 1
+            tasks = self._tasks.get(here)
+            if tasks is None or tasks.loop() is not asyncio.get_running_loop():
+                tasks = self._tasks[here] = _Tasks(asyncio.get_running_loop())
+            tasks.count += 1
         try:
-            left = budget.remaining()
-            if not await lock.async_acquire(timeout=None if left is None else max(0.0, left)):
-                raise budget.timeout_error("wait for the conversation's lock")
-            try:
-                yield
-            finally:
-                lock.async_release()
+            async with self.loop_lock(namespace):
+                backoff = Backoff()
+                while True:  # a thread's lock cannot wake a task: poll it
+                    if thread_lock.acquire(blocking=False):
+                        break
+                    await asyncio.sleep(backoff.next_pause())
+                try:
+                    return await work()
+                finally:
+                    thread_lock.release()
         finally:
             with self._guard:
-                if self._tasks[here] == 1:
+                tasks.count -= 1
+                if tasks.count == 0 and self._tasks.get(here) is tasks:
                     del self._tasks[here]
-                else:
-                    self._tasks[here] -= 1
