@@ -204,3 +204,32 @@ async def test_a_sync_call_on_the_loop_of_a_waiting_task_raises_instead_of_hangi
     await waiting
     await asyncio.to_thread(writer.join)
     assert [turn.id for turn in history.read(KEY)] == ["thread", "task"]
+
+
+def test_a_task_left_waiting_on_a_closed_loop_never_locks_the_conversation() -> None:
+    """A per-request loop closes while its fire-and-forget append waits (the app keeps the
+    task, as asyncio's docs advise): the conversation stays usable, from that thread too."""
+    store = BlockingStore()
+    history = ChatHistory(store)
+    writer = threading.Thread(target=lambda: history.append(KEY, _message("holder")))
+    writer.start()
+    store.entered.wait()  # the thread holds the conversation
+    loop = asyncio.new_event_loop()
+    kept = loop.create_task(history.aappend(KEY, _message("fire-and-forget")))
+    locks = history._driver._locks  # type: ignore[attr-defined]
+    for _ in range(1000):  # run the request until its task queues for the conversation
+        if locks._tasks:
+            break
+        loop.run_until_complete(asyncio.sleep(0))
+    assert locks._tasks, "the task never queued"
+    loop.close()  # the request ends; its task is kept, pending
+    store.release.set()
+    writer.join()
+
+    history.append(KEY, _message("later, same thread"), budget=1.0)
+    other = threading.Thread(target=lambda: history.append(KEY, _message("later, other")))
+    other.start()
+    other.join()
+
+    assert [t.id for t in history.read(KEY)] == ["holder", "later, same thread", "later, other"]
+    assert not kept.done()
