@@ -28,15 +28,16 @@ LATENCY = 0.0002  # a network store's round trip, so calls overlap
 class RemoteStore(BaseStore):
     """A store of the application's own with a round trip of latency per call."""
 
-    def __init__(self) -> None:
+    def __init__(self, latency: float = LATENCY) -> None:
         self.inner = InMemoryStore()
+        self.latency = latency
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
-        time.sleep(LATENCY)
+        time.sleep(self.latency)
         return self.inner.batch(ops)
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
-        await asyncio.sleep(LATENCY)
+        await asyncio.sleep(self.latency)
         return self.inner.batch(ops)
 
 
@@ -233,3 +234,29 @@ def test_a_task_left_waiting_on_a_closed_loop_never_locks_the_conversation() -> 
 
     assert [t.id for t in history.read(KEY)] == ["holder", "later, same thread", "later, other"]
     assert not kept.done()
+
+
+def test_an_async_caller_takes_its_turn_among_busy_sync_threads() -> None:
+    """Threads blocked on a lock are woken at once; a task polling it lost every race to
+    them and timed out. Waiters now take turns in the order they came."""
+    history, stop = ChatHistory(RemoteStore(latency=0.001)), threading.Event()
+
+    def busy(name: str) -> None:
+        i = 0
+        while not stop.is_set():
+            history.append(KEY, _message(f"{name}-{i}"))
+            i += 1
+
+    threads = [threading.Thread(target=busy, args=(f"t{n}",)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        result = asyncio.run(history.aappend(KEY, _message("async"), budget=5.0))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+    assert result.appended == 1
+    ids = [turn.id for turn in history.read(KEY)]
+    assert ids.count("async") == 1 and len(ids) == len(set(ids))

@@ -12,10 +12,11 @@ one, or a thread and a task read the same head and one's turns overwrite the oth
   non-blocking attempts and growing pauses (`Backoff`), never blocking its loop, up to
   its deadline.
 
-The lock is never handed to a waiter: a task whose loop was closed or stopped while it
-waited holds nothing, so it cannot lock a conversation for good. The price is fairness:
-threads blocked on the lock are woken at once, so under a steady stream of sync callers
-an async one may wait until its deadline (and go on in memory, as at any timeout).
+Waiters take turns in the order they came (`_Queue`): each holds a ticket and shows it
+is alive by coming back to look at least every few milliseconds; only the oldest living
+ticket may take the lock, and a newcomer queues behind living waiters. The lock is never
+handed to a waiter: a task whose loop was closed or stopped while it waited stops coming
+back, its ticket expires (`STALE_SECONDS`), and it cannot lock a conversation for good.
 
 A sync call made on the thread of an event loop whose task holds or waits for the
 conversation would wait for that loop forever (the loop cannot run while its thread
@@ -31,6 +32,7 @@ alive by a lock bound to it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import threading
 import time
@@ -51,6 +53,10 @@ T = TypeVar("T")
 
 _FIRST_PAUSE = 0.0005
 _MAX_PAUSE = 0.02
+_TURN_PAUSE = 0.001
+"""How often the oldest waiter tries the lock."""
+STALE_SECONDS = 0.25
+"""A waiter not seen for this long has stopped waiting (its loop is gone)."""
 
 
 class Backoff:
@@ -65,9 +71,13 @@ class Backoff:
         would pass first."""
         pause = self.pause * (0.5 + random.random())
         self.pause = min(self.pause * 2, _MAX_PAUSE)
+        self.check(pause)
+        return pause
+
+    def check(self, pause: float) -> None:
+        """`StoreTimeout` when waiting ``pause`` more seconds would pass the deadline."""
         if self.deadline is not None and time.monotonic() + pause >= self.deadline:
             raise budget.timeout_error("wait for the conversation's lock")
-        return pause
 
 
 class _Registry(weakref.WeakValueDictionary[K, L]):
@@ -93,6 +103,42 @@ class _Tasks:
         self.count = 0
 
 
+class _Queue:
+    """Waiters of one conversation in the order they came (see the module)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, float] = {}
+        """Ticket -> when its waiter last looked."""
+
+    def first_alive(self, now: float) -> int | None:
+        alive = [t for t, seen in self.seen.items() if now - seen < STALE_SECONDS]
+        return min(alive) if alive else None
+
+
+class _Turn:
+    """One waiter's place in its conversation's queue."""
+
+    def __init__(self, locks: ConversationLocks, namespace: Namespace) -> None:
+        self._locks, self._namespace = locks, namespace
+        with locks._guard:
+            self.queue = locks._queues.setdefault(namespace, _Queue())
+            self.ticket = next(locks._tickets)
+            self.queue.seen[self.ticket] = time.monotonic()
+
+    def mine(self) -> bool:
+        """Whether this waiter may try the lock now (and show it is alive)."""
+        now = time.monotonic()
+        with self._locks._guard:
+            self.queue.seen[self.ticket] = now
+            return self.queue.first_alive(now) == self.ticket
+
+    def leave(self) -> None:
+        with self._locks._guard:
+            self.queue.seen.pop(self.ticket, None)
+            if not self.queue.seen and self._locks._queues.get(self._namespace) is self.queue:
+                del self._locks._queues[self._namespace]
+
+
 class ConversationLocks:
     """The locks of one store's conversations in this process (see the module)."""
 
@@ -101,6 +147,16 @@ class ConversationLocks:
         self._threads: _Registry[Namespace, threading.Lock] = _Registry(self._guard)
         self._loops: _Registry[tuple[int, Namespace], asyncio.Lock] = _Registry(self._guard)
         self._tasks: dict[tuple[Namespace, int], _Tasks] = {}
+        self._queues: dict[Namespace, _Queue] = {}
+        self._tickets = itertools.count()
+
+    def _free_for_newcomer(self, namespace: Namespace, lock: threading.Lock) -> bool:
+        """Take ``lock`` at once when nobody living waits for it."""
+        with self._guard:
+            queue = self._queues.get(namespace)
+            if queue is not None and queue.first_alive(time.monotonic()) is not None:
+                return False
+        return lock.acquire(blocking=False)
 
     def thread_lock(self, namespace: Namespace) -> threading.Lock:
         """The conversation's lock; the caller keeps it alive while it holds or waits."""
@@ -131,9 +187,19 @@ class ConversationLocks:
         """Hold the conversation in a sync caller, up to the current deadline (checked
         with `check_caller` in the caller's own thread first)."""
         lock = self.thread_lock(namespace)
-        left = budget.remaining()
-        if not lock.acquire(timeout=-1 if left is None else max(0.0, left)):
-            raise budget.timeout_error("wait for the conversation's lock")
+        if not self._free_for_newcomer(namespace, lock):
+            turn = _Turn(self, namespace)
+            try:
+                backoff = Backoff()
+                while True:
+                    if turn.mine():
+                        if lock.acquire(timeout=_TURN_PAUSE):
+                            break
+                        backoff.check(0.0)
+                    else:
+                        time.sleep(backoff.next_pause())
+            finally:
+                turn.leave()
         try:
             yield
         finally:
@@ -152,11 +218,8 @@ class ConversationLocks:
             tasks.count += 1
         try:
             async with self.loop_lock(namespace):
-                backoff = Backoff()
-                while True:  # a thread's lock cannot wake a task: poll it
-                    if thread_lock.acquire(blocking=False):
-                        break
-                    await asyncio.sleep(backoff.next_pause())
+                if not self._free_for_newcomer(namespace, thread_lock):
+                    await self._wait_turn(namespace, thread_lock)
                 try:
                     return await work()
                 finally:
@@ -166,3 +229,21 @@ class ConversationLocks:
                 tasks.count -= 1
                 if tasks.count == 0 and self._tasks.get(here) is tasks:
                     del self._tasks[here]
+
+    async def _wait_turn(self, namespace: Namespace, lock: threading.Lock) -> None:
+        """Queue for ``lock`` and take it in turn, polling (a thread's lock cannot wake
+        a task), up to the current deadline."""
+        turn = _Turn(self, namespace)
+        try:
+            backoff = Backoff()
+            while True:
+                if turn.mine():
+                    if lock.acquire(blocking=False):
+                        return
+                    pause = _TURN_PAUSE
+                    backoff.check(pause)
+                else:
+                    pause = backoff.next_pause()
+                await asyncio.sleep(pause)
+        finally:
+            turn.leave()
