@@ -54,9 +54,13 @@ T = TypeVar("T")
 _FIRST_PAUSE = 0.0005
 _MAX_PAUSE = 0.02
 _TURN_PAUSE = 0.001
-"""How often the oldest waiter tries the lock."""
+"""How often the oldest waiter tries the lock, and the next in line looks whether it
+has become the oldest."""
 STALE_SECONDS = 0.25
 """A waiter not seen for this long has stopped waiting (its loop is gone)."""
+_FORGET_SECONDS = 10.0
+"""A waiter not seen for this long is forgotten (it takes its place again if it comes
+back)."""
 
 
 class Backoff:
@@ -95,6 +99,12 @@ class _Registry(weakref.WeakValueDictionary[K, L]):
             return found
 
 
+def _queued_pause(place: int) -> float:
+    """How long a waiter at ``place`` (1: next in line) sleeps before looking again:
+    about one turn per place ahead of it, so the lock is not left idle between turns."""
+    return min(_TURN_PAUSE * place, _MAX_PAUSE)
+
+
 class _Tasks:
     """How many tasks of a loop hold or wait for a conversation, by the loop's thread."""
 
@@ -111,8 +121,15 @@ class _Queue:
         """Ticket -> when its waiter last looked."""
 
     def first_alive(self, now: float) -> int | None:
-        alive = [t for t, seen in self.seen.items() if now - seen < STALE_SECONDS]
-        return min(alive) if alive else None
+        alive = self.alive(now)
+        return alive[0] if alive else None
+
+    def alive(self, now: float) -> list[int]:
+        """The living tickets, oldest first (forgetting long-gone ones)."""
+        gone = [t for t, seen in self.seen.items() if now - seen >= _FORGET_SECONDS]
+        for ticket in gone:
+            del self.seen[ticket]
+        return sorted(t for t, seen in self.seen.items() if now - seen < STALE_SECONDS)
 
 
 class _Turn:
@@ -125,12 +142,13 @@ class _Turn:
             self.ticket = next(locks._tickets)
             self.queue.seen[self.ticket] = time.monotonic()
 
-    def mine(self) -> bool:
-        """Whether this waiter may try the lock now (and show it is alive)."""
+    def place(self) -> int:
+        """This waiter's place among the living ones, 0 when it may try the lock now
+        (and show it is alive)."""
         now = time.monotonic()
         with self._locks._guard:
             self.queue.seen[self.ticket] = now
-            return self.queue.first_alive(now) == self.ticket
+            return self.queue.alive(now).index(self.ticket)
 
     def leave(self) -> None:
         with self._locks._guard:
@@ -192,12 +210,15 @@ class ConversationLocks:
             try:
                 backoff = Backoff()
                 while True:
-                    if turn.mine():
+                    place = turn.place()
+                    if place == 0:
                         if lock.acquire(timeout=_TURN_PAUSE):
                             break
                         backoff.check(0.0)
                     else:
-                        time.sleep(backoff.next_pause())
+                        pause = _queued_pause(place)
+                        backoff.check(pause)
+                        time.sleep(pause)
             finally:
                 turn.leave()
         try:
@@ -237,13 +258,11 @@ class ConversationLocks:
         try:
             backoff = Backoff()
             while True:
-                if turn.mine():
-                    if lock.acquire(blocking=False):
-                        return
-                    pause = _TURN_PAUSE
-                    backoff.check(pause)
-                else:
-                    pause = backoff.next_pause()
+                place = turn.place()
+                if place == 0 and lock.acquire(blocking=False):
+                    return
+                pause = _queued_pause(max(1, place))
+                backoff.check(pause)
                 await asyncio.sleep(pause)
         finally:
             turn.leave()
