@@ -28,7 +28,6 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from itertools import islice
 from typing import Any, NamedTuple, TextIO
 
@@ -41,6 +40,7 @@ from agent_history.history.arguments import MAX_COUNT
 from agent_history.history.bulk import STORED_ROLES, ImportConflict, imported_turn
 from agent_history.history.codec import check_content, is_plain, type_fits_role
 from agent_history.history.naming import validate_namespace
+from agent_history.history.records import is_utc_time
 from agent_history.keys import validate_history_key
 
 __all__ = [
@@ -235,13 +235,7 @@ def _check_turn(data: dict[str, Any]) -> Turn:
 
 
 def _check_time(value: Any, name: str) -> None:
-    try:
-        # isprintable: Python 3.11's parser stops at a NUL and accepts what came before.
-        readable = isinstance(value, str) and value.isprintable()
-        when = datetime.fromisoformat(value) if readable else None
-    except ValueError:
-        when = None
-    if when is None or when.tzinfo is None:
+    if not is_utc_time(value):
         raise ValueError(f"{name} {_shown(value)} is not an ISO-8601 time with a UTC offset")
 
 

@@ -48,6 +48,7 @@ from agent_history.history.records import (
     AppendResult,
     ConversationInfo,
     Turn,
+    is_utc_time,
     message_from_record,
 )
 from agent_history.history.steps import (
@@ -74,15 +75,6 @@ T = TypeVar("T")
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-def _utc_time(text: Any) -> bool:
-    """Whether ``text`` is an ISO-8601 time with a UTC offset."""
-    try:
-        readable = isinstance(text, str) and text.isprintable()  # a NUL ends 3.11's parse
-        return readable and datetime.fromisoformat(text).tzinfo is not None
-    except ValueError:
-        return False
 
 
 def to_pending(
@@ -671,7 +663,7 @@ class ChatHistory:
         count_arg("version", summary.version, minimum=1, clamp=False)
         count_arg("turns", summary.turns, clamp=False)
         count_arg("skipped", summary.skipped, clamp=False)
-        if summary.updated_at and not _utc_time(summary.updated_at):
+        if summary.updated_at and not is_utc_time(summary.updated_at):
             raise InvalidArgument("a summary's updated_at must be an ISO-8601 time with an offset")
         return import_summary_steps(summary, now=_now())
 

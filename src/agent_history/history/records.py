@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from langchain_core.messages import BaseMessage
@@ -21,8 +22,20 @@ __all__ = [
     "Turn",
     "decode_content",
     "encode_content",
+    "is_utc_time",
     "message_from_record",
 ]
+
+
+def is_utc_time(value: Any) -> bool:
+    """Whether ``value`` is an ISO-8601 time with a UTC offset (a stored ``ts`` or
+    ``updated_at``)."""
+    if not isinstance(value, str) or not value.isprintable():
+        return False  # isprintable: Python 3.11's parser stops at a NUL, taking what came before
+    try:
+        return datetime.fromisoformat(value).tzinfo is not None
+    except ValueError:
+        return False
 
 
 def encode_content(content: Any) -> tuple[Any, str | None]:
