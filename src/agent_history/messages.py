@@ -190,20 +190,24 @@ def _without_second_answers(
 
     A thread can answer an exchange the log already holds (it lost its checkpoints and
     answered a re-delivery again, two workers shared it, or a run was replayed from an
-    earlier checkpoint). Such an answer is the thread's messages after a stored user
-    message, up to the next user message, none of them stored, while the log holds an
-    answer to that user message: it is not this run's to store, nor to send beside the
-    stored one. The exchange being answered now (no user message after it) stays.
+    earlier checkpoint; in a tool loop, the fork can come after the tool call, or after
+    the tool result). Such an answer is the thread's messages after a stored message, up
+    to the next user message, none of them stored, while the log goes on with the
+    exchange after that stored message (an answer, or tool steps): it is not this run's
+    to store, nor to send beside the stored one. The exchange being answered now (no user
+    message after it) stays.
     """
     drop: set[int] = set()
     for index, message in enumerate(chat):
         at = matched[index]
-        if at is None or role_of(message) != USER:
+        if at is None or index + 1 >= len(chat) or matched[index + 1] is not None:
             continue
+        if role_of(message) == ASSISTANT and not getattr(message, "tool_calls", None):
+            continue  # after an answer, what follows is not a second answer to it
         if at + 1 >= len(stored) or role_of(stored[at + 1]) == USER:
-            continue  # the log holds no answer to it
+            continue  # the log's exchange ends there too
         end = next((k for k in range(index + 1, len(chat)) if role_of(chat[k]) == USER), None)
-        if end is None:
+        if end is None or end == index + 1:
             continue
         answer = range(index + 1, end)
         if all(matched[k] is None for k in answer):
@@ -399,13 +403,20 @@ def merge_history(
     conversation = [*head, *newer, *unstored]
     last_human = newest_human(chat)
     # The message to answer is already stored and only this run's tool steps (if any)
-    # came after it: a re-delivery. Answer it as of its time (stored turns after it are
-    # later ones).
+    # came after it: a re-delivery. Or the log goes on with this exchange past the
+    # thread's newest stored message (its answer, or tool steps the thread lacks): a run
+    # replayed or resumed from a checkpoint in the middle of an exchange the log holds.
+    # Answer it as the thread stands (stored turns after it are later ones).
     redelivered = (
         last_human is not None
         and matched[last_human] is not None
-        and all(j is None for j in matched[last_human + 1 :])
-        and len(chat) - last_human - 1 == len(unstored)
+        and (
+            (
+                all(j is None for j in matched[last_human + 1 :])
+                and len(chat) - last_human - 1 == len(unstored)
+            )
+            or (bool(newer) and role_of(newer[0]) != USER)
+        )
     )
     if redelivered:
         stored_count -= len(newer)

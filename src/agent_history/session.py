@@ -558,8 +558,14 @@ class HistoryPass(SummaryUpdates):
     ) -> tuple[list[BaseMessage], str | None, str | None]:
         """What the pass appends (the exchange it ends, with any unstored thread messages
         before it), the exchange's anchor (the user message it answers) and the run's
-        token (the first message the run produced after the anchor). ``keep_answer``:
-        the produced tool-call answer and its results are kept whatever the scope."""
+        token (the answer this pass gives: the message that ends its exchange).
+        ``keep_answer``: the produced tool-call answer and its results are kept whatever
+        the scope.
+
+        The token is the answer, not the run's first message after the anchor: the
+        branches of a tool loop forked after its tool call (an approval resumed twice, a
+        replay from the checkpoint after the tool result, a resume after a crash) share
+        the question and the tool steps, and differ only from the answer on."""
         assert self.merged is not None
         scope = self.options.scope
         answer = _answer_unit(produced) if keep_answer else set()
@@ -567,12 +573,9 @@ class HistoryPass(SummaryUpdates):
             m for m in [*self.merged.unstored, *produced] if in_scope(m, scope) or id(m) in answer
         ]
         chat = [m for m in self.view.messages if role_of(m) != "system"]
-        conversation = [*chat, *produced]
         anchor = newest_human(chat)
         anchor_id = chat[anchor].id if anchor is not None else None
-        has_next = anchor is not None and anchor + 1 < len(conversation)
-        anchor_next = conversation[anchor + 1].id if has_next and anchor is not None else None
-        return pending, anchor_id, anchor_next
+        return pending, anchor_id, produced[-1].id if produced else None
 
     def _by_content(self) -> bool:
         """Whether re-deliveries can only be recognised by content: a callback without a

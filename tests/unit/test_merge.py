@@ -244,3 +244,59 @@ def test_a_second_answer_to_a_stored_exchange_is_left_out_but_tool_steps_stay() 
     merged = merge_history(stored, thread, max_messages=20)
     assert _texts(merged.messages) == ["q1", "", "r", "a1", "q2", "a2", "q3"]
     assert _texts(merged.unstored) == ["q3"]
+
+
+def _call(call_id: str) -> AIMessage:
+    return AIMessage("", id=call_id, tool_calls=[{"name": "t", "args": {}, "id": call_id}])
+
+
+def test_a_branch_forked_after_the_tool_call_is_answered_as_it_stands() -> None:
+    """Full scope: the log holds the first branch's tool result and answer; the second
+    branch (resumed from the same approval) ran the tool again. Its final pass answers
+    its own tool result, not a conversation ending in the stored answer; its next
+    payload carries the exchange once."""
+    stored = [
+        HumanMessage("q", id="q"),
+        _call("c"),
+        ToolMessage("r", id="r1", tool_call_id="c"),
+        AIMessage("a", id="a1"),
+    ]
+    branch = [HumanMessage("q", id="q"), _call("c"), ToolMessage("r", id="r2", tool_call_id="c")]
+    merged = merge_history(stored, branch, max_messages=20)
+    assert [m.id for m in merged.messages] == ["q", "c", "r2"]
+    assert merged.redelivered
+    later = [*branch, AIMessage("a", id="a2"), HumanMessage("next", id="n")]
+    merged = merge_history(stored, later, max_messages=20)
+    assert [m.id for m in merged.messages] == ["q", "c", "r1", "a1", "n"]
+    assert [m.id for m in merged.unstored] == ["n"]
+
+
+def test_a_replay_after_the_tool_result_is_answered_as_it_stands() -> None:
+    stored = [
+        HumanMessage("q", id="q"),
+        _call("c"),
+        ToolMessage("r", id="r", tool_call_id="c"),
+        AIMessage("a", id="a1"),
+        HumanMessage("q2", id="q2"),  # a later exchange, from another thread
+        AIMessage("a2", id="a2"),
+    ]
+    replay = stored[:3]
+    merged = merge_history(stored, replay, max_messages=20)
+    assert [m.id for m in merged.messages] == ["q", "c", "r"]
+    later = [*replay, AIMessage("a again", id="a1-bis"), HumanMessage("q3", id="q3")]
+    merged = merge_history(stored, later, max_messages=20)
+    assert [m.id for m in merged.messages] == ["q", "c", "r", "a1", "q2", "a2", "q3"]
+
+
+def test_messages_the_thread_adds_after_a_stored_answer_are_not_taken_for_a_second_one() -> None:
+    """After a final answer the log goes on with another assistant message (one a program
+    appended); the thread's own note after that answer is its own message, kept."""
+    stored = [HumanMessage("q", id="q"), AIMessage("a", id="a"), AIMessage("notice", id="n")]
+    thread = [
+        HumanMessage("q", id="q"),
+        AIMessage("a", id="a"),
+        AIMessage("note", id="own"),
+        HumanMessage("q2", id="q2"),
+    ]
+    merged = merge_history(stored, thread, max_messages=20)
+    assert [m.id for m in merged.unstored] == ["own", "q2"]

@@ -228,11 +228,11 @@ def plan_append(
         now: Timestamp written on new turns and the head.
         skipped: Messages the caller dropped for their role, echoed in the result.
         anchor_id: The id of the user message this batch answers.
-        anchor_next: The id of the first message this run produced after the anchor (a
-            token of the run: every node pass of one run gives the same one). The anchor's
-            id entry records it when the anchor is written. When the anchor is already
-            stored with another (or no) token, an earlier run answered it (a re-delivered
-            callback): nothing is written and every turn counts as a duplicate.
+        anchor_next: A token of the run: the id of the message that ends its exchange
+            (its answer). The anchor's id entry records it when the anchor is written.
+            When the anchor is already stored with another (or no) token, an earlier run
+            answered it (a re-delivered callback, or another branch of a run forked from
+            a checkpoint): nothing is written and every turn counts as a duplicate.
 
     Returns:
         The items to put (chunks, id entries, head) and the result to report.

@@ -1,0 +1,263 @@
+"""A tool loop whose final pass runs twice: an approval (a tool that calls ``interrupt()``)
+resumed twice from the same interrupted checkpoint (a double-clicked "Approve" handled by
+two workers, a retried resume, sequential or at the same moment), and a run replayed
+from the checkpoint taken after the tool result (time travel). Every branch of the fork
+shares the question and the tool call; only the final answer differs.
+
+The log keeps the first answer, once, in both scopes; no model is asked to answer a
+conversation that already ends in an answer; and later payloads carry the answer once,
+for `AgentNode`, ``create_agent`` with `HistoryMiddleware`, and ``create_react_agent``
+with `HistoryHooks`.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+import warnings
+from typing import Any
+
+import pytest
+from langchain_core.messages import BaseMessage
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, StateGraph
+from langgraph.prebuilt import ToolNode, tools_condition
+from langgraph.store.base import BaseStore
+from langgraph.types import Command, interrupt
+
+from agent_history import AgentNode, AgentState, ChatHistory, HistoryHooks, HistoryReport
+from agent_history.messages import text_of
+from agent_history.middleware import HistoryMiddleware
+from agent_history.toggles import HistoryToggles
+from tests.support.agent_graphs import telegram_callback
+from tests.support.tool_models import WeatherModel, get_weather
+
+TOGGLES = HistoryToggles(env={})
+ANSWER = "final[Oslo]: sunny in Oslo"
+
+
+@tool("get_weather")
+def weather_after_approval(city: str) -> str:
+    """The weather in a city, once a person approves the lookup."""
+    interrupt({"approve": f"weather in {city}?"})
+    return f"sunny in {city}"
+
+
+class GatedWeatherModel(WeatherModel):
+    """`WeatherModel` whose answers to a tool result wait at ``gate`` (when set): two
+    final passes then both read the store before either appends."""
+
+    gate: Any = None
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> Any:
+        if self.gate is not None and messages and messages[-1].type == "tool":
+            self.gate.wait()
+        return super().reply(messages, **kwargs)
+
+
+def _agent_graph(model: Any, store: BaseStore, scope: str, reports: list[HistoryReport]) -> Any:
+    node = AgentNode(
+        model.bind_tools([weather_after_approval]),
+        use_graph_chat_history=True,
+        history_scope=scope,
+        toggles=TOGGLES,
+        on_report=reports.append,
+    )
+    builder = StateGraph(AgentState)
+    builder.add_node("agent", node)
+    builder.add_node("tools", ToolNode([weather_after_approval]))
+    builder.add_edge(START, "agent")
+    builder.add_conditional_edges("agent", tools_condition)
+    builder.add_edge("tools", "agent")
+    return builder.compile(store=store, checkpointer=InMemorySaver())
+
+
+def _stored(store: BaseStore, key: str, scope: str) -> list[tuple[str, str]]:
+    history = ChatHistory(store, scope=scope)  # type: ignore[arg-type]
+    return [(m.type, text_of(m)) for m in history.to_messages(list(history.read(key)))]
+
+
+def _expected(scope: str) -> list[tuple[str, str]]:
+    steps = [("ai", ""), ("tool", "sunny in Oslo")] if scope == "full" else []
+    return [
+        ("human", "weather in Oslo"), *steps, ("ai", ANSWER),
+        ("human", "thanks"), ("ai", "echo: thanks"),
+    ]  # fmt: skip
+
+
+def _shape(messages: list[BaseMessage]) -> list[tuple[str, str]]:
+    return [(m.type, text_of(m)) for m in messages]
+
+
+def _start(graph: Any, chat: int, config: dict[str, Any]) -> dict[str, Any]:
+    """The question, up to the approval: the interrupted checkpoint's config."""
+    result = graph.invoke(telegram_callback(chat, "weather in Oslo", 1), config)
+    assert result["__interrupt__"], "the tool asks for approval"
+    interrupted: dict[str, Any] = graph.get_state(config).config
+    return interrupted
+
+
+def _check_thanks_payload(payload: list[BaseMessage], scope: str) -> None:
+    """The next message's payload: the exchange once, with its first answer."""
+    if scope == "full":
+        assert _shape(payload) == [
+            ("human", "weather in Oslo"), ("ai", ""), ("tool", "sunny in Oslo"),
+            ("ai", ANSWER), ("human", "thanks"),
+        ]  # fmt: skip
+    else:
+        # The thread's own tool steps belong to its second answer, which is not sent.
+        assert _shape(payload) == [
+            ("human", "weather in Oslo"), ("ai", ANSWER), ("human", "thanks")
+        ]  # fmt: skip
+
+
+@pytest.mark.parametrize("scope", ["turns", "full"])
+def test_an_approval_resumed_twice_from_one_checkpoint_is_answered_once_in_the_log(
+    store: BaseStore, scope: str
+) -> None:
+    model, reports = WeatherModel(), []
+    graph = _agent_graph(model, store, scope, reports)
+    chat = uuid.uuid4().int % 10**9
+    config = {"configurable": {"thread_id": f"chat-{chat}"}}
+    interrupted = _start(graph, chat, config)
+
+    first = graph.invoke(Command(resume=True), config)  # click 1
+    second = graph.invoke(Command(resume=True), interrupted)  # click 2, same checkpoint
+    assert text_of(first["messages"][-1]) == text_of(second["messages"][-1]) == ANSWER
+    # Click 2's final pass answered the question and its own tool result, not a
+    # conversation that already ended in the stored answer.
+    assert [m.type for m in model.calls[-1]] == ["human", "ai", "tool"]
+    assert reports[-1].appended == 0
+    graph.invoke(telegram_callback(chat, "thanks", 2), config)
+
+    assert _stored(store, f"telegram:{chat}", scope) == _expected(scope)
+    _check_thanks_payload(model.calls[-1], scope)
+    assert [r.appended for r in reports] == [0, len(_expected(scope)) - 2, 0, 2]
+
+
+@pytest.mark.parametrize("scope", ["turns", "full"])
+def test_a_replay_from_the_checkpoint_after_the_tool_result_adds_no_second_answer(
+    store: BaseStore, scope: str
+) -> None:
+    model, reports = WeatherModel(), []
+    graph = _agent_graph(model, store, scope, reports)
+    chat = uuid.uuid4().int % 10**9
+    config = {"configurable": {"thread_id": f"chat-{chat}"}}
+    _start(graph, chat, config)
+    graph.invoke(Command(resume=True), config)
+    # Time travel: run the final pass again from the checkpoint after the tool result.
+    after_tool = next(
+        s
+        for s in graph.get_state_history(config)
+        if s.next == ("agent",) and s.values["messages"][-1].type == "tool"
+    )
+    replayed = graph.invoke(None, after_tool.config)
+    assert text_of(replayed["messages"][-1]) == ANSWER
+    assert _shape(model.calls[-1]) == [
+        ("human", "weather in Oslo"), ("ai", ""), ("tool", "sunny in Oslo")
+    ]  # fmt: skip
+    graph.invoke(telegram_callback(chat, "thanks", 2), config)
+
+    assert _stored(store, f"telegram:{chat}", scope) == _expected(scope)
+    _check_thanks_payload(model.calls[-1], scope)
+    # A fresh thread (another process) sees the same conversation.
+    graph.invoke(telegram_callback(chat, "recap", 3), {"configurable": {"thread_id": "x"}})
+    assert _shape(model.calls[-1]) == [*_expected(scope), ("human", "recap")]
+
+
+@pytest.mark.parametrize("scope", ["turns", "full"])
+def test_two_approvals_resumed_at_the_same_moment_store_one_answer(
+    store: BaseStore, scope: str
+) -> None:
+    model, reports = GatedWeatherModel(), []
+    graph = _agent_graph(model, store, scope, reports)
+    chat = uuid.uuid4().int % 10**9
+    config = {"configurable": {"thread_id": f"chat-{chat}"}}
+    interrupted = _start(graph, chat, config)
+    # Both final passes have read the (empty) log when either appends.
+    model.gate = threading.Barrier(2, timeout=60)
+    errors: list[BaseException] = []
+
+    def click() -> None:
+        try:
+            graph.invoke(Command(resume=True), interrupted)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=click) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors
+    model.gate = None
+    assert sorted(r.appended for r in reports[1:]) == [0, len(_expected(scope)) - 2]
+    graph.invoke(telegram_callback(chat, "thanks", 2), {"configurable": {"thread_id": "y"}})
+
+    assert _stored(store, f"telegram:{chat}", scope) == _expected(scope)
+    assert _shape(model.calls[-1]) == _expected(scope)[:-1]
+
+
+def _key_of(chat: int) -> str:
+    return f"telegram:{chat}"
+
+
+def test_create_agent_with_human_approval_resumed_twice_stores_one_answer(
+    store: BaseStore,
+) -> None:
+    from langchain.agents import create_agent
+    from langchain.agents.middleware import HumanInTheLoopMiddleware
+
+    model = WeatherModel()
+    agent = create_agent(
+        model,
+        tools=[get_weather],  # the middleware asks for the approval
+        middleware=[
+            HistoryMiddleware(toggles=TOGGLES, history_scope="full"),
+            HumanInTheLoopMiddleware(interrupt_on={"get_weather": True}),
+        ],
+        store=store,
+        checkpointer=InMemorySaver(),
+    )
+    chat = uuid.uuid4().int % 10**9
+    config = {"configurable": {"thread_id": f"chat-{chat}"}}
+    result = agent.invoke(telegram_callback(chat, "weather in Oslo", 1), config)
+    assert result["__interrupt__"]
+    interrupted = agent.get_state(config).config
+    approve = Command(resume={"decisions": [{"type": "approve"}]})
+    agent.invoke(approve, config)
+    agent.invoke(approve, interrupted)
+    assert [m.type for m in model.calls[-1]] == ["human", "ai", "tool"]
+    agent.invoke(telegram_callback(chat, "thanks", 2), config)
+
+    assert _stored(store, _key_of(chat), "full") == _expected("full")
+    assert [m.type for m in model.calls[-1]] == ["human", "ai", "tool", "ai", "human"]
+
+
+def test_react_agent_hooks_with_a_tool_asking_approval_resumed_twice_store_one_answer(
+    store: BaseStore,
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from langgraph.prebuilt import create_react_agent
+
+        model = WeatherModel()
+        agent = create_react_agent(
+            model,
+            [weather_after_approval],
+            **HistoryHooks(toggles=TOGGLES, history_scope="turns").hooks(),
+            store=store,
+            checkpointer=InMemorySaver(),
+        )
+    chat = uuid.uuid4().int % 10**9
+    config = {"configurable": {"thread_id": f"chat-{chat}"}}
+    result = agent.invoke(telegram_callback(chat, "weather in Oslo", 1), config)
+    assert result["__interrupt__"]
+    interrupted = agent.get_state(config).config
+    agent.invoke(Command(resume=True), config)
+    agent.invoke(Command(resume=True), interrupted)
+    agent.invoke(telegram_callback(chat, "thanks", 2), config)
+
+    assert _stored(store, _key_of(chat), "turns") == _expected("turns")
+    _check_thanks_payload(model.calls[-1], "turns")
