@@ -3,17 +3,30 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
+# The dependency versions the suite last passed with ('make constraints' refreshes them).
+CONSTRAINTS ?= constraints.txt
 
-.PHONY: demo test lint type pytest reliability-long bench bench-quick postgres clean
+.PHONY: demo test lint type pytest reliability-long bench bench-quick postgres constraints clean
 
-$(VENV)/.runtime: pyproject.toml
+$(VENV)/.runtime: pyproject.toml $(CONSTRAINTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -e .
+	$(PIP) install -c $(CONSTRAINTS) -e .
 	@touch $@
 
-$(VENV)/.dev: pyproject.toml $(VENV)/.runtime
-	$(PIP) install -e '.[dev,bench]'
+$(VENV)/.dev: pyproject.toml $(CONSTRAINTS) $(VENV)/.runtime
+	$(PIP) install -c $(CONSTRAINTS) -e '.[dev,bench]'
 	@touch $@
+
+## Refresh constraints.txt: the newest releases pyproject.toml allows, in a scratch venv
+## (then run 'make test' before committing it).
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/python -m pip --disable-pip-version-check -q install -e '.[dev,bench]'
+	{ sed -n '1,3p' constraints.txt; \
+	  .venv-constraints/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .venv-constraints
 
 ## The main job: the offline demo on the embedded SQLite default.
 demo: $(VENV)/.runtime
@@ -46,4 +59,4 @@ bench-quick: $(VENV)/.dev postgres
 	$(PY) -m benchmarks.run --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-constraints .pytest_cache .mypy_cache .ruff_cache
