@@ -409,13 +409,18 @@ def merge_history(
     # Answer it as the thread stands (stored turns after it are later ones).
     redelivered = (
         last_human is not None
-        and matched[last_human] is not None
         and (
             (
-                all(j is None for j in matched[last_human + 1 :])
+                matched[last_human] is not None
+                and all(j is None for j in matched[last_human + 1 :])
                 and len(chat) - last_human - 1 == len(unstored)
             )
-            or (bool(newer) and role_of(newer[0]) != USER)
+            # (The question itself may be older than the window read: a long tool loop.)
+            or (
+                any(j is not None for j in matched[last_human:])
+                and bool(newer)
+                and role_of(newer[0]) != USER
+            )
         )
     )
     if redelivered:

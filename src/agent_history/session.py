@@ -45,6 +45,7 @@ from agent_history.keys import (
 )
 from agent_history.legacy import LEGACY_NAMESPACE
 from agent_history.messages import (
+    ASSISTANT,
     MergedPayload,
     TokenCounter,
     exchange_overlap,
@@ -558,14 +559,8 @@ class HistoryPass(SummaryUpdates):
     ) -> tuple[list[BaseMessage], str | None, str | None]:
         """What the pass appends (the exchange it ends, with any unstored thread messages
         before it), the exchange's anchor (the user message it answers) and the run's
-        token (the answer this pass gives: the message that ends its exchange).
-        ``keep_answer``: the produced tool-call answer and its results are kept whatever
-        the scope.
-
-        The token is the answer, not the run's first message after the anchor: the
-        branches of a tool loop forked after its tool call (an approval resumed twice, a
-        replay from the checkpoint after the tool result, a resume after a crash) share
-        the question and the tool steps, and differ only from the answer on."""
+        token (`_run_token`). ``keep_answer``: the produced tool-call answer and its
+        results are kept whatever the scope."""
         assert self.merged is not None
         scope = self.options.scope
         answer = _answer_unit(produced) if keep_answer else set()
@@ -574,8 +569,9 @@ class HistoryPass(SummaryUpdates):
         ]
         chat = [m for m in self.view.messages if role_of(m) != "system"]
         anchor = newest_human(chat)
-        anchor_id = chat[anchor].id if anchor is not None else None
-        return pending, anchor_id, produced[-1].id if produced else None
+        if anchor is None:
+            return pending, None, None
+        return pending, chat[anchor].id, _run_token([*chat[anchor + 1 :], *produced])
 
     def _by_content(self) -> bool:
         """Whether re-deliveries can only be recognised by content: a callback without a
@@ -658,6 +654,29 @@ class HistoryPass(SummaryUpdates):
     def _backoff(self, attempt: int) -> float:
         base = self.options.write_backoff_seconds
         return float(base * (2**attempt) * (0.5 + random.random()))
+
+
+def _run_token(after_anchor: Sequence[BaseMessage]) -> str | None:
+    """The token of the run answering the anchor, from what follows the anchor in the
+    pass's conversation: the first final answer (else, for a structured answer given as
+    a tool call, the pass's own answer).
+
+    Every pass of one run gives the same one (a supervisor sending the agent back to
+    revise its answer: the second pass follows the first answer). Two runs answering
+    the same message give different ones, also the branches of a tool loop forked after
+    its tool call (an approval resumed twice, a replay from the checkpoint after the
+    tool result, a resume after a crash): they share the question and the tool steps,
+    and differ from the answer on.
+    """
+    first = next((m for m in after_anchor if _is_answer(m)), None)
+    if first is None:
+        return after_anchor[-1].id if after_anchor else None
+    return first.id
+
+
+def _is_answer(message: BaseMessage) -> bool:
+    """An assistant message that asks for no tool (an `AIMessage` or a chat message)."""
+    return role_of(message) == ASSISTANT and not getattr(message, "tool_calls", None)
 
 
 def _answer_unit(produced: Sequence[BaseMessage]) -> set[int]:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import threading
 import uuid
 import warnings
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.graph import START, StateGraph
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.store.base import BaseStore
 from langgraph.types import Command, interrupt
@@ -261,3 +262,106 @@ def test_react_agent_hooks_with_a_tool_asking_approval_resumed_twice_store_one_a
 
     assert _stored(store, _key_of(chat), "turns") == _expected("turns")
     _check_thanks_payload(model.calls[-1], "turns")
+
+
+class ThreeCitiesModel(WeatherModel):
+    """Asks for the weather in Oslo, Rome and Lima one call at a time, then answers."""
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> Any:
+        results = 0
+        for message in reversed(messages):
+            if message.type == "human":
+                break
+            results += isinstance(message, ToolMessage)
+        if messages[-1].type == "ai":
+            return AIMessage("asked to answer a conversation that ends in an answer")
+        if results < 3:
+            city = ("Oslo", "Rome", "Lima")[results]
+            call = {"name": "get_weather", "args": {"city": city}, "id": f"c{results}"}
+            return AIMessage("", tool_calls=[call])
+        return AIMessage(f"all sunny ({len(self.calls)})")
+
+
+def test_a_fork_in_an_exchange_longer_than_the_window_answers_its_own_tool_steps(
+    store: BaseStore,
+) -> None:
+    """Full scope, a window of 6 and an exchange of 8 messages: the question is older
+    than the stored window the second branch reads, which must still tell the fork."""
+    model, reports = ThreeCitiesModel(), []
+    node = AgentNode(
+        model.bind_tools([weather_after_approval]),
+        use_graph_chat_history=True,
+        history_scope="full",
+        max_messages=6,
+        toggles=TOGGLES,
+        on_report=reports.append,
+    )
+    builder = StateGraph(AgentState)
+    builder.add_node("agent", node)
+    builder.add_node("tools", ToolNode([weather_after_approval]))
+    builder.add_edge(START, "agent")
+    builder.add_conditional_edges("agent", tools_condition)
+    builder.add_edge("tools", "agent")
+    graph = builder.compile(store=store, checkpointer=InMemorySaver())
+    chat = uuid.uuid4().int % 10**9
+    config = {"configurable": {"thread_id": f"chat-{chat}"}}
+    graph.invoke(telegram_callback(chat, "weather in three cities", 1), config)
+    for _ in range(2):  # approve Oslo, then Rome
+        graph.invoke(Command(resume=True), config)
+    interrupted = graph.get_state(config).config  # Lima waits for its approval
+    first = graph.invoke(Command(resume=True), config)
+    graph.invoke(Command(resume=True), interrupted)
+
+    # The second branch's final pass: the question and its own three tool rounds.
+    calls = [m for m in model.calls[-1] if m.type == "ai"]
+    assert [m.type for m in model.calls[-1]] == ["human", *["ai", "tool"] * 3]
+    assert [c.tool_calls[0]["args"]["city"] for c in calls] == ["Oslo", "Rome", "Lima"]
+    assert reports[-1].appended == 0
+    stored = _stored(store, f"telegram:{chat}", "full")
+    assert stored[0] == ("human", "weather in three cities")
+    assert [t for t, _ in stored] == ["human", *["ai", "tool"] * 3, "ai"]
+    assert stored[-1] == ("ai", text_of(first["messages"][-1]))
+
+
+class _SupervisedState(TypedDict, total=False):
+    messages: Annotated[list[AnyMessage], add_messages]
+    rounds: int
+
+
+def test_an_agent_sent_back_by_a_supervisor_stores_its_revised_answer(store: BaseStore) -> None:
+    """One run: agent -> supervisor -> agent (revise) -> supervisor -> end, driven with
+    plain messages. Both answers of the run are stored; the next message, on another
+    thread of the same conversation, sees the revision."""
+    model, namespace = WeatherModel(), uuid.uuid4().hex  # a conversation of this test only
+    node = AgentNode(
+        model,
+        use_graph_chat_history=True,
+        toggles=TOGGLES,
+        history_namespace=[namespace],
+        history_key_candidates=("user-42",),
+    )
+
+    def supervisor(state: _SupervisedState) -> dict[str, Any]:
+        note = AIMessage("supervisor: be more precise", name="supervisor")
+        return {"rounds": state.get("rounds", 0) + 1, "messages": [note]}
+
+    builder = StateGraph(_SupervisedState)
+    builder.add_node("agent", node)
+    builder.add_node("supervisor", supervisor)
+    builder.add_edge(START, "agent")
+    builder.add_edge("agent", "supervisor")
+    builder.add_conditional_edges(
+        "supervisor", lambda s: "agent" if s["rounds"] < 2 else END, ["agent", END]
+    )
+    graph = builder.compile(store=store, checkpointer=InMemorySaver())
+    graph.invoke({"messages": [HumanMessage("hello")]}, {"configurable": {"thread_id": "a"}})
+
+    history = ChatHistory(store, namespace=(namespace,))
+    run = [
+        ("human", "hello"), ("ai", "echo: hello"),
+        ("ai", "supervisor: be more precise"), ("ai", "echo: hello"),
+    ]  # fmt: skip
+    assert [(m.type, text_of(m)) for m in history.tail("user-42", 20)] == run
+    graph.invoke({"messages": [HumanMessage("thanks")]}, {"configurable": {"thread_id": "b"}})
+    assert _shape(model.calls[2]) == [*run, ("human", "thanks")]
+    assert len(history.tail("user-42", 20)) == 8  # the next run's four as well

@@ -386,11 +386,11 @@ class ChatHistory:
             message_ids: Optional ids overriding each message's own id; a turn whose id
                 is already stored in the conversation is skipped as a duplicate.
             anchor_id: The id of the user message this batch answers.
-            anchor_next: A token of the answering run: the id of the message that ends
-                its exchange (its answer). When the anchor is already stored by a run
-                with another token, nothing is written (a re-delivered exchange, or a
-                branch of a run forked from a checkpoint); a retry of the same append
-                gives the same token.
+            anchor_next: A token of the answering run: the id of its first answer to
+                the anchor. When the anchor is already stored by a run with another
+                token, nothing is written (a re-delivered exchange, or a branch of a run
+                forked from a checkpoint); every pass of one run, and a retry of an
+                append, gives the same token.
             budget: Seconds the call may take (None: no limit of its own).
 
         Returns:

@@ -228,8 +228,9 @@ def plan_append(
         now: Timestamp written on new turns and the head.
         skipped: Messages the caller dropped for their role, echoed in the result.
         anchor_id: The id of the user message this batch answers.
-        anchor_next: A token of the run: the id of the message that ends its exchange
-            (its answer). The anchor's id entry records it when the anchor is written.
+        anchor_next: A token of the run: the id of its first answer to the anchor
+            (every pass of one run gives the same one). The anchor's id entry records it
+            when the anchor is written.
             When the anchor is already stored with another (or no) token, an earlier run
             answered it (a re-delivered callback, or another branch of a run forked from
             a checkpoint): nothing is written and every turn counts as a duplicate.
