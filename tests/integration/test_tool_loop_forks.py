@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import uuid
 import warnings
+from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict
 
 import pytest
@@ -57,13 +58,16 @@ class GatedWeatherModel(WeatherModel):
         return super().reply(messages, **kwargs)
 
 
-def _agent_graph(model: Any, store: BaseStore, scope: str, reports: list[HistoryReport]) -> Any:
+def _agent_graph(
+    model: Any, store: BaseStore, scope: str, reports: list[HistoryReport], **fields: Any
+) -> Any:
     node = AgentNode(
         model.bind_tools([weather_after_approval]),
         use_graph_chat_history=True,
         history_scope=scope,
         toggles=TOGGLES,
         on_report=reports.append,
+        **fields,
     )
     builder = StateGraph(AgentState)
     builder.add_node("agent", node)
@@ -91,12 +95,24 @@ def _shape(messages: list[BaseMessage]) -> list[tuple[str, str]]:
     return [(m.type, text_of(m)) for m in messages]
 
 
-def _start(graph: Any, chat: int, config: dict[str, Any]) -> dict[str, Any]:
-    """The question, up to the approval: the interrupted checkpoint's config."""
+@dataclass
+class Asked:
+    """A question asked on a stable thread, waiting for its approval."""
+
+    graph: Any
+    chat: int
+    config: dict[str, Any]
+    interrupted: dict[str, Any]
+    """The interrupted checkpoint's config (what a second worker resumes)."""
+
+
+def _ask(graph: Any) -> Asked:
+    """Ask the weather in Oslo, up to the approval."""
+    chat = uuid.uuid4().int % 10**9
+    config = {"configurable": {"thread_id": f"chat-{chat}"}}
     result = graph.invoke(telegram_callback(chat, "weather in Oslo", 1), config)
     assert result["__interrupt__"], "the tool asks for approval"
-    interrupted: dict[str, Any] = graph.get_state(config).config
-    return interrupted
+    return Asked(graph, chat, config, graph.get_state(config).config)
 
 
 def _check_thanks_payload(payload: list[BaseMessage], scope: str) -> None:
@@ -119,9 +135,8 @@ def test_an_approval_resumed_twice_from_one_checkpoint_is_answered_once_in_the_l
 ) -> None:
     model, reports = WeatherModel(), []
     graph = _agent_graph(model, store, scope, reports)
-    chat = uuid.uuid4().int % 10**9
-    config = {"configurable": {"thread_id": f"chat-{chat}"}}
-    interrupted = _start(graph, chat, config)
+    asked = _ask(graph)
+    chat, config, interrupted = asked.chat, asked.config, asked.interrupted
 
     first = graph.invoke(Command(resume=True), config)  # click 1
     second = graph.invoke(Command(resume=True), interrupted)  # click 2, same checkpoint
@@ -143,9 +158,8 @@ def test_a_replay_from_the_checkpoint_after_the_tool_result_adds_no_second_answe
 ) -> None:
     model, reports = WeatherModel(), []
     graph = _agent_graph(model, store, scope, reports)
-    chat = uuid.uuid4().int % 10**9
-    config = {"configurable": {"thread_id": f"chat-{chat}"}}
-    _start(graph, chat, config)
+    asked = _ask(graph)
+    chat, config = asked.chat, asked.config
     graph.invoke(Command(resume=True), config)
     # Time travel: run the final pass again from the checkpoint after the tool result.
     after_tool = next(
@@ -173,9 +187,8 @@ def test_two_approvals_resumed_at_the_same_moment_store_one_answer(
 ) -> None:
     model, reports = GatedWeatherModel(), []
     graph = _agent_graph(model, store, scope, reports)
-    chat = uuid.uuid4().int % 10**9
-    config = {"configurable": {"thread_id": f"chat-{chat}"}}
-    interrupted = _start(graph, chat, config)
+    asked = _ask(graph)
+    chat, interrupted = asked.chat, asked.interrupted
     # Both final passes have read the (empty) log when either appends.
     model.gate = threading.Barrier(2, timeout=60)
     errors: list[BaseException] = []
@@ -288,24 +301,9 @@ def test_a_fork_in_an_exchange_longer_than_the_window_answers_its_own_tool_steps
     """Full scope, a window of 6 and an exchange of 8 messages: the question is older
     than the stored window the second branch reads, which must still tell the fork."""
     model, reports = ThreeCitiesModel(), []
-    node = AgentNode(
-        model.bind_tools([weather_after_approval]),
-        use_graph_chat_history=True,
-        history_scope="full",
-        max_messages=6,
-        toggles=TOGGLES,
-        on_report=reports.append,
-    )
-    builder = StateGraph(AgentState)
-    builder.add_node("agent", node)
-    builder.add_node("tools", ToolNode([weather_after_approval]))
-    builder.add_edge(START, "agent")
-    builder.add_conditional_edges("agent", tools_condition)
-    builder.add_edge("tools", "agent")
-    graph = builder.compile(store=store, checkpointer=InMemorySaver())
-    chat = uuid.uuid4().int % 10**9
-    config = {"configurable": {"thread_id": f"chat-{chat}"}}
-    graph.invoke(telegram_callback(chat, "weather in three cities", 1), config)
+    graph = _agent_graph(model, store, "full", reports, max_messages=6)
+    asked = _ask(graph)  # the model asks for Oslo, Rome and Lima, one at a time
+    chat, config = asked.chat, asked.config
     for _ in range(2):  # approve Oslo, then Rome
         graph.invoke(Command(resume=True), config)
     interrupted = graph.get_state(config).config  # Lima waits for its approval
@@ -318,7 +316,7 @@ def test_a_fork_in_an_exchange_longer_than_the_window_answers_its_own_tool_steps
     assert [c.tool_calls[0]["args"]["city"] for c in calls] == ["Oslo", "Rome", "Lima"]
     assert reports[-1].appended == 0
     stored = _stored(store, f"telegram:{chat}", "full")
-    assert stored[0] == ("human", "weather in three cities")
+    assert stored[0] == ("human", "weather in Oslo")
     assert [t for t, _ in stored] == ["human", *["ai", "tool"] * 3, "ai"]
     assert stored[-1] == ("ai", text_of(first["messages"][-1]))
 
