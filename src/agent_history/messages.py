@@ -202,20 +202,31 @@ def _without_second_answers(
         at = matched[index]
         if at is None or index + 1 >= len(chat) or matched[index + 1] is not None:
             continue
-        if role_of(message) == ASSISTANT and not getattr(message, "tool_calls", None):
-            continue  # after an answer, what follows is not a second answer to it
         if at + 1 >= len(stored) or role_of(stored[at + 1]) == USER:
             continue  # the log's exchange ends there too
         end = next((k for k in range(index + 1, len(chat)) if role_of(chat[k]) == USER), None)
         if end is None or end == index + 1:
             continue
         answer = range(index + 1, end)
-        if all(matched[k] is None for k in answer):
-            drop.update(answer)
+        if any(matched[k] is not None for k in answer):
+            continue
+        if _is_answer(message) and not any(_is_tool_step(chat[k]) for k in answer):
+            # After an answer (another node's note before the agent's answer, say), only
+            # a tool loop is surely a second answer; another message is the thread's own.
+            continue
+        drop.update(answer)
     if not drop:
         return list(chat), matched
     kept = [k for k in range(len(chat)) if k not in drop]
     return [chat[k] for k in kept], [matched[k] for k in kept]
+
+
+def _is_answer(message: BaseMessage) -> bool:
+    return role_of(message) == ASSISTANT and not getattr(message, "tool_calls", None)
+
+
+def _is_tool_step(message: BaseMessage) -> bool:
+    return role_of(message) == "tool" or bool(getattr(message, "tool_calls", None))
 
 
 def tool_safe_units(messages: Sequence[BaseMessage]) -> list[list[BaseMessage]]:

@@ -72,16 +72,25 @@ class Append:
     messages: list[BaseMessage]
     anchor_id: str | None
     anchor_next: str | None
+    anchor_seen: tuple[str, ...]
     budget: float
 
     def call(self) -> Any:
         return self.history.append(
-            self.key, self.messages, anchor_id=self.anchor_id, anchor_next=self.anchor_next
+            self.key,
+            self.messages,
+            anchor_id=self.anchor_id,
+            anchor_next=self.anchor_next,
+            anchor_seen=self.anchor_seen,
         )
 
     def acall(self) -> Awaitable[Any]:
         return self.history.aappend(
-            self.key, self.messages, anchor_id=self.anchor_id, anchor_next=self.anchor_next
+            self.key,
+            self.messages,
+            anchor_id=self.anchor_id,
+            anchor_next=self.anchor_next,
+            anchor_seen=self.anchor_seen,
         )
 
 

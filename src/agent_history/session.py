@@ -45,7 +45,6 @@ from agent_history.keys import (
 )
 from agent_history.legacy import LEGACY_NAMESPACE
 from agent_history.messages import (
-    ASSISTANT,
     MergedPayload,
     TokenCounter,
     exchange_overlap,
@@ -473,7 +472,7 @@ class HistoryPass(SummaryUpdates):
         final = bool(produced) and is_final_answer(produced[-1])
         if self.history is None or not self.decision.write or not (final or ends):
             return False
-        pending, anchor_id, anchor_next = self._to_append(produced, keep_answer=not final)
+        pending, anchor_id, anchor_next, seen = self._to_append(produced, keep_answer=not final)
         budgets = self.options.toggles.current()
         if pending and self._by_content():
             # Without ids, a re-delivered exchange is recognised by content: it repeats
@@ -496,7 +495,13 @@ class HistoryPass(SummaryUpdates):
         if self._legacy and not (yield from self._seed_from_legacy(budgets.write_timeout_seconds)):
             return False
         step = Append(
-            self.history, self.key, pending, anchor_id, anchor_next, budgets.write_timeout_seconds
+            self.history,
+            self.key,
+            pending,
+            anchor_id,
+            anchor_next,
+            seen,
+            budgets.write_timeout_seconds,
         )
         for attempt in range(self.options.write_attempts):
             started = time.perf_counter()
@@ -556,11 +561,19 @@ class HistoryPass(SummaryUpdates):
 
     def _to_append(
         self, produced: Sequence[BaseMessage], keep_answer: bool = False
-    ) -> tuple[list[BaseMessage], str | None, str | None]:
+    ) -> tuple[list[BaseMessage], str | None, str | None, tuple[str, ...]]:
         """What the pass appends (the exchange it ends, with any unstored thread messages
-        before it), the exchange's anchor (the user message it answers) and the run's
-        token (`_run_token`). ``keep_answer``: the produced tool-call answer and its
-        results are kept whatever the scope."""
+        before it), the exchange's anchor (the user message it answers), the run's token
+        (this pass's answer) and the ids of what follows the anchor in its conversation
+        (see `layout.plan_append`). ``keep_answer``: the produced tool-call answer and
+        its results are kept whatever the scope.
+
+        The answer is the token because no other run has it: the branches of a tool loop
+        forked after its tool call (an approval resumed twice, a replay from the
+        checkpoint after the tool result, a resume after a crash) share the question,
+        the tool steps and any message another node added before the answer. A later
+        pass of the same run (an agent a supervisor sends back to revise its answer)
+        finds the token it stored among what follows the anchor in its thread."""
         assert self.merged is not None
         scope = self.options.scope
         answer = _answer_unit(produced) if keep_answer else set()
@@ -570,8 +583,9 @@ class HistoryPass(SummaryUpdates):
         chat = [m for m in self.view.messages if role_of(m) != "system"]
         anchor = newest_human(chat)
         if anchor is None:
-            return pending, None, None
-        return pending, chat[anchor].id, _run_token([*chat[anchor + 1 :], *produced])
+            return pending, None, None, ()
+        seen = tuple(m.id for m in [*chat[anchor + 1 :], *produced] if m.id)
+        return pending, chat[anchor].id, produced[-1].id, seen
 
     def _by_content(self) -> bool:
         """Whether re-deliveries can only be recognised by content: a callback without a
@@ -654,29 +668,6 @@ class HistoryPass(SummaryUpdates):
     def _backoff(self, attempt: int) -> float:
         base = self.options.write_backoff_seconds
         return float(base * (2**attempt) * (0.5 + random.random()))
-
-
-def _run_token(after_anchor: Sequence[BaseMessage]) -> str | None:
-    """The token of the run answering the anchor, from what follows the anchor in the
-    pass's conversation: the first final answer (else, for a structured answer given as
-    a tool call, the pass's own answer).
-
-    Every pass of one run gives the same one (a supervisor sending the agent back to
-    revise its answer: the second pass follows the first answer). Two runs answering
-    the same message give different ones, also the branches of a tool loop forked after
-    its tool call (an approval resumed twice, a replay from the checkpoint after the
-    tool result, a resume after a crash): they share the question and the tool steps,
-    and differ from the answer on.
-    """
-    first = next((m for m in after_anchor if _is_answer(m)), None)
-    if first is None:
-        return after_anchor[-1].id if after_anchor else None
-    return first.id
-
-
-def _is_answer(message: BaseMessage) -> bool:
-    """An assistant message that asks for no tool (an `AIMessage` or a chat message)."""
-    return role_of(message) == ASSISTANT and not getattr(message, "tool_calls", None)
 
 
 def _answer_unit(produced: Sequence[BaseMessage]) -> set[int]:

@@ -1,10 +1,10 @@
 """PostgreSQL's one-statement append writes exactly what the Python planner plans.
 
-``agent_history_append_v1`` re-implements `layout.plan_append` in plpgsql so an append is
+``agent_history_append_v2`` re-implements `layout.plan_append` in plpgsql so an append is
 one round trip. This property test builds random conversation states (heads, open
 chunks with records of abandoned epochs, id entries of this and other epochs, with and
-without a run token), random pending turns and anchors, runs both, and compares every
-stored item and the reported result.
+without a run token), random pending turns and anchors (with the ids that follow them in
+the run), runs both, and compares every stored item and the reported result.
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ def states(draw: st.DrawFn) -> dict[str, Any]:
         "chunk_size": draw(st.integers(1, 4)),
         "anchor_id": draw(st.none() | st.sampled_from(IDS)),
         "anchor_next": draw(st.none() | st.sampled_from(TOKENS)),
+        "anchor_seen": tuple(draw(st.lists(st.sampled_from(TOKENS), max_size=3))),
         "skipped": draw(st.integers(0, 2)),
     }
 
@@ -143,6 +144,7 @@ def _expected(state: dict[str, Any]) -> tuple[dict[str, Any], Any]:
             skipped=state["skipped"],
             anchor_id=state["anchor_id"],
             anchor_next=state["anchor_next"],
+            anchor_seen=state["anchor_seen"],
         )
     return {**items, **plan.puts}, plan.result
 
@@ -179,6 +181,7 @@ def test_one_statement_append_matches_the_planner(
             skipped=state["skipped"],
             anchor_id=state["anchor_id"],
             anchor_next=state["anchor_next"],
+            anchor_seen=state["anchor_seen"],
         )
         with mock.patch("agent_history.history.drivers.postgres_base.new_head", _fixed_head):
             result = driver.append(namespace, request)

@@ -31,6 +31,7 @@ from langgraph.types import Command, interrupt
 from agent_history import AgentNode, AgentState, ChatHistory, HistoryHooks, HistoryReport
 from agent_history.messages import text_of
 from agent_history.middleware import HistoryMiddleware
+from agent_history.testing import RecordingChatModel
 from agent_history.toggles import HistoryToggles
 from tests.support.agent_graphs import telegram_callback
 from tests.support.tool_models import WeatherModel, get_weather
@@ -78,8 +79,10 @@ def _agent_graph(
     return builder.compile(store=store, checkpointer=InMemorySaver())
 
 
-def _stored(store: BaseStore, key: str, scope: str) -> list[tuple[str, str]]:
-    history = ChatHistory(store, scope=scope)  # type: ignore[arg-type]
+def _stored(
+    store: BaseStore, key: str, scope: str, namespace: tuple[str, ...] = ("agent_chat_history",)
+) -> list[tuple[str, str]]:
+    history = ChatHistory(store, namespace=namespace, scope=scope)  # type: ignore[arg-type]
     return [(m.type, text_of(m)) for m in history.to_messages(list(history.read(key)))]
 
 
@@ -363,3 +366,92 @@ def test_an_agent_sent_back_by_a_supervisor_stores_its_revised_answer(store: Bas
     graph.invoke({"messages": [HumanMessage("thanks")]}, {"configurable": {"thread_id": "b"}})
     assert _shape(model.calls[2]) == [*run, ("human", "thanks")]
     assert len(history.tail("user-42", 20)) == 8  # the next run's four as well
+
+
+class AskOnceModel(GatedWeatherModel):
+    """Asks for the weather in Oslo, whatever came before, then answers the result."""
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> Any:
+        if isinstance(messages[-1], ToolMessage):
+            return super().reply(messages, **kwargs)
+        call = {"name": "get_weather", "args": {"city": "Oslo"}, "id": "c-oslo"}
+        return AIMessage("", tool_calls=[call])
+
+
+@pytest.mark.parametrize("clicks", ["one after the other", "at once"])
+@pytest.mark.parametrize("scope", ["turns", "full"])
+def test_a_pipelines_second_agent_forked_at_its_approval_stores_one_answer(
+    store: BaseStore, scope: str, clicks: str
+) -> None:
+    """triage -> weather <-> tools (each agent its own namespace): the weather agent's
+    branches share the question, the triage answer before its own and its tool call."""
+    namespace = uuid.uuid4().hex
+    triage = AgentNode(
+        RecordingChatModel(prefix="triage: "),
+        use_graph_chat_history=True,
+        history_namespace=[namespace, "triage"],
+        toggles=TOGGLES,
+    )
+    model, reports = AskOnceModel(), []
+    weather = AgentNode(
+        model.bind_tools([weather_after_approval]),
+        use_graph_chat_history=True,
+        history_namespace=[namespace, "weather"],
+        history_scope=scope,
+        toggles=TOGGLES,
+        on_report=reports.append,
+    )
+    builder = StateGraph(AgentState)
+    builder.add_node("triage", triage)
+    builder.add_node("weather", weather)
+    builder.add_node("tools", ToolNode([weather_after_approval]))
+    builder.add_edge(START, "triage")
+    builder.add_edge("triage", "weather")
+    builder.add_conditional_edges("weather", tools_condition)
+    builder.add_edge("tools", "weather")
+    graph = builder.compile(store=store, checkpointer=InMemorySaver())
+    asked = _ask(graph)
+    if clicks == "at once":
+        model.gate = threading.Barrier(2, timeout=60)
+        workers = [
+            threading.Thread(target=graph.invoke, args=(Command(resume=True), asked.interrupted))
+            for _ in range(2)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    else:
+        graph.invoke(Command(resume=True), asked.config)
+        graph.invoke(Command(resume=True), asked.interrupted)
+        assert [m.type for m in model.calls[-1]] == ["human", "ai", "ai", "tool"]
+
+    steps = [("ai", ""), ("tool", "sunny in Oslo")] if scope == "full" else []
+    assert _stored(store, f"telegram:{asked.chat}", scope, (namespace, "weather")) == [
+        ("human", "weather in Oslo"), ("ai", "triage: weather in Oslo"), *steps, ("ai", ANSWER)
+    ]  # fmt: skip
+    assert sorted(r.appended for r in reports if r.appended or r.duplicates) == [
+        0, 3 + len(steps)
+    ]  # fmt: skip
+
+
+def test_a_revision_continues_an_exchange_an_earlier_release_stored(store: BaseStore) -> None:
+    """An earlier release recorded the first message after the question as the run's
+    token (here the tool call). A later pass of that run (a reviewer asked for a
+    revision) still appends; another run answering the question does not."""
+    history = ChatHistory(store, namespace=("upgrade", uuid.uuid4().hex))
+    question = HumanMessage("weather in Oslo", id="q")
+    history.append("k", [question, AIMessage("v1", id="v1")], anchor_id="q", anchor_next="call")
+    revision = [AIMessage("revise it", id="review"), AIMessage("v2", id="v2")]
+    seen = ("call", "result", "v1", "review", "v2")
+    result = history.append("k", revision, anchor_id="q", anchor_next="v2", anchor_seen=seen)
+    assert result.appended == 2
+    again = [question, AIMessage("v1 again", id="other")]
+    result = history.append("k", again, anchor_id="q", anchor_next="other", anchor_seen=["other"])
+    assert (result.appended, result.duplicates) == (0, 2)
+    assert [text_of(m) for m in history.tail("k", 10)] == [
+        "weather in Oslo",
+        "v1",
+        "revise it",
+        "v2",
+    ]

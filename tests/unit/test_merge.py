@@ -300,3 +300,20 @@ def test_messages_the_thread_adds_after_a_stored_answer_are_not_taken_for_a_seco
     ]
     merged = merge_history(stored, thread, max_messages=20)
     assert [m.id for m in merged.unstored] == ["own", "q2"]
+
+
+def test_a_second_tool_loop_answer_after_another_nodes_note_is_left_out() -> None:
+    """Turns scope: a note of another node (a pipeline's first agent) comes between the
+    question and the agent's tool loop; the log holds the first branch's answer."""
+    stored = [HumanMessage("q", id="q"), AIMessage("note", id="g"), AIMessage("a", id="a1")]
+    thread = [
+        HumanMessage("q", id="q"),
+        AIMessage("note", id="g"),
+        _call("c"),
+        ToolMessage("r", id="r2", tool_call_id="c"),
+        AIMessage("a", id="a2"),
+        HumanMessage("next", id="n"),
+    ]
+    merged = merge_history(stored, thread, max_messages=20)
+    assert [m.id for m in merged.messages] == ["q", "g", "a1", "n"]
+    assert [m.id for m in merged.unstored] == ["n"]

@@ -375,6 +375,7 @@ class ChatHistory:
         message_ids: Sequence[str | None] | None = None,
         anchor_id: str | None = None,
         anchor_next: str | None = None,
+        anchor_seen: Sequence[str] = (),
         budget: float | None = None,
     ) -> AppendResult:
         """Append messages atomically, with every field they carry.
@@ -386,11 +387,15 @@ class ChatHistory:
             message_ids: Optional ids overriding each message's own id; a turn whose id
                 is already stored in the conversation is skipped as a duplicate.
             anchor_id: The id of the user message this batch answers.
-            anchor_next: A token of the answering run: the id of its first answer to
-                the anchor. When the anchor is already stored by a run with another
-                token, nothing is written (a re-delivered exchange, or a branch of a run
-                forked from a checkpoint); every pass of one run, and a retry of an
-                append, gives the same token.
+            anchor_next: A token of the answering run: the id of its answer, which no
+                other run (nor another branch of a run forked from a checkpoint) has.
+                The anchor's id entry records it when the anchor is written.
+            anchor_seen: The ids of the messages that follow the anchor in the
+                answering run's conversation. When the anchor is already stored with a
+                token that is neither ``anchor_next`` nor among them, another run
+                answered it (a re-delivered exchange, another branch of a fork):
+                nothing is written. A token among them is an earlier pass of the same
+                run (an agent sent back to revise its answer).
             budget: Seconds the call may take (None: no limit of its own).
 
         Returns:
@@ -406,7 +411,7 @@ class ChatHistory:
             namespace = self.conversation_namespace(key)
             if not pending:
                 return AppendResult(0, 0, skipped, None, None, self.count(key))
-            request = self._append_request(pending, skipped, anchor_id, anchor_next)
+            request = self._append_request(pending, skipped, anchor_id, anchor_next, anchor_seen)
             return self._driver.append(namespace, request)
 
     async def aappend(
@@ -417,6 +422,7 @@ class ChatHistory:
         message_ids: Sequence[str | None] | None = None,
         anchor_id: str | None = None,
         anchor_next: str | None = None,
+        anchor_seen: Sequence[str] = (),
         budget: float | None = None,
     ) -> AppendResult:
         """Async `append`."""
@@ -425,7 +431,7 @@ class ChatHistory:
             namespace = self.conversation_namespace(key)
             if not pending:
                 return AppendResult(0, 0, skipped, None, None, await self.acount(key))
-            request = self._append_request(pending, skipped, anchor_id, anchor_next)
+            request = self._append_request(pending, skipped, anchor_id, anchor_next, anchor_seen)
             return await self._driver.aappend(namespace, request)
 
     def _append_request(
@@ -434,6 +440,7 @@ class ChatHistory:
         skipped: int,
         anchor_id: str | None,
         anchor_next: str | None,
+        anchor_seen: Sequence[str],
     ) -> AppendRequest:
         return AppendRequest(
             pending,
@@ -443,6 +450,7 @@ class ChatHistory:
             skipped=skipped,
             anchor_id=anchor_id,
             anchor_next=anchor_next,
+            anchor_seen=tuple(dict.fromkeys(anchor_seen)),
         )
 
     def delete(self, key: str, *, budget: float | None = None) -> int:

@@ -20,7 +20,7 @@ import functools
 import hashlib
 import re
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -214,6 +214,7 @@ def plan_append(
     skipped: int = 0,
     anchor_id: str | None = None,
     anchor_next: str | None = None,
+    anchor_seen: Collection[str] = (),
 ) -> AppendPlan:
     """Plan the writes that append ``pending`` after the current ``head``.
 
@@ -228,12 +229,15 @@ def plan_append(
         now: Timestamp written on new turns and the head.
         skipped: Messages the caller dropped for their role, echoed in the result.
         anchor_id: The id of the user message this batch answers.
-        anchor_next: A token of the run: the id of its first answer to the anchor
-            (every pass of one run gives the same one). The anchor's id entry records it
-            when the anchor is written.
-            When the anchor is already stored with another (or no) token, an earlier run
-            answered it (a re-delivered callback, or another branch of a run forked from
-            a checkpoint): nothing is written and every turn counts as a duplicate.
+        anchor_next: A token of the run: the id of its answer (no other run, nor
+            another branch of a run forked from a checkpoint, has it). The anchor's id
+            entry records it when the anchor is written.
+        anchor_seen: The ids of the messages that follow the anchor in the run's
+            conversation. When the anchor is already stored with a token that is neither
+            ``anchor_next`` nor among them (or with none), another run answered it (a
+            re-delivered callback, or another branch of a fork): nothing is written and
+            every turn counts as a duplicate. A token among them is an earlier pass of
+            this run (an agent sent back to revise its answer follows that answer).
 
     Returns:
         The items to put (chunks, id entries, head) and the result to report.
@@ -249,7 +253,9 @@ def plan_append(
 
     if anchor_id is not None and stored(anchor_id):
         entry = known_ids.get(anchor_id) or {}
-        answered_by_another_run = entry.get("next") != anchor_next or anchor_next is None
+        token = entry.get("next")
+        ours = token == anchor_next or token in anchor_seen
+        answered_by_another_run = anchor_next is None or token is None or not ours
     else:
         answered_by_another_run = False
     if answered_by_another_run:

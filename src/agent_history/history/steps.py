@@ -152,11 +152,13 @@ def append_steps(
     skipped: int = 0,
     anchor_id: str | None = None,
     anchor_next: str | None = None,
+    anchor_seen: Sequence[str] = (),
 ) -> Steps[AppendResult]:
     """Append ``pending``: read head and known ids, read the open chunk, write. Run atomically.
 
-    ``anchor_id``/``anchor_next``: the user message the batch answers and the run's
-    token (see `layout.plan_append`).
+    ``anchor_id``/``anchor_next``/``anchor_seen``: the user message the batch answers,
+    the run's token and what follows the anchor in its conversation (see
+    `layout.plan_append`).
     """
     wanted = (*(t.id for t in pending), anchor_id)
     ids = tuple(dict.fromkeys(i for i in wanted if i is not None))
@@ -183,6 +185,7 @@ def append_steps(
         skipped=skipped,
         anchor_id=anchor_id,
         anchor_next=anchor_next,
+        anchor_seen=anchor_seen,
     )
     if plan.puts:
         # The head goes last so a reader never sees a head ahead of its chunks.

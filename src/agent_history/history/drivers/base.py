@@ -79,6 +79,7 @@ class AppendRequest:
     skipped: int = 0
     anchor_id: str | None = None
     anchor_next: str | None = None
+    anchor_seen: tuple[str, ...] = ()
 
     def steps(self, *, anchored: bool = True) -> Steps[AppendResult]:
         """The append procedure (``anchored=False``: without the anchor rule, for a retry
@@ -91,6 +92,7 @@ class AppendRequest:
             skipped=self.skipped,
             anchor_id=self.anchor_id if anchored else None,
             anchor_next=self.anchor_next if anchored else None,
+            anchor_seen=self.anchor_seen if anchored else (),
         )
 
 

@@ -5,9 +5,10 @@ its PostgreSQL store does, plus server-side functions installed by `MIGRATIONS`,
 append-only list whose index is the version (recorded in ``agent_history_migrations``),
 applied by `migrate` under the setup lock, like LangGraph's own:
 
-- ``agent_history_append_v1``: a whole append in one statement, so one round trip. It
-  takes the conversation's advisory lock, reads the head, the id entries and the open
-  chunk, and writes exactly what `layout.plan_append` would (the property test in
+- ``agent_history_append_v2`` (``_v1`` before migration 2, kept for older workers): a
+  whole append in one statement, so one round trip. It takes the conversation's
+  advisory lock, reads the head, the id entries and the open chunk, and writes exactly
+  what `layout.plan_append` would (the property test in
   ``tests/integration/test_postgres_append.py`` runs both on random states); the records
   arrive already encoded by the Python codec, the function only numbers them;
 - ``agent_history_put_v1``: the writes of any other procedure (delete, ...), with the
@@ -384,10 +385,38 @@ _SWEEP_GUARD = """    IF FOUND AND v_current IS NOT NULL
 if _HEAD_READ not in _APPEND_FUNCTION:  # pragma: no cover - a guard on the text above
     raise RuntimeError("agent_history_append_v1: head read not found")
 
+_APPEND_V1 = _APPEND_FUNCTION.replace(_HEAD_READ, _SWEEP_GUARD + _HEAD_READ)
+
+# agent_history_append_v2: v1 with the anchor rule of `layout.plan_append` that also takes
+# the ids following the anchor in the run's conversation (``p_anchor_seen``): a token
+# among them is an earlier pass of the same run. (v1 stays, for workers of an older
+# release during a rolling deploy.)
+_V2_EDITS = (
+    ("FUNCTION agent_history_append_v1(", "FUNCTION agent_history_append_v2("),
+    ("    p_anchor_next text,\n", "    p_anchor_next text,\n    p_anchor_seen text[],\n"),
+    (
+        "AND (p_anchor_next IS NULL OR v_anchor->'next' IS DISTINCT FROM to_jsonb(p_anchor_next))",
+        "AND (p_anchor_next IS NULL OR v_anchor->>'next' IS NULL\n"
+        "            OR NOT (v_anchor->>'next' = p_anchor_next\n"
+        "                    OR v_anchor->>'next' = ANY(p_anchor_seen)))",
+    ),
+)
+
+
+def _edited(text: str, edits: Sequence[tuple[str, str]]) -> str:
+    for old, new in edits:
+        if text.count(old) != 1:  # pragma: no cover - a guard on the texts above
+            raise RuntimeError(f"migration text not found once: {old!r}")
+        text = text.replace(old, new)
+    return text
+
+
 MIGRATIONS: Sequence[str] = [
     _FUNCTIONS + _APPEND_FUNCTION,
     # 1: the append waits for a sweep of the conversation it appends to (see _SWEEP_GUARD).
-    _APPEND_FUNCTION.replace(_HEAD_READ, _SWEEP_GUARD + _HEAD_READ),
+    _APPEND_V1,
+    # 2: agent_history_append_v2, whose anchor rule knows the passes of one run.
+    _edited(_APPEND_V1, _V2_EDITS),
 ]
 
 MIGRATIONS_TABLE = "agent_history_migrations"
@@ -401,8 +430,8 @@ OWN_VERSION_SQL = f"SELECT max(v) FROM {MIGRATIONS_TABLE}"
 RECORD_VERSION_SQL = f"INSERT INTO {MIGRATIONS_TABLE} (v) VALUES (%s)"
 
 APPEND_SQL = (
-    "SELECT appended, duplicates, first_seq, last_seq, total FROM agent_history_append_v1("
-    "%s, %s::jsonb, %s::text[], %s::text[], %s, %s, %s, %s::jsonb, %s, %s, %s)"
+    "SELECT appended, duplicates, first_seq, last_seq, total FROM agent_history_append_v2("
+    "%s, %s::jsonb, %s::text[], %s::text[], %s, %s, %s, %s::text[], %s::jsonb, %s, %s, %s)"
 )
 PUT_SQL = "SELECT agent_history_put_v1(%s, %s::text[], %s::jsonb[], %s::text[], %s)"
 TOUCH_SQL = "SELECT agent_history_touch_v1(%s, %s, %s)"
@@ -474,7 +503,7 @@ def lock_timeout_ms(left: float | None) -> int:
 def append_params(
     prefix: str, request: AppendRequest, ttl: TtlPolicy, lock_ms: int
 ) -> tuple[Any, ...]:
-    """The arguments of ``agent_history_append_v1`` for ``request``.
+    """The arguments of ``agent_history_append_v2`` for ``request``.
 
     Records are built by the codec here (``PendingTurn.record``, with their time); the
     function sets their ``seq``.
@@ -491,6 +520,7 @@ def append_params(
         anchor,
         None if anchor is None else msgid_key(anchor),
         request.anchor_next,
+        list(request.anchor_seen),
         orjson.dumps(new_head(request.chunk_size, request.now)).decode(),
         request.now,
         ttl.minutes,
