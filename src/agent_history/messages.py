@@ -57,8 +57,12 @@ _ROLE_ALIASES = {
 
 
 def role_of(message: MessageLike) -> str:
-    """The normalised role: ``user``, ``assistant``, ``system``, ``tool`` or ``unknown``."""
+    """The normalised role: ``user``, ``assistant``, ``system``, ``tool`` or ``unknown``
+    (a `ChatMessage`'s is its ``role`` field's)."""
     if isinstance(message, BaseMessage):
+        if message.type in ("chat", "ChatMessageChunk"):
+            role = _ROLE_ALIASES.get(str(getattr(message, "role", "")).lower(), "unknown")
+            return role if role in (USER, ASSISTANT, "system") else "unknown"
         raw = message.type
     else:
         raw = str(message.get("role") or message.get("type") or "")

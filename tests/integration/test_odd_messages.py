@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, ToolMessage
 from langgraph.graph import START, StateGraph
 from langgraph.store.base import BaseStore
 
@@ -104,3 +104,26 @@ def test_an_unstorable_answer_costs_its_exchange_only(
     assert len(refusals) == 3
     assert not any("breaker_open" in r.getMessage() for r in caplog.records)
     assert not any("x" * 3 in r.getMessage() for r in caplog.records)
+
+
+class ChatRoleModel(RecordingChatModel):
+    """Answers with ``ChatMessage(role="assistant")``, as some runnables do."""
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> Any:
+        return ChatMessage(f"echo: {messages[-1].content}", role="assistant")
+
+
+def test_answers_given_as_assistant_chat_messages_are_stored_and_read(store: BaseStore) -> None:
+    model, reports = ChatRoleModel(), []
+    graph = _graph(model, store, reports)
+    chat = uuid.uuid4().int % 10**9
+    for number, text in enumerate(["one", "two"], start=1):
+        graph.invoke(telegram_callback(chat, text, number), new_thread())
+
+    assert [r.appended for r in reports] == [2, 2]
+    stored = ChatHistory(store).tail(f"telegram:{chat}", 10)
+    assert [(type(m).__name__, m.content) for m in stored] == [
+        ("HumanMessage", "one"), ("ChatMessage", "echo: one"),
+        ("HumanMessage", "two"), ("ChatMessage", "echo: two"),
+    ]  # fmt: skip
+    assert [m.content for m in model.calls[-1]] == ["one", "echo: one", "two"]

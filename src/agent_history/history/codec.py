@@ -270,8 +270,9 @@ def dict_message(message: Mapping[str, Any], where: str = "message") -> BaseMess
 
 
 def is_final_answer(message: BaseMessage) -> bool:
-    """An assistant message that ends an exchange (it asks for no tool)."""
-    return isinstance(message, AIMessage) and not message.tool_calls
+    """An assistant message that ends an exchange (it asks for no tool): an `AIMessage`,
+    or a `ChatMessage` with the assistant role."""
+    return role_of_message(message) == ASSISTANT and not getattr(message, "tool_calls", None)
 
 
 def in_scope(message: BaseMessage, scope: HistoryScope) -> bool:
