@@ -134,6 +134,10 @@ class MergedPayload:
     redelivered: bool
     """The message to answer is already stored and nothing newer came with it: the
     payload ends at that message (the history as it stood when it first arrived)."""
+    behind: bool
+    """The log holds more of the exchange being answered than the thread (its answer, or
+    tool steps the thread lacks): the thread is a branch of a run forked from an earlier
+    checkpoint (or resumed after its answer was stored), whose answer is not stored."""
     dropped_by_reset: int
     """Messages ignored because a later reset command cut them off."""
     truncated: int
@@ -196,10 +200,11 @@ def _without_second_answers(
     answered a re-delivery again, two workers shared it, or a run was replayed from an
     earlier checkpoint; in a tool loop, the fork can come after the tool call, or after
     the tool result). Such an answer is the thread's messages after a stored message, up
-    to the next user message, none of them stored, while the log goes on with the
-    exchange after that stored message (an answer, or tool steps): it is not this run's
-    to store, nor to send beside the stored one. The exchange being answered now (no user
-    message after it) stays.
+    to its first answer (what comes after it before the next user message, another
+    node's note on the next one say, is not part of it), none of them stored, while the
+    log goes on with the exchange after that stored message (an answer, or tool steps):
+    it is not this run's to store, nor to send beside the stored one. The exchange being
+    answered now (no user message after it) stays.
     """
     drop: set[int] = set()
     for index, message in enumerate(chat):
@@ -211,7 +216,8 @@ def _without_second_answers(
         end = next((k for k in range(index + 1, len(chat)) if role_of(chat[k]) == USER), None)
         if end is None or end == index + 1:
             continue
-        answer = range(index + 1, end)
+        first = next((k for k in range(index + 1, end) if _is_answer(chat[k])), end - 1)
+        answer = range(index + 1, first + 1)
         if any(matched[k] is not None for k in answer):
             continue
         if _is_answer(message) and not any(_is_tool_step(chat[k]) for k in answer):
@@ -422,21 +428,18 @@ def merge_history(
     # thread's newest stored message (its answer, or tool steps the thread lacks): a run
     # replayed or resumed from a checkpoint in the middle of an exchange the log holds.
     # Answer it as the thread stands (stored turns after it are later ones).
-    redelivered = (
+    behind = (
         last_human is not None
-        and (
-            (
-                matched[last_human] is not None
-                and all(j is None for j in matched[last_human + 1 :])
-                and len(chat) - last_human - 1 == len(unstored)
-            )
-            # (The question itself may be older than the window read: a long tool loop.)
-            or (
-                any(j is not None for j in matched[last_human:])
-                and bool(newer)
-                and role_of(newer[0]) != USER
-            )
-        )
+        # (The question itself may be older than the window read: a long tool loop.)
+        and any(j is not None for j in matched[last_human:])
+        and bool(newer)
+        and role_of(newer[0]) != USER
+    )
+    redelivered = behind or (
+        last_human is not None
+        and matched[last_human] is not None
+        and all(j is None for j in matched[last_human + 1 :])
+        and len(chat) - last_human - 1 == len(unstored)
     )
     if redelivered:
         stored_count -= len(newer)
@@ -460,6 +463,7 @@ def merge_history(
         unstored=unstored,
         matched=any(j is not None for j in matched),
         redelivered=redelivered,
+        behind=behind,
         dropped_by_reset=dropped,
         truncated=len(after_reset) - len(kept),
         dropped=[m for m in after_reset if id(m) not in in_window],

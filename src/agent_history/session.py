@@ -472,6 +472,12 @@ class HistoryPass(SummaryUpdates):
         final = bool(produced) and is_final_answer(produced[-1])
         if self.history is None or not self.decision.write or not (final or ends):
             return False
+        if self.merged is not None and self.merged.behind:
+            # The log answered this exchange on another branch: the log keeps the first
+            # answer (a branch stored by a release that recorded a shared token, or a
+            # replay after a revise loop's first answer, would pass the anchor rule).
+            self.redelivered = True
+            return False
         pending, anchor_id, anchor_next, seen = self._to_append(produced, keep_answer=not final)
         budgets = self.options.toggles.current()
         if pending and self._by_content():
