@@ -136,8 +136,10 @@ class MergedPayload:
     payload ends at that message (the history as it stood when it first arrived)."""
     behind: bool
     """The log holds more of the exchange being answered than the thread (its answer, or
-    tool steps the thread lacks): the thread is a branch of a run forked from an earlier
-    checkpoint (or resumed after its answer was stored), whose answer is not stored."""
+    tool steps the thread lacks) right after the thread's newest stored message, its
+    question or one of its tool steps: the thread is a branch of a run forked from an
+    earlier checkpoint (or resumed after its answer was stored), whose answer is not
+    stored."""
     dropped_by_reset: int
     """Messages ignored because a later reset command cut them off."""
     truncated: int
@@ -428,10 +430,15 @@ def merge_history(
     # thread's newest stored message (its answer, or tool steps the thread lacks): a run
     # replayed or resumed from a checkpoint in the middle of an exchange the log holds.
     # Answer it as the thread stands (stored turns after it are later ones).
+    last_stored = max((i for i, j in enumerate(matched) if j is not None), default=-1)
     behind = (
         last_human is not None
         # (The question itself may be older than the window read: a long tool loop.)
-        and any(j is not None for j in matched[last_human:])
+        and last_stored >= last_human
+        # Only then is what follows it in the log surely of this exchange: an exchange
+        # is stored whole, its answer with it. After an answer or a note, the log may go
+        # on with anything (another thread's turns, a message pushed by the application).
+        and (last_stored == last_human or _is_tool_step(chat[last_stored]))
         and bool(newer)
         and role_of(newer[0]) != USER
     )

@@ -474,8 +474,8 @@ class HistoryPass(SummaryUpdates):
             return False
         if self.merged is not None and self.merged.behind:
             # The log answered this exchange on another branch: the log keeps the first
-            # answer (a branch stored by a release that recorded a shared token, or a
-            # replay after a revise loop's first answer, would pass the anchor rule).
+            # answer (a branch of an exchange stored by a release that recorded a token
+            # every branch shares would pass the anchor rule).
             self.redelivered = True
             return False
         pending, anchor_id, anchor_next, seen = self._to_append(produced, keep_answer=not final)

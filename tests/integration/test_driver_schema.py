@@ -132,7 +132,7 @@ def test_the_factory_installs_the_migrations(fresh_pg_dsn: str) -> None:
         ).fetchall()
     assert [v for (v,) in versions] == list(range(len(MIGRATIONS)))
     # The append an older worker calls stays beside the current one (a rolling deploy).
-    assert {("agent_history_append_v1",), ("agent_history_append_v2",)} <= set(functions)
+    assert {(f"agent_history_append_v{v}",) for v in (1, 2, 3)} <= set(functions)
     ns = ("schema", uuid.uuid4().hex[:8])
     with create_graph_store_sync(settings) as store:  # opening again: nothing to apply
         assert ChatHistory(store, namespace=ns).append("k", [HumanMessage("x")]).appended == 1

@@ -1,6 +1,6 @@
 """PostgreSQL's one-statement append writes exactly what the Python planner plans.
 
-``agent_history_append_v2`` re-implements `layout.plan_append` in plpgsql so an append is
+``agent_history_append_v3`` re-implements `layout.plan_append` in plpgsql so an append is
 one round trip. This property test builds random conversation states (heads, open
 chunks with records of abandoned epochs, id entries of this and other epochs, with and
 without a run token), random pending turns and anchors (with the ids that follow them in

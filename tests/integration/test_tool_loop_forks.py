@@ -370,7 +370,9 @@ def test_an_agent_sent_back_by_a_supervisor_stores_its_revised_answer(store: Bas
         if s.next == ("agent",) and len(s.values["messages"]) == 3
     )
     graph.invoke(None, second_pass.config)
-    assert _shape(model.calls[-1]) == run[:3]
+    # (After an answer the log may go on with anything, another thread's turns say: the
+    # replayed pass sees the stored revision as a later turn, and stores nothing.)
+    assert _shape(model.calls[-1]) == run
     assert [(m.type, text_of(m)) for m in history.tail("user-42", 20)] == run
     graph.invoke({"messages": [HumanMessage("thanks")]}, {"configurable": {"thread_id": "b"}})
     assert _shape(model.calls[3]) == [*run, ("human", "thanks")]
@@ -433,7 +435,11 @@ def test_a_pipelines_second_agent_forked_at_its_approval_stores_one_answer(
     else:
         graph.invoke(Command(resume=True), asked.config)
         graph.invoke(Command(resume=True), asked.interrupted)
-        assert [m.type for m in model.calls[-1]] == ["human", "ai", "ai", "tool"]
+        # Without tool steps in the log, the stored answer follows the triage note there,
+        # as another thread's turn would: the branch is told apart by the store, which
+        # keeps the first answer, and its model sees the answer the user already got.
+        first = [] if scope == "full" else ["ai"]
+        assert [m.type for m in model.calls[-1]] == ["human", "ai", *first, "ai", "tool"]
 
     steps = [("ai", ""), ("tool", "sunny in Oslo")] if scope == "full" else []
     assert _stored(store, f"telegram:{asked.chat}", scope, (namespace, "weather")) == [
@@ -453,6 +459,12 @@ def test_a_revision_continues_an_exchange_an_earlier_release_stored(store: BaseS
     seen = ("call", "result", "v1", "review", "v2")
     result = history.append("k", revision, anchor_id="q", anchor_next="v2", anchor_seen=seen)
     assert result.appended == 2
+    # The revision is now the token: a second branch of that pass (the review resumed
+    # twice) has seen what the first pass had, not the revision, and stores nothing.
+    branch = [AIMessage("revise it", id="review-2"), AIMessage("v2 bis", id="v2-bis")]
+    seen = ("call", "result", "v1", "review-2", "v2-bis")
+    result = history.append("k", branch, anchor_id="q", anchor_next="v2-bis", anchor_seen=seen)
+    assert (result.appended, result.duplicates) == (0, 2)
     again = [question, AIMessage("v1 again", id="other")]
     result = history.append("k", again, anchor_id="q", anchor_next="other", anchor_seen=["other"])
     assert (result.appended, result.duplicates) == (0, 2)

@@ -317,3 +317,42 @@ def test_a_second_tool_loop_answer_after_another_nodes_note_is_left_out() -> Non
     merged = merge_history(stored, thread, max_messages=20)
     assert [m.id for m in merged.messages] == ["q", "g", "a1", "n"]
     assert [m.id for m in merged.unstored] == ["n"]
+
+
+def test_after_its_stored_answer_a_thread_is_not_behind_what_others_wrote() -> None:
+    """A revise pass (the reviewer's note after the stored answer) while the log went on
+    with another thread's reviewer note and revision: those are later turns, placed
+    before this pass's note, and the pass appends its note and revision."""
+    stored = [
+        HumanMessage("qA", id="qA"),
+        AIMessage("vA1", id="vA1"),
+        HumanMessage("qB", id="qB"),
+        AIMessage("vB1", id="vB1"),
+        AIMessage("reviewer A", id="rA"),
+        AIMessage("vA2", id="vA2"),
+    ]
+    thread = [HumanMessage("qB", id="qB"), AIMessage("vB1", id="vB1"), AIMessage("rev", id="rB")]
+    merged = merge_history(stored, thread, max_messages=20)
+    assert not merged.behind and not merged.redelivered
+    assert [m.id for m in merged.messages] == ["qA", "vA1", "qB", "vB1", "rA", "vA2", "rB"]
+    assert [m.id for m in merged.unstored] == ["rB"]
+
+
+def test_a_follow_up_without_a_question_is_not_behind_a_pushed_message() -> None:
+    stored = [HumanMessage("hi", id="h"), AIMessage("a", id="a"), AIMessage("sale", id="p")]
+    thread = [HumanMessage("hi", id="h"), AIMessage("a", id="a"), _call("c")]
+    thread.append(ToolMessage("r", id="r", tool_call_id="c"))
+    merged = merge_history(stored, thread, max_messages=20)
+    assert not merged.behind
+    assert [m.id for m in merged.messages] == ["h", "a", "p", "c", "r"]
+    assert [m.id for m in merged.unstored] == ["c", "r"]
+
+
+def test_a_thread_whose_stored_question_the_log_answered_is_behind() -> None:
+    """Turns scope: the question is stored with the answer of another branch right after
+    it (an exchange is stored whole), so that answer is of this exchange."""
+    stored = [HumanMessage("q", id="q"), AIMessage("a1", id="a1")]
+    branch = [HumanMessage("q", id="q"), _call("c"), ToolMessage("r", id="r", tool_call_id="c")]
+    merged = merge_history(stored, branch, max_messages=20)
+    assert merged.behind and merged.redelivered
+    assert [m.id for m in merged.messages] == ["q", "c", "r"]

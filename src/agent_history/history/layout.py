@@ -237,7 +237,9 @@ def plan_append(
             ``anchor_next`` nor among them (or with none), another run answered it (a
             re-delivered callback, or another branch of a fork): nothing is written and
             every turn counts as a duplicate. A token among them is an earlier pass of
-            this run (an agent sent back to revise its answer follows that answer).
+            this run (an agent sent back to revise its answer follows that answer); the
+            anchor's entry then takes ``anchor_next`` as its token, so only a pass that
+            follows this one passes next.
 
     Returns:
         The items to put (chunks, id entries, head) and the result to report.
@@ -300,6 +302,12 @@ def plan_append(
             if turn.id == anchor_id and anchor_next is not None:
                 entry["next"] = anchor_next
             plan.puts[msgid_key(turn.id)] = entry
+    if anchor_id is not None and anchor_next is not None and stored(anchor_id):
+        # A later pass of the run: its answer becomes the token, so a branch forked
+        # before it (a replay, or a second resume, of that pass) no longer passes.
+        entry = known_ids.get(anchor_id) or {}
+        if entry.get("next") != anchor_next:
+            plan.puts[msgid_key(anchor_id)] = {**entry, "next": anchor_next}
     for index, records in chunks.items():
         plan.puts[chunk_key(index)] = {"kind": "chunk", "index": index, "turns": records}
     new_last = last_seq + len(fresh)

@@ -5,10 +5,10 @@ its PostgreSQL store does, plus server-side functions installed by `MIGRATIONS`,
 append-only list whose index is the version (recorded in ``agent_history_migrations``),
 applied by `migrate` under the setup lock, like LangGraph's own:
 
-- ``agent_history_append_v2`` (``_v1`` before migration 2, kept for older workers): a
-  whole append in one statement, so one round trip. It takes the conversation's
-  advisory lock, reads the head, the id entries and the open chunk, and writes exactly
-  what `layout.plan_append` would (the property test in
+- ``agent_history_append_v3`` (``_v1`` and ``_v2`` before migrations 2 and 3, kept for
+  older workers): a whole append in one statement, so one round trip. It takes the
+  conversation's advisory lock, reads the head, the id entries and the open chunk, and
+  writes exactly what `layout.plan_append` would (the property test in
   ``tests/integration/test_postgres_append.py`` runs both on random states); the records
   arrive already encoded by the Python codec, the function only numbers them;
 - ``agent_history_put_v1``: the writes of any other procedure (delete, ...), with the
@@ -403,6 +403,23 @@ _V2_EDITS = (
 )
 
 
+# agent_history_append_v3: v2 where a later pass of a run (the anchor stored with a
+# token among ``p_anchor_seen``) makes its answer the anchor's token, as
+# `layout.plan_append` does.
+_V3_EDITS = (
+    ("FUNCTION agent_history_append_v2(", "FUNCTION agent_history_append_v3("),
+    (
+        "    v_keys := array_append(v_keys, 'head'::text);\n",
+        "    IF v_anchor IS NOT NULL AND v_anchor->>'next' IS DISTINCT FROM p_anchor_next THEN\n"
+        "        v_keys := array_append(v_keys, p_anchor_key);\n"
+        "        v_values := array_append(v_values,\n"
+        "            v_anchor || jsonb_build_object('next', p_anchor_next));\n"
+        "    END IF;\n"
+        "    v_keys := array_append(v_keys, 'head'::text);\n",
+    ),
+)
+
+
 def _edited(text: str, edits: Sequence[tuple[str, str]]) -> str:
     for old, new in edits:
         if text.count(old) != 1:  # pragma: no cover - a guard on the texts above
@@ -417,6 +434,8 @@ MIGRATIONS: Sequence[str] = [
     _APPEND_V1,
     # 2: agent_history_append_v2, whose anchor rule knows the passes of one run.
     _edited(_APPEND_V1, _V2_EDITS),
+    # 3: agent_history_append_v3, where a later pass of a run renews the anchor's token.
+    _edited(_edited(_APPEND_V1, _V2_EDITS), _V3_EDITS),
 ]
 
 MIGRATIONS_TABLE = "agent_history_migrations"
@@ -430,7 +449,7 @@ OWN_VERSION_SQL = f"SELECT max(v) FROM {MIGRATIONS_TABLE}"
 RECORD_VERSION_SQL = f"INSERT INTO {MIGRATIONS_TABLE} (v) VALUES (%s)"
 
 APPEND_SQL = (
-    "SELECT appended, duplicates, first_seq, last_seq, total FROM agent_history_append_v2("
+    "SELECT appended, duplicates, first_seq, last_seq, total FROM agent_history_append_v3("
     "%s, %s::jsonb, %s::text[], %s::text[], %s, %s, %s, %s::text[], %s::jsonb, %s, %s, %s)"
 )
 PUT_SQL = "SELECT agent_history_put_v1(%s, %s::text[], %s::jsonb[], %s::text[], %s)"
@@ -503,7 +522,7 @@ def lock_timeout_ms(left: float | None) -> int:
 def append_params(
     prefix: str, request: AppendRequest, ttl: TtlPolicy, lock_ms: int
 ) -> tuple[Any, ...]:
-    """The arguments of ``agent_history_append_v2`` for ``request``.
+    """The arguments of ``agent_history_append_v3`` for ``request``.
 
     Records are built by the codec here (``PendingTurn.record``, with their time); the
     function sets their ``seq``.

@@ -1,0 +1,256 @@
+"""Passes that answer no new user message, in a conversation other threads write to.
+
+An agent a reviewer sends back to revise its answer, and an agent that follows up on its
+own (a scheduled nudge, with a tool call), both add to an exchange whose question is
+stored. Meanwhile the same conversation moves on elsewhere: another thread of the key
+revises its own answer, the application pushes a message, a Telegram chat of the same
+user asks something. Every message each thread produced is stored once, in order, and
+the next payload carries it; a review resumed twice stores one revision.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+import warnings
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.prebuilt import ToolNode, tools_condition
+from langgraph.store.base import BaseStore
+from langgraph.types import Command, interrupt
+
+from agent_history import AgentNode, AgentState, ChatHistory, HistoryHooks, HistoryReport
+from agent_history.messages import text_of
+from agent_history.middleware import HistoryMiddleware
+from agent_history.testing import RecordingChatModel
+from agent_history.toggles import HistoryToggles
+from tests.support.agent_graphs import telegram_callback
+
+TOGGLES = HistoryToggles(env={})
+
+
+@pytest.fixture
+def key() -> str:
+    """The user's conversation, one per test (persistent stores outlive a test)."""
+    return f"user-{uuid.uuid4().hex}"
+
+
+class Reviser(RecordingChatModel):
+    """Answers ``v1 to <question>``; after a reviewer's note ``v2 (<note>)``, waiting at
+    ``gate`` (when set) first."""
+
+    gate: Any = None
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> Any:
+        if text_of(messages[-1]).startswith("reviewer: "):
+            if self.gate is not None:
+                self.gate.wait()
+            return AIMessage(f"v2 ({text_of(messages[-1]).removeprefix('reviewer: ')})")
+        return AIMessage(f"v1 to {text_of(messages[-1])}")
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
+
+
+def _review(state: AgentState) -> dict[str, Any]:
+    verdict = interrupt("review the answer")
+    if verdict == "ok":
+        return {}
+    return {"messages": [AIMessage(f"reviewer: {verdict}", name="reviewer")]}
+
+
+def _revise_graph(kind: str, model: Reviser, store: BaseStore, reports: list[Any], key: str) -> Any:
+    """worker -> review (interrupt) -> worker again when the reviewer asks, else end."""
+    fields: dict[str, Any] = {
+        "toggles": TOGGLES,
+        "on_report": reports.append,
+        "history_key_candidates": (key,),
+    }
+    worker: Any
+    if kind == "AgentNode":
+        worker = AgentNode(model, use_graph_chat_history=True, **fields)
+    elif kind == "create_agent":
+        from langchain.agents import create_agent
+
+        worker = create_agent(model, [], middleware=[HistoryMiddleware(**fields)])
+    else:
+        from langgraph.prebuilt import create_react_agent
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # create_react_agent is deprecated upstream
+            worker = create_react_agent(model, [], **HistoryHooks(**fields).hooks())
+    builder = StateGraph(AgentState)
+    builder.add_node("worker", worker)
+    builder.add_node("review", _review)
+    builder.add_edge(START, "worker")
+    builder.add_edge("worker", "review")
+    builder.add_conditional_edges(
+        "review",
+        lambda s: "worker" if getattr(s["messages"][-1], "name", None) == "reviewer" else END,
+        ["worker", END],
+    )
+    return builder.compile(store=store, checkpointer=InMemorySaver())
+
+
+def _log(store: BaseStore, key: str) -> list[tuple[str, str]]:
+    return [(m.type, text_of(m)) for m in ChatHistory(store).tail(key, 50)]
+
+
+def _shape(messages: list[BaseMessage]) -> list[tuple[str, str]]:
+    return [(m.type, text_of(m)) for m in messages if m.type != "system"]
+
+
+@pytest.mark.parametrize("kind", ["AgentNode", "create_agent", "create_react_agent"])
+def test_two_threads_revising_in_turn_store_both_revisions(
+    store: BaseStore, key: str, kind: str
+) -> None:
+    """A web thread and a second thread of the same user, each sent back once by its
+    reviewer, interleaved: A answers, B answers, A revises, B revises."""
+    model, reports = Reviser(), []
+    graph = _revise_graph(kind, model, store, reports, key)
+    a = {"configurable": {"thread_id": f"a-{uuid.uuid4().hex}"}}
+    b = {"configurable": {"thread_id": f"b-{uuid.uuid4().hex}"}}
+    graph.invoke({"messages": [HumanMessage("question A")]}, a)
+    graph.invoke({"messages": [HumanMessage("question B")]}, b)
+    graph.invoke(Command(resume="shorter"), a)
+    graph.invoke(Command(resume="longer"), b)
+    graph.invoke(Command(resume="ok"), a)
+    graph.invoke(Command(resume="ok"), b)
+
+    assert _log(store, key) == [
+        ("human", "question A"), ("ai", "v1 to question A"),
+        ("human", "question B"), ("ai", "v1 to question B"),
+        ("ai", "reviewer: shorter"), ("ai", "v2 (shorter)"),
+        ("ai", "reviewer: longer"), ("ai", "v2 (longer)"),
+    ]  # fmt: skip
+    assert [(r.appended, r.redelivered) for r in reports] == [(2, False)] * 4
+    # B's revision saw its reviewer's note after what the log holds (A's turns among it).
+    assert _shape(model.calls[-1])[-3:] == [
+        ("ai", "reviewer: shorter"), ("ai", "v2 (shorter)"), ("ai", "reviewer: longer")
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("clicks", ["one after the other", "at once"])
+def test_a_review_resumed_twice_stores_one_revision(
+    store: BaseStore, key: str, clicks: str
+) -> None:
+    """The reviewer's "revise" handled by two workers from one checkpoint: each branch
+    adds its own reviewer note and revision; the log keeps the first branch's."""
+    model, reports = Reviser(), []
+    graph = _revise_graph("AgentNode", model, store, reports, key)
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    graph.invoke({"messages": [HumanMessage("write a haiku")]}, config)
+    interrupted = graph.get_state(config).config
+    if clicks == "at once":
+        model.gate = threading.Barrier(2, timeout=60)
+        workers = [
+            threading.Thread(target=graph.invoke, args=(Command(resume="rhyme"), interrupted))
+            for _ in range(2)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    else:
+        graph.invoke(Command(resume="rhyme"), interrupted)
+        graph.invoke(Command(resume="rhyme"), interrupted)
+
+    assert _log(store, key) == [
+        ("human", "write a haiku"), ("ai", "v1 to write a haiku"),
+        ("ai", "reviewer: rhyme"), ("ai", "v2 (rhyme)"),
+    ]  # fmt: skip
+    assert sorted(r.appended for r in reports) == [0, 2, 2]
+    # A later run of the chat goes on from the stored revision, the log unchanged.
+    graph.invoke({"messages": [HumanMessage("thanks")]}, {"configurable": {"thread_id": "next"}})
+    assert _log(store, key)[4:] == [("human", "thanks"), ("ai", "v1 to thanks")]
+    assert len(_log(store, key)) == 6
+
+
+@tool
+def order_status(order: str) -> str:
+    """The status of an order."""
+    return f"order {order} shipped"
+
+
+class FollowUpModel(RecordingChatModel):
+    """Echoes a user message; with nothing new from the user, checks order 42 with the
+    tool and reports it."""
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> Any:
+        last = messages[-1]
+        if isinstance(last, ToolMessage):
+            return AIMessage(f"follow-up: {text_of(last)}")
+        if last.type == "human":
+            return AIMessage(f"echo: {text_of(last)}")
+        call = {"name": "order_status", "args": {"order": "42"}, "id": uuid.uuid4().hex}
+        return AIMessage("", tool_calls=[call])
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
+
+
+def _follow_up_graph(
+    model: Any, store: BaseStore, scope: str, reports: list[HistoryReport], key: str, greeter: bool
+) -> Any:
+    node = AgentNode(
+        model,
+        use_graph_chat_history=True,
+        history_scope=scope,
+        toggles=TOGGLES,
+        on_report=reports.append,
+        history_key_candidates=(key,),
+    )
+    builder = StateGraph(AgentState)
+    builder.add_node("agent", node)
+    builder.add_node("tools", ToolNode([order_status]))
+    if greeter:
+        builder.add_node("greeter", lambda s: {"messages": [AIMessage("one moment")]})
+        builder.add_edge(START, "greeter")
+        builder.add_edge("greeter", "agent")
+    else:
+        builder.add_edge(START, "agent")
+    builder.add_conditional_edges("agent", tools_condition)
+    builder.add_edge("tools", "agent")
+    return builder.compile(store=store, checkpointer=InMemorySaver())
+
+
+@pytest.mark.parametrize("scope", ["turns", "full"])
+@pytest.mark.parametrize("meanwhile", ["a pushed message", "a Telegram exchange"])
+def test_a_follow_up_with_a_tool_call_is_stored_after_the_conversation_moved_on(
+    store: BaseStore, key: str, scope: str, meanwhile: str
+) -> None:
+    """A web thread answers "hi"; the conversation moves on without it; then the agent
+    follows up on the web thread with no new user message (it checks an order with a
+    tool and reports it), and the user says "thanks" there."""
+    model, reports = FollowUpModel(), []
+    web = _follow_up_graph(model, store, scope, reports, key, greeter=False)
+    thread = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    web.invoke({"messages": [HumanMessage("hi")]}, thread)
+    if meanwhile == "a pushed message":
+        elsewhere = [("ai", "sale today")]
+        ChatHistory(store).append(key, [AIMessage("sale today")])
+    else:
+        elsewhere = [("ai", "one moment"), ("human", "other q"), ("ai", "echo: other q")]
+        chat = _follow_up_graph(model, store, scope, reports, key, greeter=True)
+        callback = telegram_callback(7, "other q", 1)
+        chat.invoke(callback, {"configurable": {"thread_id": "tg-7"}})
+    web.invoke({"messages": []}, thread)
+    web.invoke({"messages": [HumanMessage("thanks")]}, thread)
+
+    steps = [("ai", ""), ("tool", "order 42 shipped")] if scope == "full" else []
+    follow_up = [*steps, ("ai", "follow-up: order 42 shipped")]
+    assert _log(store, key) == [
+        ("human", "hi"), ("ai", "echo: hi"), *elsewhere, *follow_up,
+        ("human", "thanks"), ("ai", "echo: thanks"),
+    ]  # fmt: skip
+    assert [r.redelivered for r in reports] == [False] * len(reports)
+    # "thanks" is answered knowing the follow-up (with its tool steps, from the thread).
+    sent = _shape(model.calls[-1])
+    assert sent[-2:] == [("ai", "follow-up: order 42 shipped"), ("human", "thanks")]
+    assert ("tool", "order 42 shipped") in sent
+    assert sent.count(("ai", "follow-up: order 42 shipped")) == 1
