@@ -30,6 +30,7 @@ from agent_history.middleware import HistoryMiddleware
 from agent_history.testing import RecordingChatModel
 from agent_history.toggles import HistoryToggles
 from tests.support.agent_graphs import telegram_callback
+from tests.support.resumes import resume_twice_at_once
 
 TOGGLES = HistoryToggles(env={})
 
@@ -148,14 +149,7 @@ def test_a_review_resumed_twice_stores_one_revision(
     interrupted = graph.get_state(config).config
     if clicks == "at once":
         model.gate = threading.Barrier(2, timeout=60)
-        workers = [
-            threading.Thread(target=graph.invoke, args=(Command(resume="rhyme"), interrupted))
-            for _ in range(2)
-        ]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+        resume_twice_at_once(graph, "rhyme", interrupted)
     else:
         graph.invoke(Command(resume="rhyme"), interrupted)
         graph.invoke(Command(resume="rhyme"), interrupted)

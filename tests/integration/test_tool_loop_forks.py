@@ -34,6 +34,7 @@ from agent_history.middleware import HistoryMiddleware
 from agent_history.testing import RecordingChatModel
 from agent_history.toggles import HistoryToggles
 from tests.support.agent_graphs import telegram_callback
+from tests.support.resumes import resume_twice_at_once
 from tests.support.tool_models import WeatherModel, get_weather
 
 TOGGLES = HistoryToggles(env={})
@@ -194,20 +195,7 @@ def test_two_approvals_resumed_at_the_same_moment_store_one_answer(
     chat, interrupted = asked.chat, asked.interrupted
     # Both final passes have read the (empty) log when either appends.
     model.gate = threading.Barrier(2, timeout=60)
-    errors: list[BaseException] = []
-
-    def click() -> None:
-        try:
-            graph.invoke(Command(resume=True), interrupted)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    workers = [threading.Thread(target=click) for _ in range(2)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    assert not errors
+    resume_twice_at_once(graph, True, interrupted)
     model.gate = None
     assert sorted(r.appended for r in reports[1:]) == [0, len(_expected(scope)) - 2]
     graph.invoke(telegram_callback(chat, "thanks", 2), {"configurable": {"thread_id": "y"}})
@@ -424,14 +412,7 @@ def test_a_pipelines_second_agent_forked_at_its_approval_stores_one_answer(
     asked = _ask(graph)
     if clicks == "at once":
         model.gate = threading.Barrier(2, timeout=60)
-        workers = [
-            threading.Thread(target=graph.invoke, args=(Command(resume=True), asked.interrupted))
-            for _ in range(2)
-        ]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+        resume_twice_at_once(graph, True, asked.interrupted)
     else:
         graph.invoke(Command(resume=True), asked.config)
         graph.invoke(Command(resume=True), asked.interrupted)
