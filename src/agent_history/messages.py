@@ -21,6 +21,7 @@ __all__ = [
     "MergedPayload",
     "MessageLike",
     "TokenCounter",
+    "anchors_to_check",
     "apply_reset",
     "content_of",
     "exchange_overlap",
@@ -193,22 +194,30 @@ def _interleave(
     return head, newer, list(chat[last + 1 :]), stored_count + len(newer)
 
 
-def _without_second_answers(
-    stored: Sequence[BaseMessage], chat: Sequence[BaseMessage], matched: list[int | None]
-) -> tuple[list[BaseMessage], list[int | None]]:
-    """The thread without its second answers to stored exchanges.
+@dataclass(frozen=True, slots=True)
+class _Continuation:
+    """Thread messages after a stored one, none of them stored, up to the first answer
+    (what comes after it before the next user message, another node's note on the next
+    one say, is not part of it), where the log goes on differently after that stored
+    message (an answer, or tool steps)."""
 
-    A thread can answer an exchange the log already holds (it lost its checkpoints and
-    answered a re-delivery again, two workers shared it, or a run was replayed from an
-    earlier checkpoint; in a tool loop, the fork can come after the tool call, or after
-    the tool result). Such an answer is the thread's messages after a stored message, up
-    to its first answer (what comes after it before the next user message, another
-    node's note on the next one say, is not part of it), none of them stored, while the
-    log goes on with the exchange after that stored message (an answer, or tool steps):
-    it is not this run's to store, nor to send beside the stored one. The exchange being
-    answered now (no user message after it) stays.
-    """
-    drop: set[int] = set()
+    answer: range
+    """Their indexes in the thread."""
+    anchor: str | None
+    """The id of the user message of their exchange (the newest one before them)."""
+    sure: bool
+    """They follow the exchange's question or one of its tool steps: the log's next
+    message is then of the same exchange (an exchange is stored whole, in one append),
+    so they are a second answer to it. After a stored answer or note, the log may go on
+    with anything (another thread's turns, a message the application appended)."""
+    tool_steps: bool
+    """They hold a tool step."""
+
+
+def _continuations(
+    stored: Sequence[BaseMessage], chat: Sequence[BaseMessage], matched: list[int | None]
+) -> list[_Continuation]:
+    found: list[_Continuation] = []
     for index, message in enumerate(chat):
         at = matched[index]
         if at is None or index + 1 >= len(chat) or matched[index + 1] is not None:
@@ -217,20 +226,86 @@ def _without_second_answers(
             continue  # the log's exchange ends there too
         end = next((k for k in range(index + 1, len(chat)) if role_of(chat[k]) == USER), None)
         if end is None or end == index + 1:
-            continue
+            continue  # the exchange being answered now (no user message after it) stays
         first = next((k for k in range(index + 1, end) if _is_answer(chat[k])), end - 1)
         answer = range(index + 1, first + 1)
         if any(matched[k] is not None for k in answer):
             continue
-        if _is_answer(message) and not any(_is_tool_step(chat[k]) for k in answer):
-            # After an answer (another node's note before the agent's answer, say), only
-            # a tool loop is surely a second answer; another message is the thread's own.
-            continue
-        drop.update(answer)
+        human = newest_human(chat[: index + 1])
+        found.append(
+            _Continuation(
+                answer=answer,
+                anchor=chat[human].id if human is not None else None,
+                sure=not _is_answer(message),
+                tool_steps=any(_is_tool_step(chat[k]) for k in answer),
+            )
+        )
+    return found
+
+
+def _log_went_further(
+    anchor: str | None,
+    tokens: Mapping[str, str] | None,
+    chat: Sequence[BaseMessage],
+    stored: Sequence[BaseMessage],
+) -> bool | None:
+    """Whether the log holds a later pass of the exchange of ``anchor`` than the thread:
+    its run token (the id of the latest answer stored for it) is stored and not in the
+    thread. False when the thread holds it; None when that cannot be told (no token
+    read, or the token is not among the messages at hand)."""
+    token = tokens.get(anchor) if tokens is not None and anchor else None
+    if token is None:
+        return None
+    if any(m.id == token for m in chat):
+        return False
+    if any(m.id == token for m in stored):
+        return True
+    return None
+
+
+def _without_second_answers(
+    stored: Sequence[BaseMessage],
+    chat: Sequence[BaseMessage],
+    matched: list[int | None],
+    tokens: Mapping[str, str] | None,
+) -> tuple[list[BaseMessage], list[int | None]]:
+    """The thread without its second answers to stored exchanges.
+
+    A thread can answer an exchange the log already holds (it lost its checkpoints and
+    answered a re-delivery again, two workers shared it, or a run was replayed from an
+    earlier checkpoint; in a tool loop, the fork can come after the tool call, or after
+    the tool result; in a revise loop, after an answer). Such an answer (a
+    `_Continuation`) is not this run's to store, nor to send beside the stored one. It
+    is one when it follows the question or a tool step, or when the log holds a later
+    pass of its exchange (``tokens``); when that cannot be told, after a stored answer
+    only a tool loop is taken for one (another message is the thread's own).
+    """
+    drop: set[int] = set()
+    for found in _continuations(stored, chat, matched):
+        further = _log_went_further(found.anchor, tokens, chat, stored)
+        if found.sure or further or (further is None and found.tool_steps):
+            drop.update(found.answer)
     if not drop:
         return list(chat), matched
     kept = [k for k in range(len(chat)) if k not in drop]
     return [chat[k] for k in kept], [matched[k] for k in kept]
+
+
+def anchors_to_check(stored: Sequence[BaseMessage], thread: Sequence[BaseMessage]) -> list[str]:
+    """The user messages whose run tokens (`ChatHistory.anchor_tokens`) `merge_history`
+    needs to tell a branch of an answered exchange from a thread whose conversation
+    moved on elsewhere: the exchanges the thread continues after a stored answer while
+    the log goes on with something else. Usually none (no read then)."""
+    chat = [m for m in thread if role_of(m) != "system"]
+    matched = _match(stored, chat)
+    anchors = [c.anchor for c in _continuations(stored, chat, matched) if not c.sure]
+    last_human = newest_human(chat)
+    last_stored = max((i for i, j in enumerate(matched) if j is not None), default=-1)
+    if last_human is not None and last_stored >= last_human:
+        further = max(j for j in matched if j is not None) < len(stored) - 1
+        if further and not (last_stored == last_human or _is_tool_step(chat[last_stored])):
+            anchors.append(chat[last_human].id)
+    return list(dict.fromkeys(a for a in anchors if a))
 
 
 def _is_answer(message: BaseMessage) -> bool:
@@ -395,6 +470,7 @@ def merge_history(
     max_tokens: int | None = None,
     token_counter: TokenCounter | None = None,
     reserved_tokens: int = 0,
+    tokens: Mapping[str, str] | None = None,
 ) -> MergedPayload:
     """Merge the stored tail with the current thread into the model payload.
 
@@ -415,13 +491,15 @@ def merge_history(
         max_tokens: Optional token budget for the window (the tighter limit wins).
         token_counter: Counts tokens of a message list (with ``max_tokens``).
         reserved_tokens: Tokens already spent before the window (system prompt, summary).
+        tokens: The run tokens of the user messages `anchors_to_check` names, as
+            `ChatHistory.anchor_tokens` reads them (None: not read).
 
     Returns:
         The payload and the bookkeeping the node reports.
     """
     system = [m for m in thread if role_of(m) == "system"]
     chat = [m for m in thread if role_of(m) != "system"]
-    chat, matched = _without_second_answers(stored, chat, _match(stored, chat))
+    chat, matched = _without_second_answers(stored, chat, _match(stored, chat), tokens)
     head, newer, unstored, stored_count = _interleave(stored, chat, matched)
     conversation = [*head, *newer, *unstored]
     last_human = newest_human(chat)
@@ -435,12 +513,17 @@ def merge_history(
         last_human is not None
         # (The question itself may be older than the window read: a long tool loop.)
         and last_stored >= last_human
-        # Only then is what follows it in the log surely of this exchange: an exchange
-        # is stored whole, its answer with it. After an answer or a note, the log may go
-        # on with anything (another thread's turns, a message pushed by the application).
-        and (last_stored == last_human or _is_tool_step(chat[last_stored]))
         and bool(newer)
         and role_of(newer[0]) != USER
+        # After the question or a tool step, what follows in the log is surely of this
+        # exchange: an exchange is stored whole, its answer with it. After an answer or
+        # a note, the log may go on with anything (another thread's turns, a message
+        # the application appended): the exchange's run token tells.
+        and (
+            last_stored == last_human
+            or _is_tool_step(chat[last_stored])
+            or bool(_log_went_further(chat[last_human].id, tokens, chat, stored))
+        )
     )
     redelivered = behind or (
         last_human is not None

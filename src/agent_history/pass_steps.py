@@ -37,6 +37,7 @@ __all__ = [
     "Read",
     "ReadContext",
     "ReadLegacy",
+    "ReadTokens",
     "Sleep",
     "Step",
     "StoreStep",
@@ -61,6 +62,23 @@ class Read:
 
     def acall(self) -> Awaitable[Any]:
         return self.history.atail(self.key, self.n)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadTokens:
+    """Read the run tokens of these stored user messages (`ChatHistory.anchor_tokens`)
+    within ``budget`` seconds."""
+
+    history: ChatHistory
+    key: str
+    ids: tuple[str, ...]
+    budget: float
+
+    def call(self) -> Any:
+        return self.history.anchor_tokens(self.key, self.ids)
+
+    def acall(self) -> Awaitable[Any]:
+        return self.history.aanchor_tokens(self.key, self.ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +251,16 @@ class Sleep:
     seconds: float
 
 
-StoreStep = Read | Append | ReadContext | ClaimSummary | WriteSummary | ReadLegacy | ImportTurns
+StoreStep = (
+    Read
+    | ReadTokens
+    | Append
+    | ReadContext
+    | ClaimSummary
+    | WriteSummary
+    | ReadLegacy
+    | ImportTurns
+)
 Step = StoreStep | Model | Sleep | Summarize
 
 

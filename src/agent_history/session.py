@@ -47,13 +47,23 @@ from agent_history.legacy import LEGACY_NAMESPACE
 from agent_history.messages import (
     MergedPayload,
     TokenCounter,
+    anchors_to_check,
     exchange_overlap,
     merge_history,
     newest_human,
     role_of,
     tool_safe_units,
 )
-from agent_history.pass_steps import Append, ImportTurns, Read, ReadContext, ReadLegacy, Sleep, Step
+from agent_history.pass_steps import (
+    Append,
+    ImportTurns,
+    Read,
+    ReadContext,
+    ReadLegacy,
+    ReadTokens,
+    Sleep,
+    Step,
+)
 from agent_history.stores import backend_of
 from agent_history.toggles import DEFAULT_TOGGLES, CircuitBreaker, HistoryDecision, HistoryToggles
 
@@ -206,6 +216,9 @@ class HistoryPass(SummaryUpdates):
     key: str = ""
     fallbacks: list[str] = field(default_factory=list)
     stored: list[BaseMessage] = field(default_factory=list)
+    anchor_tokens: dict[str, str] | None = None
+    """Run tokens of the exchanges the thread continues after a stored answer, read when
+    the log went on differently there (`messages.anchors_to_check`)."""
     merged: MergedPayload | None = None
     payload: MergedPayload | None = None
     shadow_difference: bool | None = None
@@ -299,6 +312,24 @@ class HistoryPass(SummaryUpdates):
             self.stored = value
         if ok and self.options.read_legacy and not self.stored and self.last_seq == 0:
             yield from self._read_legacy(budget)
+        elif ok and self.stored:
+            yield from self._read_anchor_tokens(budget)
+
+    def _read_anchor_tokens(self, budget: float) -> Generator[Step, Any, None]:
+        """The run tokens `merge_history` needs to tell a branch of an answered exchange
+        from a thread whose conversation moved on elsewhere (rarely any). Without them
+        (a failed read), the merge decides on the messages alone."""
+        assert self.history is not None
+        anchors = anchors_to_check(self.stored, self.view.messages)
+        if not anchors:
+            return
+        started = time.perf_counter()
+        ok, value = yield ReadTokens(self.history, self.key, tuple(anchors), budget)
+        self._record(obs.STORE_READ_LATENCY, started, ok)
+        if ok:
+            self.anchor_tokens = value
+        else:
+            self._fallback("anchor_read_failed", obs.describe_error(value))
 
     def _read_legacy(self, budget: float) -> Generator[Step, Any, None]:
         """A conversation without a log: its legacy item, if it has one, is the window."""
@@ -407,6 +438,7 @@ class HistoryPass(SummaryUpdates):
             max_tokens=options.max_tokens,
             token_counter=options.counter if counting else None,
             reserved_tokens=reserved,
+            tokens=self.anchor_tokens,
         )
 
     def _fitting_summary(

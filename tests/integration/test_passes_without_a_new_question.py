@@ -10,6 +10,7 @@ the next payload carries it; a review resumed twice stores one revision.
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 import warnings
@@ -21,7 +22,8 @@ from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
-from langgraph.store.base import BaseStore
+from langgraph.store.base import BaseStore, GetOp, Op
+from langgraph.store.memory import InMemoryStore
 from langgraph.types import Command, interrupt
 
 from agent_history import AgentNode, AgentState, ChatHistory, HistoryHooks, HistoryReport
@@ -30,6 +32,7 @@ from agent_history.middleware import HistoryMiddleware
 from agent_history.testing import RecordingChatModel
 from agent_history.toggles import HistoryToggles
 from tests.support.agent_graphs import telegram_callback
+from tests.support.fault_stores import FaultyStore, InjectedStoreError
 from tests.support.resumes import resume_twice_at_once
 
 TOGGLES = HistoryToggles(env={})
@@ -248,3 +251,100 @@ def test_a_follow_up_with_a_tool_call_is_stored_after_the_conversation_moved_on(
     assert sent[-2:] == [("ai", "follow-up: order 42 shipped"), ("human", "thanks")]
     assert ("tool", "order 42 shipped") in sent
     assert sent.count(("ai", "follow-up: order 42 shipped")) == 1
+
+
+@pytest.mark.parametrize("kind", ["AgentNode", "create_agent"])
+def test_a_revision_replayed_from_its_checkpoint_is_not_stored_as_the_chat_goes_on(
+    store: BaseStore, key: str, kind: str
+) -> None:
+    """Time travel to the checkpoint before the revision pass, then the user goes on on
+    that branch: the replayed pass answers its reviewer's note (not the stored
+    revision), and neither it nor the next run stores a second revision."""
+    model, reports = Reviser(), []
+    graph = _revise_graph(kind, model, store, reports, key)
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    graph.invoke({"messages": [HumanMessage("write a haiku")]}, config)
+    graph.invoke(Command(resume="rhyme"), config)
+    graph.invoke(Command(resume="ok"), config)
+    before_revision = next(
+        s
+        for s in graph.get_state_history(config)
+        if s.next == ("worker",) and len(s.values["messages"]) == 3
+    )
+    graph.invoke(None, before_revision.config)
+    assert _shape(model.calls[-1]) == [
+        ("human", "write a haiku"), ("ai", "v1 to write a haiku"), ("ai", "reviewer: rhyme")
+    ]  # fmt: skip
+    graph.invoke(Command(resume="ok"), config)
+    graph.invoke({"messages": [HumanMessage("thanks")]}, config)
+
+    assert _log(store, key) == [
+        ("human", "write a haiku"), ("ai", "v1 to write a haiku"),
+        ("ai", "reviewer: rhyme"), ("ai", "v2 (rhyme)"),
+        ("human", "thanks"), ("ai", "v1 to thanks"),
+    ]  # fmt: skip
+    assert [r.appended for r in reports] == [2, 2, 0, 2]
+    # "thanks" is answered with the stored revision, once.
+    assert _shape(model.calls[-1]).count(("ai", "v2 (rhyme)")) == 1
+
+
+def test_a_follow_up_whose_write_failed_is_stored_with_the_next_message(key: str) -> None:
+    """The follow-up pass (with its tool call) could not write; the conversation moved on
+    meanwhile (a pushed message). The next message stores the follow-up with it, and
+    its model sees the follow-up."""
+    store = FaultyStore(InMemoryStore())
+    model, reports = FollowUpModel(), []
+    web = _follow_up_graph(model, store, "turns", reports, key, greeter=False)
+    thread = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    web.invoke({"messages": [HumanMessage("hi")]}, thread)
+    ChatHistory(store).append(key, [AIMessage("sale today")])
+    store.fail_writes = True
+    web.invoke({"messages": []}, thread)
+    store.fail_writes = False
+    web.invoke({"messages": [HumanMessage("thanks")]}, thread)
+
+    assert _log(store, key) == [
+        ("human", "hi"), ("ai", "echo: hi"), ("ai", "sale today"),
+        ("ai", "follow-up: order 42 shipped"), ("human", "thanks"), ("ai", "echo: thanks"),
+    ]  # fmt: skip
+    assert "write_failed" in reports[-2].fallbacks
+    assert _shape(model.calls[-1])[-2:] == [
+        ("ai", "follow-up: order 42 shipped"), ("human", "thanks")
+    ]  # fmt: skip
+
+
+class TokenReadFails(FaultyStore):
+    """Fails the next read of id entries alone once ``armed`` (an append's read has the
+    open chunk with it, and comes after)."""
+
+    armed = False
+
+    def _check(self, ops: list[Op]) -> None:
+        super()._check(ops)
+        keys = [op.key for op in ops if isinstance(op, GetOp)]
+        if self.armed and any(k.startswith("msgid:") for k in keys):
+            self.armed = False
+            raise InjectedStoreError("injected read failure")
+
+
+def test_a_failed_read_of_the_run_tokens_degrades_to_the_messages(
+    key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The revise pass of a thread whose conversation moved on reads its run token; when
+    that read fails, the pass warns (no message text) and goes on: its revision is
+    stored."""
+    store = TokenReadFails(InMemoryStore())
+    model, reports = Reviser(), []
+    graph = _revise_graph("AgentNode", model, store, reports, key)
+    a = {"configurable": {"thread_id": "a"}}
+    graph.invoke({"messages": [HumanMessage("question A")]}, a)
+    graph.invoke({"messages": [HumanMessage("question B")]}, {"configurable": {"thread_id": "b"}})
+    store.armed = True
+    with caplog.at_level(logging.WARNING, logger="agent_history"):
+        graph.invoke(Command(resume="shorter"), a)
+
+    assert not store.armed, "the revise pass read the run token"
+    assert reports[-1].fallbacks == ("anchor_read_failed",)
+    assert reports[-1].appended == 2
+    assert _log(store, key)[-2:] == [("ai", "reviewer: shorter"), ("ai", "v2 (shorter)")]
+    assert "anchor_read_failed" in caplog.text and "question" not in caplog.text

@@ -15,7 +15,14 @@ from langchain_core.messages import (
 )
 
 from agent_history.incoming import current_thread
-from agent_history.messages import _fit, apply_reset, merge_history, tool_safe_units, window
+from agent_history.messages import (
+    _fit,
+    anchors_to_check,
+    apply_reset,
+    merge_history,
+    tool_safe_units,
+    window,
+)
 
 
 def _texts(messages: list) -> list[str]:
@@ -356,3 +363,41 @@ def test_a_thread_whose_stored_question_the_log_answered_is_behind() -> None:
     merged = merge_history(stored, branch, max_messages=20)
     assert merged.behind and merged.redelivered
     assert [m.id for m in merged.messages] == ["q", "c", "r"]
+
+
+def test_a_revise_pass_asks_for_its_run_token_only_when_the_log_went_on() -> None:
+    thread = [HumanMessage("q", id="q"), AIMessage("v1", id="v1"), AIMessage("rev", id="r")]
+    alone = [HumanMessage("q", id="q"), AIMessage("v1", id="v1")]
+    assert anchors_to_check(alone, thread) == []
+    moved_on = [*alone, AIMessage("pushed", id="p")]
+    assert anchors_to_check(moved_on, thread) == ["q"]
+    # After the question itself the log's next message is of this exchange: no read.
+    branch = [HumanMessage("q", id="q"), _call("c"), ToolMessage("r", id="t", tool_call_id="c")]
+    assert anchors_to_check(alone, branch) == []
+
+
+def test_the_run_token_tells_a_replayed_revision_from_a_conversation_that_moved_on() -> None:
+    """The log: the question, its answer, the reviewer's note and the revision v2 (the
+    question's token). A replay of the revise pass lacks v2: it is behind, and when it
+    goes on with a new message its own revision is left out."""
+    stored = [
+        HumanMessage("q", id="q"),
+        AIMessage("v1", id="v1"),
+        AIMessage("rev", id="r"),
+        AIMessage("v2", id="v2"),
+    ]
+    replay = stored[:3]
+    merged = merge_history(stored, replay, max_messages=20, tokens={"q": "v2"})
+    assert merged.behind
+    assert [m.id for m in merged.messages] == ["q", "v1", "r"]
+    later = [*replay, AIMessage("v2 again", id="v2-bis"), HumanMessage("thanks", id="t")]
+    assert anchors_to_check(stored, later) == ["q"]
+    merged = merge_history(stored, later, max_messages=20, tokens={"q": "v2"})
+    assert [m.id for m in merged.messages] == ["q", "v1", "r", "v2", "t"]
+    assert [m.id for m in merged.unstored] == ["t"]
+    # Whose token the thread holds goes on from it: another writer's message followed.
+    other = [*stored, AIMessage("pushed", id="p")]
+    mine = [*stored, _call("c"), ToolMessage("x", id="x", tool_call_id="c")]
+    mine += [AIMessage("follow-up", id="f"), HumanMessage("thanks", id="t")]
+    merged = merge_history(other, mine, max_messages=20, tokens={"q": "v2"})
+    assert [m.id for m in merged.unstored] == ["c", "x", "f", "t"]

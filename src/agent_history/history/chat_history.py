@@ -55,6 +55,7 @@ from agent_history.history.steps import (
     ReadBatch,
     Request,
     Steps,
+    anchor_tokens_steps,
     delete_steps,
     head_steps,
     read_steps,
@@ -311,6 +312,20 @@ class ChatHistory:
         found = await self.ainfo(key)
         return found.turns if found else 0
 
+    def anchor_tokens(
+        self, key: str, ids: Sequence[str], *, budget: float | None = None
+    ) -> dict[str, str]:
+        """The run token of each of ``ids`` stored as an anchor (a user message an append
+        answered, see `append`): the id of the latest answer stored for it, written by
+        the run that appended it. Ids without one are left out. One read."""
+        return self._read(key, anchor_tokens_steps(list(ids)), budget)
+
+    async def aanchor_tokens(
+        self, key: str, ids: Sequence[str], *, budget: float | None = None
+    ) -> dict[str, str]:
+        """Async `anchor_tokens`."""
+        return await self._aread(key, anchor_tokens_steps(list(ids)), budget)
+
     def _key_candidates(self, page: list[tuple[str, ...]]) -> list[tuple[tuple[str, ...], str]]:
         """The namespaces of ``page`` that can hold a conversation, with its original key.
 
@@ -395,7 +410,8 @@ class ChatHistory:
                 token that is neither ``anchor_next`` nor among them, another run
                 answered it (a re-delivered exchange, another branch of a fork):
                 nothing is written. A token among them is an earlier pass of the same
-                run (an agent sent back to revise its answer).
+                run (an agent sent back to revise its answer), and ``anchor_next``
+                becomes the anchor's token.
             budget: Seconds the call may take (None: no limit of its own).
 
         Returns:

@@ -29,6 +29,7 @@ __all__ = [
     "Get",
     "Put",
     "Steps",
+    "anchor_tokens_steps",
     "append_steps",
     "committed_ids_steps",
     "delete_steps",
@@ -259,6 +260,23 @@ def committed_ids_steps(ids: Sequence[str]) -> Steps[set[str]]:
     known = yield from _committed(known, head, found)
     epoch = head.get("epoch")
     return {i for i, entry in known.items() if entry is not None and entry.get("epoch") == epoch}
+
+
+def anchor_tokens_steps(ids: Sequence[str]) -> Steps[dict[str, str]]:
+    """The run token recorded for each of ``ids`` stored as an anchor (see
+    `layout.plan_append`), one read: the id of the latest answer stored for it."""
+    found = yield Get((HEAD_KEY, *(msgid_key(i) for i in ids)))
+    head = found.get(HEAD_KEY)
+    if head is None:
+        return {}
+    epoch = head.get("epoch")
+    tokens: dict[str, str] = {}
+    for message_id in ids:
+        entry = found.get(msgid_key(message_id))
+        token = entry.get("next") if isinstance(entry, dict) else None
+        if isinstance(token, str) and entry is not None and entry.get("epoch") == epoch:
+            tokens[message_id] = token
+    return tokens
 
 
 def _whole(value: Any) -> int | None:
