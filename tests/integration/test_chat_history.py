@@ -180,6 +180,23 @@ async def test_async_paths_on_async_stores(astore: BaseStore, ns: tuple[str, ...
     assert await history.acount(key) == 0
 
 
+async def test_run_tokens_follow_the_latest_pass_of_each_answered_question(
+    astore: BaseStore, ns: tuple[str, ...]
+) -> None:
+    history = ChatHistory(astore, namespace=ns)
+    key = _key()
+    exchange = [HumanMessage("q", id="q"), AIMessage("v1", id="v1")]
+    await history.aappend(key, exchange, anchor_id="q", anchor_next="v1")
+    assert await history.aanchor_tokens(key, ["q", "v1", "unknown"]) == {"q": "v1"}
+    revision = [AIMessage("revise", id="r"), AIMessage("v2", id="v2")]
+    seen = ["v1", "r", "v2"]
+    await history.aappend(key, revision, anchor_id="q", anchor_next="v2", anchor_seen=seen)
+    assert await history.aanchor_tokens(key, ["q"]) == {"q": "v2"}
+    assert await asyncio.to_thread(history.anchor_tokens, key, ["q"]) == {"q": "v2"}
+    await history.adelete(key)
+    assert await history.aanchor_tokens(key, ["q"]) == {}
+
+
 async def test_async_methods_on_sync_stores(store: BaseStore, ns: tuple[str, ...]) -> None:
     history = ChatHistory(store, namespace=ns)
     key = _key()
