@@ -141,6 +141,9 @@ class MergedPayload:
     question or one of its tool steps: the thread is a branch of a run forked from an
     earlier checkpoint (or resumed after its answer was stored), whose answer is not
     stored."""
+    goes_on_from: tuple[str, ...]
+    """The ids of the stored pass the thread goes on from, in place of its own copy of
+    it (a branch of a revise loop sent back again): they are part of its conversation."""
     dropped_by_reset: int
     """Messages ignored because a later reset command cut them off."""
     truncated: int
@@ -195,14 +198,14 @@ def _interleave(
 
 
 @dataclass(frozen=True, slots=True)
-class _Continuation:
-    """Thread messages after a stored one, none of them stored, up to the first answer
-    (what comes after it before the next user message, another node's note on the next
-    one say, is not part of it), where the log goes on differently after that stored
-    message (an answer, or tool steps)."""
+class _Branch:
+    """Thread messages right after a stored one (``index``, at ``at`` in the log), none
+    of them stored, where the log goes on differently after that message (not with a
+    user message): up to the thread's next stored or user message (``run``)."""
 
-    answer: range
-    """Their indexes in the thread."""
+    index: int
+    at: int
+    run: range
     anchor: str | None
     """The id of the user message of their exchange (the newest one before them)."""
     sure: bool
@@ -210,34 +213,39 @@ class _Continuation:
     message is then of the same exchange (an exchange is stored whole, in one append),
     so they are a second answer to it. After a stored answer or note, the log may go on
     with anything (another thread's turns, a message the application appended)."""
-    tool_steps: bool
-    """They hold a tool step."""
+    between_stored: bool
+    """A stored message of the thread follows them."""
 
 
-def _continuations(
+def _branches(
     stored: Sequence[BaseMessage], chat: Sequence[BaseMessage], matched: list[int | None]
-) -> list[_Continuation]:
-    found: list[_Continuation] = []
+) -> list[_Branch]:
+    found: list[_Branch] = []
     for index, message in enumerate(chat):
         at = matched[index]
         if at is None or index + 1 >= len(chat) or matched[index + 1] is not None:
             continue
         if at + 1 >= len(stored) or role_of(stored[at + 1]) == USER:
             continue  # the log's exchange ends there too
-        end = next((k for k in range(index + 1, len(chat)) if role_of(chat[k]) == USER), None)
-        if end is None or end == index + 1:
-            continue  # the exchange being answered now (no user message after it) stays
-        first = next((k for k in range(index + 1, end) if _is_answer(chat[k])), end - 1)
-        answer = range(index + 1, first + 1)
-        if any(matched[k] is not None for k in answer):
+        end = next(
+            (
+                k
+                for k in range(index + 1, len(chat))
+                if matched[k] is not None or role_of(chat[k]) == USER
+            ),
+            len(chat),
+        )
+        if end == index + 1:
             continue
         human = newest_human(chat[: index + 1])
         found.append(
-            _Continuation(
-                answer=answer,
+            _Branch(
+                index=index,
+                at=at,
+                run=range(index + 1, end),
                 anchor=chat[human].id if human is not None else None,
                 sure=not _is_answer(message),
-                tool_steps=any(_is_tool_step(chat[k]) for k in answer),
+                between_stored=end < len(chat) and matched[end] is not None,
             )
         )
     return found
@@ -263,32 +271,84 @@ def _log_went_further(
     return None
 
 
+def _stored_pass(
+    stored: Sequence[BaseMessage], at: int, token: str | None
+) -> Sequence[BaseMessage]:
+    """The log's messages after ``at`` up to the run token (the latest stored pass of
+    the exchange), or just the next one when the token is not after ``at``."""
+    end = next((k for k in range(at + 1, len(stored)) if stored[k].id == token), None)
+    return stored[at + 1 : (end if end is not None else at + 1) + 1]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pruned:
+    chat: list[BaseMessage]
+    matched: list[int | None]
+    replaced_by: tuple[str, ...] = ()
+    """The ids of the stored messages that stand for the thread's copy of its current
+    exchange's latest stored pass, when the thread went on after that copy."""
+
+
 def _without_second_answers(
     stored: Sequence[BaseMessage],
     chat: Sequence[BaseMessage],
     matched: list[int | None],
     tokens: Mapping[str, str] | None,
-) -> tuple[list[BaseMessage], list[int | None]]:
+) -> _Pruned:
     """The thread without its second answers to stored exchanges.
 
     A thread can answer an exchange the log already holds (it lost its checkpoints and
     answered a re-delivery again, two workers shared it, or a run was replayed from an
     earlier checkpoint; in a tool loop, the fork can come after the tool call, or after
-    the tool result; in a revise loop, after an answer). Such an answer (a
-    `_Continuation`) is not this run's to store, nor to send beside the stored one. It
-    is one when it follows the question or a tool step, or when the log holds a later
-    pass of its exchange (``tokens``); when that cannot be told, after a stored answer
-    only a tool loop is taken for one (another message is the thread's own).
+    the tool result; in a revise loop, after an answer). Such an answer (a `_Branch`) is
+    not this run's to store, nor to send beside the stored one: the log's pass stands
+    for it. It is one when it follows the question or a tool step, or when the log holds
+    a later pass of its exchange (``tokens``), or when it lies between two stored
+    messages of the thread with other stored messages between them in the log (a copy
+    a later pass already left out); when that cannot be told, after a stored answer only
+    a tool loop is taken for one (another message is the thread's own).
+
+    It spans as many answers as the log's pass (a revision: the reviewer's note and the
+    revised answer); what comes after it before the next user message (another node's
+    note on the next one say) is the thread's own. When it belongs to the exchange being
+    answered now and the thread went on after it (the branch was sent back to revise
+    again), the log's pass takes its place and the thread goes on from there.
     """
+    in_thread = {j for j in matched if j is not None}
     drop: set[int] = set()
-    for found in _continuations(stored, chat, matched):
-        further = _log_went_further(found.anchor, tokens, chat, stored)
-        if found.sure or further or (further is None and found.tool_steps):
-            drop.update(found.answer)
+    replaced_by: tuple[str, ...] = ()
+    for branch in _branches(stored, chat, matched):
+        run = branch.run
+        if branch.between_stored:
+            next_at = matched[run.stop]
+            assert next_at is not None
+            gap = any(k not in in_thread for k in range(branch.at + 1, next_at))
+            if gap and not all(_is_tool_step(chat[k]) for k in run):
+                drop.update(run)  # (tool steps alone: steps the scope does not store)
+            continue
+        token = tokens.get(branch.anchor) if tokens is not None and branch.anchor else None
+        log_pass = _stored_pass(stored, branch.at, token)
+        wanted = max(1, sum(1 for m in log_pass if _is_answer(m)))
+        answers = [k for k in run if _is_answer(chat[k])]
+        further = _log_went_further(branch.anchor, tokens, chat, stored)
+        if run.stop == len(chat):  # the exchange being answered now
+            if further and len(answers) >= wanted and answers[wanted - 1] + 1 < run.stop:
+                drop.update(range(run.start, answers[wanted - 1] + 1))
+                replaced_by = tuple(
+                    m.id
+                    for k, m in enumerate(log_pass, branch.at + 1)
+                    if m.id and k not in in_thread
+                )
+            continue
+        last = answers[wanted - 1] if len(answers) >= wanted else run.stop - 1
+        copy = range(run.start, last + 1)
+        tool_steps = any(_is_tool_step(chat[k]) for k in copy)
+        if branch.sure or further or (further is None and tool_steps):
+            drop.update(copy)
     if not drop:
-        return list(chat), matched
+        return _Pruned(list(chat), matched)
     kept = [k for k in range(len(chat)) if k not in drop]
-    return [chat[k] for k in kept], [matched[k] for k in kept]
+    return _Pruned([chat[k] for k in kept], [matched[k] for k in kept], replaced_by)
 
 
 def anchors_to_check(stored: Sequence[BaseMessage], thread: Sequence[BaseMessage]) -> list[str]:
@@ -298,7 +358,8 @@ def anchors_to_check(stored: Sequence[BaseMessage], thread: Sequence[BaseMessage
     the log goes on with something else. Usually none (no read then)."""
     chat = [m for m in thread if role_of(m) != "system"]
     matched = _match(stored, chat)
-    anchors = [c.anchor for c in _continuations(stored, chat, matched) if not c.sure]
+    branches = _branches(stored, chat, matched)
+    anchors = [b.anchor for b in branches if not b.sure and not b.between_stored]
     last_human = newest_human(chat)
     last_stored = max((i for i, j in enumerate(matched) if j is not None), default=-1)
     if last_human is not None and last_stored >= last_human:
@@ -499,7 +560,8 @@ def merge_history(
     """
     system = [m for m in thread if role_of(m) == "system"]
     chat = [m for m in thread if role_of(m) != "system"]
-    chat, matched = _without_second_answers(stored, chat, _match(stored, chat), tokens)
+    pruned = _without_second_answers(stored, chat, _match(stored, chat), tokens)
+    chat, matched = pruned.chat, pruned.matched
     head, newer, unstored, stored_count = _interleave(stored, chat, matched)
     conversation = [*head, *newer, *unstored]
     last_human = newest_human(chat)
@@ -524,6 +586,8 @@ def merge_history(
             or _is_tool_step(chat[last_stored])
             or bool(_log_went_further(chat[last_human].id, tokens, chat, stored))
         )
+        # (A thread that went on after its copy of the log's pass goes on from that pass.)
+        and not pruned.replaced_by
     )
     redelivered = behind or (
         last_human is not None
@@ -554,6 +618,7 @@ def merge_history(
         matched=any(j is not None for j in matched),
         redelivered=redelivered,
         behind=behind,
+        goes_on_from=pruned.replaced_by,
         dropped_by_reset=dropped,
         truncated=len(after_reset) - len(kept),
         dropped=[m for m in after_reset if id(m) not in in_window],

@@ -623,7 +623,7 @@ class HistoryPass(SummaryUpdates):
         if anchor is None:
             return pending, None, None, ()
         seen = tuple(m.id for m in [*chat[anchor + 1 :], *produced] if m.id)
-        return pending, chat[anchor].id, produced[-1].id, seen
+        return pending, chat[anchor].id, produced[-1].id, (*seen, *self.merged.goes_on_from)
 
     def _by_content(self) -> bool:
         """Whether re-deliveries can only be recognised by content: a callback without a
