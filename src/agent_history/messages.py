@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.messages.utils import trim_messages
+
+if TYPE_CHECKING:
+    from agent_history.history.records import RunToken
 
 __all__ = [
     "ASSISTANT",
@@ -215,6 +218,9 @@ class _Branch:
     with anything (another thread's turns, a message the application appended)."""
     between_stored: bool
     """A stored message of the thread follows them."""
+    log_moved_on: bool
+    """The log goes on with a user message after that message (its exchange ends there
+    in the log, or another thread's exchange came next)."""
 
 
 def _branches(
@@ -225,8 +231,8 @@ def _branches(
         at = matched[index]
         if at is None or index + 1 >= len(chat) or matched[index + 1] is not None:
             continue
-        if at + 1 >= len(stored) or role_of(stored[at + 1]) == USER:
-            continue  # the log's exchange ends there too
+        if at + 1 >= len(stored):
+            continue
         end = next(
             (
                 k
@@ -246,6 +252,7 @@ def _branches(
                 anchor=chat[human].id if human is not None else None,
                 sure=not _is_answer(message),
                 between_stored=end < len(chat) and matched[end] is not None,
+                log_moved_on=role_of(stored[at + 1]) == USER,
             )
         )
     return found
@@ -253,7 +260,7 @@ def _branches(
 
 def _log_went_further(
     anchor: str | None,
-    tokens: Mapping[str, str] | None,
+    tokens: Mapping[str, RunToken] | None,
     chat: Sequence[BaseMessage],
     stored: Sequence[BaseMessage],
 ) -> bool | None:
@@ -264,20 +271,24 @@ def _log_went_further(
     token = tokens.get(anchor) if tokens is not None and anchor else None
     if token is None:
         return None
-    if any(m.id == token for m in chat):
+    if any(m.id == token.answer for m in chat):
         return False
-    if any(m.id == token for m in stored):
+    if any(m.id == token.answer for m in stored):
         return True
     return None
 
 
-def _stored_pass(
-    stored: Sequence[BaseMessage], at: int, token: str | None
-) -> Sequence[BaseMessage]:
-    """The log's messages after ``at`` up to the run token (the latest stored pass of
-    the exchange), or just the next one when the token is not after ``at``."""
-    end = next((k for k in range(at + 1, len(stored)) if stored[k].id == token), None)
-    return stored[at + 1 : (end if end is not None else at + 1) + 1]
+def _stored_pass(stored: Sequence[BaseMessage], at: int, token: RunToken | None) -> range:
+    """Where the log's latest stored pass of the exchange lies after ``at``: from the
+    pass's first message (or right after ``at``) up to the run token; just the next
+    message when the token is not after ``at``."""
+    ids = [m.id for m in stored]
+    end = next((k for k in range(at + 1, len(stored)) if token and ids[k] == token.answer), None)
+    if end is None or token is None:
+        return range(at + 1, at + 2)
+    first = token.first
+    start = next((k for k in range(at + 1, end + 1) if first and ids[k] == first), at + 1)
+    return range(start, end + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +304,7 @@ def _without_second_answers(
     stored: Sequence[BaseMessage],
     chat: Sequence[BaseMessage],
     matched: list[int | None],
-    tokens: Mapping[str, str] | None,
+    tokens: Mapping[str, RunToken] | None,
 ) -> _Pruned:
     """The thread without its second answers to stored exchanges.
 
@@ -328,16 +339,17 @@ def _without_second_answers(
             continue
         token = tokens.get(branch.anchor) if tokens is not None and branch.anchor else None
         log_pass = _stored_pass(stored, branch.at, token)
-        wanted = max(1, sum(1 for m in log_pass if _is_answer(m)))
+        wanted = max(1, sum(1 for k in log_pass if _is_answer(stored[k])))
         answers = [k for k in run if _is_answer(chat[k])]
         further = _log_went_further(branch.anchor, tokens, chat, stored)
+        if branch.log_moved_on and not further:
+            continue  # the thread's own messages, or nothing can be told
         if run.stop == len(chat):  # the exchange being answered now
-            if further and len(answers) >= wanted and answers[wanted - 1] + 1 < run.stop:
+            # A whole copy (as many answers as the log's pass): this pass comes after it.
+            if further and len(answers) >= wanted:
                 drop.update(range(run.start, answers[wanted - 1] + 1))
                 replaced_by = tuple(
-                    m.id
-                    for k, m in enumerate(log_pass, branch.at + 1)
-                    if m.id and k not in in_thread
+                    i for k in log_pass if (i := stored[k].id) and k not in in_thread
                 )
             continue
         last = answers[wanted - 1] if len(answers) >= wanted else run.stop - 1
@@ -359,7 +371,9 @@ def anchors_to_check(stored: Sequence[BaseMessage], thread: Sequence[BaseMessage
     chat = [m for m in thread if role_of(m) != "system"]
     matched = _match(stored, chat)
     branches = _branches(stored, chat, matched)
-    anchors = [b.anchor for b in branches if not b.sure and not b.between_stored]
+    anchors = [
+        b.anchor for b in branches if not b.between_stored and (b.log_moved_on or not b.sure)
+    ]
     last_human = newest_human(chat)
     last_stored = max((i for i, j in enumerate(matched) if j is not None), default=-1)
     if last_human is not None and last_stored >= last_human:
@@ -531,7 +545,7 @@ def merge_history(
     max_tokens: int | None = None,
     token_counter: TokenCounter | None = None,
     reserved_tokens: int = 0,
-    tokens: Mapping[str, str] | None = None,
+    tokens: Mapping[str, RunToken] | None = None,
 ) -> MergedPayload:
     """Merge the stored tail with the current thread into the model payload.
 
@@ -576,18 +590,20 @@ def merge_history(
         # (The question itself may be older than the window read: a long tool loop.)
         and last_stored >= last_human
         and bool(newer)
-        and role_of(newer[0]) != USER
-        # After the question or a tool step, what follows in the log is surely of this
-        # exchange: an exchange is stored whole, its answer with it. After an answer or
-        # a note, the log may go on with anything (another thread's turns, a message
-        # the application appended): the exchange's run token tells.
-        and (
-            last_stored == last_human
-            or _is_tool_step(chat[last_stored])
-            or bool(_log_went_further(chat[last_human].id, tokens, chat, stored))
-        )
         # (A thread that went on after its copy of the log's pass goes on from that pass.)
         and not pruned.replaced_by
+        and (
+            # After the question or a tool step, what follows in the log is surely of
+            # this exchange: an exchange is stored whole, its answer with it.
+            (
+                role_of(newer[0]) != USER
+                and (last_stored == last_human or _is_tool_step(chat[last_stored]))
+            )
+            # After an answer or a note, the log may go on with anything (another
+            # thread's turns, a message the application appended): the exchange's run
+            # token tells whether the log holds a later pass of it.
+            or bool(_log_went_further(chat[last_human].id, tokens, chat, stored))
+        )
     )
     redelivered = behind or (
         last_human is not None

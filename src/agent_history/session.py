@@ -35,7 +35,7 @@ from agent_history.history import AppendResult, ChatHistory
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
 from agent_history.history.codec import HistoryScope, in_scope, is_final_answer
 from agent_history.history.naming import validate_namespace
-from agent_history.history.records import Turn
+from agent_history.history.records import RunToken, Turn
 from agent_history.incoming import ThreadView
 from agent_history.keys import (
     DEFAULT_HISTORY_KEY_CANDIDATES,
@@ -216,7 +216,7 @@ class HistoryPass(SummaryUpdates):
     key: str = ""
     fallbacks: list[str] = field(default_factory=list)
     stored: list[BaseMessage] = field(default_factory=list)
-    anchor_tokens: dict[str, str] | None = None
+    anchor_tokens: dict[str, RunToken] | None = None
     """Run tokens of the exchanges the thread continues after a stored answer, read when
     the log went on differently there (`messages.anchors_to_check`)."""
     merged: MergedPayload | None = None

@@ -18,7 +18,7 @@ from agent_history.errors import (
     InvalidNamespace,
     SyncCallInEventLoop,
 )
-from agent_history.history import ChatHistory, Turn
+from agent_history.history import ChatHistory, RunToken, Turn
 from tests.support.counting_store import CountingStore
 
 CONTENTS: list[Any] = [
@@ -187,12 +187,14 @@ async def test_run_tokens_follow_the_latest_pass_of_each_answered_question(
     key = _key()
     exchange = [HumanMessage("q", id="q"), AIMessage("v1", id="v1")]
     await history.aappend(key, exchange, anchor_id="q", anchor_next="v1")
-    assert await history.aanchor_tokens(key, ["q", "v1", "unknown"]) == {"q": "v1"}
+    assert await history.aanchor_tokens(key, ["q", "v1", "unknown"]) == {"q": RunToken("v1")}
     revision = [AIMessage("revise", id="r"), AIMessage("v2", id="v2")]
     seen = ["v1", "r", "v2"]
     await history.aappend(key, revision, anchor_id="q", anchor_next="v2", anchor_seen=seen)
-    assert await history.aanchor_tokens(key, ["q"]) == {"q": "v2"}
-    assert await asyncio.to_thread(history.anchor_tokens, key, ["q"]) == {"q": "v2"}
+    # The entry names the latest answer and the first message of the pass that stored it.
+    latest = {"q": RunToken("v2", first="r")}
+    assert await history.aanchor_tokens(key, ["q"]) == latest
+    assert await asyncio.to_thread(history.anchor_tokens, key, ["q"]) == latest
     await history.adelete(key)
     assert await history.aanchor_tokens(key, ["q"]) == {}
 

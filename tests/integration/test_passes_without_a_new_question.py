@@ -168,20 +168,62 @@ def test_a_review_resumed_twice_stores_one_revision(
     assert len(_log(store, key)) == 6
 
 
-@tool
-def order_status(order: str) -> str:
-    """The status of an order."""
-    return f"order {order} shipped"
+@pytest.mark.parametrize("meanwhile", ["nothing", "another thread's exchange", "one before"])
+@pytest.mark.parametrize("clicks", ["one after the other", "at once"])
+def test_a_branch_sent_back_again_after_a_double_resume_stores_its_revision_at_once(
+    store: BaseStore, key: str, clicks: str, meanwhile: str
+) -> None:
+    """The review resumed twice (the log keeps the first branch's revision); the thread
+    goes on from the branch that ran last: the reviewer sends it back once more, then
+    approves, then the user says thanks on the same thread. The second revision is
+    stored when it is made, each revision once, and every model call sees one copy of
+    the first revision (the stored one)."""
+    model, reports = Reviser(), []
+    graph = _revise_graph("AgentNode", model, store, reports, key)
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    graph.invoke({"messages": [HumanMessage("write a haiku")]}, config)
+    other: list[tuple[str, str]] = []
+    if meanwhile != "nothing":
+        other = [("human", "hello"), ("ai", "v1 to hello")]
+    if meanwhile == "one before":
+        graph.invoke({"messages": [HumanMessage("hello")]}, {"configurable": {"thread_id": "o"}})
+    interrupted = graph.get_state(config).config
+    if clicks == "at once":
+        model.gate = threading.Barrier(2, timeout=60)
+        resume_twice_at_once(graph, "rhyme", interrupted)
+        model.gate = None
+    else:
+        graph.invoke(Command(resume="rhyme"), interrupted)
+        graph.invoke(Command(resume="rhyme"), interrupted)
+    if meanwhile == "another thread's exchange":
+        graph.invoke({"messages": [HumanMessage("hello")]}, {"configurable": {"thread_id": "o"}})
+    graph.invoke(Command(resume="shorter"), config)
+    assert reports[-1].appended == 2, "the second revision is stored when it is made"
+    graph.invoke(Command(resume="ok"), config)
+    graph.invoke({"messages": [HumanMessage("thanks")]}, config)
+
+    first = [("ai", "reviewer: rhyme"), ("ai", "v2 (rhyme)")]
+    second = [("ai", "reviewer: shorter"), ("ai", "v2 (shorter)")]
+    opening = [("human", "write a haiku"), ("ai", "v1 to write a haiku")]
+    logged = [*opening, *other, *first] if meanwhile == "one before" else [*opening, *first, *other]
+    assert _log(store, key) == [*logged, *second, ("human", "thanks"), ("ai", "v1 to thanks")]
+    revise_again = next(c for c in model.calls if text_of(c[-1]) == "reviewer: shorter")
+    assert _shape(revise_again) == [*logged, ("ai", "reviewer: shorter")]
+    assert _shape(model.calls[-1]) == [*logged, *second, ("human", "thanks")]
+    # No model call saw both branches' revision (the second branch answers its thread).
+    for call in model.calls:
+        assert _shape(call).count(("ai", "reviewer: rhyme")) <= 1
 
 
 class FollowUpModel(RecordingChatModel):
     """Echoes a user message; with nothing new from the user, checks order 42 with the
-    tool and reports it."""
+    tool and reports it (the n-th follow-up of the chat)."""
 
     def reply(self, messages: list[BaseMessage], **kwargs: Any) -> Any:
         last = messages[-1]
         if isinstance(last, ToolMessage):
-            return AIMessage(f"follow-up: {text_of(last)}")
+            done = sum(1 for m in messages if text_of(m).startswith("follow-up"))
+            return AIMessage(f"follow-up {done + 1}: {text_of(last)}")
         if last.type == "human":
             return AIMessage(f"echo: {text_of(last)}")
         call = {"name": "order_status", "args": {"order": "42"}, "id": uuid.uuid4().hex}
@@ -189,6 +231,12 @@ class FollowUpModel(RecordingChatModel):
 
     def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
         return self
+
+
+@tool
+def order_status(order: str) -> str:
+    """The status of an order."""
+    return f"order {order} shipped"
 
 
 def _follow_up_graph(
@@ -240,7 +288,7 @@ def test_a_follow_up_with_a_tool_call_is_stored_after_the_conversation_moved_on(
     web.invoke({"messages": [HumanMessage("thanks")]}, thread)
 
     steps = [("ai", ""), ("tool", "order 42 shipped")] if scope == "full" else []
-    follow_up = [*steps, ("ai", "follow-up: order 42 shipped")]
+    follow_up = [*steps, ("ai", "follow-up 1: order 42 shipped")]
     assert _log(store, key) == [
         ("human", "hi"), ("ai", "echo: hi"), *elsewhere, *follow_up,
         ("human", "thanks"), ("ai", "echo: thanks"),
@@ -248,9 +296,9 @@ def test_a_follow_up_with_a_tool_call_is_stored_after_the_conversation_moved_on(
     assert [r.redelivered for r in reports] == [False] * len(reports)
     # "thanks" is answered knowing the follow-up (with its tool steps, from the thread).
     sent = _shape(model.calls[-1])
-    assert sent[-2:] == [("ai", "follow-up: order 42 shipped"), ("human", "thanks")]
+    assert sent[-2:] == [("ai", "follow-up 1: order 42 shipped"), ("human", "thanks")]
     assert ("tool", "order 42 shipped") in sent
-    assert sent.count(("ai", "follow-up: order 42 shipped")) == 1
+    assert sent.count(("ai", "follow-up 1: order 42 shipped")) == 1
 
 
 @pytest.mark.parametrize("kind", ["AgentNode", "create_agent"])
@@ -305,11 +353,11 @@ def test_a_follow_up_whose_write_failed_is_stored_with_the_next_message(key: str
 
     assert _log(store, key) == [
         ("human", "hi"), ("ai", "echo: hi"), ("ai", "sale today"),
-        ("ai", "follow-up: order 42 shipped"), ("human", "thanks"), ("ai", "echo: thanks"),
+        ("ai", "follow-up 1: order 42 shipped"), ("human", "thanks"), ("ai", "echo: thanks"),
     ]  # fmt: skip
     assert "write_failed" in reports[-2].fallbacks
     assert _shape(model.calls[-1])[-2:] == [
-        ("ai", "follow-up: order 42 shipped"), ("human", "thanks")
+        ("ai", "follow-up 1: order 42 shipped"), ("human", "thanks")
     ]  # fmt: skip
 
 
@@ -348,3 +396,41 @@ def test_a_failed_read_of_the_run_tokens_degrades_to_the_messages(
     assert reports[-1].appended == 2
     assert _log(store, key)[-2:] == [("ai", "reviewer: shorter"), ("ai", "v2 (shorter)")]
     assert "anchor_read_failed" in caplog.text and "question" not in caplog.text
+
+
+@pytest.mark.parametrize("scope", ["turns", "full"])
+def test_a_follow_up_replayed_then_made_again_is_stored_once_each(
+    store: BaseStore, key: str, scope: str
+) -> None:
+    """A follow-up (tool call and report) is stored; it is replayed from the checkpoint
+    before it (time travel: not stored again); then a second follow-up on that branch
+    is stored when it is made, and "thanks" sees each follow-up once."""
+    model, reports = FollowUpModel(), []
+    web = _follow_up_graph(model, store, scope, reports, key, greeter=False)
+    thread = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    web.invoke({"messages": [HumanMessage("hi")]}, thread)
+    ChatHistory(store).append(key, [AIMessage("sale today")])
+    web.invoke({"messages": []}, thread)
+    before = next(
+        s
+        for s in web.get_state_history(thread)
+        if s.next == ("agent",) and len(s.values["messages"]) == 2
+    )
+    web.invoke(None, before.config)
+    assert reports[-1].appended == 0
+    web.invoke({"messages": []}, thread)
+    assert reports[-1].appended == (3 if scope == "full" else 1)
+    web.invoke({"messages": [HumanMessage("thanks")]}, thread)
+
+    steps = [("ai", ""), ("tool", "order 42 shipped")] if scope == "full" else []
+    follow_ups = [
+        *steps, ("ai", "follow-up 1: order 42 shipped"),
+        *steps, ("ai", "follow-up 2: order 42 shipped"),
+    ]  # fmt: skip
+    opening = [("human", "hi"), ("ai", "echo: hi"), ("ai", "sale today")]
+    assert _log(store, key) == [*opening, *follow_ups, ("human", "thanks"), ("ai", "echo: thanks")]
+    sent = [m for m in _shape(model.calls[-1]) if m[0] != "tool" and m[1]]
+    assert sent == [
+        *opening, ("ai", "follow-up 1: order 42 shipped"),
+        ("ai", "follow-up 2: order 42 shipped"), ("human", "thanks"),
+    ]  # fmt: skip

@@ -14,6 +14,7 @@ from langchain_core.messages import (
     trim_messages,
 )
 
+from agent_history.history.records import RunToken
 from agent_history.incoming import current_thread
 from agent_history.messages import (
     _fit,
@@ -387,17 +388,55 @@ def test_the_run_token_tells_a_replayed_revision_from_a_conversation_that_moved_
         AIMessage("v2", id="v2"),
     ]
     replay = stored[:3]
-    merged = merge_history(stored, replay, max_messages=20, tokens={"q": "v2"})
+    merged = merge_history(stored, replay, max_messages=20, tokens={"q": RunToken("v2")})
     assert merged.behind
     assert [m.id for m in merged.messages] == ["q", "v1", "r"]
     later = [*replay, AIMessage("v2 again", id="v2-bis"), HumanMessage("thanks", id="t")]
     assert anchors_to_check(stored, later) == ["q"]
-    merged = merge_history(stored, later, max_messages=20, tokens={"q": "v2"})
+    merged = merge_history(stored, later, max_messages=20, tokens={"q": RunToken("v2")})
     assert [m.id for m in merged.messages] == ["q", "v1", "r", "v2", "t"]
     assert [m.id for m in merged.unstored] == ["t"]
     # Whose token the thread holds goes on from it: another writer's message followed.
     other = [*stored, AIMessage("pushed", id="p")]
     mine = [*stored, _call("c"), ToolMessage("x", id="x", tool_call_id="c")]
     mine += [AIMessage("follow-up", id="f"), HumanMessage("thanks", id="t")]
-    merged = merge_history(other, mine, max_messages=20, tokens={"q": "v2"})
+    merged = merge_history(other, mine, max_messages=20, tokens={"q": RunToken("v2")})
     assert [m.id for m in merged.unstored] == ["c", "x", "f", "t"]
+
+
+def test_a_branch_sent_back_again_goes_on_from_the_stored_pass() -> None:
+    """The log holds branch A's revision (the pass from "rA" to the token "vA"), after
+    another thread's exchange; the thread is branch B, sent back again ("r2"). B's copy
+    of the pass is left out, A's stands in its place and is part of what B has seen."""
+    stored = [
+        HumanMessage("q", id="q"),
+        AIMessage("v1", id="v1"),
+        HumanMessage("other", id="o"),
+        AIMessage("other answer", id="oa"),
+        AIMessage("rev", id="rA"),
+        AIMessage("v2", id="vA"),
+    ]
+    thread = [
+        HumanMessage("q", id="q"),
+        AIMessage("v1", id="v1"),
+        AIMessage("rev", id="rB"),
+        AIMessage("v2", id="vB"),
+        AIMessage("rev 2", id="r2"),
+    ]
+    assert anchors_to_check(stored, thread) == ["q"]
+    merged = merge_history(stored, thread, max_messages=20, tokens={"q": RunToken("vA", "rA")})
+    assert not merged.behind and not merged.redelivered
+    assert [m.id for m in merged.messages] == ["q", "v1", "o", "oa", "rA", "vA", "r2"]
+    assert [m.id for m in merged.unstored] == ["r2"]
+    assert merged.goes_on_from == ("rA", "vA")
+    # Without the token nothing tells B's copy from its own messages: they stay.
+    merged = merge_history(stored, thread, max_messages=20)
+    assert [m.id for m in merged.unstored] == ["rB", "vB", "r2"]
+    # The copy while it is made (B's first pass) is behind the stored pass.
+    merged = merge_history(stored, thread[:3], max_messages=20, tokens={"q": RunToken("vA", "rA")})
+    assert merged.behind and merged.goes_on_from == ()
+    # Once B's later pass is stored, its copy lies between stored messages: left out.
+    later = [*stored, AIMessage("rev 2", id="r2"), AIMessage("v3", id="v3")]
+    thanks = [*thread, AIMessage("v3", id="v3"), HumanMessage("thanks", id="t")]
+    merged = merge_history(later, thanks, max_messages=20)
+    assert [m.id for m in merged.messages] == [*(m.id for m in later), "t"]

@@ -47,6 +47,7 @@ from agent_history.history.naming import conversation_namespace, key_of_label, v
 from agent_history.history.records import (
     AppendResult,
     ConversationInfo,
+    RunToken,
     Turn,
     is_utc_time,
     message_from_record,
@@ -314,15 +315,15 @@ class ChatHistory:
 
     def anchor_tokens(
         self, key: str, ids: Sequence[str], *, budget: float | None = None
-    ) -> dict[str, str]:
+    ) -> dict[str, RunToken]:
         """The run token of each of ``ids`` stored as an anchor (a user message an append
-        answered, see `append`): the id of the latest answer stored for it, written by
-        the run that appended it. Ids without one are left out. One read."""
+        answered, see `append`): the id of the latest answer stored for it, and where
+        the pass that stored it starts. Ids without one are left out. One read."""
         return self._read(key, anchor_tokens_steps(list(ids)), budget)
 
     async def aanchor_tokens(
         self, key: str, ids: Sequence[str], *, budget: float | None = None
-    ) -> dict[str, str]:
+    ) -> dict[str, RunToken]:
         """Async `anchor_tokens`."""
         return await self._aread(key, anchor_tokens_steps(list(ids)), budget)
 

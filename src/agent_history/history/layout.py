@@ -304,10 +304,15 @@ def plan_append(
             plan.puts[msgid_key(turn.id)] = entry
     if anchor_id is not None and anchor_next is not None and stored(anchor_id):
         # A later pass of the run: its answer becomes the token, so a branch forked
-        # before it (a replay, or a second resume, of that pass) no longer passes.
+        # before it (a replay, or a second resume, of that pass) no longer passes; the
+        # entry also names the pass's first message (where the pass starts in the log).
         entry = known_ids.get(anchor_id) or {}
         if entry.get("next") != anchor_next:
-            plan.puts[msgid_key(anchor_id)] = {**entry, "next": anchor_next}
+            renewed = {**entry, "next": anchor_next}
+            renewed.pop("from", None)
+            if fresh[0].id is not None:
+                renewed["from"] = fresh[0].id
+            plan.puts[msgid_key(anchor_id)] = renewed
     for index, records in chunks.items():
         plan.puts[chunk_key(index)] = {"kind": "chunk", "index": index, "turns": records}
     new_last = last_seq + len(fresh)

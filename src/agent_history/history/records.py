@@ -19,6 +19,7 @@ from agent_history.history.codec import (
 __all__ = [
     "AppendResult",
     "ConversationInfo",
+    "RunToken",
     "Turn",
     "decode_content",
     "encode_content",
@@ -50,6 +51,17 @@ def decode_content(stored: Any, encoding: str | None) -> Any:
     if encoding == ENCODING_JSON:
         return decode_value(stored)
     return stored
+
+
+class RunToken(NamedTuple):
+    """What an answered user message's id entry records of the run that answered it
+    (see `layout.plan_append`)."""
+
+    answer: str
+    """The id of the latest answer stored for it (the run token)."""
+    first: str | None = None
+    """The id of the first message of the pass that stored that answer, when a later
+    pass of the run stored it (None: the pass that stored the question)."""
 
 
 class Turn(NamedTuple):

@@ -23,7 +23,7 @@ from agent_history.history.layout import (
     plan_append,
     tail_chunk_keys,
 )
-from agent_history.history.records import AppendResult, Turn
+from agent_history.history.records import AppendResult, RunToken, Turn
 
 __all__ = [
     "Get",
@@ -262,20 +262,22 @@ def committed_ids_steps(ids: Sequence[str]) -> Steps[set[str]]:
     return {i for i, entry in known.items() if entry is not None and entry.get("epoch") == epoch}
 
 
-def anchor_tokens_steps(ids: Sequence[str]) -> Steps[dict[str, str]]:
+def anchor_tokens_steps(ids: Sequence[str]) -> Steps[dict[str, RunToken]]:
     """The run token recorded for each of ``ids`` stored as an anchor (see
-    `layout.plan_append`), one read: the id of the latest answer stored for it."""
+    `layout.plan_append`), one read."""
     found = yield Get((HEAD_KEY, *(msgid_key(i) for i in ids)))
     head = found.get(HEAD_KEY)
     if head is None:
         return {}
     epoch = head.get("epoch")
-    tokens: dict[str, str] = {}
+    tokens: dict[str, RunToken] = {}
     for message_id in ids:
         entry = found.get(msgid_key(message_id))
-        token = entry.get("next") if isinstance(entry, dict) else None
-        if isinstance(token, str) and entry is not None and entry.get("epoch") == epoch:
-            tokens[message_id] = token
+        if not isinstance(entry, dict) or entry.get("epoch") != epoch:
+            continue
+        answer, first = entry.get("next"), entry.get("from")
+        if isinstance(answer, str):
+            tokens[message_id] = RunToken(answer, first if isinstance(first, str) else None)
     return tokens
 
 

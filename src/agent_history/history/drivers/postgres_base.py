@@ -404,16 +404,18 @@ _V2_EDITS = (
 
 
 # agent_history_append_v3: v2 where a later pass of a run (the anchor stored with a
-# token among ``p_anchor_seen``) makes its answer the anchor's token, as
-# `layout.plan_append` does.
+# token among ``p_anchor_seen``) makes its answer the anchor's token and its first
+# message the entry's ``from``, as `layout.plan_append` does.
 _V3_EDITS = (
     ("FUNCTION agent_history_append_v2(", "FUNCTION agent_history_append_v3("),
     (
         "    v_keys := array_append(v_keys, 'head'::text);\n",
         "    IF v_anchor IS NOT NULL AND v_anchor->>'next' IS DISTINCT FROM p_anchor_next THEN\n"
         "        v_keys := array_append(v_keys, p_anchor_key);\n"
-        "        v_values := array_append(v_values,\n"
-        "            v_anchor || jsonb_build_object('next', p_anchor_next));\n"
+        "        v_values := array_append(v_values, (v_anchor - 'from')\n"
+        "            || jsonb_build_object('next', p_anchor_next)\n"
+        "            || CASE WHEN p_ids[v_fresh[1]] IS NULL THEN '{}'::jsonb\n"
+        "                    ELSE jsonb_build_object('from', p_ids[v_fresh[1]]) END);\n"
         "    END IF;\n"
         "    v_keys := array_append(v_keys, 'head'::text);\n",
     ),
