@@ -13,7 +13,7 @@ from agent_history.errors import (
     SyncCallInEventLoop,
     WriteConflict,
 )
-from agent_history.history import AppendResult, ChatHistory, ConversationInfo, Turn
+from agent_history.history import AppendResult, ChatHistory, ConversationInfo, RunToken, Turn
 from agent_history.history.message_history import KeyedMessageHistory
 from agent_history.keys import (
     DEFAULT_HISTORY_KEY_CANDIDATES,
@@ -73,6 +73,7 @@ __all__ = [
     "KeyResolution",
     "KeyResolutionError",
     "KeyedMessageHistory",
+    "RunToken",
     "StoreTimeout",
     "StoreUnavailable",
     "SyncCallInEventLoop",
