@@ -145,8 +145,9 @@ class MergedPayload:
     earlier checkpoint (or resumed after its answer was stored), whose answer is not
     stored."""
     goes_on_from: tuple[str, ...]
-    """The ids of the stored pass the thread goes on from, in place of its own copy of
-    it (a branch of a revise loop sent back again): they are part of its conversation."""
+    """The ids of the stored messages the thread goes on after, in place of its own
+    copy of a stored pass (a branch of a revise loop sent back again): the stored pass
+    and what the log holds after it are part of its conversation."""
     dropped_by_reset: int
     """Messages ignored because a later reset command cut them off."""
     truncated: int
@@ -278,17 +279,32 @@ def _log_went_further(
     return None
 
 
-def _stored_pass(stored: Sequence[BaseMessage], at: int, token: RunToken | None) -> range:
-    """Where the log's latest stored pass of the exchange lies after ``at``: from the
-    pass's first message (or right after ``at``) up to the run token; just the next
-    message when the token is not after ``at``."""
+def _stored_pass(
+    stored: Sequence[BaseMessage], at: int, token: RunToken | None, copy: Sequence[BaseMessage]
+) -> range | None:
+    """The log's pass that a branch forked right after ``at`` copies (``copy``: the
+    branch's messages from there): the exchange's latest pass (up to the run token) when
+    it starts right after ``at``, or later when the branch's messages repeat it (its
+    notes and tool steps, and an answer where it has its answer) or the log goes on with
+    another exchange right after ``at``. None when that cannot be told (an earlier pass,
+    whose extent is not recorded, or no token)."""
     ids = [m.id for m in stored]
     end = next((k for k in range(at + 1, len(stored)) if token and ids[k] == token.answer), None)
     if end is None or token is None:
-        return range(at + 1, at + 2)
-    first = token.first
-    start = next((k for k in range(at + 1, end + 1) if first and ids[k] == first), at + 1)
-    return range(start, end + 1)
+        return None
+    first = next((k for k in range(len(stored)) if token.first and ids[k] == token.first), None)
+    if first is None or first <= at + 1:
+        return range(at + 1, end + 1)
+    latest = stored[first : end + 1]
+    if not any(_is_tool_step(m) for m in latest):  # a scope without tool steps
+        copy = [m for m in copy if not _is_tool_step(m)]
+    repeated = len(copy) >= len(latest) and all(
+        _signature(s) == _signature(c) if k < len(latest) - 1 else _is_answer(c)
+        for k, (s, c) in enumerate(zip(latest, copy, strict=False))
+    )
+    if repeated or role_of(stored[at + 1]) == USER:
+        return range(first, end + 1)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,8 +312,9 @@ class _Pruned:
     chat: list[BaseMessage]
     matched: list[int | None]
     replaced_by: tuple[str, ...] = ()
-    """The ids of the stored messages that stand for the thread's copy of its current
-    exchange's latest stored pass, when the thread went on after that copy."""
+    """The ids of the stored messages that stand for the thread's copy of a stored pass
+    of its current exchange (and come after it), when the thread went on after that
+    copy."""
 
 
 def _without_second_answers(
@@ -334,23 +351,24 @@ def _without_second_answers(
             next_at = matched[run.stop]
             assert next_at is not None
             gap = any(k not in in_thread for k in range(branch.at + 1, next_at))
-            if gap and not all(_is_tool_step(chat[k]) for k in run):
-                drop.update(run)  # (tool steps alone: steps the scope does not store)
+            if gap and any(_is_answer(chat[k]) for k in run):
+                # (Without an answer: tool steps or messages the scope does not store.)
+                drop.update(run)
             continue
         token = tokens.get(branch.anchor) if tokens is not None and branch.anchor else None
-        log_pass = _stored_pass(stored, branch.at, token)
-        wanted = max(1, sum(1 for k in log_pass if _is_answer(stored[k])))
+        log_pass = _stored_pass(stored, branch.at, token, [chat[k] for k in run])
+        # (A pass whose extent is not known is taken to end at its first answer.)
+        wanted = max(1, sum(1 for k in log_pass or () if _is_answer(stored[k])))
         answers = [k for k in run if _is_answer(chat[k])]
         further = _log_went_further(branch.anchor, tokens, chat, stored)
         if branch.log_moved_on and not further:
             continue  # the thread's own messages, or nothing can be told
         if run.stop == len(chat):  # the exchange being answered now
             # A whole copy (as many answers as the log's pass): this pass comes after it.
-            if further and len(answers) >= wanted:
+            if further and log_pass is not None and len(answers) >= wanted:
                 drop.update(range(run.start, answers[wanted - 1] + 1))
-                replaced_by = tuple(
-                    i for k in log_pass if (i := stored[k].id) and k not in in_thread
-                )
+                after = range(branch.at + 1, len(stored))
+                replaced_by = tuple(i for k in after if (i := stored[k].id) and k not in in_thread)
             continue
         last = answers[wanted - 1] if len(answers) >= wanted else run.stop - 1
         copy = range(run.start, last + 1)

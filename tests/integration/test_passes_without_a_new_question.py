@@ -168,7 +168,9 @@ def test_a_review_resumed_twice_stores_one_revision(
     assert len(_log(store, key)) == 6
 
 
-@pytest.mark.parametrize("meanwhile", ["nothing", "another thread's exchange", "one before"])
+@pytest.mark.parametrize(
+    "meanwhile", ["nothing", "an exchange after", "an exchange before", "a greeted chat before"]
+)
 @pytest.mark.parametrize("clicks", ["one after the other", "at once"])
 def test_a_branch_sent_back_again_after_a_double_resume_stores_its_revision_at_once(
     store: BaseStore, key: str, clicks: str, meanwhile: str
@@ -185,8 +187,13 @@ def test_a_branch_sent_back_again_after_a_double_resume_stores_its_revision_at_o
     other: list[tuple[str, str]] = []
     if meanwhile != "nothing":
         other = [("human", "hello"), ("ai", "v1 to hello")]
-    if meanwhile == "one before":
+    if meanwhile == "an exchange before":
         graph.invoke({"messages": [HumanMessage("hello")]}, {"configurable": {"thread_id": "o"}})
+    elif meanwhile == "a greeted chat before":
+        # A Telegram chat of the same user, whose greeter speaks before the question.
+        other = [("ai", "one moment"), ("human", "hello"), ("ai", "echo: hello")]
+        chat = _follow_up_graph(FollowUpModel(), store, "turns", [], key, greeter=True)
+        chat.invoke(telegram_callback(7, "hello", 1), {"configurable": {"thread_id": "tg"}})
     interrupted = graph.get_state(config).config
     if clicks == "at once":
         model.gate = threading.Barrier(2, timeout=60)
@@ -195,7 +202,7 @@ def test_a_branch_sent_back_again_after_a_double_resume_stores_its_revision_at_o
     else:
         graph.invoke(Command(resume="rhyme"), interrupted)
         graph.invoke(Command(resume="rhyme"), interrupted)
-    if meanwhile == "another thread's exchange":
+    if meanwhile == "an exchange after":
         graph.invoke({"messages": [HumanMessage("hello")]}, {"configurable": {"thread_id": "o"}})
     graph.invoke(Command(resume="shorter"), config)
     assert reports[-1].appended == 2, "the second revision is stored when it is made"
@@ -205,7 +212,8 @@ def test_a_branch_sent_back_again_after_a_double_resume_stores_its_revision_at_o
     first = [("ai", "reviewer: rhyme"), ("ai", "v2 (rhyme)")]
     second = [("ai", "reviewer: shorter"), ("ai", "v2 (shorter)")]
     opening = [("human", "write a haiku"), ("ai", "v1 to write a haiku")]
-    logged = [*opening, *other, *first] if meanwhile == "one before" else [*opening, *first, *other]
+    before = meanwhile.endswith("before")
+    logged = [*opening, *other, *first] if before else [*opening, *first, *other]
     assert _log(store, key) == [*logged, *second, ("human", "thanks"), ("ai", "v1 to thanks")]
     revise_again = next(c for c in model.calls if text_of(c[-1]) == "reviewer: shorter")
     assert _shape(revise_again) == [*logged, ("ai", "reviewer: shorter")]
@@ -434,3 +442,37 @@ def test_a_follow_up_replayed_then_made_again_is_stored_once_each(
         *opening, ("ai", "follow-up 1: order 42 shipped"),
         ("ai", "follow-up 2: order 42 shipped"), ("human", "thanks"),
     ]  # fmt: skip
+
+
+def test_an_earlier_revision_replayed_and_sent_back_answers_its_own_branch(
+    store: BaseStore, key: str
+) -> None:
+    """A loop revised twice and approved; time travel replays the first revision, and
+    the reviewer sends that branch back with a new note. That pass answers its branch
+    as it stands (the note last); the chat going on stores the note and its revision,
+    never the replayed copy of the first revision."""
+    model, reports = Reviser(), []
+    graph = _revise_graph("AgentNode", model, store, reports, key)
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    graph.invoke({"messages": [HumanMessage("write a haiku")]}, config)
+    for verdict in ("rhyme", "shorter", "ok"):
+        graph.invoke(Command(resume=verdict), config)
+    stored = _log(store, key)
+    first_revision = next(
+        s
+        for s in graph.get_state_history(config)
+        if s.next == ("worker",) and len(s.values["messages"]) == 3
+    )
+    graph.invoke(None, first_revision.config)
+    graph.invoke(Command(resume="funnier"), config)
+    assert _shape(model.calls[-1])[-2:] == [("ai", "v2 (rhyme)"), ("ai", "reviewer: funnier")]
+    assert _log(store, key) == stored
+    graph.invoke(Command(resume="ok"), config)
+    graph.invoke({"messages": [HumanMessage("thanks")]}, config)
+
+    log = _log(store, key)
+    assert log == [
+        *stored, ("ai", "reviewer: funnier"), ("ai", "v2 (funnier)"),
+        ("human", "thanks"), ("ai", "v1 to thanks"),
+    ]  # fmt: skip
+    assert _shape(model.calls[-1]) == [*log[:-1]]

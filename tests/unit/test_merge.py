@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
+    ChatMessage,
     HumanMessage,
     SystemMessage,
     ToolMessage,
@@ -428,7 +429,7 @@ def test_a_branch_sent_back_again_goes_on_from_the_stored_pass() -> None:
     assert not merged.behind and not merged.redelivered
     assert [m.id for m in merged.messages] == ["q", "v1", "o", "oa", "rA", "vA", "r2"]
     assert [m.id for m in merged.unstored] == ["r2"]
-    assert merged.goes_on_from == ("rA", "vA")
+    assert merged.goes_on_from == ("o", "oa", "rA", "vA")  # what the payload shows before "r2"
     # Without the token nothing tells B's copy from its own messages: they stay.
     merged = merge_history(stored, thread, max_messages=20)
     assert [m.id for m in merged.unstored] == ["rB", "vB", "r2"]
@@ -440,3 +441,19 @@ def test_a_branch_sent_back_again_goes_on_from_the_stored_pass() -> None:
     thanks = [*thread, AIMessage("v3", id="v3"), HumanMessage("thanks", id="t")]
     merged = merge_history(later, thanks, max_messages=20)
     assert [m.id for m in merged.messages] == [*(m.id for m in later), "t"]
+
+
+def test_a_message_no_scope_stores_keeps_its_place_between_stored_ones() -> None:
+    """A node's custom-role note after each answer is never stored; with another
+    writer's message between the thread's stored ones, it is still the thread's own."""
+    stored = [
+        HumanMessage("q", id="q"),
+        AIMessage("a", id="a"),
+        AIMessage("pushed", id="p"),
+        HumanMessage("q2", id="q2"),
+        AIMessage("a2", id="a2"),
+    ]
+    critic = ChatMessage("looks fine", role="critic", id="c")
+    thread = [stored[0], stored[1], critic, stored[3], stored[4], HumanMessage("q3", id="q3")]
+    merged = merge_history(stored, thread, max_messages=20)
+    assert [m.id for m in merged.messages] == ["q", "a", "c", "p", "q2", "a2", "q3"]
