@@ -203,11 +203,10 @@ def _interleave(
 
 @dataclass(frozen=True, slots=True)
 class _Branch:
-    """Thread messages right after a stored one (``index``, at ``at`` in the log), none
-    of them stored, where the log goes on differently after that message (not with a
-    user message): up to the thread's next stored or user message (``run``)."""
+    """Thread messages right after a stored one (at ``at`` in the log), none of them
+    stored, up to the thread's next stored or user message (``run``), where the log goes
+    on with other messages after that one."""
 
-    index: int
     at: int
     run: range
     anchor: str | None
@@ -247,7 +246,6 @@ def _branches(
         human = newest_human(chat[: index + 1])
         found.append(
             _Branch(
-                index=index,
                 at=at,
                 run=range(index + 1, end),
                 anchor=chat[human].id if human is not None else None,
