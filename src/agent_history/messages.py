@@ -181,7 +181,7 @@ def _interleave(
 
     Returns ``(head, newer_stored, unstored, stored_count)``.
     """
-    last = max((i for i, j in enumerate(matched) if j is not None), default=-1)
+    last = _last_matched(matched)
     if last < 0:
         # Nothing in common: the stored tail comes first, the whole thread after it.
         return [], list(stored), list(chat), len(stored)
@@ -257,17 +257,18 @@ def _branches(
     return found
 
 
+def _token(tokens: Mapping[str, RunToken] | None, anchor: str | None) -> RunToken | None:
+    """The run token read for ``anchor``, if any."""
+    return tokens.get(anchor) if tokens is not None and anchor else None
+
+
 def _log_went_further(
-    anchor: str | None,
-    tokens: Mapping[str, RunToken] | None,
-    chat: Sequence[BaseMessage],
-    stored: Sequence[BaseMessage],
+    token: RunToken | None, chat: Sequence[BaseMessage], stored: Sequence[BaseMessage]
 ) -> bool | None:
-    """Whether the log holds a later pass of the exchange of ``anchor`` than the thread:
-    its run token (the id of the latest answer stored for it) is stored and not in the
+    """Whether the log holds a later pass of an exchange than the thread: its run token
+    (``token``, the id of the latest answer stored for it) is stored and not in the
     thread. False when the thread holds it; None when that cannot be told (no token
     read, or the token is not among the messages at hand)."""
-    token = tokens.get(anchor) if tokens is not None and anchor else None
     if token is None:
         return None
     if any(m.id == token.answer for m in chat):
@@ -353,12 +354,12 @@ def _without_second_answers(
                 # (Without an answer: tool steps or messages the scope does not store.)
                 drop.update(run)
             continue
-        token = tokens.get(branch.anchor) if tokens is not None and branch.anchor else None
+        token = _token(tokens, branch.anchor)
         log_pass = _stored_pass(stored, branch.at, token, [chat[k] for k in run])
         # (A pass whose extent is not known is taken to end at its first answer.)
         wanted = max(1, sum(1 for k in log_pass or () if _is_answer(stored[k])))
         answers = [k for k in run if _is_answer(chat[k])]
-        further = _log_went_further(branch.anchor, tokens, chat, stored)
+        further = _log_went_further(token, chat, stored)
         if branch.log_moved_on and not further:
             continue  # the thread's own messages, or nothing can be told
         if run.stop == len(chat):  # the exchange being answered now
@@ -391,12 +392,24 @@ def anchors_to_check(stored: Sequence[BaseMessage], thread: Sequence[BaseMessage
         b.anchor for b in branches if not b.between_stored and (b.log_moved_on or not b.sure)
     ]
     last_human = newest_human(chat)
-    last_stored = max((i for i, j in enumerate(matched) if j is not None), default=-1)
+    last_stored = _last_matched(matched)
     if last_human is not None and last_stored >= last_human:
         further = max(j for j in matched if j is not None) < len(stored) - 1
-        if further and not (last_stored == last_human or _is_tool_step(chat[last_stored])):
+        if further and not _within_exchange(chat, last_stored, last_human):
             anchors.append(chat[last_human].id)
     return list(dict.fromkeys(a for a in anchors if a))
+
+
+def _last_matched(matched: Sequence[int | None]) -> int:
+    """The index of the thread's newest stored message (-1: none is)."""
+    return max((i for i, j in enumerate(matched) if j is not None), default=-1)
+
+
+def _within_exchange(chat: Sequence[BaseMessage], last_stored: int, last_human: int) -> bool:
+    """Whether the thread's newest stored message is its question or one of its tool
+    steps: what follows it in the log is then of the same exchange (an exchange is
+    stored whole, its answer with it)."""
+    return last_stored == last_human or _is_tool_step(chat[last_stored])
 
 
 def _is_answer(message: BaseMessage) -> bool:
@@ -600,7 +613,7 @@ def merge_history(
     # thread's newest stored message (its answer, or tool steps the thread lacks): a run
     # replayed or resumed from a checkpoint in the middle of an exchange the log holds.
     # Answer it as the thread stands (stored turns after it are later ones).
-    last_stored = max((i for i, j in enumerate(matched) if j is not None), default=-1)
+    last_stored = _last_matched(matched)
     behind = (
         last_human is not None
         # (The question itself may be older than the window read: a long tool loop.)
@@ -611,14 +624,11 @@ def merge_history(
         and (
             # After the question or a tool step, what follows in the log is surely of
             # this exchange: an exchange is stored whole, its answer with it.
-            (
-                role_of(newer[0]) != USER
-                and (last_stored == last_human or _is_tool_step(chat[last_stored]))
-            )
+            (role_of(newer[0]) != USER and _within_exchange(chat, last_stored, last_human))
             # After an answer or a note, the log may go on with anything (another
             # thread's turns, a message the application appended): the exchange's run
             # token tells whether the log holds a later pass of it.
-            or bool(_log_went_further(chat[last_human].id, tokens, chat, stored))
+            or bool(_log_went_further(_token(tokens, chat[last_human].id), chat, stored))
         )
     )
     redelivered = behind or (
