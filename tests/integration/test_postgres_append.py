@@ -42,8 +42,8 @@ pytestmark = pytest.mark.postgres
 
 NOW = "2030-01-02T03:04:05.000006+00:00"
 EPOCHS = ("epoch-a", "epoch-b")
-IDS = ("m1", "m2", "m3", "reply:m1:0", "ünïcødé id", "x" * 240)
-TOKENS = ("run-1", "run-2")
+IDS = ("m1", "m2", "m3", "reply:m1:0", "ünïcødé id", "x" * 240, 'q"{a, b}\\ NULL')
+TOKENS = ("run-1", "run-2", 'run "3" \\')
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +188,16 @@ def test_one_statement_append_matches_the_planner(
         expected_items, expected_result = _expected(state)
         assert result == expected_result
         assert _stored(conn, prefix) == expected_items
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.none() | st.text(st.characters(exclude_characters="\x00"))))
+def test_the_appends_text_arrays_reach_the_server_as_they_were(
+    pg_dsn: str, values: list[str | None]
+) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT %s::text[]", (pg_sql.text_array(values),)).fetchone()
+    assert row is not None and row[0] == values
 
 
 _TOUCHED = (

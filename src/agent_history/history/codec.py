@@ -28,10 +28,11 @@ from typing import Any, Literal
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
+    ChatMessage,
+    FunctionMessage,
     HumanMessage,
     SystemMessage,
     ToolMessage,
-    message_to_dict,
     messages_from_dict,
 )
 from pydantic_core import to_jsonable_python
@@ -55,6 +56,7 @@ __all__ = [
     "in_scope",
     "is_final_answer",
     "is_plain",
+    "message_fields",
     "message_parts",
     "messages_of",
     "quarantine",
@@ -196,6 +198,26 @@ def _non_default(message: BaseMessage, data: Mapping[str, Any]) -> dict[str, Any
     }
 
 
+# LangChain's own message classes dump (``model_dump``) as their fields as they are set:
+# they have no alias, serializer or computed field (a test holds this for each). Reading
+# the fields directly spares a dump per message on every append; any other class (a
+# subclass of an application's) is dumped by pydantic.
+_DUMPED_AS_SET = frozenset(
+    {AIMessage, ChatMessage, FunctionMessage, HumanMessage, SystemMessage, ToolMessage}
+)
+
+
+def message_fields(message: BaseMessage) -> dict[str, Any]:
+    """The message's fields by name, as ``message.model_dump()`` has them, except that
+    for LangChain's own classes a pydantic model nested in a field's value stays a model
+    (`message_parts` makes it JSON as a dump would) and nothing is copied: read the
+    result, never change it."""
+    if type(message) in _DUMPED_AS_SET:
+        extra = message.__pydantic_extra__
+        return {**message.__dict__, **extra} if extra else message.__dict__
+    return message.model_dump()
+
+
 def message_parts(message: BaseMessage) -> tuple[str, Any, str | None, str, dict[str, Any]]:
     """``(role, content, id, type, other fields)`` of a message, as stored.
 
@@ -204,9 +226,8 @@ def message_parts(message: BaseMessage) -> tuple[str, Any, str | None, str, dict
     JSON the way pydantic serialises them (ISO times, decimals as text, bytes as base64,
     other objects as ``<unserialisable Type>``), so one odd field never costs the turn.
     """
-    data = message_to_dict(message)
-    kind = str(data["type"])
-    extra = _non_default(message, data["data"])
+    kind = str(message.type)
+    extra = _non_default(message, message_fields(message))
     if extra:
         extra = to_jsonable_python(extra, bytes_mode="base64", fallback=_placeholder)
     return role_of_message(message), message.content, message.id, kind, extra

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-import uuid
+import secrets
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -196,7 +196,7 @@ def new_head(chunk_size: int, now: str) -> dict[str, Any]:
         "version": SCHEMA_VERSION,
         "last_seq": 0,
         "chunk_size": chunk_size,
-        "epoch": uuid.uuid4().hex,
+        "epoch": secrets.token_hex(16),
         "created_at": now,
         "updated_at": now,
     }

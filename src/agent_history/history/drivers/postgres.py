@@ -21,8 +21,7 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -155,45 +154,42 @@ class PostgresDriver(SyncStoreDriver):
 
     # --- connections under a deadline ----------------------------------------------------------
 
-    @contextmanager
-    def _connection(self) -> Iterator[Connection[Any]]:
-        """A connection for one unit of work, waited for no longer than the deadline."""
+    # (Plain methods rather than generator context managers: this runs on every call, and
+    # two generator context managers cost about as much as building the append's arguments.)
+
+    def _borrow(self) -> Connection[Any]:
+        """A connection for one unit of work, waited for no longer than the deadline;
+        give it back with `_give_back`."""
         target = self.pg.conn
         left = budget.remaining()
         if left is not None and left <= 0:
             raise budget.timeout_error()
         if isinstance(target, ConnectionPool):
             try:
-                conn = target.getconn(None if left is None else min(left, target.timeout))
+                return target.getconn(None if left is None else min(left, target.timeout))
             except PoolTimeout:
                 if left is not None and left <= target.timeout:
                     raise budget.timeout_error() from None
                 raise
-            try:
-                yield conn
-            finally:
-                target.putconn(conn)
-        else:
-            if not self.pg.lock.acquire(timeout=-1 if left is None else left):
-                raise budget.timeout_error()
-            try:
-                yield target
-            finally:
-                self.pg.lock.release()
+        if not self.pg.lock.acquire(timeout=-1 if left is None else left):
+            raise budget.timeout_error()
+        return target
 
-    @contextmanager
-    def _watched(self, conn: Connection[Any]) -> Iterator[None]:
-        """Shut ``conn`` down if the block is still running at the deadline."""
-        deadline = budget.current_deadline()
-        if deadline is None:
-            yield
-            return
+    def _give_back(self, conn: Connection[Any]) -> None:
+        target = self.pg.conn
+        if isinstance(target, ConnectionPool):
+            target.putconn(conn)
+        else:
+            self.pg.lock.release()
+
+    def _watched(self, conn: Connection[Any], deadline: float, work: Callable[[], T]) -> T:
+        """Run ``work``, shutting ``conn`` down if it is still running at the deadline."""
         pooled = isinstance(self.pg.conn, ConnectionPool)
         canceller = None if pooled else Canceller(conn)
         alarm = _WATCHDOG.arm(deadline, conn.fileno(), canceller)
         fired = False
         try:
-            yield
+            return work()
         except psycopg.OperationalError as exc:
             fired = _WATCHDOG.disarm(alarm)
             if fired or isinstance(exc, psycopg.errors.LockNotAvailable):
@@ -211,15 +207,24 @@ class PostgresDriver(SyncStoreDriver):
             self.pg.conn.drain()
 
     def _use(self, work: Callable[[Connection[Any]], T]) -> T:
-        with self._connection() as conn, self._watched(conn):
-            try:
-                return work(conn)
-            except psycopg.OperationalError:
-                if conn.broken:
-                    # The server went away (a restart, a failover): the pool's idle
-                    # connections were opened to it too, and would each fail a call.
-                    self._drain()
-                raise
+        conn = self._borrow()
+        try:
+            deadline = budget.current_deadline()
+            if deadline is None:
+                return self._checked(conn, work)
+            return self._watched(conn, deadline, lambda: self._checked(conn, work))
+        finally:
+            self._give_back(conn)
+
+    def _checked(self, conn: Connection[Any], work: Callable[[Connection[Any]], T]) -> T:
+        try:
+            return work(conn)
+        except psycopg.OperationalError:
+            if conn.broken:
+                # The server went away (a restart, a failover): the pool's idle
+                # connections were opened to it too, and would each fail a call.
+                self._drain()
+            raise
 
     # --- schema ----------------------------------------------------------------------------
 

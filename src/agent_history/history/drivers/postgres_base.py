@@ -62,6 +62,7 @@ __all__ = [
     "put_params",
     "select",
     "shut_socket",
+    "text_array",
 ]
 
 STORE_SCHEMA_VERSION = 3
@@ -536,17 +537,33 @@ def append_params(
     return (
         prefix,
         orjson.dumps(records).decode(),
-        ids,
-        [None if i is None else msgid_key(i) for i in ids],
+        text_array(ids),
+        text_array([None if i is None else msgid_key(i) for i in ids]),
         anchor,
         None if anchor is None else msgid_key(anchor),
         request.anchor_next,
-        list(request.anchor_seen),
+        text_array(request.anchor_seen),
         orjson.dumps(new_head(request.chunk_size, request.now)).decode(),
         request.now,
         ttl.minutes,
         lock_ms,
     )
+
+
+def text_array(values: Sequence[str | None]) -> str:
+    """The ``text[]`` literal of ``values``: every element quoted, with its backslashes and
+    double quotes escaped, which is all the server's array syntax asks of a quoted
+    element (None is NULL).
+
+    The append's arrays go as text: psycopg adapts a list by looking for its element type
+    on every call, which cost more than the rest of the append's arguments together
+    (20 µs against 3 µs in a measurement).
+    """
+    parts = [
+        "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        for v in values
+    ]
+    return "{" + ",".join(parts) + "}"
 
 
 def append_result(row: Sequence[Any], skipped: int) -> AppendResult:
