@@ -89,4 +89,18 @@ def conversation_namespace(namespace: Sequence[str], key: str) -> tuple[str, ...
         InvalidNamespace: a label of ``namespace`` is rejected.
         InvalidKey: ``key`` is rejected (with its reason code).
     """
+    if type(key) is str and type(namespace) is tuple:
+        try:
+            return _conversation_namespace(namespace, key)
+        except TypeError:  # an unhashable label: validated (and refused) below
+            pass
+    return _namespace_of(namespace, key)
+
+
+def _namespace_of(namespace: Sequence[str], key: str) -> tuple[str, ...]:
     return (*validate_namespace(namespace), key_label(key))
+
+
+# Every call of a conversation validates the same prefix and key: remember the answers
+# (a refused one raises, and is not remembered).
+_conversation_namespace = functools.lru_cache(maxsize=4096)(_namespace_of)
