@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from agent_history.history.layout import (
     PendingTurn,
     chunk_key,
     msgid_key,
+    new_head,
     plan_append,
     tail_chunk_keys,
 )
@@ -123,3 +125,21 @@ def test_content_encoding_round_trips(content: Any) -> None:
     assert decode_content(stored, encoding) == content
     turn = Turn(1, "user", content, "id", NOW)
     assert Turn.from_record(turn.to_record("text"), "text") == turn
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_worker_never_repeats_its_parents_epochs() -> None:
+    """A conversation deleted and begun again must get a new epoch, whichever worker of
+    a forking server (gunicorn, celery) begins it."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, " ".join(new_head(16, "t")["epoch"] for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 4096).decode().split()
+    os.close(read)
+    parent = [new_head(16, "t")["epoch"] for _ in range(3)]
+    assert len(child) == 3 and not set(child) & set(parent)
+    assert all(len(e) == 32 and int(e, 16) >= 0 for e in child + parent)

@@ -103,4 +103,4 @@ def _namespace_of(namespace: Sequence[str], key: str) -> tuple[str, ...]:
 
 # Every call of a conversation validates the same prefix and key: remember the answers
 # (a refused one raises, and is not remembered).
-_conversation_namespace = functools.lru_cache(maxsize=4096)(_namespace_of)
+_conversation_namespace = functools.lru_cache(maxsize=256)(_namespace_of)
