@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.backends import BackendRun
-from benchmarks.measure import quiet_gc, summarize, time_calls
+from benchmarks.measure import quiet_gc, summarize, time_calls, time_interleaved
 from benchmarks.modes import BenchConfig
 from benchmarks.systems import HistorySystem
 from benchmarks.workload import turn_pair
@@ -84,19 +84,32 @@ def _timed(call: Callable[[int], object], cfg: BenchConfig, **kwargs: Any) -> li
         )
 
 
-def _measure_tail(cell: _Cell, cfg: BenchConfig) -> Row:
+@dataclass(slots=True)
+class _Op:
+    """One cell's timed operation: the call, what runs untimed before it, and the row
+    made of its samples."""
+
+    call: Callable[[int], object]
+    prepare: Callable[[int], object] | None
+    row: Callable[[list[int]], Row]
+
+
+def _tail(cell: _Cell, cfg: BenchConfig) -> _Op:
     system, key = cell.system, cell.keys[0]
-    samples = _timed(lambda _i: system.tail(key, cfg.tail_n), cfg)
-    return {
-        **cell.base,
-        "op": "tail",
-        **summarize(samples).as_dict(),
-        "turns_returned": system.tail(key, cfg.tail_n),
-        "load_s": cell.load_s,
-    }
+
+    def row(samples: list[int]) -> Row:
+        return {
+            **cell.base,
+            "op": "tail",
+            **summarize(samples).as_dict(),
+            "turns_returned": system.tail(key, cfg.tail_n),
+            "load_s": cell.load_s,
+        }
+
+    return _Op(lambda _i: system.tail(key, cfg.tail_n), None, row)
 
 
-def _measure_append(cell: _Cell, cfg: BenchConfig) -> Row:
+def _append(cell: _Cell, cfg: BenchConfig) -> _Op:
     system = cell.system
     calls = 0
 
@@ -106,36 +119,54 @@ def _measure_append(cell: _Cell, cfg: BenchConfig) -> Row:
         system.append(key, turn_pair(f"{cell.tag}-{i}", cfg.content_chars))
         calls += 1
 
-    samples = _timed(append, cfg, prepare=lambda i: cell.build(i // cell.per_conversation))
-    # Every append must have landed (2 turns each); no conversation grew past the limit.
-    counts = [system.count(key) for key in cell.built]
-    appended = sum(counts) - cell.length * len(cell.built)
-    return {
-        **cell.base,
-        "op": "append",
-        **summarize(samples).as_dict(),
-        "conversations": len(cell.built),
-        "appends_made": calls,
-        "turns_appended": appended,
-        "all_appends_stored": appended == 2 * calls,
-        "max_growth_pct": round(100 * max((c - cell.length) / cell.length for c in counts), 1),
-    }
+    def row(samples: list[int]) -> Row:
+        # Every append must have landed (2 turns each); no conversation grew past the
+        # limit.
+        counts = [system.count(key) for key in cell.built]
+        appended = sum(counts) - cell.length * len(cell.built)
+        return {
+            **cell.base,
+            "op": "append",
+            **summarize(samples).as_dict(),
+            "conversations": len(cell.built),
+            "appends_made": calls,
+            "turns_appended": appended,
+            "all_appends_stored": appended == 2 * calls,
+            "max_growth_pct": round(100 * max((c - cell.length) / cell.length for c in counts), 1),
+        }
+
+    return _Op(append, lambda i: cell.build(i // cell.per_conversation), row)
 
 
 def run_latency(run: BackendRun, cfg: BenchConfig, log: Log) -> list[Row]:
-    """Load every (system, length) conversation, then time all tails, then all appends."""
+    """Load every (system, length) conversation, then time all tails, then all appends.
+
+    The systems of one length take turns, one call each (`time_interleaved`), so a slow
+    spell of a shared machine falls on all of them and their ratios hold.
+    """
     cells = [_new_cell(system, length, cfg) for length in cfg.lengths for system in run.systems]
     log(f"[{run.name}] loaded {len(cells)} conversations in {sum(c.load_s for c in cells):.1f} s")
     run.settle()
     rows: list[Row] = []
-    for op, measure in (("tail", _measure_tail), ("append", _measure_append)):
-        for cell in cells:
-            row = measure(cell, cfg)
-            rows.append(row)
-            log(
-                f"[{run.name}] {cell.system.name:<18} len {cell.length:>6} {op:<6}: "
-                f"p50 {row['p50_ms']:.3f} ms, p95 {row['p95_ms']:.3f} ms (n={row['n']})"
-            )
+    for op, make in (("tail", _tail), ("append", _append)):
+        for length in cfg.lengths:
+            group = [cell for cell in cells if cell.length == length]
+            ops = [make(cell, cfg) for cell in group]
+            with quiet_gc():
+                samples = time_interleaved(
+                    [(o.call, o.prepare) for o in ops],
+                    reps=cfg.reps,
+                    min_reps=cfg.min_reps,
+                    warmup=cfg.warmup,
+                    budget_s=cfg.cell_budget_s,
+                )
+            for cell, o, timed in zip(group, ops, samples, strict=True):
+                row = o.row(timed)
+                rows.append(row)
+                log(
+                    f"[{run.name}] {cell.system.name:<18} len {cell.length:>6} {op:<6}: "
+                    f"p50 {row['p50_ms']:.3f} ms, p95 {row['p95_ms']:.3f} ms (n={row['n']})"
+                )
     return rows
 
 

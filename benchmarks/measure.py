@@ -7,9 +7,9 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["Stats", "percentile", "quiet_gc", "summarize", "time_calls"]
+__all__ = ["Stats", "percentile", "quiet_gc", "summarize", "time_calls", "time_interleaved"]
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -66,6 +66,65 @@ def quiet_gc() -> Iterator[None]:
         gc.unfreeze()
 
 
+@dataclass(slots=True)
+class _Timing:
+    call: Callable[[int], object]
+    prepare: Callable[[int], object] | None
+    index: int = 0
+    spent_s: float = 0.0
+    samples: list[int] = field(default_factory=list)
+
+    def step(self, timed: bool) -> None:
+        began = time.perf_counter()
+        if self.prepare is not None:
+            self.prepare(self.index)
+        t0 = time.perf_counter_ns()
+        self.call(self.index)
+        elapsed = time.perf_counter_ns() - t0
+        if timed:
+            self.samples.append(elapsed)
+        self.index += 1
+        self.spent_s += time.perf_counter() - began
+
+
+def time_interleaved(
+    calls: Sequence[tuple[Callable[[int], object], Callable[[int], object] | None]],
+    *,
+    reps: int,
+    min_reps: int,
+    warmup: int,
+    budget_s: float,
+) -> list[list[int]]:
+    """Time several ``(call, prepare)`` pairs in turn, one call of each per round, and
+    return each one's durations in nanoseconds (see `time_calls`).
+
+    Taking turns puts every system's calls in the same moments of the run: on a machine
+    shared with other jobs, a slow spell then slows them all alike instead of the one
+    cell that happened to be running, and the ratios between systems stay true.
+    """
+    timings = [_Timing(call, prepare) for call, prepare in calls]
+    active = list(timings)
+    for _ in range(warmup):
+        active = [t for t in active if t.spent_s <= budget_s / 4]
+        if not active:
+            break
+        for timing in active:
+            timing.step(timed=False)
+    for timing in timings:
+        timing.spent_s = 0.0
+    active = list(timings)
+    for round_ in range(reps):
+        # The order turns each round, so no system always follows the same other one
+        # (whose writes it might pay for).
+        turn = round_ % len(active)
+        for timing in active[turn:] + active[:turn]:
+            timing.step(timed=True)
+        active = [t for t in active if len(t.samples) < min_reps or t.spent_s <= budget_s]
+        if not active:
+            break
+    return [t.samples for t in timings]
+
+
 def time_calls(
     call: Callable[[int], object],
     *,
@@ -82,24 +141,7 @@ def time_calls(
     the budget, and timing stops after ``min_reps`` once the budget is spent: slow cells
     (a naive read of 100k turns) get fewer repetitions instead of stalling the run.
     """
-    index = 0
-    started = time.perf_counter()
-    for _ in range(warmup):
-        if prepare is not None:
-            prepare(index)
-        call(index)
-        index += 1
-        if time.perf_counter() - started > budget_s / 4:
-            break
-    samples: list[int] = []
-    started = time.perf_counter()
-    for _ in range(reps):
-        if prepare is not None:
-            prepare(index)
-        t0 = time.perf_counter_ns()
-        call(index)
-        samples.append(time.perf_counter_ns() - t0)
-        index += 1
-        if len(samples) >= min_reps and time.perf_counter() - started > budget_s:
-            break
+    [samples] = time_interleaved(
+        [(call, prepare)], reps=reps, min_reps=min_reps, warmup=warmup, budget_s=budget_s
+    )
     return samples
