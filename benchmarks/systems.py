@@ -76,8 +76,6 @@ class HistorySystem(ABC):
 
     name: str
     """``ours``, ``naive``, ``langchain-postgres`` or ``floor``."""
-    rewrites_history = False
-    """Whether an append writes the whole history again (its appends are timed apart)."""
 
     def __init__(self, backend: str, content_chars: int) -> None:
         self.backend = backend
@@ -175,7 +173,6 @@ class NaiveSystem(HistorySystem):
     """`NaiveHistory` on the backend's LangGraph store, under ``namespace``."""
 
     name = NAIVE
-    rewrites_history = True
 
     def __init__(
         self, backend: str, content_chars: int, store: BaseStore, *, namespace: tuple[str, ...]
