@@ -176,7 +176,7 @@ def _turn_groups(cells: list[_Cell], cfg: BenchConfig, op: str) -> list[list[_Ce
     vacuum) slow whichever call comes next on the same database, and ours through plain
     store calls writes several times what the others do (the naive blob, at 100k turns,
     megabytes per append), so taking turns charged each system for the others' writes
-    (in two runs an hour apart on one machine, langchain-postgres' append at 100 turns
+    (in two runs minutes apart on one machine, langchain-postgres' append at 100 turns
     took 1.0 ms timed alone and 3.8 ms taking turns)."""
     if op != "tail":
         return [[cell] for cell in cells]
