@@ -200,8 +200,8 @@ def _non_default(message: BaseMessage, data: Mapping[str, Any]) -> dict[str, Any
 
 # LangChain's own message classes dump (``model_dump``) as their fields as they are set:
 # they have no alias, serializer or computed field (a test holds this for each). Reading
-# the fields directly spares a dump per message on every append; any other class (a
-# subclass of an application's) is dumped by pydantic.
+# the fields directly spares a dump per message on every append; any other class (an
+# application's subclass, say) is dumped by pydantic.
 _DUMPED_AS_SET = frozenset(
     {AIMessage, ChatMessage, FunctionMessage, HumanMessage, SystemMessage, ToolMessage}
 )

@@ -196,9 +196,8 @@ def new_head(chunk_size: int, now: str) -> dict[str, Any]:
         "version": SCHEMA_VERSION,
         "last_seq": 0,
         "chunk_size": chunk_size,
-        # Unique, not secret: the random module's generator (seeded from the system's and
-        # seeded again in a forked child) spares the system call of secrets on every
-        # append.
+        # Unique, not secret: the random module's generator (seeded from the system's, and
+        # again in a forked child) spares a system call (os.urandom) on every append.
         "epoch": f"{random.getrandbits(128):032x}",
         "created_at": now,
         "updated_at": now,
