@@ -17,7 +17,7 @@ from typing import Any
 from benchmarks.backends import BackendRun
 from benchmarks.measure import quiet_gc, summarize, time_calls, time_interleaved
 from benchmarks.modes import BenchConfig
-from benchmarks.systems import HistorySystem
+from benchmarks.systems import NAIVE, OURS_PLAIN, HistorySystem
 from benchmarks.workload import turn_pair
 
 __all__ = ["appends_per_conversation", "run_latency", "run_store_primitives"]
@@ -143,7 +143,7 @@ def run_latency(run: BackendRun, cfg: BenchConfig, log: Log) -> list[Row]:
 
     The tails of one length's systems take turns, one call each (`time_interleaved`), so
     a slow spell of a shared machine falls on all of them and their ratios hold; appends
-    are timed one system at a time (see `_turn_groups`).
+    take turns among the systems that write alike (see `_turn_groups`).
     """
     cells = [_new_cell(system, length, cfg) for length in cfg.lengths for system in run.systems]
     log(f"[{run.name}] loaded {len(cells)} conversations in {sum(c.load_s for c in cells):.1f} s")
@@ -170,17 +170,31 @@ def run_latency(run: BackendRun, cfg: BenchConfig, log: Log) -> list[Row]:
     return rows
 
 
+HEAVY_WRITERS = frozenset({OURS_PLAIN, NAIVE})
+"""Systems whose appends write much more than the others': timed one at a time."""
+
+
 def _turn_groups(cells: list[_Cell], cfg: BenchConfig, op: str) -> list[list[_Cell]]:
-    """The cells that take turns: for tails, the systems of one length. Appends are
-    timed one cell at a time: a system's writes (the write-ahead log, checkpoints,
-    vacuum) slow whichever call comes next on the same database, and ours through plain
-    store calls writes several times what the others do (the naive blob, at 100k turns,
-    megabytes per append), so taking turns charged each system for the others' writes
-    (in two runs minutes apart on one machine, langchain-postgres' append at 100 turns
-    took 1.0 ms timed alone and 3.8 ms taking turns)."""
-    if op != "tail":
-        return [[cell] for cell in cells]
-    return [[cell for cell in cells if cell.length == length] for length in cfg.lengths]
+    """The cells that take turns: for tails, the systems of one length; for appends, the
+    systems of one length that write about as little as each other (ours,
+    langchain-postgres, the floor: the ratios the targets compare), while the heavy
+    writers (`HEAVY_WRITERS`) are timed alone. A system's writes (the write-ahead log,
+    checkpoints, vacuum) slow whichever call comes next on the same database, and ours
+    through plain store calls writes several times what the others do (the naive blob,
+    at 100k turns, megabytes per append): taking turns with them charged each system
+    for their writes (langchain-postgres' append at 100 turns took 1.0 ms timed alone
+    and 3.8 ms taking turns with every system, in two runs minutes apart)."""
+    groups: list[list[_Cell]] = []
+    for length in cfg.lengths:
+        same = [cell for cell in cells if cell.length == length]
+        if op == "tail":
+            groups.append(same)
+            continue
+        light = [cell for cell in same if cell.system.name not in HEAVY_WRITERS]
+        if light:
+            groups.append(light)
+        groups.extend([cell] for cell in same if cell.system.name in HEAVY_WRITERS)
+    return groups
 
 
 def run_store_primitives(run: BackendRun, cfg: BenchConfig, log: Log) -> list[Row]:

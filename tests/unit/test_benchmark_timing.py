@@ -39,3 +39,35 @@ def test_a_spent_budget_stops_each_system_at_its_minimum() -> None:
     samples = time_interleaved(calls, reps=50, min_reps=3, warmup=0, budget_s=0.0)
     assert [len(s) for s in samples] == [3, 3]
     assert all(d >= 0 for s in samples for d in s)
+
+
+def test_appends_take_turns_only_among_systems_that_write_alike() -> None:
+    from types import SimpleNamespace
+
+    from benchmarks.latency import _Cell, _turn_groups
+    from benchmarks.modes import MODES
+
+    names = ("ours", "ours-basestore", "naive", "langchain-postgres", "floor")
+    cfg = MODES["smoke"]  # lengths 10 and 100
+    cells = [
+        _Cell(SimpleNamespace(name=name), length, "t", [], 1)  # type: ignore[arg-type]
+        for length in cfg.lengths
+        for name in names
+    ]
+
+    def shape(op: str) -> list[list[tuple[str, int]]]:
+        return [[(c.system.name, c.length) for c in g] for g in _turn_groups(cells, cfg, op)]
+
+    assert shape("tail") == [[(name, length) for name in names] for length in cfg.lengths]
+    assert shape("append") == [
+        group
+        for length in cfg.lengths
+        for group in (
+            [("ours", length), ("langchain-postgres", length), ("floor", length)],
+            [("ours-basestore", length)],
+            [("naive", length)],
+        )
+    ]
+    # Every cell is timed exactly once.
+    timed = [id(c) for g in _turn_groups(cells, cfg, "append") for c in g]
+    assert sorted(timed) == sorted(id(c) for c in cells)
