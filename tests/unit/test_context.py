@@ -19,7 +19,7 @@ from agent_history.context.summary import (
     summary_request,
     write_summary_steps,
 )
-from agent_history.context.window import context_steps
+from agent_history.context.window import chunks_per_get, context_steps
 from agent_history.history.layout import HEAD_KEY, PendingTurn, plan_append
 from agent_history.history.steps import Get, Put, Request, Steps, drive
 from agent_history.messages import merge_history, window
@@ -323,4 +323,8 @@ def test_window_read_with_a_token_budget_stops_at_the_chunk_that_fills_it() -> N
     fill = WindowFill(100, chars, lambda turns: [t.to_message() for t in turns])
     read = store.run(context_steps(300, "content", with_summary=False, enough=fill, chunk_hint=1))
     assert [t.seq for t in read.turns] == list(range(385, 401))
-    assert sum(len(r.keys) for r in store.requests[1:] if isinstance(r, Get)) <= 1 + 4
+    # The head and the newest chunk, then one request for TURNS_PER_GET turns' chunks.
+    assert len(store.requests) == 1 + 2
+    assert sum(len(r.keys) for r in store.requests[1:] if isinstance(r, Get)) <= 1 + (
+        chunks_per_get(4)
+    )

@@ -16,9 +16,16 @@ from agent_history.history.layout import HEAD_KEY, chunk_index, chunk_key, colle
 from agent_history.history.records import Turn
 from agent_history.history.steps import Get, Steps
 
-__all__ = ["ContextRead", "context_steps"]
+__all__ = ["TURNS_PER_GET", "ContextRead", "chunks_per_get", "context_steps"]
 
-_CHUNKS_PER_GET = 2
+TURNS_PER_GET = 32
+"""Turns a window read asks for per request (in whole chunks): one request for the
+windows most agents keep."""
+
+
+def chunks_per_get(chunk_size: int) -> int:
+    """Chunks of ``chunk_size`` turns that hold `TURNS_PER_GET` turns."""
+    return max(1, -(-TURNS_PER_GET // max(1, chunk_size)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +46,8 @@ def context_steps(
     *,
     with_summary: bool,
     enough: Callable[[Sequence[Turn]], bool] | None = None,
-    chunk_hint: int = _CHUNKS_PER_GET,
+    chunk_hint: int = 2,
+    saw_chunk_size: Callable[[int], None] | None = None,
 ) -> Steps[ContextRead]:
     """Read the newest ``n`` turns after the summary, newest chunk first.
 
@@ -49,7 +57,9 @@ def context_steps(
         with_summary: Also read the summary item (in the same request as the head).
         enough: Called with each chunk's turns, newest chunk first; True stops the read
             (a token budget is full).
-        chunk_hint: Chunks the first request asks for beside the head (`Get.newest_chunks`).
+        chunk_hint: Chunks the first request asks for beside the head (`Get.newest_chunks`);
+            later requests ask for `chunks_per_get` of the conversation's size.
+        saw_chunk_size: Told the chunk size the head says.
     """
     keys = (HEAD_KEY, SUMMARY_KEY) if with_summary else (HEAD_KEY,)
     found = yield Get(keys, newest_chunks=max(1, chunk_hint))
@@ -59,6 +69,8 @@ def context_steps(
     summary = Summary.from_item(found.get(SUMMARY_KEY), head) if with_summary else None
     last_seq = int(head["last_seq"])
     size = int(head["chunk_size"])
+    if saw_chunk_size is not None and size > 0:
+        saw_chunk_size(size)
     floor = summary.covers_seq if summary else 0
     first = max(floor + 1, last_seq - n + 1)
     if first > last_seq:
@@ -70,7 +82,8 @@ def context_steps(
         key = chunk_key(index)
         if key not in found:
             batch_keys = tuple(
-                chunk_key(i) for i in range(index, max(lowest, index - _CHUNKS_PER_GET + 1) - 1, -1)
+                chunk_key(i)
+                for i in range(index, max(lowest, index - chunks_per_get(size) + 1) - 1, -1)
             )
             found = {**found, **(yield Get(batch_keys))}
         batch = collect_turns((found.get(key),), first, last_seq, value_field)

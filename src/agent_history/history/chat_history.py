@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ from agent_history.context.summary import (
     read_summary_steps,
     write_summary_steps,
 )
-from agent_history.context.window import ContextRead, context_steps
+from agent_history.context.window import ContextRead, chunks_per_get, context_steps
 from agent_history.errors import InvalidArgument, InvalidMessage, InvalidNamespace
 from agent_history.history.arguments import budget_arg, count_arg
 from agent_history.history.bulk import (
@@ -67,8 +68,9 @@ from agent_history.messages import MessageLike
 __all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_NAMESPACE", "ChatHistory"]
 
 DEFAULT_NAMESPACE: tuple[str, ...] = ("agent_chat_history",)
-DEFAULT_CHUNK_SIZE = 16
-_READ_BATCH_CHUNKS = 16
+DEFAULT_CHUNK_SIZE = 8
+_DELETE_BATCH_CHUNKS = 16
+_READ_BATCH_TURNS = 256
 _KEYS_PAGE = 500
 _RESERVED_FIELDS = frozenset({"seq", "role", "id", "ts", "enc", "type", "lc"})
 
@@ -259,7 +261,18 @@ class ChatHistory:
         return read_records(records, self._message_reader, (*self.namespace, key))
 
     def _tail(self, key: str, n: int) -> Steps[list[tuple[int, dict[str, Any]]]]:
-        return tail_steps(count_arg("n", n), self.chunk_size, (*self.namespace, key))
+        size, saw = self._chunk_size_of(key)
+        return tail_steps(count_arg("n", n), size, (*self.namespace, key), saw)
+
+    def _chunk_size_of(self, key: str) -> tuple[int, Callable[[int], None]]:
+        """The chunk size to plan a read of ``key`` with (its head's, when the driver
+        has seen it, else this history's), and how to tell the driver what the head
+        says (see `drivers.base.ChunkSizes`)."""
+        namespace = self.conversation_namespace(key)
+        sizes = self._driver.chunk_sizes
+        return sizes.hint(namespace, self.chunk_size), functools.partial(
+            sizes.saw, namespace, self.chunk_size
+        )
 
     def _message_reader(self, record: dict[str, Any]) -> BaseMessage:
         return message_from_record(record, self.value_field)
@@ -284,7 +297,7 @@ class ChatHistory:
         namespace = self.conversation_namespace(key)
         first = count_arg("start_seq", start_seq, minimum=1)
         return _streamed(
-            self._driver, namespace, read_steps(first, _READ_BATCH_CHUNKS, self.value_field)
+            self._driver, namespace, read_steps(first, _READ_BATCH_TURNS, self.value_field)
         )
 
     def aread(self, key: str, *, start_seq: int = 1) -> AsyncIterator[Turn]:
@@ -292,7 +305,7 @@ class ChatHistory:
         namespace = self.conversation_namespace(key)
         first = count_arg("start_seq", start_seq, minimum=1)
         return _astreamed(
-            self._driver, namespace, read_steps(first, _READ_BATCH_CHUNKS, self.value_field)
+            self._driver, namespace, read_steps(first, _READ_BATCH_TURNS, self.value_field)
         )
 
     def info(self, key: str, *, budget: float | None = None) -> ConversationInfo | None:
@@ -472,11 +485,11 @@ class ChatHistory:
 
     def delete(self, key: str, *, budget: float | None = None) -> int:
         """Delete a conversation; returns the number of turns it had."""
-        return self._run_atomic(key, delete_steps(_READ_BATCH_CHUNKS), budget=budget)
+        return self._run_atomic(key, delete_steps(_DELETE_BATCH_CHUNKS), budget=budget)
 
     async def adelete(self, key: str, *, budget: float | None = None) -> int:
         """Async `delete`."""
-        return await self._arun_atomic(key, delete_steps(_READ_BATCH_CHUNKS), budget=budget)
+        return await self._arun_atomic(key, delete_steps(_DELETE_BATCH_CHUNKS), budget=budget)
 
     # --- operator procedures: imports, migrations, retention ------------------------------
 
@@ -533,14 +546,14 @@ class ChatHistory:
         """
         if before.tzinfo is None:
             raise InvalidArgument("before must be timezone-aware")
-        head = self._run_atomic(key, delete_if_idle_steps(before, _READ_BATCH_CHUNKS))
+        head = self._run_atomic(key, delete_if_idle_steps(before, _DELETE_BATCH_CHUNKS))
         return _info(key, head)
 
     async def adelete_if_idle(self, key: str, before: datetime) -> ConversationInfo | None:
         """Async `delete_if_idle`."""
         if before.tzinfo is None:
             raise InvalidArgument("before must be timezone-aware")
-        head = await self._arun_atomic(key, delete_if_idle_steps(before, _READ_BATCH_CHUNKS))
+        head = await self._arun_atomic(key, delete_if_idle_steps(before, _DELETE_BATCH_CHUNKS))
         return _info(key, head)
 
     # --- context: the window read and the running summary (see `agent_history.context`) --
@@ -556,8 +569,14 @@ class ChatHistory:
     ) -> ContextRead:
         """The newest ``n`` turns after the summary (and the summary, ``with_summary``),
         read chunk by chunk from the newest until ``enough`` says the window is full."""
+        size, saw = self._chunk_size_of(key)
         steps = context_steps(
-            count_arg("n", n), self.value_field, with_summary=with_summary, enough=enough
+            count_arg("n", n),
+            self.value_field,
+            with_summary=with_summary,
+            enough=enough,
+            chunk_hint=chunks_per_get(size),
+            saw_chunk_size=saw,
         )
         return self._read(key, steps, budget)
 
@@ -571,8 +590,14 @@ class ChatHistory:
         budget: float | None = None,
     ) -> ContextRead:
         """Async `tail_context`."""
+        size, saw = self._chunk_size_of(key)
         steps = context_steps(
-            count_arg("n", n), self.value_field, with_summary=with_summary, enough=enough
+            count_arg("n", n),
+            self.value_field,
+            with_summary=with_summary,
+            enough=enough,
+            chunk_hint=chunks_per_get(size),
+            saw_chunk_size=saw,
         )
         return await self._aread(key, steps, budget)
 

@@ -95,15 +95,19 @@ def head_steps() -> Steps[dict[str, Any] | None]:
 
 
 def tail_steps(
-    n: int, chunk_size_hint: int = 0, namespace: Sequence[str] = ()
+    n: int,
+    chunk_size_hint: int = 0,
+    namespace: Sequence[str] = (),
+    saw_chunk_size: Callable[[int], None] | None = None,
 ) -> Steps[list[tuple[int, dict[str, Any]]]]:
     """``(seq, record)`` for the newest ``n`` turns, oldest first: the head plus the
     chunks that hold them (see `layout.collect_records`). The caller reads the records
     (`layout.read_records`) after the driver call, so no lock or connection is held
     while messages are built.
 
-    With ``chunk_size_hint``, the head read also asks for the newest chunks, so SQL
-    backends answer a tail in one round trip.
+    With ``chunk_size_hint`` (the conversation's chunk size, as far as the caller
+    knows), the head read also asks for the newest chunks, so SQL backends answer a
+    tail in one round trip; ``saw_chunk_size`` is told the size the head says.
     """
     if n <= 0:
         return []
@@ -113,6 +117,9 @@ def tail_steps(
     if head is None:
         return []
     keys, first_seq = tail_chunk_keys(head, n)
+    size = head.get("chunk_size")
+    if saw_chunk_size is not None and type(size) is int and size > 0:
+        saw_chunk_size(size)
     missing = tuple(k for k in keys if k not in found)
     if missing:
         found = {**found, **(yield Get(missing))}
@@ -121,11 +128,13 @@ def tail_steps(
 
 
 def read_steps(
-    start_seq: int, batch_chunks: int, value_field: str
+    start_seq: int, batch_turns: int, value_field: str
 ) -> Generator[Request | ReadBatch, Any, None]:
     """Yield `Get` requests and, between them, batches of turns from ``start_seq`` on.
 
     A batch is a plain list of turns (not a request); drivers hand it to the caller.
+    Each request asks for the chunks holding about ``batch_turns`` turns, whatever the
+    conversation's chunk size.
     """
     head = yield from head_steps()
     if head is None:
@@ -136,6 +145,7 @@ def read_steps(
     if first > last_seq:
         return
     indexes = list(range(chunk_index(first, size), chunk_index(last_seq, size) + 1))
+    batch_chunks = max(1, batch_turns // size)
     for start in range(0, len(indexes), batch_chunks):
         keys = tuple(chunk_key(i) for i in indexes[start : start + batch_chunks])
         found = yield Get(keys)

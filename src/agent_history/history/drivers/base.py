@@ -36,6 +36,7 @@ __all__ = [
     "AppendRequest",
     "AsyncPerform",
     "AsyncStoreDriver",
+    "ChunkSizes",
     "HistoryDriver",
     "SyncPerform",
     "SyncStoreDriver",
@@ -158,6 +159,38 @@ def warn_once(store: BaseStore, event: str, **fields: object) -> None:
     obs.log_event(event, level=logging.WARNING, **fields)
 
 
+class ChunkSizes:
+    """The chunk size of the conversations whose heads said another size than their
+    reader's own (conversations created with an older default, or by another
+    configuration), for up to `KEPT` conversations.
+
+    A tail asks for the newest chunks in the same query as the head, before it knows
+    the conversation's size: with this it asks for as many as it needs, neither more
+    (bytes read and thrown away) nor fewer (a second round trip). Only a hint: a wrong
+    or forgotten size costs one of those, never a turn.
+    """
+
+    KEPT = 1024
+
+    def __init__(self) -> None:
+        self._sizes: dict[tuple[str, ...], int] = {}
+
+    def hint(self, namespace: tuple[str, ...], default: int) -> int:
+        """The size to plan a read of ``namespace`` with."""
+        return self._sizes.get(namespace, default)
+
+    def saw(self, namespace: tuple[str, ...], default: int, size: int) -> None:
+        """Remember that ``namespace``'s head says ``size`` (forget it when that is
+        ``default``). Past `KEPT` conversations everything is forgotten at once: cheaper
+        than ordering them, and safe from any thread."""
+        if size == default:
+            self._sizes.pop(namespace, None)
+            return
+        if len(self._sizes) >= self.KEPT and namespace not in self._sizes:
+            self._sizes.clear()
+        self._sizes[namespace] = size
+
+
 class HistoryDriver(ABC):
     """Performs history procedures against one kind of store.
 
@@ -177,6 +210,8 @@ class HistoryDriver(ABC):
     def __init__(self, store: BaseStore) -> None:
         # Weak: the driver is kept per store (`driver_for`) and must not keep it alive.
         self._store = weakref.ref(store)
+        self.chunk_sizes = ChunkSizes()
+        """Chunk sizes its conversations' heads said (see `ChunkSizes`)."""
 
     @property
     def store(self) -> BaseStore:

@@ -55,7 +55,7 @@ __all__ = ["GenericDriver", "collect_steps"]
 T = TypeVar("T")
 
 _ATTEMPTS = 4
-_READ_BATCH_CHUNKS = 16
+_READ_BATCH_TURNS = 256
 _POOL_THREADS = 4
 
 
@@ -122,7 +122,7 @@ def _bounded(fn: Callable[[], T]) -> T:
 def collect_steps(start_seq: int, value_field: str) -> Steps[list[Turn]]:
     """Every stored turn from ``start_seq`` on, as one procedure."""
     turns: list[Turn] = []
-    reading = read_steps(start_seq, _READ_BATCH_CHUNKS, value_field)
+    reading = read_steps(start_seq, _READ_BATCH_TURNS, value_field)
     try:
         item = next(reading)
         while True:
