@@ -193,3 +193,27 @@ def test_a_whole_read_takes_as_many_requests_whatever_the_chunk_size(size: int) 
     assert [t.content for t in turns] == [f"t{i}" for i in range(600)]
     # The head, then 256 turns' chunks per request: 600 turns in three.
     assert counting.reset()["batches"] == 1 + 3
+
+
+def test_a_conversation_stored_before_the_upgrade_keeps_its_chunks_as_it_grows(
+    store: BaseStore, ns: tuple[str, ...]
+) -> None:
+    key = _key()
+    before = ChatHistory(store, namespace=ns, chunk_size=OLD_SIZE)
+    after = ChatHistory(store, namespace=ns)
+    for i in range(7):
+        before.append(key, [HumanMessage(f"q{i}", id=f"q{i}"), AIMessage(f"a{i}", id=f"a{i}")])
+    for i in range(7, 20):
+        after.append(key, [HumanMessage(f"q{i}", id=f"q{i}"), AIMessage(f"a{i}", id=f"a{i}")])
+        # A re-delivered exchange from before the upgrade is still known.
+        assert after.append(key, [HumanMessage("q3", id="q3")]).duplicates == 1
+
+    everything = [f"{r}{i}" for i in range(20) for r in ("q", "a")]
+    assert [t.content for t in after.read(key)] == everything
+    assert [m.content for m in after.tail(key, 30)] == everything[-30:]
+    assert [m.content for m in before.tail(key, 30)] == everything[-30:]
+    namespace = after.conversation_namespace(key)
+    head = store.get(namespace, "head")
+    assert head is not None and head.value["chunk_size"] == OLD_SIZE
+    chunks = sorted(item.key for item in store.search(namespace, limit=100) if "chunk" in item.key)
+    assert chunks == ["chunk:0000000000", "chunk:0000000001", "chunk:0000000002"]
