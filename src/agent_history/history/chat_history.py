@@ -569,15 +569,7 @@ class ChatHistory:
     ) -> ContextRead:
         """The newest ``n`` turns after the summary (and the summary, ``with_summary``),
         read chunk by chunk from the newest until ``enough`` says the window is full."""
-        size, saw = self._chunk_size_of(key)
-        steps = context_steps(
-            count_arg("n", n),
-            self.value_field,
-            with_summary=with_summary,
-            enough=enough,
-            chunk_hint=chunks_per_get(size),
-            saw_chunk_size=saw,
-        )
+        steps = self._context(key, n, with_summary, enough)
         return self._read(key, steps, budget)
 
     async def atail_context(
@@ -590,8 +582,18 @@ class ChatHistory:
         budget: float | None = None,
     ) -> ContextRead:
         """Async `tail_context`."""
+        steps = self._context(key, n, with_summary, enough)
+        return await self._aread(key, steps, budget)
+
+    def _context(
+        self,
+        key: str,
+        n: int,
+        with_summary: bool,
+        enough: Callable[[Sequence[Turn]], bool] | None,
+    ) -> Steps[ContextRead]:
         size, saw = self._chunk_size_of(key)
-        steps = context_steps(
+        return context_steps(
             count_arg("n", n),
             self.value_field,
             with_summary=with_summary,
@@ -599,7 +601,6 @@ class ChatHistory:
             chunk_hint=chunks_per_get(size),
             saw_chunk_size=saw,
         )
-        return await self._aread(key, steps, budget)
 
     def summary(self, key: str, *, budget: float | None = None) -> Summary | None:
         """The conversation's running summary and the turn it covers up to (None when
