@@ -51,13 +51,21 @@ def _fill(history: ChatHistory, key: str, pairs: int) -> None:
         history.append(key, [HumanMessage(f"q{i}", id=f"q{i}"), AIMessage(f"a{i}", id=f"a{i}")])
 
 
+def _older_conversation(
+    store: BaseStore, ns: tuple[str, ...], pairs: int
+) -> tuple[str, ChatHistory, list[Get]]:
+    """A conversation stored with `OLD_SIZE`-turn chunks, a reader with the default size,
+    and the reads it sends."""
+    key = _key()
+    _fill(ChatHistory(store, namespace=ns, chunk_size=OLD_SIZE), key, pairs)
+    reader = ChatHistory(store, namespace=ns)
+    return key, reader, _record_reads(reader)
+
+
 def test_an_older_conversation_is_read_with_its_own_chunk_size_after_the_first_tail(
     store: BaseStore, ns: tuple[str, ...]
 ) -> None:
-    key = _key()
-    _fill(ChatHistory(store, namespace=ns, chunk_size=OLD_SIZE), key, 50)
-    reader = ChatHistory(store, namespace=ns)
-    reads = _record_reads(reader)
+    key, reader, reads = _older_conversation(store, ns, 50)
 
     tails = [[m.content for m in reader.tail(key, 30)] for _ in range(3)]
 
@@ -95,10 +103,7 @@ def test_new_conversations_leave_nothing_to_remember(store: BaseStore, ns: tuple
 def test_a_conversation_deleted_and_started_again_is_read_with_its_new_size(
     store: BaseStore, ns: tuple[str, ...]
 ) -> None:
-    key = _key()
-    _fill(ChatHistory(store, namespace=ns, chunk_size=OLD_SIZE), key, 20)
-    reader = ChatHistory(store, namespace=ns)
-    reads = _record_reads(reader)
+    key, reader, reads = _older_conversation(store, ns, 20)
     reader.tail(key, 30)
     reader.tail(key, 30)
     assert reader.delete(key)

@@ -12,7 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from agent_history.context.summary import SUMMARY_KEY, Summary
-from agent_history.history.layout import HEAD_KEY, chunk_index, chunk_key, collect_turns
+from agent_history.history.layout import (
+    HEAD_KEY,
+    chunk_index,
+    chunk_key,
+    chunks_holding,
+    collect_turns,
+)
 from agent_history.history.records import Turn
 from agent_history.history.steps import Get, Steps
 
@@ -25,7 +31,7 @@ windows most agents keep."""
 
 def chunks_per_get(chunk_size: int) -> int:
     """Chunks of ``chunk_size`` turns that hold `TURNS_PER_GET` turns."""
-    return max(1, -(-TURNS_PER_GET // max(1, chunk_size)))
+    return chunks_holding(TURNS_PER_GET, chunk_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +53,7 @@ def context_steps(
     with_summary: bool,
     enough: Callable[[Sequence[Turn]], bool] | None = None,
     chunk_hint: int = 2,
-    saw_chunk_size: Callable[[int], None] | None = None,
+    saw_chunk_size: Callable[[object], None] | None = None,
 ) -> Steps[ContextRead]:
     """Read the newest ``n`` turns after the summary, newest chunk first.
 
@@ -69,7 +75,7 @@ def context_steps(
     summary = Summary.from_item(found.get(SUMMARY_KEY), head) if with_summary else None
     last_seq = int(head["last_seq"])
     size = int(head["chunk_size"])
-    if saw_chunk_size is not None and size > 0:
+    if saw_chunk_size is not None:
         saw_chunk_size(size)
     floor = summary.covers_seq if summary else 0
     first = max(floor + 1, last_seq - n + 1)

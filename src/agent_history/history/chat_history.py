@@ -264,7 +264,7 @@ class ChatHistory:
         size, saw = self._chunk_size_of(key)
         return tail_steps(count_arg("n", n), size, (*self.namespace, key), saw)
 
-    def _chunk_size_of(self, key: str) -> tuple[int, Callable[[int], None]]:
+    def _chunk_size_of(self, key: str) -> tuple[int, Callable[[object], None]]:
         """The chunk size to plan a read of ``key`` with (its head's, when the driver
         has seen it, else this history's), and how to tell the driver what the head
         says (see `drivers.base.ChunkSizes`)."""

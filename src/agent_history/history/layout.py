@@ -34,6 +34,7 @@ __all__ = [
     "PendingTurn",
     "chunk_index",
     "chunk_key",
+    "chunks_holding",
     "collect_records",
     "collect_turns",
     "msgid_key",
@@ -70,6 +71,12 @@ def msgid_key(message_id: str) -> str:
 def chunk_index(seq: int, chunk_size: int) -> int:
     """The chunk holding turn ``seq`` (1-based)."""
     return (seq - 1) // chunk_size
+
+
+def chunks_holding(turns: int, chunk_size: int) -> int:
+    """Whole chunks of ``chunk_size`` turns that hold ``turns`` turns (at least one): how
+    many a request asks for when it reads a number of turns at a time."""
+    return max(1, -(-turns // max(1, chunk_size)))
 
 
 def tail_chunk_keys(head: dict[str, Any], n: int) -> tuple[list[str], int]:

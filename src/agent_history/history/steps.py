@@ -17,6 +17,7 @@ from agent_history.history.layout import (
     PendingTurn,
     chunk_index,
     chunk_key,
+    chunks_holding,
     collect_records,
     collect_turns,
     msgid_key,
@@ -98,7 +99,7 @@ def tail_steps(
     n: int,
     chunk_size_hint: int = 0,
     namespace: Sequence[str] = (),
-    saw_chunk_size: Callable[[int], None] | None = None,
+    saw_chunk_size: Callable[[object], None] | None = None,
 ) -> Steps[list[tuple[int, dict[str, Any]]]]:
     """``(seq, record)`` for the newest ``n`` turns, oldest first: the head plus the
     chunks that hold them (see `layout.collect_records`). The caller reads the records
@@ -117,9 +118,8 @@ def tail_steps(
     if head is None:
         return []
     keys, first_seq = tail_chunk_keys(head, n)
-    size = head.get("chunk_size")
-    if saw_chunk_size is not None and type(size) is int and size > 0:
-        saw_chunk_size(size)
+    if saw_chunk_size is not None:
+        saw_chunk_size(head.get("chunk_size"))
     missing = tuple(k for k in keys if k not in found)
     if missing:
         found = {**found, **(yield Get(missing))}
@@ -145,7 +145,7 @@ def read_steps(
     if first > last_seq:
         return
     indexes = list(range(chunk_index(first, size), chunk_index(last_seq, size) + 1))
-    batch_chunks = max(1, batch_turns // size)
+    batch_chunks = chunks_holding(batch_turns, size)
     for start in range(0, len(indexes), batch_chunks):
         keys = tuple(chunk_key(i) for i in indexes[start : start + batch_chunks])
         found = yield Get(keys)

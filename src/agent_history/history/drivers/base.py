@@ -179,10 +179,13 @@ class ChunkSizes:
         """The size to plan a read of ``namespace`` with."""
         return self._sizes.get(namespace, default)
 
-    def saw(self, namespace: tuple[str, ...], default: int, size: int) -> None:
+    def saw(self, namespace: tuple[str, ...], default: int, size: object) -> None:
         """Remember that ``namespace``'s head says ``size`` (forget it when that is
-        ``default``). Past `KEPT` conversations everything is forgotten at once: cheaper
-        than ordering them, and safe from any thread."""
+        ``default``; a size that is not a positive int is not remembered). Past `KEPT`
+        conversations everything is forgotten at once: cheaper than ordering them, and
+        safe from any thread."""
+        if type(size) is not int or size <= 0:
+            return
         if size == default:
             self._sizes.pop(namespace, None)
             return
