@@ -13,7 +13,6 @@ async callers.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 import uuid
@@ -30,8 +29,15 @@ from agent_history.context.budget import TokenCounterLike, WindowFill, token_cou
 from agent_history.context.summary import DEFAULT_SUMMARY_PROMPT, Summary, summary_message
 from agent_history.context.summary_updates import SummaryUpdates
 from agent_history.context.window import ContextRead
-from agent_history.errors import InvalidMessage, InvalidNamespace, WriteConflict
+from agent_history.errors import InvalidArgument, InvalidMessage, InvalidNamespace, WriteConflict
 from agent_history.history import AppendResult, ChatHistory
+from agent_history.history.arguments import (
+    count_arg,
+    flag_arg,
+    seconds_arg,
+    text_arg,
+    value_field_arg,
+)
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
 from agent_history.history.codec import HistoryScope, in_scope, is_final_answer
 from agent_history.history.naming import validate_namespace
@@ -164,20 +170,33 @@ class HistoryOptions:
     """Namespace of the legacy items."""
 
     def __post_init__(self) -> None:
-        if self.max_messages < 1:
-            raise ValueError("max_messages must be >= 1")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError("max_tokens must be >= 1 (or None)")
+        # Each setting is checked by type too, naming the parameter: a value that is
+        # accepted here but unusable in a pass (``max_messages=30.0`` from a config file,
+        # a chunk size of 0) would otherwise cost every run its history, or fail it.
+        flag_arg("use_graph_chat_history", self.enabled)
+        flag_arg("history_read_legacy", self.read_legacy)
+        flag_arg("summarize", self.summarize)
+        text_arg("history_key_template", self.key_template)
+        for candidate in self.key_candidates:
+            text_arg("history_key_candidates", candidate)
+        value_field_arg("history_value_field", self.value_field)
+        count_arg("history_chunk_size", self.chunk_size, minimum=1, clamp=False)
+        count_arg("max_messages", self.max_messages, minimum=1)
+        if self.max_tokens is not None:
+            count_arg("max_tokens", self.max_tokens, minimum=1)
         token_counter_for(self.token_counter)  # raises TypeError for an unusable counter
-        if self.summary_every < 1 or self.summary_max_turns < self.summary_every:
-            raise ValueError("summary_every must be >= 1 and summary_max_turns >= summary_every")
-        budget = self.summary_budget_seconds
-        if not (math.isfinite(budget) and budget > 0):
-            raise ValueError("summary_budget_seconds must be a positive number")
+        text_arg("reset_command", self.reset_command)
+        count_arg("write_attempts", self.write_attempts, minimum=1)
+        seconds_arg("write_backoff_seconds", self.write_backoff_seconds, zero=True)
+        if self.on_report is not None and not callable(self.on_report):
+            raise InvalidArgument("on_report must be a function (report) -> None, or None")
+        count_arg("summary_every", self.summary_every, minimum=1)
+        if count_arg("summary_max_turns", self.summary_max_turns, minimum=1) < self.summary_every:
+            raise InvalidArgument("summary_max_turns must be >= summary_every")
+        seconds_arg("summary_budget_seconds", self.summary_budget_seconds)
+        text_arg("summary_prompt", self.summary_prompt)
         if self.summarize and self.summary_model is None:
             raise ValueError("summarize needs a summary_model (a chat model)")
-        if self.write_attempts < 1:
-            raise ValueError("write_attempts must be >= 1")
         if self.scope not in ("turns", "full"):
             raise ValueError(f"history_scope must be 'turns' or 'full' (got {self.scope!r})")
         try:

@@ -1,6 +1,7 @@
-"""Checks of the numbers and names a `ChatHistory` call is given, one verdict on every
-backend: a count, sequence number or size is a whole number (not a bool, not 1.5), a
-budget a positive number of seconds, and each mistake an `InvalidArgument` naming it.
+"""Checks of the numbers and names a `ChatHistory` call (or a surface's settings) is
+given, one verdict on every backend: a count, sequence number or size is a whole number
+(not a bool, not 1.5), a budget a positive number of seconds, a flag a bool, a text a
+string, and each mistake an `InvalidArgument` naming it.
 
 Counts above `MAX_COUNT` mean "every turn" and are clamped to it, so ``tail(key, 2**70)``
 reads the whole conversation on every backend (SQLite takes 64-bit integers only).
@@ -14,10 +15,22 @@ from typing import Any
 
 from agent_history.errors import InvalidArgument
 
-__all__ = ["MAX_COUNT", "budget_arg", "count_arg"]
+__all__ = [
+    "MAX_COUNT",
+    "RESERVED_FIELDS",
+    "budget_arg",
+    "count_arg",
+    "flag_arg",
+    "seconds_arg",
+    "text_arg",
+    "value_field_arg",
+]
 
 MAX_COUNT = 2**31
 """The largest count or sequence number a call uses; larger counts are clamped to it."""
+
+RESERVED_FIELDS = frozenset({"seq", "role", "id", "ts", "enc", "type", "lc"})
+"""Record fields a turn's content cannot be kept in (the record's own)."""
 
 
 def _whole(name: str, value: Any) -> int:
@@ -56,10 +69,57 @@ def budget_arg(value: Any) -> float | None:
     """
     if value is None:
         return None
+    return seconds_arg("budget", value, or_none=True)
+
+
+def seconds_arg(name: str, value: Any, *, zero: bool = False, or_none: bool = False) -> float:
+    """``value`` as a finite number of seconds, positive (or, with ``zero``, at least 0).
+
+    Raises:
+        InvalidArgument: a bool, text, NaN, infinity, or a number out of range.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
+        none = " or None" if or_none else ""
         raise InvalidArgument(
-            f"budget must be a number of seconds or None (got {type(value).__name__})"
+            f"{name} must be a number of seconds{none} (got {type(value).__name__})"
         )
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidArgument(f"budget must be a positive number of seconds (got {value})")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        bound = "a number of seconds >= 0" if zero else "a positive number of seconds"
+        raise InvalidArgument(f"{name} must be {bound} (got {value})")
     return float(value)
+
+
+def flag_arg(name: str, value: Any) -> bool:
+    """``value`` as a flag: True or False only (``"false"`` from a config file is text,
+    and would otherwise count as true).
+
+    Raises:
+        InvalidArgument: anything but a bool.
+    """
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{name} must be True or False (got {type(value).__name__})")
+    return value
+
+
+def text_arg(name: str, value: Any) -> str:
+    """``value`` as text.
+
+    Raises:
+        InvalidArgument: anything but a string.
+    """
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be text (got {type(value).__name__})")
+    return value
+
+
+def value_field_arg(name: str, value: Any) -> str:
+    """``value`` as the record field that holds a turn's content.
+
+    Raises:
+        InvalidArgument: not text, empty, or one of the record's own fields
+            (`RESERVED_FIELDS`).
+    """
+    field = text_arg(name, value)
+    if not field or field in RESERVED_FIELDS:
+        raise InvalidArgument(f"{name} {field!r} is empty or reserved")
+    return field

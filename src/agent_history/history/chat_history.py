@@ -23,7 +23,7 @@ from agent_history.context.summary import (
 )
 from agent_history.context.window import ContextRead, chunks_per_get, context_steps
 from agent_history.errors import InvalidArgument, InvalidMessage, InvalidNamespace
-from agent_history.history.arguments import budget_arg, count_arg
+from agent_history.history.arguments import budget_arg, count_arg, value_field_arg
 from agent_history.history.bulk import (
     ImportConflict,
     ImportedTurn,
@@ -72,7 +72,6 @@ DEFAULT_CHUNK_SIZE = 8
 _DELETE_BATCH_CHUNKS = 16
 _READ_BATCH_TURNS = 256
 _KEYS_PAGE = 500
-_RESERVED_FIELDS = frozenset({"seq", "role", "id", "ts", "enc", "type", "lc"})
 
 T = TypeVar("T")
 
@@ -176,10 +175,7 @@ class ChatHistory:
         scope: HistoryScope = "turns",
     ) -> None:
         chunk_size = count_arg("chunk_size", chunk_size, minimum=1, clamp=False)
-        if not isinstance(value_field, str):
-            raise InvalidArgument(f"value_field must be text (got {type(value_field).__name__})")
-        if not value_field or value_field in _RESERVED_FIELDS:
-            raise InvalidArgument(f"value_field {value_field!r} is empty or reserved")
+        value_field = value_field_arg("value_field", value_field)
         if not isinstance(scope, str) or scope not in ("turns", "full"):
             raise InvalidArgument(f"scope must be 'turns' or 'full' (got {scope!r})")
         self.store = store

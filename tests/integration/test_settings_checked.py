@@ -1,0 +1,133 @@
+"""Every history setting of `AgentNode`, `HistoryMiddleware` and `HistoryHooks` is checked
+when the surface is made, by type as well as range, with an error naming the parameter.
+
+A value a pass cannot use must not get through: ``max_messages=30.0`` (a number read from
+a JSON or YAML file) used to be accepted, after which every run lost its history with a
+warning and the user never saw why; ``history_chunk_size=0`` or a reserved value field
+made every run raise."""
+
+from __future__ import annotations
+
+import math
+import uuid
+import warnings
+from typing import Any
+
+import pytest
+from langgraph.graph import START, StateGraph
+from langgraph.store.memory import InMemoryStore
+
+from agent_history import AgentNode, AgentState, ChatHistory, HistoryReport
+from agent_history.middleware import HistoryMiddleware
+from agent_history.prebuilt import HistoryHooks
+from agent_history.testing import RecordingChatModel
+from agent_history.toggles import HistoryToggles
+from tests.support.agent_graphs import telegram_callback
+
+SURFACES = ("node", "middleware", "hooks")
+
+BAD = [
+    ("max_messages", 30.0),
+    ("max_messages", True),
+    ("max_messages", "30"),
+    ("max_messages", 0),
+    ("max_tokens", 1.5),
+    ("max_tokens", "100"),
+    ("max_tokens", 0),
+    ("history_chunk_size", 0),
+    ("history_chunk_size", -5),
+    ("history_chunk_size", 1.5),
+    ("history_chunk_size", True),
+    ("history_value_field", "id"),
+    ("history_value_field", "type"),
+    ("history_value_field", "ts"),
+    ("history_value_field", ""),
+    ("history_value_field", 5),
+    ("write_attempts", 2.5),
+    ("write_attempts", 0),
+    ("write_attempts", "3"),
+    ("write_backoff_seconds", -1),
+    ("write_backoff_seconds", math.nan),
+    ("write_backoff_seconds", math.inf),
+    ("write_backoff_seconds", "0.1"),
+    ("write_backoff_seconds", True),
+    ("reset_command", 5),
+    ("reset_command", None),
+    ("history_key_template", 5),
+    ("history_key_candidates", [42]),
+    ("history_key_candidates", ["inputs.chat_id", None]),
+    ("summary_every", 1.5),
+    ("summary_budget_seconds", "15"),
+    ("summary_budget_seconds", 0),
+    ("history_read_legacy", "yes"),
+    ("use_graph_chat_history", "false"),
+    ("on_report", "print"),
+]
+
+
+def _make(surface: str, model: Any = None, **settings: Any) -> Any:
+    settings.setdefault("toggles", HistoryToggles(env={}))
+    if surface == "node":
+        settings.setdefault("use_graph_chat_history", True)
+        return AgentNode(model or RecordingChatModel(), **settings)
+    if surface == "middleware":
+        return HistoryMiddleware(**settings)
+    return HistoryHooks(**settings)
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+@pytest.mark.parametrize(("name", "value"), BAD, ids=[f"{n}={v!r}" for n, v in BAD])
+def test_a_setting_no_pass_could_use_is_refused_when_the_surface_is_made(
+    surface: str, name: str, value: Any
+) -> None:
+    with pytest.raises(ValueError, match=name):
+        _make(surface, **{name: value})
+
+
+def _graph(surface: str, model: Any, store: InMemoryStore, **settings: Any) -> Any:
+    if surface == "node":
+        builder = StateGraph(AgentState)
+        builder.add_node("agent", _make("node", model, **settings))
+        builder.add_edge(START, "agent")
+        return builder.compile(store=store)
+    if surface == "middleware":
+        from langchain.agents import create_agent
+
+        return create_agent(model, middleware=[_make(surface, **settings)], store=store)
+    from langgraph.prebuilt import create_react_agent
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # moved to langchain.agents; still shipped
+        return create_react_agent(model, [], store=store, **_make(surface, **settings).hooks())
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+def test_the_smallest_valid_settings_run_and_store_every_turn(surface: str) -> None:
+    """The edges of every range are accepted and do what they say: one-turn chunks, a
+    window of one message, one write attempt without backoff, a summary-free pass."""
+    store, model, reports = InMemoryStore(), RecordingChatModel(), []
+    settings: dict[str, Any] = {
+        "history_chunk_size": 1,
+        "max_messages": 1,
+        "write_attempts": 1,
+        "write_backoff_seconds": 0,
+        "history_value_field": "text",
+        "history_key_candidates": ["telegram:{{ results.telegram_events_parser.chat_id }}"],
+        "on_report": reports.append,
+    }
+    graph = _graph(surface, model, store, **settings)
+    for n in range(3):
+        graph.invoke(
+            telegram_callback(4, f"m{n}", message_id=n + 1),
+            {"configurable": {"thread_id": uuid.uuid4().hex}},
+        )
+    history = ChatHistory(store, chunk_size=1, value_field="text")
+    stored = [(t.role, t.content) for t in history.read("telegram:4")]
+    assert stored == [
+        ("user", "m0"), ("assistant", "echo: m0"),
+        ("user", "m1"), ("assistant", "echo: m1"),
+        ("user", "m2"), ("assistant", "echo: m2"),
+    ]  # fmt: skip
+    assert all(isinstance(r, HistoryReport) and r.fallbacks == () for r in reports)
+    # A window of one message: the model saw only the message it answers.
+    assert [[str(m.content) for m in call] for call in model.calls] == [["m0"], ["m1"], ["m2"]]
