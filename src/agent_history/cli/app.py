@@ -8,6 +8,7 @@ import functools
 import io
 import logging
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -42,6 +43,7 @@ __all__ = [
     "open_store",
     "plural",
     "progress_bar",
+    "terminal_safe",
 ]
 
 EXIT_OK = 0
@@ -125,6 +127,22 @@ def _quiet_stdout() -> None:
         os.dup2(devnull, fd)
     finally:
         os.close(devnull)
+
+
+# What a terminal would act on instead of showing: control characters but tab and newline
+# (escape sequences clear the screen or retitle the window), line and paragraph separators,
+# bidirectional overrides and isolates (they reorder what follows), and lone surrogates
+# (which no encoding writes).
+_UNSAFE_FOR_TERMINAL = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e"
+    r"\u2066-\u2069\ud800-\udfff]"
+)
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every character a terminal would act on written as ``\\uXXXX`` (stored
+    messages come from users; inside a JSON string the escape reads back as the character)."""
+    return _UNSAFE_FOR_TERMINAL.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 def plural(count: int, noun: str, plural_noun: str | None = None) -> str:

@@ -33,6 +33,7 @@ from agent_history.cli.app import (
     open_store,
     plural,
     progress_bar,
+    terminal_safe,
 )
 from agent_history.errors import AgentHistoryError, InvalidNamespace
 from agent_history.history import ChatHistory, ConversationInfo
@@ -534,12 +535,12 @@ def show(
             for t in turns
         ]
         try:
-            text = json.dumps(rows, allow_nan=False)
+            text = json.dumps(rows, ensure_ascii=False, allow_nan=False, indent=2)
         except ValueError:
             raise fail(
                 f"{key!r} holds NaN or an infinity, which JSON cannot represent", EXIT_CHECK_FAILED
             ) from None
-        console.print_json(text)
+        console.print(terminal_safe(text), highlight=False, markup=False)
         return
     console.print(
         f"[bold]{escape(key)}[/]: last {len(turns)} of {plural(info.turns, 'turn')}",
@@ -553,14 +554,16 @@ def show(
             highlight=False,
             markup=False,
         )
-        console.print(summary.text or "(cleared by a reset)", highlight=False, markup=False)
+        shown = terminal_safe(summary.text) or "(cleared by a reset)"
+        console.print(shown, highlight=False, markup=False)
     for turn in turns:
         text = (
             turn.content
             if isinstance(turn.content, str)
             else json.dumps(turn.content, ensure_ascii=False)
         )
-        console.print(f"{turn.seq:>6} {turn.role:<9} {text}", highlight=False, markup=False)
+        line = f"{turn.seq:>6} {turn.role:<9} {terminal_safe(text)}"
+        console.print(line, highlight=False, markup=False)
 
 
 # --- deletion and retention -------------------------------------------------------------
