@@ -640,3 +640,42 @@ def test_export_and_show_never_write_nan_or_infinity(
         1,
         "error: 'telegram:1' holds NaN or an infinity, which JSON cannot represent\n",
     )
+
+
+# --- the in-memory backend: nothing to read, nothing kept ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["migrate", "--from-backend", "sqlite", "--to-backend", "memory"], "--to-backend"),
+        (["migrate", "--from-backend", "memory", "--to-backend", "sqlite"], "--from-backend"),
+        (["import", "{export}"], "ORCHEO_GRAPH_STORE_BACKEND"),
+        (["export"], "ORCHEO_GRAPH_STORE_BACKEND"),
+        (["stats"], "ORCHEO_GRAPH_STORE_BACKEND"),
+        (["show", "telegram:1"], "ORCHEO_GRAPH_STORE_BACKEND"),
+        (["purge", "--older-than", "1d", "--yes"], "ORCHEO_GRAPH_STORE_BACKEND"),
+    ],
+)
+def test_a_command_on_the_in_memory_store_is_refused_before_it_reports_anything(
+    env: dict[str, str], tmp_path: Path, ns: str, args: list[str], names: str
+) -> None:
+    """The in-memory store lives as long as one command: a migration into it was reported
+    verified and an import into it reported its turns stored, and both were gone when the
+    command ended; reading from it reported an empty store."""
+    _seed(_settings(env), ns, {"telegram:1": 2})
+    exported = _invoke(["export", "-n", ns, "-o", str(tmp_path / "all.jsonl")], env)
+    assert exported.exit_code == 0, exported.output
+    args = [a.replace("{export}", str(tmp_path / "all.jsonl")) for a in args]
+    if "--from-backend" not in args:
+        env = {**env, "ORCHEO_GRAPH_STORE_BACKEND": "memory"}
+    result = _invoke([*args, "-n", ns], env)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert f"error: {names}: memory " in result.stderr
+    assert "use sqlite or postgres" in result.stderr
+    with create_graph_store_sync(_settings(env)) as store:  # the SQLite source is as it was
+        assert [t.content for t in ChatHistory(store, namespace=(ns,)).read("telegram:1")] == [
+            "telegram:1 #0 ✓",
+            "telegram:1 #1 ✓",
+        ]

@@ -68,10 +68,21 @@ def _namespace(value: str, option: str = "--namespace") -> tuple[str, ...]:
         raise fail(f"{option}: {exc}", EXIT_CONFIG) from None
 
 
-def _require_existing(settings: HistorySettings, option: str | None = None) -> None:
-    """Exit 2 when the SQLite store a command only reads from does not exist: opening it
-    would create an empty database and report on nothing (a typo in the path looks like
-    an empty store). ``option`` names where the path was given (default: its variable)."""
+def _require_existing(
+    settings: HistorySettings, option: str | None = None, backend_option: str | None = None
+) -> None:
+    """Exit 2 when the store a command only reads from cannot hold anything: a SQLite file
+    that does not exist (opening it would create an empty database and report on nothing:
+    a typo in the path looks like an empty store), or the in-memory store, which every
+    command starts empty. ``option`` and ``backend_option`` name where the path and the
+    backend were given (default: their variables)."""
+    if settings.graph_store_backend is Backend.MEMORY:
+        where = backend_option or env_var("graph_store_backend")
+        raise fail(
+            f"{where}: memory starts empty in every command, so there is nothing to read; "
+            "use sqlite or postgres",
+            EXIT_CONFIG,
+        )
     if settings.graph_store_backend is not Backend.SQLITE:
         return
     path = settings.graph_store_sqlite_path
@@ -79,6 +90,18 @@ def _require_existing(settings: HistorySettings, option: str | None = None) -> N
         where = option or env_var("graph_store_sqlite_path")
         raise fail(
             f"{where}: {path} does not exist (a store only read is never created)", EXIT_CONFIG
+        )
+
+
+def _require_durable(settings: HistorySettings, backend_option: str | None = None) -> None:
+    """Exit 2 before a command writes into the in-memory store: it is gone when the command
+    ends, so it would report turns written that nobody can read."""
+    if settings.graph_store_backend is Backend.MEMORY:
+        where = backend_option or env_var("graph_store_backend")
+        raise fail(
+            f"{where}: memory is gone when this command ends, so nothing written would be "
+            "kept; use sqlite or postgres",
+            EXIT_CONFIG,
         )
 
 
@@ -291,6 +314,7 @@ def import_(
     with ExitStack() as files:
         source, size = _open_input(file, files)
         settings = load_settings()
+        _require_durable(settings)
         with (
             open_store(settings) as store,
             Progress(
@@ -395,7 +419,12 @@ def migrate(
     same = source_settings.describe() == target_settings.describe()
     if same and not from_legacy:
         raise fail("source and target are the same store", EXIT_CONFIG)
-    _require_existing(source_settings, "--from-sqlite-path" if from_sqlite_path else None)
+    _require_existing(
+        source_settings,
+        "--from-sqlite-path" if from_sqlite_path else None,
+        "--from-backend" if from_backend else None,
+    )
+    _require_durable(target_settings, "--to-backend" if to_backend else None)
     labels = _namespace(namespace)
     legacy_labels = _namespace(legacy_namespace, "--legacy-namespace")
     with ExitStack() as stack:
