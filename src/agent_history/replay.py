@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import sys
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -66,7 +68,17 @@ def load_graph(spec: str) -> Callable[[BaseStore], Any]:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ValueError(f"--graph must look like module:attribute (got {spec!r})")
-    target = getattr(importlib.import_module(module_name), attribute)
+    try:
+        module = _import_from_here(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"--graph {spec}: cannot import {module_name} ({exc}); run from the directory "
+            "that holds it, or add that directory to PYTHONPATH"
+        ) from None
+    try:
+        target = getattr(module, attribute)
+    except AttributeError:
+        raise ValueError(f"--graph {spec}: {module_name} has no attribute {attribute}") from None
     if isinstance(target, StateGraph):
         return lambda store: target.compile(store=store)
     if hasattr(target, "invoke") and hasattr(target, "get_graph"):
@@ -74,6 +86,20 @@ def load_graph(spec: str) -> Callable[[BaseStore], Any]:
     if callable(target):
         return target  # type: ignore[no-any-return]
     raise NotAGraph(f"{spec} is neither a graph nor a graph factory")
+
+
+def _import_from_here(module_name: str) -> Any:
+    """Import ``module_name`` as ``python -m`` would from the current directory (a console
+    script's path does not have it), leaving ``sys.path`` as it was."""
+    here = os.getcwd()
+    added = here not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, here)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if added:
+            sys.path.remove(here)
 
 
 def read_records(lines: Iterable[str]) -> Iterator[dict[str, Any]]:

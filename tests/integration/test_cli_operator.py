@@ -557,6 +557,61 @@ def test_replay_with_a_graph_option_naming_no_graph_is_a_usage_error(env: dict[s
     assert _stored(env, "x") == {}
 
 
+_MY_GRAPH = """
+from langgraph.graph import START, StateGraph
+from agent_history import AgentNode, AgentState
+from agent_history.testing import RecordingChatModel
+
+def build(store):
+    builder = StateGraph(AgentState)
+    node = AgentNode(RecordingChatModel(), use_graph_chat_history=True, history_namespace=["mine"])
+    builder.add_node("agent", node)
+    builder.add_edge(START, "agent")
+    return builder.compile(store=store)
+"""
+
+
+def test_replay_finds_a_graph_module_in_the_current_directory(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """As ``python -m`` does: the installed command's own path does not hold the directory
+    it is run from, where an operator keeps the workflow being validated."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mygraph.py").write_text(_MY_GRAPH)
+    command = Path(sys.executable).parent / "agent-history"
+    replay = [str(command), "replay", str(CALLBACKS), "--graph", "mygraph:build", "-n", "mine"]
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    ran = subprocess.run(
+        replay, cwd=project, env={**clean, **env}, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("replayed 7 callbacks from callbacks.jsonl")
+    assert ran.stderr.endswith("history written to namespace mine\n")
+    stored = _stored(env, "mine")
+    assert sorted(stored) == ["telegram:4242", "wecom_cs:wkSupport:wmCustomer7"]
+    assert len(stored["telegram:4242"]) == 6  # its three exchanges
+
+    elsewhere = subprocess.run(
+        replay, cwd=tmp_path, env={**clean, **env}, capture_output=True, text=True, timeout=120
+    )
+    assert elsewhere.returncode == 2
+    assert elsewhere.stderr.startswith(
+        "error: --graph mygraph:build: cannot import mygraph (No module named 'mygraph'); "
+        "run from the directory that holds it, or add that directory to PYTHONPATH"
+    ), elsewhere.stderr
+
+
+def test_replay_with_a_graph_option_naming_no_attribute_names_the_option(
+    env: dict[str, str],
+) -> None:
+    result = _invoke(["replay", str(CALLBACKS), "--graph", "json:nosuch", "-n", "x"], env)
+    assert (result.exit_code, result.output) == (
+        2,
+        "error: --graph json:nosuch: json has no attribute nosuch\n",
+    )
+
+
 @pytest.mark.parametrize("content", ["", "\n  \n"], ids=["empty", "blank lines"])
 def test_replay_of_a_file_without_callbacks_fails_its_check(
     content: str, env: dict[str, str], tmp_path: Path
