@@ -7,7 +7,7 @@ thread, `session.HistoryPass` resolves the key, decides, reads, merges and appen
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Annotated, Any, TypedDict
 
 from langchain_core.language_models import BaseChatModel
@@ -20,6 +20,8 @@ from langgraph.store.base import BaseStore
 
 from agent_history.context.budget import TokenCounterLike
 from agent_history.context.summary import DEFAULT_SUMMARY_PROMPT
+from agent_history.errors import InvalidArgument
+from agent_history.history.arguments import text_arg
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
 from agent_history.history.codec import HistoryScope, is_final_answer
 from agent_history.incoming import answered_update, current_thread, not_streamed_as_output
@@ -137,10 +139,12 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         summary_budget_seconds: float = 15.0,
         summary_prompt: str = DEFAULT_SUMMARY_PROMPT,
     ) -> None:
+        if isinstance(tools, str | bytes | Mapping) or not isinstance(tools, Iterable):
+            raise InvalidArgument(f"tools must be a sequence of tools (got {type(tools).__name__})")
         self.name = name
         self.model = model
         self.tools = list(tools)
-        self.system_prompt = system_prompt
+        self.system_prompt = text_arg("system_prompt", system_prompt)
         self.max_messages = max_messages
         self.reset_command = reset_command
         self.use_graph_chat_history = use_graph_chat_history

@@ -65,6 +65,14 @@ BAD = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("name", "value"), [("system_prompt", 5), ("tools", "search"), ("tools", None)]
+)
+def test_the_nodes_own_settings_are_checked_when_it_is_made(name: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=name):
+        AgentNode(RecordingChatModel(), **{name: value})
+
+
 def _make(surface: str, model: Any = None, **settings: Any) -> Any:
     settings.setdefault("toggles", HistoryToggles(env={}))
     if surface == "node":
