@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import json
 import logging
 import uuid
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMessage, ToolMessage
 from langgraph.graph import START, StateGraph
 from langgraph.store.base import BaseStore
 
 from agent_history import AgentNode, AgentState, ChatHistory, HistoryReport
+from agent_history.errors import InvalidMessage
 from agent_history.testing import RecordingChatModel
 from agent_history.toggles import HistoryToggles
 from tests.support.agent_graphs import new_thread, telegram_callback
@@ -104,6 +106,70 @@ def test_an_unstorable_answer_costs_its_exchange_only(
     assert len(refusals) == 3
     assert not any("breaker_open" in r.getMessage() for r in caplog.records)
     assert not any("x" * 3 in r.getMessage() for r in caplog.records)
+
+
+# What ``json.loads`` gives for a provider's JSON holding "\\ud83d" (half an emoji) in a key.
+_HALF_EMOJI_KEYS = json.loads('{"q\\ud83d": {"x\\udc00": [1, "\\ud800"]}, "n": 2}')
+
+
+class HalfEmojiModel(RecordingChatModel):
+    """Answers with metadata whose keys hold lone surrogates."""
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+        return AIMessage(
+            f"echo: {messages[-1].content}",
+            response_metadata=_HALF_EMOJI_KEYS,
+            additional_kwargs={"provider_\ud800": {"when": _WHEN}},
+        )
+
+
+def test_metadata_keys_with_half_an_emoji_are_stored_exactly(store: BaseStore) -> None:
+    """They used to fail every append as if the store had (retried, counted by the breaker,
+    which then stopped every other chat's history too)."""
+    reports: list[HistoryReport] = []
+    graph = _graph(HalfEmojiModel(), store, reports)
+    chats = [uuid.uuid4().int % 10**9 for _ in range(3)]  # more than the breaker needs
+    for chat in chats:
+        graph.invoke(telegram_callback(chat, "hi", 1), new_thread())
+        assert reports[-1].fallbacks == () and reports[-1].appended == 2
+    history = ChatHistory(store)
+    for chat in chats:
+        stored = history.to_messages(list(history.read(f"telegram:{chat}")))
+        assert [m.content for m in stored] == ["hi", "echo: hi"]
+        assert stored[1].response_metadata == _HALF_EMOJI_KEYS
+        assert stored[1].additional_kwargs == {"provider_\ud800": {"when": "2026-11-26T07:00:00Z"}}
+
+
+def test_a_tool_call_whose_arguments_have_half_an_emoji_in_a_key_reads_back_equal(
+    store: BaseStore,
+) -> None:
+    history = ChatHistory(store, scope="full")
+    key = f"k{uuid.uuid4().hex[:8]}"
+    call = AIMessage("", id="c", tool_calls=[{"name": "t", "args": _HALF_EMOJI_KEYS, "id": "1"}])
+    result = ToolMessage("done", tool_call_id="1", id="r")
+    assert history.append(key, [call, result]).appended == 2
+    assert history.to_messages(list(history.read(key))) == [call, result]
+
+
+class _UndumpableAnswer(AIMessage):
+    """An application's message class whose fields cannot be read."""
+
+    def model_dump(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise RuntimeError("secret body")
+
+
+def test_a_message_that_fails_to_convert_in_any_way_is_refused_as_a_message(
+    store: BaseStore,
+) -> None:
+    """Making a record touches no store, so whatever fails there is the message's fault:
+    `InvalidMessage` (the node neither retries nor counts it against the store), naming the
+    error's class only, and nothing is written."""
+    history = ChatHistory(store)
+    key = f"k{uuid.uuid4().hex[:8]}"
+    with pytest.raises(InvalidMessage) as refused:
+        history.append(key, [HumanMessage("hi", id="u"), _UndumpableAnswer("x", id="a")])
+    assert str(refused.value) == "a message cannot be stored (RuntimeError)"
+    assert history.count(key) == 0
 
 
 class ChatRoleModel(RecordingChatModel):

@@ -45,7 +45,13 @@ json_values = st.recursive(
     json_scalars,
     lambda inner: (
         st.lists(inner, max_size=3)
-        | st.dictionaries(st.text(max_size=4) | st.integers(0, 3), inner, max_size=3)
+        | st.dictionaries(
+            st.text(alphabet=st.characters(codec=None), max_size=4)
+            | st.sampled_from(["q\ud83d", "\udc00"])
+            | st.integers(0, 3),
+            inner,
+            max_size=3,
+        )
     ),
     max_leaves=12,
 )

@@ -93,8 +93,23 @@ def to_pending(
 
     Raises:
         InvalidMessage: a message's content or fields cannot be stored exactly, or its id
-            is not text; nothing is written.
+            is not text; nothing is written. Nothing here touches a store, so any other
+            error a message causes is reported as this one too: callers (`AgentNode`)
+            count it against the message, not the store.
     """
+    try:
+        return _to_pending(messages, message_ids, scope)
+    except (InvalidMessage, InvalidArgument):
+        raise
+    except Exception as exc:  # pydantic's errors quote the body: the class only
+        raise InvalidMessage(f"a message cannot be stored ({type(exc).__name__})") from None
+
+
+def _to_pending(
+    messages: Sequence[MessageLike | Turn],
+    message_ids: Sequence[str | None] | None,
+    scope: HistoryScope,
+) -> tuple[list[PendingTurn], int]:
     if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
         raise InvalidMessage(
             f"messages must be a sequence of messages, not {type(messages).__name__}"

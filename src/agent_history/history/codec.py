@@ -229,8 +229,35 @@ def message_parts(message: BaseMessage) -> tuple[str, Any, str | None, str, dict
     kind = str(message.type)
     extra = _non_default(message, message_fields(message))
     if extra:
-        extra = to_jsonable_python(extra, bytes_mode="base64", fallback=_placeholder)
+        try:
+            extra = _jsonable(extra)
+        except (UnicodeError, ValueError, TypeError) as exc:
+            raise InvalidMessage(
+                f"message fields cannot be made JSON ({type(exc).__name__})"
+            ) from None
     return role_of_message(message), message.content, message.id, kind, extra
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` made JSON by pydantic (see `message_parts`).
+
+    pydantic cannot take a dict key holding a lone surrogate (what ``json.loads`` gives for
+    a provider's ``"\\ud83d"``, half an emoji): around such a key the containers are
+    rebuilt here, and pydantic makes JSON of everything else, keys included."""
+    try:
+        return to_jsonable_python(value, bytes_mode="base64", fallback=_placeholder)
+    except UnicodeEncodeError:
+        if isinstance(value, dict):
+            return {_jsonable_key(key): _jsonable(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [_jsonable(item) for item in value]
+        raise
+
+
+def _jsonable_key(key: Any) -> Any:
+    if isinstance(key, str):
+        return key
+    return next(iter(to_jsonable_python({key: None}, fallback=_placeholder)))
 
 
 def _placeholder(value: Any) -> str:
