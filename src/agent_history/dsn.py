@@ -24,6 +24,7 @@ __all__ = [
     "redact_dsn",
     "scrub_dsn_password",
     "scrub_secret",
+    "validate_dsn",
 ]
 
 DSN_VARIABLE = "ORCHEO_POSTGRES_DSN"
@@ -79,6 +80,43 @@ def parse_dsn(dsn: str, variable: str = DSN_VARIABLE) -> dict[str, str]:
     except PsycopgError as exc:
         raise ConfigError(variable, _problem(str(exc))) from None
     return {name: str(value) for name, value in parts.items() if value is not None}
+
+
+# Parameters whose values libpq checks only when it connects (a bad one would then be
+# reported as an unreachable server): the values every supported libpq accepts.
+_CHOICES: dict[str, frozenset[str]] = {
+    "sslmode": frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}),
+    "gssencmode": frozenset({"disable", "prefer", "require"}),
+    "channel_binding": frozenset({"disable", "prefer", "require"}),
+    "target_session_attrs": frozenset(
+        {"any", "read-write", "read-only", "primary", "standby", "prefer-standby"}
+    ),
+}
+_WHOLE_NUMBERS = ("connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval")
+
+
+def validate_dsn(dsn: str, variable: str = DSN_VARIABLE) -> dict[str, str]:
+    """`parse_dsn`, then the values libpq would only refuse when connecting: the port (a
+    number from 1 to 65535, one per host), the modes (``sslmode``, ``gssencmode``,
+    ``channel_binding``, ``target_session_attrs``) and the timeouts.
+
+    Raises:
+        ConfigError: the DSN does not parse, or a value is not one libpq accepts; the
+            message names ``variable``, the parameter and what it accepts, never a value.
+    """
+    parts = parse_dsn(dsn, variable)
+    for name, choices in _CHOICES.items():
+        if name in parts and parts[name] not in choices:
+            allowed = ", ".join(sorted(choices))
+            raise ConfigError(variable, f"{name} must be one of {allowed}")
+    for port in parts.get("port", "").split(","):
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(variable, "port must be a number from 1 to 65535 (one per host)")
+    for name in _WHOLE_NUMBERS:
+        value = parts.get(name, "").strip()
+        if value and not value.lstrip("-").isdigit():
+            raise ConfigError(variable, f"{name} must be a whole number of seconds")
+    return parts
 
 
 def redact_dsn(dsn: str) -> str:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agent_history.dsn import describe_dsn, parse_dsn, redact_dsn
+from agent_history.dsn import describe_dsn, redact_dsn, validate_dsn
 from agent_history.errors import ConfigError
 
 __all__ = ["Backend", "BackendName", "HistorySettings", "default_data_dir", "env_var"]
@@ -176,7 +176,7 @@ class HistorySettings(BaseSettings):
                 raise ConfigError(
                     env_var("postgres_dsn"), "is required when a backend is 'postgres'"
                 )
-            parse_dsn(dsn, env_var("postgres_dsn"))  # one that does not parse: ConfigError
+            validate_dsn(dsn, env_var("postgres_dsn"))  # does not parse, bad value: ConfigError
         if self.postgres_pool_min_size < 1:
             raise ConfigError(env_var("postgres_pool_min_size"), "must be at least 1")
         if self.postgres_pool_max_size < self.postgres_pool_min_size:

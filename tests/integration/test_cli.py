@@ -116,6 +116,21 @@ def test_doctor_broken_configurations_exit_nonzero_naming_the_variable(
     assert "pw@" not in result.output
 
 
+@pytest.mark.parametrize("query", ["sslmode=bogus", "target_session_attrs=master"])
+def test_a_dsn_value_libpq_would_refuse_is_a_configuration_error(
+    query: str, tmp_path: Path
+) -> None:
+    env = {
+        "ORCHEO_GRAPH_STORE_BACKEND": "postgres",
+        "ORCHEO_POSTGRES_DSN": f"postgresql://u:pw@127.0.0.1:1/x?{query}",
+        "ORCHEO_CHECKPOINT_SQLITE_PATH": str(tmp_path / "c.db"),
+    }
+    result = _invoke(["stats"], env)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ORCHEO_POSTGRES_DSN: ")
+    assert "pw@" not in result.output and query.split("=")[1] not in result.output
+
+
 def test_stats_show_delete_and_purge(persistent_settings: HistorySettings, ns: str) -> None:
     _seed(persistent_settings, ns, {"telegram:1": 4, "telegram:2": 6, "wecom_dm:alice": 2})
     env = _env(persistent_settings)

@@ -7,7 +7,13 @@ import json
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from agent_history.dsn import describe_dsn, parse_dsn, redact_dsn, scrub_dsn_password
+from agent_history.dsn import (
+    describe_dsn,
+    parse_dsn,
+    redact_dsn,
+    scrub_dsn_password,
+    validate_dsn,
+)
 from agent_history.errors import ConfigError
 from agent_history.redaction import safe_error_text
 
@@ -43,6 +49,47 @@ def test_unparsable_dsn_is_never_quoted() -> None:
         "ORCHEO_POSTGRES_DSN: has a space inside a URI part (write it as %20)"
     )
     assert parse_dsn("host=h port=1") == {"host": "h", "port": "1"}
+
+
+@pytest.mark.parametrize(
+    ("tail", "problem"),
+    [
+        ("@db/x?sslmode=bogus", "sslmode must be one of allow, disable, prefer, require, "),
+        ("@db/x?gssencmode=on", "gssencmode must be one of disable, prefer, require"),
+        ("@db/x?channel_binding=yes", "channel_binding must be one of disable, prefer, require"),
+        ("@db/x?target_session_attrs=master", "target_session_attrs must be one of any, "),
+        ("@db:abc/x", "port must be a number from 1 to 65535 (one per host)"),
+        ("@db:99999/x", "port must be a number from 1 to 65535 (one per host)"),
+        ("@db:0/x", "port must be a number from 1 to 65535 (one per host)"),
+        ("@a:5432,b:x5/x", "port must be a number from 1 to 65535 (one per host)"),
+        ("@db/x?connect_timeout=soon", "connect_timeout must be a whole number of seconds"),
+    ],
+)
+def test_a_value_libpq_refuses_only_when_connecting_is_a_configuration_error(
+    tail: str, problem: str
+) -> None:
+    """Found when connecting, it would be reported as a server that cannot be reached (the
+    CLI's exit 3, a retry loop in a deployment) instead of a setting to fix."""
+    dsn = f"postgresql://app:{SECRET}{tail}"
+    with pytest.raises(ConfigError) as caught:
+        validate_dsn(dsn)
+    assert str(caught.value).startswith(f"ORCHEO_POSTGRES_DSN: {problem}")
+    assert SECRET not in str(caught.value)
+    for value in ("bogus", "master", "abc", "99999", "soon"):
+        assert value not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://app@db/x?sslmode=verify-full&target_session_attrs=read-write",
+        "postgresql://app@a:5432,b:5433/x?gssencmode=disable&channel_binding=require",
+        "host=a,b port=5432, dbname=x connect_timeout=10 keepalives=1",
+        "postgresql:///x?host=/var/run/postgresql",
+    ],
+)
+def test_the_values_libpq_accepts_pass(dsn: str) -> None:
+    assert validate_dsn(dsn) == parse_dsn(dsn)
 
 
 def test_scrubbing_finds_the_ssl_passphrase_too() -> None:
