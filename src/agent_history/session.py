@@ -79,6 +79,7 @@ __all__ = [
     "HistoryOptions",
     "HistoryPass",
     "HistoryReport",
+    "namespace_arg",
 ]
 
 SYSTEM_PROMPT_ID = "agent-history:system-prompt"
@@ -199,10 +200,7 @@ class HistoryOptions:
             raise ValueError("summarize needs a summary_model (a chat model)")
         if self.scope not in ("turns", "full"):
             raise ValueError(f"history_scope must be 'turns' or 'full' (got {self.scope!r})")
-        try:
-            validate_namespace(self.namespace)
-        except InvalidNamespace as exc:
-            raise InvalidNamespace(f"history_namespace: {exc}") from None
+        namespace_arg(self.namespace)
         # Channels named by the candidates' literal prefixes become metric label values.
         obs.register_channels_from_candidates(self.key_candidates)
 
@@ -215,6 +213,18 @@ class HistoryOptions:
     def counter(self) -> TokenCounter:
         """The token counter passes use."""
         return token_counter_for(self.token_counter)
+
+
+def namespace_arg(namespace: Any) -> tuple[str, ...]:
+    """``history_namespace`` checked (`validate_namespace`), as a tuple of labels.
+
+    Raises:
+        InvalidNamespace: naming ``history_namespace`` and the problem.
+    """
+    try:
+        return validate_namespace(namespace)
+    except InvalidNamespace as exc:
+        raise InvalidNamespace(f"history_namespace: {exc}") from None
 
 
 # --- one pass ----------------------------------------------------------------------------

@@ -19,11 +19,18 @@ from langgraph.config import get_config
 from langgraph.store.base import BaseStore
 
 from agent_history.context.budget import TokenCounterLike
+from agent_history.history.arguments import texts_arg
 from agent_history.history.codec import HistoryScope
 from agent_history.incoming import ThreadView, as_mapping
 from agent_history.pass_steps import Model, Step
 from agent_history.runner import build_runnable, takes_messages
-from agent_history.session import SYSTEM_PROMPT_ID, HistoryOptions, HistoryPass, HistoryReport
+from agent_history.session import (
+    SYSTEM_PROMPT_ID,
+    HistoryOptions,
+    HistoryPass,
+    HistoryReport,
+    namespace_arg,
+)
 from agent_history.toggles import DEFAULT_TOGGLES, HistoryToggles
 
 __all__ = [
@@ -150,11 +157,10 @@ def surface_from(fields: Mapping[str, Any]) -> Surface:
     for name, value in fields.items():
         if name in _OPTION_NAMES:
             values[_OPTION_NAMES[name]] = value
-    for name in ("namespace", "key_candidates"):
-        if name in values:
-            if isinstance(values[name], str):
-                raise TypeError(f"history_{name} must be a sequence of strings, not a string")
-            values[name] = tuple(values[name])
+    if "namespace" in values:
+        values["namespace"] = namespace_arg(values["namespace"])
+    if "key_candidates" in values:
+        values["key_candidates"] = texts_arg("history_key_candidates", values["key_candidates"])
     key = fields.get("history_key")
     if key is not None:
         if not callable(key):

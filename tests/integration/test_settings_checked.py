@@ -54,7 +54,12 @@ BAD = [
     ("reset_command", 5),
     ("reset_command", None),
     ("history_key_template", 5),
+    # A string used to become one candidate per character: every chat shared the key "t".
+    ("history_key_candidates", "telegram:{{ results.telegram_events_parser.chat_id }}"),
+    ("history_key_candidates", {"telegram": "x"}),
     ("history_key_candidates", [42]),
+    ("history_namespace", "myapp"),
+    ("history_namespace", ["a.b"]),
     ("history_key_candidates", ["inputs.chat_id", None]),
     ("summary_every", 1.5),
     ("summary_budget_seconds", "15"),

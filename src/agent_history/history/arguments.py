@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from agent_history.errors import InvalidArgument
@@ -23,6 +24,7 @@ __all__ = [
     "flag_arg",
     "seconds_arg",
     "text_arg",
+    "texts_arg",
     "value_field_arg",
 ]
 
@@ -110,6 +112,23 @@ def text_arg(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise InvalidArgument(f"{name} must be text (got {type(value).__name__})")
     return value
+
+
+def texts_arg(name: str, value: Any) -> tuple[str, ...]:
+    """``value`` as a tuple of texts (a list or tuple of strings).
+
+    Raises:
+        InvalidArgument: a string (which would otherwise be read as one text per
+            character), a mapping, something that is not a collection, or an item that is
+            not a string.
+    """
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise InvalidArgument(f"{name} must be a list of strings, not {type(value).__name__}")
+    texts = tuple(value)
+    for index, item in enumerate(texts):
+        if not isinstance(item, str):
+            raise InvalidArgument(f"{name}: item {index} is not a string")
+    return texts
 
 
 def value_field_arg(name: str, value: Any) -> str:
