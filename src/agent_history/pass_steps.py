@@ -273,9 +273,13 @@ def _attempt_sync(step: StoreStep) -> tuple[bool, Any]:
 
 async def _attempt_async(step: StoreStep) -> tuple[bool, Any]:
     # The deadline reaches the drivers (a sync store run in a worker thread stops there
-    # too); wait_for also cancels a store that ignores deadlines (any other BaseStore).
+    # too); the timeout also cancels a store that ignores deadlines (any other BaseStore).
+    # asyncio.timeout, not wait_for: on Python 3.11, wait_for drops a cancellation of the
+    # run that arrives as the store call ends, and the cancelled run went on to call the
+    # model and store its exchange.
     try:
-        return True, await asyncio.wait_for(acall_with_budget(step.acall, step.budget), step.budget)
+        async with asyncio.timeout(step.budget):
+            return True, await acall_with_budget(step.acall, step.budget)
     except Exception as exc:
         return False, exc
 
@@ -317,9 +321,8 @@ def _summarize_sync(step: Summarize) -> tuple[bool, Any]:
 
 async def _summarize_async(step: Summarize) -> tuple[bool, Any]:
     try:
-        output = await asyncio.wait_for(
-            step.model.ainvoke(step.request, step.config), max(0.0, step.budget)
-        )
+        async with asyncio.timeout(max(0.0, step.budget)):  # not wait_for (see above)
+            output = await step.model.ainvoke(step.request, step.config)
         return True, _summary_text(output)
     except Exception as exc:
         return False, exc

@@ -96,7 +96,10 @@ async def _unless_late(
     try:
         if left is None:
             return await asyncio.shield(task)
-        return await asyncio.wait_for(asyncio.shield(task), left)
+        # Not wait_for: on Python 3.11 it drops a cancellation of the caller that arrives
+        # as the task ends.
+        async with asyncio.timeout(left):
+            return await asyncio.shield(task)
     except TimeoutError:
         raise budget.timeout_error() from None
 
