@@ -38,6 +38,7 @@ __all__ = [
     "ReadContext",
     "ReadLegacy",
     "ReadTokens",
+    "ReleaseSummary",
     "Sleep",
     "Step",
     "StoreStep",
@@ -195,6 +196,22 @@ class WriteSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleaseSummary:
+    """End a lease on the summary (`ChatHistory.release_summary`) within ``budget``."""
+
+    history: ChatHistory
+    key: str
+    owner: str
+    budget: float
+
+    def call(self) -> Any:
+        return self.history.release_summary(self.key, self.owner)
+
+    def acall(self) -> Awaitable[Any]:
+        return self.history.arelease_summary(self.key, self.owner)
+
+
+@dataclass(frozen=True, slots=True)
 class ReadLegacy:
     """Read a conversation's single-item legacy history (`legacy.read_legacy_turns`)."""
 
@@ -258,6 +275,7 @@ StoreStep = (
     | ReadContext
     | ClaimSummary
     | WriteSummary
+    | ReleaseSummary
     | ReadLegacy
     | ImportTurns
 )

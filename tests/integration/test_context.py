@@ -346,6 +346,40 @@ def test_failed_summary_answers_warns_counts_and_keeps_the_previous_one(
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("failure", ["raises", "no text"])
+async def test_the_run_after_a_failed_summary_update_makes_it(mode: str, failure: str) -> None:
+    """A failed update gives its lease back: the next run updates the summary with what the
+    failed one would have added. (It kept the lease to its end, so for the summary budget
+    plus the write timeout every run found the update "busy", and the turns that fell out
+    of the window meanwhile were in neither the window nor the summary.)"""
+    store, chat, summary = _with_summary()
+    summariser = FixedSummariser(fail=failure == "raises", text="" if failure == "no text" else "X")
+    reports: list[HistoryReport] = []
+    node = _node(RecordingChatModel(), reports, max_messages=4, summary_model=summariser,
+                 summary_every=1, summary_budget_seconds=60)  # fmt: skip
+    graph = build_graph(node, store)
+
+    async def run(text: str) -> None:
+        if mode == "sync":
+            graph.invoke(telegram_callback(chat, text), new_thread())
+        else:
+            await graph.ainvoke(telegram_callback(chat, text), new_thread())
+
+    await run("first")
+    assert reports[-1].summary_outcome == "failed"
+    summariser.fail, summariser.text = False, "NEXT"
+    await run("second")
+    assert reports[-1].summary_outcome == "written"
+    stored = ChatHistory(store).summary(f"telegram:{chat}")
+    assert stored is not None and stored.text == "NEXT"
+    assert stored.version == summary.version + 1
+    assert stored.covers_seq == reports[-1].summary_written_seq > summary.covers_seq
+    # The update added every turn that fell out of the window since the stored summary.
+    _, transcript = request_parts(summariser.calls[-1])
+    assert "first" in transcript
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_slow_summary_model_never_holds_the_answer_past_its_budget(mode: str) -> None:
     store, chat, summary = _with_summary()
     gate = threading.Event()

@@ -47,6 +47,7 @@ __all__ = [
     "claim_summary_steps",
     "import_summary_steps",
     "read_summary_steps",
+    "release_summary_steps",
     "summary_message",
     "summary_request",
     "write_summary_steps",
@@ -236,6 +237,19 @@ def claim_summary_steps(
         yield Put({SUMMARY_KEY: claimed})
     reason = "claimed" if owner is not None else "read"
     return SummaryClaim(True, reason, previous, turns, upto, first - covers - 1)
+
+
+def release_summary_steps(owner: str, *, now: str) -> Steps[bool]:
+    """End ``owner``'s lease on the summary item, when it still holds it (an update that
+    gave up: the model failed, gave no text or ran out of time), so the next run may
+    update the summary instead of finding it busy until the lease ends. Run atomically.
+    Returns whether a lease was released."""
+    found = yield Get((HEAD_KEY, SUMMARY_KEY))
+    head, item = found.get(HEAD_KEY), found.get(SUMMARY_KEY)
+    if head is None or _lease_holder(item, head, now) != owner:
+        return False
+    yield Put({SUMMARY_KEY: {**item, "lease": None}})
+    return True
 
 
 def _empty_item(head: dict[str, Any], now: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from agent_history import observability as obs
 from agent_history.context.summary import Summary, SummaryClaim, SummaryWrite, summary_request
 from agent_history.history.records import AppendResult, Turn
 from agent_history.messages import MergedPayload, apply_reset, window
-from agent_history.pass_steps import ClaimSummary, Step, Summarize, WriteSummary
+from agent_history.pass_steps import ClaimSummary, ReleaseSummary, Step, Summarize, WriteSummary
 
 if TYPE_CHECKING:
     from agent_history.history import ChatHistory
@@ -119,6 +119,12 @@ class SummaryUpdates:
         ok, text = yield Summarize(model, request, _left(deadline), self._summary_config())
         if not ok:
             self._summary_failed("model_failed", text)
+            if owner is not None:
+                # Give the lease back, so the next run tries again: held to its end, it
+                # kept every run "busy" while turns fell out of the window unsummarised.
+                # One write, in the write budget (the summary's may be spent); when it
+                # fails too, the lease ends by itself.
+                yield ReleaseSummary(history, self.key, owner, write_budget)
             return
         if shadow:
             _shadow_covers(self._conversation(), claimed.upto)

@@ -19,6 +19,7 @@ from agent_history.context.summary import (
     claim_summary_steps,
     import_summary_steps,
     read_summary_steps,
+    release_summary_steps,
     write_summary_steps,
 )
 from agent_history.context.window import ContextRead, chunks_per_get, context_steps
@@ -673,6 +674,20 @@ class ChatHistory:
                 timespec="microseconds"
             ),
         )
+
+    def release_summary(self, key: str, owner: str, *, budget: float | None = None) -> bool:
+        """End ``owner``'s lease on the summary (see `summary.release_summary_steps`)."""
+        return self._run_atomic(key, self._release_steps(owner), budget=budget)
+
+    async def arelease_summary(
+        self, key: str, owner: str, *, budget: float | None = None
+    ) -> bool:
+        """Async `release_summary`."""
+        return await self._arun_atomic(key, self._release_steps(owner), budget=budget)
+
+    def _release_steps(self, owner: str) -> Steps[bool]:
+        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        return release_summary_steps(owner, now=now)
 
     def write_summary(
         self,
