@@ -169,6 +169,7 @@ class HistoryOptions:
     into the log before the first exchange is appended (`legacy`)."""
     legacy_namespace: tuple[str, ...] = LEGACY_NAMESPACE
     """Namespace of the legacy items."""
+    _counter: TokenCounter = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Each setting is checked by type too, naming the parameter: a value that is
@@ -185,7 +186,8 @@ class HistoryOptions:
         count_arg("max_messages", self.max_messages, minimum=1)
         if self.max_tokens is not None:
             count_arg("max_tokens", self.max_tokens, minimum=1)
-        token_counter_for(self.token_counter)  # raises TypeError for an unusable counter
+        # One counter per options (a guarded one paces its warnings); an unusable one raises.
+        object.__setattr__(self, "_counter", token_counter_for(self.token_counter))
         text_arg("reset_command", self.reset_command)
         count_arg("write_attempts", self.write_attempts, minimum=1)
         seconds_arg("write_backoff_seconds", self.write_backoff_seconds, zero=True)
@@ -212,7 +214,7 @@ class HistoryOptions:
     @property
     def counter(self) -> TokenCounter:
         """The token counter passes use."""
-        return token_counter_for(self.token_counter)
+        return self._counter
 
 
 def namespace_arg(namespace: Any) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.tools import BaseTool, tool
 from langgraph.graph import START, StateGraph
 from langgraph.prebuilt import ToolNode, create_react_agent, tools_condition
@@ -238,6 +239,41 @@ def test_a_summary_counts_against_the_budget_and_yields_to_the_newest_user_messa
     assert all(HEADING not in str(m.content) for m in payload)
     assert reports[-1].tokens_sent == chars(model.calls[-1]) <= 120
     assert reports[-1].tokens_dropped >= chars([summary_message(summary)])
+
+
+def test_a_token_counter_that_fails_leaves_the_budget_approximate_and_the_run_whole(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A tokenizer service that is down (or a chat model whose counting needs a package
+    the application lacks) used to fail every run before the model was called, or after
+    the answer was stored; the budget now holds by LangChain's approximate count."""
+    calls = 0
+
+    def down(messages: list[BaseMessage]) -> int:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("tokenizer service down")
+
+    store, reports, model = InMemoryStore(), [], RecordingChatModel()
+    node = _node(model, reports, max_messages=30, max_tokens=120, token_counter=down,
+                 summary_model=FixedSummariser(), summary_every=2)  # fmt: skip
+    graph = build_graph(node, store)
+    chat = _chat()
+    with caplog.at_level(logging.WARNING, logger="agent_history"):
+        for i in range(8):
+            out = graph.invoke(telegram_callback(chat, f"message {i} " + "w" * 80), new_thread())
+            assert out["messages"][-1].content.startswith(f"echo: message {i}")
+    assert calls > 0
+    assert all(r.fallbacks == () and r.appended == 2 for r in reports)
+    sent = [count_tokens_approximately(call) for call in model.calls]
+    assert [r.tokens_sent for r in reports] == sent
+    assert all(r.tokens_sent <= 120 for r in reports[1:])  # the first message alone is more
+    assert ChatHistory(store).count(f"telegram:{chat}") == 16
+    failed = [r.getMessage() for r in caplog.records if "token_counter_failed" in r.getMessage()]
+    assert failed and all(
+        m == "event=token_counter_failed error=ConnectionError fallback=approximate" for m in failed
+    )
+    assert not any("read_failed" in r.getMessage() for r in caplog.records)
 
 
 # --- toggles, failures, resets ------------------------------------------------------------------

@@ -3,13 +3,15 @@ budget, the summary item's versioned writes and leases, the bounded window read.
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.messages.utils import count_tokens_approximately
 
-from agent_history.context.budget import WindowFill, token_counter_for
+from agent_history.context.budget import GuardedCounter, WindowFill, token_counter_for
 from agent_history.context.summary import (
     SUMMARY_KEY,
     Summary,
@@ -120,16 +122,50 @@ def test_merge_reports_what_the_window_cut() -> None:
 def test_token_counter_choices() -> None:
     assert token_counter_for(None) is count_tokens_approximately
     model = RecordingChatModel()
-    assert token_counter_for(model) == model.get_num_tokens_from_messages
-    assert token_counter_for(chars) is chars
-    with pytest.raises(TypeError):
+    guarded = token_counter_for(model)
+    assert isinstance(guarded, GuardedCounter)
+    assert guarded.count == model.get_num_tokens_from_messages
+    assert token_counter_for(chars).count is chars  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="token_counter must be"):
         token_counter_for(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (RuntimeError("tokenizer down"), "RuntimeError"),
+        ("12", "answered str"),
+        (-5, "answered int"),
+        (True, "answered bool"),
+        (math.nan, "answered float"),
+        (None, "answered NoneType"),
+    ],
+)
+def test_a_failing_counter_counts_approximately_and_warns_once_a_minute(
+    answer: object, error: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def counter(messages: list[BaseMessage]) -> int:
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[return-value]
+
+    guarded = token_counter_for(counter)
+    messages = [HumanMessage("SeNtInEl " * 20)]
+    with caplog.at_level(logging.WARNING, logger="agent_history"):
+        counts = [guarded(messages) for _ in range(3)]
+    assert counts == [count_tokens_approximately(messages)] * 3
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [f"event=token_counter_failed error={error} fallback=approximate"]
+
+
+def test_a_counter_answering_a_fraction_of_a_token_is_rounded_up() -> None:
+    assert token_counter_for(lambda messages: 3.2)([HumanMessage("x")]) == 4
 
 
 def test_history_options_validate_budgets_and_summaries() -> None:
     with pytest.raises(ValueError, match="max_tokens"):
         HistoryOptions(max_tokens=0)
-    with pytest.raises(TypeError, match="token_counter"):
+    with pytest.raises(ValueError, match="token_counter"):
         HistoryOptions(token_counter="words")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="summary_model"):
         HistoryOptions(summarize=True)

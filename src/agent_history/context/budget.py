@@ -3,6 +3,8 @@ read enough to fill a window (I/O-free)."""
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,10 +12,12 @@ from langchain_core.language_models import BaseLanguageModel
 from langchain_core.messages import BaseMessage
 from langchain_core.messages.utils import count_tokens_approximately
 
+from agent_history import observability as obs
+from agent_history.errors import InvalidArgument
 from agent_history.history.records import Turn
 from agent_history.messages import TokenCounter
 
-__all__ = ["TokenCounterLike", "WindowFill", "token_counter_for"]
+__all__ = ["GuardedCounter", "TokenCounterLike", "WindowFill", "token_counter_for"]
 
 TokenCounterLike = TokenCounter | BaseLanguageModel[Any] | None
 """What a ``token_counter`` option accepts: a callable counting a message list, a model
@@ -22,16 +26,58 @@ TokenCounterLike = TokenCounter | BaseLanguageModel[Any] | None
 
 
 def token_counter_for(counter: TokenCounterLike) -> TokenCounter:
-    """The callable that counts tokens for ``counter`` (see `TokenCounterLike`)."""
+    """The callable that counts tokens for ``counter`` (see `TokenCounterLike`); one of the
+    application's is guarded (`GuardedCounter`).
+
+    Raises:
+        InvalidArgument: ``counter`` is none of these.
+    """
     if counter is None:
         return count_tokens_approximately
     if isinstance(counter, BaseLanguageModel):
-        return counter.get_num_tokens_from_messages
+        return GuardedCounter(counter.get_num_tokens_from_messages)
     if callable(counter):
-        return counter
-    raise TypeError(
-        "token_counter must be a callable counting a message list, a chat model, or None"
+        return GuardedCounter(counter)
+    raise InvalidArgument(
+        "token_counter must be a callable counting a message list, a chat model, or None "
+        f"(got {type(counter).__name__})"
     )
+
+
+class GuardedCounter:
+    """An application's token counter that never fails a run: when it raises, or answers
+    anything but a whole number of tokens from 0 (a float is rounded up), the message list
+    is counted by LangChain's ``count_tokens_approximately`` instead, with a warning
+    ``token_counter_failed`` (the error class only) at most once a minute.
+
+    A chat model's own counting may need a package the application lacks (LangChain's
+    default needs ``transformers``); a tokenizer service may be down. The budget then
+    holds approximately rather than every run failing."""
+
+    def __init__(self, count: TokenCounter) -> None:
+        self.count = count
+        self._warned_at: float | None = None
+
+    def __call__(self, messages: list[BaseMessage]) -> int:
+        try:
+            tokens: object = self.count(messages)
+        except Exception as exc:
+            return self._fall_back(messages, type(exc).__name__)
+        if isinstance(tokens, float) and math.isfinite(tokens) and tokens >= 0:
+            return math.ceil(tokens)
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            return self._fall_back(messages, f"answered {type(tokens).__name__}")
+        return tokens
+
+    def _fall_back(self, messages: list[BaseMessage], error: str) -> int:
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= _WARN_EVERY_SECONDS:
+            self._warned_at = now
+            obs.log_event("token_counter_failed", error=error, fallback="approximate")
+        return count_tokens_approximately(messages)
+
+
+_WARN_EVERY_SECONDS = 60.0
 
 
 class WindowFill:

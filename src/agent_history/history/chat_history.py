@@ -679,9 +679,7 @@ class ChatHistory:
         """End ``owner``'s lease on the summary (see `summary.release_summary_steps`)."""
         return self._run_atomic(key, self._release_steps(owner), budget=budget)
 
-    async def arelease_summary(
-        self, key: str, owner: str, *, budget: float | None = None
-    ) -> bool:
+    async def arelease_summary(self, key: str, owner: str, *, budget: float | None = None) -> bool:
         """Async `release_summary`."""
         return await self._arun_atomic(key, self._release_steps(owner), budget=budget)
 
