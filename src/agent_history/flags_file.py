@@ -57,6 +57,10 @@ class FlagsFileError(ValueError):
     """The flags file cannot be used; the message says why (never its content)."""
 
 
+def _is_toml(path: str) -> bool:
+    return path.lower().endswith(".toml")
+
+
 def _lower(value: Any) -> Any:
     return value.strip().lower() if isinstance(value, str) else value
 
@@ -79,13 +83,16 @@ class NodeFlags(_Strict):
 class TriggerOverrides(_Strict):
     """Trigger settings in the file; each one set overrides the environment's."""
 
-    error_rate: float | None = Field(default=None, gt=0, lt=1)
-    read_p95_seconds: float | None = Field(default=None, gt=0)
-    write_p95_seconds: float | None = Field(default=None, gt=0)
-    window_seconds: float | None = Field(default=None, gt=0)
-    min_calls: int | None = Field(default=None, ge=1)
-    cooldown_seconds: float | None = Field(default=None, gt=0)
-    probe_calls: int | None = Field(default=None, ge=1)
+    # Strict: ``true`` is not 1 call nor 1 second, ``2.0`` not 2 calls, ``"0.1"`` not a rate
+    # (a JSON or TOML number is written as one); converted, they made a trigger fire on the
+    # first failing call while `doctor` reported the file valid.
+    error_rate: float | None = Field(default=None, gt=0, lt=1, strict=True)
+    read_p95_seconds: float | None = Field(default=None, gt=0, strict=True)
+    write_p95_seconds: float | None = Field(default=None, gt=0, strict=True)
+    window_seconds: float | None = Field(default=None, gt=0, strict=True)
+    min_calls: int | None = Field(default=None, ge=1, strict=True)
+    cooldown_seconds: float | None = Field(default=None, gt=0, strict=True)
+    probe_calls: int | None = Field(default=None, ge=1, strict=True)
     action: TriggerAction | None = None
 
     @field_validator("action", mode="before")
@@ -151,9 +158,10 @@ class FlagsFileSchema(_Strict):
 
 
 def parse_flags(path: str, data: bytes) -> FlagsFileSchema:
-    """Validate a flags file's bytes (TOML when ``path`` ends in ``.toml``, else JSON)."""
+    """Validate a flags file's bytes (TOML when ``path`` ends in ``.toml``, in any case,
+    else JSON)."""
     try:
-        if path.endswith(".toml"):
+        if _is_toml(path):
             content: Any = tomllib.loads(data.decode("utf-8"))
         else:
             content = orjson.loads(data)
@@ -164,7 +172,7 @@ def parse_flags(path: str, data: bytes) -> FlagsFileSchema:
         raise FlagsFileError("nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        kind = "TOML" if path.endswith(".toml") else "JSON"
+        kind = "TOML" if _is_toml(path) else "JSON"
         raise FlagsFileError(f"not valid {kind}: {first}") from None
     if not isinstance(content, dict):
         raise FlagsFileError(f"must hold an object (got {type(content).__name__})")

@@ -53,6 +53,13 @@ WRONG_TYPES = {
     "top_level_string": '"off"',
     "unknown_key": '{"disabled_node": ["agent"]}',
     "trigger_rate_string": '{"triggers": {"error_rate": "high"}}',
+    # Converted, these were 0.1, 1 call, 2 calls, 1 second: a trigger fired on the first
+    # failing call of a fresh worker while doctor called the file valid.
+    "trigger_rate_numeric_string": '{"triggers": {"error_rate": "0.1"}}',
+    "trigger_min_calls_true": '{"triggers": {"error_rate": 0.5, "min_calls": true}}',
+    "trigger_min_calls_float": '{"triggers": {"min_calls": 2.0}}',
+    "trigger_p95_true": '{"triggers": {"read_p95_seconds": true}}',
+    "trigger_window_true": '{"triggers": {"window_seconds": true}}',
     "trigger_rate_too_big": '{"triggers": {"error_rate": 1e999}}',
     "trigger_action_shadow": '{"triggers": {"error_rate": 0.1, "action": "shadow"}}',
     "nan_literal": '{"triggers": {"error_rate": NaN}}',
@@ -177,6 +184,17 @@ def test_toml_nan_inf_and_nesting_are_configuration_errors(content: str, tmp_pat
     toggles_ = toggles(flags_file=str(flags))
     assert toggles_.decide("agent", node_enabled=True).mode is HistoryMode.READ_WRITE
     assert toggles_.flags_file_problem() is not None
+
+
+@pytest.mark.parametrize("name", ["flags.toml", "flags.TOML", "Flags.Toml"])
+def test_a_toml_file_is_read_as_toml_whatever_the_case_of_its_extension(
+    name: str, tmp_path: Path
+) -> None:
+    flags = tmp_path / name
+    flags.write_text('mode = "read_only"\n[triggers]\nerror_rate = 0.2\nmin_calls = 5\n')
+    config = load_toggle_config({FLAGS_VAR: str(flags)})
+    assert config.mode is HistoryMode.READ_ONLY
+    assert (config.triggers.error_rate, config.triggers.min_calls) == (0.2, 5)
 
 
 def test_nan_thresholds_never_make_a_trigger_that_cannot_fire(tmp_path: Path) -> None:
