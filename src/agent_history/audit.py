@@ -170,8 +170,9 @@ def record_change(
         "pid": os.getpid(),
         "host": _HOST,
     }
-    for part in source.split("+"):
-        obs.METRICS.inc(obs.SWITCH_CHANGES, change=change, source=part)
+    # Once per change, labelled as the audit line is (``env+flags_file`` for a start that
+    # read both): one count per source would count a change twice in any sum over them.
+    obs.METRICS.inc(obs.SWITCH_CHANGES, change=change, source=source)
     obs.log_event(
         "switch_changed",
         level=level,

@@ -407,8 +407,11 @@ def test_every_effective_switch_change_is_audited_once(
     assert {e.get("backend") for e in entries if e["change"] == "breaker_state"} == {"other"}
     logged = [r for r in caplog.records if r.__dict__.get("event") == "switch_changed"]
     assert len(logged) == len(entries) and {r.levelno for r in logged} == {logging.INFO}
-    assert METRICS.value(obs.SWITCH_CHANGES, source="flags_file") == 5
+    # One count per change (per audit line), labelled with its whole source.
+    assert METRICS.value(obs.SWITCH_CHANGES, source="flags_file") == 4
+    assert METRICS.value(obs.SWITCH_CHANGES, source="env+flags_file") == 1
     assert METRICS.value(obs.SWITCH_CHANGES, change="breaker_state") == 3
+    assert METRICS.value(obs.SWITCH_CHANGES) == len(entries)
 
 
 def test_switch_changes_made_in_code_are_audited(tmp_path: Path) -> None:
