@@ -792,8 +792,10 @@ def run_drill(
     Raises:
         DrillTerminated: SIGTERM arrived (after the clean-up).
         KeyboardInterrupt: Ctrl-C (after the clean-up).
-        StoreUnavailable: the store failed during the drill or its clean-up; the
-            namespace is then named by ``on_cleanup`` when it could not be removed.
+        Exception: the store's own error (a driver's ``sqlite3`` or ``psycopg`` error,
+            `StoreUnavailable`, `StoreTimeout`) when it failed during the drill or its
+            clean-up; the namespace is then named by ``on_cleanup`` when it could not be
+            removed. (The CLI's ``drill`` makes any of them exit 3.)
     """
     if conversations < 1 or runs_per_switch < 1:
         raise ValueError("conversations and runs_per_switch must be >= 1")
