@@ -132,12 +132,6 @@ class ThreadView:
     delivered: bool = False
     """``inputs`` carries a user message (a re-delivery when ``answered``), even one the
     thread has moved on from; False for a sticker, an event, no ``inputs``."""
-    answers: tuple[str, ...] = ()
-    """When the state cannot tell whether this node answered the delivered message (its
-    `ANSWERED_FIELD` is empty: an agent in a subgraph whose state is not kept between
-    runs, or a pipeline's first agent that keeps no record) although final answers follow
-    it in the thread: their ids. The log tells then (`session.HistoryPass.settle`): the
-    message was answered when the conversation stored one of them as its answer."""
 
 
 def _position(thread: Sequence[BaseMessage], incoming: IncomingMessage) -> int | None:
@@ -195,14 +189,14 @@ def current_thread(state: Any, node: str | None = None) -> ThreadView:
         return ThreadView(thread, None, None, settled and (bool(inputs) or event), delivered)
     if position is not None:
         answered = False
-        answers: tuple[str, ...] = ()
         if incoming.message_id is not None:
             marked = _answered_by(mapping, node, incoming.message_id)
-            finals = [m for m in thread[position + 1 :] if is_final_answer(m)]
-            answered = bool(finals) if marked is None else marked
-            if not answered and finals and mapping.get(ANSWERED_FIELD) == {}:
-                answers = tuple(str(m.id) for m in finals if m.id)
-        return ThreadView(thread, incoming, None, answered, delivered, answers)
+            answered = (
+                any(is_final_answer(m) for m in thread[position + 1 :])
+                if marked is None
+                else marked
+            )
+        return ThreadView(thread, incoming, None, answered, delivered)
     added = HumanMessage(incoming.text, id=incoming.message_id or str(uuid.uuid4()))
     return ThreadView([*thread, added], incoming, added, False, delivered)
 

@@ -75,13 +75,6 @@ class HistoryAgentState(AgentState[Any]):
     (a final or a structured answer): a re-delivery of it ends the run at once."""
 
 
-def _redelivered(run: HistoryPass) -> dict[str, Any]:
-    """End a run whose callback this thread already answered, without calling the model."""
-    run.redelivered = run.view.delivered  # (else: nothing was delivered)
-    run.report([], model_called=False)
-    return {"jump_to": "end"}
-
-
 class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
     """Durable, keyed chat history for ``create_agent(..., middleware=[HistoryMiddleware()])``.
 
@@ -117,33 +110,22 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         """Add the delivered message to the thread; end a run whose callback this thread
         already answered (a re-delivery) without calling the model."""
         view = current_thread(state, self.surface.node)
-        if view.answers and not view.answered:  # the state cannot tell: the log does
+        if view.answered:
             run = self.surface.begin(view, state, runtime.store, runtime)
-            if drive_sync(run.settle()):
-                return _redelivered(run)
-        return self._before(view, state, runtime)
+            run.redelivered = view.delivered  # (else: nothing was delivered)
+            run.report([], model_called=False)
+            return {"jump_to": "end"}
+        if view.added is None:
+            return None
+        not_streamed_as_output(current_config(), view.added)
+        return {"messages": [view.added]}
 
     @hook_config(can_jump_to=["end"])
     async def abefore_agent(
         self, state: HistoryAgentState, runtime: Runtime[Any]
     ) -> dict[str, Any] | None:
-        """Async `before_agent`."""
-        view = current_thread(state, self.surface.node)
-        if view.answers and not view.answered:
-            run = self.surface.begin(view, state, runtime.store, runtime)
-            if await drive_async(run.settle()):
-                return _redelivered(run)
-        return self._before(view, state, runtime)
-
-    def _before(
-        self, view: ThreadView, state: HistoryAgentState, runtime: Runtime[Any]
-    ) -> dict[str, Any] | None:
-        if view.answered:
-            return _redelivered(self.surface.begin(view, state, runtime.store, runtime))
-        if view.added is None:
-            return None
-        not_streamed_as_output(current_config(), view.added)
-        return {"messages": [view.added]}
+        """Async `before_agent` (it does no I/O)."""
+        return self.before_agent(state, runtime)
 
     def after_agent(self, state: HistoryAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
         """Record that the agent answered the delivered message (its run ended), so a

@@ -252,7 +252,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
 
     def _steps(self, run: HistoryPass) -> Generator[Step, Any, dict[str, Any]]:
         """The pass's control flow; it yields the I/O it needs and receives the outcome."""
-        if (yield from run.settle()):
+        if run.view.answered:
             # A re-delivered callback this thread already answered, or nothing delivered
             # and nothing left to answer: nothing to do.
             run.redelivered = run.view.delivered

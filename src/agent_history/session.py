@@ -322,30 +322,6 @@ class HistoryPass(SummaryUpdates):
 
     # --- the steps --------------------------------------------------------------------
 
-    def settle(self) -> Generator[Step, Any, bool]:
-        """Whether the delivered message is already answered: as the thread tells
-        (`ThreadView.answered`), or, when the state cannot tell (`ThreadView.answers`),
-        as the log does: it stored one of the final answers that follow the message in
-        the thread as its answer (a re-delivered callback to an agent whose state is not
-        kept between runs). A log that cannot be read answers nothing: the pass goes on."""
-        view = self.view
-        if view.answered:
-            return True
-        if not view.answers or view.incoming is None or view.incoming.message_id is None:
-            return False
-        if self.history is None or not self.decision.read:
-            return False
-        message_id = view.incoming.message_id
-        started = time.perf_counter()
-        budget = self.options.toggles.current().read_timeout_seconds
-        ok, value = yield ReadTokens(self.history, self.key, (message_id,), budget)
-        self._record(obs.STORE_READ_LATENCY, started, ok)
-        if not ok:
-            self._fallback("anchor_read_failed", obs.describe_error(value))
-            return False
-        token = value.get(message_id)
-        return token is not None and token.answer in view.answers
-
     def read(self) -> Generator[Step, Any, None]:
         """Read the newest stored window (when this pass may)."""
         if self.history is None or not self.decision.read:

@@ -1,12 +1,13 @@
-"""An agent used as a subgraph of a parent graph (the usual way to compose agents): a
-re-delivered callback on a stable thread is not answered again.
+"""Agents used as subgraphs of a parent graph (the usual way to compose agents).
 
-The agent's record of what it answered (``answered``) lives in its own state, which a
-subgraph without ``checkpointer=True`` starts empty on every run, and which the parent
-drops when its own state has no such field. The thread alone cannot tell a re-delivery
-from a pipeline whose first agent keeps no record, so the log tells: the re-delivered
-message was answered when the conversation stored, as its answer, one of the answers
-that follow it in the thread. Each case stored the answer twice before.
+An agent records, in its state's ``answered`` field, the channel id of the delivered
+message it answered; that record is what tells a re-delivered callback on a stable thread
+from a pipeline's second agent. A subgraph's state is not kept between runs, so the record
+must travel through the parent: a parent state with the ``answered`` field (as
+`AgentState` has) keeps it, and a re-delivery is skipped. The thread alone cannot tell the
+two cases apart, and neither can the log when the agents share it: the second agent of a
+pipeline must answer, so without the record a re-delivery is answered again (documented in
+agent-node.md).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Annotated, Any, TypedDict
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langchain_core.messages import AnyMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
@@ -26,6 +27,7 @@ from langgraph.store.base import BaseStore
 from agent_history import AgentNode, AgentState, ChatHistory, HistoryReport
 from agent_history.messages import text_of
 from agent_history.middleware import HistoryMiddleware
+from agent_history.node import merge_results
 from agent_history.testing import RecordingChatModel
 from agent_history.toggles import HistoryToggles
 from tests.support.agent_graphs import telegram_callback
@@ -34,38 +36,45 @@ TOGGLES = HistoryToggles(env={})
 
 
 class ParentState(TypedDict, total=False):
-    """A parent graph's own state: no ``answered`` field."""
+    """A parent graph's own state, keeping the agents' ``answered`` record."""
+
+    messages: Annotated[list[AnyMessage], add_messages]
+    inputs: dict[str, Any]
+    results: Annotated[dict[str, Any], operator.or_]
+    answered: Annotated[dict[str, str], merge_results]
+
+
+class BareParentState(TypedDict, total=False):
+    """A parent state without ``answered``."""
 
     messages: Annotated[list[AnyMessage], add_messages]
     inputs: dict[str, Any]
     results: Annotated[dict[str, Any], operator.or_]
 
 
-def _agent_subgraph(kind: str, model: RecordingChatModel, reports: list[HistoryReport]) -> Any:
+def _agent_subgraph(
+    kind: str, model: RecordingChatModel, reports: list[HistoryReport], name: str = "agent"
+) -> Any:
     if kind == "middleware":
-        middleware = HistoryMiddleware(toggles=TOGGLES, on_report=reports.append)
+        middleware = HistoryMiddleware(node_name=name, toggles=TOGGLES, on_report=reports.append)
         return create_agent(model, middleware=[middleware])
     builder = StateGraph(AgentState)
     node = AgentNode(model, use_graph_chat_history=True, toggles=TOGGLES, on_report=reports.append)
-    builder.add_node("agent", node)
-    builder.add_edge(START, "agent")
+    builder.add_node(name, node)
+    builder.add_edge(START, name)
     return builder.compile()
-
-
-def _parent(subgraph: Any, store: BaseStore) -> Any:
-    builder = StateGraph(ParentState)
-    builder.add_node("assistant", subgraph)
-    builder.add_edge(START, "assistant")
-    return builder.compile(checkpointer=InMemorySaver(), store=store)
 
 
 @pytest.mark.parametrize("kind", ["node", "middleware"])
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_a_redelivery_to_an_agent_subgraph_on_a_stable_thread_is_not_answered_again(
+async def test_a_redelivery_to_an_agent_subgraph_whose_parent_keeps_the_record_is_skipped(
     kind: str, mode: str, store: BaseStore
 ) -> None:
     model, reports = RecordingChatModel(), []
-    graph = _parent(_agent_subgraph(kind, model, reports), store)
+    builder = StateGraph(ParentState)
+    builder.add_node("assistant", _agent_subgraph(kind, model, reports))
+    builder.add_edge(START, "assistant")
+    graph = builder.compile(checkpointer=InMemorySaver(), store=store)
     thread = {"configurable": {"thread_id": uuid.uuid4().hex}}
     chat = uuid.uuid4().int % 10**9
 
@@ -85,50 +94,30 @@ async def test_a_redelivery_to_an_agent_subgraph_on_a_stable_thread_is_not_answe
         ["one"],
         ["one", "echo: one", "two"],
     ]
-    history = ChatHistory(store)
-    stored = [t.content for t in history.read(f"telegram:{chat}")]
+    stored = [t.content for t in ChatHistory(store).read(f"telegram:{chat}")]
     assert stored == ["one", "echo: one", "two", "echo: two"]
 
 
-def test_an_agent_after_a_first_agent_that_keeps_no_record_answers_every_message(
-    store: BaseStore,
+@pytest.mark.parametrize("kind", ["node", "middleware"])
+def test_two_agent_subgraphs_sharing_the_default_log_both_answer_every_message(
+    kind: str, store: BaseStore
 ) -> None:
-    """The case the log must not be mistaken for: the first agent of a pipeline is a plain
-    node (no record of what it answered), so the state's record is empty when the second
-    one, an `AgentNode` with its own log, finds the message followed by an answer."""
-
-    def writer(state: AgentState) -> dict[str, Any]:
-        # An application's own first agent: it adds the delivered message (with its channel
-        # id) and answers it, keeping no record of what it answered.
-        message = state["inputs"]["message"]
-        return {
-            "messages": [
-                HumanMessage(message["text"], id=str(message["message_id"])),
-                AIMessage(f"draft for {message['text']}"),
-            ]
-        }
-
-    model, reports = RecordingChatModel(), []
-    builder = StateGraph(AgentState)
-    builder.add_node("writer", writer)
-    reviewer = AgentNode(
-        model,
-        use_graph_chat_history=True,
-        toggles=TOGGLES,
-        on_report=reports.append,
-        history_namespace=("reviewer",),
-    )
-    builder.add_node("reviewer", reviewer)
-    builder.add_edge(START, "writer")
-    builder.add_edge("writer", "reviewer")
-    graph = builder.compile(checkpointer=InMemorySaver(), store=store)
-    thread = {"configurable": {"thread_id": uuid.uuid4().hex}}
-    chat = uuid.uuid4().int % 10**9
-    for number, text in enumerate(["one", "two"], start=1):
-        out = graph.invoke(telegram_callback(chat, text, message_id=number), thread)
-        assert text_of(out["messages"][-1]).startswith("echo: ")
-        assert reports[-1].model_called and reports[-1].fallbacks == ()
-    assert [[text_of(m) for m in call][-2:] for call in model.calls] == [
-        ["one", "draft for one"],
-        ["two", "draft for two"],
-    ]
+    """A pipeline of two agents with every setting left at its default (one log): the
+    second answers each new message after the first, under a parent with or without the
+    record."""
+    for state in (ParentState, BareParentState):
+        researcher, writer = RecordingChatModel(prefix="notes: "), RecordingChatModel()
+        reports: list[HistoryReport] = []
+        builder = StateGraph(state)
+        builder.add_node("research", _agent_subgraph(kind, researcher, reports, "researcher"))
+        builder.add_node("write", _agent_subgraph(kind, writer, reports, "writer"))
+        builder.add_edge(START, "research")
+        builder.add_edge("research", "write")
+        graph = builder.compile(checkpointer=InMemorySaver(), store=store)
+        thread = {"configurable": {"thread_id": uuid.uuid4().hex}}
+        chat = uuid.uuid4().int % 10**9
+        for number, text in enumerate(["one", "two"], start=1):
+            out = graph.invoke(telegram_callback(chat, text, message_id=number), thread)
+            assert text_of(out["messages"][-1]) == f"echo: {text}"
+        assert len(researcher.calls) == 2 and len(writer.calls) == 2
+        assert all(r.model_called for r in reports)
