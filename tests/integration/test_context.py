@@ -23,7 +23,7 @@ from langgraph.store.memory import InMemoryStore
 
 from agent_history import METRICS, AgentNode, AgentState, HistoryReport
 from agent_history import observability as obs
-from agent_history.context import Summary, summary_message, summary_request
+from agent_history.context import Summary, budget, summary_message, summary_request
 from agent_history.history import ChatHistory
 from agent_history.settings import HistorySettings
 from agent_history.stores import create_graph_store, create_graph_store_sync
@@ -242,7 +242,7 @@ def test_a_summary_counts_against_the_budget_and_yields_to_the_newest_user_messa
 
 
 def test_a_token_counter_that_fails_leaves_the_budget_approximate_and_the_run_whole(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A tokenizer service that is down (or a chat model whose counting needs a package
     the application lacks) used to fail every run before the model was called, or after
@@ -254,6 +254,7 @@ def test_a_token_counter_that_fails_leaves_the_budget_approximate_and_the_run_wh
         calls += 1
         raise ConnectionError("tokenizer service down")
 
+    monkeypatch.setattr(budget, "_warned_at", None)  # the process has not warned yet
     store, reports, model = InMemoryStore(), [], RecordingChatModel()
     node = _node(model, reports, max_messages=30, max_tokens=120, token_counter=down,
                  summary_model=FixedSummariser(), summary_every=2)  # fmt: skip
@@ -270,9 +271,8 @@ def test_a_token_counter_that_fails_leaves_the_budget_approximate_and_the_run_wh
     assert all(r.tokens_sent <= 120 for r in reports[1:])  # the first message alone is more
     assert ChatHistory(store).count(f"telegram:{chat}") == 16
     failed = [r.getMessage() for r in caplog.records if "token_counter_failed" in r.getMessage()]
-    assert failed and all(
-        m == "event=token_counter_failed error=ConnectionError fallback=approximate" for m in failed
-    )
+    # Once in the eight runs (paced per process), naming the error class only.
+    assert failed == ["event=token_counter_failed error=ConnectionError fallback=approximate"]
     assert not any("read_failed" in r.getMessage() for r in caplog.records)
 
 
@@ -428,12 +428,17 @@ async def test_a_slow_summary_model_never_holds_the_answer_past_its_budget(mode:
     try:
         if mode == "sync":
             out = graph.invoke(telegram_callback(chat, "quick"), new_thread())
+            again = graph.invoke(telegram_callback(chat, "again"), new_thread())
         else:
             out = await graph.ainvoke(telegram_callback(chat, "quick"), new_thread())
+            again = await graph.ainvoke(telegram_callback(chat, "again"), new_thread())
     finally:
         gate.set()
     assert out["messages"][-1].content == "echo: quick"
-    assert reports[-1].summary_outcome == "failed"
+    assert again["messages"][-1].content == "echo: again"
+    # The run that timed out keeps the lease: while the model hangs, the next run does not
+    # wait for it too.
+    assert [r.summary_outcome for r in reports] == ["failed", "busy"]
     assert METRICS.value(obs.SUMMARY_FAILURES, backend="memory", outcome="timeout") == before + 1
     assert len(summariser.calls) == 1
     assert ChatHistory(store).summary(f"telegram:{chat}") == summary

@@ -11,6 +11,7 @@ import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.messages.utils import count_tokens_approximately
 
+from agent_history.context import budget
 from agent_history.context.budget import GuardedCounter, WindowFill, token_counter_for
 from agent_history.context.summary import (
     SUMMARY_KEY,
@@ -142,24 +143,34 @@ def test_token_counter_choices() -> None:
     ],
 )
 def test_a_failing_counter_counts_approximately_and_warns_once_a_minute(
-    answer: object, error: str, caplog: pytest.LogCaptureFixture
+    answer: object, error: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(budget, "_warned_at", None)  # the process has not warned yet
+
     def counter(messages: list[BaseMessage]) -> int:
         if isinstance(answer, Exception):
             raise answer
         return answer  # type: ignore[return-value]
 
-    guarded = token_counter_for(counter)
     messages = [HumanMessage("SeNtInEl " * 20)]
     with caplog.at_level(logging.WARNING, logger="agent_history"):
-        counts = [guarded(messages) for _ in range(3)]
+        # A counter made per run (as `AgentNode` makes its options) still warns once.
+        counts = [token_counter_for(counter)(messages) for _ in range(3)]
     assert counts == [count_tokens_approximately(messages)] * 3
     warnings = [r.getMessage() for r in caplog.records]
     assert warnings == [f"event=token_counter_failed error={error} fallback=approximate"]
 
 
-def test_a_counter_answering_a_fraction_of_a_token_is_rounded_up() -> None:
+class _Tokens:
+    """An integer of another library (numpy's ``int64``): it has ``__index__``."""
+
+    def __index__(self) -> int:
+        return 7
+
+
+def test_a_counter_answering_a_fraction_or_another_integer_type_is_honoured() -> None:
     assert token_counter_for(lambda messages: 3.2)([HumanMessage("x")]) == 4
+    assert token_counter_for(lambda messages: _Tokens())([HumanMessage("x")]) == 7
 
 
 def test_history_options_validate_budgets_and_summaries() -> None:

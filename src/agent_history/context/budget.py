@@ -4,9 +4,10 @@ read enough to fill a window (I/O-free)."""
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, SupportsIndex, cast
 
 from langchain_core.language_models import BaseLanguageModel
 from langchain_core.messages import BaseMessage
@@ -48,7 +49,7 @@ class GuardedCounter:
     """An application's token counter that never fails a run: when it raises, or answers
     anything but a whole number of tokens from 0 (a float is rounded up), the message list
     is counted by LangChain's ``count_tokens_approximately`` instead, with a warning
-    ``token_counter_failed`` (the error class only) at most once a minute.
+    ``token_counter_failed`` (the error class only) at most once a minute per process.
 
     A chat model's own counting may need a package the application lacks (LangChain's
     default needs ``transformers``); a tokenizer service may be down. The budget then
@@ -56,28 +57,37 @@ class GuardedCounter:
 
     def __init__(self, count: TokenCounter) -> None:
         self.count = count
-        self._warned_at: float | None = None
 
     def __call__(self, messages: list[BaseMessage]) -> int:
         try:
             tokens: object = self.count(messages)
         except Exception as exc:
-            return self._fall_back(messages, type(exc).__name__)
-        if isinstance(tokens, float) and math.isfinite(tokens) and tokens >= 0:
-            return math.ceil(tokens)
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-            return self._fall_back(messages, f"answered {type(tokens).__name__}")
-        return tokens
-
-    def _fall_back(self, messages: list[BaseMessage], error: str) -> int:
-        now = time.monotonic()
-        if self._warned_at is None or now - self._warned_at >= _WARN_EVERY_SECONDS:
-            self._warned_at = now
-            obs.log_event("token_counter_failed", error=error, fallback="approximate")
-        return count_tokens_approximately(messages)
+            return _fall_back(messages, type(exc).__name__)
+        if not isinstance(tokens, bool):
+            try:  # int, and numpy's integers
+                whole = operator.index(cast(SupportsIndex, tokens))
+            except TypeError:
+                whole = None
+            if whole is not None and whole >= 0:
+                return whole
+            if isinstance(tokens, float) and math.isfinite(tokens) and tokens >= 0:
+                return math.ceil(tokens)
+        return _fall_back(messages, f"answered {type(tokens).__name__}")
 
 
 _WARN_EVERY_SECONDS = 60.0
+_warned_at: float | None = None
+"""When the process last warned of a failing counter: the warnings are paced per process
+(an `AgentNode` makes its options, and so its counter, on every run)."""
+
+
+def _fall_back(messages: list[BaseMessage], error: str) -> int:
+    global _warned_at
+    now = time.monotonic()
+    if _warned_at is None or now - _warned_at >= _WARN_EVERY_SECONDS:
+        _warned_at = now
+        obs.log_event("token_counter_failed", error=error, fallback="approximate")
+    return count_tokens_approximately(messages)
 
 
 class WindowFill:

@@ -119,11 +119,13 @@ class SummaryUpdates:
         ok, text = yield Summarize(model, request, _left(deadline), self._summary_config())
         if not ok:
             self._summary_failed("model_failed", text)
-            if owner is not None:
-                # Give the lease back, so the next run tries again: held to its end, it
-                # kept every run "busy" while turns fell out of the window unsummarised.
-                # One write, in the write budget (the summary's may be spent); when it
-                # fails too, the lease ends by itself.
+            if owner is not None and not isinstance(text, TimeoutError):
+                # A model that failed or gave no text gives the lease back, so the next
+                # run tries again: held to its end, it kept every run "busy" while turns
+                # fell out of the window unsummarised. One write, in the write budget
+                # (the summary's may be spent); when it fails too, the lease ends by
+                # itself. A model that ran out of time keeps it: while the provider
+                # hangs, one run per lease waits for it, not every run.
                 yield ReleaseSummary(history, self.key, owner, write_budget)
             return
         if shadow:
