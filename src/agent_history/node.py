@@ -121,7 +121,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         *,
         name: str = "agent",
         tools: Sequence[Any] = (),
-        system_prompt: str = "",
+        system_prompt: str | None = "",
         max_messages: int = 30,
         reset_command: str = "",
         use_graph_chat_history: bool = False,
@@ -150,7 +150,9 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         self.name = name
         self.model = model
         self.tools = list(tools)
-        self.system_prompt = text_arg("system_prompt", system_prompt)
+        # None (a prompt read from a config that has none) means no prompt, as "" does.
+        prompt = "" if system_prompt is None else system_prompt
+        self.system_prompt = text_arg("system_prompt", prompt)
         self.max_messages = max_messages
         self.reset_command = reset_command
         self.use_graph_chat_history = use_graph_chat_history

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import sys
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -69,7 +67,7 @@ def load_graph(spec: str) -> Callable[[BaseStore], Any]:
     if not module_name or not attribute:
         raise ValueError(f"--graph must look like module:attribute (got {spec!r})")
     try:
-        module = _import_from_here(module_name)
+        module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(
             f"--graph {spec}: cannot import {module_name} ({exc}); run from the directory "
@@ -86,20 +84,6 @@ def load_graph(spec: str) -> Callable[[BaseStore], Any]:
     if callable(target):
         return target  # type: ignore[no-any-return]
     raise NotAGraph(f"{spec} is neither a graph nor a graph factory")
-
-
-def _import_from_here(module_name: str) -> Any:
-    """Import ``module_name`` as ``python -m`` would from the current directory (a console
-    script's path does not have it), leaving ``sys.path`` as it was."""
-    here = os.getcwd()
-    added = here not in sys.path and "" not in sys.path
-    if added:
-        sys.path.insert(0, here)
-    try:
-        return importlib.import_module(module_name)
-    finally:
-        if added:
-            sys.path.remove(here)
 
 
 def read_records(lines: Iterable[str]) -> Iterator[dict[str, Any]]:

@@ -563,6 +563,8 @@ from agent_history import AgentNode, AgentState
 from agent_history.testing import RecordingChatModel
 
 def build(store):
+    import mysteps  # a sibling module, imported only when the factory is called
+
     builder = StateGraph(AgentState)
     node = AgentNode(RecordingChatModel(), use_graph_chat_history=True, history_namespace=["mine"])
     builder.add_node("agent", node)
@@ -579,6 +581,7 @@ def test_replay_finds_a_graph_module_in_the_current_directory(
     project = tmp_path / "project"
     project.mkdir()
     (project / "mygraph.py").write_text(_MY_GRAPH)
+    (project / "mysteps.py").write_text("")
     command = Path(sys.executable).parent / "agent-history"
     replay = [str(command), "replay", str(CALLBACKS), "--graph", "mygraph:build", "-n", "mine"]
     clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

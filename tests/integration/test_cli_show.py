@@ -17,7 +17,8 @@ from agent_history.stores import create_graph_store_sync
 # control, a line separator, a lone surrogate (a truncated emoji, which JSON carries as
 # "\ud83d"), and text that must be shown as it is.
 HOSTILE = "hi\x1b]0;pwned\x07\x1b[2J\x1b[31mred\x1b[0m\rOVERWRITE \u202eevil\x9b \u2028 \ud83d"
-PLAIN = "你好 😀 tab\there\nsecond line"
+RTL = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645\u200f \u0628\u0631\u0648\u0645"  # Persian, with its zero-width non-joiner and right-to-left mark
+PLAIN = "你好 😀 tab\there\nsecond line " + RTL
 
 
 def _show(path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -59,7 +60,8 @@ def test_show_escapes_what_a_terminal_would_act_on_and_reads_back_exactly(
         "hi\\u001b]0;pwned\\u0007\\u001b[2J\\u001b[31mred\\u001b[0m\\u000dOVERWRITE "
         "\\u202eevil\\u009b \\u2028 \\ud83d"
     )
-    assert "2 assistant 你好 😀 tab" in text and "\nsecond line\n" in text  # shown as written
+    assert "2 assistant 你好 😀 tab" in text  # shown as written
+    assert f"\nsecond line {RTL}\n" in text
 
     as_json = _show(path, "--json")
     assert as_json.returncode == 0, as_json.stderr

@@ -144,3 +144,36 @@ def test_the_smallest_valid_settings_run_and_store_every_turn(surface: str) -> N
     assert all(isinstance(r, HistoryReport) and r.fallbacks == () for r in reports)
     # A window of one message: the model saw only the message it answers.
     assert [[str(m.content) for m in call] for call in model.calls] == [["m0"], ["m1"], ["m2"]]
+
+
+def test_numbers_and_flags_of_other_libraries_and_a_missing_prompt_are_accepted() -> None:
+    """What a config loader or a data library hands over: numpy's integers, floats and
+    bools are numbers and flags; a prompt read from a config that has none is None."""
+    import numpy as np
+
+    store, model = InMemoryStore(), RecordingChatModel()
+    node = AgentNode(
+        model,
+        use_graph_chat_history=np.bool_(True),
+        history_read_legacy=np.bool_(False),
+        max_messages=np.int64(2),
+        write_attempts=np.int64(1),
+        write_backoff_seconds=np.int64(0),
+        summary_budget_seconds=np.float64(5),
+        system_prompt=None,
+        toggles=HistoryToggles(env={}),
+    )
+    builder = StateGraph(AgentState)
+    builder.add_node("agent", node)
+    builder.add_edge(START, "agent")
+    graph = builder.compile(store=store)
+    for n in range(2):
+        graph.invoke(
+            telegram_callback(8, f"m{n}", message_id=n + 1),
+            {"configurable": {"thread_id": uuid.uuid4().hex}},
+        )
+    assert [[str(m.content) for m in call] for call in model.calls] == [
+        ["m0"],
+        ["echo: m0", "m1"],
+    ]
+    assert ChatHistory(store).count("telegram:8") == 4

@@ -131,10 +131,11 @@ def _quiet_stdout() -> None:
 
 # What a terminal would act on instead of showing: control characters but tab and newline
 # (escape sequences clear the screen or retitle the window), line and paragraph separators,
-# bidirectional overrides and isolates (they reorder what follows), and lone surrogates
-# (which no encoding writes).
+# bidirectional embeddings, overrides and isolates (they reorder what follows; the marks
+# U+200E and U+200F of right-to-left text are ordinary), and lone surrogates (which no
+# encoding writes).
 _UNSAFE_FOR_TERMINAL = re.compile(
-    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e"
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e"
     r"\u2066-\u2069\ud800-\udfff]"
 )
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import typer
@@ -63,6 +65,8 @@ def replay(
     if not labels:
         raise fail("--namespace must not be empty", EXIT_CONFIG)
     try:
+        if graph:
+            _import_as_python_m_does()
         factory = load_graph(graph) if graph else None
         with file.open(encoding="utf-8") as handle:
             records = list(read_records(handle))
@@ -122,3 +126,12 @@ def replay(
         err_console.print(note, highlight=False, markup=False)
     if not report.ok:
         raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def _import_as_python_m_does() -> None:
+    """Put the current directory first on the import path, as ``python -m`` does (an
+    installed command's path lacks it), for the rest of the command: a graph factory may
+    import its siblings only when it is called."""
+    here = os.getcwd()
+    if "" not in sys.path and here not in sys.path:
+        sys.path.insert(0, here)

@@ -10,6 +10,7 @@ reads the whole conversation on every backend (SQLite takes 64-bit integers only
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -80,15 +81,16 @@ def seconds_arg(name: str, value: Any, *, zero: bool = False, or_none: bool = Fa
     Raises:
         InvalidArgument: a bool, text, NaN, infinity, or a number out of range.
     """
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's too
         none = " or None" if or_none else ""
         raise InvalidArgument(
             f"{name} must be a number of seconds{none} (got {type(value).__name__})"
         )
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero):
         bound = "a number of seconds >= 0" if zero else "a positive number of seconds"
-        raise InvalidArgument(f"{name} must be {bound} (got {value})")
-    return float(value)
+        raise InvalidArgument(f"{name} must be {bound} (got {seconds})")
+    return seconds
 
 
 def flag_arg(name: str, value: Any) -> bool:
@@ -98,9 +100,12 @@ def flag_arg(name: str, value: Any) -> bool:
     Raises:
         InvalidArgument: anything but a bool.
     """
-    if not isinstance(value, bool):
-        raise InvalidArgument(f"{name} must be True or False (got {type(value).__name__})")
-    return value
+    if isinstance(value, bool):
+        return value
+    kind = type(value)
+    if kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"):  # numpy's bool
+        return bool(value)
+    raise InvalidArgument(f"{name} must be True or False (got {kind.__name__})")
 
 
 def text_arg(name: str, value: Any) -> str:
