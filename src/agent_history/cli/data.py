@@ -76,13 +76,9 @@ def _require_existing(
     a typo in the path looks like an empty store), or the in-memory store, which every
     command starts empty. ``option`` and ``backend_option`` name where the path and the
     backend were given (default: their variables)."""
-    if settings.graph_store_backend is Backend.MEMORY:
-        where = backend_option or env_var("graph_store_backend")
-        raise fail(
-            f"{where}: memory starts empty in every command, so there is nothing to read; "
-            "use sqlite or postgres",
-            EXIT_CONFIG,
-        )
+    _refuse_memory(
+        settings, "memory starts empty in every command, so there is nothing to read", backend_option
+    )
     if settings.graph_store_backend is not Backend.SQLITE:
         return
     path = settings.graph_store_sqlite_path
@@ -96,13 +92,19 @@ def _require_existing(
 def _require_durable(settings: HistorySettings, backend_option: str | None = None) -> None:
     """Exit 2 before a command writes into the in-memory store: it is gone when the command
     ends, so it would report turns written that nobody can read."""
+    _refuse_memory(
+        settings,
+        "memory is gone when this command ends, so nothing written would be kept",
+        backend_option,
+    )
+
+
+def _refuse_memory(settings: HistorySettings, why: str, backend_option: str | None) -> None:
+    """Exit 2 naming where the in-memory backend was chosen (the option, else the
+    variable), and ``why`` a store command cannot use it."""
     if settings.graph_store_backend is Backend.MEMORY:
         where = backend_option or env_var("graph_store_backend")
-        raise fail(
-            f"{where}: memory is gone when this command ends, so nothing written would be "
-            "kept; use sqlite or postgres",
-            EXIT_CONFIG,
-        )
+        raise fail(f"{where}: {why}; use sqlite or postgres", EXIT_CONFIG)
 
 
 def _info(history: ChatHistory, key: str) -> ConversationInfo | None:
