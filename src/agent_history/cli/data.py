@@ -77,7 +77,9 @@ def _require_existing(
     command starts empty. ``option`` and ``backend_option`` name where the path and the
     backend were given (default: their variables)."""
     _refuse_memory(
-        settings, "memory starts empty in every command, so there is nothing to read", backend_option
+        settings,
+        "memory starts empty in every command, so there is nothing to read",
+        backend_option,
     )
     if settings.graph_store_backend is not Backend.SQLITE:
         return
