@@ -136,7 +136,10 @@ def _walk(value: Any, depth: int, where: str) -> bool:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidMessage(f"{where}: object keys must be strings")
-            plain = _walk(key, depth + 1, where) and _walk(item, depth + 1, where) and plain
+            # Both walked, always: a key that is not plain (a lone surrogate) must not
+            # spare its value the checks (a nested non-string key, too deep a nesting).
+            key_plain = _walk(key, depth + 1, where)
+            plain = _walk(item, depth + 1, where) and key_plain and plain
         return plain
     raise InvalidMessage(f"{where}: {type(value).__name__} is not a JSON value")
 
