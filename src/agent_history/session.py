@@ -186,7 +186,7 @@ class HistoryOptions:
         count_arg("max_messages", self.max_messages, minimum=1)
         if self.max_tokens is not None:
             count_arg("max_tokens", self.max_tokens, minimum=1)
-        # One counter per options (a guarded one paces its warnings); an unusable one raises.
+        # The counter passes use, made once per options; an unusable one raises.
         object.__setattr__(self, "_counter", token_counter_for(self.token_counter))
         text_arg("reset_command", self.reset_command)
         count_arg("write_attempts", self.write_attempts, minimum=1)

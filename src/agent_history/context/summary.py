@@ -241,8 +241,8 @@ def claim_summary_steps(
 
 def release_summary_steps(owner: str, *, now: str) -> Steps[bool]:
     """End ``owner``'s lease on the summary item, when it still holds it (an update that
-    gave up: the model failed, gave no text or ran out of time), so the next run may
-    update the summary instead of finding it busy until the lease ends. Run atomically.
+    gave up: the model failed or gave no text), so the next run may update the summary
+    instead of finding it busy until the lease ends. Run atomically.
     Returns whether a lease was released."""
     found = yield Get((HEAD_KEY, SUMMARY_KEY))
     head, item = found.get(HEAD_KEY), found.get(SUMMARY_KEY)
