@@ -188,6 +188,9 @@ class HistoryOptions:
             count_arg("max_tokens", self.max_tokens, minimum=1)
         # The counter passes use, made once per options; an unusable one raises.
         object.__setattr__(self, "_counter", token_counter_for(self.token_counter))
+        # None (read from a config that has none) means the default, as for the prompt.
+        if self.reset_command is None:
+            object.__setattr__(self, "reset_command", "")
         text_arg("reset_command", self.reset_command)
         count_arg("write_attempts", self.write_attempts, minimum=1)
         seconds_arg("write_backoff_seconds", self.write_backoff_seconds, zero=True)
@@ -197,6 +200,8 @@ class HistoryOptions:
         if count_arg("summary_max_turns", self.summary_max_turns, minimum=1) < self.summary_every:
             raise InvalidArgument("summary_max_turns must be >= summary_every")
         seconds_arg("summary_budget_seconds", self.summary_budget_seconds)
+        if self.summary_prompt is None:
+            object.__setattr__(self, "summary_prompt", DEFAULT_SUMMARY_PROMPT)
         text_arg("summary_prompt", self.summary_prompt)
         if self.summarize and self.summary_model is None:
             raise ValueError("summarize needs a summary_model (a chat model)")

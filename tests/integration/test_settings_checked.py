@@ -52,7 +52,6 @@ BAD = [
     ("write_backoff_seconds", "0.1"),
     ("write_backoff_seconds", True),
     ("reset_command", 5),
-    ("reset_command", None),
     ("history_key_template", 5),
     # A string used to become one candidate per character: every chat shared the key "t".
     ("history_key_candidates", "telegram:{{ results.telegram_events_parser.chat_id }}"),
@@ -148,7 +147,8 @@ def test_the_smallest_valid_settings_run_and_store_every_turn(surface: str) -> N
 
 def test_numbers_and_flags_of_other_libraries_and_a_missing_prompt_are_accepted() -> None:
     """What a config loader or a data library hands over: numpy's integers, floats and
-    bools are numbers and flags; a prompt read from a config that has none is None."""
+    bools are numbers and flags; a prompt or reset command read from a config that has
+    none is None (no prompt, no reset command, the default summary prompt)."""
     import numpy as np
 
     store, model = InMemoryStore(), RecordingChatModel()
@@ -161,6 +161,8 @@ def test_numbers_and_flags_of_other_libraries_and_a_missing_prompt_are_accepted(
         write_backoff_seconds=np.int64(0),
         summary_budget_seconds=np.float64(5),
         system_prompt=None,
+        reset_command=None,
+        summary_prompt=None,
         toggles=HistoryToggles(env={}),
     )
     builder = StateGraph(AgentState)
