@@ -95,7 +95,7 @@ def seconds_arg(name: str, value: Any, *, zero: bool = False, or_none: bool = Fa
 
 def flag_arg(name: str, value: Any) -> bool:
     """``value`` as a flag: True or False only (``"false"`` from a config file is text,
-    and would otherwise count as true).
+    and would otherwise count as true); numpy's bool is one.
 
     Raises:
         InvalidArgument: anything but a bool.
@@ -120,7 +120,7 @@ def text_arg(name: str, value: Any) -> str:
 
 
 def texts_arg(name: str, value: Any) -> tuple[str, ...]:
-    """``value`` as a tuple of texts (a list or tuple of strings).
+    """``value`` as a tuple of texts (a list, a tuple, any collection of strings).
 
     Raises:
         InvalidArgument: a string (which would otherwise be read as one text per
