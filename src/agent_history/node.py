@@ -7,7 +7,7 @@ thread, `session.HistoryPass` resolves the key, decides, reads, merges and appen
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Annotated, Any, TypedDict
 
 from langchain_core.language_models import BaseChatModel
@@ -20,21 +20,14 @@ from langgraph.store.base import BaseStore
 
 from agent_history.context.budget import TokenCounterLike
 from agent_history.context.summary import DEFAULT_SUMMARY_PROMPT
-from agent_history.errors import InvalidArgument
-from agent_history.history.arguments import text_arg, texts_arg
+from agent_history.history.arguments import items_arg, namespace_arg, text_arg, texts_arg
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
 from agent_history.history.codec import HistoryScope, is_final_answer
 from agent_history.incoming import answered_update, current_thread, not_streamed_as_output
 from agent_history.keys import DEFAULT_HISTORY_KEY_CANDIDATES, DEFAULT_HISTORY_KEY_TEMPLATE
 from agent_history.pass_steps import Model, Step, drive_async, drive_sync
 from agent_history.runner import aproduce, build_runnable, produce, takes_messages
-from agent_history.session import (
-    REPORT_LISTENERS,
-    HistoryOptions,
-    HistoryPass,
-    HistoryReport,
-    namespace_arg,
-)
+from agent_history.session import REPORT_LISTENERS, HistoryOptions, HistoryPass, HistoryReport
 from agent_history.toggles import DEFAULT_TOGGLES, HistoryToggles
 
 __all__ = ["REPORT_LISTENERS", "AgentNode", "AgentState", "HistoryReport", "merge_results"]
@@ -145,11 +138,9 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         summary_budget_seconds: float = 15.0,
         summary_prompt: str = DEFAULT_SUMMARY_PROMPT,
     ) -> None:
-        if isinstance(tools, str | bytes | Mapping) or not isinstance(tools, Iterable):
-            raise InvalidArgument(f"tools must be a sequence of tools (got {type(tools).__name__})")
         self.name = name
         self.model = model
-        self.tools = list(tools)
+        self.tools = list(items_arg("tools", tools, "tools"))
         # None (a prompt read from a config that has none) means no prompt, as "" does.
         prompt = "" if system_prompt is None else system_prompt
         self.system_prompt = text_arg("system_prompt", prompt)

@@ -29,18 +29,19 @@ from agent_history.context.budget import TokenCounterLike, WindowFill, token_cou
 from agent_history.context.summary import DEFAULT_SUMMARY_PROMPT, Summary, summary_message
 from agent_history.context.summary_updates import SummaryUpdates
 from agent_history.context.window import ContextRead
-from agent_history.errors import InvalidArgument, InvalidMessage, InvalidNamespace, WriteConflict
+from agent_history.errors import InvalidArgument, InvalidMessage, WriteConflict
 from agent_history.history import AppendResult, ChatHistory
 from agent_history.history.arguments import (
     count_arg,
     flag_arg,
+    namespace_arg,
     seconds_arg,
     text_arg,
+    texts_arg,
     value_field_arg,
 )
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
 from agent_history.history.codec import HistoryScope, in_scope, is_final_answer
-from agent_history.history.naming import validate_namespace
 from agent_history.history.records import RunToken, Turn
 from agent_history.incoming import ThreadView
 from agent_history.keys import (
@@ -79,7 +80,6 @@ __all__ = [
     "HistoryOptions",
     "HistoryPass",
     "HistoryReport",
-    "namespace_arg",
 ]
 
 SYSTEM_PROMPT_ID = "agent-history:system-prompt"
@@ -179,8 +179,7 @@ class HistoryOptions:
         flag_arg("history_read_legacy", self.read_legacy)
         flag_arg("summarize", self.summarize)
         text_arg("history_key_template", self.key_template)
-        for candidate in self.key_candidates:
-            text_arg("history_key_candidates", candidate)
+        texts_arg("history_key_candidates", self.key_candidates)
         value_field_arg("history_value_field", self.value_field)
         count_arg("history_chunk_size", self.chunk_size, minimum=1, clamp=False)
         count_arg("max_messages", self.max_messages, minimum=1)
@@ -220,18 +219,6 @@ class HistoryOptions:
     def counter(self) -> TokenCounter:
         """The token counter passes use."""
         return self._counter
-
-
-def namespace_arg(namespace: Any) -> tuple[str, ...]:
-    """``history_namespace`` checked (`validate_namespace`), as a tuple of labels.
-
-    Raises:
-        InvalidNamespace: naming ``history_namespace`` and the problem.
-    """
-    try:
-        return validate_namespace(namespace)
-    except InvalidNamespace as exc:
-        raise InvalidNamespace(f"history_namespace: {exc}") from None
 
 
 # --- one pass ----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from agent_history.errors import ConfigError, StoreTimeout, StoreUnavailable
+from agent_history.keys import FORBIDDEN_KEY_CHARS
 from agent_history.redaction import safe_error_text
 from agent_history.settings import HistorySettings, env_var
 from agent_history.stores import create_graph_store_sync
@@ -129,15 +130,12 @@ def _quiet_stdout() -> None:
         os.close(devnull)
 
 
-# What a terminal would act on instead of showing: control characters but tab and newline
-# (escape sequences clear the screen or retitle the window), line and paragraph separators,
-# bidirectional embeddings, overrides and isolates (they reorder what follows; the marks
-# U+200E and U+200F of right-to-left text are ordinary), and lone surrogates (which no
-# encoding writes).
-_UNSAFE_FOR_TERMINAL = re.compile(
-    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e"
-    r"\u2066-\u2069\ud800-\udfff]"
-)
+# What a terminal would act on instead of showing: the characters no key may hold (C0 and
+# C1 controls: escape sequences clear the screen or retitle the window; line and paragraph
+# separators; bidirectional embeddings, overrides and isolates, which reorder what follows;
+# lone surrogates, which no encoding writes), but tab and newline. The marks U+200E and
+# U+200F of right-to-left text are ordinary.
+_UNSAFE_FOR_TERMINAL = re.compile("(?![\t\n])" + FORBIDDEN_KEY_CHARS.pattern)
 
 
 def terminal_safe(text: str) -> str:

@@ -15,7 +15,8 @@ import operator
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from agent_history.errors import InvalidArgument
+from agent_history.errors import InvalidArgument, InvalidNamespace
+from agent_history.history.naming import validate_namespace
 
 __all__ = [
     "MAX_COUNT",
@@ -23,6 +24,8 @@ __all__ = [
     "budget_arg",
     "count_arg",
     "flag_arg",
+    "items_arg",
+    "namespace_arg",
     "seconds_arg",
     "text_arg",
     "texts_arg",
@@ -119,17 +122,26 @@ def text_arg(name: str, value: Any) -> str:
     return value
 
 
-def texts_arg(name: str, value: Any) -> tuple[str, ...]:
-    """``value`` as a tuple of texts (a list, a tuple, any collection of strings).
+def items_arg(name: str, value: Any, what: str) -> tuple[Any, ...]:
+    """``value`` as a tuple of its items (a list, a tuple, any collection of ``what``).
 
     Raises:
-        InvalidArgument: a string (which would otherwise be read as one text per
-            character), a mapping, something that is not a collection, or an item that is
-            not a string.
+        InvalidArgument: a string (which would otherwise be read as one item per
+            character), bytes, a mapping, or something that is not a collection.
     """
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
-        raise InvalidArgument(f"{name} must be a list of strings, not {type(value).__name__}")
-    texts = tuple(value)
+        raise InvalidArgument(f"{name} must be a list of {what}, not {type(value).__name__}")
+    return tuple(value)
+
+
+def texts_arg(name: str, value: Any) -> tuple[str, ...]:
+    """``value`` as a tuple of texts (see `items_arg`).
+
+    Raises:
+        InvalidArgument: not a collection (a string included), or an item that is not a
+            string.
+    """
+    texts = items_arg(name, value, "strings")
     for index, item in enumerate(texts):
         if not isinstance(item, str):
             raise InvalidArgument(f"{name}: item {index} is not a string")
@@ -147,3 +159,15 @@ def value_field_arg(name: str, value: Any) -> str:
     if not field or field in RESERVED_FIELDS:
         raise InvalidArgument(f"{name} {field!r} is empty or reserved")
     return field
+
+
+def namespace_arg(namespace: Any) -> tuple[str, ...]:
+    """``history_namespace`` checked (`naming.validate_namespace`), as a tuple of labels.
+
+    Raises:
+        InvalidNamespace: naming ``history_namespace`` and the problem.
+    """
+    try:
+        return validate_namespace(namespace)
+    except InvalidNamespace as exc:
+        raise InvalidNamespace(f"history_namespace: {exc}") from None
