@@ -19,7 +19,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage, HumanMessage, convert_to_messages
 from langchain_core.runnables import RunnableConfig
 
-from agent_history.history.codec import is_final_answer
+from agent_history.history.codec import is_final_answer, is_plain
 from agent_history.messages import newest_human, text_of
 
 __all__ = [
@@ -67,16 +67,24 @@ class IncomingMessage:
 
 
 def _channel_id(value: Any) -> str | None:
-    if value is None or isinstance(value, bool) or value == "":
+    """A channel message id as text; None for a value that cannot be one (a bool, a
+    fraction, text a store cannot hold): the message then goes by its content."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 7.0 from a JSON library that reads every number as a float
+    if isinstance(value, bool) or not isinstance(value, str | int):
         return None
-    if isinstance(value, str | int):
-        return str(value)
-    return None
+    try:
+        text = str(value)
+    except ValueError:  # an int past Python's conversion limit: no channel's id
+        return None
+    return text if text and is_plain(text) else None
 
 
 def _from_payload(payload: Any, outer: Mapping[str, Any]) -> IncomingMessage | None:
     if isinstance(payload, str):
-        found = (_channel_id(outer.get(f)) for f in _ID_FIELDS[:3])
+        # Beside a text, ``inputs`` is the callback's own envelope: every channel id
+        # field but ``id``, which there names the request or the workflow as often.
+        found = (_channel_id(outer.get(f)) for f in _ID_FIELDS if f != "id")
         message_id = next((i for i in found if i is not None), None)
         return IncomingMessage(payload, message_id) if payload.strip() else None
     if payload is not None and not isinstance(payload, Mapping):

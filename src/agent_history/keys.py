@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import re
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -32,8 +35,11 @@ __all__ = [
     "KeyRejection",
     "KeyResolution",
     "KeyTemplateError",
+    "candidate_problem",
     "channel_of",
     "escape_key_value",
+    "is_key_template",
+    "key_failure",
     "render_key_template",
     "require_history_key",
     "resolve_history_key",
@@ -215,17 +221,49 @@ class _ResolvedKey(str):
 _BLANK = "\x00blank\x00"
 
 
+class _Unusable:
+    """A state value no key can be made of (an object that is not data, a value nested
+    too deep, a key function that failed): any use of it in a template rejects the
+    candidate with its reason."""
+
+    __slots__ = ("_detail", "_reason")
+
+    def __init__(self, reason: KeyRejectReason, detail: str) -> None:
+        self._reason = reason
+        self._detail = detail
+
+    def error(self) -> KeyTemplateError:
+        return KeyTemplateError(self._reason, self._detail)
+
+    def _refuse(self, *args: Any) -> Any:
+        raise self.error()
+
+    __str__ = __bool__ = __iter__ = __len__ = __reversed__ = _refuse
+
+
+def key_failure(reason: KeyRejectReason, detail: str) -> Any:
+    """A value for the state that rejects, with ``reason`` and ``detail``, any candidate
+    that renders it (a key function's failure, for instance)."""
+    return _Unusable(reason, detail)
+
+
+_NOT_TEXT = "a value is not text or a number"
+MAX_STATE_DEPTH = 12
+
+
 def _finalize(value: Any) -> Any:
     # None means the value is missing; a blank string is marked so that a key that is
     # only blank reads as "empty" while "telegram:" + blank reads as unresolved.
     if value is None:
         raise _Unresolved
+    if isinstance(value, _Unusable):
+        raise value.error()
     if isinstance(value, str) and not value.strip():
         return _BLANK
     if not isinstance(value, str | int | float | Undefined):  # Undefined raises on output
         # A mapping, a list, a method or one of Jinja's own objects prints as its repr:
         # never a key (and a repr with an address would change every run).
-        raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, "a value is not text or a number")
+        raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, _NOT_TEXT)
     if isinstance(value, bool):
         # A parser's "no id" as True/False would put every such chat in one conversation.
         raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, "a value is true or false")
@@ -259,8 +297,37 @@ def _bounded_replace(value: Any, old: Any, new: Any, count: int | None = None) -
     return text.replace(old, new, -1 if count is None else count)
 
 
+class _KeyEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox over state copied as data (`_plain`): ``a.b`` and ``a['b']`` read the
+    field ``b`` of a mapping, never a method of it (so a field named ``items`` or
+    ``update`` is reachable, and no method's text can become a key), and texts, numbers
+    and lists have no attributes at all."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, _DATA):
+            return self.getitem(obj, attribute)
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        if isinstance(obj, _Unusable):
+            raise obj.error()
+        if isinstance(obj, int | float) or (
+            isinstance(obj, str | Sequence) and isinstance(argument, str)
+        ):
+            return self.undefined(obj=obj, name=argument)
+        if isinstance(obj, Mapping | str | Sequence):
+            try:
+                return obj[argument]
+            except (LookupError, TypeError):
+                return self.undefined(obj=obj, name=argument)
+        return super().getitem(obj, argument)
+
+
+_DATA = (Mapping, str, Sequence, int, float, _Unusable)
+
+
 def _environment(finalize: Any) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _KeyEnvironment(
         undefined=StrictUndefined, finalize=finalize, autoescape=False, cache_size=0
     )
     env.filters["replace"] = _bounded_replace
@@ -321,9 +388,9 @@ def _compile(template: str) -> Any:
 
 def _undefined_detail(exc: UndefinedError) -> str:
     message = str(exc.message or "")
-    match = re.search(r"'([^']{1,80})' (?:is undefined|has no attribute '([^']{1,80})')", message)
+    match = re.search(r"'([^']{1,80})' is undefined|has no attribute '([^']{1,80})'", message)
     if match:
-        return "undefined: " + ".".join(g for g in match.groups() if g)
+        return "undefined: " + next(g for g in match.groups() if g)
     return "undefined variable"
 
 
@@ -362,20 +429,122 @@ def render_key_template(template: str, context: Mapping[str, Any]) -> str:
     return rendered
 
 
+# `{name}` (Python's format fields) outside any Jinja block: a literal that meant to be
+# a template, which would put every chat in one conversation.
+_JINJA_BLOCK = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+_FORMAT_FIELD = re.compile(r"\{\s*[A-Za-z_][\w.\[\]'\"]*\s*\}")
+
+
+def is_key_template(text: str) -> bool:
+    """Whether ``text`` is a template (holds ``{{``, ``{%`` or ``{#``), not a literal."""
+    return "{{" in text or "{%" in text or "{#" in text
+
+
+def candidate_problem(text: str) -> str | None:
+    """Why a configured candidate (or key template) could never give a usable key, or
+    None: a Python format field such as ``{chat_id}`` (a literal meant as a template,
+    which would put every chat in one conversation), a literal that is not a valid key,
+    or a template the sandbox refuses."""
+    field = _FORMAT_FIELD.search(_JINJA_BLOCK.sub("", text))
+    if field is not None:
+        return (
+            f"holds {field.group(0)!r}, a Python format field: a template writes values "
+            "as {{ name }}"
+        )
+    if not is_key_template(text):
+        reason = validate_history_key(text)
+        return None if reason is None else f"is a literal that is never a valid key ({reason})"
+    try:
+        _compile(text.strip())
+    except KeyTemplateError as exc:
+        return f"is not a usable key template: {exc.detail}"
+    return None
+
+
+class _MappingView(Mapping[str, Any]):
+    """A read-only view of a mapping in the state, its values seen through `_plain` as
+    they are read: rendering costs what a template reads, not the state's size."""
+
+    __slots__ = ("_data", "_depth", "_names")
+
+    def __init__(self, data: Mapping[Any, Any], depth: int) -> None:
+        self._data = data
+        self._depth = depth
+        self._names: dict[str, Any] | None = None
+
+    def _index(self) -> dict[str, Any]:
+        if self._names is None:
+            self._names = {str(k): k for k in self._data}
+        return self._names
+
+    def __getitem__(self, name: str) -> Any:
+        if not isinstance(name, str):
+            raise KeyError(name)
+        if name in self._data:
+            return _plain(self._data[name], self._depth + 1)
+        return _plain(self._data[self._index()[name]], self._depth + 1)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index())
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __str__(self) -> str:
+        raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, _NOT_TEXT)
+
+
+class _SequenceView(Sequence[Any]):
+    """A read-only view of a list or tuple in the state (see `_MappingView`)."""
+
+    __slots__ = ("_data", "_depth")
+
+    def __init__(self, data: Sequence[Any], depth: int) -> None:
+        self._data = data
+        self._depth = depth
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return _SequenceView(self._data[index], self._depth)
+        return _plain(self._data[index], self._depth + 1)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __str__(self) -> str:
+        raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, _NOT_TEXT)
+
+
 def _plain(value: Any, depth: int = 0) -> Any:
-    """Copy state into plain dicts and lists so templates never reach user objects."""
-    if depth > 12:
-        return None
-    if isinstance(value, str | int | float | bool) or value is None:
+    """State as templates see it: data only, so templates never reach user objects.
+
+    Texts and numbers are themselves; mappings and lists are read-only views; a UUID is
+    its text, numbers of other types (numpy's, `Decimal`) are ints, floats or their
+    text; a pydantic model or an object is the mapping of its fields; anything else, and
+    anything nested deeper than `MAX_STATE_DEPTH`, rejects a candidate that renders it.
+    """
+    if value is None or isinstance(value, str | int | float | _Unusable):
         # (A str subclass renders through its own __str__: a `(str, Enum)` member as
         # `Platform.TELEGRAM`. Kept so: changing it would move stored conversations.)
         return value
+    if depth > MAX_STATE_DEPTH:
+        return _Unusable(KeyRejectReason.RENDER_ERROR, "a value is nested too deep")
     if isinstance(value, Mapping):
-        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+        return _MappingView(value, depth)
     if isinstance(value, list | tuple):
-        return [_plain(v, depth + 1) for v in value[:100]]
+        return _SequenceView(value, depth)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, Decimal):
+        return str(value) if value.is_finite() else math.nan
     dumped = as_mapping(value)
-    return _plain(dumped, depth + 1) if dumped else None
+    if dumped:
+        return _MappingView(dumped, depth)
+    return _Unusable(KeyRejectReason.RENDER_ERROR, f"{_NOT_TEXT} ({type(value).__name__})")
 
 
 def _context(state: Any, config: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -20,11 +20,19 @@ from langgraph.store.base import BaseStore
 
 from agent_history.context.budget import TokenCounterLike
 from agent_history.context.summary import DEFAULT_SUMMARY_PROMPT
-from agent_history.history.arguments import items_arg, namespace_arg, text_arg, texts_arg
+from agent_history.history.arguments import (
+    items_arg,
+    key_candidates_arg,
+    namespace_arg,
+    text_arg,
+)
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
 from agent_history.history.codec import HistoryScope, is_final_answer
 from agent_history.incoming import answered_update, current_thread, not_streamed_as_output
-from agent_history.keys import DEFAULT_HISTORY_KEY_CANDIDATES, DEFAULT_HISTORY_KEY_TEMPLATE
+from agent_history.keys import (
+    DEFAULT_HISTORY_KEY_CANDIDATES,
+    DEFAULT_HISTORY_KEY_TEMPLATE,
+)
 from agent_history.pass_steps import Model, Step, drive_async, drive_sync
 from agent_history.runner import aproduce, build_runnable, produce, takes_messages
 from agent_history.session import REPORT_LISTENERS, HistoryOptions, HistoryPass, HistoryReport
@@ -152,7 +160,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         self.history_namespace = list(namespace_arg(history_namespace))
         self.history_key_template = history_key_template
         self.history_key_candidates = list(
-            texts_arg("history_key_candidates", history_key_candidates)
+            key_candidates_arg("history_key_candidates", history_key_candidates)
         )
         self.history_value_field = history_value_field
         self.history_chunk_size = history_chunk_size

@@ -34,10 +34,11 @@ from agent_history.history import AppendResult, ChatHistory
 from agent_history.history.arguments import (
     count_arg,
     flag_arg,
+    key_candidates_arg,
+    key_template_arg,
     namespace_arg,
     seconds_arg,
     text_arg,
-    texts_arg,
     value_field_arg,
 )
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
@@ -178,8 +179,8 @@ class HistoryOptions:
         flag_arg("use_graph_chat_history", self.enabled)
         flag_arg("history_read_legacy", self.read_legacy)
         flag_arg("summarize", self.summarize)
-        text_arg("history_key_template", self.key_template)
-        texts_arg("history_key_candidates", self.key_candidates)
+        key_template_arg("history_key_template", self.key_template)
+        key_candidates_arg("history_key_candidates", self.key_candidates)
         value_field_arg("history_value_field", self.value_field)
         count_arg("history_chunk_size", self.chunk_size, minimum=1, clamp=False)
         count_arg("max_messages", self.max_messages, minimum=1)

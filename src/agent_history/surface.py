@@ -19,9 +19,10 @@ from langgraph.config import get_config
 from langgraph.store.base import BaseStore
 
 from agent_history.context.budget import TokenCounterLike
-from agent_history.history.arguments import namespace_arg, texts_arg
+from agent_history.history.arguments import key_candidates_arg, namespace_arg
 from agent_history.history.codec import HistoryScope
 from agent_history.incoming import ThreadView, as_mapping
+from agent_history.keys import KeyRejectReason, key_failure
 from agent_history.pass_steps import Model, Step
 from agent_history.runner import build_runnable, takes_messages
 from agent_history.session import SYSTEM_PROMPT_ID, HistoryOptions, HistoryPass, HistoryReport
@@ -154,7 +155,8 @@ def surface_from(fields: Mapping[str, Any]) -> Surface:
     if "namespace" in values:
         values["namespace"] = namespace_arg(values["namespace"])
     if "key_candidates" in values:
-        values["key_candidates"] = texts_arg("history_key_candidates", values["key_candidates"])
+        candidates = values["key_candidates"]
+        values["key_candidates"] = key_candidates_arg("history_key_candidates", candidates)
     key = fields.get("history_key")
     if key is not None:
         if not callable(key):
@@ -173,13 +175,19 @@ def surface_from(fields: Mapping[str, Any]) -> Surface:
     return Surface(options, node, key)
 
 
-def _call_key(key: KeyFunction, state: Any, runtime: Any) -> str | None:
-    """The key function's value; one that raises gives no key (the pass goes in-memory
-    with ``no_valid_key``, as a template that cannot render does)."""
+def _call_key(key: KeyFunction, state: Any, runtime: Any) -> Any:
+    """The key function's value, or (when it raises, or returns neither text nor None) a
+    failure that rejects the candidate naming the error class or the type: the pass goes
+    in-memory with ``no_valid_key``, as with a template that cannot render."""
     try:
-        return key(as_mapping(state), runtime)
-    except Exception:
-        return None
+        value = key(as_mapping(state), runtime)
+    except Exception as exc:
+        raised = f"the key function raised {type(exc).__name__}"
+        return key_failure(KeyRejectReason.RENDER_ERROR, raised)
+    if value is None or isinstance(value, str):
+        return value
+    returned = f"the key function returned {type(value).__name__}"
+    return key_failure(KeyRejectReason.NOT_TEXT, returned)
 
 
 def current_config() -> RunnableConfig | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,3 +66,41 @@ async def test_surface_pattern(
         run_surface_cell(cell, settings)
     else:
         await arun_surface_cell(cell, settings)
+
+
+@pytest.mark.parametrize(
+    ("returned", "reason"),
+    [
+        (5, "not_text"),
+        (b"user:1", "not_text"),
+        (ValueError("db down"), "render_error"),
+        (None, "unresolved_template"),
+    ],
+    ids=["int", "bytes", "raises", "none"],
+)
+def test_a_key_function_that_gives_no_key_is_reported_by_what_went_wrong(
+    returned: Any, reason: str
+) -> None:
+    """`HistoryMiddleware(history_key=...)`: a value is validated as a key is (``5`` is not
+    ``"5"``), and an exception is named by its class, never swallowed as "missing"."""
+    from langchain.agents import create_agent
+    from langgraph.store.memory import InMemoryStore
+
+    from agent_history.middleware import HistoryMiddleware
+    from agent_history.testing import RecordingChatModel
+
+    def key(state: Any, runtime: Any) -> Any:
+        if isinstance(returned, Exception):
+            raise returned
+        return returned
+
+    reports: list[Any] = []
+    store = InMemoryStore()
+    middleware = HistoryMiddleware(history_key=key, on_report=reports.append)
+    agent = create_agent(RecordingChatModel(), tools=[], middleware=[middleware], store=store)
+    out = agent.invoke({"messages": [{"role": "user", "content": "hi"}]})
+    assert out["messages"][-1].content == "echo: hi"
+    [report] = reports
+    assert report.key is None and report.fallbacks == ("no_valid_key",)
+    assert report.rejected == (reason,)
+    assert list(store.search(())) == []

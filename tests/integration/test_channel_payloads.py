@@ -127,3 +127,80 @@ def test_a_key_that_is_not_text_is_named_so(store: BaseStore) -> None:
         with pytest.raises(InvalidKey) as raised:
             ChatHistory(store).for_key(key)  # type: ignore[arg-type]
         assert raised.value.reason == KeyRejectReason.NOT_TEXT == "not_text"
+
+
+def _telegram(chat: int, message: Any, **beside: Any) -> dict[str, Any]:
+    return {
+        "inputs": {"message": message, **beside},
+        "results": {"telegram_events_parser": {"chat_id": chat}},
+    }
+
+
+@pytest.mark.parametrize("field", ["update_id", "MsgId", "message_id"])
+def test_a_text_message_takes_the_channel_id_beside_it(store: BaseStore, field: str) -> None:
+    """A workflow that passes the text as ``inputs.message`` and the update's id beside it:
+    the user's second "ok" is a message of its own, and a late re-delivery of the first
+    is recognised by its id, not stored after "thanks"."""
+    graph, model, reports = _graph(store)
+    chat = int(uuid.uuid4().int % 10**9)
+    for update, text in [(1, "ok"), (2, "ok"), (3, "thanks"), (1, "ok")]:
+        graph.invoke(_telegram(chat, text, **{field: update}), new_thread())
+    assert [(role, text, mid) for role, text, mid in _stored(store, f"telegram:{chat}")][::2] == [
+        ("user", "ok", "1"),
+        ("user", "ok", "2"),
+        ("user", "thanks", "3"),
+    ]
+    # On a fresh thread per callback the re-delivery is answered again, and not stored.
+    assert reports[-1].redelivered and reports[-1].appended == 0
+    assert len(model.calls) == 4 and len(_stored(store, f"telegram:{chat}")) == 6
+
+
+def test_id_beside_a_text_is_not_the_message_id(store: BaseStore) -> None:
+    """``inputs.id`` beside a text names the request as often as the message: it is not
+    taken as the message's id (the message goes by its content)."""
+    graph, _, _ = _graph(store)
+    chat = int(uuid.uuid4().int % 10**9)
+    graph.invoke(_telegram(chat, "hi", id="request-1"), new_thread())
+    [(_, _, mid), _] = _stored(store, f"telegram:{chat}")
+    assert mid != "request-1"
+
+
+@pytest.mark.parametrize(
+    "message_id",
+    [10**5000, "a\x00b", "\ud800", "chat\udfffid", 7.5, True],
+    ids=[
+        "int-past-conversion-limit",
+        "nul",
+        "lone-surrogate",
+        "surrogate-inside",
+        "fraction",
+        "bool",
+    ],
+)
+def test_a_message_id_no_store_can_hold_leaves_the_message_to_its_content(
+    store: BaseStore, message_id: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hostile client's or a broken parser's message id: the user is answered and the
+    exchange stored (under a fresh id), where it used to raise out of the run or lose the
+    exchange as an invalid message."""
+    graph, model, reports = _graph(store)
+    chat = int(uuid.uuid4().int % 10**9)
+    out = graph.invoke(_telegram(chat, {"text": "hello", "message_id": message_id}), new_thread())
+    assert out["messages"][-1].content == "echo: hello"
+    stored = _stored(store, f"telegram:{chat}")
+    assert [(role, text) for role, text, _ in stored] == [
+        ("user", "hello"),
+        ("assistant", "echo: hello"),
+    ]
+    assert reports[-1].fallbacks == ()
+    assert len(model.calls) == 1
+
+
+def test_a_whole_float_message_id_is_the_same_message_as_the_int(store: BaseStore) -> None:
+    graph, model, reports = _graph(store)
+    chat = int(uuid.uuid4().int % 10**9)
+    for message_id in (7.0, 7):  # one JSON library reads every number as a float
+        graph.invoke(_telegram(chat, {"text": "hello", "message_id": message_id}), new_thread())
+    stored = _stored(store, f"telegram:{chat}")
+    assert [(role, mid) for role, _, mid in stored][:1] == [("user", "7")]
+    assert len(stored) == 2 and reports[-1].redelivered and reports[-1].appended == 0

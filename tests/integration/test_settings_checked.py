@@ -60,6 +60,17 @@ BAD = [
     ("history_namespace", "myapp"),
     ("history_namespace", ["a.b"]),
     ("history_key_candidates", ["inputs.chat_id", None]),
+    # Keys no run could ever have, or every chat would share: refused, not a warning per run.
+    ("history_key_candidates", []),
+    ("history_key_candidates", ["tenant-a:{chat_id}"]),  # Python's format field
+    ("history_key_candidates", ["telegram:{ results.telegram_events_parser.chat_id }"]),
+    ("history_key_candidates", ["{{ inputs.chat_id }"]),  # a syntax error
+    ("history_key_candidates", ["{% for c in inputs %}{{ c }}{% endfor %}"]),
+    ("history_key_candidates", [""]),
+    ("history_key_candidates", ["line\nbreak"]),
+    ("history_key_template", "tenant-a:{conversation_key}"),
+    ("history_key_template", "tenant-a"),  # a literal: one conversation for every chat
+    ("history_key_template", ""),
     ("summary_every", 1.5),
     ("summary_budget_seconds", "15"),
     ("summary_budget_seconds", 0),

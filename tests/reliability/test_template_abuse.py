@@ -13,8 +13,9 @@ import pytest
 from langgraph.store.base import BaseStore
 
 from agent_history import AgentNode, HistoryReport
+from agent_history.errors import InvalidArgument
 from agent_history.history import ChatHistory
-from agent_history.keys import DEFAULT_HISTORY_KEY_CANDIDATES, resolve_history_key
+from agent_history.keys import resolve_history_key
 from agent_history.settings import HistorySettings
 from agent_history.stores import create_graph_store_sync
 from agent_history.testing import RecordingChatModel
@@ -206,32 +207,40 @@ def sqlite_store(tmp_path: Path) -> Any:
 def test_node_with_abusive_templates_answers_and_stores_nothing_under_them(
     sqlite_store: BaseStore, record_figures: Record
 ) -> None:
+    """A template the sandbox refuses to compile is refused when the node is made, naming
+    the setting; one that compiles but cannot render sends each run in-memory."""
     templates = {**ABUSE, **MORE_ABUSE}
+    refused = runs = 0
     for name, template in templates.items():
-        reports: list[HistoryReport] = []
-        node = AgentNode(
-            RecordingChatModel(),
-            use_graph_chat_history=True,
-            history_key_candidates=[template],
-            toggles=toggles(),
-            on_report=reports.append,
-        )
-        state = {**_state(), **telegram_callback(77, f"hi {name}")}
-        state["results"] = {**_state()["results"], **state["results"]}
-        out = build_graph(node, sqlite_store).invoke(state, {**_config(), **new_thread()})
-        assert out["messages"][-1].content == f"echo: hi {name}", name
-        assert reports[-1].key is None and reports[-1].fallbacks == ("no_valid_key",), name
-        # As key template behind a valid default candidate: also a fallback, no key.
-        node.history_key_candidates = list(DEFAULT_HISTORY_KEY_CANDIDATES)
-        node.history_key_template = template
-        out = build_graph(node, sqlite_store).invoke(state, {**_config(), **new_thread()})
-        assert out["messages"][-1].content == f"echo: hi {name}", name
-        assert reports[-1].key is None and reports[-1].fallbacks == ("no_valid_key",), name
+        for setting in ("history_key_candidates", "history_key_template"):
+            reports: list[HistoryReport] = []
+            values: dict[str, Any] = (
+                {setting: [template]}
+                if setting == "history_key_candidates"
+                else {setting: template}
+            )
+            try:
+                node = AgentNode(
+                    RecordingChatModel(),
+                    use_graph_chat_history=True,
+                    toggles=toggles(),
+                    on_report=reports.append,
+                    **values,
+                )
+            except InvalidArgument as exc:
+                assert setting in str(exc), (name, str(exc))
+                refused += 1
+                continue
+            state = {**_state(), **telegram_callback(77, f"hi {name}")}
+            state["results"] = {**_state()["results"], **state["results"]}
+            out = build_graph(node, sqlite_store).invoke(state, {**_config(), **new_thread()})
+            assert out["messages"][-1].content == f"echo: hi {name}", name
+            assert reports[-1].key is None and reports[-1].fallbacks == ("no_valid_key",), name
+            runs += 1
+    assert refused and runs  # both paths are taken
     assert EXECUTED == []
     assert list(ChatHistory(sqlite_store).keys()) == []
-    record_figures(
-        scenario="template_abuse", templates=len(templates), node_runs=2 * len(templates)
-    )
+    record_figures(scenario="template_abuse", templates=len(templates), node_runs=runs)
 
 
 def _probe(pairs: list[tuple[str, Any]], mode: str = "keys") -> list[dict[str, Any]]:

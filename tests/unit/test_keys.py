@@ -367,7 +367,12 @@ def test_replace_filter_refuses_to_grow_past_any_key() -> None:
 
 @pytest.mark.parametrize(
     "template",
-    ["{{ inputs }}", "{{ inputs.message }}", "room:{{ inputs.tags }}", "{{ inputs.keys }}"],
+    [
+        "{{ inputs }}",
+        "{{ inputs.message }}",
+        "room:{{ inputs.tags }}",
+        "x:{{ inputs.tags|string }}",
+    ],
 )
 def test_values_that_are_not_text_or_numbers_never_become_keys(template: str) -> None:
     # Any text is a key now, so a mapping's or a method's repr would be one: refused instead.
@@ -396,3 +401,94 @@ def test_odd_chat_ids_never_share_a_conversation(chat_id: Any, key: str | None) 
     if key is None:
         telegram = [r for r in resolution.rejected if r.candidate.startswith("telegram:")]
         assert [r.reason.value for r in telegram] == ["render_error"]
+
+
+def test_a_field_named_like_a_method_is_read_as_the_field() -> None:
+    """State is data: ``update`` (a raw Telegram update kept under that name) or ``values``
+    is the field, never the dict's method; a method's printout never becomes a key."""
+    state = {
+        "inputs": {"update": {"message": {"chat": {"id": -100777}}}},
+        "results": {"tg": {"values": {"id": 3}, "items": ["a"]}},
+    }
+    cases = {
+        "tg:{{ inputs.update.message.chat.id }}": "tg:-100777",
+        "tg:{{ inputs['update'].message.chat.id }}": "tg:-100777",
+        "v:{{ results.tg.values.id }}": "v:3",
+        "i:{{ results.tg.items|first }}": "i:a",
+    }
+    for template, key in cases.items():
+        assert resolve_history_key(state, candidates=[template]).key == key, template
+    for template in ["k:{{ inputs.keys }}", "k:{{ inputs.items|string }}", "k:{{ inputs.get }}"]:
+        resolution = resolve_history_key(state, candidates=[template])
+        assert resolution.key is None, template
+        assert [r.reason for r in resolution.rejected] == [R.UNRESOLVED_TEMPLATE], template
+
+
+def test_a_long_list_is_read_whole() -> None:
+    """WeCom's customer-service sync returns up to 1000 messages: the key of the newest
+    one's customer must come from the newest one, not from the 100th."""
+    messages = [{"external_userid": f"wm{i:04d}"} for i in range(1000)]
+    state = {"results": {"wecom_cs_sync": {"open_kf_id": "kf", "msg_list": messages}}}
+    last = "cs:{{ (results.wecom_cs_sync.msg_list|last).external_userid }}"
+    assert resolve_history_key(state, candidates=[last]).key == "cs:wm0999"
+    at = "cs:{{ results.wecom_cs_sync.msg_list[700].external_userid }}"
+    assert resolve_history_key(state, candidates=[at]).key == "cs:wm0700"
+
+
+def test_ids_of_other_types_render_as_python_prints_them() -> None:
+    numpy = pytest.importorskip("numpy")
+    from decimal import Decimal
+    from uuid import UUID
+
+    session = UUID("8c17fc14-c527-44c0-8e2d-58d0e381f606")
+    config = {"configurable": {"session": session}}
+    template = ["web:{{ config.configurable.session }}"]
+    assert resolve_history_key({}, config, candidates=template).key == f"web:{session}"
+    for value, key in [
+        (numpy.int64(5), "c:5"),
+        (Decimal("12"), "c:12"),
+        (numpy.float32(2.5), "c:2.5"),
+    ]:
+        state = {"inputs": {"chat": value}}
+        assert resolve_history_key(state, candidates=["c:{{ inputs.chat }}"]).key == key
+
+
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [
+        (object(), "a value is not text or a number (object)"),
+        ("numpy.bool_", None),
+        ("nan", "a value is not a finite number"),
+    ],
+)
+def test_values_that_are_not_ids_are_refused_as_such_not_as_missing(
+    value: Any, detail: str | None
+) -> None:
+    if value == "numpy.bool_":
+        value = pytest.importorskip("numpy").bool_(True)
+    if value == "nan":
+        from decimal import Decimal
+
+        value = Decimal("NaN")
+    resolution = resolve_history_key(
+        {"inputs": {"chat": value}}, candidates=["c:{{ inputs.chat }}"]
+    )
+    assert resolution.key is None
+    [rejection] = resolution.rejected
+    assert rejection.reason == R.RENDER_ERROR
+    if detail is not None:
+        assert rejection.detail == detail
+
+
+def test_state_nested_too_deep_is_refused_not_taken_for_missing() -> None:
+    state: dict[str, Any] = {"id": 5}
+    path = "inputs"
+    for _ in range(14):
+        state = {"n": state}
+        path += ".n"
+    template = "c:{{ " + path.replace("inputs.", "inputs.", 1) + ".id }}"
+    resolution = resolve_history_key({"inputs": state["n"]}, candidates=[template])
+    assert resolution.key is None
+    assert [(r.reason, r.detail) for r in resolution.rejected] == [
+        (R.RENDER_ERROR, "a value is nested too deep")
+    ]

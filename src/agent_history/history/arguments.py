@@ -17,6 +17,7 @@ from typing import Any
 
 from agent_history.errors import InvalidArgument, InvalidNamespace
 from agent_history.history.naming import validate_namespace
+from agent_history.keys import candidate_problem, is_key_template
 
 __all__ = [
     "MAX_COUNT",
@@ -25,6 +26,8 @@ __all__ = [
     "count_arg",
     "flag_arg",
     "items_arg",
+    "key_candidates_arg",
+    "key_template_arg",
     "namespace_arg",
     "seconds_arg",
     "text_arg",
@@ -171,3 +174,41 @@ def namespace_arg(namespace: Any) -> tuple[str, ...]:
         return validate_namespace(namespace)
     except InvalidNamespace as exc:
         raise InvalidNamespace(f"history_namespace: {exc}") from None
+
+
+def _candidate_arg(name: str, value: Any) -> str:
+    text = text_arg(name, value)
+    problem = candidate_problem(text)
+    if problem is not None:
+        raise InvalidArgument(f"{name} {problem}")
+    return text
+
+
+def key_candidates_arg(name: str, value: Any) -> tuple[str, ...]:
+    """Key candidates as configured: a collection (not one string) of at least one
+    literal that is a valid key or template the sandbox accepts
+    (`keys.candidate_problem`).
+
+    Raises:
+        InvalidArgument: naming ``name`` and the candidate's position.
+    """
+    texts = texts_arg(name, value)
+    if not texts:
+        raise InvalidArgument(f"{name} is empty: no run could have a key")
+    return tuple(_candidate_arg(f"{name}[{i}]", text) for i, text in enumerate(texts))
+
+
+def key_template_arg(name: str, value: Any) -> str:
+    """``history_key_template`` as configured: a template the sandbox accepts; a literal
+    would put every chat in one conversation.
+
+    Raises:
+        InvalidArgument: naming ``name``.
+    """
+    text = _candidate_arg(name, value)
+    if not is_key_template(text):
+        raise InvalidArgument(
+            f"{name} is a literal, so every chat would share one conversation: use a "
+            "template such as 'tenant-a:{{ conversation_key }}'"
+        )
+    return text

@@ -51,6 +51,9 @@ _IDS_PER_READ = 500
 _CHUNKS_PER_READ = 64
 _ITEMS_PER_WRITE = 1_000
 
+ID_RULE = "its id must be text without U+0000 or a lone surrogate"
+"""What a stored message id may be (PostgreSQL's text holds neither)."""
+
 
 class ImportConflict(AgentHistoryError, ValueError):
     """The conversation cannot take the imported turns at their sequence numbers (a gap,
@@ -102,7 +105,7 @@ def imported_turn(turn: Turn, where: str = "turn") -> ImportedTurn:
     check_content(turn.content, where)
     plain = is_plain(turn.content, where) & is_plain(turn.extra, where)
     if turn.id is not None and not is_plain(turn.id, where):
-        raise InvalidMessage(f"{where}: its id must be text without U+0000")
+        raise InvalidMessage(f"{where}: {ID_RULE}")
     try:
         turn.to_message()
     except Exception as exc:  # pydantic errors quote the body: the class only

@@ -26,6 +26,7 @@ from agent_history.context.window import ContextRead, chunks_per_get, context_st
 from agent_history.errors import InvalidArgument, InvalidMessage, InvalidNamespace
 from agent_history.history.arguments import budget_arg, count_arg, value_field_arg
 from agent_history.history.bulk import (
+    ID_RULE,
     ImportConflict,
     ImportedTurn,
     ImportResult,
@@ -146,7 +147,7 @@ def _to_pending(
         if message_ids is not None and message_ids[index] is not None:
             mid = str(message_ids[index])
         if mid is not None and (not isinstance(mid, str) or not is_plain(mid)):
-            raise InvalidMessage(f"message {index}: its id must be text without U+0000")
+            raise InvalidMessage(f"message {index}: {ID_RULE}")
         where = f"message {index}"
         plain = is_plain(content, where) & is_plain(extra, where)
         pending.append(PendingTurn(role, content, mid, kind, extra or None, plain))
