@@ -197,7 +197,7 @@ def test_a_message_id_no_store_can_hold_leaves_the_message_to_its_content(
 
 
 def test_a_whole_float_message_id_is_the_same_message_as_the_int(store: BaseStore) -> None:
-    graph, model, reports = _graph(store)
+    graph, _, reports = _graph(store)
     chat = int(uuid.uuid4().int % 10**9)
     for message_id in (7.0, 7):  # one JSON library reads every number as a float
         graph.invoke(_telegram(chat, {"text": "hello", "message_id": message_id}), new_thread())

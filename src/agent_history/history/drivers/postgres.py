@@ -48,6 +48,7 @@ from agent_history.history.drivers.base import (
 )
 from agent_history.history.drivers.generic import GenericDriver
 from agent_history.history.drivers.postgres_cancel import Canceller
+from agent_history.history.drivers.postgres_idle import IdleConnections
 from agent_history.history.drivers.postgres_setup import PostgresState, inspect_sync
 from agent_history.history.layout import HEAD_KEY
 from agent_history.history.records import AppendResult
@@ -142,6 +143,7 @@ class PostgresDriver(SyncStoreDriver):
         self._state: PostgresState | None = None
         self._fallback: HistoryDriver | None = None
         self._ready = threading.Lock()
+        self._idle = IdleConnections()
 
     @classmethod
     def accepts(cls, store: BaseStore) -> bool:
@@ -178,9 +180,31 @@ class PostgresDriver(SyncStoreDriver):
     def _give_back(self, conn: Connection[Any]) -> None:
         target = self.pg.conn
         if isinstance(target, ConnectionPool):
+            self._idle.lent(conn)
             target.putconn(conn)
         else:
             self.pg.lock.release()
+
+    def _alive(self, conn: Connection[Any]) -> Connection[Any]:
+        """``conn``, or (when it sat idle long enough for the server or a proxy to have
+        closed it, and a check finds it closed) a fresh one: a call after a quiet spell
+        must not fail on a session an idle timeout ended (`IdleConnections`). Gives the
+        dead connection back itself; on an error nothing is left borrowed."""
+        if not isinstance(self.pg.conn, ConnectionPool) or not self._idle.stale(conn):
+            return conn
+        try:
+            deadline = budget.current_deadline()
+            if deadline is None:
+                ConnectionPool.check_connection(conn)
+            else:
+                self._watched(conn, deadline, lambda: ConnectionPool.check_connection(conn))
+            return conn
+        except BaseException as exc:
+            self._give_back(conn)
+            if not (isinstance(exc, psycopg.OperationalError) and conn.broken):
+                raise
+        self._drain()  # its idle siblings were likely closed the same way
+        return self._borrow()
 
     def _watched(self, conn: Connection[Any], deadline: float, work: Callable[[], T]) -> T:
         """Run ``work``, shutting ``conn`` down if it is still running at the deadline."""
@@ -207,7 +231,7 @@ class PostgresDriver(SyncStoreDriver):
             self.pg.conn.drain()
 
     def _use(self, work: Callable[[Connection[Any]], T]) -> T:
-        conn = self._borrow()
+        conn = self._alive(self._borrow())
         try:
             deadline = budget.current_deadline()
             if deadline is None:

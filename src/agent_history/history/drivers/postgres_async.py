@@ -41,6 +41,7 @@ from agent_history.history.drivers.base import (
 )
 from agent_history.history.drivers.generic import GenericDriver
 from agent_history.history.drivers.postgres_cancel import cancel_or_shut, shut
+from agent_history.history.drivers.postgres_idle import IdleConnections
 from agent_history.history.drivers.postgres_setup import PostgresState, ainspect
 from agent_history.history.layout import HEAD_KEY
 from agent_history.history.records import AppendResult
@@ -82,6 +83,7 @@ class AsyncPostgresDriver(AsyncStoreDriver):
         self.ttl = TtlPolicy.of(store, True)
         self._state: PostgresState | None = None
         self._fallback: HistoryDriver | None = None
+        self._idle = IdleConnections()
 
     @classmethod
     def accepts(cls, store: BaseStore) -> bool:
@@ -101,15 +103,11 @@ class AsyncPostgresDriver(AsyncStoreDriver):
         if left is not None and left <= 0:
             raise budget.timeout_error()
         if isinstance(target, AsyncConnectionPool):
-            try:
-                conn = await target.getconn(None if left is None else min(left, target.timeout))
-            except PoolTimeout:
-                if left is not None and left <= target.timeout:
-                    raise budget.timeout_error() from None
-                raise
+            conn = await self._alive(target, await self._getconn(target))
             try:
                 yield conn
             finally:
+                self._idle.lent(conn)
                 await hand_back(target, conn)  # survives a caller cancelled meanwhile
         else:
             async with budget.enforced():
@@ -118,6 +116,36 @@ class AsyncPostgresDriver(AsyncStoreDriver):
                 yield target
             finally:
                 self.pg.lock.release()
+
+    async def _getconn(self, target: AsyncConnectionPool[Any]) -> AsyncConnection[Any]:
+        left = budget.remaining()
+        try:
+            conn: AsyncConnection[Any] = await target.getconn(
+                None if left is None else min(left, target.timeout)
+            )
+            return conn
+        except PoolTimeout:
+            if left is not None and left <= target.timeout:
+                raise budget.timeout_error() from None
+            raise
+
+    async def _alive(
+        self, target: AsyncConnectionPool[Any], conn: AsyncConnection[Any]
+    ) -> AsyncConnection[Any]:
+        """``conn``, or a fresh one when it sat idle long enough to have been closed and a
+        check finds it closed (see the sync driver's `_alive`)."""
+        if not self._idle.stale(conn):
+            return conn
+        try:
+            async with budget.enforced():
+                await AsyncConnectionPool.check_connection(conn)
+            return conn
+        except BaseException as exc:
+            await hand_back(target, conn)
+            if not (isinstance(exc, psycopg.OperationalError) and conn.broken):
+                raise
+        await self._drain()  # its idle siblings were likely closed the same way
+        return await self._getconn(target)
 
     async def _drain(self) -> None:
         if isinstance(self.pg.conn, AsyncConnectionPool):
