@@ -363,6 +363,21 @@ def _pool_kwargs(settings: HistorySettings) -> dict[str, Any]:
     }
 
 
+# The history's appends lock the conversation, then read its head: under a database
+# default of REPEATABLE READ or SERIALIZABLE the statement's snapshot predates the lock,
+# and concurrent appends to one conversation fail with serialization errors. LangGraph's
+# statements are written for READ COMMITTED too, PostgreSQL's own default.
+_READ_COMMITTED = "SET default_transaction_isolation TO 'read committed'"
+
+
+def _read_committed(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(_READ_COMMITTED)
+
+
+async def _aread_committed(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute(_READ_COMMITTED)
+
+
 @contextmanager
 def _postgres_pool(
     settings: HistorySettings, checked: bool = False
@@ -371,7 +386,7 @@ def _postgres_pool(
     checkpointer raises out of the run on a connection a server restart broke)."""
     check = ConnectionPool.check_connection if checked else None
     pool: ConnectionPool[psycopg.Connection[DictRow]] = ConnectionPool(
-        settings.dsn, check=check, **_pool_kwargs(settings)
+        settings.dsn, check=check, configure=_read_committed, **_pool_kwargs(settings)
     )
     try:
         pool.open(wait=True, timeout=settings.postgres_pool_timeout)
@@ -392,7 +407,7 @@ async def _apostgres_pool(
     check = AsyncConnectionPool.check_connection if checked else None
     # A client hanging up must not cost the pool a connection (see `pg_pools`).
     pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = HangupSafePool(
-        settings.dsn, check=check, **_pool_kwargs(settings)
+        settings.dsn, check=check, configure=_aread_committed, **_pool_kwargs(settings)
     )
     try:
         await pool.open(wait=True, timeout=settings.postgres_pool_timeout)

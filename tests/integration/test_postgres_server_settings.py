@@ -1,4 +1,4 @@
-"""A server, a proxy or a job that ends idle sessions (``idle_session_timeout``, a managed
+"""PostgreSQL servers set up unlike the default. A server, a proxy or a job that ends idle sessions (``idle_session_timeout``, a managed
 database's idle limit, a cron job calling ``pg_terminate_backend``) closes the pool's
 connections while they wait. The first call after each quiet spell used to fail on such
 a connection: its read fell back, and its exchange was never stored. A connection that
@@ -9,11 +9,13 @@ ends the pool's sessions itself, waiting until they are gone."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
 import psycopg
 import pytest
+from langchain_core.messages import AIMessage, HumanMessage
 from psycopg.conninfo import make_conninfo
 
 from agent_history import AgentNode, ChatHistory, HistoryReport
@@ -96,3 +98,45 @@ async def test_async_calls_after_the_server_ended_idle_sessions_lose_nothing(
         history = ChatHistory(store, namespace=(namespace,))
         assert len([t async for t in history.aread("telegram:6")]) == 8
         await history.adelete("telegram:6")
+
+
+@pytest.mark.parametrize("isolation", ["repeatable read", "serializable"])
+def test_a_database_defaulting_to_a_stricter_isolation_loses_no_concurrent_append(
+    pg_dsn: str, isolation: str
+) -> None:
+    """A database whose default isolation is stricter than PostgreSQL's own: an append's
+    snapshot would predate the conversation's lock, and concurrent appends to one
+    conversation failed with serialization errors (a fifth of them). The factory's pool
+    runs its sessions at READ COMMITTED."""
+    options = f"-c default_transaction_isolation={isolation.replace(' ', chr(92) + ' ')}"
+    settings = HistorySettings(
+        graph_store_backend="postgres",
+        postgres_dsn=make_conninfo(pg_dsn, options=options),
+        postgres_pool_max_size=8,
+    )
+    namespace = ("isolation_" + uuid.uuid4().hex[:8],)
+    errors: list[BaseException] = []
+    with create_graph_store_sync(settings) as store:
+        history = ChatHistory(store, namespace=namespace)
+
+        def writer(worker: int) -> None:
+            for i in range(15):
+                ids = (f"u{worker}-{i}", f"a{worker}-{i}")
+                try:
+                    history.append(
+                        "telegram:1",
+                        [HumanMessage("q", id=ids[0]), AIMessage("a", id=ids[1])],
+                        budget=10,
+                    )
+                except BaseException as exc:
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        turns = list(history.read("telegram:1"))
+        assert len(turns) == 120 and [t.seq for t in turns] == list(range(1, 121))
+        history.delete("telegram:1")
