@@ -8,6 +8,7 @@ closed on exit.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -33,7 +34,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from agent_history.dsn import describe_dsn
-from agent_history.errors import ConfigError, StoreUnavailable
+from agent_history.errors import AgentHistoryError, ConfigError, StoreUnavailable
 from agent_history.history.drivers import driver_for
 from agent_history.history.drivers.postgres_base import SETUP_LOCK_ID
 from agent_history.history.drivers.postgres_setup import (
@@ -156,11 +157,20 @@ def _refuse_a_foreign_database(target: str, field: str) -> None:
         )
 
 
-def _cannot_lock(field: str, lock: str, exc: OSError, wait: float) -> ConfigError:
+# A lock file that cannot be made for these reasons is the filesystem failing now, not a
+# setting to fix: the store is unavailable (CLI exit 3), as a read-only database is.
+_FAILING_NOW = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
+def _cannot_lock(field: str, lock: str, exc: OSError, wait: float) -> AgentHistoryError:
     if isinstance(exc, Timeout):
-        problem = f"another process held the setup lock {lock} for more than {wait:g}s"
-    else:
-        problem = f"cannot create lock file {lock}: {exc.strerror or exc}"
+        return StoreUnavailable(
+            f"another process held the setup lock {lock} ({env_var(field)}) for more than "
+            f"{wait:g}s"
+        )
+    problem = f"cannot create lock file {lock}: {exc.strerror or exc}"
+    if exc.errno in _FAILING_NOW:
+        return StoreUnavailable(f"{env_var(field)}: {problem}")
     return ConfigError(env_var(field), problem)
 
 
