@@ -125,3 +125,31 @@ def test_ctrl_c_at_the_question_exits_130(tmp_path: Path, monkeypatch: Any) -> N
     result = CliRunner().invoke(app, ["delete", "telegram:1"], env=_env(tmp_path))
     assert result.exit_code == 130, result.output
     assert "interrupted; nothing deleted" in result.output
+
+
+def test_an_imported_conversation_is_as_old_as_its_newest_turn_not_its_last(
+    tmp_path: Path,
+) -> None:
+    """Workers' clocks differ: a conversation whose last turn (by seq) is dated 45 days ago
+    but whose second was written yesterday is in use; ``purge --older-than 30d`` used to
+    delete it after an import or a migration (the head took the last turn's time)."""
+    import json
+
+    now = datetime.now(UTC)
+    lines = [
+        {"namespace": ["agent_chat_history"], "key": "skew:1", "seq": seq, "role": role,
+         "content": f"turn {seq}", "id": f"m{seq}", "ts": (now - timedelta(days=days)).isoformat()}
+        for seq, role, days in [(1, "user", 60), (2, "assistant", 1), (3, "user", 45)]
+    ]  # fmt: skip
+    exported = tmp_path / "in.jsonl"
+    exported.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    assert _cli(tmp_path, "import", str(exported)).returncode == 0
+    purged = _cli(tmp_path, "purge", "--older-than", "30d", "--yes")
+    assert purged.returncode == 0, purged.stderr
+    assert "deleted 0 conversations" in purged.stdout
+    with create_graph_store_sync(_settings(tmp_path)) as store:
+        assert [t.content for t in ChatHistory(store).read("skew:1")] == [
+            "turn 1",
+            "turn 2",
+            "turn 3",
+        ]

@@ -16,6 +16,7 @@ the conversation's transaction, so what it checks still holds when it writes:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -243,7 +244,9 @@ def import_steps(
     )
     assert plan.result is not None and plan.result.appended == len(fresh)
     head_value = plan.puts.pop(HEAD_KEY)
-    newest = fresh[-1].ts
+    # The newest time of any turn, not the last turn's: writers' clocks differ, and a
+    # head dated by an older last turn would make retention delete a conversation in use.
+    newest = functools.reduce(_later, (turn.ts for turn in fresh), None)
     if newest:
         head_value["updated_at"] = _later(newest, head["updated_at"] if head else None)
     if head is None and pending[0].ts:
