@@ -165,8 +165,7 @@ _FAILING_NOW = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO})
 def _cannot_lock(field: str, lock: str, exc: OSError, wait: float) -> AgentHistoryError:
     if isinstance(exc, Timeout):
         return StoreUnavailable(
-            f"another process held the setup lock {lock} ({env_var(field)}) for more than "
-            f"{wait:g}s"
+            f"another process held the setup lock {lock} ({env_var(field)}) for more than {wait:g}s"
         )
     problem = f"cannot create lock file {lock}: {exc.strerror or exc}"
     if exc.errno in _FAILING_NOW:

@@ -153,3 +153,22 @@ def test_an_imported_conversation_is_as_old_as_its_newest_turn_not_its_last(
             "turn 2",
             "turn 3",
         ]
+
+
+def test_turns_kept_under_another_value_field_are_exported_whole(tmp_path: Path) -> None:
+    """A deployment with ``history_value_field="text"`` (migration.md's advice for items
+    of an older layout): the operator commands, which have no such option, exported
+    every turn with empty content, and ``migrate`` copied empty turns and verified."""
+    import json
+
+    with create_graph_store_sync(_settings(tmp_path)) as store:
+        ChatHistory(store, value_field="text").append(
+            "telegram:5", [HumanMessage("the question", id="u1")]
+        )
+        assert [t.content for t in ChatHistory(store).read("telegram:5")] == ["the question"]
+    exported = _cli(tmp_path, "export", "-o", "-")
+    assert exported.returncode == 0, exported.stderr
+    [line] = [json.loads(text) for text in exported.stdout.splitlines()]
+    assert line["content"] == "the question"
+    shown = _cli(tmp_path, "show", "telegram:5")
+    assert "the question" in shown.stdout

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from langchain_core.messages import BaseMessage
 
+from agent_history.history.arguments import RESERVED_FIELDS
 from agent_history.history.codec import (
     ENCODING_JSON,
     build_message,
@@ -122,12 +123,24 @@ def message_from_record(record: dict[str, Any], value_field: str = "content") ->
     return build_message(role, content, message_id, kind, extra or {})
 
 
+def _own_field(record: dict[str, Any]) -> Any:
+    """The content of a record written with a value field the reader was not told: the
+    record's one field that is not a record field of its own ("" when there is none)."""
+    own = [name for name in record if name not in RESERVED_FIELDS]
+    return record[own[0]] if len(own) == 1 else ""
+
+
 def _fields(
     record: dict[str, Any], value_field: str
 ) -> tuple[int, str, Any, str | None, str | None, str | None, dict[str, Any] | None]:
     """A record's turn fields, decoded: ``(seq, role, content, id, ts, type, extra)``."""
     get = record.get
-    stored = record[value_field] if value_field in record else get("content", "")
+    if value_field in record:
+        stored = record[value_field]
+    elif "content" in record:
+        stored = record["content"]
+    else:  # written with another `history_value_field` (an operator command reading it)
+        stored = _own_field(record)
     extra = get("lc")
     encoding = get("enc")
     if encoding == ENCODING_JSON:
