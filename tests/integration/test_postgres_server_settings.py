@@ -13,7 +13,6 @@ import threading
 import uuid
 from typing import Any
 
-import psycopg
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from psycopg.conninfo import make_conninfo
@@ -24,20 +23,9 @@ from agent_history.settings import HistorySettings
 from agent_history.stores import create_graph_store, create_graph_store_sync
 from agent_history.testing import RecordingChatModel
 from tests.support.agent_graphs import build_graph, new_thread, telegram_callback, toggles
+from tests.support.postgres_server import end_idle_sessions
 
 pytestmark = pytest.mark.postgres
-
-
-def _end_idle_sessions(admin_dsn: str, application: str) -> int:
-    """End every idle session of ``application``, waiting until each is gone."""
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
-            "WHERE application_name = %s AND state = 'idle'",
-            (application,),
-        ).fetchall()
-    assert all(ended for (ended,) in rows)
-    return len(rows)
 
 
 def _setup(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, HistorySettings]:
@@ -67,7 +55,7 @@ def test_sync_calls_after_the_server_ended_idle_sessions_lose_nothing(
         graph.invoke(telegram_callback(5, "first", 1), new_thread())
         ended = 0
         for message_id in range(2, 5):
-            ended += _end_idle_sessions(pg_dsn, application)
+            ended += end_idle_sessions(pg_dsn, application)
             out = graph.invoke(
                 telegram_callback(5, f"after quiet {message_id}", message_id), new_thread()
             )
@@ -90,7 +78,7 @@ async def test_async_calls_after_the_server_ended_idle_sessions_lose_nothing(
         graph: Any = build_graph(_node(reports, namespace), store)
         await graph.ainvoke(telegram_callback(6, "first", 1), new_thread())
         for message_id in range(2, 5):
-            _end_idle_sessions(pg_dsn, application)
+            end_idle_sessions(pg_dsn, application)
             await graph.ainvoke(
                 telegram_callback(6, f"after quiet {message_id}", message_id), new_thread()
             )

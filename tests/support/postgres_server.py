@@ -12,10 +12,17 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
-__all__ = ["PostgresServer", "PostgresServerError", "find_pg_bin", "waiting_on_a_lock"]
+__all__ = [
+    "PostgresServer",
+    "PostgresServerError",
+    "end_idle_sessions",
+    "find_pg_bin",
+    "waiting_on_a_lock",
+]
 
 
 class PostgresServerError(RuntimeError):
@@ -130,13 +137,25 @@ class PostgresServer:
         return str(row[0]) if row else "?"
 
 
-def waiting_on_a_lock(dsn: str, application: str) -> bool:
-    """Whether a session named ``application`` (its ``application_name``) is waiting for
-    a lock: the observable state a test waits for instead of sleeping."""
+def _sessions(dsn: str, application: str, select: str, where: str) -> list[Any]:
+    """``select`` over the sessions named ``application`` (their ``application_name``)
+    that match ``where``."""
     with psycopg.connect(dsn, autocommit=True) as pg:
-        row = pg.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE application_name = %s AND wait_event_type = 'Lock'",
+        return pg.execute(
+            f"SELECT {select} FROM pg_stat_activity WHERE application_name = %s AND {where}",
             (application,),
-        ).fetchone()
-    return bool(row and row[0])
+        ).fetchall()
+
+
+def waiting_on_a_lock(dsn: str, application: str) -> bool:
+    """Whether a session named ``application`` is waiting for a lock: the observable
+    state a test waits for instead of sleeping."""
+    return bool(_sessions(dsn, application, "pid", "wait_event_type = 'Lock'"))
+
+
+def end_idle_sessions(dsn: str, application: str) -> int:
+    """End the idle sessions named ``application`` as a server's idle timeout would,
+    waiting until each is gone; how many there were."""
+    ended = _sessions(dsn, application, "pg_terminate_backend(pid, 5000)", "state = 'idle'")
+    assert all(row[0] for row in ended)
+    return len(ended)
