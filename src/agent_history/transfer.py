@@ -282,7 +282,7 @@ def parse_line(number: int, raw: str) -> ParsedLine | ParsedSummary | None:
     try:
         data = json.loads(raw.rstrip("\r\n"), parse_float=_finite, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
-        raise LineError(number, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+        raise LineError(number, f"invalid JSON ({exc.msg}, column {exc.colno})") from None
     except RecursionError:
         raise LineError(number, "invalid JSON (nested too deeply)") from None
     except ValueError as exc:  # NaN, Infinity, 1e400: accepted by Python, not by JSON

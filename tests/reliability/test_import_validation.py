@@ -78,7 +78,7 @@ def _refused(ns: str) -> list[tuple[str, list[Any], str]]:
         ("null line", [*a, "null"], "line 4: expected a JSON object, got null"),
         ("array line", ["[1, 2]", *a], "line 1: expected a JSON object, got an array"),
         ("malformed after others", [*a, *b, '{"key": "telegram:3", "seq": 1,'],
-         "line 6: invalid JSON (Expecting property name enclosed in double quotes at column 32)"),
+         "line 6: invalid JSON (Expecting property name enclosed in double quotes, column 32)"),
         ("template key", [_line("{{chat_id}}", 1, ns)],
          "line 1: key is not a valid conversation key (unresolved_template)"),
         ("control key", [*a, _line("telegram:\n9", 1, ns)],
