@@ -24,18 +24,25 @@ from agent_history.messages import newest_human, text_of
 
 __all__ = [
     "ANSWERED_FIELD",
+    "HISTORY_KEYS_FIELD",
     "IncomingMessage",
     "ThreadView",
     "answered_update",
     "as_mapping",
     "current_thread",
+    "history_key_update",
     "incoming_message",
     "not_streamed_as_output",
+    "previous_key",
 ]
 
 ANSWERED_FIELD = "answered"
 """The state field (in `AgentState`) naming, per node, the channel id of the delivered
 message the node last answered."""
+
+HISTORY_KEYS_FIELD = "history_keys"
+"""The state field (in `AgentState`) naming, per node, the conversation key of the last
+exchange the node ended on this thread."""
 
 _MESSAGE_FIELDS = ("message", "user_message", "query", "prompt")
 _TEXT_FIELDS = ("text", "content", "message", "query", "prompt", "Content")
@@ -240,3 +247,20 @@ def not_streamed_as_output(config: RunnableConfig | None, added: BaseMessage | N
         seen = getattr(handler, "seen", None)
         if isinstance(seen, set) and type(handler).__name__.startswith("StreamMessagesHandler"):
             seen.add(added.id)
+
+
+def previous_key(state: Any, node: str) -> str | None:
+    """The key under which ``node`` ended its last exchange on this thread, as the
+    state's `HISTORY_KEYS_FIELD` tells (None when the state does not keep it)."""
+    keys = as_mapping(state).get(HISTORY_KEYS_FIELD)
+    if not isinstance(keys, Mapping):
+        return None
+    key = keys.get(node)
+    return key if isinstance(key, str) else None
+
+
+def history_key_update(node: str, key: str | None) -> dict[str, Any]:
+    """The state update recording that ``node`` ended an exchange under ``key``: on a
+    thread that serves several keys (a group chat's thread with a key per member), the
+    thread's messages before the next exchange under another key are not that key's."""
+    return {} if key is None else {HISTORY_KEYS_FIELD: {node: key}}

@@ -28,6 +28,7 @@ from agent_history.incoming import (
     answered_update,
     as_mapping,
     current_thread,
+    history_key_update,
     not_streamed_as_output,
 )
 from agent_history.node import merge_results
@@ -73,6 +74,9 @@ class HistoryAgentState(AgentState[Any]):
     answered: NotRequired[Annotated[dict[str, str], merge_results]]
     """Per ``node_name``, the channel id of the delivered message the agent last answered
     (a final or a structured answer): a re-delivery of it ends the run at once."""
+    history_keys: NotRequired[Annotated[dict[str, str], merge_results]]
+    """Per ``node_name``, the conversation key of the agent's last run on this thread: a
+    thread serving several keys stores under each key only that key's exchanges."""
 
 
 class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
@@ -129,11 +133,14 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
 
     def after_agent(self, state: HistoryAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
         """Record that the agent answered the delivered message (its run ended), so a
-        re-delivery is recognised whatever the answer was (a structured one too)."""
-        view = current_thread(state, self.surface.node)
-        if view.incoming is None or view.added is not None:
-            return None
-        return answered_update(view, self.surface.node) or None
+        re-delivery is recognised whatever the answer was (a structured one too), and the
+        key it answered under (`incoming.history_key_update`)."""
+        node = self.surface.node
+        view = current_thread(state, node)
+        marks = history_key_update(node, self.surface.key_of(state, runtime))
+        if view.incoming is not None and view.added is None:
+            marks.update(answered_update(view, node))
+        return marks or None
 
     async def aafter_agent(
         self, state: HistoryAgentState, runtime: Runtime[Any]

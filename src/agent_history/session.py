@@ -44,7 +44,7 @@ from agent_history.history.arguments import (
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
 from agent_history.history.codec import HistoryScope, in_scope, is_final_answer
 from agent_history.history.records import RunToken, Turn
-from agent_history.incoming import ThreadView
+from agent_history.incoming import ThreadView, previous_key
 from agent_history.keys import (
     DEFAULT_HISTORY_KEY_CANDIDATES,
     DEFAULT_HISTORY_KEY_TEMPLATE,
@@ -238,6 +238,8 @@ class HistoryPass(SummaryUpdates):
     resolution: KeyResolution | None = None
     history: ChatHistory | None = None
     key: str = ""
+    previous_key: str | None = None
+    """The key of this node's last exchange on the thread (`incoming.previous_key`)."""
     fallbacks: list[str] = field(default_factory=list)
     stored: list[BaseMessage] = field(default_factory=list)
     anchor_tokens: dict[str, RunToken] | None = None
@@ -302,6 +304,7 @@ class HistoryPass(SummaryUpdates):
             run._fallback("no_valid_key")
             return run
         run.key = run.resolution.key
+        run.previous_key = previous_key(state, node)
         run.history = ChatHistory(
             store,
             namespace=options.namespace,
@@ -639,11 +642,15 @@ class HistoryPass(SummaryUpdates):
         assert self.merged is not None
         scope = self.options.scope
         answer = _answer_unit(produced) if keep_answer else set()
-        pending = [
-            m for m in [*self.merged.unstored, *produced] if in_scope(m, scope) or id(m) in answer
-        ]
         chat = [m for m in self.view.messages if role_of(m) != "system"]
         anchor = newest_human(chat)
+        unstored = self.merged.unstored
+        if self.previous_key is not None and self.previous_key != self.key:
+            # The thread's earlier exchanges were another conversation's (a group chat's
+            # thread with a key per member): this key gets this exchange only.
+            ours = {id(m) for m in chat[anchor or 0 :]}
+            unstored = [m for m in unstored if id(m) in ours]
+        pending = [m for m in [*unstored, *produced] if in_scope(m, scope) or id(m) in answer]
         if anchor is None:
             return pending, None, None, ()
         seen = tuple(m.id for m in [*chat[anchor + 1 :], *produced] if m.id)

@@ -22,7 +22,7 @@ from agent_history.context.budget import TokenCounterLike
 from agent_history.history.arguments import key_candidates_arg, namespace_arg
 from agent_history.history.codec import HistoryScope
 from agent_history.incoming import ThreadView, as_mapping
-from agent_history.keys import KeyRejectReason, key_failure
+from agent_history.keys import KeyRejectReason, key_failure, resolve_history_key
 from agent_history.pass_steps import Model, Step
 from agent_history.runner import build_runnable, takes_messages
 from agent_history.session import SYSTEM_PROMPT_ID, HistoryOptions, HistoryPass, HistoryReport
@@ -137,9 +137,28 @@ class Surface:
         self, view: ThreadView, state: Any, store: BaseStore | None, runtime: Any
     ) -> HistoryPass:
         """Resolve the key and decide what this model call's pass may do (no I/O)."""
-        if self.key is not None and self.options.enabled:
-            state = {**as_mapping(state), KEY_FUNCTION_FIELD: _call_key(self.key, state, runtime)}
-        return HistoryPass.begin(self.options, self.node, view, state, current_config(), store)
+        return HistoryPass.begin(
+            self.options, self.node, view, self._keyed(state, runtime), current_config(), store
+        )
+
+    def key_of(self, state: Any, runtime: Any) -> str | None:
+        """The conversation key a pass would resolve now (None when there is none, or
+        history is off)."""
+        if not self.options.enabled:
+            return None
+        options = self.options
+        return resolve_history_key(
+            self._keyed(state, runtime),
+            current_config(),
+            candidates=options.key_candidates,
+            key_template=options.key_template,
+        ).key
+
+    def _keyed(self, state: Any, runtime: Any) -> Any:
+        """``state`` with the key function's value, when there is one."""
+        if self.key is None or not self.options.enabled:
+            return state
+        return {**as_mapping(state), KEY_FUNCTION_FIELD: _call_key(self.key, state, runtime)}
 
 
 def surface_from(fields: Mapping[str, Any]) -> Surface:

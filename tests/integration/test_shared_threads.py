@@ -1,0 +1,114 @@
+"""One stable thread serving several conversation keys: a WeCom AI bot in a group chat,
+with the thread per group (agent-node.md's stable thread per chat) and the default key per
+member. Each member's conversation used to receive every unstored message of the thread,
+so one member's stored history held what the others said."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.store.base import BaseStore
+
+from agent_history import AgentNode, ChatHistory, HistoryReport
+from agent_history.testing import RecordingChatModel
+from tests.support.agent_graphs import build_graph, toggles
+
+GROUP_TALK = [
+    ("alice", "a1", "alice: my salary is 9000"),
+    ("bob", "b1", "bob: hello"),
+    ("alice", "a2", "alice: again"),
+    ("bob", "b2", "bob: what did alice say?"),
+]
+
+
+def _callback(group: str, user: str, message_id: str, text: str) -> dict[str, Any]:
+    return {
+        "inputs": {"message": {"msgid": message_id, "chatid": group, "chattype": "group",
+                               "from": {"userid": user}, "text": {"content": text}}},
+        "results": {"wecom_ai_bot_events_parser": {"chat_type": "group", "user": user}},
+    }  # fmt: skip
+
+
+def _contents(store: BaseStore, key: str) -> list[str]:
+    return [str(turn.content) for turn in ChatHistory(store).read(key)]
+
+
+def test_each_member_of_a_group_thread_keeps_only_their_own_exchanges(store: BaseStore) -> None:
+    model, reports = RecordingChatModel(), []
+    node = AgentNode(
+        model, use_graph_chat_history=True, toggles=toggles(), on_report=reports.append
+    )
+    graph = build_graph(node, store, checkpointer=InMemorySaver())
+    group, suffix = "G-" + uuid.uuid4().hex[:6], uuid.uuid4().hex[:6]
+    thread = {"configurable": {"thread_id": f"wecom-group-{group}"}}
+    for user, message_id, text in GROUP_TALK:
+        graph.invoke(_callback(group, f"{user}{suffix}", message_id, text), thread)
+    assert _contents(store, f"wecom_aibot:group:alice{suffix}") == [
+        "alice: my salary is 9000", "echo: alice: my salary is 9000",
+        "alice: again", "echo: alice: again",
+    ]  # fmt: skip
+    assert _contents(store, f"wecom_aibot:group:bob{suffix}") == [
+        "bob: hello", "echo: bob: hello",
+        "bob: what did alice say?", "echo: bob: what did alice say?",
+    ]  # fmt: skip
+    assert [r.appended for r in reports] == [2, 2, 2, 2]
+    # The thread is the group's: the model still sees the whole group talk.
+    assert [m.content for m in model.calls[-1]][:2] == [
+        "alice: my salary is 9000", "echo: alice: my salary is 9000",
+    ]  # fmt: skip
+
+
+def test_a_thread_of_one_key_still_catches_up_what_a_failed_write_left(
+    store: BaseStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same key run after run: an exchange whose write failed is stored by the next
+    run (the thread still holds it), as before."""
+    from agent_history.history import chat_history
+
+    model, reports = RecordingChatModel(), []
+    node = AgentNode(
+        model, use_graph_chat_history=True, toggles=toggles(), on_report=reports.append,
+        write_attempts=1,
+    )  # fmt: skip
+    graph = build_graph(node, store, checkpointer=InMemorySaver())
+    group, user = "G-" + uuid.uuid4().hex[:6], "carol" + uuid.uuid4().hex[:6]
+    thread = {"configurable": {"thread_id": f"wecom-group-{group}"}}
+    real = chat_history.ChatHistory.append
+    with monkeypatch.context() as patched:
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("store down")
+
+        patched.setattr(chat_history.ChatHistory, "append", failing)
+        graph.invoke(_callback(group, user, "c1", "first"), thread)
+    assert reports[-1].fallbacks == ("write_failed",)
+    assert chat_history.ChatHistory.append is real
+    graph.invoke(_callback(group, user, "c2", "second"), thread)
+    assert _contents(store, f"wecom_aibot:group:{user}") == [
+        "first", "echo: first", "second", "echo: second"
+    ]  # fmt: skip
+
+
+def test_a_group_thread_through_the_middleware_keeps_members_apart(store: BaseStore) -> None:
+    from langchain.agents import create_agent
+
+    from agent_history.middleware import HistoryMiddleware
+
+    reports: list[HistoryReport] = []
+    agent = create_agent(
+        RecordingChatModel(), tools=[],
+        middleware=[HistoryMiddleware(toggles=toggles(), on_report=reports.append)],
+        store=store, checkpointer=InMemorySaver(),
+    )  # fmt: skip
+    group, suffix = "G-" + uuid.uuid4().hex[:6], uuid.uuid4().hex[:6]
+    thread = {"configurable": {"thread_id": f"wecom-group-{group}"}}
+    for user, message_id, text in GROUP_TALK[:3]:
+        agent.invoke(_callback(group, f"{user}{suffix}", message_id, text), thread)
+    assert _contents(store, f"wecom_aibot:group:bob{suffix}") == ["bob: hello", "echo: bob: hello"]
+    assert _contents(store, f"wecom_aibot:group:alice{suffix}") == [
+        "alice: my salary is 9000", "echo: alice: my salary is 9000",
+        "alice: again", "echo: alice: again",
+    ]  # fmt: skip
