@@ -42,11 +42,13 @@ from agent_history.history.drivers.postgres_setup import (
     SetupLockTimeout,
     aacquire_setup_lock,
     acquire_setup_lock,
+    alanggraph_current,
     amigrate,
+    langgraph_current,
     migrate,
 )
 from agent_history.pg_pools import HangupSafePool
-from agent_history.redaction import safe_reason
+from agent_history.redaction import safe_error_text, safe_reason
 from agent_history.settings import Backend, HistorySettings, env_var
 
 __all__ = [
@@ -430,6 +432,28 @@ async def _apostgres_pool(
 
 
 @contextmanager
+def _setting_up(settings: HistorySettings) -> Iterator[None]:
+    """Report a failed setup as the store's (`StoreUnavailable`, CLI exit 3), naming the
+    variable and what the server said, never the password."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise StoreUnavailable(
+            f"cannot set up the tables at {describe_dsn(settings.dsn)} "
+            f"({env_var('postgres_dsn')}): {safe_error_text(exc, settings.dsn)} (a role "
+            "that may create tables in the schema must open a new database once)"
+        ) from None
+
+
+def _migrations_of(opened: object, history_schema: bool) -> tuple[str, int]:
+    """LangGraph's migrations table of the store (or of the checkpointer) and how many
+    migrations its release has (0 when it does not say: setup then always runs)."""
+    table = "store_migrations" if history_schema else "checkpoint_migrations"
+    migrations = getattr(opened, "MIGRATIONS", None)
+    return table, len(migrations) if isinstance(migrations, list | tuple) else 0
+
+
+@contextmanager
 def _postgres_opened(
     settings: HistorySettings,
     factory: Callable[[ConnectionPool[psycopg.Connection[DictRow]]], _S],
@@ -443,9 +467,12 @@ def _postgres_opened(
         with _postgres_setup_lock(settings) as lock_conn:
             pool = _postgres_pool(settings, checked=not history_schema)
             opened = factory(stack.enter_context(pool))
-            opened.setup()
-            if history_schema:
-                migrate(lock_conn)
+            table, migrations = _migrations_of(opened, history_schema)
+            with _setting_up(settings):
+                if not (migrations and langgraph_current(lock_conn, table, migrations)):
+                    opened.setup()
+                if history_schema:
+                    migrate(lock_conn)
         yield opened
 
 
@@ -460,9 +487,12 @@ async def _apostgres_opened(
         async with _apostgres_setup_lock(settings) as lock_conn:
             pool = _apostgres_pool(settings, checked=not history_schema)
             opened = factory(await stack.enter_async_context(pool))
-            await opened.setup()
-            if history_schema:
-                await amigrate(lock_conn)
+            table, migrations = _migrations_of(opened, history_schema)
+            with _setting_up(settings):
+                if not (migrations and await alanggraph_current(lock_conn, table, migrations)):
+                    await opened.setup()
+                if history_schema:
+                    await amigrate(lock_conn)
         yield opened
 
 

@@ -13,11 +13,13 @@ import threading
 import uuid
 from typing import Any
 
+import psycopg
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from psycopg.conninfo import make_conninfo
 
 from agent_history import AgentNode, ChatHistory, HistoryReport
+from agent_history.errors import StoreUnavailable
 from agent_history.history.drivers import postgres_idle
 from agent_history.settings import HistorySettings
 from agent_history.stores import create_graph_store, create_graph_store_sync
@@ -128,3 +130,41 @@ def test_a_database_defaulting_to_a_stricter_isolation_loses_no_concurrent_appen
         turns = list(history.read("telegram:1"))
         assert len(turns) == 120 and [t.seq for t in turns] == list(range(1, 121))
         history.delete("telegram:1")
+
+
+def test_a_role_that_may_only_read_and_write_rows_opens_a_set_up_database(pg_dsn: str) -> None:
+    """A least-privilege application role (SELECT, INSERT, UPDATE, DELETE; no CREATE): once
+    a role that may create tables has opened the database, the factory opens it and the
+    history works. Setup used to run LangGraph's ``CREATE TABLE IF NOT EXISTS`` anyway,
+    which needs CREATE, so the factory and every CLI command failed for such a role."""
+    role, password = "app_" + uuid.uuid4().hex[:8], uuid.uuid4().hex
+    database = "least_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        try:
+            admin.execute(f'CREATE DATABASE "{database}"')
+            admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        except psycopg.errors.InsufficientPrivilege:
+            pytest.skip("the test database's role may not create databases and roles")
+    owner_dsn = make_conninfo(pg_dsn, dbname=database)
+    app_dsn = make_conninfo(pg_dsn, dbname=database, user=role, password=password)
+    try:
+        app = HistorySettings(graph_store_backend="postgres", postgres_dsn=app_dsn)
+        with pytest.raises(StoreUnavailable) as refused, create_graph_store_sync(app):
+            pass  # a new database: the tables cannot be made by this role
+        assert "ORCHEO_POSTGRES_DSN" in str(refused.value)
+        assert "InsufficientPrivilege" in str(refused.value) and password not in str(refused.value)
+        owner = HistorySettings(graph_store_backend="postgres", postgres_dsn=owner_dsn)
+        with create_graph_store_sync(owner):
+            pass  # the owner sets the database up once
+        with psycopg.connect(owner_dsn, autocommit=True) as conn:
+            conn.execute(
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+            )
+        with create_graph_store_sync(app) as store:
+            history = ChatHistory(store)
+            history.append("telegram:1", [HumanMessage("hi", id="1"), AIMessage("hello", id="2")])
+            assert [t.content for t in history.read("telegram:1")] == ["hi", "hello"]
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            admin.execute(f"DROP ROLE IF EXISTS {role}")

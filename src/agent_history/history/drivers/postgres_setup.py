@@ -142,16 +142,46 @@ def _first(row: Any) -> Any:
     return _columns(row)[0]
 
 
+# The migrations table is made only when it is not there: a role without CREATE (a
+# least-privilege application role, a read-only standby) opens a set-up database.
+_TABLE_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
+_CREATE_MIGRATIONS = f"CREATE TABLE IF NOT EXISTS {sql.MIGRATIONS_TABLE} (v INTEGER PRIMARY KEY)"
+
+
+def _is_current(table_exists: Any, version: Any, migrations: int) -> bool:
+    if not _first(table_exists) or version is None:
+        return False
+    value = _first(version)
+    return value is not None and int(value) >= migrations - 1
+
+
+def langgraph_current(conn: Connection[Any], table: str, migrations: int) -> bool:
+    """Whether LangGraph's migrations table ``table`` records all ``migrations`` (its
+    ``setup()`` would change nothing, and needs CREATE to say so)."""
+    exists = conn.execute(_TABLE_EXISTS, (table,), prepare=False).fetchone()
+    if not _first(exists):
+        return False
+    version = conn.execute(f"SELECT max(v) FROM {table}", prepare=False).fetchone()
+    return _is_current(exists, version, migrations)
+
+
+async def alanggraph_current(conn: AsyncConnection[Any], table: str, migrations: int) -> bool:
+    """Async `langgraph_current`."""
+    exists = await (await conn.execute(_TABLE_EXISTS, (table,), prepare=False)).fetchone()
+    if not _first(exists):
+        return False
+    version = await (await conn.execute(f"SELECT max(v) FROM {table}", prepare=False)).fetchone()
+    return _is_current(exists, version, migrations)
+
+
 def migrate(conn: Connection[Any]) -> int:
     """Apply this project's missing migrations; the caller holds the setup lock.
 
     Returns:
         The version now applied.
     """
-    conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {sql.MIGRATIONS_TABLE} (v INTEGER PRIMARY KEY)",
-        prepare=False,
-    )
+    if not _first(conn.execute(_TABLE_EXISTS, (sql.MIGRATIONS_TABLE,), prepare=False).fetchone()):
+        conn.execute(_CREATE_MIGRATIONS, prepare=False)
     row = conn.execute(sql.OWN_VERSION_SQL, prepare=False).fetchone()
     current = None if row is None else _first(row)
     for version, text in sql.migration_statements(current):
@@ -164,10 +194,11 @@ def migrate(conn: Connection[Any]) -> int:
 
 async def amigrate(conn: AsyncConnection[Any]) -> int:
     """Async `migrate`."""
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {sql.MIGRATIONS_TABLE} (v INTEGER PRIMARY KEY)",
-        prepare=False,
-    )
+    exists = await (
+        await conn.execute(_TABLE_EXISTS, (sql.MIGRATIONS_TABLE,), prepare=False)
+    ).fetchone()
+    if not _first(exists):
+        await conn.execute(_CREATE_MIGRATIONS, prepare=False)
     cur = await conn.execute(sql.OWN_VERSION_SQL, prepare=False)
     row = await cur.fetchone()
     current = None if row is None else _first(row)
