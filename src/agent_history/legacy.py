@@ -76,6 +76,10 @@ def legacy_turns(value: Any) -> list[Turn]:
     for index, raw in enumerate(value["messages"]):
         if not isinstance(raw, dict):
             raise LegacyFormatError(f"message {index} is not an object")
+        if "content" not in raw and not raw.get("tool_calls"):
+            # Its text is elsewhere (``text``, ...): stored as an empty turn, it would
+            # be lost while the copy verified.
+            raise LegacyFormatError(f"message {index} has no 'content'")
         message = dict_message(raw, f"message {index}")
         if message is None or not in_scope(message, "full"):
             continue

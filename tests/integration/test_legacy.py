@@ -128,6 +128,8 @@ def test_migration_resumes_and_reports_what_it_cannot_copy(tmp_path: Path) -> No
         "telegram:bad": {"version": 1, "messages": "not a list"},
         "telegram:odd": {"version": 1, "messages": [{"role": "user", "content": {"x": 1}}]},
         "telegram:taken": {"version": 1, "messages": [{"role": "user", "content": "old"}]},
+        # Its text under another name: it used to be copied as an empty turn, verified.
+        "telegram:text": {"version": 1, "messages": [{"role": "user", "text": "important"}]},
     }
     with create_graph_store_sync(settings) as store:
         _seed(store, LEGACY_NAMESPACE, items)
@@ -139,17 +141,19 @@ def test_migration_resumes_and_reports_what_it_cannot_copy(tmp_path: Path) -> No
     result = runner.invoke(app, ["migrate", "--from-legacy"], env=_env(settings))
     assert result.exit_code == 1, result.output
     # The three listed below are not counted as migrated.
-    assert "migrated 2 of 5 conversations, 2 turns copied; verification: MISMATCH" in result.output
+    assert "migrated 2 of 6 conversations, 2 turns copied; verification: MISMATCH" in result.output
     assert "telegram:bad: not a legacy history item (no 'messages' list)" in result.output
     assert "telegram:odd: message 0: content must be a string" in result.output
     assert "telegram:taken: the conversation already holds another turn at seq 1" in result.output
-    assert "verification failed for 3 conversations" in result.output
+    assert "telegram:text: message 0 has no 'content'" in result.output
+    assert "verification failed for 4 conversations" in result.output
     with create_graph_store_sync(settings) as store:
         target = ChatHistory(store)
         assert [t.content for t in target.read("telegram:1")] == ["a"] * 3
         assert [t.content for t in target.read("telegram:2")] == ["b"] * 2
         assert [t.content for t in target.read("telegram:taken")] == ["new"]
         assert target.count("telegram:bad") == target.count("telegram:odd") == 0
+        assert target.count("telegram:text") == 0
 
 
 def test_read_legacy_messages_for_a_conversation_without_a_log(
