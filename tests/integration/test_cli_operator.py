@@ -449,6 +449,38 @@ def test_a_relative_migrate_path_is_reported_under_its_option(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("side", ["--from-sqlite-path", "--to-sqlite-path"])
+@pytest.mark.parametrize("kind", ["not a database", "another application's"])
+def test_an_unusable_migrate_file_is_reported_under_its_option(
+    side: str, kind: str, tmp_path: Path
+) -> None:
+    """The operator must tell whether the source or the target is wrong: both used to be
+    reported under ORCHEO_GRAPH_STORE_SQLITE_PATH, even with that variable unset."""
+    import sqlite3
+
+    from langchain_core.messages import HumanMessage
+
+    from agent_history.settings import HistorySettings
+
+    bad = tmp_path / "bad.sqlite"
+    if kind == "not a database":
+        bad.write_text("hello\n")
+    else:
+        with sqlite3.connect(bad) as conn:
+            conn.execute("CREATE TABLE users (x)")
+    good = tmp_path / "good.sqlite"
+    seeded = HistorySettings(graph_store_backend="sqlite", graph_store_sqlite_path=good)
+    with create_graph_store_sync(seeded) as store:
+        ChatHistory(store).append("k", [HumanMessage("hi")])
+    paths = {"--from-sqlite-path": good, "--to-sqlite-path": good, side: bad}
+    args = ["migrate", "--from-backend", "sqlite", "--to-backend", "sqlite"]
+    for option, path in paths.items():
+        args += [option, str(path)]
+    result = _invoke(args, {})
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: {side}: ") and "ORCHEO_" not in result.output
+
+
 # --- a flags file is strict JSON: no repeated key ---------------------------------------
 
 

@@ -184,15 +184,21 @@ def load_settings(named: Mapping[str, str] | None = None, **overrides: object) -
 
 
 @contextmanager
-def open_store(settings: HistorySettings) -> Iterator[BaseStore]:
-    """Open the configured store, exiting with code 2 (config) or 3 (unreachable)."""
+def open_store(settings: HistorySettings, path_option: str | None = None) -> Iterator[BaseStore]:
+    """Open the configured store, exiting with code 2 (config) or 3 (unreachable);
+    ``path_option`` names the option that gave the SQLite path, in place of its variable."""
+
+    def named(text: str) -> str:
+        variable = env_var("graph_store_sqlite_path")
+        return text.replace(variable, path_option) if path_option else text
+
     try:
         with create_graph_store_sync(settings) as store:
             yield store
     except ConfigError as exc:
-        raise fail(str(exc), EXIT_CONFIG) from None
+        raise fail(named(str(exc)), EXIT_CONFIG) from None
     except StoreUnavailable as exc:
-        raise fail(str(exc), EXIT_STORE) from None
+        raise fail(named(str(exc)), EXIT_STORE) from None
 
 
 P = ParamSpec("P")

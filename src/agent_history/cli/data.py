@@ -432,8 +432,16 @@ def migrate(
     labels = _namespace(namespace)
     legacy_labels = _namespace(legacy_namespace, "--legacy-namespace")
     with ExitStack() as stack:
-        source_store = stack.enter_context(open_store(source_settings))
-        target_store = source_store if same else stack.enter_context(open_store(target_settings))
+        source_store = stack.enter_context(
+            open_store(source_settings, "--from-sqlite-path" if from_sqlite_path else None)
+        )
+        target_store = (
+            source_store
+            if same
+            else stack.enter_context(
+                open_store(target_settings, "--to-sqlite-path" if to_sqlite_path else None)
+            )
+        )
         target = ChatHistory(target_store, namespace=labels)
         if from_legacy:
             keys = list(legacy_keys(source_store, legacy_labels))
