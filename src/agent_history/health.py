@@ -55,6 +55,12 @@ def _base_details(store: BaseStore, toggles: HistoryToggles) -> dict[str, Any]:
     breaker = toggles.breaker_for(store, backend).state.value
     trigger = toggles.trigger_state(backend).value
     schema_set_up = getattr(store, "is_setup", None)
+    described = driver.describe()
+    # A SQL store whose schema is unknown, or whose history migrations failed, runs on
+    # the store's own calls: correct, but serialised per process only (see the drivers).
+    fallback = backend in ("sqlite", "postgres") and str(described.get("driver")).startswith(
+        "generic"
+    )
     # Every rollback switch in force, and what else keeps history from working fully.
     degraded_by = [
         reason
@@ -65,12 +71,13 @@ def _base_details(store: BaseStore, toggles: HistoryToggles) -> dict[str, Any]:
             (f"trigger:{trigger}", trigger != TriggerState.WATCHING.value),
             (f"breaker:{breaker}", breaker != BreakerState.CLOSED.value),
             ("schema_not_set_up", schema_set_up is False),
+            ("history_driver:generic", fallback),
         )
         if on
     ]
     return {
         "backend": backend,
-        "history_driver": driver.describe(),
+        "history_driver": described,
         "mode": config.mode.value,
         "disabled_nodes": sorted(config.disabled_nodes),
         "node_modes": node_modes,

@@ -15,6 +15,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.store.memory import InMemoryStore
 from langgraph.store.postgres import PostgresStore
 
+from agent_history.health import check_health
 from agent_history.history import ChatHistory
 from agent_history.history.drivers import driver_for
 from agent_history.history.drivers.postgres_base import MIGRATIONS, MIGRATIONS_TABLE
@@ -95,6 +96,10 @@ def test_unknown_postgres_schema_falls_back_with_one_warning(
             assert history.count("k") == 6
             assert [m.content for m in history.tail("k", 2)] == ["q2", "a2"]
             assert driver_for(store).describe()["driver"] == "generic"
+            # Correct, but no longer serialised across processes: operators must see it.
+            health = check_health(store)
+            assert health.status == "degraded" and health.http_status == 200
+            assert health.details["degraded_by"] == ["history_driver:generic"]
         warnings = _warnings(caplog, "history_store_schema_unknown")
         assert len(warnings) == 1 and "found_version=4" in warnings[0], warnings
 
