@@ -14,6 +14,7 @@ from langgraph.graph import START, StateGraph
 from langgraph.store.base import BaseStore
 
 from agent_history import AgentNode, HistoryReport, KeyRejectReason
+from agent_history.errors import InvalidArgument
 from agent_history.history import ChatHistory
 from agent_history.incoming import as_mapping, incoming_message
 from agent_history.keys import (
@@ -21,6 +22,8 @@ from agent_history.keys import (
     DEFAULT_HISTORY_KEY_TEMPLATE,
     KEY_PATTERN,
     MAX_KEY_LENGTH,
+    candidate_problem,
+    is_key_template,
     resolve_history_key,
 )
 from agent_history.messages import role_of
@@ -199,15 +202,27 @@ def test_node_run_never_raises(
     sqlite_store: BaseStore, state: dict[str, Any], candidates: list[str], key_template: str
 ) -> None:
     reports: list[HistoryReport] = []
-    node = AgentNode(
-        RecordingChatModel(),
-        use_graph_chat_history=True,
-        history_key_candidates=candidates,
-        history_key_template=key_template,
-        toggles=toggles(read_timeout_seconds="30", write_timeout_seconds="30"),
-        write_backoff_seconds=0,
-        on_report=reports.append,
-    )
+    try:
+        node = AgentNode(
+            RecordingChatModel(),
+            use_graph_chat_history=True,
+            history_key_candidates=candidates,
+            history_key_template=key_template,
+            toggles=toggles(read_timeout_seconds="30", write_timeout_seconds="30"),
+            write_backoff_seconds=0,
+            on_report=reports.append,
+        )
+    except InvalidArgument:
+        # Refused when made, only for a configuration that names its own problem: no
+        # candidate, one that could never give a key, or a template that is a literal.
+        event("refused when made")
+        assert (
+            not candidates
+            or any(candidate_problem(c) for c in candidates)
+            or candidate_problem(key_template)
+            or not is_key_template(key_template)
+        )
+        return
     out = _loose_graph(node, sqlite_store).invoke(state, new_thread())
     report = reports[-1]
     if report.model_called:

@@ -136,14 +136,27 @@ class AsyncPostgresDriver(AsyncStoreDriver):
         check finds it closed (see the sync driver's `_alive`)."""
         if not self._idle.stale(conn):
             return conn
+        # As `_use` runs a statement: the socket is shut at the deadline, and a caller's
+        # cancellation never reaches psycopg (which would wait for a cancel request).
+        check = asyncio.ensure_future(AsyncConnectionPool.check_connection(conn))
+        deadline = budget.current_deadline()
+        timer = None
+        if deadline is not None:
+            delay = max(0.0, deadline - time.monotonic())
+            timer = asyncio.get_running_loop().call_later(delay, shut, conn)
         try:
-            async with budget.enforced():
-                await AsyncConnectionPool.check_connection(conn)
+            await asyncio.shield(check)
             return conn
         except BaseException as exc:
+            if not check.done():  # the caller was cancelled
+                shut(conn)
+                await _settled(check)
             await hand_back(target, conn)
             if not (isinstance(exc, psycopg.OperationalError) and conn.broken):
                 raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         await self._drain()  # its idle siblings were likely closed the same way
         return await self._getconn(target)
 
