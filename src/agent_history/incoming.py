@@ -262,5 +262,7 @@ def previous_key(state: Any, node: str) -> str | None:
 def history_key_update(node: str, key: str | None) -> dict[str, Any]:
     """The state update recording that ``node`` ended an exchange under ``key``: on a
     thread that serves several keys (a group chat's thread with a key per member), the
-    thread's messages before the next exchange under another key are not that key's."""
-    return {} if key is None else {HISTORY_KEYS_FIELD: {node: key}}
+    thread's messages before the next exchange under another key are not that key's.
+    Empty without a key (a run in memory: its exchange is still this thread's key's,
+    to be stored by the next run that has one)."""
+    return {HISTORY_KEYS_FIELD: {node: key}} if key else {}

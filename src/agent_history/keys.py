@@ -38,6 +38,7 @@ __all__ = [
     "candidate_problem",
     "channel_of",
     "escape_key_value",
+    "format_field",
     "is_key_template",
     "key_failure",
     "render_key_template",
@@ -238,7 +239,12 @@ class _Unusable:
     def _refuse(self, *args: Any) -> Any:
         raise self.error()
 
-    __str__ = __bool__ = __iter__ = __len__ = __reversed__ = _refuse
+    __str__ = __iter__ = __len__ = __reversed__ = _refuse
+
+    def __bool__(self) -> bool:
+        # Falsy, as the None it used to be: ``x or 'fallback'`` and ``default(v, true)``
+        # fall back; rendering it rejects the candidate.
+        return False
 
 
 def key_failure(reason: KeyRejectReason, detail: str) -> Any:
@@ -304,26 +310,26 @@ class _KeyEnvironment(ImmutableSandboxedEnvironment):
     and lists have no attributes at all."""
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, _DATA):
+        if isinstance(obj, _Unusable):
+            raise obj.error()
+        if isinstance(obj, Mapping):
             return self.getitem(obj, attribute)
-        return super().getattr(obj, attribute)
+        value = super().getattr(obj, attribute)
+        # A method's printout must never be a key (and calls are not allowed): data
+        # attributes only, such as an enum member's ``value`` or ``name``.
+        return self.undefined(obj=obj, name=attribute) if callable(value) else value
 
     def getitem(self, obj: Any, argument: Any) -> Any:
         if isinstance(obj, _Unusable):
             raise obj.error()
-        if isinstance(obj, int | float) or (
-            isinstance(obj, str | Sequence) and isinstance(argument, str)
-        ):
-            return self.undefined(obj=obj, name=argument)
-        if isinstance(obj, Mapping | str | Sequence):
+        if isinstance(obj, Mapping):
             try:
                 return obj[argument]
             except (LookupError, TypeError):
                 return self.undefined(obj=obj, name=argument)
+        if isinstance(obj, str | Sequence | int | float) and isinstance(argument, str):
+            return self.getattr(obj, argument)
         return super().getitem(obj, argument)
-
-
-_DATA = (Mapping, str, Sequence, int, float, _Unusable)
 
 
 def _environment(finalize: Any) -> ImmutableSandboxedEnvironment:
@@ -432,7 +438,7 @@ def render_key_template(template: str, context: Mapping[str, Any]) -> str:
 # `{name}` (Python's format fields) outside any Jinja block: a literal that meant to be
 # a template, which would put every chat in one conversation.
 _JINJA_BLOCK = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
-_FORMAT_FIELD = re.compile(r"\{\s*[A-Za-z_][\w.\[\]'\"]*\s*\}")
+_FORMAT_FIELD = re.compile(r"\{[\s\w.\[\]'\"!:]*\}")
 
 
 def is_key_template(text: str) -> bool:
@@ -440,17 +446,17 @@ def is_key_template(text: str) -> bool:
     return "{{" in text or "{%" in text or "{#" in text
 
 
+def format_field(text: str) -> str | None:
+    """A Python format field (``{chat_id}``, ``{0}``, ``{}``) outside any Jinja block of
+    ``text``, if there is one: a literal meant as a template. As a candidate it is the
+    key of every chat, so all would share one conversation."""
+    found = _FORMAT_FIELD.search(_JINJA_BLOCK.sub("", text))
+    return None if found is None else found.group(0)
+
+
 def candidate_problem(text: str) -> str | None:
-    """Why a configured candidate (or key template) could never give a usable key, or
-    None: a Python format field such as ``{chat_id}`` (a literal meant as a template,
-    which would put every chat in one conversation), a literal that is not a valid key,
-    or a template the sandbox refuses."""
-    field = _FORMAT_FIELD.search(_JINJA_BLOCK.sub("", text))
-    if field is not None:
-        return (
-            f"holds {field.group(0)!r}, a Python format field: a template writes values "
-            "as {{ name }}"
-        )
+    """Why a configured candidate (or key template) could never give a key, or None: a
+    literal that is not a valid key, or a template the sandbox refuses."""
     if not is_key_template(text):
         reason = validate_history_key(text)
         return None if reason is None else f"is a literal that is never a valid key ({reason})"
@@ -491,7 +497,7 @@ class _MappingView(Mapping[str, Any]):
         return len(self._data)
 
     def __str__(self) -> str:
-        raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, _NOT_TEXT)
+        return str(_materialized(self))
 
 
 class _SequenceView(Sequence[Any]):
@@ -512,7 +518,17 @@ class _SequenceView(Sequence[Any]):
         return len(self._data)
 
     def __str__(self) -> str:
-        raise KeyTemplateError(KeyRejectReason.RENDER_ERROR, _NOT_TEXT)
+        return str(_materialized(self))
+
+
+def _materialized(value: Any) -> Any:
+    """A view as the plain dicts and lists it shows (``|string`` and ``~`` print a
+    mapping or a list as they always did: a key made that way keeps its text)."""
+    if isinstance(value, _MappingView):
+        return {name: _materialized(value[name]) for name in value}
+    if isinstance(value, _SequenceView):
+        return [_materialized(item) for item in value]
+    return None if isinstance(value, _Unusable) else value
 
 
 def _plain(value: Any, depth: int = 0) -> Any:
@@ -537,8 +553,8 @@ def _plain(value: Any, depth: int = 0) -> Any:
         return str(value)
     if isinstance(value, numbers.Integral):
         return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
+    if isinstance(value, numbers.Real):  # numpy's floats print their shortest text
+        return str(value) if math.isfinite(float(value)) else math.nan
     if isinstance(value, Decimal):
         return str(value) if value.is_finite() else math.nan
     dumped = as_mapping(value)

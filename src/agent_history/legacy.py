@@ -56,12 +56,13 @@ class LegacyFormatError(AgentHistoryError, ValueError):
     """A store item is not a legacy history item (the text never quotes its body)."""
 
 
-def legacy_turns(value: Any) -> list[Turn]:
+def legacy_turns(value: Any, *, strict: bool = True) -> list[Turn]:
     """The turns a legacy item value holds, numbered from 1.
 
     Messages the log does not keep (system messages, unknown roles, tool results without
     a tool call id) are left out; the numbering counts only the kept ones, so it is the
-    same every time the item is read.
+    same every time the item is read. A user or assistant message without ``content``
+    makes the item malformed (``strict``, for a migration) or is left out too.
 
     Raises:
         LegacyFormatError: the value is not ``{"version": n, "messages": [...]}``.
@@ -76,12 +77,14 @@ def legacy_turns(value: Any) -> list[Turn]:
     for index, raw in enumerate(value["messages"]):
         if not isinstance(raw, dict):
             raise LegacyFormatError(f"message {index} is not an object")
-        if "content" not in raw and not raw.get("tool_calls"):
-            # Its text is elsewhere (``text``, ...): stored as an empty turn, it would
-            # be lost while the copy verified.
-            raise LegacyFormatError(f"message {index} has no 'content'")
         message = dict_message(raw, f"message {index}")
         if message is None or not in_scope(message, "full"):
+            continue
+        if "content" not in raw and not raw.get("tool_calls"):
+            # Its text is elsewhere (``text``, a photo's caption...): as an empty turn it
+            # would be lost while a migration verified. Reading for a run leaves it out.
+            if strict:
+                raise LegacyFormatError(f"message {index} has no 'content'")
             continue
         if raw.keys() <= _PLAIN_KEYS:  # role and content only: nothing else to keep
             kind, extra = message.type, None
@@ -96,7 +99,7 @@ def legacy_turns(value: Any) -> list[Turn]:
 def _readable(namespace: Sequence[str], key: str, value: Any) -> list[Turn]:
     """`legacy_turns`, or nothing with a warning (no body) when the item is malformed."""
     try:
-        return legacy_turns(value)
+        return legacy_turns(value, strict=False)
     except (LegacyFormatError, InvalidMessage) as exc:
         obs.log_event(
             "history_legacy_item_unreadable",

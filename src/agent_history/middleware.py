@@ -137,7 +137,10 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         key it answered under (`incoming.history_key_update`)."""
         node = self.surface.node
         view = current_thread(state, node)
-        marks = history_key_update(node, self.surface.key_of(state, runtime))
+        # A key function may read what the run changed (its messages): only templates,
+        # which see neither, give at the end the key the run's passes used.
+        key = None if self.surface.key is not None else self.surface.key_of(state, runtime)
+        marks = history_key_update(node, key)
         if view.incoming is not None and view.added is None:
             marks.update(answered_update(view, node))
         return marks or None

@@ -277,7 +277,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         added = [run.view.added] if run.view.added is not None else []
         ended = structured or (bool(produced) and is_final_answer(produced[-1]))
         marker = (
-            {**answered_update(run.view, run.node), **history_key_update(run.node, run.key)}
+            {**answered_update(run.view, run.node), **history_key_update(run.node, run.key or None)}
             if ended
             else {}
         )

@@ -195,18 +195,15 @@ def surface_from(fields: Mapping[str, Any]) -> Surface:
 
 
 def _call_key(key: KeyFunction, state: Any, runtime: Any) -> Any:
-    """The key function's value, or (when it raises, or returns neither text nor None) a
-    failure that rejects the candidate naming the error class or the type: the pass goes
-    in-memory with ``no_valid_key``, as with a template that cannot render."""
+    """The key function's value, rendered as a template renders a value (an int as its
+    digits, a UUID as its text; bytes, a bool or an object reject it), or (when it
+    raises) a failure naming the error class: the pass goes in-memory with
+    ``no_valid_key``, as with a template that cannot render."""
     try:
-        value = key(as_mapping(state), runtime)
+        return key(as_mapping(state), runtime)
     except Exception as exc:
         raised = f"the key function raised {type(exc).__name__}"
         return key_failure(KeyRejectReason.RENDER_ERROR, raised)
-    if value is None or isinstance(value, str):
-        return value
-    returned = f"the key function returned {type(value).__name__}"
-    return key_failure(KeyRejectReason.NOT_TEXT, returned)
 
 
 def current_config() -> RunnableConfig | None:

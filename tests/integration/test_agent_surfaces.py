@@ -71,18 +71,20 @@ async def test_surface_pattern(
 @pytest.mark.parametrize(
     ("returned", "reason"),
     [
-        (5, "not_text"),
-        (b"user:1", "not_text"),
+        (5, "5"),
+        (True, "render_error"),
+        (b"user:1", "render_error"),
         (ValueError("db down"), "render_error"),
         (None, "unresolved_template"),
     ],
-    ids=["int", "bytes", "raises", "none"],
+    ids=["int", "bool", "bytes", "raises", "none"],
 )
 def test_a_key_function_that_gives_no_key_is_reported_by_what_went_wrong(
     returned: Any, reason: str
 ) -> None:
-    """`HistoryMiddleware(history_key=...)`: a value is validated as a key is (``5`` is not
-    ``"5"``), and an exception is named by its class, never swallowed as "missing"."""
+    """`HistoryMiddleware(history_key=...)`: a value renders as a template renders one (an
+    int user id is its digits, as it always was; bytes or a bool give no key), and an
+    exception is named by its class, never swallowed as "missing"."""
     from langchain.agents import create_agent
     from langgraph.store.memory import InMemoryStore
 
@@ -101,6 +103,9 @@ def test_a_key_function_that_gives_no_key_is_reported_by_what_went_wrong(
     out = agent.invoke({"messages": [{"role": "user", "content": "hi"}]})
     assert out["messages"][-1].content == "echo: hi"
     [report] = reports
+    if reason == "5":
+        assert report.key == "5" and report.fallbacks == ()
+        return
     assert report.key is None and report.fallbacks == ("no_valid_key",)
     assert report.rejected == (reason,)
     assert list(store.search(())) == []

@@ -69,7 +69,6 @@ BAD = [
     ("history_key_candidates", [""]),
     ("history_key_candidates", ["line\nbreak"]),
     ("history_key_template", "tenant-a:{conversation_key}"),
-    ("history_key_template", "tenant-a"),  # a literal: one conversation for every chat
     ("history_key_template", ""),
     ("summary_every", 1.5),
     ("summary_budget_seconds", "15"),
@@ -190,3 +189,30 @@ def test_numbers_and_flags_of_other_libraries_and_a_missing_prompt_are_accepted(
         ["echo: m0", "m1"],
     ]
     assert ChatHistory(store).count("telegram:8") == 4
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+def test_a_dead_candidate_beside_working_ones_is_a_warning_not_a_refusal(
+    surface: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A configuration that ran before (the later candidates served every run) still
+    starts after an upgrade: its dead candidate is named in a warning. Only a list no run
+    could use, or a format field (every chat in one conversation), is refused."""
+    import logging
+
+    from agent_history.history import arguments
+    from agent_history.keys import DEFAULT_HISTORY_KEY_CANDIDATES
+
+    arguments._warn_unusable.cache_clear()  # once per process: this test's own
+    dead = ["{{ inputs.chat_id|int }}", "{{ inputs._id }}", "{{ x is defined }}"]
+    with caplog.at_level(logging.WARNING, logger="agent_history"):
+        _make(surface, history_key_candidates=[*dead, *DEFAULT_HISTORY_KEY_CANDIDATES])
+    warned = [
+        r.getMessage() for r in caplog.records if "history_key_candidate_unusable" in r.getMessage()
+    ]
+    assert len(warned) == 3 and "history_key_candidates[0]" in warned[0]
+    with pytest.raises(ValueError, match=r"history_key_candidates\[0\].*no candidate could"):
+        _make(surface, history_key_candidates=dead)
+    with pytest.raises(ValueError, match="format field"):
+        _make(surface, history_key_candidates=["x:{0}", *DEFAULT_HISTORY_KEY_CANDIDATES])
+    _make(surface, history_key_template="single-conversation-app")  # a literal is a key

@@ -112,3 +112,53 @@ def test_a_group_thread_through_the_middleware_keeps_members_apart(store: BaseSt
         "alice: my salary is 9000", "echo: alice: my salary is 9000",
         "alice: again", "echo: alice: again",
     ]  # fmt: skip
+
+
+def test_runs_in_memory_leave_their_exchanges_to_the_next_run_with_a_key(
+    store: BaseStore,
+) -> None:
+    """A run without a key, or with history switched off, records no key: the next run
+    under the thread's key still stores the exchanges those runs left (an early version
+    recorded an empty key, and the next run dropped them for good)."""
+    model, reports = RecordingChatModel(), []
+    node = AgentNode(
+        model, use_graph_chat_history=True, toggles=toggles(), on_report=reports.append,
+        history_key_candidates=["tg:{{ inputs.chat }}"],
+    )  # fmt: skip
+    graph = build_graph(node, store, checkpointer=InMemorySaver())
+    chat = uuid.uuid4().int % 10**9
+    thread = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    graph.invoke({"inputs": {"chat": chat, "message": "one"}}, thread)
+    out = graph.invoke({"inputs": {"message": "two, without a key"}}, thread)
+    assert reports[-1].fallbacks == ("no_valid_key",) and "history_keys" in out
+    assert out["history_keys"] == {"agent": f"tg:{chat}"}  # unchanged by the keyless run
+    node.toggles = toggles(mode="off")
+    graph.invoke({"inputs": {"chat": chat, "message": "three, history off"}}, thread)
+    node.toggles = toggles()
+    graph.invoke({"inputs": {"chat": chat, "message": "four"}}, thread)
+    assert reports[-2].mode == "off" and reports[-2].appended == 0
+    assert _contents(store, f"tg:{chat}")[::2] == [
+        "one", "two, without a key", "three, history off", "four"
+    ]  # fmt: skip
+
+
+def test_the_middleware_records_no_key_from_a_key_function(store: BaseStore) -> None:
+    """A key function may read what the run changed (its messages), so the key it gives
+    at the end need not be the one the run's passes used: it is not recorded, and a
+    thread keyed by a function catches up as before."""
+    from langchain.agents import create_agent
+
+    from agent_history.middleware import HistoryMiddleware
+
+    def key(state: Any, runtime: Any) -> str:
+        return "fn:" + str(len(state.get("messages") or []))
+
+    agent = create_agent(
+        RecordingChatModel(), tools=[],
+        middleware=[HistoryMiddleware(history_key=key, toggles=toggles())],
+        store=store, checkpointer=InMemorySaver(),
+    )  # fmt: skip
+    out = agent.invoke({"messages": [{"role": "user", "content": "hi"}]}, {
+        "configurable": {"thread_id": uuid.uuid4().hex}
+    })  # fmt: skip
+    assert not out.get("history_keys")

@@ -367,12 +367,7 @@ def test_replace_filter_refuses_to_grow_past_any_key() -> None:
 
 @pytest.mark.parametrize(
     "template",
-    [
-        "{{ inputs }}",
-        "{{ inputs.message }}",
-        "room:{{ inputs.tags }}",
-        "x:{{ inputs.tags|string }}",
-    ],
+    ["{{ inputs }}", "{{ inputs.message }}", "room:{{ inputs.tags }}"],
 )
 def test_values_that_are_not_text_or_numbers_never_become_keys(template: str) -> None:
     # Any text is a key now, so a mapping's or a method's repr would be one: refused instead.
@@ -492,3 +487,48 @@ def test_state_nested_too_deep_is_refused_not_taken_for_missing() -> None:
     assert [(r.reason, r.detail) for r in resolution.rejected] == [
         (R.RENDER_ERROR, "a value is nested too deep")
     ]
+
+
+def test_a_mapping_or_list_printed_on_purpose_keeps_its_text() -> None:
+    """``|string`` and ``~`` print a list or a mapping as they always did, so a key made
+    that way (odd, but in use) does not move."""
+    state = {"inputs": {"tags": ["a", "b"], "m": {"k": 1}}}
+    for template, key in [
+        ("x:{{ inputs.tags|string }}", "x:['a', 'b']"),
+        ("{{ 'x:' ~ inputs.m }}", "x:{'k': 1}"),
+    ]:
+        assert resolve_history_key(state, candidates=[template]).key == key
+
+
+def test_an_enum_members_value_and_name_are_read_but_no_method_is() -> None:
+    from enum import Enum, IntEnum
+
+    class Platform(str, Enum):  # noqa: UP042 (as listener models type it)
+        TELEGRAM = "telegram"
+
+    class Chat(IntEnum):
+        SUPPORT = 7
+
+    state = {"inputs": {"platform": Platform.TELEGRAM, "chat": Chat.SUPPORT}}
+    cases = {
+        "{{ inputs.platform.value }}:{{ inputs.chat.value }}": "telegram:7",
+        "{{ inputs.platform.name }}": "TELEGRAM",
+    }
+    for template, key in cases.items():
+        assert resolve_history_key(state, candidates=[template]).key == key, template
+    for template in ["k:{{ inputs.platform.upper }}", "k:{{ inputs.platform.join|string }}"]:
+        assert resolve_history_key(state, candidates=[template]).key is None, template
+
+
+def test_an_object_without_fields_is_falsy_so_a_fallback_still_applies() -> None:
+    from datetime import datetime
+
+    state = {"inputs": {"when": datetime(2026, 1, 1), "chat": 5}}
+    template = "c:{{ inputs.when or inputs.chat }}"
+    assert resolve_history_key(state, candidates=[template]).key == "c:5"
+    assert (
+        resolve_history_key(
+            state, candidates=["c:{{ inputs.when|default(inputs.chat, true) }}"]
+        ).key
+        == "c:5"
+    )

@@ -9,15 +9,18 @@ reads the whole conversation on every backend (SQLite takes 64-bit integers only
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import numbers
 import operator
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from agent_history import observability as obs
 from agent_history.errors import InvalidArgument, InvalidNamespace
 from agent_history.history.naming import validate_namespace
-from agent_history.keys import candidate_problem, is_key_template
+from agent_history.keys import candidate_problem, format_field
 
 __all__ = [
     "MAX_COUNT",
@@ -176,39 +179,60 @@ def namespace_arg(namespace: Any) -> tuple[str, ...]:
         raise InvalidNamespace(f"history_namespace: {exc}") from None
 
 
-def _candidate_arg(name: str, value: Any) -> str:
+def _format_field_arg(name: str, value: Any) -> str:
     text = text_arg(name, value)
-    problem = candidate_problem(text)
-    if problem is not None:
-        raise InvalidArgument(f"{name} {problem}")
+    field = format_field(text)
+    if field is not None:
+        raise InvalidArgument(
+            f"{name} holds {field!r}, a Python format field: every chat would share one "
+            "conversation; a template writes values as {{ name }}"
+        )
     return text
 
 
 def key_candidates_arg(name: str, value: Any) -> tuple[str, ...]:
-    """Key candidates as configured: a collection (not one string) of at least one
-    literal that is a valid key or template the sandbox accepts
-    (`keys.candidate_problem`).
+    """Key candidates as configured: a collection (not one string) of texts, none holding
+    a Python format field (`keys.format_field`), and at least one that could give a key.
+    A candidate that never can (`keys.candidate_problem`) beside one that can is
+    reported with a warning (later candidates serve, as they did).
 
     Raises:
-        InvalidArgument: naming ``name`` and the candidate's position.
+        InvalidArgument: naming ``name`` (and the candidate's position).
     """
-    texts = texts_arg(name, value)
+    texts = tuple(
+        _format_field_arg(f"{name}[{i}]", t) for i, t in enumerate(texts_arg(name, value))
+    )
     if not texts:
         raise InvalidArgument(f"{name} is empty: no run could have a key")
-    return tuple(_candidate_arg(f"{name}[{i}]", text) for i, text in enumerate(texts))
+    problems = [(i, candidate_problem(text)) for i, text in enumerate(texts)]
+    dead = [(i, problem) for i, problem in problems if problem is not None]
+    if len(dead) == len(texts):
+        index, problem = dead[0]
+        raise InvalidArgument(f"{name}[{index}] {problem} (and no candidate could give a key)")
+    for index, problem in dead:
+        _warn_unusable(f"{name}[{index}]", str(problem), texts[index])
+    return texts
+
+
+@functools.lru_cache(maxsize=256)
+def _warn_unusable(setting: str, problem: str, candidate: str) -> None:
+    """Warn once per process about a candidate (settings are checked again per run)."""
+    del candidate  # part of the cache key only: the candidate may quote nothing secret,
+    # but a warning names settings, never their text
+    obs.log_event(
+        "history_key_candidate_unusable", setting=setting, problem=problem, level=logging.WARNING
+    )
 
 
 def key_template_arg(name: str, value: Any) -> str:
-    """``history_key_template`` as configured: a template the sandbox accepts; a literal
-    would put every chat in one conversation.
+    """``history_key_template`` as configured: no Python format field, and a literal
+    that is a key or a template the sandbox accepts (every run goes through it).
 
     Raises:
         InvalidArgument: naming ``name``.
     """
-    text = _candidate_arg(name, value)
-    if not is_key_template(text):
-        raise InvalidArgument(
-            f"{name} is a literal, so every chat would share one conversation: use a "
-            "template such as 'tenant-a:{{ conversation_key }}'"
-        )
+    text = _format_field_arg(name, value)
+    problem = candidate_problem(text)
+    if problem is not None:
+        raise InvalidArgument(f"{name} {problem}")
     return text
