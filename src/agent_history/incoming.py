@@ -26,14 +26,16 @@ __all__ = [
     "ANSWERED_FIELD",
     "HISTORY_KEYS_FIELD",
     "IncomingMessage",
+    "KeySpan",
     "ThreadView",
     "answered_update",
     "as_mapping",
     "current_thread",
     "history_key_update",
     "incoming_message",
+    "key_span",
     "not_streamed_as_output",
-    "previous_key",
+    "span_start",
 ]
 
 ANSWERED_FIELD = "answered"
@@ -41,8 +43,8 @@ ANSWERED_FIELD = "answered"
 message the node last answered."""
 
 HISTORY_KEYS_FIELD = "history_keys"
-"""The state field (in `AgentState`) naming, per node, the conversation key of the last
-exchange the node ended on this thread."""
+"""The state field (in `AgentState`) holding, per node, its `KeySpan` on this thread: the
+key of its last exchange and where the run of exchanges under that key began."""
 
 _MESSAGE_FIELDS = ("message", "user_message", "query", "prompt")
 _TEXT_FIELDS = ("text", "content", "message", "query", "prompt", "Content")
@@ -249,20 +251,54 @@ def not_streamed_as_output(config: RunnableConfig | None, added: BaseMessage | N
             seen.add(added.id)
 
 
-def previous_key(state: Any, node: str) -> str | None:
-    """The key under which ``node`` ended its last exchange on this thread, as the
-    state's `HISTORY_KEYS_FIELD` tells (None when the state does not keep it)."""
-    keys = as_mapping(state).get(HISTORY_KEYS_FIELD)
-    if not isinstance(keys, Mapping):
+@dataclass(frozen=True, slots=True)
+class KeySpan:
+    """Where this node's current key began on the thread: the key of its last exchange,
+    and the id of the user message that opened the run of exchanges under that key."""
+
+    key: str
+    since: str | None
+
+
+def key_span(state: Any, node: str) -> KeySpan | None:
+    """``node``'s `KeySpan` as the state's `HISTORY_KEYS_FIELD` tells (None when the state
+    does not keep it, or the node has ended no exchange under a key on this thread)."""
+    spans = as_mapping(state).get(HISTORY_KEYS_FIELD)
+    span = spans.get(node) if isinstance(spans, Mapping) else None
+    if not isinstance(span, Mapping) or not isinstance(span.get("key"), str):
         return None
-    key = keys.get(node)
-    return key if isinstance(key, str) else None
+    since = span.get("since")
+    return KeySpan(span["key"], since if isinstance(since, str) else None)
 
 
-def history_key_update(node: str, key: str | None) -> dict[str, Any]:
-    """The state update recording that ``node`` ended an exchange under ``key``: on a
-    thread that serves several keys (a group chat's thread with a key per member), the
-    thread's messages before the next exchange under another key are not that key's.
-    Empty without a key (a run in memory: its exchange is still this thread's key's,
-    to be stored by the next run that has one)."""
-    return {HISTORY_KEYS_FIELD: {node: key}} if key else {}
+def span_start(thread: Sequence[BaseMessage], span: KeySpan | None, key: str) -> int | None:
+    """The first position of ``thread`` whose messages are ``key``'s to store when they
+    are not stored yet: None for the whole thread (a thread whose state keeps no span),
+    else from where the span under ``key`` began, or (another key's span) from the
+    newest user message, the exchange being answered."""
+    if span is None:
+        return None
+    if span.key == key and span.since is not None:
+        for index, message in enumerate(thread):
+            if message.id == span.since:
+                return index
+    newest = newest_human(thread)
+    return len(thread) if newest is None else newest
+
+
+def history_key_update(
+    node: str, key: str | None, span: KeySpan | None, thread: Sequence[BaseMessage]
+) -> dict[str, Any]:
+    """The state update recording that ``node`` ended an exchange under ``key``: the span
+    goes on under the same key, or a new one opens at this exchange's user message. On a
+    thread that serves several keys (a group chat's thread with a key per member) a key
+    then stores only its own exchanges. Empty without a key (a run in memory: its
+    exchange is still the span's, to be stored by the next run that has a key)."""
+    if not key:
+        return {}
+    if span is not None and span.key == key:
+        since = span.since
+    else:
+        newest = newest_human(thread)
+        since = None if newest is None else thread[newest].id
+    return {HISTORY_KEYS_FIELD: {node: {"key": key, "since": since}}}

@@ -29,6 +29,7 @@ from agent_history.incoming import (
     as_mapping,
     current_thread,
     history_key_update,
+    key_span,
     not_streamed_as_output,
 )
 from agent_history.node import merge_results
@@ -134,13 +135,17 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
     def after_agent(self, state: HistoryAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
         """Record that the agent answered the delivered message (its run ended), so a
         re-delivery is recognised whatever the answer was (a structured one too), and the
-        key it answered under (`incoming.history_key_update`)."""
+        key span the run's exchange belongs to (`incoming.history_key_update`)."""
         node = self.surface.node
         view = current_thread(state, node)
+        if view.answered:
+            return None  # a re-delivery: no exchange of this run
         # A key function may read what the run changed (its messages): only templates,
         # which see neither, give at the end the key the run's passes used.
-        key = None if self.surface.key is not None else self.surface.key_of(state, runtime)
-        marks = history_key_update(node, key)
+        key = None
+        if self.surface.key is None:
+            key = self.surface.key_of(state, runtime)
+        marks = history_key_update(node, key, key_span(state, node), view.messages)
         if view.incoming is not None and view.added is None:
             marks.update(answered_update(view, node))
         return marks or None

@@ -31,7 +31,6 @@ from agent_history.history.codec import HistoryScope, is_final_answer
 from agent_history.incoming import (
     answered_update,
     current_thread,
-    history_key_update,
     not_streamed_as_output,
 )
 from agent_history.keys import (
@@ -61,10 +60,10 @@ class AgentState(TypedDict, total=False):
     """Per node, the channel message id of the delivered message it last answered: a
     re-delivered callback is skipped by the nodes that answered it, and a second agent
     node of the same run still answers."""
-    history_keys: Annotated[dict[str, str], merge_results]
-    """Per node, the conversation key of the last exchange it ended on this thread: a
-    thread serving several keys (a group chat's thread, a key per member) stores under
-    each key only that key's exchanges."""
+    history_keys: Annotated[dict[str, dict[str, str | None]], merge_results]
+    """Per node, its key span on this thread (the key of its last exchange, and the user
+    message that opened the run of exchanges under it): a thread serving several keys (a
+    group chat's thread, a key per member) stores under each key only its exchanges."""
 
 
 class AgentNode(Runnable[Any, dict[str, Any]]):
@@ -276,11 +275,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         run.report(payload)
         added = [run.view.added] if run.view.added is not None else []
         ended = structured or (bool(produced) and is_final_answer(produced[-1]))
-        marker = (
-            {**answered_update(run.view, run.node), **history_key_update(run.node, run.key or None)}
-            if ended
-            else {}
-        )
+        marker = {**answered_update(run.view, run.node), **run.key_update()} if ended else {}
         return {"messages": [*added, *produced], **marker}
 
     def invoke(

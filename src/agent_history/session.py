@@ -44,7 +44,13 @@ from agent_history.history.arguments import (
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
 from agent_history.history.codec import HistoryScope, in_scope, is_final_answer
 from agent_history.history.records import RunToken, Turn
-from agent_history.incoming import ThreadView, previous_key
+from agent_history.incoming import (
+    KeySpan,
+    ThreadView,
+    history_key_update,
+    key_span,
+    span_start,
+)
 from agent_history.keys import (
     DEFAULT_HISTORY_KEY_CANDIDATES,
     DEFAULT_HISTORY_KEY_TEMPLATE,
@@ -238,8 +244,8 @@ class HistoryPass(SummaryUpdates):
     resolution: KeyResolution | None = None
     history: ChatHistory | None = None
     key: str = ""
-    previous_key: str | None = None
-    """The key of this node's last exchange on the thread (`incoming.previous_key`)."""
+    span: KeySpan | None = None
+    """This node's key span on the thread (`incoming.key_span`)."""
     fallbacks: list[str] = field(default_factory=list)
     stored: list[BaseMessage] = field(default_factory=list)
     anchor_tokens: dict[str, RunToken] | None = None
@@ -251,6 +257,8 @@ class HistoryPass(SummaryUpdates):
     appended: AppendResult | None = None
     redelivered: bool = False
     config: RunnableConfig | None = None
+    key_state: Any = None
+    """The state keys are resolved from (for `key_update` on a pass run in memory)."""
     summary: Summary | None = None
     """The stored summary read with the window (when summaries are on)."""
     summary_in_payload: Summary | None = None
@@ -289,6 +297,8 @@ class HistoryPass(SummaryUpdates):
         decision = toggles.decide(node, node_enabled=options.enabled, breaker=breaker)
         run = cls(options, node, view, decision, backend, breaker)
         run.config = config
+        run.key_state = state
+        run.span = key_span(state, node)
         if not decision.enabled:
             if options.enabled and decision.reason == "breaker_open":
                 run._fallback("breaker_open")
@@ -304,7 +314,6 @@ class HistoryPass(SummaryUpdates):
             run._fallback("no_valid_key")
             return run
         run.key = run.resolution.key
-        run.previous_key = previous_key(state, node)
         run.history = ChatHistory(
             store,
             namespace=options.namespace,
@@ -587,6 +596,23 @@ class HistoryPass(SummaryUpdates):
             yield Sleep(self._backoff(attempt))
         return False
 
+    def key_update(self) -> dict[str, Any]:
+        """The state update recording this pass's key span (`incoming.history_key_update`).
+
+        A pass run in memory by a switch (mode off, an open breaker, no store) still
+        belongs to its key's conversation: its exchange opens or continues that key's
+        span, to be stored by the key's next run, never by another key's."""
+        key = self.key or None
+        if key is None and self.options.enabled and self.resolution is None:
+            options = self.options
+            key = resolve_history_key(
+                self.key_state,
+                self.config,
+                candidates=options.key_candidates,
+                key_template=options.key_template,
+            ).key
+        return history_key_update(self.node, key, self.span, self.view.messages)
+
     def report(self, payload: Sequence[BaseMessage], model_called: bool = True) -> HistoryReport:
         """Build the pass's `HistoryReport` and hand it to the listeners."""
         merged = self.payload
@@ -645,10 +671,11 @@ class HistoryPass(SummaryUpdates):
         chat = [m for m in self.view.messages if role_of(m) != "system"]
         anchor = newest_human(chat)
         unstored = self.merged.unstored
-        if self.previous_key is not None and self.previous_key != self.key:
-            # The thread's earlier exchanges were another conversation's (a group chat's
-            # thread with a key per member): this key gets this exchange only.
-            ours = {id(m) for m in chat[anchor or 0 :]}
+        start = span_start(chat, self.span, self.key)
+        if start is not None:
+            # The thread's messages before this key's span are another conversation's (a
+            # group chat's thread with a key per member): never this key's to store.
+            ours = {id(m) for m in chat[start:]}
             unstored = [m for m in unstored if id(m) in ours]
         pending = [m for m in [*unstored, *produced] if in_scope(m, scope) or id(m) in answer]
         if anchor is None:

@@ -142,11 +142,11 @@ class Surface:
         )
 
     def key_of(self, state: Any, runtime: Any) -> str | None:
-        """The conversation key a pass would resolve now (None when there is none, or
-        history is off)."""
-        if not self.options.enabled:
-            return None
+        """The conversation key a run belongs to now (None when it has none, or history is
+        not on for this surface); a run in memory by a switch belongs to it too."""
         options = self.options
+        if not options.enabled:
+            return None
         return resolve_history_key(
             self._keyed(state, runtime),
             current_config(),

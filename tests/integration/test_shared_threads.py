@@ -131,7 +131,7 @@ def test_runs_in_memory_leave_their_exchanges_to_the_next_run_with_a_key(
     graph.invoke({"inputs": {"chat": chat, "message": "one"}}, thread)
     out = graph.invoke({"inputs": {"message": "two, without a key"}}, thread)
     assert reports[-1].fallbacks == ("no_valid_key",) and "history_keys" in out
-    assert out["history_keys"] == {"agent": f"tg:{chat}"}  # unchanged by the keyless run
+    assert out["history_keys"]["agent"]["key"] == f"tg:{chat}"  # the keyless run left it
     node.toggles = toggles(mode="off")
     graph.invoke({"inputs": {"chat": chat, "message": "three, history off"}}, thread)
     node.toggles = toggles()
@@ -162,3 +162,84 @@ def test_the_middleware_records_no_key_from_a_key_function(store: BaseStore) -> 
         "configurable": {"thread_id": uuid.uuid4().hex}
     })  # fmt: skip
     assert not out.get("history_keys")
+
+
+@pytest.mark.parametrize("mode", ["read_only", "off", "write_fails"])
+def test_a_members_run_in_memory_stays_that_members(store: BaseStore, mode: str) -> None:
+    """A member's run that stored nothing (history read-only or off, or the write
+    failed) belongs to that member: the other member's next run never stores it (an
+    early version stored bob's run with history off under alice). After another
+    member's turn, the member's own span starts again at their next exchange (the limit
+    agent-node.md states), and goes on from there."""
+    from agent_history.history import chat_history
+
+    model, reports = RecordingChatModel(), []
+    node = AgentNode(
+        model, use_graph_chat_history=True, toggles=toggles(), on_report=reports.append,
+        write_attempts=1,
+    )  # fmt: skip
+    graph = build_graph(node, store, checkpointer=InMemorySaver())
+    group, suffix = "G-" + uuid.uuid4().hex[:6], uuid.uuid4().hex[:6]
+    thread = {"configurable": {"thread_id": f"wecom-group-{group}"}}
+    alice, bob = f"alice{suffix}", f"bob{suffix}"
+    graph.invoke(_callback(group, alice, "a1", "a1"), thread)
+    real = chat_history.ChatHistory.append
+    if mode == "write_fails":
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("store down")
+
+        chat_history.ChatHistory.append = failing  # type: ignore[method-assign]
+    else:
+        node.toggles = toggles(mode=mode)
+    try:
+        graph.invoke(_callback(group, bob, "b1", "b1"), thread)
+    finally:
+        chat_history.ChatHistory.append = real  # type: ignore[method-assign]
+        node.toggles = toggles()
+    assert reports[-1].appended == 0
+    graph.invoke(_callback(group, alice, "a2", "a2"), thread)
+    graph.invoke(_callback(group, bob, "b2", "b2"), thread)
+    assert _contents(store, f"wecom_aibot:group:{alice}")[::2] == ["a1", "a2"]
+    assert _contents(store, f"wecom_aibot:group:{bob}")[::2] == ["b2"]
+    graph.invoke(_callback(group, bob, "b3", "b3"), thread)  # bob again: his span goes on
+    assert _contents(store, f"wecom_aibot:group:{bob}")[::2] == ["b2", "b3"]
+
+
+def test_a_member_whose_earlier_run_stored_nothing_gets_only_their_own(store: BaseStore) -> None:
+    """alice, then bob with history read-only, then bob again: bob's next run stores his
+    two exchanges, never alice's (bob's log lacked the thread's earlier messages)."""
+    model, reports = RecordingChatModel(), []
+    node = AgentNode(
+        model, use_graph_chat_history=True, toggles=toggles(), on_report=reports.append
+    )
+    graph = build_graph(node, store, checkpointer=InMemorySaver())
+    group, suffix = "G-" + uuid.uuid4().hex[:6], uuid.uuid4().hex[:6]
+    thread = {"configurable": {"thread_id": f"wecom-group-{group}"}}
+    graph.invoke(_callback(group, f"alice{suffix}", "a1", "a1"), thread)
+    node.toggles = toggles(mode="read_only")
+    graph.invoke(_callback(group, f"bob{suffix}", "b1", "b1"), thread)
+    node.toggles = toggles()
+    graph.invoke(_callback(group, f"bob{suffix}", "b2", "b2"), thread)
+    assert _contents(store, f"wecom_aibot:group:bob{suffix}")[::2] == ["b1", "b2"]
+    assert _contents(store, f"wecom_aibot:group:alice{suffix}")[::2] == ["a1"]
+
+
+def test_a_redelivery_through_the_middleware_moves_no_span(store: BaseStore) -> None:
+    """alice's message re-delivered (same channel id) after bob's turn ends the run at once
+    and records nothing: alice's next run does not store bob's exchange."""
+    from langchain.agents import create_agent
+
+    from agent_history.middleware import HistoryMiddleware
+
+    agent = create_agent(
+        RecordingChatModel(), tools=[], middleware=[HistoryMiddleware(toggles=toggles())],
+        store=store, checkpointer=InMemorySaver(),
+    )  # fmt: skip
+    group, suffix = "G-" + uuid.uuid4().hex[:6], uuid.uuid4().hex[:6]
+    thread = {"configurable": {"thread_id": f"wecom-group-{group}"}}
+    alice, bob = f"alice{suffix}", f"bob{suffix}"
+    for user, message_id in [(alice, "a1"), (bob, "b1"), (alice, "a1"), (alice, "a2")]:
+        agent.invoke(_callback(group, user, message_id, message_id), thread)
+    assert _contents(store, f"wecom_aibot:group:{alice}")[::2] == ["a1", "a2"]
+    assert _contents(store, f"wecom_aibot:group:{bob}")[::2] == ["b1"]
