@@ -11,6 +11,7 @@ user message followed only by this run's tool steps.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ def as_mapping(value: Any) -> Mapping[str, Any]:
             return dumped
     if hasattr(value, "__dict__"):
         return dict(vars(value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # ``@dataclass(slots=True)``: no ``__dict__``, its fields are its data
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     return {}
 
 

@@ -242,9 +242,19 @@ class _Unusable:
     __str__ = __iter__ = __len__ = __reversed__ = _refuse
 
     def __bool__(self) -> bool:
-        # Falsy, as the None it used to be: ``x or 'fallback'`` and ``default(v, true)``
-        # fall back; rendering it rejects the candidate.
+        # Falsy, as None: ``x or 'fallback'`` and ``default(v, true)`` fall back;
+        # rendering it, even through a filter, rejects the candidate.
         return False
+
+    def __eq__(self, other: object) -> bool:
+        return other is None or isinstance(other, _Unusable)
+
+    __hash__ = object.__hash__
+
+
+_EMPTY = _Unusable(KeyRejectReason.UNRESOLVED_TEMPLATE, "a value is empty")
+"""None in the state: ``telegram:{{ x|string }}`` or ``{{ x|lower }}`` must not make
+``telegram:None`` the key of every chat whose parser left the id out."""
 
 
 def key_failure(reason: KeyRejectReason, detail: str) -> Any:
@@ -311,7 +321,7 @@ class _KeyEnvironment(ImmutableSandboxedEnvironment):
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, _Unusable):
-            raise obj.error()
+            return self.undefined(obj=None, name=attribute)  # as None's attributes
         if isinstance(obj, Mapping):
             return self.getitem(obj, attribute)
         value = super().getattr(obj, attribute)
@@ -321,7 +331,7 @@ class _KeyEnvironment(ImmutableSandboxedEnvironment):
 
     def getitem(self, obj: Any, argument: Any) -> Any:
         if isinstance(obj, _Unusable):
-            raise obj.error()
+            return self.undefined(obj=None, name=argument)
         if isinstance(obj, Mapping):
             try:
                 return obj[argument]
@@ -438,7 +448,7 @@ def render_key_template(template: str, context: Mapping[str, Any]) -> str:
 # `{name}` (Python's format fields) outside any Jinja block: a literal that meant to be
 # a template, which would put every chat in one conversation.
 _JINJA_BLOCK = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
-_FORMAT_FIELD = re.compile(r"\{[\s\w.\[\]'\"!:]*\}")
+_FORMAT_FIELD = re.compile(r"\{[^{}]*\}|%\(\w+\)[sdr]|\$\{\w+\}")
 
 
 def is_key_template(text: str) -> bool:
@@ -447,9 +457,10 @@ def is_key_template(text: str) -> bool:
 
 
 def format_field(text: str) -> str | None:
-    """A Python format field (``{chat_id}``, ``{0}``, ``{}``) outside any Jinja block of
-    ``text``, if there is one: a literal meant as a template. As a candidate it is the
-    key of every chat, so all would share one conversation."""
+    """A placeholder of another template language (``{chat_id}``, ``{0}``, ``{}``,
+    ``%(chat_id)s``, ``${chat_id}``) outside any Jinja block of ``text``, if there is one:
+    a literal meant as a template. As a candidate it is the key of every chat, so all
+    would share one conversation."""
     found = _FORMAT_FIELD.search(_JINJA_BLOCK.sub("", text))
     return None if found is None else found.group(0)
 
@@ -486,12 +497,13 @@ class _MappingView(Mapping[str, Any]):
     def __getitem__(self, name: str) -> Any:
         if not isinstance(name, str):
             raise KeyError(name)
-        if name in self._data:
-            return _plain(self._data[name], self._depth + 1)
         return _plain(self._data[self._index()[name]], self._depth + 1)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._index())
+
+    def __reversed__(self) -> Iterator[str]:
+        return reversed(list(self._index()))
 
     def __len__(self) -> int:
         return len(self._data)
@@ -517,17 +529,30 @@ class _SequenceView(Sequence[Any]):
     def __len__(self) -> int:
         return len(self._data)
 
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
     def __str__(self) -> str:
         return str(_materialized(self))
 
 
-def _materialized(value: Any) -> Any:
+def _materialized(value: Any, budget: list[int] | None = None) -> Any:
     """A view as the plain dicts and lists it shows (``|string`` and ``~`` print a
-    mapping or a list as they always did: a key made that way keeps its text)."""
+    mapping or a list as they always did: a key made that way keeps its text), built
+    from no more values than a key could print (an object graph that refers back to
+    itself would otherwise be printed at exponential cost)."""
+    budget = [MAX_RENDERED_LENGTH] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise KeyTemplateError(KeyRejectReason.TOO_LONG, "rendered value too long")
     if isinstance(value, _MappingView):
-        return {name: _materialized(value[name]) for name in value}
+        return {name: _materialized(value[name], budget) for name in value}
     if isinstance(value, _SequenceView):
-        return [_materialized(item) for item in value]
+        return [_materialized(item, budget) for item in value]
     return None if isinstance(value, _Unusable) else value
 
 
@@ -539,27 +564,30 @@ def _plain(value: Any, depth: int = 0) -> Any:
     text; a pydantic model or an object is the mapping of its fields; anything else, and
     anything nested deeper than `MAX_STATE_DEPTH`, rejects a candidate that renders it.
     """
-    if value is None or isinstance(value, str | int | float | _Unusable):
+    if depth > MAX_STATE_DEPTH:
+        return _Unusable(KeyRejectReason.RENDER_ERROR, "a value is nested too deep")
+    if value is None:
+        return _EMPTY
+    if isinstance(value, str | int | float | _Unusable):
         # (A str subclass renders through its own __str__: a `(str, Enum)` member as
         # `Platform.TELEGRAM`. Kept so: changing it would move stored conversations.)
         return value
-    if depth > MAX_STATE_DEPTH:
-        return _Unusable(KeyRejectReason.RENDER_ERROR, "a value is nested too deep")
     if isinstance(value, Mapping):
         return _MappingView(value, depth)
     if isinstance(value, list | tuple):
         return _SequenceView(value, depth)
     if isinstance(value, uuid.UUID):
         return str(value)
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):  # numpy's floats print their shortest text
+    if type(value).__module__ == "numpy" and isinstance(value, numbers.Real):
+        # numpy's numbers as printed; no other class's number code runs here
+        if isinstance(value, numbers.Integral):
+            return int(value)
         return str(value) if math.isfinite(float(value)) else math.nan
     if isinstance(value, Decimal):
         return str(value) if value.is_finite() else math.nan
     dumped = as_mapping(value)
     if dumped:
-        return _MappingView(dumped, depth)
+        return _MappingView(dumped, depth + 1)  # the object, then its fields
     return _Unusable(KeyRejectReason.RENDER_ERROR, f"{_NOT_TEXT} ({type(value).__name__})")
 
 

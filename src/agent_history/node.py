@@ -25,6 +25,7 @@ from agent_history.history.arguments import (
     key_candidates_arg,
     namespace_arg,
     text_arg,
+    texts_arg,
 )
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
 from agent_history.history.codec import HistoryScope, is_final_answer
@@ -167,9 +168,10 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         # candidate per character (every chat then sharing the key of its first letter).
         self.history_namespace = list(namespace_arg(history_namespace))
         self.history_key_template = history_key_template
-        self.history_key_candidates = list(
-            key_candidates_arg("history_key_candidates", history_key_candidates)
-        )
+        # (Only a list check while history is off: a node that never resolves a key
+        # must not fail to start on its candidates.)
+        check = key_candidates_arg if use_graph_chat_history is True else texts_arg
+        self.history_key_candidates = list(check("history_key_candidates", history_key_candidates))
         self.history_value_field = history_value_field
         self.history_chunk_size = history_chunk_size
         self.history_scope: HistoryScope = history_scope

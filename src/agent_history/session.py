@@ -39,6 +39,7 @@ from agent_history.history.arguments import (
     namespace_arg,
     seconds_arg,
     text_arg,
+    texts_arg,
     value_field_arg,
 )
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
@@ -185,8 +186,12 @@ class HistoryOptions:
         flag_arg("use_graph_chat_history", self.enabled)
         flag_arg("history_read_legacy", self.read_legacy)
         flag_arg("summarize", self.summarize)
-        key_template_arg("history_key_template", self.key_template)
-        key_candidates_arg("history_key_candidates", self.key_candidates)
+        if self.enabled is True:  # (a node with history off never resolves a key)
+            key_template_arg("history_key_template", self.key_template)
+            key_candidates_arg("history_key_candidates", self.key_candidates)
+        else:
+            text_arg("history_key_template", self.key_template)
+            texts_arg("history_key_candidates", self.key_candidates)
         value_field_arg("history_value_field", self.value_field)
         count_arg("history_chunk_size", self.chunk_size, minimum=1, clamp=False)
         count_arg("max_messages", self.max_messages, minimum=1)

@@ -203,7 +203,7 @@ def test_a_dead_candidate_beside_working_ones_is_a_warning_not_a_refusal(
     from agent_history.history import arguments
     from agent_history.keys import DEFAULT_HISTORY_KEY_CANDIDATES
 
-    arguments._warn_unusable.cache_clear()  # once per process: this test's own
+    arguments._warn_once.cache_clear()  # once per process: this test's own
     dead = ["{{ inputs.chat_id|int }}", "{{ inputs._id }}", "{{ x is defined }}"]
     with caplog.at_level(logging.WARNING, logger="agent_history"):
         _make(surface, history_key_candidates=[*dead, *DEFAULT_HISTORY_KEY_CANDIDATES])
@@ -216,3 +216,32 @@ def test_a_dead_candidate_beside_working_ones_is_a_warning_not_a_refusal(
     with pytest.raises(ValueError, match="format field"):
         _make(surface, history_key_candidates=["x:{0}", *DEFAULT_HISTORY_KEY_CANDIDATES])
     _make(surface, history_key_template="single-conversation-app")  # a literal is a key
+
+
+def test_a_node_with_history_off_does_not_check_its_key_candidates() -> None:
+    """An upgrade must not stop a node that never resolves a key."""
+    node = AgentNode(
+        RecordingChatModel(), use_graph_chat_history=False, history_key_candidates=["{{ x|int }}"]
+    )
+    assert node.history_key_candidates == ["{{ x|int }}"]
+
+
+@pytest.mark.parametrize(
+    "candidate", ["telegram:%(chat_id)s", "{chat_id|lower}", "{chat-id}", "tg:${chat_id}"]
+)
+def test_placeholders_of_other_template_languages_are_refused(candidate: str) -> None:
+    with pytest.raises(ValueError, match="format field"):
+        _make("node", history_key_candidates=[candidate, "telegram:{{ inputs.chat }}"])
+
+
+def test_a_key_template_without_conversation_key_is_named_in_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from agent_history.history import arguments
+
+    arguments._warn_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="agent_history"):
+        _make("middleware", history_key_template="tenant-{{ config.configurable.tenant }}")
+    assert any("history_key_template_constant" in r.getMessage() for r in caplog.records)

@@ -475,18 +475,84 @@ def test_values_that_are_not_ids_are_refused_as_such_not_as_missing(
         assert rejection.detail == detail
 
 
-def test_state_nested_too_deep_is_refused_not_taken_for_missing() -> None:
+def test_state_nested_too_deep_gives_no_key() -> None:
     state: dict[str, Any] = {"id": 5}
     path = "inputs"
     for _ in range(14):
         state = {"n": state}
         path += ".n"
-    template = "c:{{ " + path.replace("inputs.", "inputs.", 1) + ".id }}"
-    resolution = resolve_history_key({"inputs": state["n"]}, candidates=[template])
+    resolution = resolve_history_key({"inputs": state["n"]}, candidates=["c:{{ " + path + ".id }}"])
     assert resolution.key is None
-    assert [(r.reason, r.detail) for r in resolution.rejected] == [
-        (R.RENDER_ERROR, "a value is nested too deep")
-    ]
+    assert [r.reason for r in resolution.rejected] == [R.UNRESOLVED_TEMPLATE]
+    shallow = resolve_history_key({"inputs": {"n": {"id": 5}}}, candidates=["c:{{ inputs.n.id }}"])
+    assert shallow.key == "c:5"
+
+
+def test_none_never_becomes_a_key_through_a_filter() -> None:
+    """A parser's optional id left as None: ``telegram:None`` would be the key of every
+    such chat. Through a filter or ``~`` it is as missing as printed directly."""
+    state = {"results": {"p": {"chat_id": None}}}
+    for template in [
+        "telegram:{{ results.p.chat_id }}",
+        "telegram:{{ results.p.chat_id|string }}",
+        "{{ results.p.chat_id|lower }}",
+        "{{ 'tg:' ~ results.p.chat_id }}",
+        "tg:{{ results.p.chat_id|trim }}",
+    ]:
+        resolution = resolve_history_key(state, candidates=[template])
+        assert resolution.key is None, template
+        assert [r.reason for r in resolution.rejected] == [R.UNRESOLVED_TEMPLATE], template
+    fallback = "tg:{{ results.p.chat_id|default('anon', true) }}"
+    assert resolve_history_key(state, candidates=[fallback]).key == "tg:anon"
+
+
+def test_printing_an_object_that_refers_to_itself_is_bounded() -> None:
+    class Node:
+        def __init__(self) -> None:
+            self.children: list[Node] = []
+
+    root = Node()
+    root.children = [root] * 6  # six references back to itself
+    resolution = resolve_history_key({"inputs": {"v": root}}, candidates=["{{ inputs.v|lower }}"])
+    assert resolution.key is None
+    assert [r.reason for r in resolution.rejected] == [R.TOO_LONG]
+
+
+def test_a_number_class_of_ones_own_runs_no_code_in_a_template() -> None:
+    import numbers
+
+    ran: list[str] = []
+
+    class Money:
+        def __float__(self) -> float:
+            ran.append("float")
+            return 5.0
+
+        def __str__(self) -> str:
+            ran.append("str")
+            return "$5.00"
+
+    numbers.Real.register(Money)  # as a money library may
+
+    resolution = resolve_history_key({"inputs": {"m": Money()}}, candidates=["c:{{ inputs.m }}"])
+    assert resolution.key is None and ran == []
+
+
+def test_lists_compare_by_value_and_a_mappings_last_key_is_readable() -> None:
+    state = {"inputs": {"a": ["x", "y"], "b": ("x", "y"), "m": {"k1": 1, "k2": 2}}}
+    template = "{{ 'same' if inputs.a == inputs.b else 'other' }}:{{ inputs.m|last }}"
+    assert resolve_history_key(state, candidates=[template]).key == "same:k2"
+
+
+def test_a_slots_dataclass_is_read_by_its_fields() -> None:
+    from dataclasses import dataclass
+
+    @dataclass(slots=True)
+    class Parsed:
+        chat_id: int
+
+    state = {"results": {"telegram_events_parser": Parsed(42)}}
+    assert resolve_history_key(state).key == "telegram:42"
 
 
 def test_a_mapping_or_list_printed_on_purpose_keeps_its_text() -> None:

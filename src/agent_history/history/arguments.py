@@ -20,7 +20,7 @@ from typing import Any
 from agent_history import observability as obs
 from agent_history.errors import InvalidArgument, InvalidNamespace
 from agent_history.history.naming import validate_namespace
-from agent_history.keys import candidate_problem, format_field
+from agent_history.keys import candidate_problem, format_field, is_key_template
 
 __all__ = [
     "MAX_COUNT",
@@ -210,18 +210,16 @@ def key_candidates_arg(name: str, value: Any) -> tuple[str, ...]:
         index, problem = dead[0]
         raise InvalidArgument(f"{name}[{index}] {problem} (and no candidate could give a key)")
     for index, problem in dead:
-        _warn_unusable(f"{name}[{index}]", str(problem), texts[index])
+        _warn_once("history_key_candidate_unusable", f"{name}[{index}]", str(problem), texts[index])
     return texts
 
 
 @functools.lru_cache(maxsize=256)
-def _warn_unusable(setting: str, problem: str, candidate: str) -> None:
-    """Warn once per process about a candidate (settings are checked again per run)."""
-    del candidate  # part of the cache key only: the candidate may quote nothing secret,
-    # but a warning names settings, never their text
-    obs.log_event(
-        "history_key_candidate_unusable", setting=setting, problem=problem, level=logging.WARNING
-    )
+def _warn_once(event: str, setting: str, problem: str, text: str) -> None:
+    """Warn once per process about a setting (settings are checked again per run); the
+    warning names the setting, never its text (``text`` only keys the cache)."""
+    del text
+    obs.log_event(event, setting=setting, problem=problem, level=logging.WARNING)
 
 
 def key_template_arg(name: str, value: Any) -> str:
@@ -235,4 +233,8 @@ def key_template_arg(name: str, value: Any) -> str:
     problem = candidate_problem(text)
     if problem is not None:
         raise InvalidArgument(f"{name} {problem}")
+    if is_key_template(text) and "conversation_key" not in text:
+        # Every chat that shares the other values shares one conversation.
+        problem = "does not use conversation_key: the candidates are ignored"
+        _warn_once("history_key_template_constant", name, problem, text)
     return text
