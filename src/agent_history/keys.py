@@ -223,9 +223,10 @@ _BLANK = "\x00blank\x00"
 
 
 class _Unusable:
-    """A state value no key can be made of (an object that is not data, a value nested
-    too deep, a key function that failed): any use of it in a template rejects the
-    candidate with its reason."""
+    """A state value no key can be made of (None, an object that is not data, a value
+    nested too deep, a key function that failed): falsy, equal to None, without
+    attributes; printing it, directly or through a filter, rejects the candidate with
+    its reason."""
 
     __slots__ = ("_detail", "_reason")
 
@@ -314,10 +315,11 @@ def _bounded_replace(value: Any, old: Any, new: Any, count: int | None = None) -
 
 
 class _KeyEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox over state copied as data (`_plain`): ``a.b`` and ``a['b']`` read the
+    """The sandbox over the state's data views (`_plain`): ``a.b`` and ``a['b']`` read the
     field ``b`` of a mapping, never a method of it (so a field named ``items`` or
-    ``update`` is reachable, and no method's text can become a key), and texts, numbers
-    and lists have no attributes at all."""
+    ``update`` is reachable, and no method's text can become a key); other values show
+    their data attributes only (an enum member's ``value``), and a missing or unusable
+    value has none."""
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, _Unusable):
