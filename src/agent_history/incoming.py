@@ -277,15 +277,17 @@ def key_span(state: Any, node: str) -> KeySpan | None:
 
 def span_start(thread: Sequence[BaseMessage], span: KeySpan | None, key: str) -> int | None:
     """The first position of ``thread`` whose messages are ``key``'s to store when they
-    are not stored yet: None for the whole thread (a thread whose state keeps no span),
-    else from where the span under ``key`` began, or (another key's span) from the
-    newest user message, the exchange being answered."""
+    are not stored yet: None for the whole thread (no span yet, or the span under
+    ``key`` began before anything the thread still holds), the span's start under
+    ``key``, or (another key's span) the newest user message, the exchange being
+    answered."""
     if span is None:
         return None
-    if span.key == key and span.since is not None:
+    if span.key == key:
         for index, message in enumerate(thread):
-            if message.id == span.since:
+            if span.since is not None and message.id == span.since:
                 return index
+        return None  # opened with the thread, or its start was trimmed away
     newest = newest_human(thread)
     return len(thread) if newest is None else newest
 
@@ -294,13 +296,17 @@ def history_key_update(
     node: str, key: str | None, span: KeySpan | None, thread: Sequence[BaseMessage]
 ) -> dict[str, Any]:
     """The state update recording that ``node`` ended an exchange under ``key``: the span
-    goes on under the same key, or a new one opens at this exchange's user message. On a
+    goes on under the same key, or a new one opens at this exchange's user message (the
+    first key on the thread spans all of it; ``thread`` holds only messages of the
+    state, so the id is found there again). On a
     thread that serves several keys (a group chat's thread with a key per member) a key
     then stores only its own exchanges. Empty without a key (a run in memory: its
     exchange is still the span's, to be stored by the next run that has a key)."""
     if not key:
         return {}
-    if span is not None and span.key == key:
+    if span is None:
+        since = None  # the first key on the thread: what came before is its own
+    elif span.key == key:
         since = span.since
     else:
         newest = newest_human(thread)

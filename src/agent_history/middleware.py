@@ -145,7 +145,10 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         key = None
         if self.surface.key is None:
             key = self.surface.key_of(state, runtime)
-        marks = history_key_update(node, key, key_span(state, node), view.messages)
+        # (Without a channel id, the view re-adds the delivered message under a fresh id:
+        # the span is opened on the state's own copy.)
+        thread = [m for m in view.messages if m is not view.added]
+        marks = history_key_update(node, key, key_span(state, node), thread)
         if view.incoming is not None and view.added is None:
             marks.update(answered_update(view, node))
         return marks or None

@@ -12,7 +12,7 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.store.base import BaseStore
 
-from agent_history import AgentNode, ChatHistory, HistoryReport
+from agent_history import AgentNode, ChatHistory, HistoryReport, HistoryToggles
 from agent_history.testing import RecordingChatModel
 from tests.support.agent_graphs import build_graph, toggles
 
@@ -243,3 +243,62 @@ def test_a_redelivery_through_the_middleware_moves_no_span(store: BaseStore) -> 
         agent.invoke(_callback(group, user, message_id, message_id), thread)
     assert _contents(store, f"wecom_aibot:group:{alice}")[::2] == ["a1", "a2"]
     assert _contents(store, f"wecom_aibot:group:{bob}")[::2] == ["b1"]
+
+
+def _trim_to_four(state: dict[str, Any]) -> dict[str, Any]:
+    from langchain_core.messages import RemoveMessage
+
+    messages = state.get("messages") or []
+    return (
+        {"messages": [RemoveMessage(id=m.id) for m in messages[:-4]]} if len(messages) > 4 else {}
+    )
+
+
+@pytest.mark.parametrize("ids", [True, False], ids=["channel-ids", "no-ids"])
+@pytest.mark.parametrize("shape", ["node", "node-trimmed", "middleware", "keyless-first"])
+def test_one_key_still_catches_up_what_a_run_left_unstored(
+    store: BaseStore, shape: str, ids: bool
+) -> None:
+    """A thread of one key, as before the key spans: the exchange a read-only run left
+    unstored is stored by the next run. An early version of the spans lost it when the
+    middleware ran without channel ids, when the thread was trimmed (RemoveMessage)
+    past the span's start, and when the thread's first run had no key."""
+    from langchain.agents import create_agent
+    from langgraph.graph import START, StateGraph
+
+    from agent_history import AgentState
+    from agent_history.middleware import HistoryMiddleware
+
+    chat = uuid.uuid4().int % 10**9
+    thread = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    env: dict[str, str] = {}
+    read_only = HistoryToggles(env=env)  # the environment is read again on each run
+    if shape == "middleware":
+        graph: Any = create_agent(
+            RecordingChatModel(), tools=[], middleware=[HistoryMiddleware(toggles=read_only)],
+            store=store, checkpointer=InMemorySaver(),
+        )  # fmt: skip
+    else:
+        node = AgentNode(RecordingChatModel(), use_graph_chat_history=True, toggles=read_only)
+        builder = StateGraph(AgentState)
+        builder.add_node("agent", node)
+        if shape == "node-trimmed":
+            builder.add_node("trim", _trim_to_four)
+            builder.add_edge(START, "trim")
+            builder.add_edge("trim", "agent")
+        else:
+            builder.add_edge(START, "agent")
+        graph = builder.compile(store=store, checkpointer=InMemorySaver())
+    texts = [f"m{i}" for i in range(1, 6)]
+    for i, text in enumerate(texts, start=1):
+        message: dict[str, Any] = {"text": text, **({"message_id": i} if ids else {})}
+        results = (
+            {}
+            if shape == "keyless-first" and i == 1
+            else {"telegram_events_parser": {"chat_id": chat}}
+        )
+        env.pop("ORCHEO_GRAPH_CHAT_HISTORY_MODE", None)
+        if i == 3:
+            env["ORCHEO_GRAPH_CHAT_HISTORY_MODE"] = "read_only"
+        graph.invoke({"inputs": {"message": message}, "results": results}, thread)
+    assert _contents(store, f"telegram:{chat}")[::2] == texts
