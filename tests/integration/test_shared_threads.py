@@ -36,14 +36,26 @@ def _contents(store: BaseStore, key: str) -> list[str]:
     return [str(turn.content) for turn in ChatHistory(store).read(key)]
 
 
-def test_each_member_of_a_group_thread_keeps_only_their_own_exchanges(store: BaseStore) -> None:
+def _group_thread() -> tuple[str, str, dict[str, Any]]:
+    """A group's id, a suffix making its members unique to the test, and its thread."""
+    group, suffix = "G-" + uuid.uuid4().hex[:6], uuid.uuid4().hex[:6]
+    return group, suffix, {"configurable": {"thread_id": f"wecom-group-{group}"}}
+
+
+def _agent_on_a_stable_thread(
+    store: BaseStore, **settings: Any
+) -> tuple[Any, AgentNode, RecordingChatModel, list[HistoryReport]]:
     model, reports = RecordingChatModel(), []
     node = AgentNode(
-        model, use_graph_chat_history=True, toggles=toggles(), on_report=reports.append
-    )
-    graph = build_graph(node, store, checkpointer=InMemorySaver())
-    group, suffix = "G-" + uuid.uuid4().hex[:6], uuid.uuid4().hex[:6]
-    thread = {"configurable": {"thread_id": f"wecom-group-{group}"}}
+        model, use_graph_chat_history=True, toggles=toggles(), on_report=reports.append,
+        **settings,
+    )  # fmt: skip
+    return build_graph(node, store, checkpointer=InMemorySaver()), node, model, reports
+
+
+def test_each_member_of_a_group_thread_keeps_only_their_own_exchanges(store: BaseStore) -> None:
+    graph, _node, model, reports = _agent_on_a_stable_thread(store)
+    group, suffix, thread = _group_thread()
     for user, message_id, text in GROUP_TALK:
         graph.invoke(_callback(group, f"{user}{suffix}", message_id, text), thread)
     assert _contents(store, f"wecom_aibot:group:alice{suffix}") == [
@@ -68,12 +80,7 @@ def test_a_thread_of_one_key_still_catches_up_what_a_failed_write_left(
     run (the thread still holds it), as before."""
     from agent_history.history import chat_history
 
-    model, reports = RecordingChatModel(), []
-    node = AgentNode(
-        model, use_graph_chat_history=True, toggles=toggles(), on_report=reports.append,
-        write_attempts=1,
-    )  # fmt: skip
-    graph = build_graph(node, store, checkpointer=InMemorySaver())
+    graph, _node, _model, reports = _agent_on_a_stable_thread(store, write_attempts=1)
     group, user = "G-" + uuid.uuid4().hex[:6], "carol" + uuid.uuid4().hex[:6]
     thread = {"configurable": {"thread_id": f"wecom-group-{group}"}}
     real = chat_history.ChatHistory.append
@@ -103,8 +110,7 @@ def test_a_group_thread_through_the_middleware_keeps_members_apart(store: BaseSt
         middleware=[HistoryMiddleware(toggles=toggles(), on_report=reports.append)],
         store=store, checkpointer=InMemorySaver(),
     )  # fmt: skip
-    group, suffix = "G-" + uuid.uuid4().hex[:6], uuid.uuid4().hex[:6]
-    thread = {"configurable": {"thread_id": f"wecom-group-{group}"}}
+    group, suffix, thread = _group_thread()
     for user, message_id, text in GROUP_TALK[:3]:
         agent.invoke(_callback(group, f"{user}{suffix}", message_id, text), thread)
     assert _contents(store, f"wecom_aibot:group:bob{suffix}") == ["bob: hello", "echo: bob: hello"]
@@ -173,14 +179,8 @@ def test_a_members_run_in_memory_stays_that_members(store: BaseStore, mode: str)
     agent-node.md states), and goes on from there."""
     from agent_history.history import chat_history
 
-    model, reports = RecordingChatModel(), []
-    node = AgentNode(
-        model, use_graph_chat_history=True, toggles=toggles(), on_report=reports.append,
-        write_attempts=1,
-    )  # fmt: skip
-    graph = build_graph(node, store, checkpointer=InMemorySaver())
-    group, suffix = "G-" + uuid.uuid4().hex[:6], uuid.uuid4().hex[:6]
-    thread = {"configurable": {"thread_id": f"wecom-group-{group}"}}
+    graph, node, _model, reports = _agent_on_a_stable_thread(store, write_attempts=1)
+    group, suffix, thread = _group_thread()
     alice, bob = f"alice{suffix}", f"bob{suffix}"
     graph.invoke(_callback(group, alice, "a1", "a1"), thread)
     real = chat_history.ChatHistory.append
@@ -209,13 +209,8 @@ def test_a_members_run_in_memory_stays_that_members(store: BaseStore, mode: str)
 def test_a_member_whose_earlier_run_stored_nothing_gets_only_their_own(store: BaseStore) -> None:
     """alice, then bob with history read-only, then bob again: bob's next run stores his
     two exchanges, never alice's (bob's log lacked the thread's earlier messages)."""
-    model, reports = RecordingChatModel(), []
-    node = AgentNode(
-        model, use_graph_chat_history=True, toggles=toggles(), on_report=reports.append
-    )
-    graph = build_graph(node, store, checkpointer=InMemorySaver())
-    group, suffix = "G-" + uuid.uuid4().hex[:6], uuid.uuid4().hex[:6]
-    thread = {"configurable": {"thread_id": f"wecom-group-{group}"}}
+    graph, node, _model, _reports = _agent_on_a_stable_thread(store)
+    group, suffix, thread = _group_thread()
     graph.invoke(_callback(group, f"alice{suffix}", "a1", "a1"), thread)
     node.toggles = toggles(mode="read_only")
     graph.invoke(_callback(group, f"bob{suffix}", "b1", "b1"), thread)
@@ -236,8 +231,7 @@ def test_a_redelivery_through_the_middleware_moves_no_span(store: BaseStore) -> 
         RecordingChatModel(), tools=[], middleware=[HistoryMiddleware(toggles=toggles())],
         store=store, checkpointer=InMemorySaver(),
     )  # fmt: skip
-    group, suffix = "G-" + uuid.uuid4().hex[:6], uuid.uuid4().hex[:6]
-    thread = {"configurable": {"thread_id": f"wecom-group-{group}"}}
+    group, suffix, thread = _group_thread()
     alice, bob = f"alice{suffix}", f"bob{suffix}"
     for user, message_id in [(alice, "a1"), (bob, "b1"), (alice, "a1"), (alice, "a2")]:
         agent.invoke(_callback(group, user, message_id, message_id), thread)
