@@ -75,9 +75,9 @@ class HistoryAgentState(AgentState[Any]):
     answered: NotRequired[Annotated[dict[str, str], merge_results]]
     """Per ``node_name``, the channel id of the delivered message the agent last answered
     (a final or a structured answer): a re-delivery of it ends the run at once."""
-    history_keys: NotRequired[Annotated[dict[str, str], merge_results]]
-    """Per ``node_name``, the conversation key of the agent's last run on this thread: a
-    thread serving several keys stores under each key only that key's exchanges."""
+    history_keys: NotRequired[Annotated[dict[str, dict[str, str | None]], merge_results]]
+    """Per ``node_name``, its key span on this thread (`incoming.KeySpan`): a thread
+    serving several keys stores under each key only that key's exchanges."""
 
 
 class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
