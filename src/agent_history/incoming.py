@@ -12,6 +12,7 @@ user message followed only by this run's tool steps.
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from agent_history.messages import newest_human, text_of
 
 __all__ = [
     "ANSWERED_FIELD",
-    "HISTORY_KEYS_FIELD",
+    "SPAN_PREFIX",
     "IncomingMessage",
     "KeySpan",
     "ThreadView",
@@ -35,17 +36,21 @@ __all__ = [
     "history_key_update",
     "incoming_message",
     "key_span",
+    "merged_markers",
     "not_streamed_as_output",
     "span_start",
 ]
 
 ANSWERED_FIELD = "answered"
 """The state field (in `AgentState`) naming, per node, the channel id of the delivered
-message the node last answered."""
+message the node last answered (and its key span, see `SPAN_PREFIX`)."""
 
-HISTORY_KEYS_FIELD = "history_keys"
-"""The state field (in `AgentState`) holding, per node, its `KeySpan` on this thread: the
-key of its last exchange and where the run of exchanges under that key began."""
+SPAN_PREFIX = "history_span:"
+"""Per node, its `KeySpan` is kept in `ANSWERED_FIELD` under ``SPAN_PREFIX + node`` (a
+name no LangGraph node can have: ``:`` is reserved), as JSON text. The field is one
+every release keeps: a channel of its own would be unknown to an earlier release run
+beside this one, or rolled back to, and LangGraph would count it as an update that keeps
+a thread paused by ``interrupt_before`` from ever resuming."""
 
 _MESSAGE_FIELDS = ("message", "user_message", "query", "prompt")
 _TEXT_FIELDS = ("text", "content", "message", "query", "prompt", "Content")
@@ -265,11 +270,15 @@ class KeySpan:
 
 
 def key_span(state: Any, node: str) -> KeySpan | None:
-    """``node``'s `KeySpan` as the state's `HISTORY_KEYS_FIELD` tells (None when the state
-    does not keep it, or the node has ended no exchange under a key on this thread)."""
-    spans = as_mapping(state).get(HISTORY_KEYS_FIELD)
-    span = spans.get(node) if isinstance(spans, Mapping) else None
-    if not isinstance(span, Mapping) or not isinstance(span.get("key"), str):
+    """``node``'s `KeySpan` as the state keeps it (None when the state has no
+    `ANSWERED_FIELD`, or the node has ended no exchange under a key on this thread)."""
+    answered = as_mapping(state).get(ANSWERED_FIELD)
+    raw = answered.get(SPAN_PREFIX + node) if isinstance(answered, Mapping) else None
+    try:
+        span = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    if not isinstance(span, dict) or not isinstance(span.get("key"), str):
         return None
     since = span.get("since")
     return KeySpan(span["key"], since if isinstance(since, str) else None)
@@ -311,4 +320,14 @@ def history_key_update(
     else:
         newest = newest_human(thread)
         since = None if newest is None else thread[newest].id
-    return {HISTORY_KEYS_FIELD: {node: {"key": key, "since": since}}}
+    text = json.dumps({"key": key, "since": since}, ensure_ascii=False)
+    return {ANSWERED_FIELD: {SPAN_PREFIX + node: text}}
+
+
+def merged_markers(*updates: dict[str, Any]) -> dict[str, Any]:
+    """State updates of `answered_update` and `history_key_update` as one: both write
+    `ANSWERED_FIELD`, whose reducer merges the entries."""
+    entries: dict[str, Any] = {}
+    for update in updates:
+        entries.update(update.get(ANSWERED_FIELD) or {})
+    return {ANSWERED_FIELD: entries} if entries else {}

@@ -30,6 +30,7 @@ from agent_history.incoming import (
     current_thread,
     history_key_update,
     key_span,
+    merged_markers,
     not_streamed_as_output,
 )
 from agent_history.node import merge_results
@@ -74,10 +75,8 @@ class HistoryAgentState(AgentState[Any]):
     """Earlier nodes' results (``results.telegram_events_parser.chat_id``...)."""
     answered: NotRequired[Annotated[dict[str, str], merge_results]]
     """Per ``node_name``, the channel id of the delivered message the agent last answered
-    (a final or a structured answer): a re-delivery of it ends the run at once."""
-    history_keys: NotRequired[Annotated[dict[str, dict[str, str | None]], merge_results]]
-    """Per ``node_name``, its key span on this thread (`incoming.KeySpan`): a thread
-    serving several keys stores under each key only that key's exchanges."""
+    (a final or a structured answer): a re-delivery of it ends the run at once; and its
+    key span on the thread (`incoming.SPAN_PREFIX`)."""
 
 
 class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
@@ -148,10 +147,9 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         # (Without a channel id, the view re-adds the delivered message under a fresh id:
         # the span is opened on the state's own copy.)
         thread = [m for m in view.messages if m is not view.added]
-        marks = history_key_update(node, key, key_span(state, node), thread)
-        if view.incoming is not None and view.added is None:
-            marks.update(answered_update(view, node))
-        return marks or None
+        span = history_key_update(node, key, key_span(state, node), thread)
+        answered = answered_update(view, node) if view.incoming and view.added is None else {}
+        return merged_markers(answered, span) or None
 
     async def aafter_agent(
         self, state: HistoryAgentState, runtime: Runtime[Any]

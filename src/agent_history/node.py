@@ -32,6 +32,7 @@ from agent_history.history.codec import HistoryScope, is_final_answer
 from agent_history.incoming import (
     answered_update,
     current_thread,
+    merged_markers,
     not_streamed_as_output,
 )
 from agent_history.keys import (
@@ -60,11 +61,8 @@ class AgentState(TypedDict, total=False):
     answered: Annotated[dict[str, str], merge_results]
     """Per node, the channel message id of the delivered message it last answered: a
     re-delivered callback is skipped by the nodes that answered it, and a second agent
-    node of the same run still answers."""
-    history_keys: Annotated[dict[str, dict[str, str | None]], merge_results]
-    """Per node, its key span on this thread (the key of its last exchange, and the user
-    message that opened the run of exchanges under it): a thread serving several keys (a
-    group chat's thread, a key per member) stores under each key only its exchanges."""
+    node of the same run still answers. Also, per node, its key span on the thread (a
+    thread serving several keys stores under each key only that key's exchanges)."""
 
 
 class AgentNode(Runnable[Any, dict[str, Any]]):
@@ -277,7 +275,9 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         run.report(payload)
         added = [run.view.added] if run.view.added is not None else []
         ended = structured or (bool(produced) and is_final_answer(produced[-1]))
-        marker = {**answered_update(run.view, run.node), **run.key_update()} if ended else {}
+        marker = (
+            merged_markers(answered_update(run.view, run.node), run.key_update()) if ended else {}
+        )
         return {"messages": [*added, *produced], **marker}
 
     def invoke(

@@ -218,12 +218,13 @@ def test_a_dead_candidate_beside_working_ones_is_a_warning_not_a_refusal(
     _make(surface, history_key_template="single-conversation-app")  # a literal is a key
 
 
-def test_a_node_with_history_off_does_not_check_its_key_candidates() -> None:
-    """An upgrade must not stop a node that never resolves a key."""
-    node = AgentNode(
-        RecordingChatModel(), use_graph_chat_history=False, history_key_candidates=["{{ x|int }}"]
-    )
-    assert node.history_key_candidates == ["{{ x|int }}"]
+@pytest.mark.parametrize("surface", SURFACES)
+@pytest.mark.parametrize("candidates", [[], ["{{ x|int }}"], ["tenant-a:{chat_id}"]])
+def test_a_surface_with_history_off_does_not_check_its_key_candidates(
+    surface: str, candidates: list[str]
+) -> None:
+    """An upgrade must not stop a node, middleware or hooks that never resolve a key."""
+    _make(surface, use_graph_chat_history=False, history_key_candidates=candidates)
 
 
 @pytest.mark.parametrize(

@@ -6,15 +6,29 @@ so one member's stored history held what the others said."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
+from langchain_core.messages import AnyMessage
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph.message import add_messages
 from langgraph.store.base import BaseStore
 
 from agent_history import AgentNode, ChatHistory, HistoryReport, HistoryToggles
+from agent_history.incoming import key_span
+from agent_history.node import merge_results
 from agent_history.testing import RecordingChatModel
-from tests.support.agent_graphs import build_graph, toggles
+from tests.support.agent_graphs import build_graph, telegram_callback, toggles
+
+
+class OlderState(TypedDict, total=False):
+    """An earlier release's `AgentState`: no channel this release added."""
+
+    messages: Annotated[list[AnyMessage], add_messages]
+    inputs: dict[str, Any]
+    results: Annotated[dict[str, Any], merge_results]
+    answered: Annotated[dict[str, str], merge_results]
+
 
 GROUP_TALK = [
     ("alice", "a1", "alice: my salary is 9000"),
@@ -136,8 +150,9 @@ def test_runs_in_memory_leave_their_exchanges_to_the_next_run_with_a_key(
     thread = {"configurable": {"thread_id": uuid.uuid4().hex}}
     graph.invoke({"inputs": {"chat": chat, "message": "one"}}, thread)
     out = graph.invoke({"inputs": {"message": "two, without a key"}}, thread)
-    assert reports[-1].fallbacks == ("no_valid_key",) and "history_keys" in out
-    assert out["history_keys"]["agent"]["key"] == f"tg:{chat}"  # the keyless run left it
+    assert reports[-1].fallbacks == ("no_valid_key",)
+    span = key_span(out, "agent")
+    assert span is not None and span.key == f"tg:{chat}"  # the keyless run left it
     node.toggles = toggles(mode="off")
     graph.invoke({"inputs": {"chat": chat, "message": "three, history off"}}, thread)
     node.toggles = toggles()
@@ -167,7 +182,7 @@ def test_the_middleware_records_no_key_from_a_key_function(store: BaseStore) -> 
     out = agent.invoke({"messages": [{"role": "user", "content": "hi"}]}, {
         "configurable": {"thread_id": uuid.uuid4().hex}
     })  # fmt: skip
-    assert not out.get("history_keys")
+    assert key_span(out, "agent") is None
 
 
 @pytest.mark.parametrize("mode", ["read_only", "off", "write_fails"])
@@ -296,3 +311,37 @@ def test_one_key_still_catches_up_what_a_run_left_unstored(
             env["ORCHEO_GRAPH_CHAT_HISTORY_MODE"] = "read_only"
         graph.invoke({"inputs": {"message": message}, "results": results}, thread)
     assert _contents(store, f"telegram:{chat}")[::2] == texts
+
+
+def test_a_release_that_does_not_know_the_spans_resumes_a_paused_thread(store: BaseStore) -> None:
+    """The key spans live in the `answered` channel every release has: a channel of their
+    own, unknown to a release rolled back to (or run beside this one), made LangGraph
+    count it as an update, and a thread paused with ``interrupt_before`` never resumed
+    there. A graph whose state lacks any new channel stands in for that release."""
+    from langgraph.graph import START, StateGraph
+
+    saver = InMemorySaver()
+    chat = uuid.uuid4().int % 10**9
+    thread = {"configurable": {"thread_id": uuid.uuid4().hex}}
+
+    def graph(state_schema: Any) -> Any:
+        node = AgentNode(RecordingChatModel(), use_graph_chat_history=True, toggles=toggles())
+        builder = StateGraph(state_schema)
+        builder.add_node("agent", node)
+        builder.add_node("after", lambda state: {})
+        builder.add_edge(START, "agent")
+        builder.add_edge("agent", "after")
+        return builder.compile(store=store, checkpointer=saver, interrupt_before=["after"])
+
+    from agent_history import AgentState
+
+    current = graph(AgentState)
+    current.invoke(telegram_callback(chat, "one", 1), thread)  # writes a span, pauses
+    current.invoke(None, thread)
+    current.invoke(telegram_callback(chat, "two", 2), thread)  # pauses again
+    assert current.get_state(thread).next == ("after",)
+    older = graph(OlderState)  # rolled back while the thread is paused
+    older.invoke(None, thread)
+    assert older.get_state(thread).next == ()  # it resumed
+    older.invoke(telegram_callback(chat, "three", 3), thread)
+    assert _contents(store, f"telegram:{chat}")[::2] == ["one", "two", "three"]

@@ -184,8 +184,9 @@ def _format_field_arg(name: str, value: Any) -> str:
     field = format_field(text)
     if field is not None:
         raise InvalidArgument(
-            f"{name} holds {field!r}, a Python format field: every chat would share one "
-            "conversation; a template writes values as {{ name }}"
+            f"{name} holds {field!r}, a placeholder of another template language (a format "
+            "field): every chat would share one conversation; a template writes values as "
+            "{{ name }}"
         )
     return text
 
