@@ -16,6 +16,7 @@ from langgraph.graph import START, StateGraph
 from langgraph.store.base import BaseStore
 
 from agent_history import AgentNode, AgentState, ChatHistory
+from agent_history.incoming import SPAN_PREFIX, key_span
 from agent_history.messages import text_of
 from agent_history.middleware import HistoryMiddleware
 from agent_history.testing import RecordingChatModel
@@ -59,7 +60,11 @@ def test_the_second_agent_of_a_run_answers_the_delivered_message(
             telegram_callback(chat, text, number), {"configurable": {"thread_id": thread_id}}
         )
         assert _texts(result["messages"])[-2:] == [f"W: {text}", f"R: {text}"]
-        assert result["answered"] == {"writer": str(number), "reviewer": str(number)}
+        answered = {k: v for k, v in result["answered"].items() if not k.startswith(SPAN_PREFIX)}
+        assert answered == {"writer": str(number), "reviewer": str(number)}
+        assert {key_span(result, node).key for node in ("writer", "reviewer")} == {  # type: ignore[union-attr]
+            f"telegram:{chat}"
+        }
 
     assert len(writer.calls) == len(reviewer.calls) == 2
     # The reviewer saw the writer's answer, and its own earlier answer from the store.
