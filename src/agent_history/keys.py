@@ -423,7 +423,7 @@ def render_key_template(template: str, context: Mapping[str, Any]) -> str:
     Raises:
         KeyTemplateError: unresolved variables, a disallowed construct, or a render error.
     """
-    if "{{" not in template and "{%" not in template and "{#" not in template:
+    if not is_key_template(template):
         return template
     compiled = _compile(template.strip())
     try:

@@ -20,13 +20,7 @@ from langgraph.store.base import BaseStore
 
 from agent_history.context.budget import TokenCounterLike
 from agent_history.context.summary import DEFAULT_SUMMARY_PROMPT
-from agent_history.history.arguments import (
-    items_arg,
-    key_candidates_arg,
-    namespace_arg,
-    text_arg,
-    texts_arg,
-)
+from agent_history.history.arguments import items_arg, namespace_arg, text_arg, texts_arg
 from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
 from agent_history.history.codec import HistoryScope, is_final_answer
 from agent_history.incoming import (
@@ -166,10 +160,10 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         # candidate per character (every chat then sharing the key of its first letter).
         self.history_namespace = list(namespace_arg(history_namespace))
         self.history_key_template = history_key_template
-        # (Only a list check while history is off: a node that never resolves a key
-        # must not fail to start on its candidates.)
-        check = key_candidates_arg if use_graph_chat_history is True else texts_arg
-        self.history_key_candidates = list(check("history_key_candidates", history_key_candidates))
+        # (What the candidates say is checked with the other history settings, below.)
+        self.history_key_candidates = list(
+            texts_arg("history_key_candidates", history_key_candidates)
+        )
         self.history_value_field = history_value_field
         self.history_chunk_size = history_chunk_size
         self.history_scope: HistoryScope = history_scope

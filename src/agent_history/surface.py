@@ -19,7 +19,7 @@ from langgraph.config import get_config
 from langgraph.store.base import BaseStore
 
 from agent_history.context.budget import TokenCounterLike
-from agent_history.history.arguments import key_candidates_arg, namespace_arg, texts_arg
+from agent_history.history.arguments import namespace_arg, texts_arg
 from agent_history.history.codec import HistoryScope
 from agent_history.incoming import ThreadView, as_mapping
 from agent_history.keys import KeyRejectReason, key_failure, resolve_history_key
@@ -174,11 +174,9 @@ def surface_from(fields: Mapping[str, Any]) -> Surface:
     if "namespace" in values:
         values["namespace"] = namespace_arg(values["namespace"])
     if "key_candidates" in values:
-        candidates = values["key_candidates"]
-        # (Only a list check while history is off: a surface that never resolves a key
-        # must not fail to start on its candidates.)
-        check = key_candidates_arg if values["enabled"] is True else texts_arg
-        values["key_candidates"] = check("history_key_candidates", candidates)
+        # A list, not a generator `HistoryOptions` would consume when it checks what the
+        # candidates say.
+        values["key_candidates"] = texts_arg("history_key_candidates", values["key_candidates"])
     key = fields.get("history_key")
     if key is not None:
         if not callable(key):

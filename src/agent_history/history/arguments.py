@@ -193,7 +193,8 @@ def _format_field_arg(name: str, value: Any) -> str:
 
 def key_candidates_arg(name: str, value: Any) -> tuple[str, ...]:
     """Key candidates as configured: a collection (not one string) of texts, none holding
-    a Python format field (`keys.format_field`), and at least one that could give a key.
+    a placeholder of another template language (`keys.format_field`), and at least one
+    that could give a key.
     A candidate that never can (`keys.candidate_problem`) beside one that can is
     reported with a warning (later candidates serve, as they did).
 
@@ -224,7 +225,8 @@ def _warn_once(event: str, setting: str, problem: str, text: str) -> None:
 
 
 def key_template_arg(name: str, value: Any) -> str:
-    """``history_key_template`` as configured: no Python format field, and a literal
+    """``history_key_template`` as configured: no placeholder of another template
+    language, and a literal
     that is a key or a template the sandbox accepts (every run goes through it).
 
     Raises:

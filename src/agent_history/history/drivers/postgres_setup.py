@@ -148,10 +148,9 @@ _TABLE_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
 _CREATE_MIGRATIONS = f"CREATE TABLE IF NOT EXISTS {sql.MIGRATIONS_TABLE} (v INTEGER PRIMARY KEY)"
 
 
-def _is_current(table_exists: Any, version: Any, migrations: int) -> bool:
-    if not _first(table_exists) or version is None:
-        return False
-    value = _first(version)
+def _records_all(version: Any, migrations: int) -> bool:
+    """Whether a ``max(v)`` row records LangGraph's ``migrations`` (versions from 0)."""
+    value = None if version is None else _first(version)
     return value is not None and int(value) >= migrations - 1
 
 
@@ -162,7 +161,7 @@ def langgraph_current(conn: Connection[Any], table: str, migrations: int) -> boo
     if not _first(exists):
         return False
     version = conn.execute(f"SELECT max(v) FROM {table}", prepare=False).fetchone()
-    return _is_current(exists, version, migrations)
+    return _records_all(version, migrations)
 
 
 async def alanggraph_current(conn: AsyncConnection[Any], table: str, migrations: int) -> bool:
@@ -171,7 +170,7 @@ async def alanggraph_current(conn: AsyncConnection[Any], table: str, migrations:
     if not _first(exists):
         return False
     version = await (await conn.execute(f"SELECT max(v) FROM {table}", prepare=False)).fetchone()
-    return _is_current(exists, version, migrations)
+    return _records_all(version, migrations)
 
 
 def migrate(conn: Connection[Any]) -> int:
