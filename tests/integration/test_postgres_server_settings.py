@@ -9,6 +9,8 @@ ends the pool's sessions itself, waiting until they are gone."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 import uuid
 from typing import Any
@@ -17,8 +19,10 @@ import psycopg
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from psycopg.conninfo import make_conninfo
+from typer.testing import CliRunner
 
 from agent_history import AgentNode, ChatHistory, HistoryReport
+from agent_history.cli import app
 from agent_history.errors import StoreUnavailable
 from agent_history.history.drivers import postgres_idle
 from agent_history.settings import HistorySettings
@@ -168,3 +172,62 @@ def test_a_role_that_may_only_read_and_write_rows_opens_a_set_up_database(pg_dsn
         with psycopg.connect(pg_dsn, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             admin.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_read_only_session_lists_exports_and_counts_conversations(pg_dsn: str) -> None:
+    """A read-only replica (a hot standby, or a role with ``default_transaction_read_only``)
+    is where operators point ``stats``, ``export`` and a purge's ``--dry-run`` to spare the
+    primary. Listing conversations read their heads through LangGraph's own reads, whose
+    statement carries an UPDATE (a TTL refresh), so every one of them failed with exit 3
+    there. ``doctor``'s probe writes, so it still says the store cannot serve it."""
+    database = "ro_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        try:
+            admin.execute(f'CREATE DATABASE "{database}"')
+        except psycopg.errors.InsufficientPrivilege:
+            pytest.skip("the test database's role may not create databases")
+    dsn = make_conninfo(pg_dsn, dbname=database)
+    settings = HistorySettings(graph_store_backend="postgres", postgres_dsn=dsn)
+    try:
+        with create_graph_store_sync(settings) as store:
+            history = ChatHistory(store, namespace=("ops",))
+            history.append("telegram:1", [HumanMessage("hi", id="1"), AIMessage("hello", id="2")])
+            history.append("wecom:7", [HumanMessage("yo", id="3")])
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        with create_graph_store_sync(settings) as store:
+            assert sorted(ChatHistory(store, namespace=("ops",)).keys()) == [
+                "telegram:1",
+                "wecom:7",
+            ]
+
+        async def listed() -> list[str]:
+            async with create_graph_store(settings) as astore:
+                return sorted([k async for k in ChatHistory(astore, namespace=("ops",)).akeys()])
+
+        assert asyncio.run(listed()) == ["telegram:1", "wecom:7"]
+        env = {
+            "ORCHEO_GRAPH_STORE_BACKEND": "postgres",
+            "ORCHEO_POSTGRES_DSN": dsn,
+            "COLUMNS": "200",
+        }
+        runner = CliRunner()
+        stats = runner.invoke(app, ["stats", "-n", "ops", "--json"], env=env)
+        assert stats.exit_code == 0, stats.output
+        assert '"conversations": 2' in stats.output and '"turns": 3' in stats.output
+        exported = runner.invoke(app, ["export", "-n", "ops", "--out", "-"], env=env)
+        assert exported.exit_code == 0, exported.output
+        lines = [json.loads(line) for line in exported.stdout.splitlines() if line.strip()]
+        assert [(line["key"], line["content"]) for line in lines] == [
+            ("telegram:1", "hi"),
+            ("telegram:1", "hello"),
+            ("wecom:7", "yo"),
+        ]
+        dry = runner.invoke(app, ["purge", "--older-than", "0s", "-n", "ops", "--dry-run"], env=env)
+        assert dry.exit_code == 0, dry.output
+        assert "would delete 2 conversations" in dry.output
+        probe = runner.invoke(app, ["doctor"], env=env)
+        assert probe.exit_code == 3 and "read-only" in probe.output
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

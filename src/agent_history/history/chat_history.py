@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from langchain_core.messages import BaseMessage
-from langgraph.store.base import BaseStore, GetOp
+from langgraph.store.base import BaseStore
 
 from agent_history import observability as obs
 from agent_history.budget import deadline_after
@@ -44,7 +44,7 @@ from agent_history.history.codec import (
 )
 from agent_history.history.drivers import AppendRequest, HistoryDriver, driver_for
 from agent_history.history.faults import store_faults
-from agent_history.history.layout import HEAD_KEY, PendingTurn, read_records, turn_reader
+from agent_history.history.layout import PendingTurn, read_records, turn_reader
 from agent_history.history.message_history import KeyedMessageHistory
 from agent_history.history.naming import conversation_namespace, key_of_label, validate_namespace
 from agent_history.history.records import (
@@ -380,7 +380,7 @@ class ChatHistory:
                     prefix=self.namespace, max_depth=depth, limit=_KEYS_PAGE, offset=offset
                 )
                 candidates = self._key_candidates(page)
-                heads = self.store.batch([GetOp(ns, HEAD_KEY) for ns, _ in candidates])
+                heads = self._driver.heads([ns for ns, _ in candidates])
             # A namespace can exist without a head (e.g. probed by a read on some stores,
             # or a delete interrupted half-way): only a head makes a conversation.
             yield from (key for (_, key), head in zip(candidates, heads, strict=True) if head)
@@ -399,7 +399,7 @@ class ChatHistory:
                     prefix=self.namespace, max_depth=depth, limit=_KEYS_PAGE, offset=offset
                 )
                 candidates = self._key_candidates(page)
-                heads = await self.store.abatch([GetOp(ns, HEAD_KEY) for ns, _ in candidates])
+                heads = await self._driver.aheads([ns for ns, _ in candidates])
             for (_, key), head in zip(candidates, heads, strict=True):
                 if head:
                     yield key

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeGuard, TypeVar
 
-from langgraph.store.base import BaseStore
+from langgraph.store.base import BaseStore, GetOp
 
 from agent_history import budget
 from agent_history import observability as obs
 from agent_history.errors import SyncCallInEventLoop
-from agent_history.history.layout import PendingTurn
+from agent_history.history.layout import HEAD_KEY, PendingTurn
 from agent_history.history.records import AppendResult
 from agent_history.history.steps import Request, Steps, append_steps, drive, drive_async
 
@@ -247,6 +247,12 @@ class HistoryDriver(ABC):
         """Append atomically and idempotently (see `steps.append_steps`)."""
         return self.run(namespace, request.steps())
 
+    def heads(self, namespaces: Sequence[tuple[str, ...]]) -> list[bool]:
+        """Whether each of ``namespaces`` holds a conversation (a head), in one read (for
+        listing conversations). Refreshes no expiry: a listing is not a use."""
+        found = self.store.batch([GetOp(ns, HEAD_KEY, refresh_ttl=False) for ns in namespaces])
+        return [item is not None for item in found]
+
     # --- async -----------------------------------------------------------------------------
 
     @abstractmethod
@@ -264,6 +270,11 @@ class HistoryDriver(ABC):
     async def aappend(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
         """Async `append`."""
         return await self.arun(namespace, request.steps())
+
+    async def aheads(self, namespaces: Sequence[tuple[str, ...]]) -> list[bool]:
+        """Async `heads`."""
+        ops = [GetOp(ns, HEAD_KEY, refresh_ttl=False) for ns in namespaces]
+        return [item is not None for item in await self.store.abatch(ops)]
 
     def describe(self) -> dict[str, Any]:
         """What the driver knows about its store, for health reports."""
@@ -291,6 +302,9 @@ class SyncStoreDriver(HistoryDriver):
 
     async def aappend(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
         return await asyncio.to_thread(self.append, namespace, request)
+
+    async def aheads(self, namespaces: Sequence[tuple[str, ...]]) -> list[bool]:
+        return await asyncio.to_thread(self.heads, namespaces)
 
 
 _LOOP_GRACE_SECONDS = 0.2
@@ -345,6 +359,9 @@ class AsyncStoreDriver(HistoryDriver):
 
     def append(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
         return self._on_loop(self.aappend(namespace, request))
+
+    def heads(self, namespaces: Sequence[tuple[str, ...]]) -> list[bool]:
+        return self._on_loop(self.aheads(namespaces))
 
 
 async def _awaited(call: Awaitable[T]) -> T:

@@ -21,7 +21,7 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -362,6 +362,21 @@ class PostgresDriver(SyncStoreDriver):
             return fallback.reader(namespace)
         prefix = namespace_text(namespace)
         return lambda request: self._use(lambda conn: self._get(conn, prefix, _get(request)))
+
+    def heads(self, namespaces: Sequence[tuple[str, ...]]) -> list[bool]:
+        fallback = self._target()
+        if fallback is not None:
+            return fallback.heads(namespaces)
+        prefixes = [namespace_text(ns) for ns in namespaces]
+        if not prefixes:
+            return []
+
+        def work(conn: Connection[Any]) -> set[str]:
+            with conn.cursor(row_factory=tuple_row) as cur:
+                return {row[0] for row in cur.execute(sql.HEADS_SQL, (prefixes,))}
+
+        found = self._use(work)
+        return [prefix in found for prefix in prefixes]
 
     def describe(self) -> dict[str, Any]:
         state = self._state

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
@@ -331,6 +331,22 @@ class AsyncPostgresDriver(AsyncStoreDriver):
             return await self._use(lambda conn: self._get(conn, prefix, request))
 
         return perform
+
+    async def aheads(self, namespaces: Sequence[tuple[str, ...]]) -> list[bool]:
+        fallback = await self._target()
+        if fallback is not None:
+            return await fallback.aheads(namespaces)
+        prefixes = [namespace_text(ns) for ns in namespaces]
+        if not prefixes:
+            return []
+
+        async def work(conn: AsyncConnection[Any]) -> set[str]:
+            async with conn.cursor(row_factory=tuple_row) as cur:
+                await cur.execute(sql.HEADS_SQL, (prefixes,))
+                return {row[0] for row in await cur.fetchall()}
+
+        found = await self._use(work)
+        return [prefix in found for prefix in prefixes]
 
     def describe(self) -> dict[str, Any]:
         state = self._state

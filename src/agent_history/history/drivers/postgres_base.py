@@ -42,6 +42,7 @@ from agent_history.history.steps import Get
 
 __all__ = [
     "APPEND_SQL",
+    "HEADS_SQL",
     "INSPECT_SQL",
     "LOCK_SQL",
     "MIGRATIONS",
@@ -478,6 +479,12 @@ _SELECT_ONE = "SELECT key, value::text, expires_at FROM agent_history_item_v1(%s
 _SELECT = (
     "SELECT i.key, i.value::text, i.expires_at FROM unnest(%s::text[]) AS k(key), "
     "LATERAL agent_history_item_v1(%s, k.key) AS i"
+)
+# The conversations among the given prefixes (those with a head): a plain SELECT, so a
+# listing works on a read-only standby too (LangGraph's own reads run an UPDATE).
+HEADS_SQL = (
+    "SELECT k.prefix FROM unnest(%s::text[]) AS k(prefix), "
+    "LATERAL agent_history_item_v1(k.prefix, 'head') AS i"
 )
 # Chunk keys are zero-padded: this range holds exactly the chunk items.
 _CHUNK_LOW, _CHUNK_HIGH = "chunk:0000000000", "chunk:9999999999"
