@@ -21,6 +21,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage, HumanMessage, convert_to_messages
 from langchain_core.runnables import RunnableConfig
 
+from agent_history import observability as obs
 from agent_history.history.codec import is_final_answer, is_plain
 from agent_history.messages import newest_human, text_of
 
@@ -38,6 +39,7 @@ __all__ = [
     "key_span",
     "merged_markers",
     "not_streamed_as_output",
+    "owed_positions",
     "span_start",
 ]
 
@@ -260,6 +262,11 @@ def not_streamed_as_output(config: RunnableConfig | None, added: BaseMessage | N
             seen.add(added.id)
 
 
+OWED_RANGES_KEPT = 32
+"""At most this many owed ranges (`KeySpan.owed`) are kept per node; past it the oldest
+is dropped, with a warning: a thread serving so many keys whose runs stored nothing."""
+
+
 @dataclass(frozen=True, slots=True)
 class KeySpan:
     """Where this node's current key began on the thread: the key of its last exchange,
@@ -267,6 +274,12 @@ class KeySpan:
 
     key: str
     since: str | None
+    unstored: bool = False
+    """The span's last exchange was not stored (its write failed, or it ran in memory)."""
+    owed: tuple[tuple[str, str | None, str], ...] = ()
+    """Spans of other keys that ended with an exchange not stored: ``(key, since,
+    until)``, the ids of the user messages that opened the span and the next key's span
+    (``since`` None: the thread's start). The key's next stored run stores them."""
 
 
 def key_span(state: Any, node: str) -> KeySpan | None:
@@ -281,7 +294,21 @@ def key_span(state: Any, node: str) -> KeySpan | None:
     if not isinstance(span, dict) or not isinstance(span.get("key"), str):
         return None
     since = span.get("since")
-    return KeySpan(span["key"], since if isinstance(since, str) else None)
+    owed = span.get("owed")
+    return KeySpan(
+        span["key"],
+        since if isinstance(since, str) else None,
+        span.get("unstored") is True,
+        tuple(
+            (entry[0], entry[1], entry[2])
+            for entry in (owed if isinstance(owed, list) else ())
+            if isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], str | None)
+            and isinstance(entry[2], str)
+        ),
+    )
 
 
 def span_start(thread: Sequence[BaseMessage], span: KeySpan | None, key: str) -> int | None:
@@ -301,18 +328,46 @@ def span_start(thread: Sequence[BaseMessage], span: KeySpan | None, key: str) ->
     return len(thread) if newest is None else newest
 
 
+def owed_positions(thread: Sequence[BaseMessage], span: KeySpan | None, key: str) -> list[range]:
+    """The parts of ``thread`` that earlier spans of ``key`` left unstored (`KeySpan.owed`):
+    from a span's start (the thread's start when it was trimmed away) up to the next
+    key's span. A part whose end the thread no longer holds is gone with it."""
+    if span is None or not span.owed:
+        return []
+    where = {message.id: index for index, message in enumerate(thread) if message.id}
+    parts = []
+    for owner, since, until in span.owed:
+        end = where.get(until)
+        if owner == key and end is not None:
+            parts.append(range(where.get(since, 0) if since is not None else 0, end))
+    return parts
+
+
 def history_key_update(
-    node: str, key: str | None, span: KeySpan | None, thread: Sequence[BaseMessage]
+    node: str,
+    key: str | None,
+    span: KeySpan | None,
+    thread: Sequence[BaseMessage],
+    stored: bool | None = None,
 ) -> dict[str, Any]:
     """The state update recording that ``node`` ended an exchange under ``key``: the span
     goes on under the same key, or a new one opens at this exchange's user message (the
     first key on the thread spans all of it; ``thread`` holds only messages of the
     state, so the id is found there again). On a
     thread that serves several keys (a group chat's thread with a key per member) a key
-    then stores only its own exchanges. Empty without a key (a run in memory: its
-    exchange is still the span's, to be stored by the next run that has a key)."""
+    then stores only its own exchanges. Without a key the exchange is still the span's,
+    to be stored by the span key's next run (only marked as not stored, when it was not).
+
+    ``stored``: whether the exchange was stored (with what ``key``'s earlier spans owed);
+    None when the caller cannot tell, which keeps no account of what is owed. A span
+    whose last exchange was not stored is owed to its key when another key's span opens.
+    """
     if not key:
-        return {}
+        if span is None or stored is not False or span.unstored:
+            return {}
+        key, stored = span.key, None  # the span's, and not stored: mark it so
+        span = dataclasses.replace(span, unstored=True)
+    owed = list(span.owed) if span is not None else []
     if span is None:
         since = None  # the first key on the thread: what came before is its own
     elif span.key == key:
@@ -320,7 +375,26 @@ def history_key_update(
     else:
         newest = newest_human(thread)
         since = None if newest is None else thread[newest].id
-    text = json.dumps({"key": key, "since": since}, ensure_ascii=False)
+        if span.unstored and since is not None:
+            owed.append((span.key, span.since, since))
+    if stored:
+        owed = [entry for entry in owed if entry[0] != key]
+    if len(owed) > OWED_RANGES_KEPT:
+        obs.log_event(
+            "history_owed_exchanges_dropped",
+            node=node,
+            dropped=len(owed) - OWED_RANGES_KEPT,
+            kept=OWED_RANGES_KEPT,
+        )
+        owed = owed[-OWED_RANGES_KEPT:]
+    entry: dict[str, Any] = {"key": key, "since": since}
+    if stored is False or (
+        stored is None and span is not None and span.key == key and span.unstored
+    ):
+        entry["unstored"] = True
+    if owed:
+        entry["owed"] = [list(item) for item in owed]
+    text = json.dumps(entry, ensure_ascii=False)
     return {ANSWERED_FIELD: {SPAN_PREFIX + node: text}}
 
 

@@ -50,6 +50,7 @@ from agent_history.incoming import (
     ThreadView,
     history_key_update,
     key_span,
+    owed_positions,
     span_start,
 )
 from agent_history.keys import (
@@ -261,6 +262,8 @@ class HistoryPass(SummaryUpdates):
     shadow_difference: bool | None = None
     appended: AppendResult | None = None
     redelivered: bool = False
+    exchange_stored: bool = False
+    """The exchange this pass ended is in the log (written now, or found there already)."""
     config: RunnableConfig | None = None
     key_state: Any = None
     """The state keys are resolved from (for `key_update` on a pass run in memory)."""
@@ -531,7 +534,9 @@ class HistoryPass(SummaryUpdates):
         structured answer given as a tool call (the answer and its result are kept in
         the ``turns`` scope too).
         """
-        if (yield from self._append_exchange(produced, ends)):
+        written = yield from self._append_exchange(produced, ends)
+        self.exchange_stored = written or self.redelivered
+        if written:
             yield from self.summarize()
 
     def _append_exchange(
@@ -616,7 +621,9 @@ class HistoryPass(SummaryUpdates):
                 candidates=options.key_candidates,
                 key_template=options.key_template,
             ).key
-        return history_key_update(self.node, key, self.span, self.view.messages)
+        return history_key_update(
+            self.node, key, self.span, self.view.messages, stored=self.exchange_stored
+        )
 
     def report(self, payload: Sequence[BaseMessage], model_called: bool = True) -> HistoryReport:
         """Build the pass's `HistoryReport` and hand it to the listeners."""
@@ -679,8 +686,11 @@ class HistoryPass(SummaryUpdates):
         start = span_start(chat, self.span, self.key)
         if start is not None:
             # The thread's messages before this key's span are another conversation's (a
-            # group chat's thread with a key per member): never this key's to store.
+            # group chat's thread with a key per member): never this key's to store, but
+            # for what this key's earlier spans left unstored.
             ours = {id(m) for m in chat[start:]}
+            for part in owed_positions(chat, self.span, self.key):
+                ours.update(id(chat[index]) for index in part)
             unstored = [m for m in unstored if id(m) in ours]
         pending = [m for m in [*unstored, *produced] if in_scope(m, scope) or id(m) in answer]
         if anchor is None:

@@ -189,9 +189,9 @@ def test_the_middleware_records_no_key_from_a_key_function(store: BaseStore) -> 
 def test_a_members_run_in_memory_stays_that_members(store: BaseStore, mode: str) -> None:
     """A member's run that stored nothing (history read-only or off, or the write
     failed) belongs to that member: the other member's next run never stores it (an
-    early version stored bob's run with history off under alice). After another
-    member's turn, the member's own span starts again at their next exchange (the limit
-    agent-node.md states), and goes on from there."""
+    early version stored bob's run with history off under alice). The member's next run
+    with history on stores it before its own exchange, after another member's turn too
+    (an earlier version lost it there), and the member's span goes on from there."""
     from agent_history.history import chat_history
 
     graph, node, _model, reports = _agent_on_a_stable_thread(store, write_attempts=1)
@@ -216,9 +216,13 @@ def test_a_members_run_in_memory_stays_that_members(store: BaseStore, mode: str)
     graph.invoke(_callback(group, alice, "a2", "a2"), thread)
     graph.invoke(_callback(group, bob, "b2", "b2"), thread)
     assert _contents(store, f"wecom_aibot:group:{alice}")[::2] == ["a1", "a2"]
-    assert _contents(store, f"wecom_aibot:group:{bob}")[::2] == ["b2"]
+    assert _contents(store, f"wecom_aibot:group:{bob}") == ["b1", "echo: b1", "b2", "echo: b2"]
+    assert reports[-1].appended == 4
     graph.invoke(_callback(group, bob, "b3", "b3"), thread)  # bob again: his span goes on
-    assert _contents(store, f"wecom_aibot:group:{bob}")[::2] == ["b2", "b3"]
+    assert _contents(store, f"wecom_aibot:group:{bob}")[::2] == ["b1", "b2", "b3"]
+    assert _contents(store, f"wecom_aibot:group:{alice}")[::2] == ["a1", "a2"]
+    span = key_span(graph.get_state(thread).values, "agent")
+    assert span is not None and span.owed == () and not span.unstored
 
 
 def test_a_member_whose_earlier_run_stored_nothing_gets_only_their_own(store: BaseStore) -> None:
@@ -311,6 +315,118 @@ def test_one_key_still_catches_up_what_a_run_left_unstored(
             env["ORCHEO_GRAPH_CHAT_HISTORY_MODE"] = "read_only"
         graph.invoke({"inputs": {"message": message}, "results": results}, thread)
     assert _contents(store, f"telegram:{chat}")[::2] == texts
+
+
+@pytest.mark.parametrize("trimmed", [False, True], ids=["whole-thread", "trimmed"])
+def test_a_members_failed_exchanges_are_stored_in_order_after_the_others_turns(
+    store: BaseStore, caplog: pytest.LogCaptureFixture, trimmed: bool
+) -> None:
+    """alice's writes fail twice, each time followed by bob's turn; her next run with a
+    working store stores both failed exchanges, then her own, in the thread's order, and
+    none of bob's. Trimmed (RemoveMessage keeping the last 7 messages), the exchange whose
+    start was cut keeps what the thread still holds of it."""
+    from langchain_core.messages import RemoveMessage
+    from langgraph.graph import START, StateGraph
+
+    from agent_history import AgentState
+    from agent_history.history import chat_history
+
+    model, reports = RecordingChatModel(), []
+    node = AgentNode(
+        model, use_graph_chat_history=True, toggles=toggles(), write_attempts=1,
+        on_report=reports.append,
+    )  # fmt: skip
+    builder = StateGraph(AgentState)
+    builder.add_node("agent", node)
+    if trimmed:
+
+        def trim(state: dict[str, Any]) -> dict[str, Any]:
+            messages = state.get("messages") or []
+            return {"messages": [RemoveMessage(id=m.id) for m in messages[:-7]]}
+
+        builder.add_node("trim", trim)
+        builder.add_edge(START, "trim")
+        builder.add_edge("trim", "agent")
+    else:
+        builder.add_edge(START, "agent")
+    graph = builder.compile(store=store, checkpointer=InMemorySaver())
+    group, suffix, thread = _group_thread()
+    alice, bob = f"alice{suffix}", f"bob{suffix}"
+    real = chat_history.ChatHistory.append
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("store down")
+
+    talk = [(alice, "a1", True), (bob, "b1", False), (alice, "a2", True), (bob, "b2", False)]
+    for user, message_id, fails in talk:
+        chat_history.ChatHistory.append = failing if fails else real  # type: ignore[method-assign]
+        try:
+            graph.invoke(_callback(group, user, message_id, message_id), thread)
+        finally:
+            chat_history.ChatHistory.append = real  # type: ignore[method-assign]
+    assert [r.fallbacks for r in reports] == [("write_failed",), (), ("write_failed",), ()]
+    assert _contents(store, f"wecom_aibot:group:{alice}") == []
+    graph.invoke(_callback(group, alice, "a3", "a3"), thread)
+    expected = ["a1", "echo: a1", "a2", "echo: a2", "a3", "echo: a3"]
+    # Trimmed to 7 before a3's run: a1's question was cut, its answer is still there.
+    assert _contents(store, f"wecom_aibot:group:{alice}") == (expected[1:] if trimmed else expected)
+    assert _contents(store, f"wecom_aibot:group:{bob}") == ["b1", "echo: b1", "b2", "echo: b2"]
+    span = key_span(graph.get_state(thread).values, "agent")
+    assert span is not None and span.key.endswith(alice) and span.owed == ()
+    graph.invoke(_callback(group, bob, "b3", "b3"), thread)
+    assert _contents(store, f"wecom_aibot:group:{bob}")[::2] == ["b1", "b2", "b3"]
+    assert len(_contents(store, f"wecom_aibot:group:{alice}")) == len(expected) - trimmed
+    assert "history_owed_exchanges_dropped" not in caplog.text
+
+
+def test_a_keyless_run_after_a_members_turn_stays_with_that_members_span(
+    store: BaseStore,
+) -> None:
+    """A run without a key belongs to the span it ran in (as on a thread of one key): when
+    another member speaks before the span's member does again, the span's member's next
+    run still stores it, and the other member's never does."""
+    graph, _node, _model, reports = _agent_on_a_stable_thread(store)
+    group, suffix, thread = _group_thread()
+    alice, bob = f"alice{suffix}", f"bob{suffix}"
+    graph.invoke(_callback(group, alice, "a1", "a1"), thread)
+    keyless = {
+        "inputs": {"message": {"msgid": "k1", "chatid": group, "text": {"content": "k1"}}},
+        "results": {"wecom_ai_bot_events_parser": {"chat_type": "group", "user": None}},
+    }
+    graph.invoke(keyless, thread)
+    assert reports[-1].fallbacks == ("no_valid_key",)
+    graph.invoke(_callback(group, bob, "b1", "b1"), thread)
+    graph.invoke(_callback(group, alice, "a2", "a2"), thread)
+    assert _contents(store, f"wecom_aibot:group:{alice}")[::2] == ["a1", "k1", "a2"]
+    assert _contents(store, f"wecom_aibot:group:{bob}")[::2] == ["b1"]
+
+
+def test_owed_exchanges_past_the_limit_drop_the_oldest_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A thread whose members' runs keep failing owes at most `OWED_RANGES_KEPT` ranges:
+    the oldest goes, with a warning naming the node, never a key or a message."""
+    from langchain_core.messages import HumanMessage
+
+    from agent_history.incoming import OWED_RANGES_KEPT, history_key_update
+
+    state: dict[str, Any] = {"answered": {}}
+    thread: list[Any] = []
+    for turn in range(OWED_RANGES_KEPT + 3):
+        thread.append(HumanMessage(f"q{turn}", id=f"m{turn}"))
+        key = f"member-{turn % 2}"
+        update = history_key_update("agent", key, key_span(state, "agent"), thread, stored=False)
+        state["answered"].update(update["answered"])
+    span = key_span(state, "agent")
+    assert span is not None and span.unstored and len(span.owed) == OWED_RANGES_KEPT
+    assert span.owed[0] == ("member-0", "m2", "m3")  # (m0, m1) and (m1, m2) dropped
+    assert span.owed[-1] == ("member-1", "m33", "m34")
+    dropped = [r for r in caplog.records if "history_owed_exchanges_dropped" in r.getMessage()]
+    assert len(dropped) == 2 and "member-" not in caplog.text and "q1" not in caplog.text
+    stored = history_key_update("agent", "member-1", span, thread, stored=True)
+    state["answered"].update(stored["answered"])
+    left = key_span(state, "agent")
+    assert left is not None and {owner for owner, _, _ in left.owed} == {"member-0"}
 
 
 def test_a_release_that_does_not_know_the_spans_resumes_a_paused_thread(store: BaseStore) -> None:
