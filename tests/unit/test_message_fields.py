@@ -23,6 +23,7 @@ from pydantic_core import to_jsonable_python
 
 from agent_history.history import codec
 from agent_history.history.codec import message_fields, message_parts
+from agent_history.history.records import Turn, make_record, message_from_record
 
 
 class _Meta(BaseModel):
@@ -103,3 +104,49 @@ def test_the_stored_fields_do_not_alias_the_message() -> None:
     *_, extra = message_parts(message)
     extra["response_metadata"]["a"]["b"] = 2
     assert message.response_metadata == {"a": {"b": 1}}
+
+
+def _stored(message: BaseMessage, value_field: str) -> dict[str, Any]:
+    role, content, message_id, kind, extra = message_parts(message)
+    return make_record(1, role, content, message_id, "2026-01-01", kind, extra, value_field)
+
+
+_PLAIN_AND_ODD: list[BaseMessage] = [
+    *_messages(),
+    HumanMessage("nul \x00 and \ud83d", id="h3"),  # stored encoded
+    AIMessage([{"type": "text", "text": "a"}], id="a3"),
+    AIMessage("no id"),
+]
+
+
+@pytest.mark.parametrize("value_field", ["content", "text"])
+@pytest.mark.parametrize("message", _PLAIN_AND_ODD, ids=lambda m: f"{type(m).__name__}")
+def test_a_record_reads_back_as_the_message_it_stored(
+    message: BaseMessage, value_field: str
+) -> None:
+    """The tail's reader (`message_from_record`, with its shortcut for text questions and
+    answers) gives what the general reader (`Turn.to_message`) gives, for every class."""
+    record = _stored(message, value_field)
+    quick = message_from_record(record, value_field)
+    general = Turn.from_record(record, value_field).to_message()
+    assert type(quick) is type(general) is type(message)
+    assert quick.model_dump() == general.model_dump()
+    assert (quick.content, quick.id) == (message.content, message.id)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"seq": 1, "type": "human", "content": 5},
+        {"seq": 1, "type": "ai", "content": None, "id": "x"},
+        {"seq": 1, "type": "human", "content": "hi", "id": ["x"]},
+        {"seq": 1, "type": "ai", "content": "hi", "lc": "not an object"},
+        {"seq": 1, "type": "human", "content": "hi", "enc": "rot13"},
+    ],
+)
+def test_a_record_pydantic_refuses_is_refused_by_both_readers(record: dict[str, Any]) -> None:
+    """What a tail skips as unreadable (quarantined) is what every reader refuses."""
+    with pytest.raises((ValueError, TypeError)):
+        Turn.from_record(record).to_message()
+    with pytest.raises((ValueError, TypeError)):
+        message_from_record(record)

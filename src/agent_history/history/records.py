@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from agent_history.history.arguments import RESERVED_FIELDS
 from agent_history.history.codec import (
@@ -119,8 +119,18 @@ def message_from_record(record: dict[str, Any], value_field: str = "content") ->
         ValueError, KeyError, TypeError: the record is malformed, or pydantic rejects the
             message (see `codec.quarantine`).
     """
+    kind = record.get("type")
+    cls = _FIELDLESS.get(kind) if isinstance(kind, str) else None
+    if cls is not None and value_field in record and "lc" not in record and "enc" not in record:
+        # Most records: a question or an answer as text, with no field beyond its id.
+        return cls(content=record[value_field], id=record.get("id"))
     _, role, content, message_id, _, kind, extra = _fields(record, value_field)
     return build_message(role, content, message_id, kind, extra or {})
+
+
+_FIELDLESS: dict[str, type[BaseMessage]] = {"human": HumanMessage, "ai": AIMessage}
+"""Message classes whose records need nothing but content and id (`message_from_record`
+builds them as `codec.build_message` does, without its steps)."""
 
 
 def _own_field(record: dict[str, Any]) -> Any:
