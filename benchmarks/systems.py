@@ -9,9 +9,10 @@
 - ``floor``: the least any design can do: an indexed table ``(conv, seq, role, content)``
   through the driver directly (sqlite3, psycopg), or a dict of lists in memory.
 
-A tail returns LangChain messages, as `AgentNode` reads it: every system builds them
-with the same constructor as ours (`codec.build_message`), so the ratios compare the
-storage, not the message construction (langchain-postgres builds its own).
+A tail returns LangChain messages, as `AgentNode` reads it: every system builds them as
+ours does (`records.message_from_record`: the class called with content and id), so the
+ratios compare the storage, not the message construction (langchain-postgres builds its
+own).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from langgraph.store.base import BaseStore, Op, Result
 from psycopg import sql
 
 from agent_history.history import ChatHistory
-from agent_history.history.codec import build_message
 from benchmarks.connections import connect
 from benchmarks.naive_history import NaiveHistory
 from benchmarks.workload import Turn, as_dict, synthetic_turns
@@ -58,12 +58,13 @@ NAIVE = "naive"
 LANGCHAIN = "langchain-postgres"
 FLOOR = "floor"
 
-_KIND = {"user": "human", "assistant": "ai"}
+_CLASS: dict[str, type[BaseMessage]] = {"user": HumanMessage, "assistant": AIMessage}
 
 
 def as_messages(rows: Iterable[tuple[str, Any]]) -> list[BaseMessage]:
-    """``(role, content)`` rows as LangChain messages, built as ours are."""
-    return [build_message(role, content, None, _KIND[role], {}) for role, content in rows]
+    """``(role, content)`` rows as LangChain messages, built as ours are (a text question
+    or answer: its class called with content and id, see `records.message_from_record`)."""
+    return [_CLASS[role](content=content, id=None) for role, content in rows]
 
 
 # Bulk loads go in slices so no single statement or plan holds a 100k-turn history
