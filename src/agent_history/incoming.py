@@ -330,16 +330,18 @@ def span_start(thread: Sequence[BaseMessage], span: KeySpan | None, key: str) ->
 
 def owed_positions(thread: Sequence[BaseMessage], span: KeySpan | None, key: str) -> list[range]:
     """The parts of ``thread`` that earlier spans of ``key`` left unstored (`KeySpan.owed`):
-    from a span's start (the thread's start when it was trimmed away) up to the next
-    key's span. A part whose end the thread no longer holds is gone with it."""
+    from a span's start up to the next key's span. A part whose start or end the thread
+    no longer holds is given up: messages are removed from anywhere in a thread (a
+    recalled message), so what went before a lost bound may be another key's."""
     if span is None or not span.owed:
         return []
     where = {message.id: index for index, message in enumerate(thread) if message.id}
     parts = []
     for owner, since, until in span.owed:
         end = where.get(until)
-        if owner == key and end is not None:
-            parts.append(range(where.get(since, 0) if since is not None else 0, end))
+        start = 0 if since is None else where.get(since)
+        if owner == key and start is not None and end is not None:
+            parts.append(range(start, end))
     return parts
 
 

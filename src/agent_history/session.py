@@ -12,6 +12,7 @@ async callers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -42,7 +43,7 @@ from agent_history.history.arguments import (
     texts_arg,
     value_field_arg,
 )
-from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE
+from agent_history.history.chat_history import DEFAULT_CHUNK_SIZE, to_pending
 from agent_history.history.codec import HistoryScope, in_scope, is_final_answer
 from agent_history.history.records import RunToken, Turn
 from agent_history.incoming import (
@@ -263,7 +264,10 @@ class HistoryPass(SummaryUpdates):
     appended: AppendResult | None = None
     redelivered: bool = False
     exchange_stored: bool = False
-    """The exchange this pass ended is in the log (written now, or found there already)."""
+    """The exchange this pass ended is in the log (written now, or found there already),
+    or nothing of it can be (`unstorable`): no later run is to catch it up."""
+    unstorable: bool = False
+    """The codec refused the exchange's messages (and no part of them could be stored)."""
     config: RunnableConfig | None = None
     key_state: Any = None
     """The state keys are resolved from (for `key_update` on a pass run in memory)."""
@@ -535,7 +539,7 @@ class HistoryPass(SummaryUpdates):
         the ``turns`` scope too).
         """
         written = yield from self._append_exchange(produced, ends)
-        self.exchange_stored = written or self.redelivered
+        self.exchange_stored = written or self.redelivered or self.unstorable
         if written:
             yield from self.summarize()
 
@@ -591,10 +595,21 @@ class HistoryPass(SummaryUpdates):
             started = time.perf_counter()
             ok, value = yield step
             if not ok and isinstance(value, InvalidMessage):
-                # The exchange cannot be stored (a message the codec refuses): the store
-                # is fine, so no retry, and nothing for the breaker to count.
+                # A message the codec refuses: the store is fine, so no retry, and nothing
+                # for the breaker to count. The exchange's other messages are stored
+                # without it, once: a refused message must not keep the conversation's
+                # later exchanges, which a later run catches up with it, from the log.
                 self._fallback("invalid_message", obs.describe_error(value))
-                return False
+                storable = [m for m in pending if _storable(m)]
+                if not storable or len(storable) == len(pending):
+                    self.unstorable = True
+                    return False
+                pending = storable
+                step = dataclasses.replace(step, messages=storable)
+                ok, value = yield step
+                if not ok and isinstance(value, InvalidMessage):
+                    self.unstorable = True
+                    return False
             self._record(obs.STORE_WRITE_LATENCY, started, ok)
             if ok:
                 self._wrote(value)
@@ -820,3 +835,12 @@ def _shave(
 
 def _payload_key(messages: Sequence[BaseMessage]) -> list[tuple[str, str]]:
     return [(role_of(m), repr(m.content)) for m in messages]
+
+
+def _storable(message: BaseMessage) -> bool:
+    """Whether the codec stores ``message`` (the checks `ChatHistory.append` makes)."""
+    try:
+        to_pending([message], None, "full")
+    except (InvalidMessage, InvalidArgument):
+        return False
+    return True

@@ -401,6 +401,98 @@ def test_a_keyless_run_after_a_members_turn_stays_with_that_members_span(
     assert _contents(store, f"wecom_aibot:group:{bob}")[::2] == ["b1"]
 
 
+class _RefusedAnswerModel(RecordingChatModel):
+    """Answers "poison" with a content block holding bytes, which the codec refuses."""
+
+    def reply(self, messages: Any, **kwargs: Any) -> Any:
+        from langchain_core.messages import AIMessage
+
+        if "poison" in str([m for m in messages if m.type == "human"][-1].content):
+            return AIMessage(content=[{"type": "text", "text": "odd", "raw": b"\x00\x01"}])
+        return super().reply(messages, **kwargs)
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["one-key", "group"])
+def test_an_answer_the_codec_refuses_never_keeps_later_exchanges_from_the_log(
+    store: BaseStore, group: bool
+) -> None:
+    """An answer that cannot be stored (bytes in a content block) is left out, with an
+    ``invalid_message`` warning; the rest of its exchange and every later one are stored.
+    Before, the refused answer, still unstored in the thread, came back with every later
+    append of the conversation on a stable thread, and each was refused whole: nothing of
+    that member was ever stored again."""
+    reports: list[HistoryReport] = []
+    node = AgentNode(
+        _RefusedAnswerModel(), use_graph_chat_history=True, toggles=toggles(),
+        on_report=reports.append,
+    )  # fmt: skip
+    graph = build_graph(node, store, checkpointer=InMemorySaver())
+    chat, suffix, thread = _group_thread()
+    alice, bob = f"alice{suffix}", f"bob{suffix}"
+    talk = [(alice, "p1", "poison"), (bob, "b1", "b1"), (alice, "a2", "a2"), (alice, "a3", "a3")]
+    for user, message_id, text in talk if group else [t for t in talk if t[0] == alice]:
+        graph.invoke(_callback(chat, user, message_id, text), thread)
+    alices = [r for r in reports if r.key and r.key.endswith(alice)]
+    assert [(r.appended, r.fallbacks) for r in alices] == [
+        (1, ("invalid_message",)),  # the question, without the answer
+        (2, ("invalid_message",) if not group else ()),
+        (2, ()),
+    ]
+    assert _contents(store, f"wecom_aibot:group:{alice}") == [
+        "poison", "a2", "echo: a2", "a3", "echo: a3"
+    ]  # fmt: skip
+    if group:
+        assert _contents(store, f"wecom_aibot:group:{bob}") == ["b1", "echo: b1"]
+
+
+def test_a_removed_message_never_opens_a_members_owed_span_to_the_others(
+    store: BaseStore,
+) -> None:
+    """bob, then alice's exchange whose write failed, then bob; alice's question is then
+    removed from the thread (a recalled message, RemoveMessage) before her next run. Her
+    owed span has lost its start, so it is given up (her orphaned answer with it); it used
+    to start at the thread's start and put bob's first exchange in alice's log."""
+    from langchain_core.messages import RemoveMessage
+    from langgraph.graph import START, StateGraph
+
+    from agent_history import AgentState
+    from agent_history.history import chat_history
+
+    recalled: set[str] = set()
+
+    def recall(state: dict[str, Any]) -> dict[str, Any]:
+        messages = state.get("messages") or []
+        return {"messages": [RemoveMessage(id=m.id) for m in messages if m.id in recalled]}
+
+    node = AgentNode(
+        RecordingChatModel(), use_graph_chat_history=True, toggles=toggles(), write_attempts=1
+    )
+    builder = StateGraph(AgentState)
+    builder.add_node("recall", recall)
+    builder.add_node("agent", node)
+    builder.add_edge(START, "recall")
+    builder.add_edge("recall", "agent")
+    graph = builder.compile(store=store, checkpointer=InMemorySaver())
+    chat, suffix, thread = _group_thread()
+    alice, bob = f"alice{suffix}", f"bob{suffix}"
+    graph.invoke(_callback(chat, bob, "b0", "b0"), thread)
+    real = chat_history.ChatHistory.append
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("store down")
+
+    chat_history.ChatHistory.append = failing  # type: ignore[method-assign]
+    try:
+        graph.invoke(_callback(chat, alice, "a1", "a1"), thread)
+    finally:
+        chat_history.ChatHistory.append = real  # type: ignore[method-assign]
+    graph.invoke(_callback(chat, bob, "b1", "b1"), thread)
+    recalled.add("a1")
+    graph.invoke(_callback(chat, alice, "a2", "a2"), thread)
+    assert _contents(store, f"wecom_aibot:group:{alice}") == ["a2", "echo: a2"]
+    assert _contents(store, f"wecom_aibot:group:{bob}") == ["b0", "echo: b0", "b1", "echo: b1"]
+
+
 def test_owed_exchanges_past_the_limit_drop_the_oldest_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
