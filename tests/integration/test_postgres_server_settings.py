@@ -18,6 +18,8 @@ from typing import Any
 import psycopg
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.store.base import TTLConfig
+from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
 from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner
 
@@ -206,6 +208,18 @@ def test_a_read_only_session_lists_exports_and_counts_conversations(pg_dsn: str)
                 return sorted([k async for k in ChatHistory(astore, namespace=("ops",)).akeys()])
 
         assert asyncio.run(listed()) == ["telegram:1", "wecom:7"]
+        # A store refreshing expiries on read (TTL): the refresh is a write, which the
+        # replica refuses; the read stands (it used to fail as the store's failure).
+        ttl: TTLConfig = {"default_ttl": 60.0, "refresh_on_read": True}
+        with PostgresStore.from_conn_string(dsn, ttl=ttl) as ttl_store:
+            tail = ChatHistory(ttl_store, namespace=("ops",)).tail("telegram:1", 10)
+            assert [m.content for m in tail] == ["hi", "hello"]
+
+        async def atail() -> list[Any]:
+            async with AsyncPostgresStore.from_conn_string(dsn, ttl=ttl) as astore:
+                return await ChatHistory(astore, namespace=("ops",)).atail("wecom:7", 10)
+
+        assert [m.content for m in asyncio.run(atail())] == ["yo"]
         env = {
             "ORCHEO_GRAPH_STORE_BACKEND": "postgres",
             "ORCHEO_POSTGRES_DSN": dsn,

@@ -346,8 +346,8 @@ class PostgresDriver(SyncStoreDriver):
                     sql.TOUCH_SQL,
                     (prefix, self.ttl.minutes, sql.lock_timeout_ms(budget.remaining())),
                 )
-        except psycopg.errors.LockNotAvailable:
-            pass  # a writer holds the conversation: its append sets the expiry anyway
+        except sql.TOUCH_SKIPPED:
+            pass  # the read stands (see `postgres_base.TOUCH_SKIPPED`)
 
     def read(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
         fallback = self._target()

@@ -303,8 +303,8 @@ class AsyncPostgresDriver(AsyncStoreDriver):
                             sql.TOUCH_SQL,
                             (prefix, self.ttl.minutes, sql.lock_timeout_ms(budget.remaining())),
                         )
-                except psycopg.errors.LockNotAvailable:
-                    pass  # a writer holds the conversation: its append sets the expiry
+                except sql.TOUCH_SKIPPED:
+                    pass  # the read stands (see `postgres_base.TOUCH_SKIPPED`)
         return found
 
     async def aread(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:

@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
+import psycopg
 
 from agent_history.history.drivers.base import REFRESH_FRACTION, AppendRequest, TtlPolicy
 from agent_history.history.layout import msgid_key, new_head
@@ -55,6 +56,7 @@ __all__ = [
     "SETUP_UNLOCK_SQL",
     "STORE_SCHEMA_VERSION",
     "STORE_VERSION_SQL",
+    "TOUCH_SKIPPED",
     "TOUCH_SQL",
     "append_params",
     "append_result",
@@ -458,6 +460,15 @@ APPEND_SQL = (
 )
 PUT_SQL = "SELECT agent_history_put_v1(%s, %s::text[], %s::jsonb[], %s::text[], %s)"
 TOUCH_SQL = "SELECT agent_history_touch_v1(%s, %s, %s)"
+TOUCH_SKIPPED = (
+    # A writer holds the conversation: its append sets the expiry anyway.
+    psycopg.errors.LockNotAvailable,
+    # A read-only replica (a hot standby, a read-only default) or a role that may only
+    # read: the read stands, unrefreshed; the primary's writers keep the expiry.
+    psycopg.errors.ReadOnlySqlTransaction,
+    psycopg.errors.InsufficientPrivilege,
+)
+"""Errors of a read's expiry refresh (`TOUCH_SQL`) that leave the read standing."""
 LOCK_SQL = "SELECT agent_history_lock_v1(%s, %s)"
 
 # The requested keys, each by its primary key (`agent_history_item_v1`), then the newest
