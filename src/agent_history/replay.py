@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +124,17 @@ class ReplayReport:
         """True when every check holds."""
         return all(check.ok for check in self.checks)
 
+    @property
+    def keyless(self) -> list[HistoryReport]:
+        """The runs that had no valid key (and ran in memory)."""
+        return [r for r in self.reports if "no_valid_key" in r.fallbacks]
+
+
+STORE_FAILURES = frozenset(
+    {"no_store", "read_failed", "read_timeout", "write_failed", "write_timeout", "breaker_open"}
+)
+"""Fallback reasons of a run that the store (not the run's input) caused."""
+
 
 def replay(
     records: Iterable[dict[str, Any]],
@@ -202,7 +213,7 @@ def _check(report: ReplayReport, store: BaseStore, namespace: Sequence[str]) -> 
             + (f"; no earlier turns for {', '.join(broken)}" if broken else ""),
         )
     )
-    keyless = [r for r in report.reports if r.key is None]
+    keyless = report.keyless
     report.checks.append(
         ReplayCheck(
             "unresolved or invalid keys degrade without a crash",
@@ -220,11 +231,21 @@ def _check(report: ReplayReport, store: BaseStore, namespace: Sequence[str]) -> 
         for key, items in by_key.items()
         if history.count(key) < sum(r.appended for r in items)
     }
+    # A run that fell back to memory for the store's sake stored nothing: the store did
+    # not keep its turns (a read-only replica, a store down, an open breaker).
+    failures = Counter(
+        reason for r in report.reports for reason in r.fallbacks if reason in STORE_FAILURES
+    )
     report.checks.append(
         ReplayCheck(
             "the store keeps every turn",
-            not missing,
+            not missing and not failures,
             f"{sum(r.appended for r in report.reports)} turns appended"
-            + (f"; missing in {', '.join(missing)}" if missing else ""),
+            + (f"; missing in {', '.join(missing)}" if missing else "")
+            + (
+                "; store failures: " + ", ".join(f"{n}x {why}" for why, n in failures.items())
+                if failures
+                else ""
+            ),
         )
     )

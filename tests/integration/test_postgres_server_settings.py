@@ -13,6 +13,7 @@ import asyncio
 import json
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -242,6 +243,16 @@ def test_a_read_only_session_lists_exports_and_counts_conversations(pg_dsn: str)
         assert "would delete 2 conversations" in dry.output
         probe = runner.invoke(app, ["doctor"], env=env)
         assert probe.exit_code == 3 and "read-only" in probe.output
+        # The rollout checklist on a replica: no run can store its turns, so durability
+        # fails (it passed with "0 turns appended", the runs cut off by the open breaker
+        # counted as runs without a key).
+        callbacks = Path(__file__).resolve().parents[2] / "docs" / "examples" / "callbacks.jsonl"
+        replayed = runner.invoke(app, ["replay", str(callbacks), "--json"], env=env)
+        assert replayed.exit_code == 1, replayed.output
+        report = json.loads(replayed.stdout)
+        durability = next(c for c in report["checks"] if c["name"] == "the store keeps every turn")
+        assert not durability["ok"] and "write_failed" in durability["detail"]
+        assert "breaker_open" in durability["detail"]
     finally:
         with psycopg.connect(pg_dsn, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -98,7 +98,7 @@ def replay(
                     "namespace": where,
                     "kept": not removed,
                     "identities": report.identities,
-                    "keyless_runs": sum(1 for r in report.reports if r.key is None),
+                    "keyless_runs": len(report.keyless),
                     "checks": [
                         {"name": c.name, "ok": c.ok, "detail": c.detail} for c in report.checks
                     ],
@@ -113,12 +113,11 @@ def replay(
         for check in report.checks:
             table.add_row(check.name, "[green]PASS" if check.ok else "[red]FAIL", check.detail)
         console.print(table)
-        for item in report.reports:
-            if item.key is None:
-                rejected = ", ".join(item.rejected) or "-"
-                console.print(
-                    f"run without a valid key: rejected {rejected} -> in-memory", highlight=False
-                )
+        for item in report.keyless:
+            rejected = ", ".join(item.rejected) or "-"
+            console.print(
+                f"run without a valid key: rejected {rejected} -> in-memory", highlight=False
+            )
         if removed:
             note = f"history written to scratch namespace {where}, removed (--keep keeps it)"
         else:
