@@ -438,10 +438,15 @@ def _setting_up(settings: HistorySettings) -> Iterator[None]:
     try:
         yield
     except psycopg.Error as exc:
+        if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+            # A replica (or a read-only default) of a database this release has not set
+            # up yet: its primary must be opened once, by this release.
+            hint = "a read-only database, a replica?: open its primary once with this release"
+        else:
+            hint = "a role that may create tables in the schema must open a new database once"
         raise StoreUnavailable(
             f"cannot set up the tables at {describe_dsn(settings.dsn)} "
-            f"({env_var('postgres_dsn')}): {safe_error_text(exc, settings.dsn)} (a role "
-            "that may create tables in the schema must open a new database once)"
+            f"({env_var('postgres_dsn')}): {safe_error_text(exc, settings.dsn)} ({hint})"
         ) from None
 
 

@@ -256,3 +256,28 @@ def test_a_read_only_session_lists_exports_and_counts_conversations(pg_dsn: str)
     finally:
         with psycopg.connect(pg_dsn, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def test_a_read_only_database_this_release_has_not_set_up_says_to_open_its_primary(
+    pg_dsn: str,
+) -> None:
+    """A replica of a database this release has not opened yet cannot be set up from the
+    replica: the error says so, instead of pointing at the role's privileges."""
+    database = "ro_new_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        try:
+            admin.execute(f'CREATE DATABASE "{database}"')
+        except psycopg.errors.InsufficientPrivilege:
+            pytest.skip("the test database's role may not create databases")
+        admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    dsn = make_conninfo(pg_dsn, dbname=database)
+    try:
+        settings = HistorySettings(graph_store_backend="postgres", postgres_dsn=dsn)
+        with pytest.raises(StoreUnavailable) as refused, create_graph_store_sync(settings):
+            pass
+        text = str(refused.value)
+        assert "ORCHEO_POSTGRES_DSN" in text and "ReadOnlySqlTransaction" in text
+        assert "open its primary once with this release" in text and "role" not in text
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
