@@ -754,8 +754,13 @@ class HistoryPass(SummaryUpdates):
             key=resolution.key if resolution else None,
             reason=reason,
             error=error or None,
-            rejected=",".join(f"{r.reason}" for r in (resolution.rejected if resolution else ()))
-            or None,
+            # Why no candidate gave a key; beside a key, earlier candidates that did not
+            # apply (the default list's other channels) are noise.
+            rejected=(
+                ",".join(f"{r.reason}" for r in resolution.rejected) or None
+                if resolution is not None and resolution.key is None
+                else None
+            ),
         )
 
     def _record(self, metric: str, started: float, ok: bool) -> None:

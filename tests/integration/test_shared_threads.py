@@ -88,7 +88,7 @@ def test_each_member_of_a_group_thread_keeps_only_their_own_exchanges(store: Bas
 
 
 def test_a_thread_of_one_key_still_catches_up_what_a_failed_write_left(
-    store: BaseStore, monkeypatch: pytest.MonkeyPatch
+    store: BaseStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The same key run after run: an exchange whose write failed is stored by the next
     run (the thread still holds it), as before."""
@@ -106,6 +106,9 @@ def test_a_thread_of_one_key_still_catches_up_what_a_failed_write_left(
         patched.setattr(chat_history.ChatHistory, "append", failing)
         graph.invoke(_callback(group, user, "c1", "first"), thread)
     assert reports[-1].fallbacks == ("write_failed",)
+    # The key resolved: the default list's candidates for other channels are not listed.
+    (warning,) = [r.getMessage() for r in caplog.records if "reason=write_failed" in r.getMessage()]
+    assert "rejected=" not in warning and f"key=wecom_aibot:group:{user}" in warning
     assert chat_history.ChatHistory.append is real
     graph.invoke(_callback(group, user, "c2", "second"), thread)
     assert _contents(store, f"wecom_aibot:group:{user}") == [
