@@ -280,6 +280,9 @@ class KeySpan:
     """Spans of other keys that ended with an exchange not stored: ``(key, since,
     until)``, the ids of the user messages that opened the span and the next key's span
     (``since`` None: the thread's start). The key's next stored run stores them."""
+    after: str | None = None
+    """The id of the message before ``since`` when the span opened (the previous key's
+    last one): where the span starts when ``since`` was removed from the thread."""
 
 
 def key_span(state: Any, node: str) -> KeySpan | None:
@@ -293,7 +296,7 @@ def key_span(state: Any, node: str) -> KeySpan | None:
         return None
     if not isinstance(span, dict) or not isinstance(span.get("key"), str):
         return None
-    since = span.get("since")
+    since, after = span.get("since"), span.get("after")
     owed = span.get("owed")
     return KeySpan(
         span["key"],
@@ -308,6 +311,7 @@ def key_span(state: Any, node: str) -> KeySpan | None:
             and isinstance(entry[1], str | None)
             and isinstance(entry[2], str)
         ),
+        after if isinstance(after, str) else None,
     )
 
 
@@ -320,10 +324,16 @@ def span_start(thread: Sequence[BaseMessage], span: KeySpan | None, key: str) ->
     if span is None:
         return None
     if span.key == key:
-        for index, message in enumerate(thread):
-            if span.since is not None and message.id == span.since:
-                return index
-        return None  # opened with the thread, or its start was trimmed away
+        if span.since is None:
+            return None  # opened with the thread: all of it is this key's
+        where = {message.id: index for index, message in enumerate(thread) if message.id}
+        if span.since in where:
+            return where[span.since]
+        if span.after in where:
+            # Its first message was removed (a recalled message): the span starts after
+            # the previous key's last one, whatever went before is that key's.
+            return where[span.after] + 1
+        return None  # its start was trimmed away with all before it
     newest = newest_human(thread)
     return len(thread) if newest is None else newest
 
@@ -370,13 +380,15 @@ def history_key_update(
         key, stored = span.key, None  # the span's, and not stored: mark it so
         span = dataclasses.replace(span, unstored=True)
     owed = list(span.owed) if span is not None else []
+    after = None
     if span is None:
         since = None  # the first key on the thread: what came before is its own
     elif span.key == key:
-        since = span.since
+        since, after = span.since, span.after
     else:
         newest = newest_human(thread)
         since = None if newest is None else thread[newest].id
+        after = thread[newest - 1].id if newest else None
         if span.unstored and since is not None:
             owed.append((span.key, span.since, since))
     if stored:
@@ -390,6 +402,8 @@ def history_key_update(
         )
         owed = owed[-OWED_RANGES_KEPT:]
     entry: dict[str, Any] = {"key": key, "since": since}
+    if after is not None:
+        entry["after"] = after
     if stored is False or (
         stored is None and span is not None and span.key == key and span.unstored
     ):

@@ -494,6 +494,21 @@ def test_a_removed_message_never_opens_a_members_owed_span_to_the_others(
     graph.invoke(_callback(chat, alice, "a2", "a2"), thread)
     assert _contents(store, f"wecom_aibot:group:{alice}") == ["a2", "echo: a2"]
     assert _contents(store, f"wecom_aibot:group:{bob}") == ["b0", "echo: b0", "b1", "echo: b1"]
+    # On a new group thread: bob, then alice's exchange whose write failed, whose
+    # question is recalled before alice's next run. Her own span has lost its first
+    # message: it goes on after bob's last message (her orphaned answer is hers), never
+    # from the thread's start (bob's turns went into alice's log, before this release too).
+    chat, suffix, thread = _group_thread()
+    alice, bob = f"alice{suffix}", f"bob{suffix}"
+    graph.invoke(_callback(chat, bob, "b0", "b0"), thread)
+    chat_history.ChatHistory.append = failing  # type: ignore[method-assign]
+    try:
+        graph.invoke(_callback(chat, alice, "a1", "a1"), thread)
+    finally:
+        chat_history.ChatHistory.append = real  # type: ignore[method-assign]
+    graph.invoke(_callback(chat, alice, "a2", "a2"), thread)
+    assert _contents(store, f"wecom_aibot:group:{alice}") == ["echo: a1", "a2", "echo: a2"]
+    assert _contents(store, f"wecom_aibot:group:{bob}") == ["b0", "echo: b0"]
 
 
 def test_owed_exchanges_past_the_limit_drop_the_oldest_with_a_warning(
