@@ -62,6 +62,7 @@ from agent_history.keys import (
 )
 from agent_history.legacy import LEGACY_NAMESPACE
 from agent_history.messages import (
+    USER,
     MergedPayload,
     TokenCounter,
     anchors_to_check,
@@ -596,16 +597,16 @@ class HistoryPass(SummaryUpdates):
             ok, value = yield step
             if not ok and isinstance(value, InvalidMessage):
                 # A message the codec refuses: the store is fine, so no retry, and nothing
-                # for the breaker to count. The exchange's other messages are stored
-                # without it, once: a refused message must not keep the conversation's
-                # later exchanges, which a later run catches up with it, from the log.
+                # for the breaker to count. Its exchange is not stored; a later exchange
+                # that a run catches up with it (a stable thread) is, once: a refused
+                # message must not keep the conversation's later exchanges from the log.
                 self._fallback("invalid_message", obs.describe_error(value))
-                storable = [m for m in pending if _storable(m)]
-                if not storable or len(storable) == len(pending):
+                later = _after_refused(pending)
+                if not later:
                     self.unstorable = True
                     return False
-                pending = storable
-                step = dataclasses.replace(step, messages=storable)
+                pending = later
+                step = dataclasses.replace(step, messages=later)
                 ok, value = yield step
                 if not ok and isinstance(value, InvalidMessage):
                     self.unstorable = True
@@ -842,8 +843,18 @@ def _payload_key(messages: Sequence[BaseMessage]) -> list[tuple[str, str]]:
     return [(role_of(m), repr(m.content)) for m in messages]
 
 
+def _after_refused(pending: Sequence[BaseMessage]) -> list[BaseMessage]:
+    """The exchanges of ``pending`` after the last one holding a message the codec
+    refuses (the checks `ChatHistory.append` makes): from the next user message on."""
+    refused = [index for index, message in enumerate(pending) if not _storable(message)]
+    if not refused:
+        return []  # refused as a whole: nothing to tell apart
+    later = pending[refused[-1] + 1 :]
+    start = next((i for i, message in enumerate(later) if role_of(message) == USER), len(later))
+    return list(later[start:])
+
+
 def _storable(message: BaseMessage) -> bool:
-    """Whether the codec stores ``message`` (the checks `ChatHistory.append` makes)."""
     try:
         to_pending([message], None, "full")
     except (InvalidMessage, InvalidArgument):
