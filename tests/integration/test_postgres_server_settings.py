@@ -10,9 +10,11 @@ ends the pool's sessions itself, waiting until they are gone."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,28 @@ def _setup(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, HistorySe
     application = "idle-" + uuid.uuid4().hex[:8]
     dsn = make_conninfo(pg_dsn, application_name=application)
     return application, HistorySettings(graph_store_backend="postgres", postgres_dsn=dsn)
+
+
+@contextlib.contextmanager
+def _scratch_database(pg_dsn: str, prefix: str) -> Iterator[str]:
+    """A new database on the test server (its DSN), dropped afterwards."""
+    database = prefix + uuid.uuid4().hex[:8]
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        try:
+            admin.execute(f'CREATE DATABASE "{database}"')
+        except psycopg.errors.InsufficientPrivilege:
+            pytest.skip("the test database's role may not create databases")
+    try:
+        yield make_conninfo(pg_dsn, dbname=database)
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def _read_only(dsn: str) -> None:
+    """Make the sessions of ``dsn``'s database read-only, as on a replica."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{conn.info.dbname}" SET default_transaction_read_only = on')
 
 
 def _node(reports: list[HistoryReport], namespace: str) -> AgentNode:
@@ -183,21 +207,13 @@ def test_a_read_only_session_lists_exports_and_counts_conversations(pg_dsn: str)
     primary. Listing conversations read their heads through LangGraph's own reads, whose
     statement carries an UPDATE (a TTL refresh), so every one of them failed with exit 3
     there. ``doctor``'s probe writes, so it still says the store cannot serve it."""
-    database = "ro_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        try:
-            admin.execute(f'CREATE DATABASE "{database}"')
-        except psycopg.errors.InsufficientPrivilege:
-            pytest.skip("the test database's role may not create databases")
-    dsn = make_conninfo(pg_dsn, dbname=database)
-    settings = HistorySettings(graph_store_backend="postgres", postgres_dsn=dsn)
-    try:
+    with _scratch_database(pg_dsn, "ro_") as dsn:
+        settings = HistorySettings(graph_store_backend="postgres", postgres_dsn=dsn)
         with create_graph_store_sync(settings) as store:
             history = ChatHistory(store, namespace=("ops",))
             history.append("telegram:1", [HumanMessage("hi", id="1"), AIMessage("hello", id="2")])
             history.append("wecom:7", [HumanMessage("yo", id="3")])
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        _read_only(dsn)
         with create_graph_store_sync(settings) as store:
             assert sorted(ChatHistory(store, namespace=("ops",)).keys()) == [
                 "telegram:1",
@@ -253,9 +269,6 @@ def test_a_read_only_session_lists_exports_and_counts_conversations(pg_dsn: str)
         durability = next(c for c in report["checks"] if c["name"] == "the store keeps every turn")
         assert not durability["ok"] and "write_failed" in durability["detail"]
         assert "breaker_open" in durability["detail"]
-    finally:
-        with psycopg.connect(pg_dsn, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def test_a_read_only_database_this_release_has_not_set_up_says_to_open_its_primary(
@@ -263,21 +276,11 @@ def test_a_read_only_database_this_release_has_not_set_up_says_to_open_its_prima
 ) -> None:
     """A replica of a database this release has not opened yet cannot be set up from the
     replica: the error says so, instead of pointing at the role's privileges."""
-    database = "ro_new_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        try:
-            admin.execute(f'CREATE DATABASE "{database}"')
-        except psycopg.errors.InsufficientPrivilege:
-            pytest.skip("the test database's role may not create databases")
-        admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
-    dsn = make_conninfo(pg_dsn, dbname=database)
-    try:
+    with _scratch_database(pg_dsn, "ro_new_") as dsn:
+        _read_only(dsn)
         settings = HistorySettings(graph_store_backend="postgres", postgres_dsn=dsn)
         with pytest.raises(StoreUnavailable) as refused, create_graph_store_sync(settings):
             pass
         text = str(refused.value)
         assert "ORCHEO_POSTGRES_DSN" in text and "ReadOnlySqlTransaction" in text
         assert "open its primary once with this release" in text and "role" not in text
-    finally:
-        with psycopg.connect(pg_dsn, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -6,6 +6,7 @@ so one member's stored history held what the others said."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, TypedDict
 
 import pytest
@@ -270,6 +271,26 @@ def _trim_to_four(state: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _agent_after(
+    store: BaseStore, node: AgentNode, before: Callable[[dict[str, Any]], Any] | None = None
+) -> Any:
+    """A graph running ``before`` (a trimming or recalling step, when given), then the agent,
+    on a stable thread (a checkpointer)."""
+    from langgraph.graph import START, StateGraph
+
+    from agent_history import AgentState
+
+    builder = StateGraph(AgentState)
+    builder.add_node("agent", node)
+    if before is None:
+        builder.add_edge(START, "agent")
+    else:
+        builder.add_node("before", before)
+        builder.add_edge(START, "before")
+        builder.add_edge("before", "agent")
+    return builder.compile(store=store, checkpointer=InMemorySaver())
+
+
 @pytest.mark.parametrize("ids", [True, False], ids=["channel-ids", "no-ids"])
 @pytest.mark.parametrize("shape", ["node", "node-trimmed", "middleware", "keyless-first"])
 def test_one_key_still_catches_up_what_a_run_left_unstored(
@@ -280,9 +301,7 @@ def test_one_key_still_catches_up_what_a_run_left_unstored(
     middleware ran without channel ids, when the thread was trimmed (RemoveMessage)
     past the span's start, and when the thread's first run had no key."""
     from langchain.agents import create_agent
-    from langgraph.graph import START, StateGraph
 
-    from agent_history import AgentState
     from agent_history.middleware import HistoryMiddleware
 
     chat = uuid.uuid4().int % 10**9
@@ -296,15 +315,7 @@ def test_one_key_still_catches_up_what_a_run_left_unstored(
         )  # fmt: skip
     else:
         node = AgentNode(RecordingChatModel(), use_graph_chat_history=True, toggles=read_only)
-        builder = StateGraph(AgentState)
-        builder.add_node("agent", node)
-        if shape == "node-trimmed":
-            builder.add_node("trim", _trim_to_four)
-            builder.add_edge(START, "trim")
-            builder.add_edge("trim", "agent")
-        else:
-            builder.add_edge(START, "agent")
-        graph = builder.compile(store=store, checkpointer=InMemorySaver())
+        graph = _agent_after(store, node, _trim_to_four if shape == "node-trimmed" else None)
     texts = [f"m{i}" for i in range(1, 6)]
     for i, text in enumerate(texts, start=1):
         message: dict[str, Any] = {"text": text, **({"message_id": i} if ids else {})}
@@ -329,9 +340,7 @@ def test_a_members_failed_exchanges_are_stored_in_order_after_the_others_turns(
     none of bob's. Trimmed (RemoveMessage keeping the last 7 messages), the exchange whose
     start was cut keeps what the thread still holds of it."""
     from langchain_core.messages import RemoveMessage
-    from langgraph.graph import START, StateGraph
 
-    from agent_history import AgentState
     from agent_history.history import chat_history
 
     model, reports = RecordingChatModel(), []
@@ -339,20 +348,12 @@ def test_a_members_failed_exchanges_are_stored_in_order_after_the_others_turns(
         model, use_graph_chat_history=True, toggles=toggles(), write_attempts=1,
         on_report=reports.append,
     )  # fmt: skip
-    builder = StateGraph(AgentState)
-    builder.add_node("agent", node)
-    if trimmed:
 
-        def trim(state: dict[str, Any]) -> dict[str, Any]:
-            messages = state.get("messages") or []
-            return {"messages": [RemoveMessage(id=m.id) for m in messages[:-7]]}
+    def trim(state: dict[str, Any]) -> dict[str, Any]:
+        messages = state.get("messages") or []
+        return {"messages": [RemoveMessage(id=m.id) for m in messages[:-7]]}
 
-        builder.add_node("trim", trim)
-        builder.add_edge(START, "trim")
-        builder.add_edge("trim", "agent")
-    else:
-        builder.add_edge(START, "agent")
-    graph = builder.compile(store=store, checkpointer=InMemorySaver())
+    graph = _agent_after(store, node, trim if trimmed else None)
     group, suffix, thread = _group_thread()
     alice, bob = f"alice{suffix}", f"bob{suffix}"
     real = chat_history.ChatHistory.append
@@ -448,17 +449,19 @@ def test_an_answer_the_codec_refuses_never_keeps_later_exchanges_from_the_log(
         assert _contents(store, f"wecom_aibot:group:{bob}") == ["b1", "echo: b1"]
 
 
-def test_a_removed_message_never_opens_a_members_owed_span_to_the_others(
-    store: BaseStore,
+@pytest.mark.parametrize("bob_between", [True, False], ids=["owed-span", "own-span"])
+def test_a_removed_message_never_opens_a_members_span_to_the_others(
+    store: BaseStore, bob_between: bool
 ) -> None:
-    """bob, then alice's exchange whose write failed, then bob; alice's question is then
-    removed from the thread (a recalled message, RemoveMessage) before her next run. Her
-    owed span has lost its start, so it is given up (her orphaned answer with it); it used
-    to start at the thread's start and put bob's first exchange in alice's log."""
+    """bob, then alice's exchange whose write failed, (then bob again,) and alice's
+    question is removed from the thread (a recalled message, RemoveMessage) before her
+    next run. With bob between, her owed span has lost its start and is given up (her
+    orphaned answer with it); it used to start at the thread's start and put bob's first
+    exchange in alice's log. Without, her own span goes on after bob's last message (her
+    orphaned answer is hers); it used to reach back to the thread's start, before this
+    release too."""
     from langchain_core.messages import RemoveMessage
-    from langgraph.graph import START, StateGraph
 
-    from agent_history import AgentState
     from agent_history.history import chat_history
 
     recalled: set[str] = set()
@@ -470,12 +473,7 @@ def test_a_removed_message_never_opens_a_members_owed_span_to_the_others(
     node = AgentNode(
         RecordingChatModel(), use_graph_chat_history=True, toggles=toggles(), write_attempts=1
     )
-    builder = StateGraph(AgentState)
-    builder.add_node("recall", recall)
-    builder.add_node("agent", node)
-    builder.add_edge(START, "recall")
-    builder.add_edge("recall", "agent")
-    graph = builder.compile(store=store, checkpointer=InMemorySaver())
+    graph = _agent_after(store, node, recall)
     chat, suffix, thread = _group_thread()
     alice, bob = f"alice{suffix}", f"bob{suffix}"
     graph.invoke(_callback(chat, bob, "b0", "b0"), thread)
@@ -489,26 +487,16 @@ def test_a_removed_message_never_opens_a_members_owed_span_to_the_others(
         graph.invoke(_callback(chat, alice, "a1", "a1"), thread)
     finally:
         chat_history.ChatHistory.append = real  # type: ignore[method-assign]
-    graph.invoke(_callback(chat, bob, "b1", "b1"), thread)
+    if bob_between:
+        graph.invoke(_callback(chat, bob, "b1", "b1"), thread)
     recalled.add("a1")
     graph.invoke(_callback(chat, alice, "a2", "a2"), thread)
-    assert _contents(store, f"wecom_aibot:group:{alice}") == ["a2", "echo: a2"]
-    assert _contents(store, f"wecom_aibot:group:{bob}") == ["b0", "echo: b0", "b1", "echo: b1"]
-    # On a new group thread: bob, then alice's exchange whose write failed, whose
-    # question is recalled before alice's next run. Her own span has lost its first
-    # message: it goes on after bob's last message (her orphaned answer is hers), never
-    # from the thread's start (bob's turns went into alice's log, before this release too).
-    chat, suffix, thread = _group_thread()
-    alice, bob = f"alice{suffix}", f"bob{suffix}"
-    graph.invoke(_callback(chat, bob, "b0", "b0"), thread)
-    chat_history.ChatHistory.append = failing  # type: ignore[method-assign]
-    try:
-        graph.invoke(_callback(chat, alice, "a1", "a1"), thread)
-    finally:
-        chat_history.ChatHistory.append = real  # type: ignore[method-assign]
-    graph.invoke(_callback(chat, alice, "a2", "a2"), thread)
-    assert _contents(store, f"wecom_aibot:group:{alice}") == ["echo: a1", "a2", "echo: a2"]
-    assert _contents(store, f"wecom_aibot:group:{bob}") == ["b0", "echo: b0"]
+    assert _contents(store, f"wecom_aibot:group:{alice}") == (
+        ["a2", "echo: a2"] if bob_between else ["echo: a1", "a2", "echo: a2"]
+    )
+    assert _contents(store, f"wecom_aibot:group:{bob}") == (
+        ["b0", "echo: b0", "b1", "echo: b1"] if bob_between else ["b0", "echo: b0"]
+    )
 
 
 def test_owed_exchanges_past_the_limit_drop_the_oldest_with_a_warning(
