@@ -314,6 +314,11 @@ class HistoryPass(SummaryUpdates):
         run.span = key_span(state, node)
         if not decision.enabled:
             if options.enabled and decision.reason == "breaker_open":
+                # The key says whose run went on in memory (logs, reports, the span).
+                run.resolution = resolve_history_key(
+                    state, config, candidates=options.key_candidates,
+                    key_template=options.key_template,
+                )  # fmt: skip
                 run._fallback("breaker_open")
             return run
         if store is None:
@@ -629,14 +634,15 @@ class HistoryPass(SummaryUpdates):
         belongs to its key's conversation: its exchange opens or continues that key's
         span, to be stored by the key's next run, never by another key's."""
         key = self.key or None
-        if key is None and self.options.enabled and self.resolution is None:
+        if key is None and self.options.enabled:
             options = self.options
-            key = resolve_history_key(
+            resolution = self.resolution or resolve_history_key(
                 self.key_state,
                 self.config,
                 candidates=options.key_candidates,
                 key_template=options.key_template,
-            ).key
+            )
+            key = resolution.key
         return history_key_update(
             self.node, key, self.span, self.view.messages, stored=self.exchange_stored
         )

@@ -269,6 +269,8 @@ def test_the_breaker_opens_on_a_failing_store_and_stops_calling_it(surface: str)
             calls = len(faulty.calls)
     assert [r.fallbacks for r in reports] == [("read_failed",)] * 2 + [("breaker_open",)]
     assert len(faulty.calls) == calls  # no store call once the breaker is open
+    # Whose run went on in memory: the key, as for any other fallback (it was None).
+    assert [(r.key, r.channel) for r in reports] == [("telegram:6", "telegram")] * 3
 
 
 def test_without_langchain_only_the_middleware_needs_the_extra() -> None:
