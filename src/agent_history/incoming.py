@@ -23,7 +23,7 @@ from langchain_core.runnables import RunnableConfig
 
 from agent_history import observability as obs
 from agent_history.history.codec import is_final_answer, is_plain
-from agent_history.messages import newest_human, text_of
+from agent_history.messages import newest_human, role_of, text_of
 
 __all__ = [
     "ANSWERED_FIELD",
@@ -388,7 +388,9 @@ def history_key_update(
     else:
         newest = newest_human(thread)
         since = None if newest is None else thread[newest].id
-        after = thread[newest - 1].id if newest else None
+        # (Readers look for it among the thread's chat messages: system ones are not.)
+        before = [m for m in thread[:newest] if role_of(m) != "system"] if newest else []
+        after = before[-1].id if before else None
         if span.unstored and since is not None:
             owed.append((span.key, span.since, since))
     if stored:

@@ -606,12 +606,12 @@ class HistoryPass(SummaryUpdates):
                 # that a run catches up with it (a stable thread) is, once: a refused
                 # message must not keep the conversation's later exchanges from the log.
                 self._fallback("invalid_message", obs.describe_error(value))
-                later = _after_refused(pending)
-                if not later:
+                kept = _without_refused_exchanges(pending)
+                if not kept:
                     self.unstorable = True
                     return False
-                pending = later
-                step = dataclasses.replace(step, messages=later)
+                pending = kept
+                step = dataclasses.replace(step, messages=kept)
                 ok, value = yield step
                 if not ok and isinstance(value, InvalidMessage):
                     self.unstorable = True
@@ -849,15 +849,18 @@ def _payload_key(messages: Sequence[BaseMessage]) -> list[tuple[str, str]]:
     return [(role_of(m), repr(m.content)) for m in messages]
 
 
-def _after_refused(pending: Sequence[BaseMessage]) -> list[BaseMessage]:
-    """The exchanges of ``pending`` after the last one holding a message the codec
-    refuses (the checks `ChatHistory.append` makes): from the next user message on."""
-    refused = [index for index, message in enumerate(pending) if not _storable(message)]
+def _without_refused_exchanges(pending: Sequence[BaseMessage]) -> list[BaseMessage]:
+    """``pending`` without the exchanges (a user message and what follows it up to the
+    next one) that hold a message the codec refuses (the checks `ChatHistory.append`
+    makes); empty when none can be told apart."""
+    exchange, exchanges = -1, []  # before the first user message: the exchange -1
+    for message in pending:
+        exchange += role_of(message) == USER
+        exchanges.append(exchange)
+    refused = {exchanges[i] for i, message in enumerate(pending) if not _storable(message)}
     if not refused:
         return []  # refused as a whole: nothing to tell apart
-    later = pending[refused[-1] + 1 :]
-    start = next((i for i, message in enumerate(later) if role_of(message) == USER), len(later))
-    return list(later[start:])
+    return [m for m, number in zip(pending, exchanges, strict=True) if number not in refused]
 
 
 def _storable(message: BaseMessage) -> bool:

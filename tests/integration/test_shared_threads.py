@@ -449,9 +449,34 @@ def test_an_answer_the_codec_refuses_never_keeps_later_exchanges_from_the_log(
         assert _contents(store, f"wecom_aibot:group:{bob}") == ["b1", "echo: b1"]
 
 
+def test_a_refused_exchange_costs_only_itself_not_the_unstored_ones_before_it(
+    store: BaseStore,
+) -> None:
+    """q1 runs with history read-only (left unstored), q2's answer is refused, q3 is fine:
+    q2's run catches q1 up and stores it, leaving out only q2's exchange. An earlier
+    version of the refusal rule stored only what followed the refused message: q1 was
+    lost for good."""
+    reports: list[HistoryReport] = []
+    node = AgentNode(
+        _RefusedAnswerModel(), use_graph_chat_history=True, toggles=toggles(),
+        on_report=reports.append,
+    )  # fmt: skip
+    graph = build_graph(node, store, checkpointer=InMemorySaver())
+    chat, suffix, thread = _group_thread()
+    alice = f"alice{suffix}"
+    node.toggles = toggles(mode="read_only")
+    graph.invoke(_callback(chat, alice, "q1", "q1"), thread)
+    node.toggles = toggles()
+    graph.invoke(_callback(chat, alice, "q2", "poison"), thread)
+    assert (reports[-1].appended, reports[-1].fallbacks) == (2, ("invalid_message",))
+    graph.invoke(_callback(chat, alice, "q3", "q3"), thread)
+    assert _contents(store, f"wecom_aibot:group:{alice}") == ["q1", "echo: q1", "q3", "echo: q3"]
+
+
+@pytest.mark.parametrize("notes", [False, True], ids=["chat-only", "system-notes"])
 @pytest.mark.parametrize("bob_between", [True, False], ids=["owed-span", "own-span"])
 def test_a_removed_message_never_opens_a_members_span_to_the_others(
-    store: BaseStore, bob_between: bool
+    store: BaseStore, bob_between: bool, notes: bool
 ) -> None:
     """bob, then alice's exchange whose write failed, (then bob again,) and alice's
     question is removed from the thread (a recalled message, RemoveMessage) before her
@@ -459,8 +484,9 @@ def test_a_removed_message_never_opens_a_members_span_to_the_others(
     orphaned answer with it); it used to start at the thread's start and put bob's first
     exchange in alice's log. Without, her own span goes on after bob's last message (her
     orphaned answer is hers); it used to reach back to the thread's start, before this
-    release too."""
-    from langchain_core.messages import RemoveMessage
+    release too. With a system note added to the thread on every run (context for the
+    model), the message before a span is the previous key's last chat message."""
+    from langchain_core.messages import RemoveMessage, SystemMessage
 
     from agent_history.history import chat_history
 
@@ -468,7 +494,8 @@ def test_a_removed_message_never_opens_a_members_span_to_the_others(
 
     def recall(state: dict[str, Any]) -> dict[str, Any]:
         messages = state.get("messages") or []
-        return {"messages": [RemoveMessage(id=m.id) for m in messages if m.id in recalled]}
+        removed: list[Any] = [RemoveMessage(id=m.id) for m in messages if m.id in recalled]
+        return {"messages": [*removed, *([SystemMessage("note")] if notes else [])]}
 
     node = AgentNode(
         RecordingChatModel(), use_graph_chat_history=True, toggles=toggles(), write_attempts=1
