@@ -116,8 +116,12 @@ class ReplayReport:
     runs: int = 0
     errors: list[str] = field(default_factory=list)
     reports: list[HistoryReport] = field(default_factory=list)
+    """Every pass of every run (an agent in a tool loop makes several per run)."""
+    by_run: list[list[HistoryReport]] = field(default_factory=list)
+    """The passes of each run, in order."""
     checks: list[ReplayCheck] = field(default_factory=list)
     identities: dict[str, int] = field(default_factory=dict)
+    """Runs per resolved key."""
 
     @property
     def ok(self) -> bool:
@@ -126,8 +130,19 @@ class ReplayReport:
 
     @property
     def keyless(self) -> list[HistoryReport]:
-        """The runs that had no valid key (and ran in memory)."""
-        return [r for r in self.reports if "no_valid_key" in r.fallbacks]
+        """The first pass of each run that had no valid key (and ran in memory)."""
+        return [
+            passes[0]
+            for passes in self.by_run
+            if passes
+            and all(r.key is None for r in passes)
+            and any(KEYLESS & set(r.fallbacks) for r in passes)
+        ]
+
+
+KEYLESS = frozenset({"no_valid_key", "breaker_open"})
+"""Fallback reasons of a pass without a key that say why: none resolved (a pass cut off
+by the open breaker resolves its key too)."""
 
 
 STORE_FAILURES = frozenset(
@@ -167,10 +182,12 @@ def replay(
             state = {k: v for k, v in record.items() if k in ("inputs", "results", "messages")}
             config = dict(record.get("config") or {})
             config.setdefault("configurable", {}).setdefault("thread_id", uuid.uuid4().hex)
+            first = len(report.reports)
             try:
                 graph.invoke(state, config)
             except Exception as exc:
                 report.errors.append(f"run {report.runs}: {type(exc).__name__}")
+            report.by_run.append(report.reports[first:])
     finally:
         REPORT_LISTENERS.remove(report.reports.append)
     _check(report, store, namespace)
@@ -199,10 +216,13 @@ def _built(factory: Callable[[BaseStore], Any], store: BaseStore) -> Any:
 def _check(report: ReplayReport, store: BaseStore, namespace: Sequence[str]) -> None:
     if report.runs == 0:  # every check below would hold on nothing
         report.checks.append(ReplayCheck("callbacks replayed", False, "the file holds none"))
+    # A run's identity is its first pass with a key; a later run of it must have read the
+    # earlier runs' turns when it began (its first pass).
     by_key: dict[str, list[HistoryReport]] = defaultdict(list)
-    for item in report.reports:
-        if item.key:
-            by_key[item.key].append(item)
+    for passes in report.by_run:
+        first = next((r for r in passes if r.key), None)
+        if first is not None:
+            by_key[str(first.key)].append(first)
     report.identities = {key: len(items) for key, items in by_key.items()}
     broken = [k for k, items in by_key.items() if any(r.stored_read == 0 for r in items[1:])]
     report.checks.append(
@@ -217,7 +237,7 @@ def _check(report: ReplayReport, store: BaseStore, namespace: Sequence[str]) -> 
     report.checks.append(
         ReplayCheck(
             "unresolved or invalid keys degrade without a crash",
-            not report.errors and len(report.reports) == report.runs,
+            not report.errors and all(report.by_run),
             f"{len(keyless)} runs without a valid key ran in memory; {len(report.errors)} crashed",
         )
     )
@@ -226,9 +246,13 @@ def _check(report: ReplayReport, store: BaseStore, namespace: Sequence[str]) -> 
         ReplayCheck("payload <= max_messages", not over, f"{len(over)} payloads over the window")
     )
     history = ChatHistory(store, namespace=tuple(namespace))
+    appended: dict[str, list[HistoryReport]] = defaultdict(list)
+    for item in report.reports:
+        if item.key:
+            appended[item.key].append(item)
     missing = {
         key: (sum(r.appended for r in items), history.count(key))
-        for key, items in by_key.items()
+        for key, items in appended.items()
         if history.count(key) < sum(r.appended for r in items)
     }
     # A run that fell back to memory for the store's sake stored nothing: the store did
