@@ -7,12 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from langgraph.graph import START, StateGraph
-from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.store.base import BaseStore
 from langgraph.store.memory import InMemoryStore
 
 from agent_history import AgentNode, AgentState
 from agent_history.replay import replay
+from tests.integration.test_pattern_regressions import _tool_loop as tool_loop
 from tests.support.agent_graphs import toggles
 from tests.support.fault_stores import FaultyStore
 from tests.support.tool_models import WeatherModel, get_weather
@@ -32,13 +32,7 @@ def _tool_loop(store: BaseStore) -> Any:
         WeatherModel().bind_tools([get_weather]), use_graph_chat_history=True,
         history_namespace=list(NAMESPACE), toggles=toggles(),
     )  # fmt: skip
-    builder = StateGraph(AgentState)
-    builder.add_node("agent", node)
-    builder.add_node("tools", ToolNode([get_weather]))
-    builder.add_edge(START, "agent")
-    builder.add_conditional_edges("agent", tools_condition)
-    builder.add_edge("tools", "agent")
-    return builder.compile(store=store)
+    return tool_loop(node, store)
 
 
 def test_a_tool_loop_counts_runs_not_passes() -> None:

@@ -58,9 +58,9 @@ def _group_thread() -> tuple[str, str, dict[str, Any]]:
 
 
 def _agent_on_a_stable_thread(
-    store: BaseStore, **settings: Any
+    store: BaseStore, model: RecordingChatModel | None = None, **settings: Any
 ) -> tuple[Any, AgentNode, RecordingChatModel, list[HistoryReport]]:
-    model, reports = RecordingChatModel(), []
+    model, reports = model or RecordingChatModel(), []
     node = AgentNode(
         model, use_graph_chat_history=True, toggles=toggles(), on_report=reports.append,
         **settings,
@@ -425,12 +425,7 @@ def test_an_answer_the_codec_refuses_never_keeps_later_exchanges_from_the_log(
     answer, still unstored in the thread, came back with every later append of the
     conversation on a stable thread, and each was refused whole: nothing of that member
     was ever stored again."""
-    reports: list[HistoryReport] = []
-    node = AgentNode(
-        _RefusedAnswerModel(), use_graph_chat_history=True, toggles=toggles(),
-        on_report=reports.append,
-    )  # fmt: skip
-    graph = build_graph(node, store, checkpointer=InMemorySaver())
+    graph, _node, _model, reports = _agent_on_a_stable_thread(store, _RefusedAnswerModel())
     chat, suffix, thread = _group_thread()
     alice, bob = f"alice{suffix}", f"bob{suffix}"
     talk = [(alice, "p1", "poison"), (bob, "b1", "b1"), (alice, "a2", "a2"), (alice, "a3", "a3")]
@@ -456,12 +451,7 @@ def test_a_refused_exchange_costs_only_itself_not_the_unstored_ones_before_it(
     q2's run catches q1 up and stores it, leaving out only q2's exchange. An earlier
     version of the refusal rule stored only what followed the refused message: q1 was
     lost for good."""
-    reports: list[HistoryReport] = []
-    node = AgentNode(
-        _RefusedAnswerModel(), use_graph_chat_history=True, toggles=toggles(),
-        on_report=reports.append,
-    )  # fmt: skip
-    graph = build_graph(node, store, checkpointer=InMemorySaver())
+    graph, node, _model, reports = _agent_on_a_stable_thread(store, _RefusedAnswerModel())
     chat, suffix, thread = _group_thread()
     alice = f"alice{suffix}"
     node.toggles = toggles(mode="read_only")
