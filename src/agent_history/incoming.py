@@ -16,7 +16,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from langchain_core.messages import BaseMessage, HumanMessage, convert_to_messages
 from langchain_core.runnables import RunnableConfig
@@ -30,6 +30,7 @@ __all__ = [
     "SPAN_PREFIX",
     "IncomingMessage",
     "KeySpan",
+    "OwedSpan",
     "ThreadView",
     "answered_update",
     "as_mapping",
@@ -267,6 +268,18 @@ OWED_RANGES_KEPT = 32
 is dropped, with a warning: a thread serving so many keys whose runs stored nothing."""
 
 
+class OwedSpan(NamedTuple):
+    """A span of ``key`` that ended with an exchange not stored (see `KeySpan.owed`)."""
+
+    key: str
+    since: str | None
+    """The id of the user message that opened it (None: the thread's start)."""
+    until: str
+    """The id of the user message that opened the next key's span."""
+    after: str | None = None
+    """The id of the message before ``since`` (`KeySpan.after`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class KeySpan:
     """Where this node's current key began on the thread: the key of its last exchange,
@@ -276,10 +289,9 @@ class KeySpan:
     since: str | None
     unstored: bool = False
     """The span's last exchange was not stored (its write failed, or it ran in memory)."""
-    owed: tuple[tuple[str, str | None, str], ...] = ()
-    """Spans of other keys that ended with an exchange not stored: ``(key, since,
-    until)``, the ids of the user messages that opened the span and the next key's span
-    (``since`` None: the thread's start). The key's next stored run stores them."""
+    owed: tuple[OwedSpan, ...] = ()
+    """Spans of other keys that ended with an exchange not stored; the key's next stored
+    run stores them."""
     after: str | None = None
     """The id of the message before ``since`` when the span opened (the previous key's
     last one): where the span starts when ``since`` was removed from the thread."""
@@ -303,13 +315,14 @@ def key_span(state: Any, node: str) -> KeySpan | None:
         since if isinstance(since, str) else None,
         span.get("unstored") is True,
         tuple(
-            (entry[0], entry[1], entry[2])
+            OwedSpan(*entry)
             for entry in (owed if isinstance(owed, list) else ())
             if isinstance(entry, list)
-            and len(entry) == 3
+            and len(entry) in (3, 4)
             and isinstance(entry[0], str)
             and isinstance(entry[1], str | None)
             and isinstance(entry[2], str)
+            and isinstance(entry[-1], str | None)
         ),
         after if isinstance(after, str) else None,
     )
@@ -340,17 +353,23 @@ def span_start(thread: Sequence[BaseMessage], span: KeySpan | None, key: str) ->
 
 def owed_positions(thread: Sequence[BaseMessage], span: KeySpan | None, key: str) -> list[range]:
     """The parts of ``thread`` that earlier spans of ``key`` left unstored (`KeySpan.owed`):
-    from a span's start up to the next key's span. A part whose start or end the thread
-    no longer holds is given up: messages are removed from anywhere in a thread (a
-    recalled message), so what went before a lost bound may be another key's."""
+    from a span's start (after the message before it, when the start was removed) up to
+    the next key's span. A part whose bounds the thread no longer holds is given up:
+    messages are removed from anywhere in a thread (a recalled message), so what went
+    before a lost bound may be another key's."""
     if span is None or not span.owed:
         return []
     where = {message.id: index for index, message in enumerate(thread) if message.id}
     parts = []
-    for owner, since, until in span.owed:
-        end = where.get(until)
-        start = 0 if since is None else where.get(since)
-        if owner == key and start is not None and end is not None:
+    for owed in span.owed:
+        end = where.get(owed.until)
+        if owed.since is None:
+            start: int | None = 0
+        elif owed.since in where:
+            start = where[owed.since]
+        else:
+            start = where[owed.after] + 1 if owed.after in where else None
+        if owed.key == key and start is not None and end is not None:
             parts.append(range(start, end))
     return parts
 
@@ -392,9 +411,9 @@ def history_key_update(
         before = [m for m in thread[:newest] if role_of(m) != "system"] if newest else []
         after = before[-1].id if before else None
         if span.unstored and since is not None:
-            owed.append((span.key, span.since, since))
+            owed.append(OwedSpan(span.key, span.since, since, span.after))
     if stored:
-        owed = [entry for entry in owed if entry[0] != key]
+        owed = [entry for entry in owed if entry.key != key]
     if len(owed) > OWED_RANGES_KEPT:
         obs.log_event(
             "history_owed_exchanges_dropped",

@@ -470,12 +470,12 @@ def test_a_removed_message_never_opens_a_members_span_to_the_others(
 ) -> None:
     """bob, then alice's exchange whose write failed, (then bob again,) and alice's
     question is removed from the thread (a recalled message, RemoveMessage) before her
-    next run. With bob between, her owed span has lost its start and is given up (her
-    orphaned answer with it); it used to start at the thread's start and put bob's first
-    exchange in alice's log. Without, her own span goes on after bob's last message (her
-    orphaned answer is hers); it used to reach back to the thread's start, before this
-    release too. With a system note added to the thread on every run (context for the
-    model), the message before a span is the previous key's last chat message."""
+    next run. Her span (owed, with bob between; her own, without) has lost its first
+    message: it goes on after bob's last message before it, so her orphaned answer is
+    stored as hers. It used to reach back to the thread's start and put bob's first
+    exchange in alice's log (her own span: before this release too). With a system note
+    added to the thread on every run (context for the model), the message before a span
+    is the previous key's last chat message."""
     from langchain_core.messages import RemoveMessage, SystemMessage
 
     from agent_history.history import chat_history
@@ -508,9 +508,7 @@ def test_a_removed_message_never_opens_a_members_span_to_the_others(
         graph.invoke(_callback(chat, bob, "b1", "b1"), thread)
     recalled.add("a1")
     graph.invoke(_callback(chat, alice, "a2", "a2"), thread)
-    assert _contents(store, f"wecom_aibot:group:{alice}") == (
-        ["a2", "echo: a2"] if bob_between else ["echo: a1", "a2", "echo: a2"]
-    )
+    assert _contents(store, f"wecom_aibot:group:{alice}") == ["echo: a1", "a2", "echo: a2"]
     assert _contents(store, f"wecom_aibot:group:{bob}") == (
         ["b0", "echo: b0", "b1", "echo: b1"] if bob_between else ["b0", "echo: b0"]
     )
@@ -534,14 +532,15 @@ def test_owed_exchanges_past_the_limit_drop_the_oldest_with_a_warning(
         state["answered"].update(update["answered"])
     span = key_span(state, "agent")
     assert span is not None and span.unstored and len(span.owed) == OWED_RANGES_KEPT
-    assert span.owed[0] == ("member-0", "m2", "m3")  # (m0, m1) and (m1, m2) dropped
-    assert span.owed[-1] == ("member-1", "m33", "m34")
+    # (key, since, until, the message before since); (m0, m1) and (m1, m2) dropped
+    assert span.owed[0] == ("member-0", "m2", "m3", "m1")
+    assert span.owed[-1] == ("member-1", "m33", "m34", "m32")
     dropped = [r for r in caplog.records if "history_owed_exchanges_dropped" in r.getMessage()]
     assert len(dropped) == 2 and "member-" not in caplog.text and "q1" not in caplog.text
     stored = history_key_update("agent", "member-1", span, thread, stored=True)
     state["answered"].update(stored["answered"])
     left = key_span(state, "agent")
-    assert left is not None and {owner for owner, _, _ in left.owed} == {"member-0"}
+    assert left is not None and {owed.key for owed in left.owed} == {"member-0"}
 
 
 def test_a_release_that_does_not_know_the_spans_resumes_a_paused_thread(store: BaseStore) -> None:
