@@ -246,15 +246,12 @@ def _check(report: ReplayReport, store: BaseStore, namespace: Sequence[str]) -> 
         ReplayCheck("payload <= max_messages", not over, f"{len(over)} payloads over the window")
     )
     history = ChatHistory(store, namespace=tuple(namespace))
-    appended: dict[str, list[HistoryReport]] = defaultdict(list)
+    appended: Counter[str] = Counter()
     for item in report.reports:
         if item.key:
-            appended[item.key].append(item)
-    missing = {
-        key: (sum(r.appended for r in items), history.count(key))
-        for key, items in appended.items()
-        if history.count(key) < sum(r.appended for r in items)
-    }
+            appended[item.key] += item.appended
+    stored = {key: history.count(key) for key in appended}  # one read per conversation
+    missing = [key for key, turns in appended.items() if stored[key] < turns]
     # A run that fell back to memory for the store's sake stored nothing: the store did
     # not keep its turns (a read-only replica, a store down, an open breaker).
     failures = Counter(
