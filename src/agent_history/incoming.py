@@ -24,6 +24,7 @@ from langchain_core.runnables import RunnableConfig
 from agent_history import observability as obs
 from agent_history.history.codec import is_final_answer, is_plain
 from agent_history.messages import newest_human, role_of, text_of
+from agent_history.state import as_mapping
 
 __all__ = [
     "ANSWERED_FIELD",
@@ -33,7 +34,6 @@ __all__ = [
     "OwedSpan",
     "ThreadView",
     "answered_update",
-    "as_mapping",
     "current_thread",
     "history_key_update",
     "incoming_message",
@@ -60,23 +60,6 @@ _TEXT_FIELDS = ("text", "content", "message", "query", "prompt", "Content")
 _ID_FIELDS = ("message_id", "msgid", "msg_id", "MsgId", "id", "update_id")
 """WeCom's own names too: ``Content``/``MsgId`` (a decrypted callback), and ``text`` as
 ``{"content": ...}`` (an AI bot or customer-service message)."""
-
-
-def as_mapping(value: Any) -> Mapping[str, Any]:
-    """A read-only mapping view of workflow state (dict, pydantic model or plain object)."""
-    if isinstance(value, Mapping):
-        return value
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        dumped = dump()
-        if isinstance(dumped, Mapping):
-            return dumped
-    if hasattr(value, "__dict__"):
-        return dict(vars(value))
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        # ``@dataclass(slots=True)``: no ``__dict__``, its fields are its data
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    return {}
 
 
 @dataclass(frozen=True, slots=True)

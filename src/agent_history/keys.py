@@ -23,8 +23,8 @@ from jinja2.exceptions import TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from agent_history.errors import InvalidKey, KeyResolutionError
-from agent_history.incoming import as_mapping
 from agent_history.observability import channel_label
+from agent_history.state import as_mapping
 
 __all__ = [
     "DEFAULT_HISTORY_KEY_CANDIDATES",

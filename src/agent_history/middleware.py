@@ -26,7 +26,6 @@ from langchain_core.messages import AIMessage, AnyMessage, BaseMessage
 from agent_history.incoming import (
     ThreadView,
     answered_update,
-    as_mapping,
     current_thread,
     history_key_update,
     key_span,
@@ -36,6 +35,7 @@ from agent_history.incoming import (
 from agent_history.node import merge_results
 from agent_history.pass_steps import drive_async, drive_sync
 from agent_history.session import HistoryPass
+from agent_history.state import as_mapping
 from agent_history.surface import (
     SYSTEM_PROMPT_ID,
     HistoryFields,

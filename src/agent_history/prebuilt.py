@@ -32,10 +32,11 @@ from langgraph.managed import RemainingSteps
 from langgraph.runtime import Runtime, get_runtime
 from typing_extensions import Unpack
 
-from agent_history.incoming import ThreadView, as_mapping, current_thread, not_streamed_as_output
+from agent_history.incoming import ThreadView, current_thread, not_streamed_as_output
 from agent_history.node import merge_results
 from agent_history.pass_steps import Step, drive_async, drive_sync
 from agent_history.session import HistoryPass
+from agent_history.state import as_mapping
 from agent_history.surface import HistoryFields, Surface, current_config, surface_from
 
 __all__ = ["HistoryHooks", "HistoryReactState"]

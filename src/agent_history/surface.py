@@ -21,11 +21,12 @@ from langgraph.store.base import BaseStore
 from agent_history.context.budget import TokenCounterLike
 from agent_history.history.arguments import namespace_arg, texts_arg
 from agent_history.history.codec import HistoryScope
-from agent_history.incoming import ThreadView, as_mapping
+from agent_history.incoming import ThreadView
 from agent_history.keys import KeyRejectReason, key_failure, resolve_history_key
 from agent_history.pass_steps import Model, Step
 from agent_history.runner import build_runnable, takes_messages
 from agent_history.session import SYSTEM_PROMPT_ID, HistoryOptions, HistoryPass, HistoryReport
+from agent_history.state import as_mapping
 from agent_history.toggles import DEFAULT_TOGGLES, HistoryToggles
 
 __all__ = [

@@ -16,7 +16,7 @@ from langgraph.store.base import BaseStore
 from agent_history import AgentNode, HistoryReport, KeyRejectReason
 from agent_history.errors import InvalidArgument
 from agent_history.history import ChatHistory
-from agent_history.incoming import as_mapping, incoming_message
+from agent_history.incoming import incoming_message
 from agent_history.keys import (
     DEFAULT_HISTORY_KEY_CANDIDATES,
     DEFAULT_HISTORY_KEY_TEMPLATE,
@@ -28,6 +28,7 @@ from agent_history.keys import (
 )
 from agent_history.messages import role_of
 from agent_history.settings import HistorySettings
+from agent_history.state import as_mapping
 from agent_history.stores import create_graph_store_sync
 from agent_history.testing import RecordingChatModel
 from tests.reliability.conftest import Record, examples

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sys
 
-import typer
+try:  # the imports take seconds: Ctrl-C meanwhile ends the command as it does later on
+    import typer
 
-from agent_history.cli import data, demo, doctor, drill, replay  # noqa: F401  (registers commands)
-from agent_history.cli.app import app, guarded
+    from agent_history.cli import data, demo, doctor, drill, replay  # noqa: F401  (registers commands)
+    from agent_history.cli.app import app, guarded
+except KeyboardInterrupt:  # pragma: no cover - covered in a subprocess
+    sys.stderr.write("error: interrupted\n")
+    sys.exit(130)
 
 __all__ = ["app", "main"]
 
