@@ -16,6 +16,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.base import RunnableBindingBase
 from langgraph.config import get_store
 from langgraph.graph.message import add_messages
+from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 
 from agent_history.context.budget import TokenCounterLike
@@ -36,6 +37,7 @@ from agent_history.keys import (
 from agent_history.pass_steps import Model, Step, drive_async, drive_sync
 from agent_history.runner import aproduce, build_runnable, produce, takes_messages
 from agent_history.session import REPORT_LISTENERS, HistoryOptions, HistoryPass, HistoryReport
+from agent_history.surface import current_config
 from agent_history.toggles import DEFAULT_TOGGLES, HistoryToggles
 
 __all__ = ["REPORT_LISTENERS", "AgentNode", "AgentState", "HistoryReport", "merge_results"]
@@ -242,14 +244,16 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
 
     # --- one pass ----------------------------------------------------------------------
 
-    def _node_name(self, config: RunnableConfig | None) -> str:
-        metadata = (config or {}).get("metadata") or {}
+    def _node_name(self, config: RunnableConfig | None, inherited: bool) -> str:
+        # Called by the user's own node (which may call other agents): its markers keep
+        # the name they had when such a call took no config.
+        metadata = {} if inherited else (config or {}).get("metadata") or {}
         node = metadata.get("langgraph_node")
         return str(node) if node else (self.name or "agent")
 
-    def _begin(self, state: Any, config: RunnableConfig | None) -> HistoryPass:
-        store = _current_store() if self.use_graph_chat_history else None
-        node = self._node_name(config)
+    def _begin(self, state: Any, config: RunnableConfig | None, inherited: bool) -> HistoryPass:
+        store = _current_store(config) if self.use_graph_chat_history else None
+        node = self._node_name(config, inherited)
         view = current_thread(state, node)
         return HistoryPass.begin(self._options, node, view, state, config, store)
 
@@ -278,7 +282,10 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Run the node synchronously (LangGraph calls this in sync graphs)."""
-        run = self._begin(input, config)
+        inherited = config is None  # called from the user's code: the run's config
+        if inherited:
+            config = current_config()
+        run = self._begin(input, config, inherited)
         output: dict[str, Any] = drive_sync(
             self._steps(run), lambda payload: produce(self._runnable, payload, config)
         )
@@ -289,7 +296,10 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Run the node asynchronously (LangGraph calls this in async graphs)."""
-        run = self._begin(input, config)
+        inherited = config is None  # called from the user's code: the run's config
+        if inherited:
+            config = current_config()
+        run = self._begin(input, config, inherited)
         output: dict[str, Any] = await drive_async(
             self._steps(run), lambda payload: aproduce(self._runnable, payload, config)
         )
@@ -309,8 +319,13 @@ def _chat_model_of(runnable: Runnable[Any, Any]) -> Runnable[Any, Any] | None:
     return runnable if takes_messages(runnable) else None
 
 
-def _current_store() -> BaseStore | None:
+def _current_store(config: RunnableConfig | None) -> BaseStore | None:
+    """The run's store: from the config the node was given (LangGraph sets the run's
+    context only for the first step of a ``step | node`` sequence), else the context's."""
+    for value in ((config or {}).get("configurable") or {}).values():
+        if isinstance(value, Runtime):
+            return value.store
     try:
         return get_store()
-    except RuntimeError:  # called outside a LangGraph run
+    except (RuntimeError, KeyError):  # called outside a LangGraph run
         return None
