@@ -72,6 +72,7 @@ class CircuitBreaker:
         self._on_call = on_call
         self._lock = threading.Lock()
         self._events: deque[tuple[float, bool]] = deque()
+        self._failures = 0  # of the events: a failure counts them in O(1), not by a scan
         self._state = BreakerState.CLOSED
         self._opened_at = 0.0
         self._probe_successes = 0
@@ -140,7 +141,7 @@ class CircuitBreaker:
             if self._state is BreakerState.HALF_OPEN:
                 self._probe_successes += 1
                 if self._probe_successes >= self._settings.half_open_probes:
-                    self._events.clear()
+                    self._forget()
                     changes += self._set(BreakerState.CLOSED)
             else:
                 self._events.append((self._clock(), True))
@@ -157,10 +158,10 @@ class CircuitBreaker:
                 changes += self._open()
             elif self._state is BreakerState.CLOSED:
                 self._events.append((self._clock(), False))
-                failures = sum(1 for _, ok in self._events if not ok)
+                self._failures += 1
                 calls = len(self._events)
                 settings = self._settings
-                if calls >= settings.min_calls and failures / calls >= settings.failure_ratio:
+                if calls >= settings.min_calls and self._failures / calls >= settings.failure_ratio:
                     changes += self._open()
         self._emit(changes)
         self._report_call(False, latency_seconds, operation)
@@ -187,12 +188,17 @@ class CircuitBreaker:
             self._probe_successes = 0
             changes = self._set(BreakerState.HALF_OPEN)
         while self._events and now - self._events[0][0] > self._settings.window_seconds:
-            self._events.popleft()
+            if not self._events.popleft()[1]:
+                self._failures -= 1
         return changes
+
+    def _forget(self) -> None:
+        self._events.clear()
+        self._failures = 0
 
     def _open(self) -> list[tuple[BreakerState, BreakerState]]:
         self._opened_at = self._clock()
-        self._events.clear()
+        self._forget()
         return self._set(BreakerState.OPEN)
 
     # --- outside the lock (logging and audit may do I/O) ------------------------------------

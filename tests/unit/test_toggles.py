@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent_history.errors import ConfigError
 from agent_history.observability import log_event
@@ -129,6 +131,44 @@ def test_breaker_window_forgets_old_failures() -> None:
     assert breaker.state is BreakerState.CLOSED  # the first failure left the window
     breaker.record_failure()
     assert breaker.state is BreakerState.OPEN
+
+
+@settings(max_examples=300, deadline=None)
+@given(calls=st.lists(st.tuples(st.sampled_from([0.0, 0.5, 3.0, 7.0]), st.booleans()), max_size=60))
+def test_breaker_opens_exactly_when_the_window_ratio_says_so(
+    calls: list[tuple[float, bool]],
+) -> None:
+    # Reference: the ratio recomputed from every call kept in the window. The breaker
+    # keeps a running count of its failures (a scan per failure grew with the traffic).
+    clock = Clock()
+    breaker = CircuitBreaker(
+        failure_ratio=0.5, min_calls=3, window_seconds=10, cooldown_seconds=4, clock=clock
+    )
+    window: list[tuple[float, bool]] = []
+    opened_at: float | None = None
+
+    def expected() -> BreakerState:
+        if opened_at is None:
+            return BreakerState.CLOSED
+        return BreakerState.OPEN if clock.now - opened_at < 4 else BreakerState.HALF_OPEN
+
+    for step, ok in calls:
+        clock.now += step
+        allowed = expected() is not BreakerState.OPEN
+        assert breaker.allow() is allowed
+        if not allowed:
+            continue
+        if expected() is BreakerState.HALF_OPEN:  # the probe decides
+            opened_at = None if ok else clock.now
+            window = []
+        else:
+            window = [(at, good) for at, good in window if clock.now - at <= 10]
+            window.append((clock.now, ok))
+            failed = sum(1 for _, good in window if not good)
+            if not ok and len(window) >= 3 and failed / len(window) >= 0.5:
+                opened_at, window = clock.now, []
+        (breaker.record_success if ok else breaker.record_failure)()
+        assert breaker.state is expected()
 
 
 def test_log_event_is_structured(caplog: pytest.LogCaptureFixture) -> None:

@@ -8,7 +8,8 @@ same lock. Async calls run this code in a worker thread.
 Deadlines: the wait for a pooled connection is bounded by the time left, the server
 gives up waiting for the conversation's lock a little before the deadline, and at the
 deadline the connection's socket is shut down from a watchdog thread, so a server that
-stopped answering cannot hold the caller. A connection that was shut down is dropped by
+stopped answering cannot hold the caller (and the server is asked to cancel the statement,
+see `postgres_cancel.shut`). A connection that was shut down is dropped by
 the pool, and the pool is drained, because when one connection hangs its idle siblings
 (opened to the same, possibly failed-over, server) likely hang too. A store on one
 connection has its statement cancelled instead, so the store stays usable
@@ -47,7 +48,7 @@ from agent_history.history.drivers.base import (
     utc_now,
 )
 from agent_history.history.drivers.generic import GenericDriver
-from agent_history.history.drivers.postgres_cancel import Canceller
+from agent_history.history.drivers.postgres_cancel import Canceller, shut
 from agent_history.history.drivers.postgres_idle import IdleConnections
 from agent_history.history.drivers.postgres_setup import PostgresState, inspect_sync
 from agent_history.history.layout import HEAD_KEY
@@ -66,7 +67,7 @@ T = TypeVar("T")
 class _Alarm:
     deadline: float
     order: int
-    fileno: int = field(compare=False)
+    conn: Connection[Any] = field(compare=False)
     canceller: Canceller | None = field(default=None, compare=False)
     """For a store's only connection: cancel the statement instead of shutting down."""
     armed: bool = field(default=True, compare=False)
@@ -77,7 +78,7 @@ class _Alarm:
         if self.canceller is not None:
             self.canceller.start()
         else:
-            sql.shut_socket(self.fileno)
+            shut(self.conn)
 
 
 class _Watchdog:
@@ -94,8 +95,10 @@ class _Watchdog:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def arm(self, deadline: float, fileno: int, canceller: Canceller | None = None) -> _Alarm:
-        alarm = _Alarm(deadline, next(self._order), fileno, canceller)
+    def arm(
+        self, deadline: float, conn: Connection[Any], canceller: Canceller | None = None
+    ) -> _Alarm:
+        alarm = _Alarm(deadline, next(self._order), conn, canceller)
         with self._wake:
             heapq.heappush(self._alarms, alarm)
             if self._thread is None:
@@ -210,7 +213,7 @@ class PostgresDriver(SyncStoreDriver):
         """Run ``work``, shutting ``conn`` down if it is still running at the deadline."""
         pooled = isinstance(self.pg.conn, ConnectionPool)
         canceller = None if pooled else Canceller(conn)
-        alarm = _WATCHDOG.arm(deadline, conn.fileno(), canceller)
+        alarm = _WATCHDOG.arm(deadline, conn, canceller)
         fired = False
         try:
             return work()
