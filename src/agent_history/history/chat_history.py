@@ -43,6 +43,7 @@ from agent_history.history.codec import (
     quarantine,
 )
 from agent_history.history.drivers import AppendRequest, HistoryDriver, driver_for
+from agent_history.history.drivers.base import PageCursor
 from agent_history.history.faults import store_faults
 from agent_history.history.layout import PendingTurn, read_records, turn_reader
 from agent_history.history.message_history import KeyedMessageHistory
@@ -372,40 +373,34 @@ class ChatHistory:
         """Every conversation key under the namespace, as it was given to `append`
         (for operations tools)."""
         validate_namespace(self.namespace)
-        depth = len(self.namespace) + 1
-        offset = 0
+        cursor: PageCursor = None
         while True:
             with store_faults(self._driver.backend):
-                page = self.store.list_namespaces(
-                    prefix=self.namespace, max_depth=depth, limit=_KEYS_PAGE, offset=offset
-                )
+                page, cursor = self._driver.namespace_page(self.namespace, cursor, _KEYS_PAGE)
                 candidates = self._key_candidates(page)
                 heads = self._driver.heads([ns for ns, _ in candidates])
             # A namespace can exist without a head (e.g. probed by a read on some stores,
             # or a delete interrupted half-way): only a head makes a conversation.
             yield from (key for (_, key), head in zip(candidates, heads, strict=True) if head)
-            if len(page) < _KEYS_PAGE:
+            if cursor is None:
                 return
-            offset += len(page)
 
     async def akeys(self) -> AsyncIterator[str]:
         """Async `keys`."""
         validate_namespace(self.namespace)
-        depth = len(self.namespace) + 1
-        offset = 0
+        cursor: PageCursor = None
         while True:
             with store_faults(self._driver.backend):
-                page = await self.store.alist_namespaces(
-                    prefix=self.namespace, max_depth=depth, limit=_KEYS_PAGE, offset=offset
+                page, cursor = await self._driver.anamespace_page(
+                    self.namespace, cursor, _KEYS_PAGE
                 )
                 candidates = self._key_candidates(page)
                 heads = await self._driver.aheads([ns for ns, _ in candidates])
             for (_, key), head in zip(candidates, heads, strict=True):
                 if head:
                     yield key
-            if len(page) < _KEYS_PAGE:
+            if cursor is None:
                 return
-            offset += len(page)
 
     # --- writes --------------------------------------------------------------------------
 

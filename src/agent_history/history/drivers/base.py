@@ -38,9 +38,12 @@ __all__ = [
     "AsyncStoreDriver",
     "ChunkSizes",
     "HistoryDriver",
+    "PageCursor",
     "SyncPerform",
     "SyncStoreDriver",
     "TtlPolicy",
+    "children_bounds",
+    "children_page",
     "namespace_text",
     "uses_own_io",
     "warn_once",
@@ -194,6 +197,31 @@ class ChunkSizes:
         self._sizes[namespace] = size
 
 
+PageCursor = int | str | None
+"""Where a page of namespaces starts: an offset (the store's listing), the text of the
+previous page's last namespace (the SQL drivers), None for the first page."""
+
+
+def children_page(
+    namespace: tuple[str, ...], prefixes: Sequence[str], size: int
+) -> tuple[list[tuple[str, ...]], PageCursor]:
+    """A SQL driver's page: the namespaces of ``prefixes`` (the texts after the cursor,
+    in order, at most ``size``) one level below ``namespace``, and the next cursor."""
+    depth = len(namespace) + 1
+    found = [tuple(text.split(".")) for text in prefixes]
+    page = [ns for ns in found if len(ns) == depth]
+    return page, (prefixes[-1] if len(prefixes) >= size else None)
+
+
+def children_bounds(namespace: tuple[str, ...], cursor: PageCursor) -> tuple[str, str]:
+    """The texts a page of ``namespace``'s children lies strictly between (byte order):
+    past the cursor (or the namespace's own text and its separator), below the
+    separator's successor."""
+    text = namespace_text(namespace)
+    low = cursor if isinstance(cursor, str) else text + "."
+    return low, text + "/"  # "/" follows "." in byte order: every child is below it
+
+
 class HistoryDriver(ABC):
     """Performs history procedures against one kind of store.
 
@@ -253,6 +281,19 @@ class HistoryDriver(ABC):
         found = self.store.batch([GetOp(ns, HEAD_KEY, refresh_ttl=False) for ns in namespaces])
         return [item is not None for item in found]
 
+    def namespace_page(
+        self, namespace: tuple[str, ...], cursor: PageCursor, size: int
+    ) -> tuple[list[tuple[str, ...]], PageCursor]:
+        """A page of the namespaces below ``namespace`` (for listing conversations), from
+        ``cursor`` (None: the first page), with the cursor of the next page (None: this
+        was the last). Here by the store's ``list_namespaces`` and an offset, which costs
+        a scan of what comes before it; the SQL drivers seek past the previous page."""
+        offset = int(cursor or 0)
+        page = self.store.list_namespaces(
+            prefix=namespace, max_depth=len(namespace) + 1, limit=size, offset=offset
+        )
+        return page, (offset + len(page) if len(page) >= size else None)
+
     # --- async -----------------------------------------------------------------------------
 
     @abstractmethod
@@ -275,6 +316,16 @@ class HistoryDriver(ABC):
         """Async `heads`."""
         ops = [GetOp(ns, HEAD_KEY, refresh_ttl=False) for ns in namespaces]
         return [item is not None for item in await self.store.abatch(ops)]
+
+    async def anamespace_page(
+        self, namespace: tuple[str, ...], cursor: PageCursor, size: int
+    ) -> tuple[list[tuple[str, ...]], PageCursor]:
+        """Async `namespace_page`."""
+        offset = int(cursor or 0)
+        page = await self.store.alist_namespaces(
+            prefix=namespace, max_depth=len(namespace) + 1, limit=size, offset=offset
+        )
+        return page, (offset + len(page) if len(page) >= size else None)
 
     def describe(self) -> dict[str, Any]:
         """What the driver knows about its store, for health reports."""
@@ -305,6 +356,11 @@ class SyncStoreDriver(HistoryDriver):
 
     async def aheads(self, namespaces: Sequence[tuple[str, ...]]) -> list[bool]:
         return await asyncio.to_thread(self.heads, namespaces)
+
+    async def anamespace_page(
+        self, namespace: tuple[str, ...], cursor: PageCursor, size: int
+    ) -> tuple[list[tuple[str, ...]], PageCursor]:
+        return await asyncio.to_thread(self.namespace_page, namespace, cursor, size)
 
 
 _LOOP_GRACE_SECONDS = 0.2
@@ -362,6 +418,11 @@ class AsyncStoreDriver(HistoryDriver):
 
     def heads(self, namespaces: Sequence[tuple[str, ...]]) -> list[bool]:
         return self._on_loop(self.aheads(namespaces))
+
+    def namespace_page(
+        self, namespace: tuple[str, ...], cursor: PageCursor, size: int
+    ) -> tuple[list[tuple[str, ...]], PageCursor]:
+        return self._on_loop(self.anamespace_page(namespace, cursor, size))
 
 
 async def _awaited(call: Awaitable[T]) -> T:

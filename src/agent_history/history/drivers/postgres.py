@@ -40,9 +40,12 @@ from agent_history.history.drivers import postgres_base as sql
 from agent_history.history.drivers.base import (
     AppendRequest,
     HistoryDriver,
+    PageCursor,
     SyncPerform,
     SyncStoreDriver,
     TtlPolicy,
+    children_bounds,
+    children_page,
     namespace_text,
     uses_own_io,
     utc_now,
@@ -380,6 +383,21 @@ class PostgresDriver(SyncStoreDriver):
 
         found = self._use(work)
         return [prefix in found for prefix in prefixes]
+
+    def namespace_page(
+        self, namespace: tuple[str, ...], cursor: PageCursor, size: int
+    ) -> tuple[list[tuple[str, ...]], PageCursor]:
+        fallback = self._target()
+        if fallback is not None:
+            return fallback.namespace_page(namespace, cursor, size)
+        low, high = children_bounds(namespace, cursor)
+        args = {"low": low, "high": high, "size": size}
+
+        def work(conn: Connection[Any]) -> list[str]:
+            with conn.cursor(row_factory=tuple_row) as cur:
+                return [row[0] for row in cur.execute(sql.NEXT_PREFIXES_SQL, args)]
+
+        return children_page(namespace, self._use(work), size)
 
     def describe(self) -> dict[str, Any]:
         state = self._state

@@ -34,7 +34,10 @@ from agent_history.history.drivers.base import (
     AsyncPerform,
     AsyncStoreDriver,
     HistoryDriver,
+    PageCursor,
     TtlPolicy,
+    children_bounds,
+    children_page,
     namespace_text,
     uses_own_io,
     utc_now,
@@ -347,6 +350,22 @@ class AsyncPostgresDriver(AsyncStoreDriver):
 
         found = await self._use(work)
         return [prefix in found for prefix in prefixes]
+
+    async def anamespace_page(
+        self, namespace: tuple[str, ...], cursor: PageCursor, size: int
+    ) -> tuple[list[tuple[str, ...]], PageCursor]:
+        fallback = await self._target()
+        if fallback is not None:
+            return await fallback.anamespace_page(namespace, cursor, size)
+        low, high = children_bounds(namespace, cursor)
+        args = {"low": low, "high": high, "size": size}
+
+        async def work(conn: AsyncConnection[Any]) -> list[str]:
+            async with conn.cursor(row_factory=tuple_row) as cur:
+                await cur.execute(sql.NEXT_PREFIXES_SQL, args)
+                return [row[0] for row in await cur.fetchall()]
+
+        return children_page(namespace, await self._use(work), size)
 
     def describe(self) -> dict[str, Any]:
         state = self._state

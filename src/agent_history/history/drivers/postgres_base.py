@@ -48,6 +48,7 @@ __all__ = [
     "LOCK_SQL",
     "MIGRATIONS",
     "MIGRATIONS_TABLE",
+    "NEXT_PREFIXES_SQL",
     "OWN_VERSION_SQL",
     "PUT_SQL",
     "RECORD_VERSION_SQL",
@@ -497,6 +498,20 @@ HEADS_SQL = (
     "SELECT k.prefix FROM unnest(%s::text[]) AS k(prefix), "
     "LATERAL agent_history_item_v1(k.prefix, 'head') AS i"
 )
+# Up to %(size)s distinct prefixes strictly between %(low)s and %(high)s in byte order, one
+# seek each on LangGraph's `prefix text_pattern_ops` index (its operators compare bytes,
+# as the bounds are meant; the primary key's collation may interleave other prefixes).
+NEXT_PREFIXES_SQL = """
+WITH RECURSIVE walk(prefix, n) AS (
+    SELECT (SELECT s.prefix FROM store s WHERE s.prefix ~>~ %(low)s AND s.prefix ~<~ %(high)s
+            ORDER BY s.prefix USING ~<~ LIMIT 1), 1
+    UNION ALL
+    SELECT (SELECT s.prefix FROM store s WHERE s.prefix ~>~ w.prefix AND s.prefix ~<~ %(high)s
+            ORDER BY s.prefix USING ~<~ LIMIT 1), w.n + 1
+    FROM walk w WHERE w.prefix IS NOT NULL AND w.n < %(size)s
+)
+SELECT prefix FROM walk WHERE prefix IS NOT NULL ORDER BY n
+"""
 # Chunk keys are zero-padded: this range holds exactly the chunk items.
 _CHUNK_LOW, _CHUNK_HIGH = "chunk:0000000000", "chunk:9999999999"
 

@@ -20,9 +20,12 @@ from agent_history import budget
 from agent_history.history.drivers import sqlite_base
 from agent_history.history.drivers.base import (
     HistoryDriver,
+    PageCursor,
     SyncPerform,
     SyncStoreDriver,
     TtlPolicy,
+    children_bounds,
+    children_page,
     namespace_text,
     uses_own_io,
     warn_once,
@@ -127,6 +130,18 @@ class SqliteDriver(SyncStoreDriver):
             return self._use(lambda conn, state: sqlite_base.read_one(conn, prefix, request, state))
 
         return perform
+
+    def namespace_page(
+        self, namespace: tuple[str, ...], cursor: PageCursor, size: int
+    ) -> tuple[list[tuple[str, ...]], PageCursor]:
+        fallback = self._target()
+        if fallback is not None:
+            return fallback.namespace_page(namespace, cursor, size)
+        low, high = children_bounds(namespace, cursor)
+        found = self._use(
+            lambda conn, state: sqlite_base.next_prefixes(conn, low, high, size, state)
+        )
+        return children_page(namespace, found, size)
 
     def describe(self) -> dict[str, Any]:
         state = self._state

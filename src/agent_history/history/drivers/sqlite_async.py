@@ -28,7 +28,10 @@ from agent_history.history.drivers.base import (
     AsyncPerform,
     AsyncStoreDriver,
     HistoryDriver,
+    PageCursor,
     TtlPolicy,
+    children_bounds,
+    children_page,
     namespace_text,
     uses_own_io,
     warn_once,
@@ -141,6 +144,18 @@ class AsyncSqliteDriver(AsyncStoreDriver):
             )
 
         return perform
+
+    async def anamespace_page(
+        self, namespace: tuple[str, ...], cursor: PageCursor, size: int
+    ) -> tuple[list[tuple[str, ...]], PageCursor]:
+        fallback = await self._target()
+        if fallback is not None:
+            return await fallback.anamespace_page(namespace, cursor, size)
+        low, high = children_bounds(namespace, cursor)
+        found = await self._use(
+            lambda conn, state: sqlite_base.next_prefixes(conn, low, high, size, state)
+        )
+        return children_page(namespace, found, size)
 
     def describe(self) -> dict[str, Any]:
         state = self._state

@@ -36,6 +36,7 @@ __all__ = [
     "STORE_SCHEMA_VERSION",
     "SqliteState",
     "inspect",
+    "next_prefixes",
     "read",
     "read_one",
     "transaction",
@@ -298,3 +299,25 @@ def read_one(conn: sqlite3.Connection, prefix: str, request: Request, state: Sql
         found = conversation.get(request)
         conversation.refresh_if_due()
         return found
+
+
+_NEXT_PREFIX_SQL = (
+    "SELECT prefix FROM store WHERE prefix > ? AND prefix < ? ORDER BY prefix LIMIT 1"
+)
+
+
+def next_prefixes(
+    conn: sqlite3.Connection, low: str, high: str, size: int, state: SqliteState
+) -> list[str]:
+    """Up to ``size`` distinct ``prefix`` values strictly between ``low`` and ``high``, in
+    order: one primary-key seek each, whatever the conversations hold (a listing by
+    offset scanned everything before its page, quadratic over a whole listing)."""
+    found: list[str] = []
+    with bounded(conn, state):
+        while len(found) < size:
+            row = conn.execute(_NEXT_PREFIX_SQL, (low, high)).fetchone()
+            if row is None:
+                break
+            low = str(row[0])
+            found.append(low)
+    return found
