@@ -587,7 +587,11 @@ def _plain(value: Any, depth: int = 0) -> Any:
         return str(value) if math.isfinite(float(value)) else math.nan
     if isinstance(value, Decimal):
         return str(value) if value.is_finite() else math.nan
-    dumped = as_mapping(value)
+    try:
+        dumped = as_mapping(value)
+    except Exception as exc:  # a model whose dump raises: not data a key can be made of
+        detail = f"reading a {type(value).__name__} raised {type(exc).__name__}"
+        return _Unusable(KeyRejectReason.RENDER_ERROR, detail)
     if dumped:
         return _MappingView(dumped, depth + 1)  # the object, then its fields
     return _Unusable(KeyRejectReason.RENDER_ERROR, f"{_NOT_TEXT} ({type(value).__name__})")

@@ -598,3 +598,25 @@ def test_an_object_without_fields_is_falsy_so_a_fallback_still_applies() -> None
         ).key
         == "c:5"
     )
+
+
+class _Deps(BaseModel):
+    """A dependency passed in ``configurable`` whose dump raises (not connected yet)."""
+
+    name: str = "deps"
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        raise RuntimeError("not connected yet")
+
+
+def test_an_object_in_configurable_whose_dump_raises_fails_no_run() -> None:
+    state = {"results": {"telegram_events_parser": {"chat_id": 7}}}
+    config = {"configurable": {"deps": _Deps()}}
+    assert resolve_history_key(state, config).key == "telegram:7"
+    candidates = ["t:{{config.configurable.deps}}", "t:{{config.configurable.deps.name}}", "x:1"]
+    resolution = resolve_history_key(state, config, candidates=candidates)
+    assert resolution.key == "x:1"
+    assert [(r.reason, r.detail) for r in resolution.rejected] == [
+        (R.RENDER_ERROR, "reading a _Deps raised RuntimeError"),
+        (R.UNRESOLVED_TEMPLATE, "undefined: name"),
+    ]

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import sys
 
-try:  # the imports take seconds: Ctrl-C meanwhile ends the command as it does later on
-    import typer
+import typer
 
-    from agent_history.cli import data, demo, doctor, drill, replay  # noqa: F401  (registers commands)
-    from agent_history.cli.app import app, guarded
-except KeyboardInterrupt:  # pragma: no cover - covered in a subprocess
-    sys.stderr.write("error: interrupted\n")
-    sys.exit(130)
+from agent_history.cli import data, demo, doctor, drill, replay  # noqa: F401  (registers commands)
+from agent_history.cli.app import app, guarded
 
 __all__ = ["app", "main"]
 
