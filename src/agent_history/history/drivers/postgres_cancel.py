@@ -50,6 +50,7 @@ server that takes none, its sessions ending as their sockets close anyway) none 
 CANCEL_SEND_SECONDS = 5.0
 """How long such a request may take to reach a server that does not answer it."""
 _senders = threading.BoundedSemaphore(CANCEL_SENDERS)
+_POLL_SECONDS = 0.1  # how often the wait wakes (0 would poll without sleeping)
 
 
 def shut(conn: Connection[Any] | AsyncConnection[Any]) -> None:
@@ -81,7 +82,7 @@ def _send(request: PGcancelConn) -> None:
         yield from generators.cancel(request)
 
     try:
-        waiting.wait_conn(steps(), timeout=CANCEL_SEND_SECONDS)
+        waiting.wait_conn(steps(), interval=_POLL_SECONDS, timeout=CANCEL_SEND_SECONDS)
     except Exception:  # the server is gone, or takes no request: so is the session
         pass
     finally:
