@@ -251,7 +251,12 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         node = metadata.get("langgraph_node")
         return str(node) if node else (self.name or "agent")
 
-    def _begin(self, state: Any, config: RunnableConfig | None, inherited: bool) -> HistoryPass:
+    def _begin(self, state: Any, config: RunnableConfig | None) -> HistoryPass:
+        """The pass; called without a config (from the user's code), on the run's config,
+        as any runnable (``run.config`` is the one the model is called with)."""
+        inherited = config is None
+        if inherited:
+            config = current_config()
         store = _current_store(config) if self.use_graph_chat_history else None
         node = self._node_name(config, inherited)
         view = current_thread(state, node)
@@ -282,28 +287,22 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Run the node synchronously (LangGraph calls this in sync graphs)."""
-        inherited = config is None  # called from the user's code: the run's config
-        if inherited:
-            config = current_config()
-        run = self._begin(input, config, inherited)
+        run = self._begin(input, config)
         output: dict[str, Any] = drive_sync(
-            self._steps(run), lambda payload: produce(self._runnable, payload, config)
+            self._steps(run), lambda payload: produce(self._runnable, payload, run.config)
         )
-        not_streamed_as_output(config, run.view.added)
+        not_streamed_as_output(run.config, run.view.added)
         return output
 
     async def ainvoke(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Run the node asynchronously (LangGraph calls this in async graphs)."""
-        inherited = config is None  # called from the user's code: the run's config
-        if inherited:
-            config = current_config()
-        run = self._begin(input, config, inherited)
+        run = self._begin(input, config)
         output: dict[str, Any] = await drive_async(
-            self._steps(run), lambda payload: aproduce(self._runnable, payload, config)
+            self._steps(run), lambda payload: aproduce(self._runnable, payload, run.config)
         )
-        not_streamed_as_output(config, run.view.added)
+        not_streamed_as_output(run.config, run.view.added)
         return output
 
 

@@ -222,6 +222,11 @@ def children_bounds(namespace: tuple[str, ...], cursor: PageCursor) -> tuple[str
     return low, text + "/"  # "/" follows "." in byte order: every child is below it
 
 
+def _next_offset(offset: int, page: Sequence[object], size: int) -> PageCursor:
+    """The cursor after a page read by offset (None: it was the last)."""
+    return offset + len(page) if len(page) >= size else None
+
+
 class HistoryDriver(ABC):
     """Performs history procedures against one kind of store.
 
@@ -292,7 +297,7 @@ class HistoryDriver(ABC):
         page = self.store.list_namespaces(
             prefix=namespace, max_depth=len(namespace) + 1, limit=size, offset=offset
         )
-        return page, (offset + len(page) if len(page) >= size else None)
+        return page, _next_offset(offset, page, size)
 
     # --- async -----------------------------------------------------------------------------
 
@@ -325,7 +330,7 @@ class HistoryDriver(ABC):
         page = await self.store.alist_namespaces(
             prefix=namespace, max_depth=len(namespace) + 1, limit=size, offset=offset
         )
-        return page, (offset + len(page) if len(page) >= size else None)
+        return page, _next_offset(offset, page, size)
 
     def describe(self) -> dict[str, Any]:
         """What the driver knows about its store, for health reports."""
