@@ -33,6 +33,10 @@ Operation = Literal["read", "write"]
 CallListener = Callable[[str, Operation | None, bool, float | None], None]
 """Called with (backend, operation, ok, seconds) for every recorded store call."""
 
+MAX_WINDOW_CALLS = 10_000
+"""Calls the window keeps at most (the newest), as the rollback triggers do: at 1,000
+calls/s a 60 s window of every call held 60,000 entries (about 5 MB per store)."""
+
 
 class CircuitBreaker:
     """Opens when the store's failure ratio over a rolling window passes a threshold.
@@ -144,7 +148,7 @@ class CircuitBreaker:
                     self._forget()
                     changes += self._set(BreakerState.CLOSED)
             else:
-                self._events.append((self._clock(), True))
+                self._push(True)
         self._emit(changes)
         self._report_call(True, latency_seconds, operation)
 
@@ -157,8 +161,7 @@ class CircuitBreaker:
             if self._state is BreakerState.HALF_OPEN:
                 changes += self._open()
             elif self._state is BreakerState.CLOSED:
-                self._events.append((self._clock(), False))
-                self._failures += 1
+                self._push(False)
                 calls = len(self._events)
                 settings = self._settings
                 if calls >= settings.min_calls and self._failures / calls >= settings.failure_ratio:
@@ -188,9 +191,19 @@ class CircuitBreaker:
             self._probe_successes = 0
             changes = self._set(BreakerState.HALF_OPEN)
         while self._events and now - self._events[0][0] > self._settings.window_seconds:
-            if not self._events.popleft()[1]:
-                self._failures -= 1
+            self._drop()
         return changes
+
+    def _push(self, ok: bool) -> None:
+        self._events.append((self._clock(), ok))
+        if not ok:
+            self._failures += 1
+        if len(self._events) > MAX_WINDOW_CALLS:
+            self._drop()
+
+    def _drop(self) -> None:
+        if not self._events.popleft()[1]:
+            self._failures -= 1
 
     def _forget(self) -> None:
         self._events.clear()

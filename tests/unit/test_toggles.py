@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from unittest import mock
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from agent_history import breaker as breaker_module
 from agent_history.errors import ConfigError
 from agent_history.observability import log_event
 from agent_history.toggles import (
@@ -134,12 +136,23 @@ def test_breaker_window_forgets_old_failures() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(calls=st.lists(st.tuples(st.sampled_from([0.0, 0.5, 3.0, 7.0]), st.booleans()), max_size=60))
+@given(
+    calls=st.lists(st.tuples(st.sampled_from([0.0, 0.5, 3.0, 7.0]), st.booleans()), max_size=60),
+    cap=st.sampled_from([4, 7, breaker_module.MAX_WINDOW_CALLS]),
+)
+@example(calls=[(0.0, True)] * 4 + [(0.0, False)] * 2, cap=4)  # opens on the newest 4 only
 def test_breaker_opens_exactly_when_the_window_ratio_says_so(
-    calls: list[tuple[float, bool]],
+    calls: list[tuple[float, bool]], cap: int
 ) -> None:
-    # Reference: the ratio recomputed from every call kept in the window. The breaker
-    # keeps a running count of its failures (a scan per failure grew with the traffic).
+    # Reference: the ratio recomputed from every call kept in the window (the newest
+    # `cap` of them). The breaker keeps a running count of its failures (a scan per
+    # failure grew with the traffic) and at most MAX_WINDOW_CALLS calls (its memory grew
+    # with the call rate); a small cap stands in for the real one here.
+    with mock.patch.object(breaker_module, "MAX_WINDOW_CALLS", cap):
+        _check_breaker_against_the_window_ratio(calls, cap)
+
+
+def _check_breaker_against_the_window_ratio(calls: list[tuple[float, bool]], cap: int) -> None:
     clock = Clock()
     breaker = CircuitBreaker(
         failure_ratio=0.5, min_calls=3, window_seconds=10, cooldown_seconds=4, clock=clock
@@ -164,6 +177,7 @@ def test_breaker_opens_exactly_when_the_window_ratio_says_so(
         else:
             window = [(at, good) for at, good in window if clock.now - at <= 10]
             window.append((clock.now, ok))
+            window = window[-cap:]
             failed = sum(1 for _, good in window if not good)
             if not ok and len(window) >= 3 and failed / len(window) >= 0.5:
                 opened_at, window = clock.now, []
