@@ -599,11 +599,13 @@ def _plain(value: Any, depth: int = 0) -> Any:
 
 def _context(state: Any, config: Mapping[str, Any] | None) -> dict[str, Any]:
     context = {k: _plain(v) for k, v in as_mapping(state).items() if k != "messages"}
-    configurable = dict((config or {}).get("configurable") or {})
+    configurable = (config or {}).get("configurable") or {}
     context["config"] = {
-        "configurable": {
-            k: _plain(v) for k, v in configurable.items() if not str(k).startswith("__")
-        },
+        # a view: an object passed to the run's tools (a client, a pydantic settings
+        # object) is read only when a template reads it, not once per pass
+        "configurable": _MappingView(
+            {k: v for k, v in configurable.items() if not str(k).startswith("__")}, -1
+        ),
         "metadata": _plain(dict((config or {}).get("metadata") or {})),
         "tags": _plain(list((config or {}).get("tags") or [])),
     }

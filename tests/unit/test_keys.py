@@ -620,3 +620,29 @@ def test_an_object_in_configurable_whose_dump_raises_fails_no_run() -> None:
         (R.RENDER_ERROR, "reading a _Deps raised RuntimeError"),
         (R.UNRESOLVED_TEMPLATE, "undefined: name"),
     ]
+
+
+class _CountedDeps(BaseModel):
+    """A dependency in ``configurable`` that counts how often it is dumped."""
+
+    name: str = "deps"
+    dumps: list[int] = []
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        self.dumps.append(1)
+        return {"name": self.name}
+
+
+def test_objects_in_configurable_are_read_only_by_the_templates_that_read_them() -> None:
+    state = {"results": {"telegram_events_parser": {"chat_id": 7}}}
+    deps = _CountedDeps()
+    config = {"configurable": {"deps": deps, "thread_id": "t-1"}}
+    assert resolve_history_key(state, config).key == "telegram:7"
+    assert deps.dumps == []  # no default candidate reads it: not dumped
+    candidates = ["{{config.configurable.deps.name}}:{{config.configurable.thread_id}}"]
+    assert resolve_history_key(state, config, candidates=candidates).key == "deps:t-1"
+    assert deps.dumps == [1]
+    # printed whole, the mapping still shows every value as before
+    candidates = ["a:{{config.configurable|string}}"]
+    printed = resolve_history_key(state, config, candidates=candidates).key
+    assert printed == "a:{'deps': {'name': 'deps'}, 'thread_id': 't-1'}"
