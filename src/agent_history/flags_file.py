@@ -258,10 +258,12 @@ class FlagsFile:
     Each distinct problem is logged once (``flags_file_invalid``), not on every run.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, last_good: FlagsFileSchema | None = None) -> None:
+        """``last_good``: flags already read from the file (at start-up), kept if the
+        file is unusable when it is next read."""
         self.path = path
         self._signature: tuple[int, ...] | None = None
-        self._flags = _EMPTY
+        self._flags = _EMPTY if last_good is None else last_good
         self.problem: str | None = None
         """Why the current file is not in force (None when it is, or when none was read)."""
 

@@ -110,19 +110,24 @@ def load_toggle_config(env: Mapping[str, str] | None = None) -> ToggleConfig:
     """
     source = os.environ if env is None else env
     config = env_config(source)
-    return _with_flags_file(config) if config.flags_file else config
+    return merge_flags(config, _read_flags_file(config)) if config.flags_file else config
 
 
-def _with_flags_file(config: ToggleConfig) -> ToggleConfig:
-    """``config`` with its flags file read strictly (`ConfigError` naming the file)."""
+def _read_flags_file(config: ToggleConfig) -> FlagsFileSchema:
+    """``config``'s flags file read strictly (`ConfigError` naming the file)."""
     assert config.flags_file is not None
     try:
-        return merge_flags(config, read_flags_file(config.flags_file))
+        return read_flags_file(config.flags_file)
     except FlagsFileError as exc:
         raise ConfigError(FLAGS_FILE_VAR, f"{config.flags_file}: {exc}") from None
     except OSError as exc:
         problem = exc.strerror or type(exc).__name__
         raise ConfigError(FLAGS_FILE_VAR, f"{config.flags_file}: {problem}") from None
+
+
+def _watched(source: Mapping[str, str]) -> tuple[str, ...]:
+    """The watched variables' values: the key of the environment's cached configuration."""
+    return tuple(source.get(name, "") for name in watched_variables())
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +300,7 @@ class HistoryToggles:
     def _base(self) -> ToggleConfig:
         """The environment's switches with the code's applied (cached per environment)."""
         source = os.environ if self._env is None else self._env
-        raw = tuple(source.get(name, "") for name in watched_variables())
+        raw = _watched(source)
         cached = self._env_cache
         if cached is not None and cached[0] == raw:
             return cached[1]
@@ -332,17 +337,27 @@ class HistoryToggles:
             ConfigError: a variable, or the flags file, is invalid (named in the message).
         """
         source = os.environ if self._env is None else self._env
+        raw = _watched(source)
         config = self._code.apply(env_config(source))  # the flags file in force: code's first
-        if config.flags_file is None:
-            return
-        try:
-            os.stat(config.flags_file)
-        except FileNotFoundError:
-            return  # not written yet (a missing path, or a link to one)
-        except OSError as exc:  # a loop of links, no permission on a directory, ...
-            problem = exc.strerror or type(exc).__name__
-            raise ConfigError(FLAGS_FILE_VAR, f"{config.flags_file}: {problem}") from None
-        _with_flags_file(config)
+        flags: FlagsFileSchema | None = None
+        if config.flags_file is not None:
+            try:
+                os.stat(config.flags_file)
+            except FileNotFoundError:
+                pass  # not written yet (a missing path, or a link to one)
+            except OSError as exc:  # a loop of links, no permission on a directory, ...
+                problem = exc.strerror or type(exc).__name__
+                raise ConfigError(FLAGS_FILE_VAR, f"{config.flags_file}: {problem}") from None
+            else:
+                flags = _read_flags_file(config)
+        # What was checked is the last good configuration: a switch that goes bad before
+        # the first run keeps it (a rollback to ``off`` stays off), not the defaults.
+        with self._lock:
+            self._last_good = config
+            self._env_cache = (raw, config)
+            path = config.flags_file
+            if flags is not None and path and (self._flags is None or self._flags.path != path):
+                self._flags = FlagsFile(path, last_good=flags)
 
     def current(self) -> ToggleConfig:
         """The switches in force now."""

@@ -103,6 +103,31 @@ def test_a_bad_value_after_the_start_keeps_the_last_good_configuration(
     assert ChatHistory(store).count("telegram:7") == 0  # still off
 
 
+@pytest.mark.parametrize("goes_bad", ["environment", "flags file", "both"])
+def test_a_switch_that_goes_bad_before_the_first_run_keeps_the_checked_rollback(
+    goes_bad: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker starts during a rollback (checked: off), and before its first request the
+    # environment or the file is edited wrongly. The configuration checked at start is the
+    # last good one: the defaults (read_write) would undo the rollback.
+    flags = tmp_path / "flags.json"
+    flags.write_text(json.dumps({"mode": "off"}))
+    monkeypatch.setenv(PREFIX + "FLAGS_FILE", str(flags))
+    if goes_bad != "flags file":
+        monkeypatch.setenv(PREFIX + "MODE", "off")
+    store, model = InMemoryStore(), RecordingChatModel()
+    toggles = HistoryToggles()  # a process that has not run anything yet
+    graph = build_graph(AgentNode(model, use_graph_chat_history=True, toggles=toggles), store)
+    if goes_bad != "flags file":
+        monkeypatch.setenv(PREFIX + "TRIGGER_ERROR_RATE", "10%")
+    if goes_bad != "environment":
+        flags.write_text('{"mode": "of"}')
+    graph.invoke(telegram_callback(7, "hi", uuid.uuid4().hex), new_thread())
+    assert [str(m.content) for m in model.calls[0]] == ["hi"]  # answered, in memory
+    assert ChatHistory(store).count("telegram:7") == 0  # still off: nothing stored
+    assert toggles.current().mode.value == "off"
+
+
 def test_a_flags_file_that_does_not_exist_yet_is_created_when_needed(
     rolled_back: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
