@@ -23,7 +23,7 @@ from langchain_core.runnables import RunnableConfig
 
 from agent_history import observability as obs
 from agent_history.history.codec import is_final_answer, is_plain
-from agent_history.messages import newest_human, role_of, text_of
+from agent_history.messages import is_tool_step, newest_human, role_of, text_of
 from agent_history.state import as_mapping
 
 __all__ = [
@@ -33,8 +33,10 @@ __all__ = [
     "KeySpan",
     "OwedSpan",
     "ThreadView",
+    "answered_earlier",
     "answered_update",
     "current_thread",
+    "delivered_before_tool_steps",
     "history_key_update",
     "incoming_message",
     "key_span",
@@ -186,6 +188,10 @@ def current_thread(state: Any, node: str | None = None) -> ThreadView:
     position = None if incoming is None else _position(thread, incoming)
     if incoming is not None and position is not None and newest_human(thread) != position:
         incoming = None  # the thread has moved on since that callback
+    if position is None and answered_earlier(mapping, node, incoming):
+        # Answered, then taken out of the thread (a summary in its place): a re-delivery
+        # when every user message since has its answer, as below.
+        incoming = None
     if incoming is None:
         # Without a delivered user message there is nothing to answer in a callback's
         # state (a sticker, a photo: `inputs` without a text) when every user message of
@@ -211,6 +217,34 @@ def current_thread(state: Any, node: str | None = None) -> ThreadView:
         return ThreadView(thread, incoming, None, answered, delivered)
     added = HumanMessage(incoming.text, id=incoming.message_id or str(uuid.uuid4()))
     return ThreadView([*thread, added], incoming, added, False, delivered)
+
+
+def delivered_before_tool_steps(view: ThreadView) -> ThreadView:
+    """``view`` with the delivered message it added put before the thread's newest tool
+    steps instead of after them.
+
+    For a model call inside a run that already added the delivered message (or found
+    it) when it began (`HistoryMiddleware.before_agent`): a thread that lacks it now had
+    it taken out by this run, by a summary put in place of the messages before its tool
+    steps (langchain's `SummarizationMiddleware`) or a trim. The message goes back where
+    it stood, before the run's tool calls and results: after them, the model would see
+    the question unanswered and call its tools again, without end.
+    """
+    if view.added is None:
+        return view
+    thread = view.messages[:-1]
+    at = len(thread)
+    while at and is_tool_step(thread[at - 1]):
+        at -= 1
+    return dataclasses.replace(view, messages=[*thread[:at], view.added, *thread[at:]])
+
+
+def answered_earlier(state: Any, node: str | None, incoming: IncomingMessage | None) -> bool:
+    """Whether ``node`` has answered the delivered message ``incoming``, as the state's
+    `ANSWERED_FIELD` records (False without a channel id, a node or the field)."""
+    if incoming is None or incoming.message_id is None:
+        return False
+    return _answered_by(as_mapping(state), node, incoming.message_id) is True
 
 
 def _answered_by(state: Mapping[str, Any], node: str | None, message_id: str) -> bool | None:

@@ -28,6 +28,8 @@ __all__ = [
     "apply_reset",
     "content_of",
     "exchange_overlap",
+    "is_context_summary",
+    "is_tool_step",
     "merge_history",
     "message_id_of",
     "newest_human",
@@ -60,10 +62,25 @@ _ROLE_ALIASES = {
 }
 
 
+SUMMARY_SOURCE = "summarization"
+"""``additional_kwargs["lc_source"]`` of the message langchain's `SummarizationMiddleware`
+puts in place of the messages it summarised."""
+
+
+def is_context_summary(message: BaseMessage) -> bool:
+    """Whether ``message`` is a summary a middleware put in place of earlier messages
+    (langchain's `SummarizationMiddleware`): context for the model, like a system
+    message, not something the user said."""
+    extra = message.additional_kwargs
+    return isinstance(extra, Mapping) and extra.get("lc_source") == SUMMARY_SOURCE
+
+
 def role_of(message: MessageLike) -> str:
     """The normalised role: ``user``, ``assistant``, ``system``, ``tool`` or ``unknown``
-    (a `ChatMessage`'s is its ``role`` field's)."""
+    (a `ChatMessage`'s is its ``role`` field's; a context summary's is ``system``)."""
     if isinstance(message, BaseMessage):
+        if is_context_summary(message):
+            return "system"
         if message.type in ("chat", "ChatMessageChunk"):
             role = _ROLE_ALIASES.get(str(getattr(message, "role", "")).lower(), "unknown")
             return role if role in (USER, ASSISTANT, "system") else "unknown"
@@ -295,8 +312,8 @@ def _stored_pass(
     if first is None or first <= at + 1:
         return range(at + 1, end + 1)
     latest = stored[first : end + 1]
-    if not any(_is_tool_step(m) for m in latest):  # a scope without tool steps
-        copy = [m for m in copy if not _is_tool_step(m)]
+    if not any(is_tool_step(m) for m in latest):  # a scope without tool steps
+        copy = [m for m in copy if not is_tool_step(m)]
     repeated = len(copy) >= len(latest) and all(
         _signature(s) == _signature(c) if k < len(latest) - 1 else _is_answer(c)
         for k, (s, c) in enumerate(zip(latest, copy, strict=False))
@@ -371,7 +388,7 @@ def _without_second_answers(
             continue
         last = answers[wanted - 1] if len(answers) >= wanted else run.stop - 1
         copy = range(run.start, last + 1)
-        tool_steps = any(_is_tool_step(chat[k]) for k in copy)
+        tool_steps = any(is_tool_step(chat[k]) for k in copy)
         if branch.sure or further or (further is None and tool_steps):
             drop.update(copy)
     if not drop:
@@ -409,14 +426,15 @@ def _within_exchange(chat: Sequence[BaseMessage], last_stored: int, last_human: 
     """Whether the thread's newest stored message is its question or one of its tool
     steps: what follows it in the log is then of the same exchange (an exchange is
     stored whole, its answer with it)."""
-    return last_stored == last_human or _is_tool_step(chat[last_stored])
+    return last_stored == last_human or is_tool_step(chat[last_stored])
 
 
 def _is_answer(message: BaseMessage) -> bool:
     return role_of(message) == ASSISTANT and not getattr(message, "tool_calls", None)
 
 
-def _is_tool_step(message: BaseMessage) -> bool:
+def is_tool_step(message: BaseMessage) -> bool:
+    """A tool call (an assistant message asking for tools) or a tool result."""
     return role_of(message) == "tool" or bool(getattr(message, "tool_calls", None))
 
 

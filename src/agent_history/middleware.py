@@ -25,8 +25,10 @@ from langchain_core.messages import AIMessage, AnyMessage, BaseMessage
 
 from agent_history.incoming import (
     ThreadView,
+    answered_earlier,
     answered_update,
     current_thread,
+    delivered_before_tool_steps,
     history_key_update,
     key_span,
     merged_markers,
@@ -148,7 +150,9 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         # the span is opened on the state's own copy.)
         thread = [m for m in view.messages if m is not view.added]
         span = history_key_update(node, key, key_span(state, node), thread)
-        answered = answered_update(view, node) if view.incoming and view.added is None else {}
+        # A delivered message the thread lacks now was taken out by this run (before_agent
+        # added it or found it): a summary in its place. It was answered all the same.
+        answered = answered_update(view, node) if view.incoming else {}
         return merged_markers(answered, span) or None
 
     async def aafter_agent(
@@ -162,9 +166,14 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
     def _begin(self, request: ModelRequest[Any]) -> HistoryPass:
         state = as_mapping(request.state)
         # The thread is what the model would get: earlier middleware may have edited it.
-        view: ThreadView = current_thread(
-            {"messages": request.messages, "inputs": state.get("inputs") or {}}
-        )
+        # A delivered message it lacks was taken out (a summary in its place): in this
+        # run, it goes back before the run's tool steps; in an earlier run that answered
+        # it, the callback is the last one's, still in the state (a plain-messages run).
+        messages = request.messages
+        view: ThreadView = current_thread({"messages": messages, "inputs": state.get("inputs")})
+        if view.added is not None and answered_earlier(state, self.surface.node, view.incoming):
+            view = current_thread({"messages": messages})
+        view = delivered_before_tool_steps(view)
         runtime = request.runtime
         store = runtime.store if runtime is not None else None
         return self.surface.begin(view, state, store, runtime)

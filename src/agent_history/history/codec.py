@@ -39,7 +39,7 @@ from pydantic_core import to_jsonable_python
 
 from agent_history import observability as obs
 from agent_history.errors import InvalidMessage
-from agent_history.messages import role_of
+from agent_history.messages import is_context_summary, role_of
 
 __all__ = [
     "ASSISTANT",
@@ -101,7 +101,10 @@ def role_for_type(kind: str) -> str:
 def role_of_message(message: BaseMessage) -> str:
     """The stored role of ``message``: its type's, or for a `ChatMessage` its ``role`` read
     as a dict's is (``user``/``human``, ``assistant``/``ai``/``bot``, ``system``); a chat
-    message with another role (``tool`` without a call id, ``critic``) is ``unknown``."""
+    message with another role (``tool`` without a call id, ``critic``) is ``unknown``; a
+    context summary (`messages.is_context_summary`) is ``system``, never stored."""
+    if is_context_summary(message):
+        return "system"
     if message.type not in _CHAT_TYPES:
         return role_for_type(message.type)
     role = role_of({"role": str(getattr(message, "role", ""))})

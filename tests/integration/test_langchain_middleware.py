@@ -1,0 +1,171 @@
+"""`HistoryMiddleware` beside langchain's built-in middleware, listed first as
+docs/middleware.md advises.
+
+The summarization middleware puts a summary (a user message marked
+``additional_kwargs["lc_source"] == "summarization"``) in place of the older messages,
+in the middle of a tool loop too. It took the delivered question out of the thread after
+the first tool call; the history middleware then put the question back after the tool
+results, the model saw it unanswered and called its tool again on every pass, until
+LangGraph's recursion limit. The summary was stored as a user turn, the question never,
+and on a stable thread a re-delivery of the question was answered (and its tools run)
+again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain.agents.middleware import (
+    ClearToolUsesEdit,
+    ContextEditingMiddleware,
+    ModelRetryMiddleware,
+    SummarizationMiddleware,
+)
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.store.sqlite import SqliteStore
+
+from agent_history import ChatHistory, HistoryReport
+from agent_history.middleware import HistoryMiddleware
+from tests.support.agent_graphs import telegram_callback
+from tests.support.tool_models import WeatherModel, get_weather
+
+SUMMARY = "Here is a summary of the conversation to date:\n\nThe user asks about the weather."
+
+
+def _shape(messages: list[BaseMessage]) -> list[tuple[str, str]]:
+    return [(m.type, str(m.content) or ",".join(c["name"] for c in m.tool_calls)) for m in messages]  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def store(tmp_path: Any) -> Any:
+    with SqliteStore.from_conn_string(str(tmp_path / "store.sqlite")) as opened:
+        opened.setup()
+        yield opened
+
+
+def _agent(store: Any, order: str, scope: str, stable: bool) -> tuple[Any, WeatherModel, list[Any]]:
+    model = WeatherModel()
+    reports: list[HistoryReport] = []
+    history = HistoryMiddleware(history_scope=scope, on_report=reports.append)
+    # three messages trigger a summary keeping the newest two: in the tool loop, right
+    # after the first tool result, the question is summarised away
+    summarize = SummarizationMiddleware(
+        FakeListChatModel(responses=["The user asks about the weather."]),
+        trigger=("messages", 3),
+        keep=("messages", 2),
+    )
+    middleware = [history, summarize] if order == "history first" else [summarize, history]
+    agent = create_agent(
+        model,
+        [get_weather],
+        middleware=middleware,
+        store=store,
+        checkpointer=InMemorySaver() if stable else None,
+    )
+    return agent, model, reports
+
+
+def _config(stable: bool) -> dict[str, Any]:
+    thread = "chat-42" if stable else uuid.uuid4().hex
+    return {"configurable": {"thread_id": thread}, "recursion_limit": 12}
+
+
+@pytest.mark.parametrize("scope", ["turns", "full"])
+@pytest.mark.parametrize("stable", [False, True], ids=["fresh thread", "stable thread"])
+@pytest.mark.parametrize("order", ["history first", "summary first"])
+def test_a_summary_in_the_middle_of_a_tool_loop_ends_the_loop_and_stores_the_question(
+    store: Any, order: str, stable: bool, scope: str
+) -> None:
+    agent, model, _ = _agent(store, order, scope, stable)
+    result = agent.invoke(telegram_callback(42, "weather in Paris", 1), _config(stable))
+
+    assert result["messages"][-1].content == "final[Paris]: sunny in Paris"
+    assert [_shape(call) for call in model.calls] == [
+        [("human", "weather in Paris")],
+        # the question goes back before this run's tool steps, where it stood
+        [("human", SUMMARY), ("human", "weather in Paris"), ("ai", "get_weather"),
+         ("tool", "sunny in Paris")],
+    ]  # fmt: skip
+    stored = ChatHistory(store, scope=scope).tail("telegram:42", 20)
+    exchange = [("human", "weather in Paris"), ("ai", "final[Paris]: sunny in Paris")]
+    if scope == "full":
+        exchange[1:1] = [("ai", "get_weather"), ("tool", "sunny in Paris")]
+    assert _shape(stored) == exchange  # the summary is context, never a user turn
+    assert stored[0].id == "1"
+
+    agent.invoke(telegram_callback(42, "thanks", 2), _config(stable))
+    stored = ChatHistory(store, scope=scope).tail("telegram:42", 20)
+    assert _shape(stored) == [*exchange, ("human", "thanks"), ("ai", "echo: thanks")]
+    assert not any(str(m.content).startswith("Here is a summary") for m in stored)
+
+
+def test_a_redelivered_question_the_summary_replaced_is_not_answered_again(store: Any) -> None:
+    agent, model, reports = _agent(store, "history first", "turns", stable=True)
+    agent.invoke(telegram_callback(42, "weather in Paris", 1), _config(True))
+    calls, stored = len(model.calls), ChatHistory(store).tail("telegram:42", 20)
+
+    # the channel re-delivers the webhook: the thread holds a summary in place of the
+    # question, and the agent's record says it answered it
+    result = agent.invoke(telegram_callback(42, "weather in Paris", 1), _config(True))
+    assert len(model.calls) == calls  # no model call, no tool run again
+    assert result["messages"][-1].content == "final[Paris]: sunny in Paris"
+    assert ChatHistory(store).tail("telegram:42", 20) == stored
+    assert (reports[-1].redelivered, reports[-1].model_called) == (True, False)
+
+    # a plain-messages run on the same thread (an operator's tool) is still answered
+    result = agent.invoke({"messages": [HumanMessage("and tomorrow?", id="web-1")]}, _config(True))
+    assert result["messages"][-1].content == "echo: and tomorrow?"
+    assert len(model.calls) == calls + 1
+
+
+class _FailsOnce(WeatherModel):
+    """Fails every call for the user message "fail", answers the others."""
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+        if messages and messages[-1].content == "fail":
+            raise RuntimeError("provider down")
+        return super().reply(messages, **kwargs)
+
+
+def test_a_retry_that_gives_up_stores_the_answer_the_user_saw(store: Any) -> None:
+    model = _FailsOnce()
+    retry = ModelRetryMiddleware(
+        max_retries=1, initial_delay=0, jitter=False, on_failure="continue"
+    )
+    agent = create_agent(model, [], middleware=[HistoryMiddleware(), retry], store=store)
+    failed = agent.invoke(telegram_callback(42, "fail", 1), _config(False))
+    told = str(failed["messages"][-1].content)
+    assert told == "Model call failed after 2 attempts with RuntimeError: provider down"
+    agent.invoke(telegram_callback(42, "hi", 2), _config(False))  # a fresh thread
+
+    assert _shape(model.calls[-1]) == [("human", "fail"), ("ai", told), ("human", "hi")]
+    stored = ChatHistory(store).tail("telegram:42", 20)
+    assert _shape(stored) == [("human", "fail"), ("ai", told), ("human", "hi"), ("ai", "echo: hi")]
+
+
+@pytest.mark.parametrize("stable", [False, True], ids=["fresh thread", "stable thread"])
+def test_context_editing_inside_keeps_the_log_whole(store: Any, stable: bool) -> None:
+    model = WeatherModel()
+    clear = ContextEditingMiddleware(edits=[ClearToolUsesEdit(trigger=0, keep=1)])
+    history = HistoryMiddleware(history_scope="full")
+    agent = create_agent(model, [get_weather], middleware=[history, clear], store=store,
+                         checkpointer=InMemorySaver() if stable else None)  # fmt: skip
+    for message_id, city in enumerate(["Paris", "Rome"], start=1):
+        agent.invoke(telegram_callback(42, f"weather in {city}", message_id), _config(stable))
+
+    # the model saw the older tool result cleared ...
+    assert [str(m.content) for m in model.calls[-1] if m.type == "tool"] == [
+        "[cleared]",
+        "sunny in Rome",
+    ]
+    # ... and the log keeps both whole
+    stored = ChatHistory(store, scope="full").tail("telegram:42", 20)
+    assert [str(m.content) for m in stored if m.type == "tool"] == [
+        "sunny in Paris",
+        "sunny in Rome",
+    ]
