@@ -190,32 +190,53 @@ def _match(stored: Sequence[BaseMessage], chat: Sequence[BaseMessage]) -> list[i
 
 
 def _interleave(
-    stored: Sequence[BaseMessage], chat: Sequence[BaseMessage], matched: list[int | None]
-) -> tuple[list[BaseMessage], list[BaseMessage], list[BaseMessage], int]:
+    stored: Sequence[BaseMessage],
+    chat: Sequence[BaseMessage],
+    matched: list[int | None],
+    late: set[int],
+) -> tuple[list[BaseMessage], list[BaseMessage], list[BaseMessage]]:
     """The conversation in order: the thread up to its last stored message, with stored
     messages it lacks put where they belong; then stored messages newer than anything in
     the thread; then the unstored end of the thread.
 
-    Returns ``(head, newer_stored, unstored, stored_count)``.
+    Returns ``(head, newer_stored, unstored)``. The thread's messages at the indexes
+    ``late`` are placed by their stored copies.
     """
     last = _last_matched(matched)
     if last < 0:
         # Nothing in common: the stored tail comes first, the whole thread after it.
-        return [], list(stored), list(chat), len(stored)
-    in_thread = {j for j in matched if j is not None}
+        return [], list(stored), list(chat)
+    in_thread = {j for i, j in enumerate(matched) if j is not None and i not in late}
     head: list[BaseMessage] = []
     taken = 0  # stored messages before this index are placed
-    stored_count = 0
-    for message, j in zip(chat[: last + 1], matched[: last + 1], strict=True):
+    for index, (message, j) in enumerate(zip(chat[: last + 1], matched[: last + 1], strict=True)):
+        if index in late:
+            continue  # its stored copy is placed where the log has it
         if j is not None and j >= taken:
             missing = [s for k, s in enumerate(stored[taken:j], taken) if k not in in_thread]
             head.extend(missing)
-            stored_count += len(missing)
             taken = j + 1
         head.append(message)
-        stored_count += j is not None
     newer = [s for k, s in enumerate(stored[taken:], taken) if k not in in_thread]
-    return head, newer, list(chat[last + 1 :]), stored_count + len(newer)
+    return head, newer, list(chat[last + 1 :])
+
+
+def _out_of_order(matched: Sequence[int | None]) -> set[int]:
+    """The thread's stored messages that come after a message the log has after them: a
+    callback re-delivered to a stable thread that lacked its stored exchange (the client
+    hung up after the write, or two runs raced on one checkpoint) once the chat had gone
+    on. The log's order is the conversation's; the thread's copy is left out and the
+    stored one placed where it belongs."""
+    late: set[int] = set()
+    newest = -1
+    for index, j in enumerate(matched):
+        if j is None:
+            continue
+        if j < newest:
+            late.add(index)
+        else:
+            newest = j
+    return late
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,7 +620,8 @@ def merge_history(
     Thread messages are recognised as stored by id (the same message has the same id in
     the graph state and in the store), or, when no id matches, by a thread that replays
     the end of the tail. The thread keeps its order (tool steps that only the thread
-    holds stay where they were); stored messages the thread lacks go where they belong:
+    holds stay where they were), but for stored messages it holds out of the log's order
+    (`_out_of_order`); stored messages the thread lacks go where they belong:
     older ones before the thread's stored messages, newer ones (written by other runs)
     after them and before this run's new messages. When the message to answer is
     already stored and nothing newer came with it, the payload ends at that message.
@@ -623,7 +645,8 @@ def merge_history(
     chat = [m for m in thread if role_of(m) != "system"]
     pruned = _without_second_answers(stored, chat, _match(stored, chat), tokens)
     chat, matched = pruned.chat, pruned.matched
-    head, newer, unstored, stored_count = _interleave(stored, chat, matched)
+    late = _out_of_order(matched)
+    head, newer, unstored = _interleave(stored, chat, matched, late)
     conversation = [*head, *newer, *unstored]
     last_human = newest_human(chat)
     # The message to answer is already stored and only this run's tool steps (if any)
@@ -656,8 +679,14 @@ def merge_history(
         and len(chat) - last_human - 1 == len(unstored)
     )
     if redelivered:
-        stored_count -= len(newer)
-        conversation = [*head, *unstored]
+        # The history as it stood when the message first arrived: up to its stored copy
+        # (a late re-delivery's is placed among what the log holds after it).
+        assert last_human is not None
+        asked = matched[last_human]
+        cut = len(head)
+        if last_human in late and asked is not None:
+            cut = next(k + 1 for k, m in enumerate(head) if m is stored[asked])
+        conversation = [*head[:cut], *unstored]
     after_reset, dropped = apply_reset(conversation, reset_command)
     kept = window(
         after_reset,

@@ -118,3 +118,34 @@ def test_a_replay_from_an_earlier_checkpoint_adds_no_second_answer(store: BaseSt
     assert _stored(store, f"telegram:{chat}") == [
         "t1", "echo: t1", "t2", "echo: t2", "t3", "echo: t3", "t4", "echo: t4"
     ]  # fmt: skip
+
+
+def test_a_late_redelivery_to_a_thread_that_lacks_its_exchange_keeps_the_log_order(
+    store: BaseStore,
+) -> None:
+    # The thread lacks a stored exchange: the user's next message raced it from the same
+    # checkpoint (a double send handled by two workers; or the client hung up after the
+    # write, before the checkpoint). The channel re-delivers it after the chat went on.
+    model = RecordingChatModel()
+    chat = uuid.uuid4().int % 10**9
+    config = {"configurable": {"thread_id": f"chat-{chat}"}}
+    graph = _graph(model, store, InMemorySaver())
+    graph.invoke(telegram_callback(chat, "one", 1), config)
+    after_one = graph.get_state(config).config
+    graph.invoke(telegram_callback(chat, "four", 4), config)
+    graph.invoke(telegram_callback(chat, "five", 5), after_one)  # the racing run wins
+    assert _texts(graph.get_state(config).values["messages"]) == [
+        "one", "echo: one", "five", "echo: five",
+    ]  # fmt: skip
+    assert _texts(model.calls[-1]) == ["one", "echo: one", "four", "echo: four", "five"]
+
+    graph.invoke(telegram_callback(chat, "four", 4), config)  # re-delivered late
+    assert _texts(model.calls[-1]) == ["one", "echo: one", "four"]  # as of its first time
+    graph.invoke(telegram_callback(chat, "six", 6), config)
+    log = ["one", "echo: one", "four", "echo: four", "five", "echo: five"]
+    # the log's order, each answer after its question (the thread's second answer to
+    # "four", given after "five", is left out)
+    assert _texts(model.calls[-1]) == [*log, "six"]
+    graph.invoke(telegram_callback(chat, "seven", 7), config)
+    assert _texts(model.calls[-1]) == [*log, "six", "echo: six", "seven"]
+    assert _stored(store, f"telegram:{chat}") == [*log, "six", "echo: six", "seven", "echo: seven"]
