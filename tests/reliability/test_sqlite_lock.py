@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import select
 import sqlite3
 import subprocess
 import sys
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.store.base import BaseStore
 
 from agent_history import AgentNode, HistoryReport
@@ -182,3 +185,43 @@ async def test_write_lock_held_by_another_process(
         lost=0,
         duplicated=0,
     )
+
+
+async def test_a_write_cancelled_while_waiting_for_the_lock_commits_nothing(
+    tmp_path: Path,
+) -> None:
+    # A webhook server cancels the task of a client that hung up while its append waits
+    # for another process's write lock. The caller is gone, told nothing was written,
+    # and the channel will re-deliver: the append must not commit once the lock is free
+    # (it did, up to the write budget later).
+    settings = HistorySettings(
+        graph_store_backend="sqlite",
+        graph_store_sqlite_path=tmp_path / "store.sqlite",
+        graph_store_sqlite_busy_timeout=30,
+    )
+    async with create_graph_store(settings) as store:
+        history = ChatHistory(store)
+        await history.aappend("chat", [HumanMessage("one", id="1"), AIMessage("a1", id="a1")])
+        waiting = threading.Event()
+
+        def trace(statement: str) -> None:
+            if statement == "BEGIN IMMEDIATE":
+                waiting.set()  # the append's transaction starts: it waits for the lock
+
+        with _lock_holder(settings.graph_store_sqlite_path) as holder:
+            await store.conn.set_trace_callback(trace)
+            append = asyncio.create_task(
+                history.aappend("chat", [HumanMessage("two", id="2"), AIMessage("a2", id="a2")])
+            )
+            assert await asyncio.to_thread(waiting.wait, LINE_TIMEOUT)
+            append.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await append
+            _commit(holder)  # the lock is free: the abandoned append gets it
+        # The next call runs on the connection's thread after the abandoned one ended.
+        turns = [(t.seq, t.content) async for t in history.aread("chat")]
+        assert turns == [(1, "one"), (2, "a1")]
+        await history.aappend("chat", [HumanMessage("two", id="2"), AIMessage("a2", id="a2")])
+        turns = [(t.seq, t.content) async for t in history.aread("chat")]
+        assert turns == [(1, "one"), (2, "a1"), (3, "two"), (4, "a2")]
+    assert _holder_row(settings.graph_store_sqlite_path) == [HOLDER_VALUE]

@@ -5,7 +5,8 @@ aiosqlite runs every call of a connection on one worker thread, in order. A unit
 (a whole append transaction, or a tail query) is handed to that thread as one function
 (`sqlite_base`), so it costs one hop instead of one per statement, and it holds the
 store's lock, as LangGraph's own calls do. The deadline goes with the function; a caller
-that is cancelled interrupts its statement (``sqlite3.Connection.interrupt``).
+that is cancelled interrupts its statement (``sqlite3.Connection.interrupt``), and its
+transaction, still queued or waiting for another writer's lock, commits nothing.
 
 This uses aiosqlite's ``Connection._execute`` (run a function on the connection's
 thread), a private method present in every aiosqlite release since 0.11; without it the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -70,9 +72,12 @@ class AsyncSqliteDriver(AsyncStoreDriver):
     def sqlite(self) -> AsyncSqliteStore:
         return cast(AsyncSqliteStore, self.store)
 
-    async def _use(self, work: Callable[[sqlite3.Connection, sqlite_base.SqliteState], T]) -> T:
-        """Run ``work(connection, state)`` on the connection's thread, under the store's
-        lock, within the deadline."""
+    async def _use(
+        self, work: Callable[[sqlite3.Connection, sqlite_base.SqliteState, threading.Event], T]
+    ) -> T:
+        """Run ``work(connection, state, abandoned)`` on the connection's thread, under the
+        store's lock, within the deadline; ``abandoned`` is set when the caller is
+        cancelled (a transaction then commits nothing, see `sqlite_base.transaction`)."""
         store = self.sqlite
         if not store.is_setup:
             await store.setup()
@@ -87,13 +92,16 @@ class AsyncSqliteDriver(AsyncStoreDriver):
                     _on_worker, lambda c: sqlite_base.inspect(c, ttl), conn, None
                 )
                 self._state = state
+            abandoned = threading.Event()
             job = conn._execute(  # type: ignore[no-untyped-call]
-                _on_worker, lambda c: work(c, state), conn, budget.current_deadline()
+                _on_worker, lambda c: work(c, state, abandoned), conn, budget.current_deadline()
             )
             try:
                 return await job  # type: ignore[no-any-return]
             except asyncio.CancelledError:
-                # Our function may still be running on the worker: stop its statement.
+                # Our function may still be queued or running on the worker (waiting for
+                # another writer's lock): it must not commit, and its statement stops.
+                abandoned.set()
                 conn._conn.interrupt()
                 raise
         finally:
@@ -107,7 +115,7 @@ class AsyncSqliteDriver(AsyncStoreDriver):
             self._fallback = GenericDriver(self.store, self.backend)
             return self._fallback
         if self._state is None:
-            await self._use(lambda conn, state: None)
+            await self._use(lambda conn, state, abandoned: None)
         state = self._state
         assert state is not None
         if not state.schema_known:
@@ -122,7 +130,9 @@ class AsyncSqliteDriver(AsyncStoreDriver):
             return await fallback.arun(namespace, steps)
         prefix = namespace_text(namespace)
         return await self._use(
-            lambda conn, state: sqlite_base.transaction(conn, prefix, steps, state)
+            lambda conn, state, abandoned: sqlite_base.transaction(
+                conn, prefix, steps, state, abandoned
+            )
         )
 
     async def aread(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
@@ -130,7 +140,9 @@ class AsyncSqliteDriver(AsyncStoreDriver):
         if fallback is not None:
             return await fallback.aread(namespace, steps)
         prefix = namespace_text(namespace)
-        return await self._use(lambda conn, state: sqlite_base.read(conn, prefix, steps, state))
+        return await self._use(
+            lambda conn, state, abandoned: sqlite_base.read(conn, prefix, steps, state)
+        )
 
     def areader(self, namespace: tuple[str, ...]) -> AsyncPerform:
         prefix = namespace_text(namespace)
@@ -140,7 +152,7 @@ class AsyncSqliteDriver(AsyncStoreDriver):
             if fallback is not None:
                 return await fallback.areader(namespace)(request)
             return await self._use(
-                lambda conn, state: sqlite_base.read_one(conn, prefix, request, state)
+                lambda conn, state, abandoned: sqlite_base.read_one(conn, prefix, request, state)
             )
 
         return perform
@@ -153,7 +165,7 @@ class AsyncSqliteDriver(AsyncStoreDriver):
             return await fallback.anamespace_page(namespace, cursor, size)
         low, high = children_bounds(namespace, cursor)
         found = await self._use(
-            lambda conn, state: sqlite_base.next_prefixes(conn, low, high, size, state)
+            lambda conn, state, abandoned: sqlite_base.next_prefixes(conn, low, high, size, state)
         )
         return children_page(namespace, found, size)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from agent_history.history.steps import Get, Request, Steps, drive
 
 __all__ = [
     "STORE_SCHEMA_VERSION",
+    "Abandoned",
     "SqliteState",
     "inspect",
     "next_prefixes",
@@ -255,18 +257,34 @@ class _Conversation:
 # --- units of work ----------------------------------------------------------------------------
 
 
-def transaction(conn: sqlite3.Connection, prefix: str, steps: Steps[T], state: SqliteState) -> T:
+class Abandoned(Exception):
+    """The caller of a unit of work went away (a cancelled task) before it committed."""
+
+
+def transaction(
+    conn: sqlite3.Connection,
+    prefix: str,
+    steps: Steps[T],
+    state: SqliteState,
+    abandoned: threading.Event | None = None,
+) -> T:
     """Run ``steps`` inside ``BEGIN IMMEDIATE`` and commit.
 
     IMMEDIATE takes the database's write lock before the first read, so no other writer
     (in any process) can slip in between our read of the head and our write of it.
+    ``abandoned``: set when the caller went away (the async driver's cancelled task); a
+    unit of work it finds set before its commit rolls back and raises `Abandoned`. Its
+    caller was told nothing was written: waiting for another writer's lock, the unit
+    would otherwise commit after the caller gave up (a client that hung up).
     """
     with bounded(conn, state):
+        _check(abandoned)
         conn.execute("BEGIN IMMEDIATE")
         try:
             conversation = _Conversation(conn, prefix, state)
             result = drive(steps, conversation.perform)
             conversation.flush()
+            _check(abandoned)
             conn.execute("COMMIT")
             return result
         except BaseException:
@@ -274,6 +292,11 @@ def transaction(conn: sqlite3.Connection, prefix: str, steps: Steps[T], state: S
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+
+def _check(abandoned: threading.Event | None) -> None:
+    if abandoned is not None and abandoned.is_set():
+        raise Abandoned
 
 
 def read(conn: sqlite3.Connection, prefix: str, steps: Steps[T], state: SqliteState) -> T:
