@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType, TracebackType
@@ -226,6 +226,9 @@ class _CountingDriver(HistoryDriver):
     def append(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
         self._wrapper.note(True)
         return self.inner.append(namespace, request)
+
+    async def on_own_loop(self, call: Awaitable[T]) -> T:
+        return await self.inner.on_own_loop(call)
 
     async def arun(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
         self._wrapper.note(True)

@@ -119,7 +119,8 @@ async def acheck_health(
     started = time.perf_counter()
     try:
         with deadline_after(budget):
-            await driver_for(store).aread(_PROBE_NAMESPACE, head_steps())
+            driver = driver_for(store)
+            await driver.on_own_loop(driver.aread(_PROBE_NAMESPACE, head_steps()))
         details.update(store_reachable=True)
     except Exception as exc:
         details.update(store_reachable=False, error=type(exc).__name__)

@@ -239,7 +239,7 @@ class ChatHistory:
         """Async `_run_atomic`."""
         namespace = self.conversation_namespace(key)
         with deadline_after(budget_arg(budget)), store_faults(self._driver.backend):
-            return await self._driver.arun(namespace, steps)
+            return await self._driver.on_own_loop(self._driver.arun(namespace, steps))
 
     def _read(self, key: str, steps: Steps[T], budget: float | None = None) -> T:
         namespace = self.conversation_namespace(key)
@@ -249,7 +249,7 @@ class ChatHistory:
     async def _aread(self, key: str, steps: Steps[T], budget: float | None = None) -> T:
         namespace = self.conversation_namespace(key)
         with deadline_after(budget_arg(budget)), store_faults(self._driver.backend):
-            return await self._driver.aread(namespace, steps)
+            return await self._driver.on_own_loop(self._driver.aread(namespace, steps))
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -391,11 +391,13 @@ class ChatHistory:
         cursor: PageCursor = None
         while True:
             with store_faults(self._driver.backend):
-                page, cursor = await self._driver.anamespace_page(
-                    self.namespace, cursor, _KEYS_PAGE
+                page, cursor = await self._driver.on_own_loop(
+                    self._driver.anamespace_page(self.namespace, cursor, _KEYS_PAGE)
                 )
                 candidates = self._key_candidates(page)
-                heads = await self._driver.aheads([ns for ns, _ in candidates])
+                heads = await self._driver.on_own_loop(
+                    self._driver.aheads([ns for ns, _ in candidates])
+                )
             for (_, key), head in zip(candidates, heads, strict=True):
                 if head:
                     yield key
@@ -470,7 +472,7 @@ class ChatHistory:
             if not pending:
                 return AppendResult(0, 0, skipped, None, None, await self.acount(key))
             request = self._append_request(pending, skipped, anchor_id, anchor_next, anchor_seen)
-            return await self._driver.aappend(namespace, request)
+            return await self._driver.on_own_loop(self._driver.aappend(namespace, request))
 
     def _append_request(
         self,
@@ -794,7 +796,7 @@ async def _astreamed(
                 item = next(steps)
             else:
                 with store_faults(driver.backend):
-                    found = await perform(item)
+                    found = await driver.on_own_loop(perform(item))
                 item = steps.send(found)
     except StopIteration:
         return

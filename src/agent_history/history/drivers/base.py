@@ -26,7 +26,7 @@ from langgraph.store.base import BaseStore, GetOp
 
 from agent_history import budget
 from agent_history import observability as obs
-from agent_history.errors import SyncCallInEventLoop
+from agent_history.errors import StoreUnavailable, SyncCallInEventLoop
 from agent_history.history.layout import HEAD_KEY, PendingTurn
 from agent_history.history.records import AppendResult
 from agent_history.history.steps import Request, Steps, append_steps, drive, drive_async
@@ -301,6 +301,11 @@ class HistoryDriver(ABC):
 
     # --- async -----------------------------------------------------------------------------
 
+    async def on_own_loop(self, call: Awaitable[T]) -> T:
+        """Await ``call`` (one of the async methods below) where the store can run it:
+        the running loop, but for a store bound to another one (`AsyncStoreDriver`)."""
+        return await call
+
     @abstractmethod
     async def arun(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
         """Async `run`."""
@@ -403,6 +408,27 @@ class AsyncStoreDriver(HistoryDriver):
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise budget.timeout_error() from None
+
+    async def on_own_loop(self, call: Awaitable[T]) -> T:
+        """Await ``call`` on the store's loop: an async store opened on one event loop
+        and used from another (a worker thread's ``asyncio.run(graph.ainvoke(...))``
+        beside the server's loop) runs each call on its own loop, as the sync methods
+        do; its locks and connections belong there (awaited from another loop they
+        raise, or hang until the budget, and the breaker opened for the whole process).
+        A store whose loop is gone raises `StoreUnavailable` saying so."""
+        loop = self._loop()
+        if loop is None or loop is asyncio.get_running_loop():
+            return await call
+        if loop.is_closed() or not loop.is_running():
+            if isinstance(call, Coroutine):
+                call.close()
+            raise StoreUnavailable(
+                "this async store's event loop (the one it was opened on) is not running: "
+                "open the store on the event loop that uses it"
+            )
+        deadline = budget.current_deadline()
+        job = budget.run_with_deadline(_awaited(call), deadline)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(job, loop))
 
     def run(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
         return self._on_loop(self.arun(namespace, steps))
