@@ -484,12 +484,13 @@ class _MappingView(Mapping[str, Any]):
     """A read-only view of a mapping in the state, its values seen through `_plain` as
     they are read: rendering costs what a template reads, not the state's size."""
 
-    __slots__ = ("_data", "_depth", "_names")
+    __slots__ = ("_any_keys", "_data", "_depth", "_names")
 
-    def __init__(self, data: Mapping[Any, Any], depth: int) -> None:
+    def __init__(self, data: Mapping[Any, Any], depth: int, any_keys: bool = False) -> None:
         self._data = data
         self._depth = depth
         self._names: dict[str, Any] | None = None
+        self._any_keys = any_keys  # ``config.configurable[1]``: its keys as they are too
 
     def _index(self) -> dict[str, Any]:
         if self._names is None:
@@ -498,6 +499,8 @@ class _MappingView(Mapping[str, Any]):
 
     def __getitem__(self, name: str) -> Any:
         if not isinstance(name, str):
+            if self._any_keys and name in self._data:
+                return _plain(self._data[name], self._depth + 1)
             raise KeyError(name)
         return _plain(self._data[self._index()[name]], self._depth + 1)
 
@@ -604,7 +607,7 @@ def _context(state: Any, config: Mapping[str, Any] | None) -> dict[str, Any]:
         # a view: an object passed to the run's tools (a client, a pydantic settings
         # object) is read only when a template reads it, not once per pass
         "configurable": _MappingView(
-            {k: v for k, v in configurable.items() if not str(k).startswith("__")}, -1
+            {k: v for k, v in configurable.items() if not str(k).startswith("__")}, -1, True
         ),
         "metadata": _plain(dict((config or {}).get("metadata") or {})),
         "tags": _plain(list((config or {}).get("tags") or [])),

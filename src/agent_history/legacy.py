@@ -30,6 +30,7 @@ from agent_history import observability as obs
 from agent_history.errors import AgentHistoryError, InvalidMessage
 from agent_history.history import ChatHistory, Turn
 from agent_history.history.codec import dict_message, in_scope, message_parts, role_for_type
+from agent_history.history.drivers import driver_for
 from agent_history.history.drivers.base import uses_own_io
 from agent_history.keys import validate_history_key
 from agent_history.transfer import ConversationCheck, MigrationReport, copy_conversation
@@ -123,7 +124,8 @@ def read_legacy_turns(store: BaseStore, namespace: Sequence[str], key: str) -> l
 
 async def aread_legacy_turns(store: BaseStore, namespace: Sequence[str], key: str) -> list[Turn]:
     """Async `read_legacy_turns`."""
-    item = await store.aget(tuple(namespace), key)
+    # (on the store's own event loop, as every history call: see `on_own_loop`)
+    item = await driver_for(store).on_own_loop(store.aget(tuple(namespace), key))
     return [] if item is None else _readable(namespace, key, item.value)
 
 

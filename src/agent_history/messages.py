@@ -229,13 +229,14 @@ def _out_of_order(matched: Sequence[int | None]) -> set[int]:
     stored one placed where it belongs."""
     late: set[int] = set()
     newest = -1
+    seen: set[int] = set()
     for index, j in enumerate(matched):
         if j is None:
             continue
-        if j < newest:
+        if j < newest and j not in seen:  # (a second copy in the thread is no late one)
             late.add(index)
-        else:
-            newest = j
+        newest = max(newest, j)
+        seen.add(j)
     return late
 
 
@@ -685,7 +686,7 @@ def merge_history(
         asked = matched[last_human]
         cut = len(head)
         if last_human in late and asked is not None:
-            cut = next(k + 1 for k, m in enumerate(head) if m is stored[asked])
+            cut = next((k + 1 for k, m in enumerate(head) if m is stored[asked]), cut)
         conversation = [*head[:cut], *unstored]
     after_reset, dropped = apply_reset(conversation, reset_command)
     kept = window(

@@ -646,3 +646,6 @@ def test_objects_in_configurable_are_read_only_by_the_templates_that_read_them()
     candidates = ["a:{{config.configurable|string}}"]
     printed = resolve_history_key(state, config, candidates=candidates).key
     assert printed == "a:{'deps': {'name': 'deps'}, 'thread_id': 't-1'}"
+    numbered = {"configurable": {1: "one"}}  # a key that is not text reads as before
+    candidates = ["n:{{config.configurable[1]}}"]
+    assert resolve_history_key(state, numbered, candidates=candidates).key == "n:one"

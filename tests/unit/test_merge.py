@@ -457,3 +457,41 @@ def test_a_message_no_scope_stores_keeps_its_place_between_stored_ones() -> None
     thread = [stored[0], stored[1], critic, stored[3], stored[4], HumanMessage("q3", id="q3")]
     merged = merge_history(stored, thread, max_messages=20)
     assert [m.id for m in merged.messages] == ["q", "a", "c", "p", "q2", "a2", "q3"]
+
+
+def test_a_message_the_thread_holds_twice_is_no_late_one() -> None:
+    # A state whose reducer appends (``operator.add``) and a client that sends the whole
+    # conversation again: the retried question is in the thread twice.
+    stored = [
+        HumanMessage("four", id="4"),
+        AIMessage("echo four", id="a4"),
+        HumanMessage("five", id="5"),
+        AIMessage("echo five", id="a5"),
+    ]
+    thread = [*stored, HumanMessage("four", id="4")]
+    merged = merge_history(stored, thread, max_messages=20)
+    assert [m.content for m in merged.messages] == [
+        "four", "echo four", "five", "echo five", "four",
+    ]  # fmt: skip
+    assert merged.redelivered and merged.unstored == []
+
+
+def test_a_late_redelivery_is_answered_with_the_log_up_to_it() -> None:
+    stored = [
+        HumanMessage("one", id="1"),
+        AIMessage("echo one", id="a1"),
+        HumanMessage("four", id="4"),
+        AIMessage("echo four", id="a4"),
+        HumanMessage("five", id="5"),
+        AIMessage("echo five", id="a5"),
+    ]
+    thread = [stored[0], stored[1], stored[4], stored[5], HumanMessage("four", id="4")]
+    merged = merge_history(stored, thread, max_messages=20)
+    assert [m.content for m in merged.messages] == ["one", "echo one", "four"]
+    assert merged.redelivered and merged.unstored == []
+    later = [*thread, AIMessage("echo four again", id="a4-bis"), HumanMessage("six", id="6")]
+    merged = merge_history(stored, later, max_messages=20)
+    assert [m.content for m in merged.messages] == [
+        "one", "echo one", "four", "echo four", "five", "echo five", "six",
+    ]  # fmt: skip
+    assert [m.id for m in merged.unstored] == ["6"]

@@ -428,7 +428,22 @@ class AsyncStoreDriver(HistoryDriver):
             )
         deadline = budget.current_deadline()
         job = budget.run_with_deadline(_awaited(call), deadline)
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(job, loop))
+        future = asyncio.run_coroutine_threadsafe(job, loop)
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            # The caller's budget holds also when the store's loop is busy or blocked.
+            return await asyncio.wait_for(
+                asyncio.wrap_future(future), None if wait is None else wait + _LOOP_GRACE_SECONDS
+            )
+        except TimeoutError:
+            future.cancel()
+            raise budget.timeout_error() from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the caller's own cancellation (the job is cancelled with it)
+            # Cancelled on the store's loop (it is shutting down): a store failure here.
+            raise StoreUnavailable("the store's event loop cancelled the call") from None
 
     def run(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
         return self._on_loop(self.arun(namespace, steps))
