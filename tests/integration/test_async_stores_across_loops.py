@@ -35,6 +35,7 @@ from agent_history.settings import HistorySettings
 from agent_history.stores import create_graph_store
 from agent_history.testing import RecordingChatModel
 from tests.support.agent_graphs import build_graph, new_thread, telegram_callback, toggles
+from tests.support.sqlite_trace import write_begun
 
 REQUESTS = 3
 
@@ -180,13 +181,7 @@ async def test_a_call_the_stores_loop_cancels_fails_as_a_store_failure(tmp_path:
     )
     async with create_graph_store(settings) as store:
         history = ChatHistory(store)
-        waiting = threading.Event()
-
-        def trace(statement: str) -> None:
-            if statement == "BEGIN IMMEDIATE":
-                waiting.set()
-
-        await store.conn.set_trace_callback(trace)
+        waiting = await write_begun(store)
         holder = sqlite3.connect(settings.graph_store_sqlite_path, isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
 

@@ -9,7 +9,6 @@ import select
 import sqlite3
 import subprocess
 import sys
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from agent_history.stores import create_graph_store, create_graph_store_sync
 from agent_history.testing import RecordingChatModel
 from tests.reliability.conftest import Record
 from tests.support.agent_graphs import build_graph, new_thread, telegram_callback, toggles
+from tests.support.sqlite_trace import write_begun
 
 REPO = Path(__file__).resolve().parents[2]
 HOLDER_NAMESPACE = ("holder", "data")
@@ -202,14 +202,8 @@ async def test_a_write_cancelled_while_waiting_for_the_lock_commits_nothing(
     async with create_graph_store(settings) as store:
         history = ChatHistory(store)
         await history.aappend("chat", [HumanMessage("one", id="1"), AIMessage("a1", id="a1")])
-        waiting = threading.Event()
-
-        def trace(statement: str) -> None:
-            if statement == "BEGIN IMMEDIATE":
-                waiting.set()  # the append's transaction starts: it waits for the lock
-
+        waiting = await write_begun(store)  # set when the append's transaction starts
         with _lock_holder(settings.graph_store_sqlite_path) as holder:
-            await store.conn.set_trace_callback(trace)
             append = asyncio.create_task(
                 history.aappend("chat", [HumanMessage("two", id="2"), AIMessage("a2", id="a2")])
             )
