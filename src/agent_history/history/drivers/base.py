@@ -424,7 +424,8 @@ class AsyncStoreDriver(HistoryDriver):
                 call.close()
             raise StoreUnavailable(
                 "this async store's event loop (the one it was opened on) is not running: "
-                "open the store on the event loop that uses it"
+                "stopped (the server shutting down), or the store was opened in another "
+                "asyncio.run (open it on a loop that runs while it is used)"
             )
         deadline = budget.current_deadline()
         job = budget.run_with_deadline(_awaited(call), deadline)
