@@ -45,7 +45,7 @@ _PENDING_LIMIT = 1024
 """Passes kept between a pre hook and its post hook (more in flight at once in one
 process only costs the oldest a second window read)."""
 
-HandoffKey = tuple[str, str, str]
+HandoffKey = tuple[str, str, str, str]
 
 
 class HistoryReactState(TypedDict):
@@ -111,17 +111,22 @@ class HistoryHooks:
             return self._pending.pop(key, None)
 
 
-def _handoff_key(view: ThreadView, config: RunnableConfig | None) -> HandoffKey | None:
-    """Names one model call: the thread, the graph it runs in (a subgraph's parent task)
-    and the newest message the model is called on (the post hook sees the same thread
-    with the model's answer after it)."""
+def _handoff_key(
+    view: ThreadView, config: RunnableConfig | None, conversation: str | None
+) -> HandoffKey | None:
+    """Names one model call: the conversation, the thread, the graph it runs in (a
+    subgraph's parent task) and the newest message the model is called on (the post hook
+    sees the same thread with the model's answer after it). The conversation key tells
+    apart runs without a thread id (an agent compiled without a checkpointer) of two
+    chats whose channels number messages per chat: both chats' message 5 answered at
+    once took each other's pass, and one chat's answer was stored in the other's log."""
     if not view.messages or not view.messages[-1].id:
         return None
     config = config or {}
     thread = str((config.get("configurable") or {}).get("thread_id") or "")
     namespace = str((config.get("metadata") or {}).get("langgraph_checkpoint_ns") or "")
     parent = namespace.rsplit("|", 1)[0] if "|" in namespace else ""
-    return thread, parent, str(view.messages[-1].id)
+    return conversation or "", thread, parent, str(view.messages[-1].id)
 
 
 def _current_runtime() -> Runtime[Any] | None:
@@ -167,15 +172,17 @@ class PreModelHook(Runnable[Any, dict[str, Any]]):
         self.hooks = hooks
         self.name = "pre_model_hook"
 
-    def _begin(self, input: Any) -> tuple[HistoryPass, bool]:
+    def _begin(self, input: Any) -> tuple[HistoryPass, bool, str | None]:
         view = current_thread(input)
         runtime = _current_runtime()
         run = self.hooks.surface.begin(view, input, _store_of(runtime), runtime)
-        return run, not view.answered
+        return run, not view.answered, self.hooks.surface.key_of(input, runtime)
 
-    def _update(self, run: HistoryPass, payload: list[BaseMessage]) -> dict[str, Any]:
+    def _update(
+        self, run: HistoryPass, payload: list[BaseMessage], conversation: str | None
+    ) -> dict[str, Any]:
         config = current_config()
-        self.hooks._keep(_handoff_key(run.view, config), run)
+        self.hooks._keep(_handoff_key(run.view, config, conversation), run)
         update: dict[str, Any] = {"llm_input_messages": payload}
         if run.view.added is not None:
             not_streamed_as_output(config, run.view.added)
@@ -186,15 +193,15 @@ class PreModelHook(Runnable[Any, dict[str, Any]]):
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Run the hook synchronously."""
-        run, read = self._begin(input)
-        return self._update(run, drive_sync(_window_steps(run, read)))
+        run, read, conversation = self._begin(input)
+        return self._update(run, drive_sync(_window_steps(run, read)), conversation)
 
     async def ainvoke(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Run the hook asynchronously."""
-        run, read = self._begin(input)
-        return self._update(run, await drive_async(_window_steps(run, read)))
+        run, read, conversation = self._begin(input)
+        return self._update(run, await drive_async(_window_steps(run, read)), conversation)
 
 
 class PostModelHook(Runnable[Any, dict[str, Any]]):
@@ -211,10 +218,11 @@ class PostModelHook(Runnable[Any, dict[str, Any]]):
             return None
         answer = messages[-1]
         view = current_thread({"messages": messages[:-1], "inputs": state.get("inputs") or {}})
-        run = self.hooks._take(_handoff_key(view, current_config()))
+        runtime = _current_runtime()
+        conversation = self.hooks.surface.key_of(input, runtime)
+        run = self.hooks._take(_handoff_key(view, current_config(), conversation))
         if run is not None:
             return run, answer, False
-        runtime = _current_runtime()
         run = self.hooks.surface.begin(view, input, _store_of(runtime), runtime)
         return run, answer, not view.answered
 

@@ -4,6 +4,7 @@ no store, settings checked at construction, and the message stream."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 import sys
@@ -334,3 +335,40 @@ def test_the_agents_system_prompt_counts_against_the_token_budget() -> None:
         ("ai", "echo: m1"),
         ("human", "m2"),
     ]
+
+
+class _OrderedModel(RecordingChatModel):
+    """Chat 1's answer waits until chat 2's run has reached the model too (both passes
+    begun); chat 2's answer waits until chat 1's run has ended."""
+
+    reached: Any = None
+    ended: Any = None
+
+    async def _agenerate(self, messages: Any, stop: Any = None, run_manager: Any = None,
+                         **kwargs: Any) -> Any:  # fmt: skip
+        if "chat 1" in str(messages[-1].content):
+            await self.reached.wait()
+        else:
+            self.reached.set()
+            await self.ended.wait()
+        return self._generate(messages, stop, None, **kwargs)
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+async def test_two_chats_answered_at_once_keep_their_own_exchanges(surface: str) -> None:
+    # No checkpointer, so no thread id; channels number messages per chat, so both chats
+    # deliver their message 5 at the same moment. The hooks handed chat 2's pass to chat
+    # 1's post hook: chat 1's answer was stored in chat 2's log, and chat 1's in none.
+    store = InMemoryStore()
+    model = _OrderedModel(reached=asyncio.Event(), ended=asyncio.Event())
+    agent = _agent(surface, model, store)
+    first = asyncio.create_task(agent.ainvoke(telegram_callback(1, "chat 1: my IBAN is X", 5)))
+    second = asyncio.create_task(agent.ainvoke(telegram_callback(2, "chat 2: hello", 5)))
+    assert (await first)["messages"][-1].content == "echo: chat 1: my IBAN is X"
+    model.ended.set()
+    assert (await second)["messages"][-1].content == "echo: chat 2: hello"
+    history = ChatHistory(store)
+    assert _texts(history.tail("telegram:1", 10)) == [
+        "chat 1: my IBAN is X", "echo: chat 1: my IBAN is X",
+    ]  # fmt: skip
+    assert _texts(history.tail("telegram:2", 10)) == ["chat 2: hello", "echo: chat 2: hello"]
