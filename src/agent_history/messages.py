@@ -29,6 +29,7 @@ __all__ = [
     "content_of",
     "exchange_overlap",
     "is_context_summary",
+    "is_reset",
     "is_tool_step",
     "merge_history",
     "message_id_of",
@@ -585,6 +586,12 @@ def _last_units(
     return kept
 
 
+def is_reset(message: BaseMessage, reset_command: str) -> bool:
+    """Whether ``message`` is the user's reset command (``reset_command``, stripped)."""
+    command = reset_command.strip()
+    return bool(command) and role_of(message) == USER and text_of(message).strip() == command
+
+
 def apply_reset(
     messages: Sequence[BaseMessage], reset_command: str
 ) -> tuple[list[BaseMessage], int]:
@@ -598,7 +605,7 @@ def apply_reset(
         return list(messages), 0
     for index in range(len(messages) - 1, -1, -1):
         message = messages[index]
-        if role_of(message) == USER and text_of(message).strip() == command:
+        if is_reset(message, command):
             if index == len(messages) - 1:
                 return [message], index
             return list(messages[index + 1 :]), index + 1

@@ -455,8 +455,13 @@ class HistoryPass(SummaryUpdates):
         from_store = self.history is not None and self.decision.payload_from_store
         summary = self._fitting_summary(prefix, thread) if from_store else None
         self.merged = self._merge(self.stored, prefix, summary)
-        if summary is not None and self.merged.dropped_by_reset:
-            # A reset command cleared what came before it, the summary of it included.
+        if (
+            summary is not None
+            and self.merged.dropped_by_reset
+            and not self.summary_after_reset(summary)
+        ):
+            # A reset command cleared what came before it, the summary of it included
+            # (a summary of the turns after it is shown).
             summary = None
             self.merged = self._merge(self.stored, prefix, None)
         payload = self.merged

@@ -464,6 +464,41 @@ def test_a_reset_command_clears_the_summary() -> None:
     assert "User: m" not in transcripts and "User: new 0" in transcripts
 
 
+def test_after_a_reset_on_a_stable_thread_summaries_go_on() -> None:
+    """The reset stays in a stable thread's checkpoint: every later pass sees it. Once the
+    summary was cleared, the turns after the reset are summarised and shown as usual
+    (they were cleared again on every pass: each turn that fell out of the window was
+    lost, and the summary model was never called again)."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    store, chat = InMemoryStore(), _chat()
+    model, summariser, reports = RecordingChatModel(), FixedSummariser(text="AFTER"), []
+    node = _node(model, reports, max_messages=4, summary_model=summariser, summary_every=2,
+                 reset_command="/reset")  # fmt: skip
+    graph = build_graph(node, store, InMemorySaver())
+    config = {"configurable": {"thread_id": f"chat-{chat}"}}
+    texts = ["my card is 4111", "b", "c", "/reset", *(f"new {i}" for i in range(8))]
+    before_reset = 0
+    for number, text in enumerate(texts, start=1):
+        if text == "/reset":
+            before_reset = len(summariser.calls)
+        graph.invoke(telegram_callback(chat, text, number), config)
+
+    outcomes = [r.summary_outcome for r in reports]
+    assert outcomes[3] == "cleared" and "cleared" not in outcomes[4:]
+    summary = ChatHistory(store).summary(f"telegram:{chat}")
+    assert summary is not None and summary.text == "AFTER"
+    # everything before the window since the reset is covered: nothing fell out unsummarised
+    assert summary.covers_seq >= 2 * len(texts) - 6
+    after = summariser.calls[before_reset:]
+    assert [request_parts(c)[0] for c in after] == ["", *["AFTER"] * (len(after) - 1)]
+    transcripts = "\n".join(request_parts(c)[1] for c in after)
+    assert "4111" not in transcripts and "User: new 0" in transcripts
+    payload = _texts(model.calls[-1])
+    assert any("AFTER" in text for text in payload), "the summary after the reset is shown"
+    assert not any("4111" in text for text in payload)
+
+
 def test_a_reset_before_any_summary_summarises_nothing_from_before_it() -> None:
     """No summary yet: the reset pass must not summarise the turns it resets (they would
     come back as the summary), nor may a re-delivered reset show them."""
@@ -483,7 +518,9 @@ def test_a_reset_before_any_summary_summarises_nothing_from_before_it() -> None:
     assert _texts(model.calls[-1]) == [SYSTEM, "/reset"]
     graph.invoke(telegram_callback(chat, "hello", 4), new_thread())
     assert _texts(model.calls[-1]) == [SYSTEM, "echo: /reset", "hello"]
-    assert summariser.calls == []
+    # what is summarised since (the reset's own answer) comes after it
+    transcripts = "\n".join(request_parts(c)[1] for c in summariser.calls)
+    assert "4111" not in transcripts and "1234" not in transcripts
 
 
 def test_legacy_turns_that_still_fit_the_window_are_not_summarised() -> None:

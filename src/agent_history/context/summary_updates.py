@@ -23,11 +23,12 @@ from langgraph.constants import TAG_NOSTREAM
 from agent_history import observability as obs
 from agent_history.context.summary import Summary, SummaryClaim, SummaryWrite, summary_request
 from agent_history.history.records import AppendResult, Turn
-from agent_history.messages import MergedPayload, apply_reset, window
+from agent_history.messages import MergedPayload, apply_reset, is_reset, window
 from agent_history.pass_steps import ClaimSummary, ReleaseSummary, Step, Summarize, WriteSummary
 
 if TYPE_CHECKING:
     from agent_history.history import ChatHistory
+    from agent_history.incoming import ThreadView
     from agent_history.session import HistoryOptions
     from agent_history.toggles import HistoryDecision
 
@@ -45,6 +46,8 @@ class SummaryUpdates:
     decision: HistoryDecision
     history: ChatHistory | None
     merged: MergedPayload | None
+    stored: list[BaseMessage]
+    view: ThreadView
     summary: Summary | None
     redelivered: bool
     last_seq: int
@@ -84,9 +87,11 @@ class SummaryUpdates:
         write_budget = options.toggles.current().write_timeout_seconds
         shadow = not self.decision.payload_from_store
         summary = self.summary
-        if merged.dropped_by_reset:
+        if merged.dropped_by_reset and not self.summary_after_reset(summary):
             # What came before the reset is never summarised: the summary is cleared up to
             # the window (even when there was none yet), so no later pass shows it again.
+            # Once it is, the turns after the reset are summarised as usual (on a stable
+            # thread the reset stays in the thread: every later pass sees it).
             if not shadow:
                 yield from self._clear_summary(summary, upto, min(write_budget, _left(deadline)))
             return
@@ -222,6 +227,30 @@ class SummaryUpdates:
             if message.id:
                 self._seq_of_id[message.id] = seq
         self._appended = list(pending)
+
+    def summary_after_reset(self, summary: Summary | None) -> bool:
+        """Whether ``summary`` was made after the thread's latest reset command: it was
+        cleared at the reset (it covers the turns before it, with no text) or covers the
+        reset too (what it summarises starts after it). False when the reset is not
+        stored yet (this pass's own message)."""
+        command = self.options.reset_command
+        resets = [m for m in (*self.stored, *self.view.messages) if is_reset(m, command)]
+        if summary is None or not resets:
+            return False
+        pending = {id(m) for m in self.merged.unstored} if self.merged is not None else set()
+        seqs = []
+        for message in resets:
+            seq = self._seq_for(message)
+            if seq is not None:
+                seqs.append(seq)
+            elif id(message) in pending:
+                return False  # this pass's own reset, not stored yet
+            # (else older than the window read: the pass that stored it cleared the summary)
+        if not seqs:
+            return True
+        reset_seq = max(seqs)
+        covers = summary.covers_seq
+        return covers >= reset_seq or (covers == reset_seq - 1 and not summary.text)
 
     def _seq_for(self, message: BaseMessage) -> int | None:
         seq = self._seq_of.get(id(message))
