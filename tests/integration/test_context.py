@@ -668,3 +668,29 @@ def test_deleting_a_conversation_deletes_its_summary(store: BaseStore) -> None:
     for key in ("a", "b"):
         assert history.summary(key) is None
         assert store.get(history.conversation_namespace(key), "summary") is None
+
+
+def test_an_update_begun_before_a_delete_writes_nothing_into_the_next_conversation(
+    store: BaseStore,
+) -> None:
+    # A run claims the summary update and asks the model; meanwhile the user's "/forget"
+    # deletes the conversation and the user starts over under the same key. The update
+    # built on nothing (version 0), as the new conversation's summary is: it was written
+    # there, and the deleted turns came back in the new conversation's payloads.
+    history = ChatHistory(store, namespace=("agent_chat_history", uuid.uuid4().hex[:8]))
+    history.append("k", [HumanMessage(f"secret {i}", id=f"s{i}") for i in range(6)])
+    claim = history.claim_summary("k", 4, every=2, max_turns=100, owner="old run",
+                                  lease_seconds=60)  # fmt: skip
+    assert claim.granted and [t.content for t in claim.turns][:1] == ["secret 0"]
+    history.delete("k")
+    history.append("k", [HumanMessage(f"new {i}", id=f"n{i}") for i in range(6)])
+
+    written = history.write_summary("k", "they said secret 0 to 3", claim.upto,
+                                    base_version=0, owner="old run", turns=4)  # fmt: skip
+    assert (written.written, written.reason) == (False, "stale")
+    assert history.summary("k") is None
+    # the new conversation's own updates go on
+    fresh = history.claim_summary("k", 4, every=2, max_turns=100, owner="new run",
+                                  lease_seconds=60)  # fmt: skip
+    assert [t.content for t in fresh.turns] == ["new 0", "new 1", "new 2", "new 3"]
+    assert history.write_summary("k", "new 0 to 3", 4, base_version=0, owner="new run").written

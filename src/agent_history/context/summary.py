@@ -176,6 +176,16 @@ def _lease_holder(value: Any, head: dict[str, Any], now: str) -> str | None:
     return str(owner) if owner is not None else None
 
 
+def _lease_owner(value: Any, head: dict[str, Any]) -> str | None:
+    """The owner of the last lease taken on the summary item of ``head``'s conversation
+    (ended or not): None when none was, or the item belongs to another epoch."""
+    if not isinstance(value, dict) or value.get("epoch") != head.get("epoch"):
+        return None
+    lease = value.get("lease")
+    owner = lease.get("owner") if isinstance(lease, dict) else None
+    return str(owner) if owner is not None else None
+
+
 def _parse_time(raw: Any) -> datetime | None:
     try:
         return datetime.fromisoformat(str(raw))
@@ -281,7 +291,11 @@ def write_summary_steps(
 
     Nothing is written when the stored version is not ``base_version``, when it already
     covers ``covers_seq``, or when another owner holds a lease that has not ended: each
-    covered seq gets at most one version, and no version is built on a stale one.
+    covered seq gets at most one version, and no version is built on a stale one. With
+    ``owner``, nothing is written either when the conversation's summary item no longer
+    carries that owner's lease (ended or not): another run took it over, or the
+    conversation was deleted meanwhile and another one started under the same key (the
+    deleted one's summary was written into it, its turns shown again).
     """
     head, item, current = yield from _stored()
     if head is None:
@@ -292,6 +306,7 @@ def write_summary_steps(
         version != base_version
         or (current is not None and current.covers_seq >= covers_seq)
         or (holder is not None and holder != owner)
+        or (owner is not None and _lease_owner(item, head) != owner)
         or covers_seq > int(head["last_seq"])
     )
     if stale:
