@@ -104,6 +104,15 @@ class HistoryHooks:
             while len(self._pending) > _PENDING_LIMIT:
                 self._pending.popitem(last=False)
 
+    def _conversation(self, state: Any, runtime: Runtime[Any] | None) -> str | None:
+        """The conversation key that tells apart the hand-offs of runs without a thread
+        id: the templates' (they read ``inputs``, ``results`` and the config, which the
+        two hooks see alike). A key function may read the run's messages, which differ
+        between the hooks (the post hook's end with the answer): not used then."""
+        if self.surface.key is not None:
+            return None
+        return self.surface.key_of(state, runtime)
+
     def _take(self, key: HandoffKey | None) -> HistoryPass | None:
         if key is None:
             return None
@@ -176,7 +185,7 @@ class PreModelHook(Runnable[Any, dict[str, Any]]):
         view = current_thread(input)
         runtime = _current_runtime()
         run = self.hooks.surface.begin(view, input, _store_of(runtime), runtime)
-        return run, not view.answered, self.hooks.surface.key_of(input, runtime)
+        return run, not view.answered, self.hooks._conversation(input, runtime)
 
     def _update(
         self, run: HistoryPass, payload: list[BaseMessage], conversation: str | None
@@ -219,7 +228,7 @@ class PostModelHook(Runnable[Any, dict[str, Any]]):
         answer = messages[-1]
         view = current_thread({"messages": messages[:-1], "inputs": state.get("inputs") or {}})
         runtime = _current_runtime()
-        conversation = self.hooks.surface.key_of(input, runtime)
+        conversation = self.hooks._conversation(input, runtime)
         run = self.hooks._take(_handoff_key(view, current_config(), conversation))
         if run is not None:
             return run, answer, False

@@ -372,3 +372,21 @@ async def test_two_chats_answered_at_once_keep_their_own_exchanges(surface: str)
         "chat 1: my IBAN is X", "echo: chat 1: my IBAN is X",
     ]  # fmt: skip
     assert _texts(history.tail("telegram:2", 10)) == ["chat 2: hello", "echo: chat 2: hello"]
+
+
+def test_a_key_function_that_reads_the_messages_keeps_its_key_in_the_post_hook() -> None:
+    # The post hook's state ends with the answer, not the user's message: keyed by the
+    # function's value there, the hand-off from the pre hook was missed and the post hook
+    # resolved another key (or none: nothing was stored).
+    store, model = InMemoryStore(), RecordingChatModel()
+
+    def by_sender(state: Any, runtime: Any) -> str:  # the newest message's sender
+        return f"user:{state['messages'][-1].name or 'anon'}"
+
+    agent = _agent("hooks", model, store, history_key=by_sender)
+    for text in ["one", "two", "three"]:
+        agent.invoke({"messages": [HumanMessage(text, name="ana")]}, _thread())
+    assert _texts(model.calls[-1]) == ["one", "echo: one", "two", "echo: two", "three"]
+    assert _texts(ChatHistory(store).tail("user:ana", 10)) == [
+        "one", "echo: one", "two", "echo: two", "three", "echo: three",
+    ]  # fmt: skip
