@@ -177,6 +177,7 @@ class WriteSummary:
     turns: int
     skipped: int
     budget: float
+    reset: bool = False
 
     def _arguments(self) -> dict[str, Any]:
         return {
@@ -184,6 +185,7 @@ class WriteSummary:
             "owner": self.owner,
             "turns": self.turns,
             "skipped": self.skipped,
+            "reset": self.reset,
         }
 
     def call(self) -> Any:

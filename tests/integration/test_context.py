@@ -499,6 +499,43 @@ def test_after_a_reset_on_a_stable_thread_summaries_go_on() -> None:
     assert not any("4111" in text for text in payload)
 
 
+def test_a_reset_clears_the_summary_while_another_update_holds_its_lease() -> None:
+    """An update whose summary model hangs keeps its lease. The reset's clearing waited
+    for it, and once the reset left the window read (it stays in a stable thread) the
+    summary of what the user reset was taken for one made after it: shown again."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    store, chat = InMemoryStore(), _chat()
+    key = f"telegram:{chat}"
+    model, summariser, reports = RecordingChatModel(), FixedSummariser(text="SECRET"), []
+    node = _node(model, reports, max_messages=4, summary_model=summariser, summary_every=2,
+                 reset_command="/reset")  # fmt: skip
+    graph = build_graph(node, store, InMemorySaver())
+    config = {"configurable": {"thread_id": f"chat-{chat}"}}
+
+    def say(number: int, text: str) -> None:
+        graph.invoke(telegram_callback(chat, text, number), config)
+
+    for number in range(1, 7):
+        say(number, f"card {number}")
+    history = ChatHistory(store)
+    hung = history.claim_summary(key, history.count(key), every=1, max_turns=100,
+                                 owner="hung update", lease_seconds=300)  # fmt: skip
+    assert hung.granted
+    say(7, "/reset")
+    assert reports[-1].summary_outcome == "cleared"
+    summariser.text = "AFTER"
+    for number in range(8, 16):
+        say(number, f"new {number}")
+        assert not any("SECRET" in text for text in _texts(model.calls[-1]))
+    summary = history.summary(key)
+    assert summary is not None and summary.text == "AFTER"
+    # the hung update, answering at last, writes nothing over it
+    late = history.write_summary(key, "SECRET", hung.upto, base_version=hung.previous.version
+                                 if hung.previous else 0, owner="hung update")  # fmt: skip
+    assert not late.written
+
+
 def test_a_reset_before_any_summary_summarises_nothing_from_before_it() -> None:
     """No summary yet: the reset pass must not summarise the turns it resets (they would
     come back as the summary), nor may a re-delivered reset show them."""

@@ -285,6 +285,7 @@ def write_summary_steps(
     owner: str | None = None,
     turns: int = 0,
     skipped: int = 0,
+    reset: bool = False,
 ) -> Steps[SummaryWrite]:
     """Write the summary covering up to ``covers_seq``, built on version ``base_version``
     (0: on no summary). Run atomically.
@@ -295,7 +296,11 @@ def write_summary_steps(
     ``owner``, nothing is written either when the conversation's summary item no longer
     carries that owner's lease (ended or not): another run took it over, or the
     conversation was deleted meanwhile and another one started under the same key (the
-    deleted one's summary was written into it, its turns shown again).
+    deleted one's summary was written into it, its turns shown again). ``reset``: the
+    clearing of a reset command, which no lease holds up (an update whose model hangs
+    keeps its lease; the summary of what the user reset would stay shown, and once the
+    reset left the window read, be taken for a summary made after it); the lease ends
+    with it, so the update it interrupts writes nothing.
     """
     head, item, current = yield from _stored()
     if head is None:
@@ -305,7 +310,7 @@ def write_summary_steps(
     stale = (
         version != base_version
         or (current is not None and current.covers_seq >= covers_seq)
-        or (holder is not None and holder != owner)
+        or (holder is not None and holder != owner and not reset)
         or (owner is not None and _lease_owner(item, head) != owner)
         or covers_seq > int(head["last_seq"])
     )

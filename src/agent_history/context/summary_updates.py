@@ -173,7 +173,7 @@ class SummaryUpdates:
             return
         version = summary.version if summary else 0
         upto = max(upto, covers)
-        step = WriteSummary(self.history, self.key, "", upto, version, None, 0, 0, budget)
+        step = WriteSummary(self.history, self.key, "", upto, version, None, 0, 0, budget, True)
         ok, written = yield step
         if not ok:
             self._summary_failed("write_failed", written)

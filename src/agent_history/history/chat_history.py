@@ -696,12 +696,17 @@ class ChatHistory:
         turns: int = 0,
         skipped: int = 0,
         budget: float | None = None,
+        reset: bool = False,
     ) -> SummaryWrite:
         """Store ``text`` as the summary up to turn ``covers_seq``, atomically and only
         if the stored summary is still version ``base_version`` (see
         `summary.write_summary_steps`): one version per covered seq, none built on a
-        stale one."""
-        steps = self._write_summary_steps(text, covers_seq, base_version, owner, turns, skipped)
+        stale one. With ``owner``, only while the update's lease (`claim_summary`) is
+        still the owner's. ``reset``: a reset command clears the summary, whatever lease
+        another update holds (that update then writes nothing)."""
+        steps = self._write_summary_steps(
+            text, covers_seq, base_version, owner, turns, skipped, reset
+        )
         return self._run_atomic(key, steps, budget=budget)
 
     async def awrite_summary(
@@ -715,9 +720,12 @@ class ChatHistory:
         turns: int = 0,
         skipped: int = 0,
         budget: float | None = None,
+        reset: bool = False,
     ) -> SummaryWrite:
         """Async `write_summary`."""
-        steps = self._write_summary_steps(text, covers_seq, base_version, owner, turns, skipped)
+        steps = self._write_summary_steps(
+            text, covers_seq, base_version, owner, turns, skipped, reset
+        )
         return await self._arun_atomic(key, steps, budget=budget)
 
     def import_summary(self, key: str, summary: Summary) -> SummaryWrite:
@@ -744,7 +752,13 @@ class ChatHistory:
 
     @staticmethod
     def _write_summary_steps(
-        text: str, covers_seq: int, base_version: int, owner: str | None, turns: int, skipped: int
+        text: str,
+        covers_seq: int,
+        base_version: int,
+        owner: str | None,
+        turns: int,
+        skipped: int,
+        reset: bool,
     ) -> Steps[SummaryWrite]:
         if not isinstance(text, str):
             raise InvalidMessage("a summary must be text")
@@ -756,6 +770,7 @@ class ChatHistory:
             owner=owner,
             turns=turns,
             skipped=skipped,
+            reset=reset,
         )
 
 
