@@ -35,7 +35,7 @@ from agent_history.settings import HistorySettings
 from agent_history.stores import create_graph_store
 from agent_history.testing import RecordingChatModel
 from tests.support.agent_graphs import build_graph, new_thread, telegram_callback, toggles
-from tests.support.sqlite_trace import write_begun
+from tests.support.sqlite_trace import patient_sqlite, write_begun
 
 REQUESTS = 3
 
@@ -174,11 +174,7 @@ async def test_a_call_the_stores_loop_cancels_fails_as_a_store_failure(tmp_path:
     # The server shuts down (asyncio.run cancels its loop's tasks on SIGTERM) while a worker
     # thread's append runs there: the worker, which nobody cancelled, gets a store failure
     # (its run degrades with a warning), not a CancelledError that no handler expects.
-    settings = HistorySettings(
-        graph_store_backend="sqlite",
-        graph_store_sqlite_path=tmp_path / "store.sqlite",
-        graph_store_sqlite_busy_timeout=30,
-    )
+    settings = patient_sqlite(tmp_path)
     async with create_graph_store(settings) as store:
         history = ChatHistory(store)
         waiting = await write_begun(store)

@@ -27,7 +27,7 @@ from agent_history.stores import create_graph_store, create_graph_store_sync
 from agent_history.testing import RecordingChatModel
 from tests.reliability.conftest import Record
 from tests.support.agent_graphs import build_graph, new_thread, telegram_callback, toggles
-from tests.support.sqlite_trace import write_begun
+from tests.support.sqlite_trace import patient_sqlite, write_begun
 
 REPO = Path(__file__).resolve().parents[2]
 HOLDER_NAMESPACE = ("holder", "data")
@@ -194,11 +194,7 @@ async def test_a_write_cancelled_while_waiting_for_the_lock_commits_nothing(
     # for another process's write lock. The caller is gone, told nothing was written,
     # and the channel will re-deliver: the append must not commit once the lock is free
     # (it did, up to the write budget later).
-    settings = HistorySettings(
-        graph_store_backend="sqlite",
-        graph_store_sqlite_path=tmp_path / "store.sqlite",
-        graph_store_sqlite_busy_timeout=30,
-    )
+    settings = patient_sqlite(tmp_path)
     async with create_graph_store(settings) as store:
         history = ChatHistory(store)
         await history.aappend("chat", [HumanMessage("one", id="1"), AIMessage("a1", id="a1")])
