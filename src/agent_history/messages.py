@@ -201,24 +201,27 @@ def _interleave(
     the thread; then the unstored end of the thread.
 
     Returns ``(head, newer_stored, unstored)``. The thread's messages at the indexes
-    ``late`` are placed by their stored copies.
+    ``late`` go where the log has them (the thread's copy: an edit that kept the id shows).
     """
     last = _last_matched(matched)
     if last < 0:
         # Nothing in common: the stored tail comes first, the whole thread after it.
         return [], list(stored), list(chat)
     in_thread = {j for i, j in enumerate(matched) if j is not None and i not in late}
+    moved = {matched[i]: chat[i] for i in late}  # where the log has them -> the thread's copy
     head: list[BaseMessage] = []
     taken = 0  # stored messages before this index are placed
     for index, (message, j) in enumerate(zip(chat[: last + 1], matched[: last + 1], strict=True)):
         if index in late:
-            continue  # its stored copy is placed where the log has it
+            continue  # placed where the log has it
         if j is not None and j >= taken:
-            missing = [s for k, s in enumerate(stored[taken:j], taken) if k not in in_thread]
+            missing = [
+                moved.get(k, s) for k, s in enumerate(stored[taken:j], taken) if k not in in_thread
+            ]
             head.extend(missing)
             taken = j + 1
         head.append(message)
-    newer = [s for k, s in enumerate(stored[taken:], taken) if k not in in_thread]
+    newer = [moved.get(k, s) for k, s in enumerate(stored[taken:], taken) if k not in in_thread]
     return head, newer, list(chat[last + 1 :])
 
 
@@ -693,7 +696,7 @@ def merge_history(
         asked = matched[last_human]
         cut = len(head)
         if last_human in late and asked is not None:
-            cut = next((k + 1 for k, m in enumerate(head) if m is stored[asked]), cut)
+            cut = next((k + 1 for k, m in enumerate(head) if m is chat[last_human]), cut)
         conversation = [*head[:cut], *unstored]
     after_reset, dropped = apply_reset(conversation, reset_command)
     kept = window(

@@ -495,3 +495,15 @@ def test_a_late_redelivery_is_answered_with_the_log_up_to_it() -> None:
         "one", "echo one", "four", "echo four", "five", "echo five", "six",
     ]  # fmt: skip
     assert [m.id for m in merged.unstored] == ["6"]
+
+
+def test_a_late_message_goes_where_the_log_has_it_with_the_threads_edit() -> None:
+    # An operator reordered the thread (update_state) and edited an answer in place,
+    # keeping its id: the edit shows (as on any stable thread), in the log's order.
+    q1, a1 = HumanMessage("q1", id="q1"), AIMessage("a1", id="a1")
+    q2, a2 = HumanMessage("q2", id="q2"), AIMessage("a2", id="a2")
+    stored = [q1, a1, q2, a2]
+    thread = [q2, a2, q1, AIMessage("EDITED a1", id="a1"), HumanMessage("q3", id="q3")]
+    merged = merge_history(stored, thread, max_messages=20)
+    assert [m.content for m in merged.messages] == ["q1", "EDITED a1", "q2", "a2", "q3"]
+    assert [m.id for m in merged.unstored] == ["q3"]
