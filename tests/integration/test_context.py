@@ -361,6 +361,17 @@ def test_shadow_computes_the_summary_and_stores_none() -> None:
     assert history.count(f"telegram:{chat}") == 24 + 12
 
 
+def test_shadow_stores_the_clearing_of_a_reset() -> None:
+    # Shadow mode stores the turns, the reset with them. The summary kept from before
+    # would be shown at the cut-over once the reset has left the window read.
+    store, chat, summary = _with_summary()
+    node = _node(RecordingChatModel(), [], max_messages=4, summary_model=FixedSummariser(),
+                 summary_every=4, reset_command="/reset", toggles=_mode("shadow"))  # fmt: skip
+    build_graph(node, store).invoke(telegram_callback(chat, "/reset"), new_thread())
+    cleared = ChatHistory(store).summary(f"telegram:{chat}")
+    assert cleared is not None and cleared.text == "" and cleared.version == summary.version + 1
+
+
 def test_failed_summary_answers_warns_counts_and_keeps_the_previous_one(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -91,9 +91,11 @@ class SummaryUpdates:
             # What came before the reset is never summarised: the summary is cleared up to
             # the window (even when there was none yet), so no later pass shows it again.
             # Once it is, the turns after the reset are summarised as usual (on a stable
-            # thread the reset stays in the thread: every later pass sees it).
-            if not shadow:
-                yield from self._clear_summary(summary, upto, min(write_budget, _left(deadline)))
+            # thread the reset stays in the thread: every later pass sees it). In shadow
+            # mode too, which stores the turns (the reset with them) but no summary: the
+            # user's reset must hold at the cut-over, when the reset may have left the
+            # window read and the summary kept from before would be shown again.
+            yield from self._clear_summary(summary, upto, min(write_budget, _left(deadline)))
             return
         covers = summary.covers_seq if summary else 0
         if shadow:
