@@ -163,17 +163,14 @@ def summary_request(
 
 def _lease_holder(value: Any, head: dict[str, Any], now: str) -> str | None:
     """The owner of a lease on the summary item that has not ended by ``now``."""
-    if not isinstance(value, dict) or value.get("epoch") != head.get("epoch"):
+    owner = _lease_owner(value, head)
+    if owner is None:
         return None
-    lease = value.get("lease")
-    if not isinstance(lease, dict):
-        return None
-    until = _parse_time(lease.get("until"))
+    until = _parse_time(value["lease"].get("until"))
     current = _parse_time(now)
     if until is None or current is None or until <= current:
         return None
-    owner = lease.get("owner")
-    return str(owner) if owner is not None else None
+    return owner
 
 
 def _lease_owner(value: Any, head: dict[str, Any]) -> str | None:

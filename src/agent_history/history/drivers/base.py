@@ -400,11 +400,9 @@ class AsyncStoreDriver(HistoryDriver):
                 if loop is not None
                 else "this async store has no event loop to run on"
             )
-        deadline = budget.current_deadline()
-        future = asyncio.run_coroutine_threadsafe(budget.run_with_deadline(coro, deadline), loop)
-        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        future, wait = _sent_to(loop, coro)
         try:
-            return future.result(None if wait is None else wait + _LOOP_GRACE_SECONDS)
+            return future.result(wait)
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise budget.timeout_error() from None
@@ -427,15 +425,10 @@ class AsyncStoreDriver(HistoryDriver):
                 "stopped (the server shutting down), or the store was opened in another "
                 "asyncio.run (open it on a loop that runs while it is used)"
             )
-        deadline = budget.current_deadline()
-        job = budget.run_with_deadline(_awaited(call), deadline)
-        future = asyncio.run_coroutine_threadsafe(job, loop)
-        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        future, wait = _sent_to(loop, _awaited(call))
         try:
             # The caller's budget holds also when the store's loop is busy or blocked.
-            return await asyncio.wait_for(
-                asyncio.wrap_future(future), None if wait is None else wait + _LOOP_GRACE_SECONDS
-            )
+            return await asyncio.wait_for(asyncio.wrap_future(future), wait)
         except TimeoutError:
             future.cancel()
             raise budget.timeout_error() from None
@@ -470,6 +463,17 @@ class AsyncStoreDriver(HistoryDriver):
         self, namespace: tuple[str, ...], cursor: PageCursor, size: int
     ) -> tuple[list[tuple[str, ...]], PageCursor]:
         return self._on_loop(self.anamespace_page(namespace, cursor, size))
+
+
+def _sent_to(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]
+) -> tuple[concurrent.futures.Future[T], float | None]:
+    """``coro`` started on ``loop`` under the caller's deadline, and how long the caller
+    waits for it (the time left and a grace for the hop; None: no deadline)."""
+    deadline = budget.current_deadline()
+    future = asyncio.run_coroutine_threadsafe(budget.run_with_deadline(coro, deadline), loop)
+    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+    return future, None if wait is None else wait + _LOOP_GRACE_SECONDS
 
 
 async def _awaited(call: Awaitable[T]) -> T:
