@@ -265,3 +265,32 @@ async def test_a_window_never_starts_with_a_tool_result_of_a_call_outside_it(
     assert [m.content for m in await view.aget_messages()] == ["done"]
     whole = ChatHistory(store, namespace=ns, scope="full").for_key("tools")
     assert [m.content for m in whole.messages] == ["q", "", "r1", "r2", "done"]
+
+
+async def test_a_window_leaves_out_a_tool_call_whose_results_were_never_stored(
+    store: BaseStore, ns: tuple[str, ...]
+) -> None:
+    """An agent loop that stopped between its tool call and the result (a crash, an
+    approval never given) stored the call alone. A model rejects a call without its
+    results ("tool_calls must be followed by tool messages"), so every later run of the
+    chat would fail: the window leaves the call out and keeps the rest."""
+    view = ChatHistory(store, namespace=ns, scope="full").for_key("stopped", window=10)
+    view.add_messages(
+        [
+            HumanMessage("book it", id="h1"),
+            AIMessage("", id="a1", tool_calls=[{"name": "book", "args": {}, "id": "c1"}]),
+        ]
+    )
+    view.add_messages(
+        [
+            HumanMessage("hello again", id="h2"),
+            AIMessage("", id="a2", tool_calls=[{"name": "a", "args": {}, "id": "c2"}]),
+            ToolMessage("r2", tool_call_id="c2", id="t2"),
+            AIMessage("done", id="a3"),
+        ]
+    )
+    expected = ["h1", "h2", "a2", "t2", "a3"]
+    assert [m.id for m in view.messages] == expected
+    assert [m.id for m in await view.aget_messages()] == expected
+    whole = ChatHistory(store, namespace=ns, scope="full").for_key("stopped")
+    assert [m.id for m in whole.messages] == ["h1", "a1", "h2", "a2", "t2", "a3"]

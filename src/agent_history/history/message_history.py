@@ -21,7 +21,7 @@ from langchain_core.messages import BaseMessage
 from agent_history.errors import InvalidMessage
 from agent_history.history.arguments import count_arg
 from agent_history.keys import require_history_key
-from agent_history.messages import MessageLike, role_of
+from agent_history.messages import MessageLike, tool_safe_units
 
 if TYPE_CHECKING:
     from agent_history.history.chat_history import ChatHistory
@@ -52,8 +52,9 @@ class KeyedMessageHistory(BaseChatMessageHistory):
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
         """The newest ``window`` messages (all of them without a window), oldest first.
 
-        A window is tool-call safe, as a model needs it: it never starts with tool results
-        whose call is older than the window (they are left out)."""
+        A window is tool-call safe, as a model needs it: tool results whose call is older
+        than the window, and a tool call whose results were never all stored, are left
+        out."""
         if self.window is not None:
             return _tool_safe(self.history.tail(self.key, self.window))
         return self.history.to_messages(list(self.history.read(self.key)), self.key)
@@ -105,8 +106,7 @@ def _with_ids(messages: Sequence[MessageLike]) -> list[MessageLike]:
 
 
 def _tool_safe(messages: list[BaseMessage]) -> list[BaseMessage]:
-    """``messages`` without the tool results at its start whose call it does not hold."""
-    start = 0
-    while start < len(messages) and role_of(messages[start]) == "tool":
-        start += 1
-    return messages[start:]
+    """``messages`` without what a model rejects: tool results whose call is not among
+    them (the window cut it off) and a tool call whose results were never all stored (a
+    loop that stopped mid-tool), as `messages.tool_safe_units` groups them."""
+    return [message for unit in tool_safe_units(messages) for message in unit]
