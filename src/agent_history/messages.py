@@ -26,6 +26,7 @@ __all__ = [
     "TokenCounter",
     "anchors_to_check",
     "apply_reset",
+    "comparable",
     "content_of",
     "exchange_overlap",
     "is_context_summary",
@@ -122,12 +123,27 @@ def text_of(message: MessageLike) -> str:
     return str(content)
 
 
+def comparable(value: Any) -> Any:
+    """``value`` (content, tool-call arguments) in a form that compares equal whatever the
+    order of its mappings' keys: PostgreSQL's JSONB gives them back in its own order, so
+    a stored content block differs from the model's in order only."""
+    if isinstance(value, Mapping):
+        items = ((str(key), comparable(item)) for key, item in value.items())
+        return "{}", sorted(items, key=lambda pair: pair[0])
+    if isinstance(value, list | tuple):
+        return "[]", [comparable(item) for item in value]
+    if isinstance(value, float):
+        return repr(value)  # NaN equals itself here, as a stored NaN is read back
+    return value
+
+
 def _signature(message: BaseMessage) -> tuple[Any, ...]:
     """What identifies a message when it has no usable id: role, content and tool calls."""
-    calls = tuple(
-        (call.get("name"), repr(call.get("args"))) for call in getattr(message, "tool_calls", ())
-    )
-    return role_of(message), repr(message.content), calls
+    calls = [
+        (call.get("name"), comparable(call.get("args")))
+        for call in getattr(message, "tool_calls", ())
+    ]
+    return role_of(message), comparable(message.content), calls
 
 
 def newest_human(messages: Sequence[BaseMessage]) -> int | None:

@@ -66,6 +66,7 @@ from agent_history.messages import (
     MergedPayload,
     TokenCounter,
     anchors_to_check,
+    comparable,
     exchange_overlap,
     merge_history,
     newest_human,
@@ -850,8 +851,8 @@ def _shave(
     return window
 
 
-def _payload_key(messages: Sequence[BaseMessage]) -> list[tuple[str, str]]:
-    return [(role_of(m), repr(m.content)) for m in messages]
+def _payload_key(messages: Sequence[BaseMessage]) -> list[tuple[str, Any]]:
+    return [(role_of(m), comparable(m.content)) for m in messages]
 
 
 def _without_refused_exchanges(pending: Sequence[BaseMessage]) -> list[BaseMessage]:

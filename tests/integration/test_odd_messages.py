@@ -193,3 +193,31 @@ def test_answers_given_as_assistant_chat_messages_are_stored_and_read(store: Bas
         ("HumanMessage", "two"), ("ChatMessage", "echo: two"),
     ]  # fmt: skip
     assert [m.content for m in model.calls[-1]] == ["one", "echo: one", "two"]
+
+
+class BlockModel(RecordingChatModel):
+    """Answers as Anthropic models do: a list of content blocks, whose keys a JSONB
+    column (PostgreSQL) gives back in its own order."""
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+        text = str(messages[-1].content)
+        return AIMessage([{"type": "text", "text": f"echo: {text}", "citations": None}])
+
+
+@pytest.mark.parametrize("scope", ["turns", "full"])
+def test_a_redelivery_without_ids_of_a_block_answer_is_stored_once_on_every_backend(
+    store: BaseStore, scope: str
+) -> None:
+    """A callback without a message id is told apart by its content. PostgreSQL gives a
+    content block's keys back in another order than the model wrote them: the exchange
+    must still be recognised, or every re-delivery is stored again (there only)."""
+    reports: list[HistoryReport] = []
+    model = BlockModel()
+    graph = _graph(model, store, reports, history_scope=scope)
+    chat = uuid.uuid4().int % 10**9
+    graph.invoke(telegram_callback(chat, "hello"), new_thread())
+    graph.invoke(telegram_callback(chat, "hello"), new_thread())  # the webhook again
+    stored = ChatHistory(store, scope=scope).tail(f"telegram:{chat}", 10)
+    assert [m.type for m in stored] == ["human", "ai"]
+    assert stored[1].content == [{"type": "text", "text": "echo: hello", "citations": None}]
+    assert [(r.appended, r.redelivered) for r in reports] == [(2, False), (0, True)]

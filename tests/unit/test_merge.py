@@ -21,6 +21,7 @@ from agent_history.messages import (
     _fit,
     anchors_to_check,
     apply_reset,
+    exchange_overlap,
     merge_history,
     tool_safe_units,
     window,
@@ -507,3 +508,32 @@ def test_a_late_message_goes_where_the_log_has_it_with_the_threads_edit() -> Non
     merged = merge_history(stored, thread, max_messages=20)
     assert [m.content for m in merged.messages] == ["q1", "EDITED a1", "q2", "a2", "q3"]
     assert [m.id for m in merged.unstored] == ["q3"]
+
+
+def test_a_repeated_exchange_is_recognised_whatever_the_order_of_its_keys() -> None:
+    """PostgreSQL's JSONB gives mappings back in its own key order: the stored copy of
+    a block answer or a tool call's arguments still repeats the model's (a NaN, stored
+    and read back, equals itself)."""
+    stored = [
+        HumanMessage("book"),
+        AIMessage(
+            [{"text": "ok", "type": "text"}],
+            tool_calls=[{"name": "book", "args": {"a": 1, "z": [{"y": 2, "x": 1}]}, "id": "c"}],
+        ),
+        ToolMessage("done", tool_call_id="c"),
+        AIMessage("booked", additional_kwargs={}),
+    ]
+    again = [
+        HumanMessage("book"),
+        AIMessage(
+            [{"type": "text", "text": "ok"}],
+            tool_calls=[{"name": "book", "args": {"z": [{"x": 1, "y": 2}], "a": 1}, "id": "c"}],
+        ),
+        ToolMessage("done", tool_call_id="c"),
+        AIMessage("booked"),
+    ]
+    assert exchange_overlap(stored, again) == 4
+    changed = [again[0], AIMessage([{"type": "text", "text": "no"}])]
+    assert exchange_overlap(stored[:2], changed) == 0
+    nan = [AIMessage("", tool_calls=[{"name": "f", "args": {"v": float("nan")}, "id": "n"}])]
+    assert exchange_overlap(nan, [nan[0].model_copy(deep=True)]) == 1
