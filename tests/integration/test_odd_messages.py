@@ -221,3 +221,34 @@ def test_a_redelivery_without_ids_of_a_block_answer_is_stored_once_on_every_back
     assert [m.type for m in stored] == ["human", "ai"]
     assert stored[1].content == [{"type": "text", "text": "echo: hello", "citations": None}]
     assert [(r.appended, r.redelivered) for r in reports] == [(2, False), (0, True)]
+
+
+def _changed_after_building() -> dict[str, BaseMessage]:
+    """Messages that were valid when made, then changed without validation (attribute
+    assignment, ``model_construct``): as stored, none of them can be built again."""
+    raw_args = AIMessage("", tool_calls=[{"name": "t", "args": {"a": 1}, "id": "c1"}])
+    raw_args.tool_calls[0]["args"] = '{"a": 1}'  # the provider's raw JSON text
+    no_call_id = AIMessage("", tool_calls=[{"name": "t", "args": {}, "id": "c1"}])
+    del no_call_id.tool_calls[0]["id"]
+    usage = AIMessage("x")
+    usage.usage_metadata = {"input_tokens": None, "output_tokens": 2, "total_tokens": 2}  # type: ignore[typeddict-item]
+    status = ToolMessage("r", tool_call_id="c1")
+    status.status = "failed"  # type: ignore[assignment]
+    return {"raw_args": raw_args, "no_call_id": no_call_id, "usage": usage, "status": status}
+
+
+@pytest.mark.parametrize("case", ["raw_args", "no_call_id", "usage", "status"])
+def test_a_message_that_could_not_be_read_back_is_refused_and_nothing_is_written(
+    store: BaseStore, case: str
+) -> None:
+    """Stored, such a message would be skipped on every read (the turn lost for good,
+    and its tool result left without its call): it is refused as a message the codec
+    cannot store, before anything is written."""
+    history = ChatHistory(store, scope="full")
+    key = f"changed-{uuid.uuid4().hex[:8]}"
+    history.append(key, [HumanMessage("before", id="h0")])
+    odd = _changed_after_building()[case]
+    with pytest.raises(InvalidMessage, match="cannot be read back"):
+        history.append(key, [HumanMessage("q", id="h1"), odd])
+    assert [m.id for m in history.tail(key, 10)] == ["h0"]
+    assert history.count(key) == 1

@@ -37,6 +37,7 @@ from agent_history.history.bulk import (
 from agent_history.history.codec import (
     HistoryScope,
     check_content,
+    check_rebuilds,
     is_plain,
     message_parts,
     messages_of,
@@ -150,6 +151,7 @@ def _to_pending(
         if mid is not None and (not isinstance(mid, str) or not is_plain(mid)):
             raise InvalidMessage(f"message {index}: {ID_RULE}")
         where = f"message {index}"
+        check_rebuilds(role, content, mid, kind, extra, where)
         plain = is_plain(content, where) & is_plain(extra, where)
         pending.append(PendingTurn(role, content, mid, kind, extra or None, plain))
     return pending, skipped

@@ -50,6 +50,7 @@ __all__ = [
     "HistoryScope",
     "build_message",
     "check_content",
+    "check_rebuilds",
     "decode_value",
     "dict_message",
     "encode_value",
@@ -296,6 +297,28 @@ def build_message(
     if role == TOOL:
         return ToolMessage(content=content, id=message_id, tool_call_id=message_id or "")
     return HumanMessage(content=content, id=message_id)
+
+
+def check_rebuilds(
+    role: str, content: Any, message_id: str | None, kind: str, extra: Mapping[str, Any], where: str
+) -> None:
+    """Refuse a message whose stored form cannot be built again: one changed after it was
+    made (attribute assignment, ``model_construct``) into what its class rejects, such as
+    tool-call arguments given as text. Stored, every read would skip it. A question or an
+    answer with no field beyond content and id always builds, so it is not tried.
+
+    Raises:
+        InvalidMessage: the class rejects the stored fields (named by error class only:
+            pydantic's messages quote the values).
+    """
+    if not extra and kind in ("human", "ai"):
+        return
+    try:
+        build_message(role, content, message_id, kind, extra)
+    except (ValueError, TypeError, KeyError) as exc:  # pydantic's errors are ValueErrors
+        raise InvalidMessage(
+            f"{where}: the message cannot be read back as stored ({type(exc).__name__})"
+        ) from None
 
 
 def dict_message(message: Mapping[str, Any], where: str = "message") -> BaseMessage | None:
