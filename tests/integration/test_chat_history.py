@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.store.base import BaseStore
 
 from agent_history.errors import (
@@ -408,3 +408,39 @@ def test_a_dict_with_malformed_tool_calls_is_refused_and_stores_nothing(
     with pytest.raises(InvalidMessage, match="message 1: tool_calls must be a list"):
         history.append("k", [{"role": "user", "content": "q"}, message])
     assert history.count("k") == 0
+
+
+def test_a_dict_keeps_its_id_zero_its_name_and_its_tool_status(
+    store: BaseStore, ns: tuple[str, ...]
+) -> None:
+    """A role/content dict keeps the fields its message has: an id of 0 is an id (a
+    retried add stores nothing twice), a user's ``name`` and a tool result's ``status``
+    (an error the model must see as one) are kept; a status no tool result has is refused."""
+    history = ChatHistory(store, namespace=ns, scope="full")
+    batch = [
+        {"role": "user", "content": "hi", "name": "Ana", "id": 0},
+        {
+            "role": "assistant",
+            "content": "",
+            "id": 1,
+            "tool_calls": [{"name": "t", "args": {}, "id": "c"}],
+        },
+        {
+            "role": "tool",
+            "content": "boom",
+            "tool_call_id": "c",
+            "status": "error",
+            "name": "t",
+            "id": "t",
+        },
+    ]
+    history.append("k", batch)
+    assert history.append("k", batch).appended == 0  # the retry
+    stored = history.tail("k", 10)
+    assert [m.id for m in stored] == ["0", "1", "t"]
+    assert stored[0].name == "Ana" and stored[2].name == "t"
+    assert isinstance(stored[2], ToolMessage) and stored[2].status == "error"
+    odd = {"role": "tool", "content": "x", "tool_call_id": "c", "status": "failed"}
+    with pytest.raises(InvalidMessage, match="message 0"):
+        history.append("k", [odd])
+    assert history.count("k") == 3

@@ -322,27 +322,36 @@ def check_rebuilds(
 
 
 def dict_message(message: Mapping[str, Any], where: str = "message") -> BaseMessage | None:
-    """A role/content dict as a LangChain message; None for roles that are not chat."""
+    """A role/content dict as a LangChain message (with its ``id``, ``name`` and, for a
+    tool result, ``status``); None for roles that are not chat."""
     role = role_of(message)
     content = message.get("content")
-    raw_id = message.get("id") or message.get("message_id")
-    message_id = None if raw_id in (None, "") else str(raw_id)
+    raw_id = message.get("id")
+    if raw_id in (None, ""):
+        raw_id = message.get("message_id")
+    fields: dict[str, Any] = {"id": None if raw_id in (None, "") else str(raw_id)}
+    if message.get("name") is not None:
+        if not isinstance(message["name"], str):
+            raise InvalidMessage(f"{where}: name must be text")
+        fields["name"] = message["name"]
     content = "" if content is None else content
     check_content(content, where)
     if role == USER:
-        return HumanMessage(content=content, id=message_id)
+        return HumanMessage(content=content, **fields)
     if role == ASSISTANT:
-        tool_calls = message.get("tool_calls") or []
         try:
-            return AIMessage(content=content, id=message_id, tool_calls=tool_calls)
+            return AIMessage(content=content, tool_calls=message.get("tool_calls") or [], **fields)
         except (ValueError, TypeError, AttributeError):  # pydantic's errors are ValueErrors
             raise InvalidMessage(f"{where}: tool_calls must be a list of tool calls") from None
     if role == TOOL and message.get("tool_call_id"):
+        status = message.get("status", "success")
+        if status not in ("success", "error"):
+            raise InvalidMessage(f"{where}: status must be 'success' or 'error'")
         return ToolMessage(
-            content=content, id=message_id, tool_call_id=str(message["tool_call_id"])
+            content=content, tool_call_id=str(message["tool_call_id"]), status=status, **fields
         )
     if role == "system":
-        return SystemMessage(content=content, id=message_id)
+        return SystemMessage(content=content, **fields)
     return None
 
 
