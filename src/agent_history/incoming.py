@@ -146,6 +146,10 @@ class ThreadView:
     delivered: bool = False
     """``inputs`` carries a user message (a re-delivery when ``answered``), even one the
     thread has moved on from; False for a sticker, an event, no ``inputs``."""
+    other_text: bool = False
+    """The thread holds the delivered message's channel id on a message with other text:
+    an edit re-sent under its id, or another chat's message with the same number (a
+    thread serving several chats). Taken as the same message all the same."""
 
 
 def _position(thread: Sequence[BaseMessage], incoming: IncomingMessage) -> int | None:
@@ -206,7 +210,7 @@ def current_thread(state: Any, node: str | None = None) -> ThreadView:
         event = not thread and bool(as_mapping(mapping.get("results") or {}))
         return ThreadView(thread, None, None, settled and (bool(inputs) or event), delivered)
     if position is not None:
-        answered = False
+        answered = other_text = False
         if incoming.message_id is not None:
             marked = _answered_by(mapping, node, incoming.message_id)
             answered = (
@@ -214,7 +218,8 @@ def current_thread(state: Any, node: str | None = None) -> ThreadView:
                 if marked is None
                 else marked
             )
-        return ThreadView(thread, incoming, None, answered, delivered)
+            other_text = text_of(thread[position]) != incoming.text
+        return ThreadView(thread, incoming, None, answered, delivered, other_text)
     added = HumanMessage(incoming.text, id=incoming.message_id or str(uuid.uuid4()))
     return ThreadView([*thread, added], incoming, added, False, delivered)
 

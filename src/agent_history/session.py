@@ -659,6 +659,13 @@ class HistoryPass(SummaryUpdates):
         resolution = self.resolution
         if self.appended is not None and self.appended.appended == 0 and self.appended.duplicates:
             self.redelivered = True
+        if self.redelivered and self.view.other_text:
+            obs.log_event(
+                "delivered_id_answered_with_other_text",
+                node=self.node,
+                key=resolution.key if resolution else None,
+                hint="channel ids must be unique within a thread; an edit is not answered",
+            )
         report = HistoryReport(
             node=self.node,
             key=resolution.key if resolution else None,

@@ -7,6 +7,7 @@ webhook path gives, and recognised when re-delivered.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from enum import Enum, IntEnum
 from typing import Any
@@ -204,3 +205,38 @@ def test_a_whole_float_message_id_is_the_same_message_as_the_int(store: BaseStor
     stored = _stored(store, f"telegram:{chat}")
     assert [(role, mid) for role, _, mid in stored][:1] == [("user", "7")]
     assert len(stored) == 2 and reports[-1].redelivered and reports[-1].appended == 0
+
+
+def test_a_delivered_id_the_thread_answered_with_other_text_is_reported(
+    store: BaseStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Telegram numbers messages per chat: a thread that serves a user's private chat and
+    a group sees message 42 of each. The thread holds the private one, answered, so the
+    group's is taken for its re-delivery and not answered (as an edit re-sent under its
+    id is). Not silently: a warning names the node and key, never the texts."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    node = AgentNode(
+        RecordingChatModel(), use_graph_chat_history=True, toggles=HistoryToggles(env={})
+    )
+    graph = build_graph(node, store, InMemorySaver())
+    thread = new_thread()
+
+    def callback(chat: int, text: str) -> dict[str, Any]:
+        return {
+            "inputs": {"message": {"message_id": 42, "text": text}},
+            "results": {"telegram_events_parser": {"chat_id": chat}},
+        }
+
+    caplog.set_level(logging.INFO, logger="agent_history")
+    graph.invoke(callback(111, "private question"), thread)
+    graph.invoke(callback(111, "private question"), thread)  # a true re-delivery
+    assert "delivered_id_answered_with_other_text" not in caplog.text
+    graph.invoke(callback(-100500, "group question"), thread)
+    warnings = [
+        r for r in caplog.records if "delivered_id_answered_with_other_text" in r.getMessage()
+    ]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert "key=telegram:-100500" in warnings[0].getMessage()
+    assert "question" not in caplog.text
+    assert _stored(store, "telegram:-100500") == []
