@@ -272,17 +272,21 @@ def answered_update(view: ThreadView, node: str) -> dict[str, Any]:
     return {ANSWERED_FIELD: {node: incoming.message_id}}
 
 
-def not_streamed_as_output(config: RunnableConfig | None, added: BaseMessage | None) -> None:
-    """Keep ``stream_mode="messages"`` from emitting the delivered user message as if this
-    node had produced it: LangGraph's message stream skips ids it has seen."""
-    if added is None or not added.id:
+def not_streamed_as_output(
+    config: RunnableConfig | None, messages: Sequence[BaseMessage | None]
+) -> None:
+    """Keep ``stream_mode="messages"`` from emitting ``messages`` (the delivered user
+    message, a history window handed to the model) as if this node had produced them:
+    LangGraph's message stream skips ids it has seen. Each must have an id."""
+    ids = [message.id for message in messages if message is not None and message.id]
+    if not ids:
         return
     callbacks = (config or {}).get("callbacks")
     handlers = callbacks if isinstance(callbacks, list) else getattr(callbacks, "handlers", [])
     for handler in handlers or ():
         seen = getattr(handler, "seen", None)
         if isinstance(seen, set) and type(handler).__name__.startswith("StreamMessagesHandler"):
-            seen.add(added.id)
+            seen.update(ids)
 
 
 OWED_RANGES_KEPT = 32

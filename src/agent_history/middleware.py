@@ -123,7 +123,7 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
             return {"jump_to": "end"}
         if view.added is None:
             return None
-        not_streamed_as_output(current_config(), view.added)
+        not_streamed_as_output(current_config(), [view.added])
         return {"messages": [view.added]}
 
     @hook_config(can_jump_to=["end"])

@@ -291,7 +291,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         output: dict[str, Any] = drive_sync(
             self._steps(run), lambda payload: produce(self._runnable, payload, run.config)
         )
-        not_streamed_as_output(run.config, run.view.added)
+        not_streamed_as_output(run.config, [run.view.added])
         return output
 
     async def ainvoke(
@@ -302,7 +302,7 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         output: dict[str, Any] = await drive_async(
             self._steps(run), lambda payload: aproduce(self._runnable, payload, run.config)
         )
-        not_streamed_as_output(run.config, run.view.added)
+        not_streamed_as_output(run.config, [run.view.added])
         return output
 
 

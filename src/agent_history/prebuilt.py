@@ -21,6 +21,7 @@ is removed from the thread and nothing is stored. ``create_agent`` with
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Generator, Sequence
 from typing import Annotated, Any, NotRequired, TypedDict
@@ -192,9 +193,11 @@ class PreModelHook(Runnable[Any, dict[str, Any]]):
     ) -> dict[str, Any]:
         config = current_config()
         self.hooks._keep(_handoff_key(run.view, config, conversation), run)
+        # The window is the model's input, not this hook's output: not streamed.
+        payload = [m if m.id else m.model_copy(update={"id": str(uuid.uuid4())}) for m in payload]
+        not_streamed_as_output(config, [*payload, run.view.added])
         update: dict[str, Any] = {"llm_input_messages": payload}
         if run.view.added is not None:
-            not_streamed_as_output(config, run.view.added)
             update["messages"] = [run.view.added]
         return update
 

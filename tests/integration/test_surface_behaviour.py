@@ -244,6 +244,27 @@ async def test_the_message_stream_does_not_attribute_the_delivered_message_to_a_
 
 
 @pytest.mark.parametrize("surface", SURFACES)
+@pytest.mark.parametrize("sync", [True, False])
+async def test_the_message_stream_carries_only_the_new_answer_not_the_history_window(
+    surface: str, sync: bool
+) -> None:
+    """A bot forwards the AI messages it streams: the stored turns the model is given
+    (and the running summary before them) are not this run's output, so they must not
+    be streamed again on every later turn."""
+    store, model = InMemoryStore(), RecordingChatModel()
+    agent = _agent(surface, model, store, summary_model=RecordingChatModel(), summary_every=1)
+    agent.invoke(telegram_callback(10, "hi, I'm Ana", 1), _thread())
+    agent.invoke(telegram_callback(10, "I live in Lyon", 2), _thread())
+    callback = telegram_callback(10, "what is my name?", 3)
+    if sync:
+        chunks = list(agent.stream(callback, _thread(), stream_mode="messages"))
+    else:
+        chunks = [c async for c in agent.astream(callback, _thread(), stream_mode="messages")]
+    assert [(m.type, m.content) for m, _ in chunks] == [("ai", "echo: what is my name?")]
+    assert len(model.calls[-1]) > 2  # the window (history) did reach the model
+
+
+@pytest.mark.parametrize("surface", SURFACES)
 def test_settings_are_checked_when_the_surface_is_made(surface: str) -> None:
     make = HistoryMiddleware if surface == "middleware" else HistoryHooks
     with pytest.raises(TypeError, match="max_mesages"):
