@@ -27,12 +27,14 @@ from agent_history.incoming import (
     ThreadView,
     answered_earlier,
     answered_update,
+    begun_update,
     current_thread,
     delivered_before_tool_steps,
     history_key_update,
     key_span,
     merged_markers,
     not_streamed_as_output,
+    recorded_answer,
 )
 from agent_history.node import merge_results
 from agent_history.pass_steps import drive_async, drive_sync
@@ -121,10 +123,13 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
             run.redelivered = view.delivered  # (else: nothing was delivered)
             run.report([], model_called=False)
             return {"jump_to": "end"}
-        if view.added is None:
-            return None
-        not_streamed_as_output(current_config(), [view.added])
-        return {"messages": [view.added]}
+        # Recorded before the model runs: a run that stops after the answer, before
+        # `after_agent` records it, leaves the answer recognisable as this node's.
+        update = begun_update(view, self.surface.node)
+        if view.added is not None:
+            not_streamed_as_output(current_config(), [view.added])
+            update["messages"] = [view.added]
+        return update or None
 
     @hook_config(can_jump_to=["end"])
     async def abefore_agent(
@@ -139,8 +144,10 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         key span the run's exchange belongs to (`incoming.history_key_update`)."""
         node = self.surface.node
         view = current_thread(state, node)
-        if view.answered:
+        if view.answered and (view.incoming is None or recorded_answer(state, node, view.incoming)):
             return None  # a re-delivery: no exchange of this run
+        # (Answered, but not recorded: an earlier run answered it and stopped before this
+        # step. The retry, a re-delivery, records it now.)
         # A key function may read what the run changed (its messages): only templates,
         # which see neither, give at the end the key the run's passes used.
         key = None
