@@ -502,6 +502,8 @@ class _MappingView(Mapping[str, Any]):
             if self._any_keys and name in self._data:
                 return _plain(self._data[name], self._depth + 1)
             raise KeyError(name)
+        if name.startswith("_"):  # refused when written; so when computed (``'_' ~ x``)
+            raise KeyError(name)
         return _plain(self._data[self._index()[name]], self._depth + 1)
 
     def __iter__(self) -> Iterator[str]:
@@ -515,6 +517,9 @@ class _MappingView(Mapping[str, Any]):
 
     def __str__(self) -> str:
         return str(_materialized(self))
+
+    def __repr__(self) -> str:  # printed inside a mapping: ``{{ config|string }}``
+        return repr(_materialized(self))
 
 
 class _SequenceView(Sequence[Any]):
@@ -544,6 +549,9 @@ class _SequenceView(Sequence[Any]):
     def __str__(self) -> str:
         return str(_materialized(self))
 
+    def __repr__(self) -> str:
+        return repr(_materialized(self))
+
 
 def _materialized(value: Any, budget: list[int] | None = None) -> Any:
     """A view as the plain dicts and lists it shows (``|string`` and ``~`` print a
@@ -555,7 +563,7 @@ def _materialized(value: Any, budget: list[int] | None = None) -> Any:
     if budget[0] < 0:
         raise KeyTemplateError(KeyRejectReason.TOO_LONG, "rendered value too long")
     if isinstance(value, _MappingView):
-        return {name: _materialized(value[name], budget) for name in value}
+        return {name: _materialized(value[name], budget) for name in value if name in value}
     if isinstance(value, _SequenceView):
         return [_materialized(item, budget) for item in value]
     return None if isinstance(value, _Unusable) else value
@@ -579,8 +587,8 @@ def _plain(value: Any, depth: int = 0) -> Any:
         return value
     if isinstance(value, Mapping):
         return _MappingView(value, depth)
-    if isinstance(value, list | tuple):
-        return _SequenceView(value, depth)
+    if isinstance(value, list | tuple) and not hasattr(value, "_asdict"):
+        return _SequenceView(value, depth)  # (a NamedTuple is read by its fields, below)
     if isinstance(value, uuid.UUID):
         return str(value)
     if type(value).__module__ == "numpy" and isinstance(value, numbers.Real):
@@ -595,6 +603,9 @@ def _plain(value: Any, depth: int = 0) -> Any:
     except Exception as exc:  # a model whose dump raises: not data a key can be made of
         detail = f"reading a {type(value).__name__} raised {type(exc).__name__}"
         return _Unusable(KeyRejectReason.RENDER_ERROR, detail)
+    # An object's data is its public fields: a name starting with `_` is private (a
+    # pydantic `SecretStr` keeps its value so), never printed into a key.
+    dumped = {name: item for name, item in dumped.items() if not str(name).startswith("_")}
     if dumped:
         return _MappingView(dumped, depth + 1)  # the object, then its fields
     return _Unusable(KeyRejectReason.RENDER_ERROR, f"{_NOT_TEXT} ({type(value).__name__})")

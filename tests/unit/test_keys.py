@@ -649,3 +649,65 @@ def test_objects_in_configurable_are_read_only_by_the_templates_that_read_them()
     numbered = {"configurable": {1: "one"}}  # a key that is not text reads as before
     candidates = ["n:{{config.configurable[1]}}"]
     assert resolve_history_key(state, numbered, candidates=candidates).key == "n:one"
+
+
+def test_slotted_objects_and_named_tuples_are_read_by_their_fields() -> None:
+    """Parsers return these too (an attrs class is slotted, a NamedTuple is a tuple):
+    the key reads their fields as it reads a dataclass's."""
+    from typing import NamedTuple
+
+    class Slotted:
+        __slots__ = ("chat_id", "unset")
+
+        def __init__(self, chat_id: int) -> None:
+            self.chat_id = chat_id
+
+    class Parsed(NamedTuple):
+        chat_id: int
+
+    for parsed in (Slotted(42), Parsed(42)):
+        state = {"results": {"telegram_events_parser": parsed}}
+        assert resolve_history_key(state).key == "telegram:42"
+
+
+def test_a_secret_or_private_attribute_never_reaches_a_key() -> None:
+    """A pydantic ``SecretStr`` holds its value in a private attribute, and an object's
+    ``_name`` is private: neither is printed into a key (a key is a namespace label that
+    listings and the CLI show), nor read through a computed ``['_' ~ name]``."""
+    from pydantic import SecretStr
+
+    class Tenant(BaseModel):
+        name: str = "acme"
+        api_key: SecretStr = SecretStr("sk-LIVE-123")
+
+    class Client:
+        def __init__(self) -> None:
+            self.name = "acme"
+            self._api_key = "sk-PRIVATE-9"
+
+    config = {"configurable": {"t": Tenant(), "c": Client()}}
+    state = {"inputs": {"_hidden": "secret-in-state"}}
+    for template in [
+        "k:{{ config.configurable.t.api_key|string }}",
+        "k:{{ 'x' ~ config.configurable.t.api_key }}",
+        "k:{{ config.configurable.t|string }}",
+        "k:{{ config.configurable.c|string }}",
+        "k:{{ config.configurable.c['_' ~ 'api_key'] }}",
+        "k:{{ inputs['_' ~ 'hidden'] }}",
+    ]:
+        resolution = resolve_history_key(state, config, candidates=[template])
+        shown = repr(resolution)
+        assert "sk-" not in shown and "secret-in-state" not in shown, template
+    tenant = resolve_history_key({}, config, candidates=["k:{{ config.configurable.t.name }}"])
+    assert tenant.key == "k:acme"
+
+
+def test_the_config_printed_whole_gives_the_same_key_on_every_run() -> None:
+    """``{{ config|string }}`` printed an internal object's address: a new key (and a
+    new conversation) on every delivery."""
+    config = {"configurable": {"tenant": "acme"}, "metadata": {"m": 1}}
+    keys = {
+        resolve_history_key({}, config, candidates=["{{ config|string }}"]).key for _ in range(3)
+    }
+    assert len(keys) == 1
+    assert keys.pop() == "{'configurable': {'tenant': 'acme'}, 'metadata': {'m': 1}, 'tags': []}"
