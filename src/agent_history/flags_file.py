@@ -159,7 +159,11 @@ class FlagsFileSchema(_Strict):
 
 def parse_flags(path: str, data: bytes) -> FlagsFileSchema:
     """Validate a flags file's bytes (TOML when ``path`` ends in ``.toml``, in any case,
-    else JSON)."""
+    else JSON). An empty file is invalid in both: a shell's ``>`` empties the file before
+    it writes, and a worker reading in between must not lift a rollback (to clear every
+    flag, write ``{}`` or a TOML comment)."""
+    if not data.strip():
+        raise FlagsFileError("empty (no flags: write {} or, in TOML, a comment)")
     try:
         if _is_toml(path):
             content: Any = tomllib.loads(data.decode("utf-8"))

@@ -156,6 +156,31 @@ def test_bad_flags_keep_the_last_good_ones_and_doctor_exits_2(
     record_figures(attack=f"flags file: {case}", runs=4, failed_runs=0, doctor_exit=2)
 
 
+@pytest.mark.parametrize("name", ["flags.json", "flags.toml"])
+@pytest.mark.parametrize("content", ["", " \n\t\n"])
+def test_an_emptied_flags_file_keeps_the_rollback_in_force(
+    name: str,
+    content: str,
+    sqlite_store: BaseStore,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``echo 'mode = "read_write"' > flags.toml`` empties the file before it writes: a
+    worker that reads it in between must not lift an ``off`` (an empty TOML document is
+    valid TOML, with no keys). Empty is invalid in both formats; doctor says so."""
+    runs = Runs(sqlite_store, tmp_path / name)
+    runs.write('mode = "off"\n' if name.endswith(".toml") else '{"mode": "off"}')
+    assert runs.run("before").decision_reason == "master_off"
+    with caplog.at_level(logging.WARNING, logger="agent_history"):
+        runs.write(content)
+        assert runs.run("during").decision_reason == "master_off"
+    assert len(_invalid_events(caplog)) == 1
+    result = _doctor(runs.path, tmp_path)
+    assert result.exit_code == 2 and "empty" in result.output, result.output
+    runs.write("# no flags\n" if name.endswith(".toml") else "{}")
+    assert runs.run("after").decision_reason == "mode:read_write"
+
+
 def test_doctor_names_the_field_and_the_problem(tmp_path: Path) -> None:
     flags = tmp_path / "flags.json"
     flags.write_text('{"disabled_nodes": 5}')
