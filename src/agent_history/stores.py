@@ -126,6 +126,14 @@ def _cannot_open(field: str, target: str, exc: sqlite3.Error) -> ConfigError | S
 # room for the ones a later release of theirs adds under the same prefixes.
 _LANGGRAPH_TABLES = frozenset({"writes", "vector_migrations"})
 _LANGGRAPH_PREFIXES = ("store", "checkpoint")
+# Columns LangGraph's tables have that another application's table of the same name
+# would not (a small app's own ``store`` table): such a table is foreign.
+_LANGGRAPH_COLUMNS = {
+    "store": {"prefix", "key", "value"},
+    "store_migrations": {"v"},
+    "checkpoints": {"thread_id", "checkpoint_ns", "checkpoint_id"},
+    "writes": {"thread_id", "checkpoint_ns", "checkpoint_id", "task_id"},
+}
 
 
 def _refuse_a_foreign_database(target: str, field: str) -> None:
@@ -142,13 +150,23 @@ def _refuse_a_foreign_database(target: str, field: str) -> None:
         rows = probe.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
         ).fetchall()
+        columns = {
+            str(name): {
+                str(row[1]) for row in probe.execute("SELECT * FROM pragma_table_info(?)", (name,))
+            }
+            for (name,) in rows
+            if name in _LANGGRAPH_COLUMNS
+        }
     except sqlite3.Error:
         return  # not a database, or busy: the normal open reports it
     finally:
         probe.close()
     names = {str(name) for (name,) in rows}
     foreign = sorted(
-        n for n in names if n not in _LANGGRAPH_TABLES and not n.startswith(_LANGGRAPH_PREFIXES)
+        n
+        for n in names
+        if (n not in _LANGGRAPH_TABLES and not n.startswith(_LANGGRAPH_PREFIXES))
+        or not _LANGGRAPH_COLUMNS.get(n, set()) <= columns.get(n, set())
     )
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")

@@ -209,6 +209,42 @@ def _another_apps_database(path: Path) -> bytes:
     return path.read_bytes()
 
 
+@pytest.mark.parametrize(
+    "table",
+    [
+        "CREATE TABLE store (id INTEGER PRIMARY KEY, name TEXT, city TEXT)",
+        "CREATE TABLE checkpoints (id INTEGER PRIMARY KEY, saved_at TEXT)",
+        "CREATE TABLE writes (id INTEGER PRIMARY KEY, body TEXT)",
+    ],
+)
+def test_another_applications_table_named_as_langgraphs_is_still_foreign(
+    tmp_path: Path, table: str
+) -> None:
+    """A small app's own ``store`` (or ``checkpoints``, ``writes``) table is not
+    LangGraph's: the file was switched to WAL and given a ``store_migrations`` table by
+    read-only commands (``stats``, ``export``, ``purge --dry-run``)."""
+    from typer.testing import CliRunner
+
+    from agent_history.cli import app
+
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute(table)
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    env = {
+        "ORCHEO_GRAPH_STORE_SQLITE_PATH": str(path),
+        "ORCHEO_CHECKPOINT_SQLITE_PATH": str(tmp_path / "checkpoints.sqlite"),
+    }
+    for command in (["stats"], ["export", "-o", str(tmp_path / "out.jsonl")], ["doctor"]):
+        result = CliRunner().invoke(app, command, env=env)
+        assert result.exit_code == 2, (command, result.output)
+        assert "another application's SQLite database" in result.output, result.output
+    assert path.read_bytes() == before
+    assert not Path(f"{path}-wal").exists()
+
+
 async def _open_async(settings: HistorySettings) -> None:
     async with create_graph_store(settings):
         pass
