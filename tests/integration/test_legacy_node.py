@@ -124,3 +124,45 @@ def test_a_failed_legacy_read_writes_nothing_so_the_old_history_is_taken_over_la
     assert [m.content for m in model.calls[1]] == ["old 0", "old 1", "old 2", "old 3", "new 2"]
     stored = [t.content for t in ChatHistory(store).read(key)]
     assert stored == ["old 0", "old 1", "old 2", "old 3", "new 2", "echo: new 2"]
+
+
+@pytest.mark.parametrize("how", ["delete", "purge", "forget_unmigrated"])
+def test_a_deleted_conversation_does_not_come_back_from_its_legacy_item(
+    store: BaseStore, how: str
+) -> None:
+    """The migration leaves legacy items in place. A conversation deleted afterwards (a
+    user's "/forget", a deletion request, retention) has an empty log, so a node reading
+    the legacy layout took the legacy item over again, and a second migration copied it
+    back: the deleted history returned. Deleting a conversation deletes its legacy item
+    (one never migrated too)."""
+    import datetime
+
+    from agent_history.legacy import migrate_legacy
+
+    chat = uuid.uuid4().int % 10**9
+    key = f"telegram:{chat}"
+    _legacy(store, key, 4)
+    history = ChatHistory(store)
+    if how != "forget_unmigrated":
+        assert migrate_legacy(store, history, keys=[key]).turns_copied == 4
+    if how == "purge":
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1)
+        assert history.delete_if_idle(key, later) is not None
+    else:
+        assert history.delete(key) == (0 if how == "forget_unmigrated" else 4)
+    assert store.get(LEGACY_NAMESPACE, key) is None
+    assert migrate_legacy(store, history, keys=[key]).turns_copied == 0
+    model = RecordingChatModel()
+    node = AgentNode(
+        model, use_graph_chat_history=True, history_read_legacy=True, toggles=HistoryToggles(env={})
+    )
+    build_graph(node, store).invoke(telegram_callback(chat, "new", message_id=9), new_thread())
+    assert [m.content for m in model.calls[0]] == ["new"]
+    assert [t.content for t in history.read(key)] == ["new", "echo: new"]
+
+
+async def test_an_async_delete_deletes_the_legacy_item_too(astore: BaseStore) -> None:
+    key = f"telegram:{uuid.uuid4().int % 10**9}"
+    await astore.aput(LEGACY_NAMESPACE, key, {"version": 1, "messages": []}, index=False)
+    assert await ChatHistory(astore).adelete(key) == 0
+    assert await astore.aget(LEGACY_NAMESPACE, key) is None

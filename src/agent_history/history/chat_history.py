@@ -496,12 +496,29 @@ class ChatHistory:
         )
 
     def delete(self, key: str, *, budget: float | None = None) -> int:
-        """Delete a conversation; returns the number of turns it had."""
+        """Delete a conversation; returns the number of turns it had.
+
+        The item the single-item layout of earlier deployments kept it in (under this
+        history's namespace, named by the key; see `legacy`) is deleted first: left in
+        place, a node reading that layout, or a second migration, would bring the deleted
+        history back."""
+        self._delete_legacy_item(key, budget)
         return self._run_atomic(key, delete_steps(_DELETE_BATCH_CHUNKS), budget=budget)
 
     async def adelete(self, key: str, *, budget: float | None = None) -> int:
         """Async `delete`."""
+        await self._adelete_legacy_item(key, budget)
         return await self._arun_atomic(key, delete_steps(_DELETE_BATCH_CHUNKS), budget=budget)
+
+    def _delete_legacy_item(self, key: str, budget: float | None) -> None:
+        self.conversation_namespace(key)  # the key is checked before anything is deleted
+        with deadline_after(budget_arg(budget)), store_faults(self._driver.backend):
+            self.store.delete(self.namespace, key)
+
+    async def _adelete_legacy_item(self, key: str, budget: float | None) -> None:
+        self.conversation_namespace(key)
+        with deadline_after(budget_arg(budget)), store_faults(self._driver.backend):
+            await self._driver.on_own_loop(self.store.adelete(self.namespace, key))
 
     # --- operator procedures: imports, migrations, retention ------------------------------
 
@@ -559,6 +576,8 @@ class ChatHistory:
         if before.tzinfo is None:
             raise InvalidArgument("before must be timezone-aware")
         head = self._run_atomic(key, delete_if_idle_steps(before, _DELETE_BATCH_CHUNKS))
+        if head is not None:
+            self._delete_legacy_item(key, None)  # (see `delete`)
         return _info(key, head)
 
     async def adelete_if_idle(self, key: str, before: datetime) -> ConversationInfo | None:
@@ -566,6 +585,8 @@ class ChatHistory:
         if before.tzinfo is None:
             raise InvalidArgument("before must be timezone-aware")
         head = await self._arun_atomic(key, delete_if_idle_steps(before, _DELETE_BATCH_CHUNKS))
+        if head is not None:
+            await self._adelete_legacy_item(key, None)
         return _info(key, head)
 
     # --- context: the window read and the running summary (see `agent_history.context`) --
