@@ -271,12 +271,18 @@ def _check_summary(data: Any) -> Summary:
     )
 
 
-def parse_line(number: int, raw: str) -> ParsedLine | ParsedSummary | None:
-    """Parse and validate line ``number`` of an export; None for a blank line.
+def parse_line(number: int, raw: str | bytes) -> ParsedLine | ParsedSummary | None:
+    """Parse and validate line ``number`` of an export (text, or bytes read from a file);
+    None for a blank line.
 
     Raises:
         LineError: the line is not a valid turn or summary (the message names the problem).
     """
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise LineError(number, "not UTF-8 text (export files are UTF-8)") from None
     if not raw.strip():
         return None
     try:
@@ -428,7 +434,7 @@ def _label(namespace: tuple[str, ...] | None) -> str:
 
 
 def validate_jsonl(
-    lines: Iterable[str],
+    lines: Iterable[str | bytes],
     *,
     namespace: Sequence[str] | None = None,
     into: Sequence[str] | None = None,
@@ -578,7 +584,7 @@ class _FileConversation:
     summary: Summary | None = None
 
 
-def _conversations(lines: Iterable[str]) -> Iterator[_FileConversation]:
+def _conversations(lines: Iterable[str | bytes]) -> Iterator[_FileConversation]:
     """The file's conversations in order (file already validated: a summary line follows
     turns of its conversation)."""
     current: _FileConversation | None = None
@@ -613,7 +619,7 @@ def _line_of(exc: Exception, first: ParsedLine, turns: list[Turn], numbers: list
 
 def import_jsonl(
     store: BaseStore,
-    lines: Callable[[], Iterable[str]],
+    lines: Callable[[], Iterable[str | bytes]],
     *,
     namespace: Sequence[str] | None = None,
     into: Sequence[str] | None = None,

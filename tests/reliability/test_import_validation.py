@@ -131,7 +131,7 @@ def test_a_line_that_is_not_utf8_is_named(sqlite_settings: HistorySettings, tmp_
     path.write_bytes(good + b"\n" + b'{"key": "caf\xe9"}\n')
     result = runner.invoke(app, ["import", str(path)], env=_env(sqlite_settings))
     assert result.exit_code == 2
-    assert "line 2: expected a JSON object, got a string" in result.output
+    assert "line 2: not UTF-8 text" in result.output
 
 
 def test_each_line_goes_to_its_own_namespace(
@@ -248,3 +248,17 @@ def test_rerunning_an_import_with_a_repeated_id_or_a_skipped_role_adds_nothing(
         assert result.exit_code == 2
         assert message in result.output
     assert _stored(sqlite_settings, ns) == {ns: []}
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n"])
+def test_an_empty_input_is_imported_with_a_warning(
+    sqlite_settings: HistorySettings, tmp_path: Path, content: bytes
+) -> None:
+    """An empty store's export holds no turns (importing it is not an error), but so
+    does what a command that failed upstream of a pipe leaves: the operator is told."""
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(content)
+    result = runner.invoke(app, ["import", str(path)], env=_env(sqlite_settings))
+    assert result.exit_code == 0, result.output
+    assert f"warning: {path} holds no turns" in result.output.replace("\n", "")
+    assert "imported 0 new turns into 0 conversations" in result.output

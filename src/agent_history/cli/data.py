@@ -255,16 +255,13 @@ def _export_file(history: ChatHistory, out: Path, keys: list[str], advance: Any)
     return counts
 
 
-def _read_lines(handle: BinaryIO, bar: Progress, task: TaskID) -> Iterator[str]:
-    """The file's lines as text from its start, advancing ``task`` by bytes read; a line
-    that is not UTF-8 becomes one that fails validation with its number."""
+def _read_lines(handle: BinaryIO, bar: Progress, task: TaskID) -> Iterator[bytes]:
+    """The file's lines from its start, advancing ``task`` by bytes read (a line that is
+    not UTF-8 fails validation with its number, see `transfer.parse_line`)."""
     handle.seek(0)
     for raw in handle:
         bar.advance(task, len(raw))
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError:
-            yield '"not UTF-8 text"'
+        yield raw
 
 
 def _open_input(file: Path, stack: ExitStack) -> tuple[BinaryIO, int]:
@@ -352,6 +349,10 @@ def import_(
         raise fail(f"{file} not imported: nothing was written", EXIT_CONFIG)
     for problem in report.rejected:
         err_console.print(f"{file}: {problem}", highlight=False, markup=False)
+    if plan.turns == 0:
+        # An export of an empty store is such a file, but so is the output of a command
+        # that failed upstream of a pipe (`zcat ... | agent-history import /dev/stdin`).
+        err_console.print(f"warning: {file} holds no turns", highlight=False, markup=False)
     if as_json:
         console.print_json(
             json.dumps(
