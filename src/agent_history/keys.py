@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from jinja2 import StrictUndefined, Undefined, nodes
 from jinja2.exceptions import TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import SecretBytes, SecretStr
 
 from agent_history.errors import InvalidKey, KeyResolutionError
 from agent_history.observability import channel_label
@@ -504,6 +505,11 @@ class _MappingView(Mapping[str, Any]):
             raise KeyError(name)
         if name.startswith("_"):  # refused when written; so when computed (``'_' ~ x``)
             raise KeyError(name)
+        return self.item(name)
+
+    def item(self, name: str) -> Any:
+        """The value of field ``name``, a private one too (printing the mapping whole
+        shows every field, as it always did: a key made so keeps its text)."""
         return _plain(self._data[self._index()[name]], self._depth + 1)
 
     def __iter__(self) -> Iterator[str]:
@@ -563,7 +569,7 @@ def _materialized(value: Any, budget: list[int] | None = None) -> Any:
     if budget[0] < 0:
         raise KeyTemplateError(KeyRejectReason.TOO_LONG, "rendered value too long")
     if isinstance(value, _MappingView):
-        return {name: _materialized(value[name], budget) for name in value if name in value}
+        return {name: _materialized(value.item(name), budget) for name in value}
     if isinstance(value, _SequenceView):
         return [_materialized(item, budget) for item in value]
     return None if isinstance(value, _Unusable) else value
@@ -587,8 +593,8 @@ def _plain(value: Any, depth: int = 0) -> Any:
         return value
     if isinstance(value, Mapping):
         return _MappingView(value, depth)
-    if isinstance(value, list | tuple) and not hasattr(value, "_asdict"):
-        return _SequenceView(value, depth)  # (a NamedTuple is read by its fields, below)
+    if isinstance(value, list | tuple):
+        return _SequenceView(value, depth)
     if isinstance(value, uuid.UUID):
         return str(value)
     if type(value).__module__ == "numpy" and isinstance(value, numbers.Real):
@@ -598,14 +604,14 @@ def _plain(value: Any, depth: int = 0) -> Any:
         return str(value) if math.isfinite(float(value)) else math.nan
     if isinstance(value, Decimal):
         return str(value) if value.is_finite() else math.nan
+    if isinstance(value, SecretStr | SecretBytes):
+        # its value is a private field, which printing the object would show
+        return _Unusable(KeyRejectReason.RENDER_ERROR, "a secret is never printed into a key")
     try:
         dumped = as_mapping(value)
     except Exception as exc:  # a model whose dump raises: not data a key can be made of
         detail = f"reading a {type(value).__name__} raised {type(exc).__name__}"
         return _Unusable(KeyRejectReason.RENDER_ERROR, detail)
-    # An object's data is its public fields: a name starting with `_` is private (a
-    # pydantic `SecretStr` keeps its value so), never printed into a key.
-    dumped = {name: item for name, item in dumped.items() if not str(name).startswith("_")}
     if dumped:
         return _MappingView(dumped, depth + 1)  # the object, then its fields
     return _Unusable(KeyRejectReason.RENDER_ERROR, f"{_NOT_TEXT} ({type(value).__name__})")

@@ -651,29 +651,32 @@ def test_objects_in_configurable_are_read_only_by_the_templates_that_read_them()
     assert resolve_history_key(state, numbered, candidates=candidates).key == "n:one"
 
 
-def test_slotted_objects_and_named_tuples_are_read_by_their_fields() -> None:
-    """Parsers return these too (an attrs class is slotted, a NamedTuple is a tuple):
-    the key reads their fields as it reads a dataclass's."""
+def test_a_named_tuple_stays_a_list_and_a_mapping_prints_its_private_keys() -> None:
+    """Keys never move under a stored conversation: a NamedTuple is read as the tuple it
+    is (``|first``, ``[1]``, printed as a list), and a mapping printed whole keeps every
+    entry, ``_id`` included (two users told apart by it only stay apart)."""
     from typing import NamedTuple
 
-    class Slotted:
-        __slots__ = ("chat_id", "unset")
-
-        def __init__(self, chat_id: int) -> None:
-            self.chat_id = chat_id
-
-    class Parsed(NamedTuple):
+    class ChatRef(NamedTuple):
+        platform: str
         chat_id: int
 
-    for parsed in (Slotted(42), Parsed(42)):
-        state = {"results": {"telegram_events_parser": parsed}}
-        assert resolve_history_key(state).key == "telegram:42"
+    for chat in (5, 6):
+        state = {"results": {"ref": ChatRef("telegram", chat)}, "inputs": {"u": {"_id": chat}}}
+        for template, key in [
+            ("{{ results.ref|first }}:{{ results.ref|last }}", f"telegram:{chat}"),
+            ("{{ results.ref[0] }}/{{ results.ref[1] }}", f"telegram/{chat}"),
+            ("x:{{ results.ref|string }}", f"x:['telegram', {chat}]"),
+            ("u:{{ inputs.u|string }}", f"u:{{'_id': {chat}}}"),
+        ]:
+            assert resolve_history_key(state, candidates=[template]).key == key
 
 
 def test_a_secret_or_private_attribute_never_reaches_a_key() -> None:
     """A pydantic ``SecretStr`` holds its value in a private attribute, and an object's
-    ``_name`` is private: neither is printed into a key (a key is a namespace label that
-    listings and the CLI show), nor read through a computed ``['_' ~ name]``."""
+    ``_name`` is private: a secret is never printed into a key (a key is a namespace
+    label that listings and the CLI show), and no private name is read through a
+    computed ``['_' ~ name]``."""
     from pydantic import SecretStr
 
     class Tenant(BaseModel):
@@ -691,7 +694,6 @@ def test_a_secret_or_private_attribute_never_reaches_a_key() -> None:
         "k:{{ config.configurable.t.api_key|string }}",
         "k:{{ 'x' ~ config.configurable.t.api_key }}",
         "k:{{ config.configurable.t|string }}",
-        "k:{{ config.configurable.c|string }}",
         "k:{{ config.configurable.c['_' ~ 'api_key'] }}",
         "k:{{ inputs['_' ~ 'hidden'] }}",
     ]:
