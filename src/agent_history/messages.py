@@ -132,8 +132,10 @@ def comparable(value: Any) -> Any:
         return "{}", sorted(items, key=lambda pair: pair[0])
     if isinstance(value, list | tuple):
         return "[]", [comparable(item) for item in value]
-    if isinstance(value, float):
-        return repr(value)  # NaN equals itself here, as a stored NaN is read back
+    if isinstance(value, bool | int | float):
+        # tagged with its type: 1, 1.0, True and "1" are different arguments (a NaN,
+        # compared by its text, equals itself, as a stored NaN is read back)
+        return type(value).__name__, repr(value) if isinstance(value, float) else value
     return value
 
 

@@ -440,6 +440,15 @@ def test_a_dict_keeps_its_id_zero_its_name_and_its_tool_status(
     assert [m.id for m in stored] == ["0", "1", "t"]
     assert stored[0].name == "Ana" and stored[2].name == "t"
     assert isinstance(stored[2], ToolMessage) and stored[2].status == "error"
+    # A sender's number as name is left out, a null status is the default (as before).
+    lenient = [
+        {"role": "user", "content": "q", "name": 123456789, "id": "h2"},
+        {"role": "tool", "content": "r", "tool_call_id": "c", "status": None, "id": "t2"},
+    ]
+    assert history.append("k2", lenient).appended == 2
+    read = history.tail("k2", 5)
+    assert read[0].name is None and isinstance(read[1], ToolMessage)
+    assert read[1].status == "success"
     odd = {"role": "tool", "content": "x", "tool_call_id": "c", "status": "failed"}
     with pytest.raises(InvalidMessage, match="message 0"):
         history.append("k", [odd])

@@ -535,5 +535,9 @@ def test_a_repeated_exchange_is_recognised_whatever_the_order_of_its_keys() -> N
     assert exchange_overlap(stored, again) == 4
     changed = [again[0], AIMessage([{"type": "text", "text": "no"}])]
     assert exchange_overlap(stored[:2], changed) == 0
+    for a, b in [(21.5, "21.5"), (True, 1), (1, 1.0), ([1], "[1]")]:
+        first = [AIMessage("", tool_calls=[{"name": "f", "args": {"v": a}, "id": "x"}])]
+        other = [AIMessage("", tool_calls=[{"name": "f", "args": {"v": b}, "id": "x"}])]
+        assert exchange_overlap(first, other) == 0, (a, b)  # another call: not repeated
     nan = [AIMessage("", tool_calls=[{"name": "f", "args": {"v": float("nan")}, "id": "n"}])]
     assert exchange_overlap(nan, [nan[0].model_copy(deep=True)]) == 1

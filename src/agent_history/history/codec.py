@@ -330,9 +330,7 @@ def dict_message(message: Mapping[str, Any], where: str = "message") -> BaseMess
     if raw_id in (None, ""):
         raw_id = message.get("message_id")
     fields: dict[str, Any] = {"id": None if raw_id in (None, "") else str(raw_id)}
-    if message.get("name") is not None:
-        if not isinstance(message["name"], str):
-            raise InvalidMessage(f"{where}: name must be text")
+    if isinstance(message.get("name"), str):  # (a sender's number as name: left out)
         fields["name"] = message["name"]
     content = "" if content is None else content
     check_content(content, where)
@@ -344,7 +342,7 @@ def dict_message(message: Mapping[str, Any], where: str = "message") -> BaseMess
         except (ValueError, TypeError, AttributeError):  # pydantic's errors are ValueErrors
             raise InvalidMessage(f"{where}: tool_calls must be a list of tool calls") from None
     if role == TOOL and message.get("tool_call_id"):
-        status = message.get("status", "success")
+        status = message.get("status") or "success"
         if status not in ("success", "error"):
             raise InvalidMessage(f"{where}: status must be 'success' or 'error'")
         return ToolMessage(
