@@ -487,7 +487,9 @@ def tool_safe_units(messages: Sequence[BaseMessage]) -> list[list[BaseMessage]]:
     that calls tools together with all of its results, or one other message.
 
     Units that would break a provider's rules are dropped: a tool result without its
-    call, and a call whose results are not all there (a run that stopped mid-tool).
+    call, and a call whose results are not all there (a run that stopped mid-tool). A
+    call whose arguments were not JSON (``invalid_tool_calls``) keeps the result that
+    answered it (a provider gets it as a call); unanswered, it asks for none.
     """
     units: list[list[BaseMessage]] = []
     index = 0
@@ -497,7 +499,12 @@ def tool_safe_units(messages: Sequence[BaseMessage]) -> list[list[BaseMessage]]:
         if isinstance(message, ToolMessage) or role_of(message) == "tool":
             continue  # a result whose call is not right before it
         calls = message.tool_calls if isinstance(message, AIMessage) else []
-        if not calls:
+        invalid = (
+            {call.get("id") for call in message.invalid_tool_calls}
+            if isinstance(message, AIMessage)
+            else set()
+        )
+        if not calls and not invalid:
             units.append([message])
             continue
         results: list[BaseMessage] = []
@@ -508,7 +515,8 @@ def tool_safe_units(messages: Sequence[BaseMessage]) -> list[list[BaseMessage]]:
         got = {getattr(r, "tool_call_id", None) for r in results}
         if all(w is not None for w in wanted):
             answered = all(w in got for w in wanted)
-            results = [r for r in results if getattr(r, "tool_call_id", None) in wanted]
+            allowed = {*wanted, *invalid} - {None}
+            results = [r for r in results if getattr(r, "tool_call_id", None) in allowed]
         else:
             answered = len(results) >= len(calls)
         if answered:

@@ -541,3 +541,36 @@ def test_a_repeated_exchange_is_recognised_whatever_the_order_of_its_keys() -> N
         assert exchange_overlap(first, other) == 0, (a, b)  # another call: not repeated
     nan = [AIMessage("", tool_calls=[{"name": "f", "args": {"v": float("nan")}, "id": "n"}])]
     assert exchange_overlap(nan, [nan[0].model_copy(deep=True)]) == 1
+
+
+def test_a_result_of_an_invalid_tool_call_stays_with_its_call() -> None:
+    """A call whose arguments were not JSON is in ``invalid_tool_calls``; a tool loop
+    that answered it with an error result sent both to the provider (langchain's
+    converters send invalid calls as tool calls, and each needs its reply). The window
+    keeps the result with its call; a call left unanswered still costs nothing."""
+    bad = {"name": "weather", "args": '{"city": "Rom', "id": "c2", "error": "bad json"}
+    messages: list[BaseMessage] = [
+        HumanMessage("weather in Paris and Rome?", id="h1"),
+        AIMessage(
+            "",
+            id="a1",
+            tool_calls=[{"name": "weather", "args": {"city": "Paris"}, "id": "c1"}],
+            invalid_tool_calls=[{**bad, "type": "invalid_tool_call"}],  # type: ignore[list-item]
+        ),
+        ToolMessage("sunny", tool_call_id="c1", id="t1"),
+        ToolMessage("Error: not JSON", tool_call_id="c2", status="error", id="t2"),
+        AIMessage("Paris is sunny.", id="a2"),
+        HumanMessage("and tomorrow?", id="h2"),
+        AIMessage(
+            "", id="a3", invalid_tool_calls=[{**bad, "id": "c3", "type": "invalid_tool_call"}]
+        ),  # type: ignore[list-item]
+        ToolMessage("Error: not JSON", tool_call_id="c3", status="error", id="t3"),
+        AIMessage("Sorry, try again.", id="a4"),
+        HumanMessage("ok", id="h3"),
+        AIMessage(
+            "hm", id="a5", invalid_tool_calls=[{**bad, "id": "c4", "type": "invalid_tool_call"}]
+        ),  # type: ignore[list-item]
+    ]
+    kept = [m.id for unit in tool_safe_units(messages) for m in unit]
+    assert kept == [m.id for m in messages]
+    assert [m.id for m in window(messages, 20)] == [m.id for m in messages]
