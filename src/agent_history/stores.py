@@ -131,8 +131,9 @@ _LANGGRAPH_PREFIXES = ("store", "checkpoint")
 _LANGGRAPH_COLUMNS = {
     "store": {"prefix", "key", "value"},
     "store_migrations": {"v"},
-    "checkpoints": {"thread_id", "checkpoint_ns", "checkpoint_id"},
-    "writes": {"thread_id", "checkpoint_ns", "checkpoint_id", "task_id"},
+    # (columns every schema of LangGraph's checkpointer had, the one before 0.2 included)
+    "checkpoints": {"thread_id", "checkpoint"},
+    "writes": {"thread_id", "task_id"},
 }
 
 

@@ -203,3 +203,31 @@ async def test_a_call_the_stores_loop_cancels_fails_as_a_store_failure(tmp_path:
         holder.execute("ROLLBACK")
         holder.close()
         assert await history.acount("chat") == 0  # and the abandoned append wrote nothing
+
+
+def test_a_sync_delete_on_a_store_whose_loop_is_gone_says_so(
+    persistent_settings: HistorySettings,
+) -> None:
+    """A `delete` (and a purge) from a sync thread reaches an async store through its
+    loop, as every other call does: on a store whose loop has stopped it fails at once
+    (the deletion of the conversation's legacy item waited for the loop forever)."""
+
+    async def opened_in_a_run_of_its_own() -> Any:
+        async with create_graph_store(persistent_settings) as store:
+            return store
+
+    store = asyncio.run(opened_in_a_run_of_its_own())
+    history = ChatHistory(store)
+    outcome: list[BaseException] = []
+
+    def delete() -> None:
+        try:
+            history.delete("telegram:1", budget=1.0)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=delete, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert [type(e).__name__ for e in outcome] == ["StoreUnavailable"]

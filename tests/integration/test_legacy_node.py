@@ -166,3 +166,20 @@ async def test_an_async_delete_deletes_the_legacy_item_too(astore: BaseStore) ->
     await astore.aput(LEGACY_NAMESPACE, key, {"version": 1, "messages": []}, index=False)
     assert await ChatHistory(astore).adelete(key) == 0
     assert await astore.aget(LEGACY_NAMESPACE, key) is None
+
+
+def test_deleting_only_ever_deletes_a_legacy_item_not_another_conversations_items(
+    store: BaseStore,
+) -> None:
+    """Any text is a key, and namespaces nest: conversation ``c`` of history ``t`` keeps
+    its head at ``("t", "c"), "head"``, which is where history ``("t", "c")`` would look
+    for the legacy item of a conversation keyed ``head``. Only a legacy item is deleted."""
+    root = ("nested", uuid.uuid4().hex[:8])
+    outer = ChatHistory(store, namespace=root)
+    outer.append("c", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+    outer.write_summary("c", "they greeted", covers_seq=2, base_version=0)
+    inner = ChatHistory(store, namespace=(*root, "c"))
+    for key in ("head", "summary", "chunk:0000000000"):
+        assert inner.delete(key) == 0
+    assert [t.content for t in outer.read("c")] == ["hi", "yo"]
+    assert outer.summary("c") is not None

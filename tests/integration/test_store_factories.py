@@ -245,6 +245,28 @@ def test_another_applications_table_named_as_langgraphs_is_still_foreign(
     assert not Path(f"{path}-wal").exists()
 
 
+def test_a_checkpointer_of_langgraph_before_0_2_is_not_foreign(tmp_path: Path) -> None:
+    """Its tables stay as they were made (``CREATE TABLE IF NOT EXISTS``)."""
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE checkpoints (thread_id TEXT NOT NULL, thread_ts TEXT NOT NULL, "
+        "parent_ts TEXT, checkpoint BLOB, metadata BLOB, PRIMARY KEY (thread_id, thread_ts))"
+    )
+    conn.execute(
+        "CREATE TABLE writes (thread_id TEXT NOT NULL, thread_ts TEXT NOT NULL, task_id TEXT "
+        "NOT NULL, idx INTEGER NOT NULL, channel TEXT NOT NULL, value BLOB, "
+        "PRIMARY KEY (thread_id, thread_ts, task_id, idx))"
+    )
+    conn.commit()
+    conn.close()
+    settings = HistorySettings(
+        graph_store_sqlite_path=path, checkpoint_sqlite_path=tmp_path / "checkpoints.sqlite"
+    )
+    with create_graph_store_sync(settings) as store:
+        store.put(("ns",), "k", {"v": 1})
+
+
 async def _open_async(settings: HistorySettings) -> None:
     async with create_graph_store(settings):
         pass

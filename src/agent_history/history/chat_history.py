@@ -33,6 +33,7 @@ from agent_history.history.bulk import (
     delete_if_idle_steps,
     import_steps,
     imported_turn,
+    is_idle,
 )
 from agent_history.history.codec import (
     HistoryScope,
@@ -62,6 +63,7 @@ from agent_history.history.steps import (
     Request,
     Steps,
     anchor_tokens_steps,
+    delete_legacy_item_steps,
     delete_steps,
     head_steps,
     read_steps,
@@ -513,12 +515,13 @@ class ChatHistory:
     def _delete_legacy_item(self, key: str, budget: float | None) -> None:
         self.conversation_namespace(key)  # the key is checked before anything is deleted
         with deadline_after(budget_arg(budget)), store_faults(self._driver.backend):
-            self.store.delete(self.namespace, key)
+            self._driver.run(self.namespace, delete_legacy_item_steps(key))
 
     async def _adelete_legacy_item(self, key: str, budget: float | None) -> None:
         self.conversation_namespace(key)
         with deadline_after(budget_arg(budget)), store_faults(self._driver.backend):
-            await self._driver.on_own_loop(self.store.adelete(self.namespace, key))
+            steps = delete_legacy_item_steps(key)
+            await self._driver.on_own_loop(self._driver.arun(self.namespace, steps))
 
     # --- operator procedures: imports, migrations, retention ------------------------------
 
@@ -575,18 +578,18 @@ class ChatHistory:
         """
         if before.tzinfo is None:
             raise InvalidArgument("before must be timezone-aware")
+        if _idle(self._read(key, head_steps()), before):
+            self._delete_legacy_item(key, None)  # first, as `delete` does
         head = self._run_atomic(key, delete_if_idle_steps(before, _DELETE_BATCH_CHUNKS))
-        if head is not None:
-            self._delete_legacy_item(key, None)  # (see `delete`)
         return _info(key, head)
 
     async def adelete_if_idle(self, key: str, before: datetime) -> ConversationInfo | None:
         """Async `delete_if_idle`."""
         if before.tzinfo is None:
             raise InvalidArgument("before must be timezone-aware")
-        head = await self._arun_atomic(key, delete_if_idle_steps(before, _DELETE_BATCH_CHUNKS))
-        if head is not None:
+        if _idle(await self._aread(key, head_steps()), before):
             await self._adelete_legacy_item(key, None)
+        head = await self._arun_atomic(key, delete_if_idle_steps(before, _DELETE_BATCH_CHUNKS))
         return _info(key, head)
 
     # --- context: the window read and the running summary (see `agent_history.context`) --
@@ -865,6 +868,12 @@ def _imported(turns: Sequence[Turn]) -> tuple[list[ImportedTurn], int]:
             )
         imported.append(imported_turn(turn, f"seq {turn.seq}"))
     return imported, first_seq
+
+
+def _idle(head: dict[str, Any] | None, before: datetime) -> bool:
+    """Whether a conversation's head says it is idle since ``before`` (read before its
+    lock is taken: `bulk.delete_if_idle_steps` decides again under the lock)."""
+    return head is not None and is_idle(head, before)
 
 
 def _info(key: str, head: dict[str, Any] | None) -> ConversationInfo | None:

@@ -307,6 +307,19 @@ def _whole(value: Any) -> int | None:
     return None
 
 
+def delete_legacy_item_steps(key: str) -> Steps[bool]:
+    """Run on a history's own namespace: delete the item the single-item layout of
+    earlier deployments kept conversation ``key`` in (named by the key), when it is one
+    (a mapping with a ``messages`` list). Any other item stored so is left alone: with
+    nested namespaces, it may be another conversation's head or summary."""
+    found = yield Get((key,))
+    value = found.get(key)
+    if not isinstance(value, Mapping) or not isinstance(value.get("messages"), list):
+        return False
+    yield Put({key: None})
+    return True
+
+
 def delete_steps(batch_chunks: int) -> Steps[int]:
     """Delete a conversation: chunks and their id entries first, the head (and the
     summary of the conversation) last."""

@@ -400,6 +400,7 @@ class AsyncStoreDriver(HistoryDriver):
                 if loop is not None
                 else "this async store has no event loop to run on"
             )
+        _require_running(loop, coro)
         future, wait = _sent_to(loop, coro)
         try:
             return future.result(wait)
@@ -417,14 +418,7 @@ class AsyncStoreDriver(HistoryDriver):
         loop = self._loop()
         if loop is None or loop is asyncio.get_running_loop():
             return await call
-        if loop.is_closed() or not loop.is_running():
-            if isinstance(call, Coroutine):
-                call.close()
-            raise StoreUnavailable(
-                "this async store's event loop (the one it was opened on) is not running: "
-                "stopped (the server shutting down), or the store was opened in another "
-                "asyncio.run (open it on a loop that runs while it is used)"
-            )
+        _require_running(loop, call)
         future, wait = _sent_to(loop, _awaited(call))
         try:
             # The caller's budget holds also when the store's loop is busy or blocked.
@@ -463,6 +457,18 @@ class AsyncStoreDriver(HistoryDriver):
         self, namespace: tuple[str, ...], cursor: PageCursor, size: int
     ) -> tuple[list[tuple[str, ...]], PageCursor]:
         return self._on_loop(self.anamespace_page(namespace, cursor, size))
+
+
+def _require_running(loop: asyncio.AbstractEventLoop, call: Awaitable[Any]) -> None:
+    """Raise `StoreUnavailable` (closing ``call``) when the store's loop cannot run it."""
+    if loop.is_closed() or not loop.is_running():
+        if isinstance(call, Coroutine):
+            call.close()
+        raise StoreUnavailable(
+            "this async store's event loop (the one it was opened on) is not running: "
+            "stopped (the server shutting down), or the store was opened in another "
+            "asyncio.run (open it on a loop that runs while it is used)"
+        )
 
 
 def _sent_to(
