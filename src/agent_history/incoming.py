@@ -28,6 +28,7 @@ from agent_history.state import as_mapping
 
 __all__ = [
     "ANSWERED_FIELD",
+    "SPAN_DUE_PREFIX",
     "SPAN_PREFIX",
     "IncomingMessage",
     "KeySpan",
@@ -35,7 +36,6 @@ __all__ = [
     "ThreadView",
     "answered_earlier",
     "answered_update",
-    "begun_update",
     "current_thread",
     "delivered_before_tool_steps",
     "history_key_update",
@@ -44,7 +44,7 @@ __all__ = [
     "merged_markers",
     "not_streamed_as_output",
     "owed_positions",
-    "recorded_answer",
+    "span_due",
     "span_start",
 ]
 
@@ -52,13 +52,13 @@ ANSWERED_FIELD = "answered"
 """The state field (in `AgentState`) naming, per node, the channel id of the delivered
 message the node last answered (and its key span, see `SPAN_PREFIX`)."""
 
-BEGUN_PREFIX = "history_begun:"
-"""Per node, the delivered message its current run began to answer, kept in
-`ANSWERED_FIELD` under ``BEGUN_PREFIX + node`` (JSON text: the message's channel id and
-the id of the thread's newest message when the run began). A final answer after that
-message is the node's own, even when the run stopped before it recorded the answer (a
-later step failed, the client hung up): the retried callback is a re-delivery then. A
-pipeline's second node began after the first one's answer, so that answer is not its."""
+SPAN_DUE_PREFIX = "history_span_due:"
+"""Per node, the channel id of the delivered message whose exchange's key span is still
+to be recorded, kept in `ANSWERED_FIELD` under ``SPAN_DUE_PREFIX + node`` (empty once
+recorded): a surface that records the answer with the model's answer and the span when
+the run ends (`HistoryMiddleware`) knows so that a run which stopped in between (a later
+step failed, the client hung up) still owes its span, recorded by the retried callback's
+run, a re-delivery."""
 
 SPAN_PREFIX = "history_span:"
 """Per node, its `KeySpan` is kept in `ANSWERED_FIELD` under ``SPAN_PREFIX + node`` (a
@@ -222,7 +222,7 @@ def current_thread(state: Any, node: str | None = None) -> ThreadView:
     if position is not None:
         answered = other_text = False
         if incoming.message_id is not None:
-            marked = _answered_by(mapping, node, incoming.message_id, thread)
+            marked = _answered_by(mapping, node, incoming.message_id)
             answered = (
                 any(is_final_answer(m) for m in thread[position + 1 :])
                 if marked is None
@@ -259,71 +259,43 @@ def answered_earlier(state: Any, node: str | None, incoming: IncomingMessage | N
     `ANSWERED_FIELD` records (False without a channel id, a node or the field)."""
     if incoming is None or incoming.message_id is None:
         return False
-    mapping = as_mapping(state)
-    thread = _to_messages(mapping.get("messages"))
-    return _answered_by(mapping, node, incoming.message_id, thread) is True
+    return _answered_by(as_mapping(state), node, incoming.message_id) is True
 
 
-def _answered_by(
-    state: Mapping[str, Any], node: str | None, message_id: str, thread: Sequence[BaseMessage]
-) -> bool | None:
+def _answered_by(state: Mapping[str, Any], node: str | None, message_id: str) -> bool | None:
     """Whether ``node`` answered the delivered message ``message_id``, as the state's
-    `ANSWERED_FIELD` tells (its record, or a final answer in ``thread`` after where its
-    run began on that message, see `BEGUN_PREFIX`); None when the state does not keep
-    the field (a schema without it, or a thread from before it): the thread rule
-    decides then."""
+    `ANSWERED_FIELD` tells; None when the state does not keep it (a schema without it,
+    or a thread from before it): the thread rule decides then."""
     answered = state.get(ANSWERED_FIELD)
     if node is None or not isinstance(answered, Mapping):
         return None
-    return answered.get(node) == message_id or _answered_since_begun(
-        answered.get(BEGUN_PREFIX + node), message_id, thread
-    )
+    return answered.get(node) == message_id
 
 
-def recorded_answer(state: Any, node: str, incoming: IncomingMessage | None) -> bool:
-    """Whether ``node``'s own record names ``incoming`` as answered (not merely a final
-    answer after where its run began: a run that stopped before recording it)."""
+def span_due(state: Any, node: str, incoming: IncomingMessage | None) -> bool:
+    """Whether the key span of ``node``'s exchange answering ``incoming`` is still to be
+    recorded (see `SPAN_DUE_PREFIX`)."""
     answered = as_mapping(state).get(ANSWERED_FIELD)
     return (
         incoming is not None
         and incoming.message_id is not None
         and isinstance(answered, Mapping)
-        and answered.get(node) == incoming.message_id
+        and answered.get(SPAN_DUE_PREFIX + node) == incoming.message_id
     )
 
 
-def _answered_since_begun(raw: Any, message_id: str, thread: Sequence[BaseMessage]) -> bool:
-    try:
-        begun = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
-        return False
-    if not isinstance(begun, dict) or begun.get("id") != message_id:
-        return False
-    after = begun.get("after")
-    for index in range(len(thread) - 1, -1, -1):
-        if thread[index].id == after:
-            return any(is_final_answer(m) for m in thread[index + 1 :])
-    return False
-
-
-def begun_update(view: ThreadView, node: str) -> dict[str, Any]:
-    """The state update recording that ``node``'s run began to answer the delivered
-    message (see `BEGUN_PREFIX`); empty without a channel id."""
-    incoming = view.incoming
-    if incoming is None or incoming.message_id is None or not view.messages:
-        return {}
-    begun = {"id": incoming.message_id, "after": view.messages[-1].id}
-    return {ANSWERED_FIELD: {BEGUN_PREFIX + node: json.dumps(begun)}}
-
-
-def answered_update(view: ThreadView, node: str) -> dict[str, Any]:
+def answered_update(view: ThreadView, node: str, *, span_due: bool | None = None) -> dict[str, Any]:
     """The state update recording that ``node`` has answered the delivered message: its
     exchange ended (a final or a structured answer). Empty when the callback has no
-    channel id: without one, re-deliveries go by content."""
+    channel id: without one, re-deliveries go by content. ``span_due``: whether the key
+    span is still to be recorded (True) or has just been (False), see `SPAN_DUE_PREFIX`."""
     incoming = view.incoming
     if incoming is None or incoming.message_id is None:
         return {}
-    return {ANSWERED_FIELD: {node: incoming.message_id}}
+    entries = {node: incoming.message_id}
+    if span_due is not None:
+        entries[SPAN_DUE_PREFIX + node] = incoming.message_id if span_due else ""
+    return {ANSWERED_FIELD: entries}
 
 
 def not_streamed_as_output(

@@ -23,18 +23,18 @@ from typing import Annotated, Any, NotRequired
 
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage
 
+from agent_history.history.codec import is_final_answer
 from agent_history.incoming import (
     ThreadView,
     answered_earlier,
     answered_update,
-    begun_update,
     current_thread,
     delivered_before_tool_steps,
     history_key_update,
     key_span,
     merged_markers,
     not_streamed_as_output,
-    recorded_answer,
+    span_due,
 )
 from agent_history.node import merge_results
 from agent_history.pass_steps import drive_async, drive_sync
@@ -63,6 +63,7 @@ except ImportError as exc:  # without the agents extra
         "HistoryMiddleware needs the langchain package: pip install 'agent-history[agents]'"
     ) from exc
 from langgraph.runtime import Runtime
+from langgraph.types import Command
 from typing_extensions import Unpack
 
 __all__ = ["HistoryAgentState", "HistoryMiddleware"]
@@ -123,13 +124,10 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
             run.redelivered = view.delivered  # (else: nothing was delivered)
             run.report([], model_called=False)
             return {"jump_to": "end"}
-        # Recorded before the model runs: a run that stops after the answer, before
-        # `after_agent` records it, leaves the answer recognisable as this node's.
-        update = begun_update(view, self.surface.node)
-        if view.added is not None:
-            not_streamed_as_output(current_config(), [view.added])
-            update["messages"] = [view.added]
-        return update or None
+        if view.added is None:
+            return None
+        not_streamed_as_output(current_config(), [view.added])
+        return {"messages": [view.added]}
 
     @hook_config(can_jump_to=["end"])
     async def abefore_agent(
@@ -144,10 +142,12 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         key span the run's exchange belongs to (`incoming.history_key_update`)."""
         node = self.surface.node
         view = current_thread(state, node)
-        if view.answered and (view.incoming is None or recorded_answer(state, node, view.incoming)):
+        due = span_due(state, node, view.incoming)
+        if view.answered and not due:
             return None  # a re-delivery: no exchange of this run
-        # (Answered, but not recorded: an earlier run answered it and stopped before this
-        # step. The retry, a re-delivery, records it now.)
+        # (The span is due when the model's answer recorded the exchange as answered: in
+        # this run, or in an earlier one that stopped before this step, whose retried
+        # callback, a re-delivery, records it now.)
         # A key function may read what the run changed (its messages): only templates,
         # which see neither, give at the end the key the run's passes used.
         key = None
@@ -159,8 +159,8 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         span = history_key_update(node, key, key_span(state, node), thread)
         # A delivered message the thread lacks now was taken out by this run (before_agent
         # added it or found it): a summary in its place. It was answered all the same.
-        answered = answered_update(view, node) if view.incoming else {}
-        return merged_markers(answered, span) or None
+        answered = answered_update(view, node, span_due=False if due else None)
+        return merged_markers(answered if view.incoming else {}, span) or None
 
     async def aafter_agent(
         self, state: HistoryAgentState, runtime: Runtime[Any]
@@ -200,7 +200,7 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
 
         steps = model_pass_steps(run, request.system_prompt or "", lambda: _structured(answers))
         drive_sync(steps, model)
-        return answers[-1]
+        return self._with_answered(run, answers)
 
     async def awrap_model_call(
         self,
@@ -217,7 +217,26 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
 
         steps = model_pass_steps(run, request.system_prompt or "", lambda: _structured(answers))
         await drive_async(steps, model)
-        return answers[-1]
+        return self._with_answered(run, answers)
+
+    def _with_answered(self, run: HistoryPass, answers: list[ModelCallResult]) -> ModelCallResult:
+        """The model's answer; when it ends the exchange, with the state update that
+        records the delivered message as answered, applied with the answer itself (as
+        `AgentNode` does). Recorded at the end of the run only (`after_agent`), a run
+        that stopped in between (a later middleware's ``after_agent`` raised, the client
+        stopped reading the stream) left the answer unrecorded: the retried callback was
+        answered again, and a second answer stored with no question before it."""
+        answer = answers[-1]
+        produced = _produced(answer)
+        ended = bool(_structured(answers)) or bool(produced and is_final_answer(produced[-1]))
+        update = answered_update(run.view, self.surface.node, span_due=True) if ended else {}
+        if not update:
+            return answer
+        if isinstance(answer, ExtendedModelResponse):
+            # Its own command is applied with this one's (the agent collects both).
+            answer = answer.model_response
+        response = answer if isinstance(answer, ModelResponse) else ModelResponse(result=[answer])
+        return ExtendedModelResponse(model_response=response, command=Command(update=update))
 
 
 def _structured(answers: list[ModelCallResult]) -> bool | None:

@@ -664,7 +664,8 @@ class HistoryPass(SummaryUpdates):
                 "delivered_id_answered_with_other_text",
                 node=self.node,
                 key=resolution.key if resolution else None,
-                hint="channel ids must be unique within a thread; an edit is not answered",
+                hint="the thread holds this id with other text: an edit (not answered), "
+                "a middleware's rewrite of it, or an id another chat uses on this thread",
             )
         report = HistoryReport(
             node=self.node,

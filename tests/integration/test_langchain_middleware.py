@@ -13,8 +13,9 @@ again.
 
 from __future__ import annotations
 
+import operator
 import uuid
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
 from langchain.agents import create_agent
@@ -25,12 +26,19 @@ from langchain.agents.middleware import (
     SummarizationMiddleware,
 )
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.tools import InjectedToolCallId, tool
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.prebuilt import InjectedState
 from langgraph.store.sqlite import SqliteStore
+from langgraph.types import Command
 
 from agent_history import ChatHistory, HistoryReport
 from agent_history.middleware import HistoryMiddleware
+from agent_history.node import merge_results
+from agent_history.testing import RecordingChatModel
 from tests.support.agent_graphs import telegram_callback
 from tests.support.tool_models import WeatherModel, get_weather
 
@@ -237,3 +245,118 @@ async def test_a_callback_retried_after_the_run_failed_past_the_answer_is_not_an
     answers = [m for m in payload if isinstance(m, AIMessage) and not m.tool_calls]
     assert [m.id for m in answers] == [stored[1].id]
     assert _shape(payload)[0] == ("human", question) and _shape(payload)[-1] == ("human", "thanks")
+
+
+class _StructuredModel(RecordingChatModel):
+    """Answers with the agent's structured response (a tool strategy's tool call)."""
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+        user = next(m for m in reversed(messages) if m.type == "human")
+        call = {
+            "name": "Answer",
+            "args": {"text": f"re: {user.content}"},
+            "id": f"c{len(self.calls)}",
+        }
+        return AIMessage("", tool_calls=[call])
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
+
+
+@pytest.mark.parametrize("scope", ["turns", "full"])
+def test_a_structured_answer_retried_after_the_run_failed_is_not_answered_twice(
+    store: Any, scope: str
+) -> None:
+    """The structured answer is a tool call: it ends the exchange all the same, and is
+    recorded with it, so the retried callback calls no model and stores nothing."""
+    from langchain.agents.structured_output import ToolStrategy
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        text: str
+
+    model = _StructuredModel()
+    agent = create_agent(
+        model,
+        tools=[],
+        response_format=ToolStrategy(Answer),
+        middleware=[HistoryMiddleware(history_scope=scope), _SendOnce().middleware],
+        store=store,
+        checkpointer=InMemorySaver(),
+    )
+    thread = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    with pytest.raises(ConnectionError):
+        agent.invoke(telegram_callback(32, "hello", 1), thread)
+    agent.invoke(telegram_callback(32, "hello", 1), thread)
+    assert len(model.calls) == 1
+    stored = ChatHistory(store, scope=scope).tail("telegram:32", 20)
+    assert [m.type for m in stored] == ["human", "ai", "tool"]
+
+
+class Parent(TypedDict, total=False):
+    messages: Annotated[list[AnyMessage], add_messages]
+    inputs: dict[str, Any]
+    results: Annotated[dict[str, Any], operator.or_]
+    answered: Annotated[dict[str, str], merge_results]
+
+
+@tool
+def transfer_to_worker(
+    state: Annotated[dict[str, Any], InjectedState],
+    tool_call_id: Annotated[str, InjectedToolCallId],
+) -> Command:  # type: ignore[type-arg]
+    """Hand the question to the worker."""
+    handed = ToolMessage("transferred", tool_call_id=tool_call_id)
+    return Command(
+        goto="worker",
+        graph=Command.PARENT,
+        update={"messages": [state["messages"][-1], handed]},
+    )
+
+
+@pytest.mark.parametrize("checkpointer", [None, True])
+def test_a_supervisor_that_handed_off_answers_after_its_worker(
+    store: Any, checkpointer: bool | None
+) -> None:
+    """The supervisor's handoff leaves its subgraph by a parent command (its run does not
+    end there) and the worker answers; back in the supervisor, the worker's answer is
+    not taken for the supervisor's own: it gives the final answer."""
+
+    class Supervisor(RecordingChatModel):
+        def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+            last = messages[-1]
+            if last.type == "ai" and str(last.content).startswith("worker:"):
+                return AIMessage(f"final: {last.content}")
+            call = {"name": "transfer_to_worker", "args": {}, "id": f"t{len(self.calls)}"}
+            return AIMessage("", tool_calls=[call])
+
+        def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+            return self
+
+    class Worker(RecordingChatModel):
+        def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+            user = next(m for m in reversed(messages) if m.type == "human")
+            return AIMessage(f"worker: {user.content}")
+
+    boss, helper = Supervisor(), Worker()
+    supervisor = create_agent(
+        boss,
+        tools=[transfer_to_worker],
+        middleware=[HistoryMiddleware(node_name="supervisor")],
+        checkpointer=checkpointer,
+    )
+    worker = create_agent(
+        helper, middleware=[HistoryMiddleware(node_name="worker")], checkpointer=checkpointer
+    )
+    builder = StateGraph(Parent)
+    builder.add_node("supervisor", supervisor, destinations=("worker",))
+    builder.add_node("worker", worker)
+    builder.add_edge(START, "supervisor")
+    builder.add_edge("worker", "supervisor")
+    graph = builder.compile(checkpointer=InMemorySaver(), store=store)
+    thread = {"configurable": {"thread_id": uuid.uuid4().hex}, "recursion_limit": 20}
+    finals = []
+    for number, text in enumerate(["one", "two"], start=1):
+        out = graph.invoke(telegram_callback(33, text, number), thread)
+        finals.append((str(out["messages"][-1].content), len(boss.calls), len(helper.calls)))
+    assert finals == [("final: worker: one", 2, 1), ("final: worker: two", 4, 2)]
