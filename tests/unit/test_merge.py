@@ -3,6 +3,8 @@ windows, and placing the delivered message in the thread."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import (
@@ -548,28 +550,28 @@ def test_a_result_of_an_invalid_tool_call_stays_with_its_call() -> None:
     that answered it with an error result sent both to the provider (langchain's
     converters send invalid calls as tool calls, and each needs its reply). The window
     keeps the result with its call; a call left unanswered still costs nothing."""
-    bad = {"name": "weather", "args": '{"city": "Rom', "id": "c2", "error": "bad json"}
+
+    def invalid(call_id: str) -> Any:
+        return [{"name": "weather", "args": "{", "id": call_id, "error": "bad json",
+                 "type": "invalid_tool_call"}]  # fmt: skip
+
     messages: list[BaseMessage] = [
         HumanMessage("weather in Paris and Rome?", id="h1"),
         AIMessage(
             "",
             id="a1",
             tool_calls=[{"name": "weather", "args": {"city": "Paris"}, "id": "c1"}],
-            invalid_tool_calls=[{**bad, "type": "invalid_tool_call"}],  # type: ignore[list-item]
+            invalid_tool_calls=invalid("c2"),
         ),
         ToolMessage("sunny", tool_call_id="c1", id="t1"),
         ToolMessage("Error: not JSON", tool_call_id="c2", status="error", id="t2"),
         AIMessage("Paris is sunny.", id="a2"),
         HumanMessage("and tomorrow?", id="h2"),
-        AIMessage(
-            "", id="a3", invalid_tool_calls=[{**bad, "id": "c3", "type": "invalid_tool_call"}]
-        ),  # type: ignore[list-item]
+        AIMessage("", id="a3", invalid_tool_calls=invalid("c3")),
         ToolMessage("Error: not JSON", tool_call_id="c3", status="error", id="t3"),
         AIMessage("Sorry, try again.", id="a4"),
         HumanMessage("ok", id="h3"),
-        AIMessage(
-            "hm", id="a5", invalid_tool_calls=[{**bad, "id": "c4", "type": "invalid_tool_call"}]
-        ),  # type: ignore[list-item]
+        AIMessage("hm", id="a5", invalid_tool_calls=invalid("c4")),  # never answered
     ]
     kept = [m.id for unit in tool_safe_units(messages) for m in unit]
     assert kept == [m.id for m in messages]
