@@ -255,6 +255,9 @@ class _Unusable:
 
 
 _EMPTY = _Unusable(KeyRejectReason.UNRESOLVED_TEMPLATE, "a value is empty")
+_PRINTED_NONE = frozenset({"None", "null", "undefined"})
+"""A missing value as a parser prints it (``str(None)``, JSON's ``null``, JavaScript's
+``undefined``): missing too, or every such chat would share one conversation."""
 """None in the state: ``telegram:{{ x|string }}`` or ``{{ x|lower }}`` must not make
 ``telegram:None`` the key of every chat whose parser left the id out."""
 
@@ -585,7 +588,7 @@ def _plain(value: Any, depth: int = 0) -> Any:
     """
     if depth > MAX_STATE_DEPTH:
         return _Unusable(KeyRejectReason.RENDER_ERROR, "a value is nested too deep")
-    if value is None:
+    if value is None or (type(value) is str and value in _PRINTED_NONE):
         return _EMPTY
     if isinstance(value, str | int | float | _Unusable):
         # (A str subclass renders through its own __str__: a `(str, Enum)` member as
