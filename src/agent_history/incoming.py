@@ -284,17 +284,17 @@ def span_due(state: Any, node: str, incoming: IncomingMessage | None) -> bool:
     )
 
 
-def answered_update(view: ThreadView, node: str, *, span_due: bool | None = None) -> dict[str, Any]:
+def answered_update(view: ThreadView, node: str, *, span_due: bool = False) -> dict[str, Any]:
     """The state update recording that ``node`` has answered the delivered message: its
     exchange ended (a final or a structured answer). Empty when the callback has no
-    channel id: without one, re-deliveries go by content. ``span_due``: whether the key
-    span is still to be recorded (True) or has just been (False), see `SPAN_DUE_PREFIX`."""
+    channel id: without one, re-deliveries go by content. ``span_due``: the key span is
+    still to be recorded (see `SPAN_DUE_PREFIX`)."""
     incoming = view.incoming
     if incoming is None or incoming.message_id is None:
         return {}
     entries = {node: incoming.message_id}
-    if span_due is not None:
-        entries[SPAN_DUE_PREFIX + node] = incoming.message_id if span_due else ""
+    if span_due:
+        entries[SPAN_DUE_PREFIX + node] = incoming.message_id
     return {ANSWERED_FIELD: entries}
 
 

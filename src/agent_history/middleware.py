@@ -21,16 +21,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, NotRequired
 
-from langchain_core.messages import AIMessage, AnyMessage, BaseMessage
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, ToolMessage
 
 from agent_history.history.codec import is_final_answer
 from agent_history.incoming import (
+    ANSWERED_FIELD,
+    SPAN_DUE_PREFIX,
     ThreadView,
     answered_earlier,
     answered_update,
     current_thread,
     delivered_before_tool_steps,
     history_key_update,
+    incoming_message,
     key_span,
     merged_markers,
     not_streamed_as_output,
@@ -63,7 +66,6 @@ except ImportError as exc:  # without the agents extra
         "HistoryMiddleware needs the langchain package: pip install 'agent-history[agents]'"
     ) from exc
 from langgraph.runtime import Runtime
-from langgraph.types import Command
 from typing_extensions import Unpack
 
 __all__ = ["HistoryAgentState", "HistoryMiddleware"]
@@ -142,12 +144,13 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         key span the run's exchange belongs to (`incoming.history_key_update`)."""
         node = self.surface.node
         view = current_thread(state, node)
-        due = span_due(state, node, view.incoming)
+        # The span is due when `after_model` recorded the answer: in this run, or in an
+        # earlier one that stopped before this step, whose retried callback (a
+        # re-delivery) records it now. (The delivered message as the callback has it:
+        # the thread may lack it now, a summary in its place.)
+        due = span_due(state, node, incoming_message(as_mapping(state.get("inputs") or {})))
         if view.answered and not due:
             return None  # a re-delivery: no exchange of this run
-        # (The span is due when the model's answer recorded the exchange as answered: in
-        # this run, or in an earlier one that stopped before this step, whose retried
-        # callback, a re-delivery, records it now.)
         # A key function may read what the run changed (its messages): only templates,
         # which see neither, give at the end the key the run's passes used.
         key = None
@@ -159,8 +162,32 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         span = history_key_update(node, key, key_span(state, node), thread)
         # A delivered message the thread lacks now was taken out by this run (before_agent
         # added it or found it): a summary in its place. It was answered all the same.
-        answered = answered_update(view, node, span_due=False if due else None)
-        return merged_markers(answered if view.incoming else {}, span) or None
+        answered = answered_update(view, node) if view.incoming else {}
+        settled = {ANSWERED_FIELD: {SPAN_DUE_PREFIX + node: ""}} if due else {}
+        return merged_markers(answered, span, settled) or None
+
+    def after_model(self, state: HistoryAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """Record that the agent answered the delivered message once the model's answer
+        ends the exchange (a final answer, or the structured response) and every later
+        middleware's ``after_model`` kept it (one that rejects it jumps back to the model
+        before this hook). Recorded at the end of the run only, a run that stopped in
+        between (a later middleware's ``after_agent`` raised, the client stopped reading
+        the stream) left it unrecorded: the retried callback was answered again, and a
+        second answer stored with no question before it. The key span is recorded by
+        ``after_agent`` (`incoming.SPAN_DUE_PREFIX`)."""
+        node = self.surface.node
+        if not _ends_exchange(list(state.get("messages") or [])):
+            return None
+        view = current_thread(state, node)
+        if view.incoming is None or answered_earlier(state, node, view.incoming):
+            return None
+        return answered_update(view, node, span_due=True) or None
+
+    async def aafter_model(
+        self, state: HistoryAgentState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """Async `after_model` (it does no I/O)."""
+        return self.after_model(state, runtime)
 
     async def aafter_agent(
         self, state: HistoryAgentState, runtime: Runtime[Any]
@@ -200,7 +227,7 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
 
         steps = model_pass_steps(run, request.system_prompt or "", lambda: _structured(answers))
         drive_sync(steps, model)
-        return self._with_answered(run, answers)
+        return answers[-1]
 
     async def awrap_model_call(
         self,
@@ -217,26 +244,21 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
 
         steps = model_pass_steps(run, request.system_prompt or "", lambda: _structured(answers))
         await drive_async(steps, model)
-        return self._with_answered(run, answers)
+        return answers[-1]
 
-    def _with_answered(self, run: HistoryPass, answers: list[ModelCallResult]) -> ModelCallResult:
-        """The model's answer; when it ends the exchange, with the state update that
-        records the delivered message as answered, applied with the answer itself (as
-        `AgentNode` does). Recorded at the end of the run only (`after_agent`), a run
-        that stopped in between (a later middleware's ``after_agent`` raised, the client
-        stopped reading the stream) left the answer unrecorded: the retried callback was
-        answered again, and a second answer stored with no question before it."""
-        answer = answers[-1]
-        produced = _produced(answer)
-        ended = bool(_structured(answers)) or bool(produced and is_final_answer(produced[-1]))
-        update = answered_update(run.view, self.surface.node, span_due=True) if ended else {}
-        if not update:
-            return answer
-        if isinstance(answer, ExtendedModelResponse):
-            # Its own command is applied with this one's (the agent collects both).
-            answer = answer.model_response
-        response = answer if isinstance(answer, ModelResponse) else ModelResponse(result=[answer])
-        return ExtendedModelResponse(model_response=response, command=Command(update=update))
+
+def _ends_exchange(messages: list[BaseMessage]) -> bool:
+    """Whether the model call just made ended the exchange (seen right after it, before
+    any tool runs): its answer is final, or it gave the structured response (with a tool
+    strategy, the agent puts the tool call's result after it at once)."""
+    if not messages:
+        return False
+    if isinstance(messages[-1], ToolMessage):
+        at = len(messages) - 1
+        while at and isinstance(messages[at - 1], ToolMessage):
+            at -= 1
+        return at > 0 and bool(getattr(messages[at - 1], "tool_calls", None))
+    return is_final_answer(messages[-1])
 
 
 def _structured(answers: list[ModelCallResult]) -> bool | None:

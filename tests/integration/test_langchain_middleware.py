@@ -360,3 +360,88 @@ def test_a_supervisor_that_handed_off_answers_after_its_worker(
         out = graph.invoke(telegram_callback(33, text, number), thread)
         finals.append((str(out["messages"][-1].content), len(boss.calls), len(helper.calls)))
     assert finals == [("final: worker: one", 2, 1), ("final: worker: two", 4, 2)]
+
+
+def test_a_summarised_question_keeps_the_key_spans_of_a_thread_serving_two_keys(
+    store: Any,
+) -> None:
+    """The summary takes the delivered question out of the thread inside the tool loop;
+    the run's exchange still opens its key's span, so on a thread serving two users no
+    exchange of one is stored in the other's log."""
+    model = WeatherModel()
+    summarize = SummarizationMiddleware(
+        FakeListChatModel(responses=["SUMMARY"] * 20), trigger=("messages", 3), keep=("messages", 2)
+    )
+    agent = create_agent(
+        model,
+        [get_weather],
+        middleware=[HistoryMiddleware(history_key_template="user:{{ inputs.user }}"), summarize],
+        store=store,
+        checkpointer=InMemorySaver(),
+    )
+    thread = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    for number, (text, user) in enumerate(
+        [
+            ("weather in Oslo?", "A"),
+            ("hi from B", "B"),
+            ("hi again from A", "A"),
+            ("bye from B", "B"),
+        ],
+        start=1,
+    ):
+        callback = telegram_callback(34, text, number)
+        agent.invoke({**callback, "inputs": {**callback["inputs"], "user": user}}, thread)
+    answered = agent.get_state(thread).values["answered"]
+    assert answered["history_span_due:agent"] == ""  # recorded, nothing owed
+    b_log = [str(m.content) for m in ChatHistory(store).tail("user:B", 20)]
+    assert b_log == ["hi from B", "echo: hi from B", "bye from B", "echo: bye from B"]
+    a_log = [str(m.content) for m in ChatHistory(store).tail("user:A", 20)]
+    assert not any("from B" in text for text in a_log)
+
+
+class _Guard:
+    """An output guard (``after_model`` that may jump back to the model): it takes out
+    an answer with bad words and has the model answer again."""
+
+    def __init__(self) -> None:
+        from langchain.agents.middleware import AgentMiddleware, hook_config
+        from langchain_core.messages import RemoveMessage
+
+        class Guard(AgentMiddleware):  # type: ignore[type-arg]
+            @hook_config(can_jump_to=["model"])
+            def after_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+                last = state["messages"][-1]
+                if "BAD" in str(last.content):
+                    return {"messages": [RemoveMessage(id=last.id)], "jump_to": "model"}
+                return None
+
+        self.middleware = Guard()
+
+
+def test_an_answer_a_guard_took_out_does_not_mark_the_callback_answered(store: Any) -> None:
+    """The guard rejected the first answer and the model failed on the second try: the
+    user got no answer, so the retried callback is answered (it was taken for a
+    re-delivery when the rejected answer had marked it answered)."""
+
+    class Scripted(RecordingChatModel):
+        script: list[str] = []
+
+        def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+            step = self.script.pop(0)
+            if step == "down":
+                raise ConnectionError("provider down")
+            return AIMessage("BAD words" if step == "bad" else f"echo: {messages[-1].content}")
+
+    model = Scripted(script=["bad", "down", "ok"])
+    agent = create_agent(
+        model,
+        middleware=[HistoryMiddleware(), _Guard().middleware],
+        store=store,
+        checkpointer=InMemorySaver(),
+    )
+    thread = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    with pytest.raises(ConnectionError):
+        agent.invoke(telegram_callback(35, "hi", 1), thread)
+    out = agent.invoke(telegram_callback(35, "hi", 1), thread)  # the webhook again
+    assert [str(m.content) for m in out["messages"]] == ["hi", "echo: hi"]
+    assert len(model.calls) == 3
