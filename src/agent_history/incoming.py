@@ -28,7 +28,6 @@ from agent_history.state import as_mapping
 
 __all__ = [
     "ANSWERED_FIELD",
-    "SPAN_DUE_PREFIX",
     "SPAN_PREFIX",
     "IncomingMessage",
     "KeySpan",
@@ -44,21 +43,12 @@ __all__ = [
     "merged_markers",
     "not_streamed_as_output",
     "owed_positions",
-    "span_due",
     "span_start",
 ]
 
 ANSWERED_FIELD = "answered"
 """The state field (in `AgentState`) naming, per node, the channel id of the delivered
 message the node last answered (and its key span, see `SPAN_PREFIX`)."""
-
-SPAN_DUE_PREFIX = "history_span_due:"
-"""Per node, the channel id of the delivered message whose exchange's key span is still
-to be recorded, kept in `ANSWERED_FIELD` under ``SPAN_DUE_PREFIX + node`` (empty once
-recorded): a surface that records the answer with the model's answer and the span when
-the run ends (`HistoryMiddleware`) knows so that a run which stopped in between (a later
-step failed, the client hung up) still owes its span, recorded by the retried callback's
-run, a re-delivery."""
 
 SPAN_PREFIX = "history_span:"
 """Per node, its `KeySpan` is kept in `ANSWERED_FIELD` under ``SPAN_PREFIX + node`` (a
@@ -272,30 +262,14 @@ def _answered_by(state: Mapping[str, Any], node: str | None, message_id: str) ->
     return answered.get(node) == message_id
 
 
-def span_due(state: Any, node: str, incoming: IncomingMessage | None) -> bool:
-    """Whether the key span of ``node``'s exchange answering ``incoming`` is still to be
-    recorded (see `SPAN_DUE_PREFIX`)."""
-    answered = as_mapping(state).get(ANSWERED_FIELD)
-    return (
-        incoming is not None
-        and incoming.message_id is not None
-        and isinstance(answered, Mapping)
-        and answered.get(SPAN_DUE_PREFIX + node) == incoming.message_id
-    )
-
-
-def answered_update(view: ThreadView, node: str, *, span_due: bool = False) -> dict[str, Any]:
+def answered_update(view: ThreadView, node: str) -> dict[str, Any]:
     """The state update recording that ``node`` has answered the delivered message: its
     exchange ended (a final or a structured answer). Empty when the callback has no
-    channel id: without one, re-deliveries go by content. ``span_due``: the key span is
-    still to be recorded (see `SPAN_DUE_PREFIX`)."""
+    channel id: without one, re-deliveries go by content."""
     incoming = view.incoming
     if incoming is None or incoming.message_id is None:
         return {}
-    entries = {node: incoming.message_id}
-    if span_due:
-        entries[SPAN_DUE_PREFIX + node] = incoming.message_id
-    return {ANSWERED_FIELD: entries}
+    return {ANSWERED_FIELD: {node: incoming.message_id}}
 
 
 def not_streamed_as_output(

@@ -21,23 +21,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, NotRequired
 
-from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage
 
-from agent_history.history.codec import is_final_answer
 from agent_history.incoming import (
-    ANSWERED_FIELD,
-    SPAN_DUE_PREFIX,
     ThreadView,
     answered_earlier,
     answered_update,
     current_thread,
     delivered_before_tool_steps,
     history_key_update,
-    incoming_message,
     key_span,
     merged_markers,
     not_streamed_as_output,
-    span_due,
 )
 from agent_history.node import merge_results
 from agent_history.pass_steps import drive_async, drive_sync
@@ -144,12 +139,7 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         key span the run's exchange belongs to (`incoming.history_key_update`)."""
         node = self.surface.node
         view = current_thread(state, node)
-        # The span is due when `after_model` recorded the answer: in this run, or in an
-        # earlier one that stopped before this step, whose retried callback (a
-        # re-delivery) records it now. (The delivered message as the callback has it:
-        # the thread may lack it now, a summary in its place.)
-        due = span_due(state, node, incoming_message(as_mapping(state.get("inputs") or {})))
-        if view.answered and not due:
+        if view.answered:
             return None  # a re-delivery: no exchange of this run
         # A key function may read what the run changed (its messages): only templates,
         # which see neither, give at the end the key the run's passes used.
@@ -163,31 +153,7 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         # A delivered message the thread lacks now was taken out by this run (before_agent
         # added it or found it): a summary in its place. It was answered all the same.
         answered = answered_update(view, node) if view.incoming else {}
-        settled = {ANSWERED_FIELD: {SPAN_DUE_PREFIX + node: ""}} if due else {}
-        return merged_markers(answered, span, settled) or None
-
-    def after_model(self, state: HistoryAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """Record that the agent answered the delivered message once the model's answer
-        ends the exchange (a final answer, or the structured response) and every later
-        middleware's ``after_model`` kept it (one that rejects it jumps back to the model
-        before this hook). Recorded at the end of the run only, a run that stopped in
-        between (a later middleware's ``after_agent`` raised, the client stopped reading
-        the stream) left it unrecorded: the retried callback was answered again, and a
-        second answer stored with no question before it. The key span is recorded by
-        ``after_agent`` (`incoming.SPAN_DUE_PREFIX`)."""
-        node = self.surface.node
-        if not _ends_exchange(list(state.get("messages") or [])):
-            return None
-        view = current_thread(state, node)
-        if view.incoming is None or answered_earlier(state, node, view.incoming):
-            return None
-        return answered_update(view, node, span_due=True) or None
-
-    async def aafter_model(
-        self, state: HistoryAgentState, runtime: Runtime[Any]
-    ) -> dict[str, Any] | None:
-        """Async `after_model` (it does no I/O)."""
-        return self.after_model(state, runtime)
+        return merged_markers(answered, span) or None
 
     async def aafter_agent(
         self, state: HistoryAgentState, runtime: Runtime[Any]
@@ -245,20 +211,6 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         steps = model_pass_steps(run, request.system_prompt or "", lambda: _structured(answers))
         await drive_async(steps, model)
         return answers[-1]
-
-
-def _ends_exchange(messages: list[BaseMessage]) -> bool:
-    """Whether the model call just made ended the exchange (seen right after it, before
-    any tool runs): its answer is final, or it gave the structured response (with a tool
-    strategy, the agent puts the tool call's result after it at once)."""
-    if not messages:
-        return False
-    if isinstance(messages[-1], ToolMessage):
-        at = len(messages) - 1
-        while at and isinstance(messages[at - 1], ToolMessage):
-            at -= 1
-        return at > 0 and bool(getattr(messages[at - 1], "tool_calls", None))
-    return is_final_answer(messages[-1])
 
 
 def _structured(answers: list[ModelCallResult]) -> bool | None:
