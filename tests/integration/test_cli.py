@@ -401,6 +401,29 @@ def test_delete_asks_naming_the_size(sqlite_env: dict[str, str], ns: str) -> Non
     assert agreed.exit_code == 0 and "deleted 3 turns of telegram:1" in agreed.output
 
 
+def test_delete_removes_a_conversation_never_migrated_from_the_single_item_layout(
+    sqlite_env: dict[str, str], ns: str
+) -> None:
+    """A deletion request for a conversation that only the single-item layout holds:
+    its item is deleted (not "no conversation" with the item left in place)."""
+    with create_graph_store_sync(_sqlite(sqlite_env)) as store:
+        store.put(
+            (ns,), "telegram:8", {"version": 1, "messages": [{"role": "user", "content": "x"}]}
+        )
+        store.put((ns,), "telegram:9", {"note": "not a history item"})
+    declined = runner.invoke(app, ["delete", "telegram:8", "-n", ns], env=sqlite_env, input="n\n")
+    assert declined.exit_code == 1
+    assert "delete the single-item layout's item of telegram:8 (1 message)?" in declined.output
+    agreed = runner.invoke(app, ["delete", "telegram:8", "-n", ns, "--yes"], env=sqlite_env)
+    assert agreed.exit_code == 0, agreed.output
+    assert "deleted the single-item layout's item of telegram:8 (1 message)" in agreed.output
+    other = runner.invoke(app, ["delete", "telegram:9", "-n", ns, "--yes"], env=sqlite_env)
+    assert other.exit_code == 1 and "no conversation 'telegram:9'" in other.output
+    with create_graph_store_sync(_sqlite(sqlite_env)) as store:
+        assert store.get((ns,), "telegram:8") is None
+        assert store.get((ns,), "telegram:9") is not None
+
+
 def test_replay_of_the_sample_file_uses_a_scratch_namespace(sqlite_env: dict[str, str]) -> None:
     sample = EXAMPLES / "callbacks.jsonl"
     namespaces = set()

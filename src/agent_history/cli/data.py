@@ -38,6 +38,7 @@ from agent_history.cli.app import (
 from agent_history.errors import AgentHistoryError, InvalidNamespace
 from agent_history.history import ChatHistory, ConversationInfo
 from agent_history.history.naming import validate_namespace
+from agent_history.history.steps import is_legacy_item
 from agent_history.keys import channel_of
 from agent_history.legacy import legacy_keys, migrate_legacy
 from agent_history.retention import PurgeReport, idle_conversations, purge_idle
@@ -639,7 +640,17 @@ def delete(
         history = ChatHistory(store, namespace=_namespace(namespace))
         info = _info(history, key)
         if info is None:
-            raise _not_found(key, namespace)
+            # Never migrated: its item of the single-item layout is all there is of it.
+            legacy = store.get(tuple(history.namespace), key)
+            if legacy is None or not is_legacy_item(legacy.value):
+                raise _not_found(key, namespace)
+            size = plural(len(legacy.value["messages"]), "message")
+            what = f"the single-item layout's item of {key} ({size})"
+            if not yes:
+                _confirm(f"delete {what}?")
+            history.delete(key)
+            console.print(f"deleted {what}", highlight=False, markup=False)
+            return
         if not yes:
             _confirm(f"delete conversation {key} ({plural(info.turns, 'turn')})?")
         removed = history.delete(key)

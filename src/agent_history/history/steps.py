@@ -313,11 +313,15 @@ def delete_legacy_item_steps(key: str) -> Steps[bool]:
     (a mapping with a ``messages`` list). Any other item stored so is left alone: with
     nested namespaces, it may be another conversation's head or summary."""
     found = yield Get((key,))
-    value = found.get(key)
-    if not isinstance(value, Mapping) or not isinstance(value.get("messages"), list):
+    if not is_legacy_item(found.get(key)):
         return False
     yield Put({key: None})
     return True
+
+
+def is_legacy_item(value: Any) -> bool:
+    """Whether a store item's value is in the single-item layout (see `legacy`)."""
+    return isinstance(value, Mapping) and isinstance(value.get("messages"), list)
 
 
 def delete_steps(batch_chunks: int) -> Steps[int]:
