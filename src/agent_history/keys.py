@@ -255,11 +255,12 @@ class _Unusable:
 
 
 _EMPTY = _Unusable(KeyRejectReason.UNRESOLVED_TEMPLATE, "a value is empty")
+"""None in the state: ``telegram:{{ x|string }}`` or ``{{ x|lower }}`` must not make
+``telegram:None`` the key of every chat whose parser left the id out."""
+
 _PRINTED_NONE = frozenset({"None", "null", "undefined"})
 """A missing value as a parser prints it (``str(None)``, JSON's ``null``, JavaScript's
 ``undefined``): missing too, or every such chat would share one conversation."""
-"""None in the state: ``telegram:{{ x|string }}`` or ``{{ x|lower }}`` must not make
-``telegram:None`` the key of every chat whose parser left the id out."""
 
 
 def key_failure(reason: KeyRejectReason, detail: str) -> Any:

@@ -235,13 +235,19 @@ class ChatHistory:
     def _run_atomic(self, key: str, steps: Steps[T], *, budget: float | None = None) -> T:
         """Run the step procedure ``steps`` on conversation ``key`` as one atomic unit of
         work (the store's transaction, or its driver's lock), within ``budget`` seconds."""
-        namespace = self.conversation_namespace(key)
-        with deadline_after(budget_arg(budget)), store_faults(self._driver.backend):
-            return self._driver.run(namespace, steps)
+        return self._run_in(self.conversation_namespace(key), steps, budget)
 
     async def _arun_atomic(self, key: str, steps: Steps[T], *, budget: float | None = None) -> T:
         """Async `_run_atomic`."""
-        namespace = self.conversation_namespace(key)
+        return await self._arun_in(self.conversation_namespace(key), steps, budget)
+
+    def _run_in(self, namespace: tuple[str, ...], steps: Steps[T], budget: float | None) -> T:
+        with deadline_after(budget_arg(budget)), store_faults(self._driver.backend):
+            return self._driver.run(namespace, steps)
+
+    async def _arun_in(
+        self, namespace: tuple[str, ...], steps: Steps[T], budget: float | None
+    ) -> T:
         with deadline_after(budget_arg(budget)), store_faults(self._driver.backend):
             return await self._driver.on_own_loop(self._driver.arun(namespace, steps))
 
@@ -503,25 +509,24 @@ class ChatHistory:
         The item the single-item layout of earlier deployments kept it in (under this
         history's namespace, named by the key; see `legacy`) is deleted first: left in
         place, a node reading that layout, or a second migration, would bring the deleted
-        history back."""
-        self._delete_legacy_item(key, budget)
-        return self._run_atomic(key, delete_steps(_DELETE_BATCH_CHUNKS), budget=budget)
+        history back. ``budget`` bounds both."""
+        with deadline_after(budget_arg(budget)):
+            self._delete_legacy_item(key, None)
+            return self._run_atomic(key, delete_steps(_DELETE_BATCH_CHUNKS))
 
     async def adelete(self, key: str, *, budget: float | None = None) -> int:
         """Async `delete`."""
-        await self._adelete_legacy_item(key, budget)
-        return await self._arun_atomic(key, delete_steps(_DELETE_BATCH_CHUNKS), budget=budget)
+        with deadline_after(budget_arg(budget)):
+            await self._adelete_legacy_item(key, None)
+            return await self._arun_atomic(key, delete_steps(_DELETE_BATCH_CHUNKS))
 
     def _delete_legacy_item(self, key: str, budget: float | None) -> None:
         self.conversation_namespace(key)  # the key is checked before anything is deleted
-        with deadline_after(budget_arg(budget)), store_faults(self._driver.backend):
-            self._driver.run(self.namespace, delete_legacy_item_steps(key))
+        self._run_in(self.namespace, delete_legacy_item_steps(key), budget)
 
     async def _adelete_legacy_item(self, key: str, budget: float | None) -> None:
         self.conversation_namespace(key)
-        with deadline_after(budget_arg(budget)), store_faults(self._driver.backend):
-            steps = delete_legacy_item_steps(key)
-            await self._driver.on_own_loop(self._driver.arun(self.namespace, steps))
+        await self._arun_in(self.namespace, delete_legacy_item_steps(key), budget)
 
     # --- operator procedures: imports, migrations, retention ------------------------------
 
