@@ -258,10 +258,6 @@ _EMPTY = _Unusable(KeyRejectReason.UNRESOLVED_TEMPLATE, "a value is empty")
 """None in the state: ``telegram:{{ x|string }}`` or ``{{ x|lower }}`` must not make
 ``telegram:None`` the key of every chat whose parser left the id out."""
 
-_PRINTED_NONE = frozenset({"None", "null", "undefined"})
-"""A missing value as a parser prints it (``str(None)``, JSON's ``null``, JavaScript's
-``undefined``): missing too, or every such chat would share one conversation."""
-
 
 def key_failure(reason: KeyRejectReason, detail: str) -> Any:
     """A value for the state that rejects, with ``reason`` and ``detail``, any candidate
@@ -589,7 +585,7 @@ def _plain(value: Any, depth: int = 0) -> Any:
     """
     if depth > MAX_STATE_DEPTH:
         return _Unusable(KeyRejectReason.RENDER_ERROR, "a value is nested too deep")
-    if value is None or (type(value) is str and value in _PRINTED_NONE):
+    if value is None:
         return _EMPTY
     if isinstance(value, str | int | float | _Unusable):
         # (A str subclass renders through its own __str__: a `(str, Enum)` member as

@@ -715,22 +715,13 @@ def test_the_config_printed_whole_gives_the_same_key_on_every_run() -> None:
     assert keys.pop() == "{'configurable': {'tenant': 'acme'}, 'metadata': {'m': 1}, 'tags': []}"
 
 
-@pytest.mark.parametrize("missing", ["None", "null", "undefined"])
-def test_an_id_printed_as_none_by_a_parser_is_missing_too(missing: str) -> None:
-    """A parser that does ``str(chat_id)`` on an absent id (an inline callback has no
-    message) hands over ``"None"``: every such chat would share ``telegram:None``, one
-    conversation for strangers. It is missing, as ``None`` is; the next candidate wins."""
-    state = {
-        "results": {"telegram_events_parser": {"chat_id": missing}},
-        "inputs": {"user": "u1"},
-    }
-    resolution = resolve_history_key(state, candidates=[
-        "telegram:{{ results.telegram_events_parser.chat_id }}", "user:{{ inputs.user }}",
-    ])  # fmt: skip
-    assert resolution.key == "user:u1"
-    assert resolution.rejected[0].reason is R.UNRESOLVED_TEMPLATE
-    # A word that holds more than that is a value (a name such as "Nonet" or "null-1").
-    named = {"inputs": {"user": f"{missing}-1"}}
-    assert (
-        resolve_history_key(named, candidates=["user:{{ inputs.user }}"]).key == f"user:{missing}-1"
+@pytest.mark.parametrize("word", ["None", "null", "undefined"])
+def test_an_id_that_is_a_word_like_none_keeps_its_key(word: str) -> None:
+    """A WeCom user id may be any of these words, and a mapping printed whole keeps its
+    text: only Python's None is missing (a parser must hand over None, not its text)."""
+    state = {"results": {"wecom_events_parser": {"user": word}}}
+    assert resolve_history_key(state).key == f"wecom_dm:{word}"
+    whole = {"inputs": {"m": {"user": word}}}
+    assert resolve_history_key(whole, candidates=["u:{{ inputs.m|string }}"]).key == (
+        f"u:{{'user': '{word}'}}"
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import typer
+from langgraph.store.base import GetOp
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 from rich.table import Table
@@ -641,10 +642,13 @@ def delete(
         info = _info(history, key)
         if info is None:
             # Never migrated: its item of the single-item layout is all there is of it.
-            legacy = store.get(tuple(history.namespace), key)
-            if legacy is None or not is_legacy_item(legacy.value):
+            # (a plain get would push the item's expiry back: a write, refused by a
+            # read-only role before the lookup ends)
+            [legacy] = store.batch([GetOp(tuple(history.namespace), key, refresh_ttl=False)])
+            value = getattr(legacy, "value", None)
+            if not is_legacy_item(value):
                 raise _not_found(key, namespace)
-            size = plural(len(legacy.value["messages"]), "message")
+            size = plural(len(value["messages"]), "message")
             what = f"the single-item layout's item of {key} ({size})"
             if not yes:
                 _confirm(f"delete {what}?")

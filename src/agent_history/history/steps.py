@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from agent_history.history.layout import (
     HEAD_KEY,
@@ -319,7 +319,7 @@ def delete_legacy_item_steps(key: str) -> Steps[bool]:
     return True
 
 
-def is_legacy_item(value: Any) -> bool:
+def is_legacy_item(value: Any) -> TypeGuard[Mapping[str, Any]]:
     """Whether a store item's value is in the single-item layout (see `legacy`)."""
     return isinstance(value, Mapping) and isinstance(value.get("messages"), list)
 
