@@ -1,6 +1,6 @@
 """PostgreSQL's one-statement append writes exactly what the Python planner plans.
 
-``agent_history_append_v3`` re-implements `layout.plan_append` in plpgsql so an append is
+``agent_history_append_v4`` re-implements `layout.plan_append` in plpgsql so an append is
 one round trip. This property test builds random conversation states (heads, open
 chunks with records of abandoned epochs, id entries of this and other epochs, with and
 without a run token), random pending turns and anchors (with the ids that follow them in
@@ -163,6 +163,46 @@ def _stored(dsn_conn: psycopg.Connection[Any], prefix: str) -> dict[str, Any]:
 def test_one_statement_append_matches_the_planner(
     pg_store: BaseStore, pg_dsn: str, state: dict[str, Any]
 ) -> None:
+    _append_and_compare(pg_store, pg_dsn, state)
+
+
+def test_a_large_append_matches_the_planner(pg_store: BaseStore, pg_dsn: str) -> None:
+    """Thousands of messages in one append (an import, a long tool loop): ids repeated
+    within the batch and already stored (in this epoch and an abandoned one), messages
+    without ids between them, an open chunk holding an abandoned epoch's records, and
+    hundreds of chunks written at once. (The function handles the messages in set-based
+    statements; the property test above only reaches a few of them.)"""
+    head = {
+        "kind": "head", "version": 1, "last_seq": 6, "chunk_size": 4, "epoch": "epoch-a",
+        "created_at": "2029-01-01T00:00:00+00:00", "updated_at": "2029-01-01T00:00:00+00:00",
+    }  # fmt: skip
+    records = [
+        {"seq": seq, "role": "user", "content": f"old {seq}", "ts": "t"} for seq in range(5, 9)
+    ]
+    items: dict[str, dict[str, Any]] = {
+        HEAD_KEY: head,
+        chunk_key(1): {"kind": "chunk", "index": 1, "turns": records},
+        msgid_key("id-7"): {"kind": "msgid", "seq": 3, "epoch": "epoch-a"},
+        msgid_key("id-8"): {"kind": "msgid", "seq": 4, "epoch": "epoch-b"},
+        msgid_key("x" * 240): {"kind": "msgid", "seq": 5, "epoch": "epoch-a"},
+    }
+    pending = []
+    for i in range(3000):
+        message_id = None if i % 5 == 0 else f"id-{i % 1500}"
+        if i == 2999:
+            message_id = "x" * 240
+        pending.append(PendingTurn(("user", "assistant")[i % 2], f"turn {i}", message_id, None))
+    state = {
+        "items": items, "head": head, "pending": pending, "chunk_size": 16,
+        "anchor_id": "id-1", "anchor_next": "id-2", "anchor_seen": (), "skipped": 0,
+    }  # fmt: skip
+    result = _append_and_compare(pg_store, pg_dsn, state)
+    assert (result.appended, result.duplicates, result.first_seq) == (1799, 1201, 7)
+
+
+def _append_and_compare(pg_store: BaseStore, pg_dsn: str, state: dict[str, Any]) -> Any:
+    """Write ``state`` into a new conversation, append its pending turns through the
+    driver, and compare the result and every stored item with the planner's."""
     driver = driver_for(pg_store)
     assert isinstance(driver, PostgresDriver)
     namespace = ("prop", uuid.uuid4().hex)
@@ -188,6 +228,7 @@ def test_one_statement_append_matches_the_planner(
         expected_items, expected_result = _expected(state)
         assert result == expected_result
         assert _stored(conn, prefix) == expected_items
+    return result
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,6 +1,6 @@
 """The driver for LangGraph's sync `PostgresStore`: one statement per append or tail.
 
-An append is one call of ``agent_history_append_v3`` (one round trip, atomic and
+An append is one call of ``agent_history_append_v4`` (one round trip, atomic and
 serialised per conversation by an advisory lock, see `postgres_base`); a tail is one
 query. Other procedures (delete, ...) run in one pipelined transaction holding the
 same lock. Async calls run this code in a worker thread.

@@ -1,7 +1,7 @@
 """The driver for LangGraph's `AsyncPostgresStore`: the SQL of `postgres_base`, awaited.
 
 The same statements as the sync driver (`postgres`): an append is one call of
-``agent_history_append_v3``, a tail one query, other procedures one pipelined
+``agent_history_append_v4``, a tail one query, other procedures one pipelined
 transaction. Deadlines work the same way, with a timer of the event loop in place of the
 watchdog thread. A caller cancelled from outside (``asyncio.wait_for``, a task shut down)
 does not wait for psycopg's own cancel round trip to a server that may not answer: the
