@@ -125,3 +125,42 @@ def test_postgres_lists_every_conversation_once_whatever_the_collation(icu_dsn: 
             return [key async for key in ChatHistory(astore).akeys()]
 
     _assert_listed(asyncio.run(listed()))
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BaseStore]:
+    if request.param == "memory":
+        yield InMemoryStore()
+    elif request.param == "sqlite":
+        with SqliteStore.from_conn_string(str(tmp_path / "store.db")) as store:
+            store.setup()
+            yield store
+    else:
+        dsn = request.getfixturevalue("fresh_pg_dsn")
+        with PostgresStore.from_conn_string(dsn) as store:
+            store.setup()
+            yield store
+
+
+def test_a_listing_during_deletes_and_creates_lists_each_conversation_once(
+    any_store: BaseStore,
+) -> None:
+    """Conversations deleted and created while a listing runs (another worker's purge,
+    new chats): every conversation there throughout is listed once. The in-memory store
+    was listed by offset: after 30 deletes the listing skipped 30 conversations, and after
+    10 creates it listed 10 twice."""
+    history = ChatHistory(any_store)
+    keys = [f"k{n:04d}" for n in range(2 * PAGE + 200)]
+    for key in keys:
+        history.append(key, [HumanMessage("hi")])
+    listed: list[str] = []
+    for key in history.keys():  # noqa: SIM118 - ChatHistory is not a mapping
+        listed.append(key)
+        if len(listed) == PAGE:  # the first page is read: delete 30 conversations of it
+            for gone in listed[:30]:
+                assert history.delete(gone)
+        if len(listed) == 2 * PAGE:  # the second: create 10 that sort before the rest
+            for n in range(10):
+                history.append(f"a-new-{n}", [HumanMessage("hi")])
+    assert len(listed) == len(set(listed))
+    assert set(listed) == set(keys)

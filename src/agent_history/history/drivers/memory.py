@@ -3,13 +3,20 @@ per-conversation lock of this process makes appends atomic for every writer."""
 
 from __future__ import annotations
 
+import bisect
+import sys
 from typing import Any, TypeVar
 
 from langgraph.store.base import BaseStore
 from langgraph.store.memory import InMemoryStore
 
 from agent_history import budget
-from agent_history.history.drivers.base import AppendRequest, AsyncPerform, SyncPerform
+from agent_history.history.drivers.base import (
+    AppendRequest,
+    AsyncPerform,
+    PageCursor,
+    SyncPerform,
+)
 from agent_history.history.drivers.generic import GenericDriver
 from agent_history.history.records import AppendResult
 from agent_history.history.steps import Request, Steps, drive
@@ -75,3 +82,21 @@ class MemoryDriver(GenericDriver):
 
     async def aappend(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
         return self._run_locked(namespace, request.steps())
+
+    def namespace_page(
+        self, namespace: tuple[str, ...], cursor: PageCursor, size: int
+    ) -> tuple[list[tuple[str, ...]], PageCursor]:
+        """A page past the previous page's last label (the cursor), from the store's whole
+        listing (which costs what a listing by offset costs here): conversations created
+        or deleted during a listing never make it list another one twice or skip it."""
+        depth = len(namespace) + 1
+        every = self.store.list_namespaces(prefix=namespace, max_depth=depth, limit=sys.maxsize)
+        labels = sorted(ns[-1] for ns in every if len(ns) == depth)
+        start = 0 if cursor is None else bisect.bisect_right(labels, str(cursor))
+        page = labels[start : start + size]
+        return [(*namespace, label) for label in page], (page[-1] if len(page) >= size else None)
+
+    async def anamespace_page(
+        self, namespace: tuple[str, ...], cursor: PageCursor, size: int
+    ) -> tuple[list[tuple[str, ...]], PageCursor]:
+        return self.namespace_page(namespace, cursor, size)
