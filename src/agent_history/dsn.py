@@ -108,6 +108,12 @@ def validate_dsn(dsn: str, variable: str = DSN_VARIABLE) -> dict[str, str]:
         if name in parts and parts[name] not in choices:
             allowed = ", ".join(sorted(choices))
             raise ConfigError(variable, f"{name} must be one of {allowed}")
+    if "@" in parts.get("host", ""):
+        # Never a host name: a URI whose password holds an '@' not written as %40 (libpq
+        # split it at the first one, so the rest of the password became the host).
+        raise ConfigError(
+            variable, "the host holds an '@': write an '@' of a URI's password as %40"
+        )
     for written in parts.get("port", "").split(","):
         port = written.strip()  # libpq allows spaces around each port
         if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
@@ -130,6 +136,8 @@ def redact_dsn(dsn: str) -> str:
     except ConfigError:
         return UNPARSABLE
     shown = {k: ("***" if k in SECRET_PARAMETERS else v) for k, v in parts.items()}
+    if "host" in shown:
+        shown["host"] = _shown_host(shown["host"])
     return make_conninfo("", **shown)
 
 
@@ -139,10 +147,17 @@ def describe_dsn(dsn: str) -> str:
         parts = parse_dsn(dsn)
     except ConfigError:
         return UNPARSABLE
-    host = str(parts.get("host") or parts.get("hostaddr") or "localhost")
+    host = _shown_host(str(parts.get("host") or parts.get("hostaddr") or "localhost"))
     port = str(parts.get("port") or "5432")
     dbname = str(parts.get("dbname") or parts.get("user") or "postgres")
     return f"{host}:{port}/{dbname}"
+
+
+def _shown_host(host: str) -> str:
+    """``host`` without what precedes an '@' in each of its hosts: the end of a URI
+    password whose '@' was not written as %40 (`validate_dsn` refuses such a DSN; this
+    keeps a DSN that never went through it from showing the secret)."""
+    return ",".join(name.rpartition("@")[2] for name in host.split(","))
 
 
 def scrub_secret(text: str, secret: str | None) -> str:

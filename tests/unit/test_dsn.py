@@ -79,6 +79,23 @@ def test_a_value_libpq_refuses_only_when_connecting_is_a_configuration_error(
         assert value not in str(caught.value)
 
 
+def test_an_at_sign_left_in_a_uri_password_is_refused_without_showing_the_password() -> None:
+    """libpq splits a URI at the first '@': the rest of the password became the host,
+    shown by every message that names the server (and by `describe`)."""
+    dsn = f"postgresql://app:hunter@{SECRET}@127.0.0.1:5432/appdb"
+    with pytest.raises(ConfigError) as caught:
+        validate_dsn(dsn)
+    assert str(caught.value) == (
+        "ORCHEO_POSTGRES_DSN: the host holds an '@': write an '@' of a URI's password as %40"
+    )
+    # A DSN that never went through the check still does not show it.
+    assert describe_dsn(dsn) == "127.0.0.1:5432/appdb"
+    assert SECRET not in redact_dsn(dsn)
+    assert describe_dsn(f"host=a,x@{SECRET}@b port=1,2") == "a,b:1,2/postgres"
+    encoded = f"postgresql://app:hunter%40{SECRET}@127.0.0.1:5432/appdb"
+    assert validate_dsn(encoded)["password"] == f"hunter@{SECRET}"
+
+
 @pytest.mark.parametrize(
     "dsn",
     [
