@@ -108,9 +108,7 @@ def validate_dsn(dsn: str, variable: str = DSN_VARIABLE) -> dict[str, str]:
         if name in parts and parts[name] not in choices:
             allowed = ", ".join(sorted(choices))
             raise ConfigError(variable, f"{name} must be one of {allowed}")
-    if "@" in parts.get("host", ""):
-        # Never a host name: a URI whose password holds an '@' not written as %40 (libpq
-        # split it at the first one, so the rest of the password became the host).
+    if any(_password_tail(host) for host in parts.get("host", "").split(",")):
         raise ConfigError(
             variable, "the host holds an '@': write an '@' of a URI's password as %40"
         )
@@ -153,11 +151,19 @@ def describe_dsn(dsn: str) -> str:
     return f"{host}:{port}/{dbname}"
 
 
+def _password_tail(host: str) -> bool:
+    """Whether ``host`` holds an '@' that no host name, socket directory (``/...``) or
+    abstract socket (``@...``) has: a URI whose password holds an '@' not written as %40
+    (libpq split it at the first one, so the rest of the password became the host)."""
+    return "@" in host and not host.startswith(("/", "@"))
+
+
 def _shown_host(host: str) -> str:
-    """``host`` without what precedes an '@' in each of its hosts: the end of a URI
-    password whose '@' was not written as %40 (`validate_dsn` refuses such a DSN; this
-    keeps a DSN that never went through it from showing the secret)."""
-    return ",".join(name.rpartition("@")[2] for name in host.split(","))
+    """``host`` without the password tail (`_password_tail`) of each of its hosts
+    (`validate_dsn` refuses such a DSN; this keeps one that never went through it from
+    showing the secret)."""
+    names = host.split(",")
+    return ",".join(n.rpartition("@")[2] if _password_tail(n) else n for n in names)
 
 
 def scrub_secret(text: str, secret: str | None) -> str:

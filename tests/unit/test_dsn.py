@@ -94,6 +94,10 @@ def test_an_at_sign_left_in_a_uri_password_is_refused_without_showing_the_passwo
     assert describe_dsn(f"host=a,x@{SECRET}@b port=1,2") == "a,b:1,2/postgres"
     encoded = f"postgresql://app:hunter%40{SECRET}@127.0.0.1:5432/appdb"
     assert validate_dsn(encoded)["password"] == f"hunter@{SECRET}"
+    # A socket directory or an abstract socket may hold an '@'.
+    for host in ("/run/pg@15", "@pgsock"):
+        assert validate_dsn(f"host={host} dbname=x")["host"] == host
+        assert describe_dsn(f"host={host} dbname=x") == f"{host}:5432/x"
 
 
 @pytest.mark.parametrize(
