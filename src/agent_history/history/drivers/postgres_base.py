@@ -195,11 +195,10 @@ $$;
 
 """
 
-_APPEND_FUNCTION = """
--- layout.plan_append, server side: one statement per append. The records arrive built
--- by the codec (with their time); the function numbers them.
-CREATE OR REPLACE FUNCTION agent_history_append_v1(
-    p_prefix text,
+# Pieces of the append functions' text (``_v1``'s, which migrations 1 to 3 edit, and
+# ``_v4``'s): the signature and the first declarations, the lock and the head read, the
+# open chunk read, the upsert with the conversation's expiry.
+_APPEND_SIGNATURE = """    p_prefix text,
     p_records jsonb,
     p_ids text[],
     p_id_keys text[],
@@ -225,7 +224,56 @@ DECLARE
     v_size bigint;
     v_epoch jsonb;
     v_last bigint;
-    v_known text[] := '{}';
+"""
+_APPEND_LOCK_AND_HEAD = """    IF p_lock_timeout_ms > 0 THEN
+        PERFORM set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_prefix, 0));
+    SELECT s.value, s.expires_at INTO v_head, v_current
+    FROM agent_history_item_v1(p_prefix, 'head') s;
+    v_exists := FOUND;
+    IF NOT v_exists THEN
+        v_head := p_new_head;
+    END IF;
+    v_size := trunc((v_head->>'chunk_size')::numeric);
+    v_epoch := v_head->'epoch';
+    v_last := trunc((v_head->>'last_seq')::numeric);
+"""
+_APPEND_OPEN_CHUNK = """    IF v_last % v_size <> 0 THEN
+        v_chunk := (v_last - 1) / v_size;
+        v_key := CASE WHEN v_chunk < 10000000000 THEN 'chunk:' || lpad(v_chunk::text, 10, '0')
+                      ELSE 'chunk:' || v_chunk END;
+        SELECT s.value->'turns' INTO v_turns FROM agent_history_item_v1(p_prefix, v_key) s;
+        IF v_turns IS NULL THEN
+            v_turns := '[]'::jsonb;
+        ELSIF trunc((v_turns->-1->>'seq')::numeric) > v_last THEN
+            SELECT coalesce(jsonb_agg(t.r ORDER BY t.o), '[]'::jsonb) INTO v_turns
+            FROM jsonb_array_elements(v_turns) WITH ORDINALITY AS t(r, o)
+            WHERE trunc((t.r->>'seq')::numeric) <= v_last;
+        END IF;
+    END IF;
+"""
+_APPEND_WRITE = """    IF p_ttl_minutes IS NULL THEN
+        v_expiry := v_current;
+    ELSE
+        v_expiry := agent_history_expiry_v1(p_prefix, v_exists, v_current, p_ttl_minutes);
+    END IF;
+    INSERT INTO store (prefix, key, value, created_at, updated_at, expires_at, ttl_minutes)
+    SELECT p_prefix, u.k, u.v, now(), now(), v_expiry, NULL
+    FROM unnest(v_keys, v_values) AS u(k, v)
+    ON CONFLICT (prefix, key) DO UPDATE
+    SET value = EXCLUDED.value, updated_at = now(),
+        expires_at = EXCLUDED.expires_at, ttl_minutes = NULL;
+"""
+
+_APPEND_FUNCTION = (
+    """
+-- layout.plan_append, server side: one statement per append. The records arrive built
+-- by the codec (with their time); the function numbers them.
+CREATE OR REPLACE FUNCTION agent_history_append_v1(
+"""
+    + _APPEND_SIGNATURE
+    + """    v_known text[] := '{}';
     v_checked text[] := '{}';
     v_anchor jsonb;
     v_key text;
@@ -244,20 +292,9 @@ DECLARE
     i integer;
 BEGIN
     -- (Helpers are inlined here: a plpgsql call of a function costs more than its body.)
-    IF p_lock_timeout_ms > 0 THEN
-        PERFORM set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
-    END IF;
-    PERFORM pg_advisory_xact_lock(hashtextextended(p_prefix, 0));
-    SELECT s.value, s.expires_at INTO v_head, v_current
-    FROM agent_history_item_v1(p_prefix, 'head') s;
-    v_exists := FOUND;
-    IF NOT v_exists THEN
-        v_head := p_new_head;
-    END IF;
-    v_size := trunc((v_head->>'chunk_size')::numeric);
-    v_epoch := v_head->'epoch';
-    v_last := trunc((v_head->>'last_seq')::numeric);
-
+"""
+    + _APPEND_LOCK_AND_HEAD
+    + """
     -- Id entries of this epoch among the pending ids and the anchor, one primary-key
     -- lookup each (a conversation may hold a hundred thousand id entries).
     FOREACH v_key IN ARRAY array_append(p_id_keys, p_anchor_key) LOOP
@@ -301,20 +338,9 @@ BEGIN
     -- The open chunk, without records above the head (an abandoned epoch's, written
     -- after the others: when the last record is not above the head, none is).
     v_seq := v_last;
-    IF v_last % v_size <> 0 THEN
-        v_chunk := (v_last - 1) / v_size;
-        v_key := CASE WHEN v_chunk < 10000000000 THEN 'chunk:' || lpad(v_chunk::text, 10, '0')
-                      ELSE 'chunk:' || v_chunk END;
-        SELECT s.value->'turns' INTO v_turns FROM agent_history_item_v1(p_prefix, v_key) s;
-        IF v_turns IS NULL THEN
-            v_turns := '[]'::jsonb;
-        ELSIF trunc((v_turns->-1->>'seq')::numeric) > v_last THEN
-            SELECT coalesce(jsonb_agg(t.r ORDER BY t.o), '[]'::jsonb) INTO v_turns
-            FROM jsonb_array_elements(v_turns) WITH ORDINALITY AS t(r, o)
-            WHERE trunc((t.r->>'seq')::numeric) <= v_last;
-        END IF;
-    END IF;
-
+"""
+    + _APPEND_OPEN_CHUNK
+    + """
     FOREACH i IN ARRAY v_fresh LOOP
         v_seq := v_seq + 1;
         v_index := (v_seq - 1) / v_size;
@@ -347,18 +373,9 @@ BEGIN
     v_values := array_append(v_values,
         v_head || jsonb_build_object('last_seq', v_seq, 'updated_at', p_now));
 
-    IF p_ttl_minutes IS NULL THEN
-        v_expiry := v_current;
-    ELSE
-        v_expiry := agent_history_expiry_v1(p_prefix, v_exists, v_current, p_ttl_minutes);
-    END IF;
-    INSERT INTO store (prefix, key, value, created_at, updated_at, expires_at, ttl_minutes)
-    SELECT p_prefix, u.k, u.v, now(), now(), v_expiry, NULL
-    FROM unnest(v_keys, v_values) AS u(k, v)
-    ON CONFLICT (prefix, key) DO UPDATE
-    SET value = EXCLUDED.value, updated_at = now(),
-        expires_at = EXCLUDED.expires_at, ttl_minutes = NULL;
-
+"""
+    + _APPEND_WRITE
+    + """
     appended := cardinality(v_fresh);
     duplicates := v_dups;
     first_seq := v_last + 1;
@@ -367,6 +384,7 @@ BEGIN
 END
 $$;
 """
+)
 
 _HEAD_READ = """    v_exists := FOUND;
     IF NOT v_exists THEN
@@ -429,67 +447,36 @@ _V3_EDITS = (
 )
 
 
-_APPEND_V4 = """
+def _edited(text: str, edits: Sequence[tuple[str, str]]) -> str:
+    for old, new in edits:
+        if text.count(old) != 1:  # pragma: no cover - a guard on the texts above
+            raise RuntimeError(f"migration text not found once: {old!r}")
+        text = text.replace(old, new)
+    return text
+
+
+_APPEND_V4 = (
+    """
 -- layout.plan_append, server side (v3's rules; see the module's list). Every step over the
 -- pending messages is one set-based statement (v3 looped, testing each id against the
 -- arrays built so far: 10,000 messages with ids took 5 s).
 CREATE OR REPLACE FUNCTION agent_history_append_v4(
-    p_prefix text,
-    p_records jsonb,
-    p_ids text[],
-    p_id_keys text[],
-    p_anchor_id text,
-    p_anchor_key text,
-    p_anchor_next text,
-    p_anchor_seen text[],
-    p_new_head jsonb,
-    p_now text,
-    p_ttl_minutes double precision,
-    p_lock_timeout_ms integer,
-    OUT appended integer,
-    OUT duplicates integer,
-    OUT first_seq bigint,
-    OUT last_seq bigint,
-    OUT total bigint
-)
-LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-    v_head jsonb;
-    v_exists boolean;
-    v_current timestamptz;
-    v_size bigint;
-    v_epoch jsonb;
-    v_last bigint;
-    v_anchor jsonb;
+"""
+    + _edited(_APPEND_SIGNATURE, [_V2_EDITS[1]])
+    + """    v_anchor jsonb;
     v_n integer := coalesce(cardinality(p_ids), 0);
     v_fresh integer[];
-    v_open bigint;
+    v_chunk bigint;
+    v_key text;
     v_turns jsonb := '[]'::jsonb;
     v_renewed jsonb;
+    v_keys text[];
+    v_values jsonb[];
     v_expiry timestamptz;
 BEGIN
-    IF p_lock_timeout_ms > 0 THEN
-        PERFORM set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
-    END IF;
-    PERFORM pg_advisory_xact_lock(hashtextextended(p_prefix, 0));
-    SELECT s.value, s.expires_at INTO v_head, v_current
-    FROM agent_history_item_v1(p_prefix, 'head') s;
-    -- Migration 1's wait for a sweep of this conversation (see _SWEEP_GUARD).
-    IF FOUND AND v_current IS NOT NULL
-       AND v_current < now() + interval '1 minute' THEN
-        PERFORM 1 FROM store WHERE prefix = p_prefix FOR UPDATE;
-        SELECT s.value, s.expires_at INTO v_head, v_current
-        FROM agent_history_item_v1(p_prefix, 'head') s;
-    END IF;
-    v_exists := FOUND;
-    IF NOT v_exists THEN
-        v_head := p_new_head;
-    END IF;
-    v_size := trunc((v_head->>'chunk_size')::numeric);
-    v_epoch := v_head->'epoch';
-    v_last := trunc((v_head->>'last_seq')::numeric);
-
+"""
+    + _APPEND_LOCK_AND_HEAD.replace(_HEAD_READ, _SWEEP_GUARD + _HEAD_READ)
+    + """
     -- The anchor stored by another run (another token, or none): a re-delivered exchange.
     IF p_anchor_key IS NOT NULL THEN
         SELECT s.value INTO v_anchor FROM agent_history_item_v1(p_prefix, p_anchor_key) s
@@ -522,21 +509,12 @@ BEGIN
         RETURN;
     END IF;
 
-    -- The open chunk, without records above the head (an abandoned epoch's, written
-    -- after the others: when the last record is not above the head, none is).
-    IF v_last % v_size <> 0 THEN
-        v_open := (v_last - 1) / v_size;
-        SELECT s.value->'turns' INTO v_turns
-        FROM agent_history_item_v1(p_prefix, agent_history_chunk_key_v1(v_open)) s;
-        IF v_turns IS NULL THEN
-            v_turns := '[]'::jsonb;
-        ELSIF trunc((v_turns->-1->>'seq')::numeric) > v_last THEN
-            SELECT coalesce(jsonb_agg(t.r ORDER BY t.o), '[]'::jsonb) INTO v_turns
-            FROM jsonb_array_elements(v_turns) WITH ORDINALITY AS t(r, o)
-            WHERE trunc((t.r->>'seq')::numeric) <= v_last;
-        END IF;
-    END IF;
-
+    -- The open chunk (v_chunk, v_turns), without records above the head (an abandoned
+    -- epoch's, written after the others: when the last record is not above the head,
+    -- none is).
+"""
+    + _APPEND_OPEN_CHUNK
+    + """
     -- A later pass of the run: its answer becomes the anchor's token, and its first
     -- message the entry's "from".
     IF v_anchor IS NOT NULL AND v_anchor->>'next' IS DISTINCT FROM p_anchor_next THEN
@@ -545,11 +523,6 @@ BEGIN
                     ELSE jsonb_build_object('from', p_ids[v_fresh[1]]) END;
     END IF;
 
-    IF p_ttl_minutes IS NULL THEN
-        v_expiry := v_current;
-    ELSE
-        v_expiry := agent_history_expiry_v1(p_prefix, v_exists, v_current, p_ttl_minutes);
-    END IF;
     WITH fresh AS (
         SELECT v_last + f.n AS seq, e.rec || jsonb_build_object('seq', v_last + f.n) AS rec,
                p_ids[f.o] AS id, p_id_keys[f.o] AS k
@@ -561,7 +534,7 @@ BEGIN
     ), items(k, v) AS (
         SELECT agent_history_chunk_key_v1(c.idx), jsonb_build_object(
             'kind', 'chunk', 'index', c.idx,
-            'turns', CASE WHEN c.idx = v_open THEN v_turns || c.turns ELSE c.turns END)
+            'turns', CASE WHEN c.idx = v_chunk THEN v_turns || c.turns ELSE c.turns END)
         FROM chunks c
         UNION ALL
         SELECT f.k, jsonb_build_object('kind', 'msgid', 'seq', f.seq, 'epoch', v_epoch)
@@ -574,12 +547,11 @@ BEGIN
         SELECT 'head', v_head || jsonb_build_object(
             'last_seq', v_last + cardinality(v_fresh), 'updated_at', p_now)
     )
-    INSERT INTO store (prefix, key, value, created_at, updated_at, expires_at, ttl_minutes)
-    SELECT p_prefix, i.k, i.v, now(), now(), v_expiry, NULL FROM items i
-    ON CONFLICT (prefix, key) DO UPDATE
-    SET value = EXCLUDED.value, updated_at = now(),
-        expires_at = EXCLUDED.expires_at, ttl_minutes = NULL;
+    SELECT array_agg(i.k), array_agg(i.v) INTO v_keys, v_values FROM items i;
 
+"""
+    + _APPEND_WRITE
+    + """
     appended := cardinality(v_fresh);
     duplicates := v_n - appended;
     first_seq := v_last + 1;
@@ -588,15 +560,7 @@ BEGIN
 END
 $$;
 """
-
-
-def _edited(text: str, edits: Sequence[tuple[str, str]]) -> str:
-    for old, new in edits:
-        if text.count(old) != 1:  # pragma: no cover - a guard on the texts above
-            raise RuntimeError(f"migration text not found once: {old!r}")
-        text = text.replace(old, new)
-    return text
-
+)
 
 MIGRATIONS: Sequence[str] = [
     _FUNCTIONS + _APPEND_FUNCTION,
