@@ -42,7 +42,6 @@ from agent_history.history.records import AppendResult
 from agent_history.history.steps import Get
 
 __all__ = [
-    "APPEND_FUNCTION",
     "APPEND_SQL",
     "HEADS_SQL",
     "INSPECT_SQL",
@@ -58,7 +57,6 @@ __all__ = [
     "SETUP_UNLOCK_SQL",
     "STORE_SCHEMA_VERSION",
     "STORE_VERSION_SQL",
-    "TABLE_EXISTS_SQL",
     "TOUCH_SKIPPED",
     "TOUCH_SQL",
     "append_params",
@@ -576,32 +574,17 @@ MIGRATIONS: Sequence[str] = [
 ]
 
 MIGRATIONS_TABLE = "agent_history_migrations"
-APPEND_FUNCTION = "agent_history_append_v4"
 
-# A table counts only in the schema unqualified names create in (the first existing schema
-# of the search_path), as LangGraph's ``CREATE TABLE IF NOT EXISTS`` counts it: a table of
-# the same name further along the path (``search_path=tenant_b,public``) is another
-# tenant's. (``to_regclass`` searched the whole path: a new tenant's schema got no tables
-# of its own, and its conversations went into the other tenant's.)
-_IN_SCHEMA = (
-    "EXISTS (SELECT FROM pg_catalog.pg_tables "
-    "WHERE schemaname = current_schema() AND tablename = {})"
-)
-TABLE_EXISTS_SQL = "SELECT " + _IN_SCHEMA.format("%s")
 INSPECT_SQL = (
-    f"SELECT {_IN_SCHEMA.format(repr('store_migrations'))} AS has_store,"
-    f" {_IN_SCHEMA.format(repr(MIGRATIONS_TABLE))} AS has_own,"
-    # The function an append calls, as the call finds it (through the search_path):
-    # recorded versions without it (recorded in another schema's table by an older
-    # release) get the migrations again.
-    f" to_regproc('{APPEND_FUNCTION}') IS NOT NULL AS has_append"
+    "SELECT to_regclass('store_migrations') IS NOT NULL AS has_store, "
+    f"to_regclass('{MIGRATIONS_TABLE}') IS NOT NULL AS has_own"
 )
 STORE_VERSION_SQL = "SELECT max(v) FROM store_migrations"
 OWN_VERSION_SQL = f"SELECT max(v) FROM {MIGRATIONS_TABLE}"
-RECORD_VERSION_SQL = f"INSERT INTO {MIGRATIONS_TABLE} (v) VALUES (%s) ON CONFLICT (v) DO NOTHING"
+RECORD_VERSION_SQL = f"INSERT INTO {MIGRATIONS_TABLE} (v) VALUES (%s)"
 
 APPEND_SQL = (
-    f"SELECT appended, duplicates, first_seq, last_seq, total FROM {APPEND_FUNCTION}("
+    "SELECT appended, duplicates, first_seq, last_seq, total FROM agent_history_append_v4("
     "%s, %s::jsonb, %s::text[], %s::text[], %s, %s, %s, %s::text[], %s::jsonb, %s, %s, %s)"
 )
 PUT_SQL = "SELECT agent_history_put_v1(%s, %s::text[], %s::jsonb[], %s::text[], %s)"

@@ -144,8 +144,7 @@ def _first(row: Any) -> Any:
 
 # The migrations table is made only when it is not there: a role without CREATE (a
 # least-privilege application role, a read-only standby) opens a set-up database.
-_TABLE_EXISTS = sql.TABLE_EXISTS_SQL
-_FUNCTION_EXISTS = f"SELECT to_regproc('{sql.APPEND_FUNCTION}') IS NOT NULL"
+_TABLE_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
 _CREATE_MIGRATIONS = f"CREATE TABLE IF NOT EXISTS {sql.MIGRATIONS_TABLE} (v INTEGER PRIMARY KEY)"
 
 
@@ -175,24 +174,21 @@ async def alanggraph_current(conn: AsyncConnection[Any], table: str, migrations:
 
 
 def migrate(conn: Connection[Any]) -> int:
-    """Apply this project's missing migrations (all of them when the append function
-    they install is not found, whatever the recorded version: they only replace
-    functions); the caller holds the setup lock.
+    """Apply this project's missing migrations; the caller holds the setup lock.
 
     Returns:
         The version now applied.
     """
     if not _first(conn.execute(_TABLE_EXISTS, (sql.MIGRATIONS_TABLE,), prepare=False).fetchone()):
         conn.execute(_CREATE_MIGRATIONS, prepare=False)
-    recorded = _versions(conn.execute(sql.OWN_VERSION_SQL, prepare=False).fetchall())
-    again = not _first(conn.execute(_FUNCTION_EXISTS, prepare=False).fetchone())
-    applied = []
-    for version, text in sql.migration_statements(None if again else recorded):
+    row = conn.execute(sql.OWN_VERSION_SQL, prepare=False).fetchone()
+    current = None if row is None else _first(row)
+    for version, text in sql.migration_statements(current):
         with conn.transaction():
             conn.execute(text, prepare=False)
             conn.execute(sql.RECORD_VERSION_SQL, (version,), prepare=False)
-        applied.append(version)
-    return _applied(recorded, applied)
+        current = version
+    return -1 if current is None else int(current)
 
 
 async def amigrate(conn: AsyncConnection[Any]) -> int:
@@ -203,20 +199,14 @@ async def amigrate(conn: AsyncConnection[Any]) -> int:
     if not _first(exists):
         await conn.execute(_CREATE_MIGRATIONS, prepare=False)
     cur = await conn.execute(sql.OWN_VERSION_SQL, prepare=False)
-    recorded = _versions(await cur.fetchall())
-    again = not _first(await (await conn.execute(_FUNCTION_EXISTS, prepare=False)).fetchone())
-    applied = []
-    for version, text in sql.migration_statements(None if again else recorded):
+    row = await cur.fetchone()
+    current = None if row is None else _first(row)
+    for version, text in sql.migration_statements(current):
         async with conn.transaction():
             await conn.execute(text, prepare=False)
             await conn.execute(sql.RECORD_VERSION_SQL, (version,), prepare=False)
-        applied.append(version)
-    return _applied(recorded, applied)
-
-
-def _applied(recorded: int | None, applied: list[int]) -> int:
-    """The version a database is at after ``applied`` (-1: none)."""
-    return max([-1 if recorded is None else recorded, *applied])
+        current = version
+    return -1 if current is None else int(current)
 
 
 def _versions(rows: list[Any]) -> int | None:
@@ -233,14 +223,14 @@ def inspect_sync(conn: Connection[Any]) -> PostgresState:
     """Read both schema versions; apply this project's migrations when LangGraph's schema
     is the expected one and ours is behind."""
     row = conn.execute(sql.INSPECT_SQL, prepare=False).fetchone()
-    has_store, has_own, has_append = _columns(row) or [False, False, False]
+    has_store, has_own = _columns(row) or [False, False]
     if not has_store:
         return PostgresState(None, None)
     store_v = _versions(conn.execute(sql.STORE_VERSION_SQL, prepare=False).fetchall())
     own_v = (
         _versions(conn.execute(sql.OWN_VERSION_SQL, prepare=False).fetchall()) if has_own else None
     )
-    if store_v != sql.STORE_SCHEMA_VERSION or (_current(own_v) and has_append):
+    if store_v != sql.STORE_SCHEMA_VERSION or _current(own_v):
         return PostgresState(store_v, own_v)
     try:
         acquire_setup_lock(conn, _lock_wait())
@@ -257,14 +247,14 @@ def inspect_sync(conn: Connection[Any]) -> PostgresState:
 async def ainspect(conn: AsyncConnection[Any]) -> PostgresState:
     """Async `inspect_sync`."""
     row = await (await conn.execute(sql.INSPECT_SQL, prepare=False)).fetchone()
-    has_store, has_own, has_append = _columns(row) or [False, False, False]
+    has_store, has_own = _columns(row) or [False, False]
     if not has_store:
         return PostgresState(None, None)
     store_v = _versions(await (await conn.execute(sql.STORE_VERSION_SQL, prepare=False)).fetchall())
     own_v = None
     if has_own:
         own_v = _versions(await (await conn.execute(sql.OWN_VERSION_SQL, prepare=False)).fetchall())
-    if store_v != sql.STORE_SCHEMA_VERSION or (_current(own_v) and has_append):
+    if store_v != sql.STORE_SCHEMA_VERSION or _current(own_v):
         return PostgresState(store_v, own_v)
     try:
         await aacquire_setup_lock(conn, _lock_wait())
