@@ -108,9 +108,11 @@ def validate_dsn(dsn: str, variable: str = DSN_VARIABLE) -> dict[str, str]:
         if name in parts and parts[name] not in choices:
             allowed = ", ".join(sorted(choices))
             raise ConfigError(variable, f"{name} must be one of {allowed}")
-    if any(_password_tail(host) for host in parts.get("host", "").split(",")):
+    if _split_password(dsn) or any(_password_tail(h) for h in parts.get("host", "").split(",")):
         raise ConfigError(
-            variable, "the host holds an '@': write an '@' of a URI's password as %40"
+            variable,
+            "holds an '@' that is not the one before the host: "
+            "write an '@' of a URI's password as %40",
         )
     for written in parts.get("port", "").split(","):
         port = written.strip()  # libpq allows spaces around each port
@@ -133,6 +135,8 @@ def redact_dsn(dsn: str) -> str:
         parts = parse_dsn(dsn)
     except ConfigError:
         return UNPARSABLE
+    if _split_password(dsn):
+        return UNPARSABLE
     shown = {k: ("***" if k in SECRET_PARAMETERS else v) for k, v in parts.items()}
     if "host" in shown:
         shown["host"] = _shown_host(shown["host"])
@@ -145,10 +149,22 @@ def describe_dsn(dsn: str) -> str:
         parts = parse_dsn(dsn)
     except ConfigError:
         return UNPARSABLE
+    if _split_password(dsn):
+        return UNPARSABLE
     host = _shown_host(str(parts.get("host") or parts.get("hostaddr") or "localhost"))
     port = str(parts.get("port") or "5432")
     dbname = str(parts.get("dbname") or parts.get("user") or "postgres")
     return f"{host}:{port}/{dbname}"
+
+
+def _split_password(dsn: str) -> bool:
+    """Whether a URI holds more than one '@' before its query: an '@' of its password
+    (or user) not written as %40, after which libpq takes the rest of the password for
+    the host, the port or the database, which messages naming the server show."""
+    scheme, sep, rest = dsn.strip().partition("://")
+    if not sep or scheme.lower() not in ("postgres", "postgresql"):
+        return False
+    return rest.partition("?")[0].count("@") > 1
 
 
 def _password_tail(host: str) -> bool:

@@ -86,11 +86,23 @@ def test_an_at_sign_left_in_a_uri_password_is_refused_without_showing_the_passwo
     with pytest.raises(ConfigError) as caught:
         validate_dsn(dsn)
     assert str(caught.value) == (
-        "ORCHEO_POSTGRES_DSN: the host holds an '@': write an '@' of a URI's password as %40"
+        "ORCHEO_POSTGRES_DSN: holds an '@' that is not the one before the host: write an '@' of a URI's password as %40"
     )
     # A DSN that never went through the check still does not show it.
-    assert describe_dsn(dsn) == "127.0.0.1:5432/appdb"
-    assert SECRET not in redact_dsn(dsn)
+    assert describe_dsn(dsn) == redact_dsn(dsn) == "<unparsable DSN>"
+    # The rest of the password may land in the database name or be a host list.
+    for split in (
+        f"postgresql://u:ab@{SECRET}cd/{SECRET}ef@127.0.0.1:5432/db",
+        f"postgresql://u:ab@/{SECRET}xy@host/db",
+        "postgresql://u:ab@@127.0.0.1/db",
+        f"postgres://u:ab@{SECRET},{SECRET}x@h/db",
+    ):
+        with pytest.raises(ConfigError) as caught:
+            validate_dsn(split)
+        assert SECRET not in str(caught.value)
+        assert SECRET not in describe_dsn(split) and SECRET not in redact_dsn(split)
+    # An '@' in the query (a socket directory, a user name) is the query's.
+    assert validate_dsn("postgresql://u@h/db?host=/run/pg@15")["host"] == "/run/pg@15"
     assert describe_dsn(f"host=a,x@{SECRET}@b port=1,2") == "a,b:1,2/postgres"
     encoded = f"postgresql://app:hunter%40{SECRET}@127.0.0.1:5432/appdb"
     assert validate_dsn(encoded)["password"] == f"hunter@{SECRET}"
