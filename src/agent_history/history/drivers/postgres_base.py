@@ -414,9 +414,13 @@ _APPEND_V1 = _APPEND_FUNCTION.replace(_HEAD_READ, _SWEEP_GUARD + _HEAD_READ)
 # the ids following the anchor in the run's conversation (``p_anchor_seen``): a token
 # among them is an earlier pass of the same run. (v1 stays, for workers of an older
 # release during a rolling deploy.)
+_ANCHOR_SEEN_PARAMETER = (
+    "    p_anchor_next text,\n",
+    "    p_anchor_next text,\n    p_anchor_seen text[],\n",
+)
 _V2_EDITS = (
     ("FUNCTION agent_history_append_v1(", "FUNCTION agent_history_append_v2("),
-    ("    p_anchor_next text,\n", "    p_anchor_next text,\n    p_anchor_seen text[],\n"),
+    _ANCHOR_SEEN_PARAMETER,
     (
         "AND (p_anchor_next IS NULL OR v_anchor->'next' IS DISTINCT FROM to_jsonb(p_anchor_next))",
         "AND (p_anchor_next IS NULL OR v_anchor->>'next' IS NULL\n"
@@ -460,7 +464,7 @@ _APPEND_V4 = (
 -- arrays built so far: 10,000 messages with ids took 5 s).
 CREATE OR REPLACE FUNCTION agent_history_append_v4(
 """
-    + _edited(_APPEND_SIGNATURE, [_V2_EDITS[1]])
+    + _edited(_APPEND_SIGNATURE, [_ANCHOR_SEEN_PARAMETER])
     + """    v_anchor jsonb;
     v_n integer := coalesce(cardinality(p_ids), 0);
     v_fresh integer[];
