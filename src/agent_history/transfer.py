@@ -40,7 +40,7 @@ from agent_history.history.arguments import MAX_COUNT
 from agent_history.history.bulk import STORED_ROLES, ImportConflict, imported_turn
 from agent_history.history.codec import check_content, is_plain, type_fits_role
 from agent_history.history.naming import validate_namespace
-from agent_history.history.records import is_utc_time
+from agent_history.history.records import id_or_none, is_utc_time
 from agent_history.keys import validate_history_key
 
 __all__ = [
@@ -211,9 +211,9 @@ def _check_turn(data: dict[str, Any]) -> Turn:
     kind = data.get("type")
     if kind is not None and (not isinstance(kind, str) or not type_fits_role(kind, role)):
         raise ValueError(f"type {_shown(kind)} does not match role {role!r}")
-    message_id = data.get("id")
-    if message_id is not None and (not isinstance(message_id, str) or not message_id):
-        raise ValueError("id must be a non-empty string or null")
+    message_id = id_or_none(data.get("id"))  # "" in an earlier release's export
+    if message_id is not None and not isinstance(message_id, str):
+        raise ValueError(f"id must be a string or null (got {_json_kind(message_id)})")
     ts = data.get("ts")
     if ts is not None:
         _check_time(ts, "ts")

@@ -453,3 +453,31 @@ def test_a_dict_keeps_its_id_zero_its_name_and_its_tool_status(
     with pytest.raises(InvalidMessage, match="message 0"):
         history.append("k", [odd])
     assert history.count("k") == 3
+
+
+async def test_an_empty_message_id_is_no_id_and_every_message_is_kept(
+    store: BaseStore, ns: tuple[str, ...]
+) -> None:
+    """A webhook handler that fills a missing id with ``""`` (``payload.get("id", "")``)
+    gets every message stored: ``""`` is no id, not one id all its messages share (each
+    message after the first was a "duplicate" and lost). ``message_ids`` entries of ``""``
+    keep the message's own id, as ``None`` does."""
+    history = ChatHistory(store, namespace=ns)
+    first = history.append(
+        "k",
+        [{"role": "user", "content": "q0", "id": ""}, AIMessage("a0", id="")],
+    )
+    second = await history.aappend(
+        "k",
+        [HumanMessage("q1", id=""), AIMessage("a1", id="r-1")],
+        message_ids=["", ""],
+        anchor_id="",
+        anchor_next="",
+        anchor_seen=[""],
+    )
+    third = history.append("k", [HumanMessage("q2"), AIMessage("a2")], message_ids=["", "r-2"])
+    assert [(r.appended, r.duplicates) for r in (first, second, third)] == [(2, 0)] * 3
+    assert [(m.content, m.id) for m in history.tail("k", 10)] == [
+        ("q0", None), ("a0", None), ("q1", None), ("a1", "r-1"), ("q2", None), ("a2", "r-2"),
+    ]  # fmt: skip
+    assert history.append("k", [AIMessage("a1", id="r-1")]).duplicates == 1  # ids still dedupe

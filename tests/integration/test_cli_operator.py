@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.messages import AIMessage, HumanMessage
 
 from agent_history.history import ChatHistory
+from agent_history.history.layout import chunk_key
 from agent_history.stores import create_graph_store_sync
 from tests.integration.test_cli import _invoke, _seed, scratch_env
 from tests.integration.test_cli import _sqlite as _settings
@@ -769,3 +771,43 @@ def test_a_command_on_the_in_memory_store_is_refused_before_it_reports_anything(
             "telegram:1 #0 ✓",
             "telegram:1 #1 ✓",
         ]
+
+
+def test_a_conversation_stored_with_empty_ids_exports_imports_and_migrates(
+    env: dict[str, str], tmp_path: Path, ns: str
+) -> None:
+    """Records holding ``"id": ""`` (what earlier releases stored for a message with an
+    empty id) read as messages without an id: `export` writes ``null``, and `import` and
+    `migrate` copy the conversation (`import` used to refuse the file, `migrate` to skip
+    the conversation). A file of an earlier export holding ``""`` imports too."""
+    key = "telegram:5"
+    with create_graph_store_sync(_settings(env)) as store:
+        history = ChatHistory(store, namespace=(ns,))
+        history.append(key, [HumanMessage("q0", id="x"), AIMessage("a0", id="y")])
+        chunk = store.get((ns, key), chunk_key(0))
+        assert chunk is not None
+        records = [{**record, "id": ""} for record in chunk.value["turns"]]
+        store.put((ns, key), chunk_key(0), {**chunk.value, "turns": records}, index=False)
+        assert [(m.content, m.id) for m in history.tail(key, 5)] == [("q0", None), ("a0", None)]
+    exported = _invoke(["export", "-n", ns], env)
+    assert exported.exit_code == 0, exported.output
+    lines = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [(line["content"], line["id"]) for line in lines] == [("q0", None), ("a0", None)]
+    old_file = tmp_path / "old.jsonl"
+    old_file.write_text("".join(json.dumps({**line, "id": ""}) + "\n" for line in lines))
+    target = {**env, "ORCHEO_GRAPH_STORE_SQLITE_PATH": str(tmp_path / "target.sqlite")}
+    imported = _invoke(["import", str(old_file)], target)
+    assert imported.exit_code == 0, imported.output
+    assert "imported 2 new turns into 1 conversation" in imported.output
+    again = _invoke(["import", str(old_file)], target)
+    assert again.exit_code == 0 and "(2 turns already present)" in again.output, again.output
+    migrated_path = str(tmp_path / "migrated.sqlite")
+    args = ["migrate", "--from-backend", "sqlite", "--to-backend", "sqlite",
+            "--to-sqlite-path", migrated_path, "-n", ns, "--json"]  # fmt: skip
+    migrated = _invoke(args, env)
+    assert migrated.exit_code == 0, migrated.output
+    assert json.loads(migrated.stdout)["turns_copied"] == 2
+    for where in (target, {**env, "ORCHEO_GRAPH_STORE_SQLITE_PATH": migrated_path}):
+        with create_graph_store_sync(_settings(where)) as store:
+            stored = ChatHistory(store, namespace=(ns,)).read(key)
+            assert [(t.seq, t.content, t.id) for t in stored] == [(1, "q0", None), (2, "a0", None)]

@@ -33,7 +33,7 @@ from agent_history.history.layout import (
     msgid_key,
     plan_append,
 )
-from agent_history.history.records import Turn, make_record
+from agent_history.history.records import Turn, id_or_none, make_record
 from agent_history.history.steps import Get, Put, Steps, delete_steps, head_steps
 
 __all__ = [
@@ -99,20 +99,21 @@ def imported_turn(turn: Turn, where: str = "turn") -> ImportedTurn:
         not isinstance(turn.kind, str) or not type_fits_role(turn.kind, turn.role)
     ):
         raise InvalidMessage(f"{where}: type does not match role {turn.role!r}")
-    if turn.id is not None and (not isinstance(turn.id, str) or not turn.id):
-        raise InvalidMessage(f"{where}: id must be a non-empty string or None")
+    message_id = id_or_none(turn.id)
+    if message_id is not None and not isinstance(message_id, str):
+        raise InvalidMessage(f"{where}: id must be a string or None")
     if turn.extra is not None and not isinstance(turn.extra, dict):
         raise InvalidMessage(f"{where}: fields must be an object")
     check_content(turn.content, where)
     plain = is_plain(turn.content, where) & is_plain(turn.extra, where)
-    if turn.id is not None and not is_plain(turn.id, where):
+    if message_id is not None and not is_plain(message_id, where):
         raise InvalidMessage(f"{where}: {ID_RULE}")
     try:
         turn.to_message()
     except Exception as exc:  # pydantic errors quote the body: the class only
         raise InvalidMessage(f"{where}: not a valid message ({type(exc).__name__})") from None
     return ImportedTurn(
-        turn.role, turn.content, turn.id, turn.kind, turn.extra or None, plain, ts=turn.ts
+        turn.role, turn.content, message_id, turn.kind, turn.extra or None, plain, ts=turn.ts
     )
 
 

@@ -55,6 +55,7 @@ from agent_history.history.records import (
     ConversationInfo,
     RunToken,
     Turn,
+    id_or_none,
     is_utc_time,
     message_from_record,
 )
@@ -148,8 +149,9 @@ def _to_pending(
             )
     for index, message in kept:
         role, content, mid, kind, extra = message_parts(message)
-        if message_ids is not None and message_ids[index] is not None:
+        if message_ids is not None and message_ids[index] not in (None, ""):
             mid = str(message_ids[index])
+        mid = id_or_none(mid)
         if mid is not None and (not isinstance(mid, str) or not is_plain(mid)):
             raise InvalidMessage(f"message {index}: {ID_RULE}")
         where = f"message {index}"
@@ -433,8 +435,9 @@ class ChatHistory:
             key: Conversation key.
             messages: LangChain messages, role/content dicts or `Turn`s, in order; the
                 history's ``scope`` decides which are kept.
-            message_ids: Optional ids overriding each message's own id; a turn whose id
-                is already stored in the conversation is skipped as a duplicate.
+            message_ids: Optional ids overriding each message's own id (``None`` or
+                ``""`` keeps it); a turn whose id is already stored in the conversation
+                is skipped as a duplicate. An empty id is no id.
             anchor_id: The id of the user message this batch answers.
             anchor_next: A token of the answering run: the id of its answer, which no
                 other run (nor another branch of a run forked from a checkpoint) has.
@@ -498,9 +501,9 @@ class ChatHistory:
             value_field=self.value_field,
             now=_now(),
             skipped=skipped,
-            anchor_id=anchor_id,
-            anchor_next=anchor_next,
-            anchor_seen=tuple(dict.fromkeys(anchor_seen)),
+            anchor_id=id_or_none(anchor_id),
+            anchor_next=id_or_none(anchor_next),
+            anchor_seen=tuple(dict.fromkeys(i for i in anchor_seen if i != "")),
         )
 
     def delete(self, key: str, *, budget: float | None = None) -> int:

@@ -123,7 +123,7 @@ def message_from_record(record: dict[str, Any], value_field: str = "content") ->
     cls = _FIELDLESS.get(kind) if isinstance(kind, str) else None
     if cls is not None and value_field in record and "lc" not in record and "enc" not in record:
         # Most records: a question or an answer as text, with no field beyond its id.
-        return cls(content=record[value_field], id=record.get("id"))
+        return cls(content=record[value_field], id=id_or_none(record.get("id")))
     _, role, content, message_id, _, kind, extra = _fields(record, value_field)
     return build_message(role, content, message_id, kind, extra or {})
 
@@ -131,6 +131,14 @@ def message_from_record(record: dict[str, Any], value_field: str = "content") ->
 _FIELDLESS: dict[str, type[BaseMessage]] = {"human": HumanMessage, "ai": AIMessage}
 """Message classes whose records need nothing but content and id (`message_from_record`
 builds them as `codec.build_message` does, without its steps)."""
+
+
+def id_or_none(message_id: Any) -> Any:
+    """``message_id``, with ``""`` read as no id (as `messages.message_id_of` does).
+
+    Earlier releases stored an empty id as an id: every id-less message after the first
+    was then taken for a duplicate, and an export holding one did not import."""
+    return None if message_id == "" else message_id
 
 
 def _own_field(record: dict[str, Any]) -> Any:
@@ -161,7 +169,7 @@ def _fields(
     if extra is not None and not isinstance(extra, dict):
         raise TypeError("record fields must be an object")
     return (
-        int(record["seq"]), str(get("role", "user")), stored, get("id"), get("ts"),
+        int(record["seq"]), str(get("role", "user")), stored, id_or_none(get("id")), get("ts"),
         get("type"), extra,
     )  # fmt: skip
 
