@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -31,7 +32,12 @@ from agent_history.cli import app
 from agent_history.errors import StoreUnavailable
 from agent_history.history.drivers import postgres_idle
 from agent_history.settings import HistorySettings
-from agent_history.stores import create_graph_store, create_graph_store_sync
+from agent_history.stores import (
+    create_checkpointer,
+    create_checkpointer_sync,
+    create_graph_store,
+    create_graph_store_sync,
+)
 from agent_history.testing import RecordingChatModel
 from tests.support.agent_graphs import build_graph, new_thread, telegram_callback, toggles
 from tests.support.postgres_server import end_idle_sessions
@@ -284,3 +290,61 @@ def test_a_read_only_database_this_release_has_not_set_up_says_to_open_its_prima
         text = str(refused.value)
         assert "ORCHEO_POSTGRES_DSN" in text and "ReadOnlySqlTransaction" in text
         assert "open its primary once with this release" in text and "role" not in text
+
+
+async def test_a_tenant_schema_without_tables_of_its_own_is_reported_at_start(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``search_path=tenant_a,public`` while ``tenant_a`` has no tables of its own finds
+    ``public``'s, so the tenant shares ``public``'s conversations: set-up says so at start
+    (naming both schemas and the fix), sync and async, for the store and the checkpointer.
+    Once ``tenant_a`` is opened with its schema alone it has its own tables, and nothing
+    is reported."""
+
+    def reported() -> list[tuple[object, ...]]:
+        events = [r for r in caplog.records if getattr(r, "event", "") == _ELSEWHERE]
+        caplog.clear()
+        hint = "open it once with search_path=tenant_a alone"
+        assert all(hint in r.getMessage() for r in events)
+        return [tuple(getattr(r, "fields", {}).values())[:3] for r in events]
+
+    def settings(dsn: str, path: str | None = None) -> HistorySettings:
+        options = {} if path is None else {"options": f"-c search_path={path}"}
+        return HistorySettings(
+            graph_store_backend="postgres", postgres_dsn=make_conninfo(dsn, **options)
+        )
+
+    caplog.set_level(logging.WARNING, logger="agent_history")
+    with _scratch_database(pg_dsn, "tenant_") as dsn:
+        with (
+            create_graph_store_sync(settings(dsn)) as store,
+            create_checkpointer_sync(settings(dsn)),
+        ):
+            ChatHistory(store).append("telegram:1", [HumanMessage("public's", id="1")])
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA tenant_a")
+        shared = settings(dsn, "tenant_a,public")
+        assert reported() == []
+        with create_graph_store_sync(shared) as store:
+            assert [t.content for t in ChatHistory(store).read("telegram:1")] == ["public's"]
+        async with create_graph_store(shared), create_checkpointer(shared):
+            pass
+        assert reported() == [
+            ("store_migrations", "public", "tenant_a"),
+            ("store_migrations", "public", "tenant_a"),
+            ("checkpoint_migrations", "public", "tenant_a"),
+        ]
+        with (
+            create_graph_store_sync(settings(dsn, "tenant_a")),
+            create_checkpointer_sync(settings(dsn, "tenant_a")),
+        ):
+            pass
+        with create_graph_store_sync(shared) as store:
+            assert list(ChatHistory(store).read("telegram:1")) == []
+            ChatHistory(store).append("telegram:1", [HumanMessage("tenant's", id="1")])
+        with create_graph_store_sync(settings(dsn)) as store:
+            assert [t.content for t in ChatHistory(store).read("telegram:1")] == ["public's"]
+        assert reported() == []
+
+
+_ELSEWHERE = "postgres_tables_in_later_schema"

@@ -154,23 +154,54 @@ def _records_all(version: Any, migrations: int) -> bool:
     return value is not None and int(value) >= migrations - 1
 
 
+# The schema an unqualified name finds the table in, beside the one it would be made in.
+_TABLE_SCHEMA = (
+    "SELECT n.nspname, current_schema() FROM pg_class c"
+    " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)"
+)
+
+
+def _warn_if_elsewhere(row: Any, table: str) -> None:
+    """Warn when set-up is skipped for tables (``row`` of `_TABLE_SCHEMA`) that are not in
+    the schema it would create them in: a tenant's ``search_path=tenant_a,public`` while
+    ``tenant_a`` has none of LangGraph's tables shares ``public``'s."""
+    schema, first = _columns(row)
+    if schema != first:
+        obs.log_event(
+            "postgres_tables_in_later_schema",
+            table=table,
+            schema=schema,
+            first_schema=first,
+            hint=(
+                f"the store uses the tables in {schema}; to give {first} its own, open it "
+                f"once with search_path={first} alone (docs/configuration.md)"
+            ),
+        )
+
+
 def langgraph_current(conn: Connection[Any], table: str, migrations: int) -> bool:
     """Whether LangGraph's migrations table ``table`` records all ``migrations`` (its
     ``setup()`` would change nothing, and needs CREATE to say so)."""
-    exists = conn.execute(_TABLE_EXISTS, (table,), prepare=False).fetchone()
-    if not _first(exists):
+    row = conn.execute(_TABLE_SCHEMA, (table,), prepare=False).fetchone()
+    if row is None:
         return False
     version = conn.execute(f"SELECT max(v) FROM {table}", prepare=False).fetchone()
-    return _records_all(version, migrations)
+    if not _records_all(version, migrations):
+        return False
+    _warn_if_elsewhere(row, table)
+    return True
 
 
 async def alanggraph_current(conn: AsyncConnection[Any], table: str, migrations: int) -> bool:
     """Async `langgraph_current`."""
-    exists = await (await conn.execute(_TABLE_EXISTS, (table,), prepare=False)).fetchone()
-    if not _first(exists):
+    row = await (await conn.execute(_TABLE_SCHEMA, (table,), prepare=False)).fetchone()
+    if row is None:
         return False
     version = await (await conn.execute(f"SELECT max(v) FROM {table}", prepare=False)).fetchone()
-    return _records_all(version, migrations)
+    if not _records_all(version, migrations):
+        return False
+    _warn_if_elsewhere(row, table)
+    return True
 
 
 def migrate(conn: Connection[Any]) -> int:
