@@ -31,6 +31,7 @@ __all__ = [
     "TriggerSettings",
     "absolute_path",
     "env_config",
+    "flags_file_path",
     "parse_mode",
     "parse_names",
     "settings_from_code",
@@ -316,6 +317,16 @@ def absolute_path(value: Any, variable: str) -> str | None:
     return text
 
 
+def flags_file_path(value: Any, variable: str) -> str | None:
+    """The flags file's path: absolute, and ending in ``.json`` or ``.toml`` (any case),
+    which says how it is read. Checked even when the file is not there yet: a file
+    written later in another format would be refused at run time, its switches ignored."""
+    path = absolute_path(value, variable)
+    if path is not None and not path.lower().endswith((".json", ".toml")):
+        raise ConfigError(variable, f"must end in .json or .toml (got {_shown(path)})")
+    return path
+
+
 def _absolute_file(env: Mapping[str, str], variable: str) -> str | None:
     return absolute_path(env.get(variable), variable)
 
@@ -333,6 +344,6 @@ def env_config(env: Mapping[str, str]) -> ToggleConfig:
         triggers=_from_env(env, _TRIGGER_VARS, TriggerSettings),
         read_timeout_seconds=budgets.read_timeout_seconds,
         write_timeout_seconds=budgets.write_timeout_seconds,
-        flags_file=_absolute_file(env, FLAGS_FILE_VAR),
+        flags_file=flags_file_path(env.get(FLAGS_FILE_VAR), FLAGS_FILE_VAR),
         audit_file=_absolute_file(env, AUDIT_FILE_VAR),
     )

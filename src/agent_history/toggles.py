@@ -55,6 +55,7 @@ from agent_history.toggle_config import (
     TriggerSettings,
     absolute_path,
     env_config,
+    flags_file_path,
     parse_mode,
     parse_names,
     settings_from_code,
@@ -215,7 +216,7 @@ def _code_values(
         breaker=breaker,
         triggers=triggers,
         budgets=budgets,
-        flags_file=absolute_path(flags_file, f"{where}.flags_file"),
+        flags_file=flags_file_path(flags_file, f"{where}.flags_file"),
         audit_file=absolute_path(audit_file, f"{where}.audit_file"),
     )
 

@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 from langgraph.store.memory import InMemoryStore
 
-from agent_history import AgentNode, ChatHistory, ConfigError, HistoryHooks, HistoryToggles
+from agent_history import (
+    AgentNode,
+    ChatHistory,
+    ConfigError,
+    HistoryHooks,
+    HistoryMode,
+    HistoryToggles,
+)
 from agent_history.middleware import HistoryMiddleware
 from agent_history.testing import RecordingChatModel
 from tests.support.agent_graphs import build_graph, new_thread, telegram_callback
@@ -176,3 +183,32 @@ def test_a_loop_of_links_as_flags_file_fails_the_start(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as failed:
         AgentNode(RecordingChatModel(), use_graph_chat_history=True, toggles=toggles)
     assert "Too many levels of symbolic links" in failed.value.problem
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+@pytest.mark.parametrize("name", ["flags.yaml", "flags", "flags.json.bak"])
+def test_a_flags_file_named_in_no_format_it_is_read_in_fails_the_start(
+    surface: str, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only ``.json`` and ``.toml`` say how the file is read. A path in another format
+    used to pass the start while the file was not there yet; a YAML ``mode: off`` written
+    there later was then refused at run time, and the rollback ignored with a warning."""
+    monkeypatch.setenv(PREFIX + "FLAGS_FILE", str(tmp_path / name))
+    with pytest.raises(ConfigError) as failed:
+        SURFACES[surface]()
+    assert failed.value.variable == PREFIX + "FLAGS_FILE"
+    assert failed.value.problem.startswith("must end in .json or .toml (got ")
+    with pytest.raises(ConfigError) as in_code:
+        HistoryToggles(flags_file=tmp_path / name)
+    assert in_code.value.variable == "HistoryToggles.flags_file"
+
+
+def test_a_flags_file_is_read_whatever_the_case_of_its_extension(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flags = tmp_path / "FLAGS.JSON"
+    monkeypatch.setenv(PREFIX + "FLAGS_FILE", str(flags))  # not there yet: the start holds
+    toggles = HistoryToggles()
+    toggles.check()
+    flags.write_text(json.dumps({"mode": "off"}))
+    assert toggles.current().mode is HistoryMode.OFF
