@@ -18,6 +18,7 @@ Needs the optional ``langchain`` package (``pip install 'agent-history[agents]'`
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, NotRequired
 
@@ -63,7 +64,7 @@ except ImportError as exc:  # without the agents extra
 from langgraph.runtime import Runtime
 from typing_extensions import Unpack
 
-__all__ = ["HistoryAgentState", "HistoryMiddleware"]
+__all__ = ["HistoryAgentState", "HistoryMiddleware", "MessageIds"]
 
 ModelCallResult = ModelResponse[Any] | AIMessage | ExtendedModelResponse[Any]
 
@@ -211,6 +212,35 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         steps = model_pass_steps(run, request.system_prompt or "", lambda: _structured(answers))
         await drive_async(steps, model)
         return answers[-1]
+
+
+class MessageIds(AgentMiddleware[AgentState[Any], Any]):
+    """Gives each message a model call produced without an id (``None`` or ``""``) one of
+    its own, before the agent's state takes it in. `AgentNode` puts it in the tool agent
+    it builds: LangGraph's ``add_messages`` takes messages that share the id ``""`` (as
+    some OpenAI-compatible servers answer) for one message, so the final answer replaced
+    the tool call it followed, and the exchange ended on a tool result."""
+
+    def wrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
+    ) -> ModelCallResult:
+        return _with_ids(handler(request))
+
+    async def awrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
+    ) -> ModelCallResult:
+        return _with_ids(await handler(request))
+
+
+def _with_ids(answer: ModelCallResult) -> ModelCallResult:
+    for message in _produced(answer):
+        if not message.id:
+            message.id = str(uuid.uuid4())
+    return answer
 
 
 def _structured(answers: list[ModelCallResult]) -> bool | None:

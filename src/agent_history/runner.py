@@ -55,7 +55,9 @@ def _tool_agent(model: BaseChatModel, tools: Sequence[Any]) -> Runnable[Any, Any
             # Moved to langchain.agents in LangGraph 1.0; still shipped until 2.0.
             warnings.simplefilter("ignore")
             return create_react_agent(model, list(tools))
-    agent: Runnable[Any, Any] = create_agent(model, list(tools))
+    from agent_history.middleware import MessageIds
+
+    agent: Runnable[Any, Any] = create_agent(model, list(tools), middleware=[MessageIds()])
     return agent
 
 

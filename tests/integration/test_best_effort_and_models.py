@@ -10,14 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
 from langgraph.store.base import BaseStore, Op, PutOp, Result
 from langgraph.store.memory import InMemoryStore
 
-from agent_history import AgentHistoryError, AgentNode, AgentState, ChatHistory, HistoryToggles
+from agent_history import (
+    AgentHistoryError,
+    AgentNode,
+    AgentState,
+    ChatHistory,
+    HistoryReport,
+    HistoryToggles,
+)
 from agent_history.testing import RecordingChatModel
 
 
@@ -160,3 +168,77 @@ def test_documentation_examples_run(
     for block in blocks:
         exec(compile(block, doc, "exec"), {"__name__": "__doc_example__"})
     assert (tmp_path / "agent-history" / "graph_store.sqlite").exists()
+
+
+class _EmptyIdToolModel(RecordingChatModel):
+    """A provider (some OpenAI-compatible servers) that answers with ``id=""``: it calls
+    ``wx`` for a question about the weather, then answers from the tool's result."""
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+        last = messages[-1]
+        if isinstance(last, ToolMessage):
+            return AIMessage(f"final: {last.content}", id="")
+        if "weather" in str(last.content):
+            call = {"name": "wx", "args": {"city": "Paris"}, "id": f"call-{len(self.calls)}"}
+            return AIMessage("", id="", tool_calls=[call])
+        return AIMessage(f"echo: {last.content}", id="")
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
+
+
+@tool
+def wx(city: str) -> str:
+    """The weather in a city."""
+    return f"sunny in {city}"
+
+
+@pytest.mark.parametrize("thread", ["new thread per run", "stable thread"])
+@pytest.mark.parametrize("scope", ["full", "turns"])
+async def test_a_tool_agent_whose_model_answers_with_empty_ids_stores_every_exchange(
+    thread: str, scope: str
+) -> None:
+    """The tool agent a node builds gives a model answer with the id ``""`` an id of its
+    own: LangGraph's ``add_messages`` took the tool call and the final answer for one
+    message (the answer replaced the call), so the pass ended on a tool result and the
+    exchange was never stored, without a warning."""
+    model, store = _EmptyIdToolModel(), InMemoryStore()
+    reports: list[HistoryReport] = []
+    node = AgentNode(
+        model,
+        tools=[wx],
+        use_graph_chat_history=True,
+        history_scope=scope,  # type: ignore[arg-type]
+        toggles=HistoryToggles(env={}),
+        on_report=reports.append,
+    )
+    builder = StateGraph(AgentState)
+    builder.add_node("agent", node)
+    builder.add_edge(START, "agent")
+    graph = builder.compile(store=store, checkpointer=InMemorySaver())
+    stable = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    for number, text in enumerate(["hi", "weather in Paris?", "thanks"]):
+        callback = {
+            "inputs": {"message": {"text": text, "message_id": number}},
+            "results": {"telegram_events_parser": {"chat_id": 7}},
+        }
+        config = (
+            stable
+            if thread == "stable thread"
+            else {"configurable": {"thread_id": uuid.uuid4().hex}}
+        )
+        out = await graph.ainvoke(callback, config)
+        assert out["messages"][-1].content == (
+            "final: sunny in Paris" if number == 1 else f"echo: {text}"
+        )
+    assert [r.appended for r in reports] == [2, 4 if scope == "full" else 2, 2]
+    assert [r.fallbacks for r in reports] == [()] * 3
+    stored = [(t.role, t.content) for t in ChatHistory(store, scope=scope).read("telegram:7")]
+    tool_steps = [("assistant", ""), ("tool", "sunny in Paris")] if scope == "full" else []
+    assert stored == [
+        ("user", "hi"), ("assistant", "echo: hi"),
+        ("user", "weather in Paris?"), *tool_steps, ("assistant", "final: sunny in Paris"),
+        ("user", "thanks"), ("assistant", "echo: thanks"),
+    ]  # fmt: skip
+    sent = [str(m.content) for m in model.calls[-1]]
+    assert sent[-2:] == ["final: sunny in Paris", "thanks"] and "weather in Paris?" in sent
