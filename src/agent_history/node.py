@@ -273,11 +273,11 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         yield from run.read()
         payload = run.build_payload(self.system_prompt)
         produced: list[BaseMessage] = yield Model(payload)
-        structured = getattr(produced, "structured", False)
-        yield from run.append(produced, ends=True if structured else None)
+        ends = getattr(produced, "ends", False)
+        yield from run.append(produced, ends=True if ends else None)
         run.report(payload)
         added = [run.view.added] if run.view.added is not None else []
-        ended = structured or (bool(produced) and is_final_answer(produced[-1]))
+        ended = ends or (bool(produced) and is_final_answer(produced[-1]))
         marker = (
             merged_markers(answered_update(run.view, run.node), run.key_update()) if ended else {}
         )

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
 
@@ -73,10 +73,11 @@ def takes_messages(runnable: Runnable[Any, Any]) -> bool:
 
 
 class Produced(list[BaseMessage]):
-    """The messages a model call produced; ``structured`` when an agent gave a structured
-    response (its answer may then be a tool call and its result)."""
+    """The messages a model call produced; ``ends`` when an agent ended the exchange on
+    something other than a final answer: a structured response (a tool call and its
+    result), or the result of a tool that returns directly (``return_direct=True``)."""
 
-    structured: bool = False
+    ends: bool = False
 
 
 def _new_messages(output: Any, payload: Sequence[BaseMessage]) -> list[BaseMessage]:
@@ -88,7 +89,9 @@ def _new_messages(output: Any, payload: Sequence[BaseMessage]) -> list[BaseMessa
             sent = {m.id for m in payload if m.id}
             tail = messages[len(payload) :] if len(messages) >= len(payload) else messages
             produced = Produced(m for m in tail if isinstance(m, BaseMessage) and m.id not in sent)
-            produced.structured = output.get("structured_response") is not None
+            produced.ends = output.get("structured_response") is not None or (
+                bool(produced) and isinstance(produced[-1], ToolMessage)
+            )
             return produced
         raw = output.get("raw")
         if isinstance(raw, BaseMessage):  # with_structured_output(..., include_raw=True)

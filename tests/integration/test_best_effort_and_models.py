@@ -242,3 +242,76 @@ async def test_a_tool_agent_whose_model_answers_with_empty_ids_stores_every_exch
     ]  # fmt: skip
     sent = [str(m.content) for m in model.calls[-1]]
     assert sent[-2:] == ["final: sunny in Paris", "thanks"] and "weather in Paris?" in sent
+
+
+class _LookupModel(RecordingChatModel):
+    """Calls ``lookup`` (a tool that returns directly) when asked about an order."""
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+        last = messages[-1]
+        if "order" in str(last.content) and not isinstance(last, ToolMessage):
+            call = {"name": "lookup", "args": {"order_id": "42"}, "id": f"call-{len(self.calls)}"}
+            return AIMessage("", tool_calls=[call])
+        return AIMessage(f"echo: {last.content}")
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
+
+
+@tool(return_direct=True)
+def lookup(order_id: str) -> str:
+    """Look an order up; its result is the answer."""
+    return f"order {order_id} shipped"
+
+
+@pytest.mark.parametrize("thread", ["new thread per run", "stable thread"])
+@pytest.mark.parametrize("scope", ["full", "turns"])
+def test_an_exchange_answered_by_a_tool_that_returns_directly_is_stored_once(
+    thread: str, scope: str
+) -> None:
+    """A tool with ``return_direct=True`` ends the agent on its result: that result is the
+    answer. The exchange was never stored (the pass did not end on a final answer), in
+    either scope, so later turns did not see it; now the question, the tool call and its
+    result are stored, once, and a re-delivery of the question is not answered again."""
+    model, store = _LookupModel(), InMemoryStore()
+    reports: list[HistoryReport] = []
+    node = AgentNode(
+        model,
+        tools=[lookup],
+        use_graph_chat_history=True,
+        history_scope=scope,  # type: ignore[arg-type]
+        toggles=HistoryToggles(env={}),
+        on_report=reports.append,
+    )
+    builder = StateGraph(AgentState)
+    builder.add_node("agent", node)
+    builder.add_edge(START, "agent")
+    graph = builder.compile(store=store, checkpointer=InMemorySaver())
+    stable = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    deliveries = [(1, "hi"), (2, "where is my order?"), (2, "where is my order?"), (3, "thanks")]
+    for message_id, text in deliveries:
+        callback = {
+            "inputs": {"message": {"text": text, "message_id": message_id}},
+            "results": {"telegram_events_parser": {"chat_id": 7}},
+        }
+        config = (
+            stable
+            if thread == "stable thread"
+            else {"configurable": {"thread_id": uuid.uuid4().hex}}
+        )
+        out = graph.invoke(callback, config)
+        assert (
+            str(out["messages"][-1].content)
+            == {1: "echo: hi", 2: "order 42 shipped", 3: "echo: thanks"}[message_id]
+        )
+    assert [r.appended for r in reports] == [2, 3, 0, 2]
+    assert reports[2].redelivered and [r.fallbacks for r in reports] == [()] * 4
+    assert len(model.calls) == (3 if thread == "stable thread" else 4)
+    stored = [(t.role, t.content) for t in ChatHistory(store, scope=scope).read("telegram:7")]
+    assert stored == [
+        ("user", "hi"), ("assistant", "echo: hi"),
+        ("user", "where is my order?"), ("assistant", ""), ("tool", "order 42 shipped"),
+        ("user", "thanks"), ("assistant", "echo: thanks"),
+    ]  # fmt: skip
+    sent = [str(m.content) for m in model.calls[-1]]
+    assert sent == ["hi", "echo: hi", "where is my order?", "", "order 42 shipped", "thanks"]
