@@ -19,10 +19,10 @@ Needs the optional ``langchain`` package (``pip install 'agent-history[agents]'`
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Annotated, Any, NotRequired
 
-from langchain_core.messages import AIMessage, AnyMessage, BaseMessage
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, ToolMessage
 
 from agent_history.incoming import (
     ThreadView,
@@ -36,7 +36,7 @@ from agent_history.incoming import (
     not_streamed_as_output,
 )
 from agent_history.node import merge_results
-from agent_history.pass_steps import drive_async, drive_sync
+from agent_history.pass_steps import Step, drive_async, drive_sync
 from agent_history.session import HistoryPass
 from agent_history.state import as_mapping
 from agent_history.surface import (
@@ -135,9 +135,45 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         return self.before_agent(state, runtime)
 
     def after_agent(self, state: HistoryAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """Record that the agent answered the delivered message (its run ended), so a
-        re-delivery is recognised whatever the answer was (a structured one too), and the
-        key span the run's exchange belongs to (`incoming.history_key_update`)."""
+        """Store an exchange a tool ended (`_tool_ended`); record that the agent answered
+        the delivered message (its run ended), so a re-delivery is recognised whatever
+        the answer was (a structured one too), and the key span the run's exchange
+        belongs to (`incoming.history_key_update`)."""
+        ended = self._tool_ended(state, runtime)
+        if ended is not None:
+            drive_sync(_store_steps(*ended))
+        return self._answered(state, runtime)
+
+    async def aafter_agent(
+        self, state: HistoryAgentState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """Async `after_agent`."""
+        ended = self._tool_ended(state, runtime)
+        if ended is not None:
+            await drive_async(_store_steps(*ended))
+        return self._answered(state, runtime)
+
+    def _tool_ended(
+        self, state: HistoryAgentState, runtime: Runtime[Any]
+    ) -> tuple[HistoryPass, list[BaseMessage]] | None:
+        """The pass that stores the exchange when the agent ended on tool results, not on
+        a model's answer (a tool with ``return_direct=True``: its result is the answer),
+        and the messages from the tool call on; None otherwise. No model call ended that
+        exchange, so no model call's pass stored it."""
+        messages = list(as_mapping(state).get("messages") or [])
+        if not messages or not isinstance(messages[-1], ToolMessage):
+            return None
+        if current_thread(state, self.surface.node).answered:
+            return None  # a re-delivery: no exchange of this run
+        if as_mapping(state).get("structured_response") is not None:
+            return None  # a structured answer given as a tool call: its pass stored it
+        calls = [i for i, m in enumerate(messages) if isinstance(m, AIMessage) and m.tool_calls]
+        if not calls:
+            return None
+        start = calls[-1]
+        return self._begin_on(messages[:start], state, runtime), messages[start:]
+
+    def _answered(self, state: HistoryAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
         node = self.surface.node
         view = current_thread(state, node)
         if view.answered:
@@ -156,26 +192,22 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         answered = answered_update(view, node) if view.incoming else {}
         return merged_markers(answered, span) or None
 
-    async def aafter_agent(
-        self, state: HistoryAgentState, runtime: Runtime[Any]
-    ) -> dict[str, Any] | None:
-        """Async `after_agent` (it does no I/O)."""
-        return self.after_agent(state, runtime)
-
     # --- one pass per model call -----------------------------------------------------------
 
     def _begin(self, request: ModelRequest[Any]) -> HistoryPass:
-        state = as_mapping(request.state)
         # The thread is what the model would get: earlier middleware may have edited it.
-        # A delivered message it lacks was taken out (a summary in its place): in this
-        # run, it goes back before the run's tool steps; in an earlier run that answered
-        # it, the callback is the last one's, still in the state (a plain-messages run).
-        messages = request.messages
+        return self._begin_on(request.messages, request.state, request.runtime)
+
+    def _begin_on(self, messages: Sequence[Any], state: Any, runtime: Any) -> HistoryPass:
+        """The pass over the thread ``messages``. A delivered message they lack was taken
+        out (a summary in its place): in this run, it goes back before the run's tool
+        steps; in an earlier run that answered it, the callback is the last one's, still
+        in the state (a plain-messages run)."""
+        state = as_mapping(state)
         view: ThreadView = current_thread({"messages": messages, "inputs": state.get("inputs")})
         if view.added is not None and answered_earlier(state, self.surface.node, view.incoming):
             view = current_thread({"messages": messages})
         view = delivered_before_tool_steps(view)
-        runtime = request.runtime
         store = runtime.store if runtime is not None else None
         return self.surface.begin(view, state, store, runtime)
 
@@ -241,6 +273,15 @@ def _with_ids(answer: ModelCallResult) -> ModelCallResult:
         if not message.id:
             message.id = str(uuid.uuid4())
     return answer
+
+
+def _store_steps(run: HistoryPass, ended: list[BaseMessage]) -> Generator[Step, Any, None]:
+    """Read the window and append the exchange ``ended`` (a tool call and its results)
+    ends, as a model call's pass would have; report it."""
+    yield from run.read()
+    payload = run.build_payload()  # (merges the thread with the log: what is unstored)
+    yield from run.append(ended, ends=True)
+    run.report(payload, model_called=False)
 
 
 def _structured(answers: list[ModelCallResult]) -> bool | None:

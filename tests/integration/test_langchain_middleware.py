@@ -330,3 +330,62 @@ def test_an_answer_a_guard_took_out_does_not_mark_the_callback_answered(store: A
     out = agent.invoke(telegram_callback(35, "hi", 1), thread)  # the webhook again
     assert [str(m.content) for m in out["messages"]] == ["hi", "echo: hi"]
     assert len(model.calls) == 3
+
+
+class _LookupModel(RecordingChatModel):
+    """Calls ``lookup`` (a tool that returns directly) when asked about an order."""
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+        last = messages[-1]
+        if "order" in str(last.content) and not isinstance(last, ToolMessage):
+            call = {"name": "lookup", "args": {"order_id": "42"}, "id": f"call-{len(self.calls)}"}
+            return AIMessage("", tool_calls=[call])
+        return AIMessage(f"echo: {last.content}")
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
+
+
+@tool(return_direct=True)
+def lookup(order_id: str) -> str:
+    """Look an order up; its result is the answer."""
+    return f"order {order_id} shipped"
+
+
+@pytest.mark.parametrize("calls", ["sync", "async"])
+@pytest.mark.parametrize("thread", ["new thread per run", "stable thread"])
+@pytest.mark.parametrize("scope", ["full", "turns"])
+async def test_an_exchange_a_tool_ends_by_returning_directly_is_stored_once(
+    store: Any, calls: str, thread: str, scope: str
+) -> None:
+    """A tool with ``return_direct=True`` ends the agent on its result, which is the answer:
+    no model call ends that exchange, so no pass stored it (the question was lost too).
+    The middleware now stores it when the agent ends: the question, the tool call and its
+    result, once, in the ``turns`` scope too; a re-delivery stores nothing."""
+    model, reports = _LookupModel(), []
+    history = HistoryMiddleware(history_scope=scope, on_report=reports.append)
+    stable = thread == "stable thread"
+    agent = create_agent(
+        model, [lookup], middleware=[history], store=store, checkpointer=InMemorySaver()
+    )
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    for message_id, text in [(1, "hi"), (2, "my order?"), (2, "my order?"), (3, "thanks")]:
+        callback = telegram_callback(7, text, message_id)
+        run_config = config if stable else {"configurable": {"thread_id": uuid.uuid4().hex}}
+        if calls == "sync":
+            out = agent.invoke(callback, run_config)
+        else:
+            out = await agent.ainvoke(callback, run_config)
+        answer = {1: "echo: hi", 2: "order 42 shipped", 3: "echo: thanks"}[message_id]
+        assert str(out["messages"][-1].content) == answer
+    stored = [(t.role, t.content) for t in ChatHistory(store, scope=scope).read("telegram:7")]
+    assert stored == [
+        ("user", "hi"), ("assistant", "echo: hi"),
+        ("user", "my order?"), ("assistant", ""), ("tool", "order 42 shipped"),
+        ("user", "thanks"), ("assistant", "echo: thanks"),
+    ]  # fmt: skip
+    assert sum(r.appended for r in reports) == 7
+    assert all(r.fallbacks == () for r in reports)
+    assert len(model.calls) == (3 if stable else 4)  # a new thread answers the re-delivery
+    sent = [str(m.content) for m in model.calls[-1]]
+    assert sent == ["hi", "echo: hi", "my order?", "", "order 42 shipped", "thanks"]
