@@ -19,7 +19,7 @@ from langgraph.config import get_config
 from langgraph.store.base import BaseStore
 
 from agent_history.context.budget import TokenCounterLike
-from agent_history.history.arguments import namespace_arg, texts_arg
+from agent_history.history.arguments import flag_arg, namespace_arg, texts_arg
 from agent_history.history.codec import HistoryScope
 from agent_history.incoming import ThreadView
 from agent_history.keys import KeyRejectReason, key_failure, resolve_history_key
@@ -87,6 +87,10 @@ class HistoryFields(TypedDict, total=False):
     """Token budget of the whole payload (the tighter of it and ``max_messages`` wins)."""
     token_counter: TokenCounterLike
     """How tokens are counted (a callable, a chat model, None: approximate)."""
+    summarize: bool | None
+    """None (default): summaries on when ``summary_model`` is given; False: off (the
+    summary is neither read nor written); True: on, which needs ``summary_model`` (the
+    agent's model is not the surface's to call)."""
     summary_model: Runnable[Any, Any] | str
     """A chat model (or ``"provider:model"``) keeping a running summary of what fell out
     of the window; summaries are off without one."""
@@ -183,12 +187,21 @@ def surface_from(fields: Mapping[str, Any]) -> Surface:
         if not callable(key):
             raise TypeError("history_key must be a function (state, runtime) -> str | None")
         values["key_candidates"] = ("{{ " + KEY_FUNCTION_FIELD + " }}",)
+    summarize = fields.get("summarize")
+    if summarize is not None:
+        flag_arg("summarize", summarize)
     summary_model = fields.get("summary_model")
+    if summarize and summary_model is None:
+        raise ValueError(
+            "summarize=True needs a summary_model (a chat model): the agent's model is not "
+            "called for summaries"
+        )
     if summary_model is not None:
         chosen = build_runnable(summary_model, ())
         if not takes_messages(chosen):
             raise ValueError("summary_model must be a chat model (it takes a message list)")
-        values["summarize"], values["summary_model"] = True, chosen
+        if summarize is not False:
+            values["summarize"], values["summary_model"] = True, chosen
     node = str(fields.get("node_name") or "agent")
     options = HistoryOptions(**values)
     if options.enabled:

@@ -742,3 +742,40 @@ def test_an_update_begun_before_a_delete_writes_nothing_into_the_next_conversati
                                   lease_seconds=60)  # fmt: skip
     assert [t.content for t in fresh.turns] == ["new 0", "new 1", "new 2", "new 3"]
     assert history.write_summary("k", "new 0 to 3", 4, base_version=0, owner="new run").written
+
+
+@pytest.mark.parametrize("surface", ["middleware", "hooks"])
+@pytest.mark.parametrize("summarize", [None, True, False])
+def test_the_middleware_and_the_hooks_take_summarize_as_agent_node_does(
+    surface: str, summarize: bool | None
+) -> None:
+    """``summarize`` is one of the settings the surfaces share (context.md): ``False``
+    switches summaries off beside a configured ``summary_model`` (a config file's
+    switch), ``None`` and ``True`` keep them on; it used to be refused as unknown.
+    ``True`` without a ``summary_model`` is refused, naming it."""
+    from langchain.agents import create_agent
+
+    from agent_history import HistoryHooks
+    from agent_history.middleware import HistoryMiddleware
+
+    summariser, store, model = FixedSummariser(), InMemoryStore(), RecordingChatModel()
+    settings: dict[str, Any] = {"max_messages": 2, "summary_model": summariser}
+    settings.update({"summary_every": 2, "summarize": summarize})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # create_react_agent has moved
+        if surface == "middleware":
+            agent = create_agent(model, [], middleware=[HistoryMiddleware(**settings)], store=store)
+        else:
+            agent = create_react_agent(model, [], **HistoryHooks(**settings).hooks(), store=store)
+    for number in range(6):
+        agent.invoke(telegram_callback(7, f"q{number}", number), new_thread())
+    assert ChatHistory(store).count("telegram:7") == 12
+    if summarize is False:
+        assert summariser.calls == []
+        assert all(m.type != "system" for m in model.calls[-1])
+    else:
+        assert summariser.calls and model.calls[-1][0].type == "system"
+        assert "SUMMARY" in str(model.calls[-1][0].content)
+    surface_type = HistoryMiddleware if surface == "middleware" else HistoryHooks
+    with pytest.raises(ValueError, match="summarize=True needs a summary_model"):
+        surface_type(summarize=True)
