@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import uuid
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -264,9 +266,22 @@ async def test_sync_methods_on_async_stores(
     ]
     if backend == "memory":
         return  # the in-memory store has no event loop of its own
-    # On that loop itself a sync call would wait for the loop forever: a clear error.
-    with pytest.raises(SyncCallInEventLoop, match="async methods"):
-        history.tail(key, 5)
+    # On that loop itself a sync call would wait for the loop forever: a clear error, and
+    # nothing else (a read used to leave a coroutine "never awaited" behind it).
+    calls: list[Callable[[], Any]] = [
+        lambda: history.tail(key, 5),
+        lambda: list(history.read(key)),
+        lambda: history.count(key),
+        lambda: history.append(key, [AIMessage("three", id="3")]),
+        lambda: history.for_key(key).messages,
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for call in calls:
+            with pytest.raises(SyncCallInEventLoop, match="async methods"):
+                call()
+        gc.collect()
+    assert [str(w.message) for w in caught] == []
 
 
 def test_one_driver_per_store_whatever_the_history(store: BaseStore, backend: str) -> None:

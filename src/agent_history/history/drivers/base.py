@@ -386,20 +386,33 @@ class AsyncStoreDriver(HistoryDriver):
         loop = getattr(self.store, "loop", None) or getattr(self.store, "_loop", None)
         return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
 
-    def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _off_loop(self) -> asyncio.AbstractEventLoop:
+        """The store's loop, which the caller is not on.
+
+        Raises:
+            SyncCallInEventLoop: the caller is on it (a sync call would wait for the
+                loop forever), or the store has none.
+        """
         loop = self._loop()
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if loop is None or running is loop:
-            coro.close()
             raise SyncCallInEventLoop(
                 "this store runs on an event loop: use the async methods "
                 "(atail, aappend, ...) on it"
                 if loop is not None
                 else "this async store has no event loop to run on"
             )
+        return loop
+
+    def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            loop = self._off_loop()
+        except SyncCallInEventLoop:
+            coro.close()
+            raise
         _require_running(loop, coro)
         future, wait = _sent_to(loop, coro)
         try:
@@ -440,6 +453,7 @@ class AsyncStoreDriver(HistoryDriver):
         aperform = self.areader(namespace)
 
         def perform(request: Request) -> Any:
+            self._off_loop()  # before the call is made: nothing is left never awaited
             return self._on_loop(_awaited(aperform(request)))
 
         return perform
