@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 from weakref import WeakKeyDictionary
@@ -47,6 +48,7 @@ __all__ = [
     "channel_label",
     "describe_error",
     "enable_prometheus",
+    "events_logged",
     "known_channels",
     "log_event",
     "logger",
@@ -546,3 +548,26 @@ def log_event(event: str, *, level: int = logging.WARNING, **fields: object) -> 
     clean = {k: (v[:200] if isinstance(v, str) else v) for k, v in fields.items() if v is not None}
     text = " ".join([f"event={event}", *(f"{k}={v}" for k, v in clean.items())])
     logger.log(level, text, extra={"event": event, "fields": clean})
+
+
+class _Collector(logging.Handler):
+    def __init__(self, event: str) -> None:
+        super().__init__(logging.WARNING)
+        self.event = event
+        self.found: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "event", None) == self.event:
+            self.found.append(dict(getattr(record, "fields", {})))
+
+
+@contextmanager
+def events_logged(event: str) -> Iterator[list[dict[str, Any]]]:
+    """The fields of each ``event`` warning `log_event` logs meanwhile (a command that
+    reports what set-up warned about, beside the log line)."""
+    collector = _Collector(event)
+    logger.addHandler(collector)
+    try:
+        yield collector.found
+    finally:
+        logger.removeHandler(collector)

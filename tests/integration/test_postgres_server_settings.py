@@ -334,6 +334,17 @@ async def test_a_tenant_schema_without_tables_of_its_own_is_reported_at_start(
             ("store_migrations", "public", "tenant_a"),
             ("checkpoint_migrations", "public", "tenant_a"),
         ]
+        # doctor, which docs send a new tenant to, lists it among its warnings
+        env = {"ORCHEO_GRAPH_STORE_BACKEND": "postgres", "ORCHEO_POSTGRES_DSN": shared.dsn}
+        checked = CliRunner().invoke(app, ["doctor", "--json"], env=env)
+        assert checked.exit_code == 0, checked.output
+        assert json.loads(checked.stdout)["warnings"] == [
+            "store_migrations is in schema 'public', not in 'tenant_a' (the first schema of "
+            "search_path): this store uses 'public''s conversations; open it once with "
+            "search_path=tenant_a alone to give 'tenant_a' tables of its own "
+            "(docs/configuration.md)"
+        ]
+        caplog.clear()
         with (
             create_graph_store_sync(settings(dsn, "tenant_a")),
             create_checkpointer_sync(settings(dsn, "tenant_a")),
@@ -345,6 +356,8 @@ async def test_a_tenant_schema_without_tables_of_its_own_is_reported_at_start(
         with create_graph_store_sync(settings(dsn)) as store:
             assert [t.content for t in ChatHistory(store).read("telegram:1")] == ["public's"]
         assert reported() == []
+        checked = CliRunner().invoke(app, ["doctor", "--json"], env=env)
+        assert checked.exit_code == 0 and json.loads(checked.stdout)["warnings"] == []
 
 
 _ELSEWHERE = "postgres_tables_in_later_schema"

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
+from agent_history import observability as obs
 from agent_history.audit import audit_file_problem
 from agent_history.cli.app import (
     EXIT_CHECK_FAILED,
@@ -22,6 +23,7 @@ from agent_history.cli.app import (
 from agent_history.cli.app import load_settings as _load_settings
 from agent_history.errors import ConfigError, StoreTimeout, StoreUnavailable
 from agent_history.history import ChatHistory
+from agent_history.history.drivers.postgres_setup import TABLES_ELSEWHERE
 from agent_history.redaction import safe_error_text
 from agent_history.stores import backend_of
 from agent_history.toggle_config import (
@@ -52,7 +54,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
             # At run time each process would only warn once and keep no audit trail.
             raise fail(f"{AUDIT_FILE_VAR}: {problem}", EXIT_CONFIG)
     report: dict[str, Any] = {"settings": settings.describe(), "mode": toggles.mode.value}
-    with open_store(settings) as store:
+    with obs.events_logged(TABLES_ELSEWHERE) as elsewhere, open_store(settings) as store:
         history = ChatHistory(store, namespace=_PROBE_NAMESPACE)
         key = "probe-" + uuid.uuid4().hex[:12]
         try:
@@ -88,7 +90,11 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         flags_file=toggles.flags_file,
         audit_file=toggles.audit_file,
     )
-    report["warnings"] = _trigger_warnings(toggles) + _node_mode_warnings(toggles)
+    report["warnings"] = [
+        *_schema_warnings(elsewhere),
+        *_trigger_warnings(toggles),
+        *_node_mode_warnings(toggles),
+    ]
     if as_json:
         console.print_json(json.dumps(report))
         return
@@ -98,6 +104,17 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     for warning in report["warnings"]:
         console.print(f"[yellow]warning[/]: {escape(warning)}", highlight=False)
     console.print("[green]ok[/]: configuration valid, store reachable, probe round-tripped")
+
+
+def _schema_warnings(events: list[dict[str, Any]]) -> list[str]:
+    """Set-up found LangGraph's tables in a later schema of ``search_path`` than the one
+    it creates tables in: this store shares that schema's conversations."""
+    return [
+        f"{e.get('table')} is in schema {e.get('schema')!r}, not in {e.get('first_schema')!r} "
+        f"(the first schema of search_path): this store uses {e.get('schema')!r}'s "
+        f"conversations; {e.get('hint')}"
+        for e in events
+    ]
 
 
 def _describe_triggers(triggers: TriggerSettings) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from agent_history.history.drivers.generic import GenericDriver
 
 __all__ = [
     "SETUP_WAIT_SECONDS",
+    "TABLES_ELSEWHERE",
     "PostgresState",
     "SetupLockTimeout",
     "aacquire_setup_lock",
@@ -154,6 +156,10 @@ def _records_all(version: Any, migrations: int) -> bool:
     return value is not None and int(value) >= migrations - 1
 
 
+TABLES_ELSEWHERE = "postgres_tables_in_later_schema"
+"""The warning set-up logs when it uses LangGraph's tables in a later schema of
+``search_path`` than the one it would create them in."""
+
 # The schema an unqualified name finds the table in, beside the one it would be made in.
 _TABLE_SCHEMA = (
     "SELECT n.nspname, current_schema() FROM pg_class c"
@@ -166,17 +172,24 @@ def _warn_if_elsewhere(row: Any, table: str) -> None:
     the schema it would create them in: a tenant's ``search_path=tenant_a,public`` while
     ``tenant_a`` has none of LangGraph's tables shares ``public``'s."""
     schema, first = _columns(row)
-    if schema != first:
+    if schema != first and not str(first).startswith("pg_temp_"):
         obs.log_event(
-            "postgres_tables_in_later_schema",
+            TABLES_ELSEWHERE,
             table=table,
             schema=schema,
             first_schema=first,
             hint=(
-                f"the store uses the tables in {schema}; to give {first} its own, open it "
-                f"once with search_path={first} alone (docs/configuration.md)"
+                f"open it once with search_path={_identifier(str(first))} alone to give "
+                f"{first!r} tables of its own (docs/configuration.md)"
             ),
         )
+
+
+def _identifier(name: str) -> str:
+    """``name`` as ``search_path`` takes it (quoted unless a plain lower-case name)."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
 
 
 def langgraph_current(conn: Connection[Any], table: str, migrations: int) -> bool:
