@@ -27,6 +27,8 @@ from agent_history import (
     HistoryToggles,
 )
 from agent_history.testing import RecordingChatModel
+from tests.support.agent_graphs import new_thread, telegram_callback
+from tests.support.tool_models import LookupModel, lookup
 
 
 class RacingStore(BaseStore):
@@ -170,6 +172,24 @@ def test_documentation_examples_run(
     assert (tmp_path / "agent-history" / "graph_store.sqlite").exists()
 
 
+def _tool_agent_graph(
+    model: Any, tool_: Any, scope: str, store: BaseStore, reports: list[HistoryReport]
+) -> Any:
+    """START -> an AgentNode with ``tool_`` (it builds the tool agent), on a checkpointer."""
+    node = AgentNode(
+        model,
+        tools=[tool_],
+        use_graph_chat_history=True,
+        history_scope=scope,  # type: ignore[arg-type]
+        toggles=HistoryToggles(env={}),
+        on_report=reports.append,
+    )
+    builder = StateGraph(AgentState)
+    builder.add_node("agent", node)
+    builder.add_edge(START, "agent")
+    return builder.compile(store=store, checkpointer=InMemorySaver())
+
+
 class _EmptyIdToolModel(RecordingChatModel):
     """A provider (some OpenAI-compatible servers) that answers with ``id=""``: it calls
     ``wx`` for a question about the weather, then answers from the tool's result."""
@@ -204,29 +224,11 @@ async def test_a_tool_agent_whose_model_answers_with_empty_ids_stores_every_exch
     exchange was never stored, without a warning."""
     model, store = _EmptyIdToolModel(), InMemoryStore()
     reports: list[HistoryReport] = []
-    node = AgentNode(
-        model,
-        tools=[wx],
-        use_graph_chat_history=True,
-        history_scope=scope,  # type: ignore[arg-type]
-        toggles=HistoryToggles(env={}),
-        on_report=reports.append,
-    )
-    builder = StateGraph(AgentState)
-    builder.add_node("agent", node)
-    builder.add_edge(START, "agent")
-    graph = builder.compile(store=store, checkpointer=InMemorySaver())
+    graph = _tool_agent_graph(model, wx, scope, store, reports)
     stable = {"configurable": {"thread_id": uuid.uuid4().hex}}
     for number, text in enumerate(["hi", "weather in Paris?", "thanks"]):
-        callback = {
-            "inputs": {"message": {"text": text, "message_id": number}},
-            "results": {"telegram_events_parser": {"chat_id": 7}},
-        }
-        config = (
-            stable
-            if thread == "stable thread"
-            else {"configurable": {"thread_id": uuid.uuid4().hex}}
-        )
+        callback = telegram_callback(7, text, number)
+        config = stable if thread == "stable thread" else new_thread()
         out = await graph.ainvoke(callback, config)
         assert out["messages"][-1].content == (
             "final: sunny in Paris" if number == 1 else f"echo: {text}"
@@ -244,26 +246,6 @@ async def test_a_tool_agent_whose_model_answers_with_empty_ids_stores_every_exch
     assert sent[-2:] == ["final: sunny in Paris", "thanks"] and "weather in Paris?" in sent
 
 
-class _LookupModel(RecordingChatModel):
-    """Calls ``lookup`` (a tool that returns directly) when asked about an order."""
-
-    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
-        last = messages[-1]
-        if "order" in str(last.content) and not isinstance(last, ToolMessage):
-            call = {"name": "lookup", "args": {"order_id": "42"}, "id": f"call-{len(self.calls)}"}
-            return AIMessage("", tool_calls=[call])
-        return AIMessage(f"echo: {last.content}")
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
-        return self
-
-
-@tool(return_direct=True)
-def lookup(order_id: str) -> str:
-    """Look an order up; its result is the answer."""
-    return f"order {order_id} shipped"
-
-
 @pytest.mark.parametrize("thread", ["new thread per run", "stable thread"])
 @pytest.mark.parametrize("scope", ["full", "turns"])
 def test_an_exchange_answered_by_a_tool_that_returns_directly_is_stored_once(
@@ -273,32 +255,14 @@ def test_an_exchange_answered_by_a_tool_that_returns_directly_is_stored_once(
     answer. The exchange was never stored (the pass did not end on a final answer), in
     either scope, so later turns did not see it; now the question, the tool call and its
     result are stored, once, and a re-delivery of the question is not answered again."""
-    model, store = _LookupModel(), InMemoryStore()
+    model, store = LookupModel(), InMemoryStore()
     reports: list[HistoryReport] = []
-    node = AgentNode(
-        model,
-        tools=[lookup],
-        use_graph_chat_history=True,
-        history_scope=scope,  # type: ignore[arg-type]
-        toggles=HistoryToggles(env={}),
-        on_report=reports.append,
-    )
-    builder = StateGraph(AgentState)
-    builder.add_node("agent", node)
-    builder.add_edge(START, "agent")
-    graph = builder.compile(store=store, checkpointer=InMemorySaver())
+    graph = _tool_agent_graph(model, lookup, scope, store, reports)
     stable = {"configurable": {"thread_id": uuid.uuid4().hex}}
     deliveries = [(1, "hi"), (2, "where is my order?"), (2, "where is my order?"), (3, "thanks")]
     for message_id, text in deliveries:
-        callback = {
-            "inputs": {"message": {"text": text, "message_id": message_id}},
-            "results": {"telegram_events_parser": {"chat_id": 7}},
-        }
-        config = (
-            stable
-            if thread == "stable thread"
-            else {"configurable": {"thread_id": uuid.uuid4().hex}}
-        )
+        callback = telegram_callback(7, text, message_id)
+        config = stable if thread == "stable thread" else new_thread()
         out = graph.invoke(callback, config)
         assert (
             str(out["messages"][-1].content)

@@ -40,7 +40,7 @@ from agent_history.middleware import HistoryMiddleware
 from agent_history.node import merge_results
 from agent_history.testing import RecordingChatModel
 from tests.support.agent_graphs import telegram_callback
-from tests.support.tool_models import WeatherModel, get_weather
+from tests.support.tool_models import LookupModel, WeatherModel, get_weather, lookup
 
 SUMMARY = "Here is a summary of the conversation to date:\n\nThe user asks about the weather."
 
@@ -332,26 +332,6 @@ def test_an_answer_a_guard_took_out_does_not_mark_the_callback_answered(store: A
     assert len(model.calls) == 3
 
 
-class _LookupModel(RecordingChatModel):
-    """Calls ``lookup`` (a tool that returns directly) when asked about an order."""
-
-    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
-        last = messages[-1]
-        if "order" in str(last.content) and not isinstance(last, ToolMessage):
-            call = {"name": "lookup", "args": {"order_id": "42"}, "id": f"call-{len(self.calls)}"}
-            return AIMessage("", tool_calls=[call])
-        return AIMessage(f"echo: {last.content}")
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
-        return self
-
-
-@tool(return_direct=True)
-def lookup(order_id: str) -> str:
-    """Look an order up; its result is the answer."""
-    return f"order {order_id} shipped"
-
-
 @pytest.mark.parametrize("calls", ["sync", "async"])
 @pytest.mark.parametrize("thread", ["new thread per run", "stable thread"])
 @pytest.mark.parametrize("scope", ["full", "turns"])
@@ -362,7 +342,7 @@ async def test_an_exchange_a_tool_ends_by_returning_directly_is_stored_once(
     no model call ends that exchange, so no pass stored it (the question was lost too).
     The middleware now stores it when the agent ends: the question, the tool call and its
     result, once, in the ``turns`` scope too; a re-delivery stores nothing."""
-    model, reports = _LookupModel(), []
+    model, reports = LookupModel(), []
     history = HistoryMiddleware(history_scope=scope, on_report=reports.append)
     stable = thread == "stable thread"
     agent = create_agent(

@@ -13,7 +13,7 @@ from langchain_core.tools import tool
 from agent_history.messages import text_of
 from agent_history.offline_model import RecordingChatModel
 
-__all__ = ["WeatherModel", "get_weather", "signature"]
+__all__ = ["LookupModel", "WeatherModel", "get_weather", "lookup", "signature"]
 
 _WEATHER = re.compile(r"weather in (\w+)")
 
@@ -77,3 +77,24 @@ def signature(message: BaseMessage) -> tuple[Any, ...]:
         (c["name"], tuple(sorted(c["args"].items()))) for c in getattr(message, "tool_calls", [])
     )
     return message.type, text_of(message), calls
+
+
+@tool(return_direct=True)
+def lookup(order_id: str) -> str:
+    """Look an order up; its result is the answer (the agent ends on it)."""
+    return f"order {order_id} shipped"
+
+
+class LookupModel(RecordingChatModel):
+    """Calls ``lookup`` (a tool that returns directly) for a user message about an order;
+    answers anything else ``echo: <text>``."""
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+        last = messages[-1]
+        if "order" in str(last.content) and not isinstance(last, ToolMessage):
+            call = {"name": "lookup", "args": {"order_id": "42"}, "id": f"call-{len(self.calls)}"}
+            return AIMessage("", tool_calls=[call])
+        return AIMessage(f"echo: {last.content}")
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
