@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from langchain_core.messages import BaseMessage, HumanMessage, convert_to_messages
+from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage, convert_to_messages
 from langchain_core.runnables import RunnableConfig
 
 from agent_history import observability as obs
@@ -28,6 +28,7 @@ from agent_history.state import as_mapping
 
 __all__ = [
     "ANSWERED_FIELD",
+    "ENDED_PREFIX",
     "SPAN_PREFIX",
     "IncomingMessage",
     "KeySpan",
@@ -37,6 +38,8 @@ __all__ = [
     "answered_update",
     "current_thread",
     "delivered_before_tool_steps",
+    "ended_earlier",
+    "ended_update",
     "history_key_update",
     "incoming_message",
     "key_span",
@@ -56,6 +59,12 @@ name no LangGraph node can have: ``:`` is reserved), as JSON text. The field is 
 every release keeps: a channel of its own would be unknown to an earlier release run
 beside this one, or rolled back to, and LangGraph would count it as an update that keeps
 a thread paused by ``interrupt_before`` from ever resuming."""
+
+ENDED_PREFIX = "history_ended:"
+"""Per node, the id of the tool result a run of the agent ended on (a ``return_direct``
+tool's), kept in `ANSWERED_FIELD` under ``ENDED_PREFIX + node``: a later run whose state
+still ends on it ended before the agent began (a guard middleware listed before the
+history), so it has no exchange of its own (`ended_earlier`)."""
 
 _MESSAGE_FIELDS = ("message", "user_message", "query", "prompt")
 _TEXT_FIELDS = ("text", "content", "message", "query", "prompt", "Content")
@@ -270,6 +279,22 @@ def answered_update(view: ThreadView, node: str) -> dict[str, Any]:
     if incoming is None or incoming.message_id is None:
         return {}
     return {ANSWERED_FIELD: {node: incoming.message_id}}
+
+
+def ended_update(node: str, thread: Sequence[BaseMessage]) -> dict[str, Any]:
+    """The state update recording the tool result ``node``'s run ended on (`ENDED_PREFIX`);
+    empty when the thread ends on anything else."""
+    last = thread[-1] if thread else None
+    if not isinstance(last, ToolMessage) or not last.id:
+        return {}
+    return {ANSWERED_FIELD: {ENDED_PREFIX + node: last.id}}
+
+
+def ended_earlier(state: Any, node: str, thread: Sequence[BaseMessage]) -> bool:
+    """Whether ``thread`` ends on the tool result an earlier run of ``node`` ended on."""
+    answered = as_mapping(state).get(ANSWERED_FIELD)
+    ended = answered.get(ENDED_PREFIX + node) if isinstance(answered, Mapping) else None
+    return bool(thread) and isinstance(ended, str) and thread[-1].id == ended
 
 
 def not_streamed_as_output(

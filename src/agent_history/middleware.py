@@ -30,6 +30,8 @@ from agent_history.incoming import (
     answered_update,
     current_thread,
     delivered_before_tool_steps,
+    ended_earlier,
+    ended_update,
     history_key_update,
     key_span,
     merged_markers,
@@ -78,8 +80,9 @@ class HistoryAgentState(AgentState[Any]):
     """Earlier nodes' results (``results.telegram_events_parser.chat_id``...)."""
     answered: NotRequired[Annotated[dict[str, str], merge_results]]
     """Per ``node_name``, the channel id of the delivered message the agent last answered
-    (a final or a structured answer): a re-delivery of it ends the run at once; and its
-    key span on the thread (`incoming.SPAN_PREFIX`)."""
+    (a final or a structured answer): a re-delivery of it ends the run at once; its key
+    span on the thread (`incoming.SPAN_PREFIX`); and the tool result its last run ended on
+    (`incoming.ENDED_PREFIX`)."""
 
 
 class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
@@ -163,6 +166,8 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         messages = list(as_mapping(state).get("messages") or [])
         if not messages or not isinstance(messages[-1], ToolMessage):
             return None
+        if ended_earlier(state, self.surface.node, messages):
+            return None  # the state as an earlier run left it: this one ended before the agent
         if current_thread(state, self.surface.node).answered:
             return None  # a re-delivery: no exchange of this run
         if as_mapping(state).get("structured_response") is not None:
@@ -190,7 +195,7 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         # A delivered message the thread lacks now was taken out by this run (before_agent
         # added it or found it): a summary in its place. It was answered all the same.
         answered = answered_update(view, node) if view.incoming else {}
-        return merged_markers(answered, span) or None
+        return merged_markers(answered, span, ended_update(node, thread)) or None
 
     # --- one pass per model call -----------------------------------------------------------
 

@@ -20,10 +20,12 @@ from typing import Annotated, Any, TypedDict
 import pytest
 from langchain.agents import create_agent
 from langchain.agents.middleware import (
+    AgentMiddleware,
     ClearToolUsesEdit,
     ContextEditingMiddleware,
     ModelRetryMiddleware,
     SummarizationMiddleware,
+    hook_config,
 )
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, ToolMessage
@@ -369,3 +371,55 @@ async def test_an_exchange_a_tool_ends_by_returning_directly_is_stored_once(
     assert len(model.calls) == (3 if stable else 4)  # a new thread answers the re-delivery
     sent = [str(m.content) for m in model.calls[-1]]
     assert sent == ["hi", "echo: hi", "my order?", "", "order 42 shipped", "thanks"]
+
+
+class _InputGuard(AgentMiddleware[Any, Any]):
+    """Ends the run before the agent starts when the delivered text says BLOCKED (a
+    moderation or rate-limit guard listed before the history)."""
+
+    @hook_config(can_jump_to=["end"])
+    def before_agent(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        message = (state.get("inputs") or {}).get("message") or {}
+        return {"jump_to": "end"} if "BLOCKED" in str(message.get("text")) else None
+
+
+@pytest.mark.parametrize("calls", ["sync", "async"])
+async def test_a_message_a_guard_blocks_after_a_return_direct_exchange_is_not_stored(
+    store: Any, calls: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a stable thread whose last run a return_direct tool ended, a guard before the
+    history ends the next run before the agent: the state still ends on that tool result.
+    The blocked message was stored as an unanswered question (and sent to the model with
+    every later turn); nothing of that run is the agent's to store. A later exchange a
+    tool ends is stored as before."""
+    model, reports = LookupModel(), []
+    history = HistoryMiddleware(on_report=reports.append)
+    agent = create_agent(
+        model,
+        [lookup],
+        middleware=[_InputGuard(), history],
+        store=store,
+        checkpointer=InMemorySaver(),
+    )
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    runs = [(1, "my order?"), (2, "BLOCKED card 4111"), (3, "thanks"), (4, "my order?")]
+    for message_id, text in runs:
+        callback = telegram_callback(7, text, message_id)
+        if calls == "sync":
+            agent.invoke(callback, config)
+        else:
+            await agent.ainvoke(callback, config)
+    stored = [(t.role, t.content) for t in ChatHistory(store).read("telegram:7")]
+    assert stored == [
+        ("user", "my order?"), ("assistant", ""), ("tool", "order 42 shipped"),
+        ("user", "thanks"), ("assistant", "echo: thanks"),
+        ("user", "my order?"), ("assistant", ""), ("tool", "order 42 shipped"),
+    ]  # fmt: skip
+    # (A model call that calls a tool stores nothing yet; the blocked run reports nothing.)
+    assert [r.appended for r in reports] == [0, 3, 2, 0, 3]
+    assert [[str(m.content) for m in payload] for payload in model.calls] == [
+        ["my order?"],
+        ["my order?", "", "order 42 shipped", "thanks"],
+        ["my order?", "", "order 42 shipped", "thanks", "echo: thanks", "my order?"],
+    ]
+    assert "BLOCKED" not in caplog.text and "4111" not in caplog.text
