@@ -62,9 +62,10 @@ a thread paused by ``interrupt_before`` from ever resuming."""
 
 ENDED_PREFIX = "history_ended:"
 """Per node, the id of the tool result a run of the agent ended on (a ``return_direct``
-tool's), kept in `ANSWERED_FIELD` under ``ENDED_PREFIX + node``: a later run whose state
-still ends on it ended before the agent began (a guard middleware listed before the
-history), so it has no exchange of its own (`ended_earlier`)."""
+tool's, which is the answer), kept in `ANSWERED_FIELD` under ``ENDED_PREFIX + node``: a
+thread ending on it has its newest question answered (`ended_earlier`), so a callback
+without text has nothing to answer, and a middleware run whose state still ends on it
+ended before the agent began (a guard listed before the history)."""
 
 _MESSAGE_FIELDS = ("message", "user_message", "query", "prompt")
 _TEXT_FIELDS = ("text", "content", "message", "query", "prompt", "Content")
@@ -215,7 +216,11 @@ def current_thread(state: Any, node: str | None = None) -> ThreadView:
         # supervisor's worker (their `inputs` may be an empty default), an assistant that
         # speaks first on an empty thread.
         last = newest_human(thread)
-        settled = last is None or any(is_final_answer(m) for m in thread[last + 1 :])
+        settled = (
+            last is None
+            or any(is_final_answer(m) for m in thread[last + 1 :])
+            or (node is not None and ended_earlier(mapping, node, thread))
+        )
         event = not thread and bool(as_mapping(mapping.get("results") or {}))
         return ThreadView(thread, None, None, settled and (bool(inputs) or event), delivered)
     if position is not None:

@@ -27,6 +27,7 @@ from agent_history.history.codec import HistoryScope, is_final_answer
 from agent_history.incoming import (
     answered_update,
     current_thread,
+    ended_update,
     merged_markers,
     not_streamed_as_output,
 )
@@ -279,7 +280,13 @@ class AgentNode(Runnable[Any, dict[str, Any]]):
         added = [run.view.added] if run.view.added is not None else []
         ended = ends or (bool(produced) and is_final_answer(produced[-1]))
         marker = (
-            merged_markers(answered_update(run.view, run.node), run.key_update()) if ended else {}
+            merged_markers(
+                answered_update(run.view, run.node),
+                run.key_update(),
+                ended_update(run.node, produced),
+            )
+            if ended
+            else {}
         )
         return {"messages": [*added, *produced], **marker}
 

@@ -279,3 +279,37 @@ def test_an_exchange_answered_by_a_tool_that_returns_directly_is_stored_once(
     ]  # fmt: skip
     sent = [str(m.content) for m in model.calls[-1]]
     assert sent == ["hi", "echo: hi", "where is my order?", "", "order 42 shipped", "thanks"]
+
+
+@pytest.mark.parametrize("calls", ["sync", "async"])
+async def test_a_sticker_after_an_exchange_a_tool_ended_is_not_answered(calls: str) -> None:
+    """A callback without text (a sticker) on a stable thread has nothing to answer when
+    every question has its answer. An exchange a ``return_direct`` tool ended has one (the
+    tool's result), but the thread rule wanted a model's final answer: the agent answered
+    the question again and stored a second answer."""
+    model, store = LookupModel(), InMemoryStore()
+    reports: list[HistoryReport] = []
+    graph = _tool_agent_graph(model, lookup, "full", store, reports)
+    config = new_thread()
+    sticker = telegram_callback(7, "", 2)
+    sticker["inputs"]["message"] = {"sticker": {"file_id": "abc"}, "message_id": 2}
+    for callback in [telegram_callback(7, "where is my order?", 1), sticker]:
+        out = (
+            await graph.ainvoke(callback, config)
+            if calls == "async"
+            else graph.invoke(callback, config)
+        )
+        assert str(out["messages"][-1].content) == "order 42 shipped"
+    assert len(model.calls) == 1
+    assert [(r.appended, r.model_called) for r in reports] == [(3, True), (0, False)]
+    stored = [(t.role, t.content) for t in ChatHistory(store).read("telegram:7")]
+    assert stored == [
+        ("user", "where is my order?"),
+        ("assistant", ""),
+        ("tool", "order 42 shipped"),
+    ]
+    # A question after it is answered as usual, with the exchange in its window.
+    graph.invoke(telegram_callback(7, "thanks", 3), config)
+    assert [str(m.content) for m in model.calls[-1]] == [
+        "where is my order?", "", "order 42 shipped", "thanks"
+    ]  # fmt: skip
