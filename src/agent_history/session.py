@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.messages import BaseMessage, SystemMessage
+from langchain_core.messages import BaseMessage, SystemMessage, ToolMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.store.base import BaseStore
 
@@ -728,6 +728,7 @@ class HistoryPass(SummaryUpdates):
             for part in owed_positions(chat, self.span, self.key):
                 ours.update(id(chat[index]) for index in part)
             unstored = [m for m in unstored if id(m) in ours]
+        answer |= _tool_endings(chat)
         pending = [m for m in [*unstored, *produced] if in_scope(m, scope) or id(m) in answer]
         if anchor is None:
             return pending, None, None, ()
@@ -827,6 +828,25 @@ def _answer_unit(produced: Sequence[BaseMessage]) -> set[int]:
     structured answer and its results), by object id."""
     start = max((i for i, m in enumerate(produced) if getattr(m, "tool_calls", None)), default=0)
     return {id(m) for m in produced[start:]}
+
+
+def _tool_endings(chat: Sequence[BaseMessage]) -> set[int]:
+    """The tool calls and results that ended an exchange of the thread before its next user
+    message, by object id: no model answered it (a ``return_direct`` tool's result is the
+    answer). Kept whatever the scope, as a pass that ends on them keeps them (an exchange
+    caught up after its own write failed). A call without all its results is not kept."""
+    kept: set[int] = set()
+    for index in range(1, len(chat)):
+        if role_of(chat[index]) != USER or not isinstance(chat[index - 1], ToolMessage):
+            continue
+        start = index - 1
+        while start > 0 and isinstance(chat[start], ToolMessage):
+            start -= 1
+        calls = getattr(chat[start], "tool_calls", None) or []
+        answered = {getattr(m, "tool_call_id", None) for m in chat[start + 1 : index]}
+        if calls and {call.get("id") for call in calls} <= answered:
+            kept.update(id(m) for m in chat[start:index])
+    return kept
 
 
 def _readable(turns: Sequence[Turn]) -> list[BaseMessage]:

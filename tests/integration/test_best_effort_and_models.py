@@ -281,6 +281,52 @@ def test_an_exchange_answered_by_a_tool_that_returns_directly_is_stored_once(
     assert sent == ["hi", "echo: hi", "where is my order?", "", "order 42 shipped", "thanks"]
 
 
+@pytest.mark.parametrize("surface", ["agent node", "middleware"])
+@pytest.mark.parametrize("scope", ["full", "turns"])
+def test_an_exchange_a_tool_ended_whose_write_failed_is_caught_up_with_its_answer(
+    surface: str, scope: str
+) -> None:
+    """The write of an exchange a ``return_direct`` tool ended fails (the store is down);
+    the next turn stores what the thread holds unstored. In the ``turns`` scope the tool
+    call and its result (the answer) were dropped as tool steps: the question was stored
+    unanswered, and every later window showed it so."""
+    from langchain.agents import create_agent
+
+    from agent_history.middleware import HistoryMiddleware
+    from tests.support.fault_stores import FaultyStore
+
+    model, inner = LookupModel(), InMemoryStore()
+    store = FaultyStore(inner)
+    reports: list[HistoryReport] = []
+    if surface == "agent node":
+        graph = _tool_agent_graph(model, lookup, scope, store, reports)
+    else:
+        history = HistoryMiddleware(
+            history_scope=scope,  # type: ignore[arg-type]
+            write_attempts=1,
+            toggles=HistoryToggles(env={}),
+            on_report=reports.append,
+        )
+        graph = create_agent(
+            model, [lookup], middleware=[history], store=store, checkpointer=InMemorySaver()
+        )
+    config = new_thread()
+    store.fail_writes = True
+    graph.invoke(telegram_callback(7, "my order?", 1), config)
+    assert any("write_failed" in r.fallbacks for r in reports)
+    store.fail_writes = False
+    graph.invoke(telegram_callback(7, "thanks", 2), config)
+    stored = [(t.role, t.content) for t in ChatHistory(inner, scope=scope).read("telegram:7")]
+    assert stored == [
+        ("user", "my order?"), ("assistant", ""), ("tool", "order 42 shipped"),
+        ("user", "thanks"), ("assistant", "echo: thanks"),
+    ]  # fmt: skip
+    graph.invoke(telegram_callback(7, "and now?", 3), new_thread())
+    assert [str(m.content) for m in model.calls[-1]] == [
+        "my order?", "", "order 42 shipped", "thanks", "echo: thanks", "and now?"
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("calls", ["sync", "async"])
 async def test_a_sticker_after_an_exchange_a_tool_ended_is_not_answered(calls: str) -> None:
     """A callback without text (a sticker) on a stable thread has nothing to answer when
