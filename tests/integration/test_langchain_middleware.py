@@ -423,31 +423,3 @@ async def test_a_message_a_guard_blocks_after_a_return_direct_exchange_is_not_st
         ["my order?", "", "order 42 shipped", "thanks", "echo: thanks", "my order?"],
     ]
     assert "BLOCKED" not in caplog.text and "4111" not in caplog.text
-
-
-@pytest.mark.parametrize("calls", ["sync", "async"])
-async def test_a_sticker_after_an_exchange_a_tool_ended_is_not_answered(
-    store: Any, calls: str
-) -> None:
-    """A callback without text (a sticker) on a stable thread whose last exchange a
-    ``return_direct`` tool ended: the question has its answer (the tool's result), so the
-    run ends without calling the model; it answered the question again and stored it."""
-    model, reports = LookupModel(), []
-    history = HistoryMiddleware(on_report=reports.append)
-    agent = create_agent(
-        model, [lookup], middleware=[history], store=store, checkpointer=InMemorySaver()
-    )
-    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
-    sticker = telegram_callback(7, "", 2)
-    sticker["inputs"]["message"] = {"sticker": {"file_id": "abc"}, "message_id": 2}
-    for callback in [telegram_callback(7, "my order?", 1), sticker]:
-        out = (
-            await agent.ainvoke(callback, config)
-            if calls == "async"
-            else agent.invoke(callback, config)
-        )
-        assert str(out["messages"][-1].content) == "order 42 shipped"
-    assert len(model.calls) == 1
-    assert [(r.appended, r.model_called) for r in reports] == [(0, True), (3, False), (0, False)]
-    stored = [(t.role, t.content) for t in ChatHistory(store).read("telegram:7")]
-    assert stored == [("user", "my order?"), ("assistant", ""), ("tool", "order 42 shipped")]
