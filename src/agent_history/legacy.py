@@ -78,7 +78,8 @@ def legacy_turns(value: Any, *, strict: bool = True) -> list[Turn]:
     for index, raw in enumerate(value["messages"]):
         if not isinstance(raw, dict):
             raise LegacyFormatError(f"message {index} is not an object")
-        message = dict_message(raw, f"message {index}")
+        # (One without ``content`` is judged below, once its role is known.)
+        message = dict_message({**raw, "content": raw.get("content")}, f"message {index}")
         if message is None or not in_scope(message, "full"):
             continue
         if "content" not in raw and not raw.get("tool_calls"):

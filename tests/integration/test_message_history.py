@@ -56,6 +56,44 @@ def test_for_key_is_a_chat_message_history(store: BaseStore, ns: tuple[str, ...]
     assert everything.messages == [] and history.count(key) == 0
 
 
+def test_messages_langchain_serialised_are_stored_as_the_messages_they_were(
+    store: BaseStore, ns: tuple[str, ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A transcript LangChain's file, Redis or SQL histories kept (``messages_to_dict``)
+    moves into the history whole: each dict was stored as an empty message without its
+    id, silently. A role dict without ``content`` is refused, nothing written."""
+    from langchain_core.messages import messages_to_dict
+
+    from agent_history.errors import InvalidMessage
+
+    call = {"name": "lookup", "args": {"order": 42}, "id": "c1"}
+    saved = messages_to_dict(
+        [
+            HumanMessage("my card is 1234", id="h1"),
+            AIMessage("", tool_calls=[call], id="a1"),
+            ToolMessage("shipped", tool_call_id="c1", id="t1"),
+            AIMessage([{"type": "text", "text": "noted"}], id="a2", name="bot"),
+        ]
+    )
+    history = ChatHistory(store, namespace=ns, scope="full").for_key("migrated")
+    history.add_messages(saved)
+    history.add_messages(saved)  # a retry of the import: stored once
+    stored = history.messages
+    assert [(m.type, m.content, m.id) for m in stored] == [
+        ("human", "my card is 1234", "h1"),
+        ("ai", "", "a1"),
+        ("tool", "shipped", "t1"),
+        ("ai", [{"type": "text", "text": "noted"}], "a2"),
+    ]
+    assert stored[1].tool_calls == [{**call, "type": "tool_call"}] and stored[3].name == "bot"
+    for bad in ({"role": "user", "text": "hello"}, {"type": "human", "data": {"id": "x"}}):
+        with pytest.raises(InvalidMessage) as raised:
+            history.add_messages([HumanMessage("kept out too", id="k"), bad])
+        assert "message 1" in str(raised.value) and "hello" not in str(raised.value)
+    assert len(history.messages) == 4
+    assert "1234" not in caplog.text
+
+
 def test_messages_without_ids_get_one_so_a_retry_stores_nothing_twice(
     store: BaseStore, ns: tuple[str, ...]
 ) -> None:

@@ -323,8 +323,26 @@ def check_rebuilds(
 
 def dict_message(message: Mapping[str, Any], where: str = "message") -> BaseMessage | None:
     """A role/content dict as a LangChain message (with its ``id``, ``name`` and, for a
-    tool result, ``status``); None for roles that are not chat."""
+    tool result, ``status``), or a message LangChain serialised (``messages_to_dict``:
+    ``{"type": ..., "data": {...}}``, as its file, Redis and SQL histories keep them);
+    None for roles that are not chat.
+
+    Raises:
+        InvalidMessage: the dict has no ``content`` (an assistant's with ``tool_calls``
+            may leave it out), or its fields do not make a message.
+    """
+    if "content" not in message and isinstance(message.get("data"), Mapping):
+        try:
+            serialised = messages_from_dict([dict(message)])[0]
+        except Exception as exc:  # pydantic's errors quote the body: the class only
+            raise InvalidMessage(
+                f"{where}: not a message LangChain serialised ({type(exc).__name__})"
+            ) from None
+        check_content(serialised.content, where)
+        return serialised
     role = role_of(message)
+    if "content" not in message and not (role == ASSISTANT and message.get("tool_calls")):
+        raise InvalidMessage(f"{where}: a role/content dict needs a 'content' field")
     content = message.get("content")
     raw_id = message.get("id")
     if raw_id in (None, ""):
