@@ -108,6 +108,37 @@ def test_an_unstorable_answer_costs_its_exchange_only(
     assert not any("x" * 3 in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("usage", ["reported", "not reported"])
+def test_an_answer_from_langchains_response_cache_is_stored(store: BaseStore, usage: str) -> None:
+    """On a cache hit LangChain gives the cached answer ``usage_metadata`` with
+    ``"total_cost": 0`` added; from a model that reports no usage that is the whole
+    of it, which ``AIMessage`` itself refuses: every exchange a cache answered was refused
+    as unreadable and lost. Stored with zero token counts (a cache hit costs none)."""
+    from langchain_core.caches import InMemoryCache
+
+    class Model(RecordingChatModel):
+        def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+            counts = {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}
+            return AIMessage(
+                f"echo: {messages[-1].content}",
+                usage_metadata=counts if usage == "reported" else None,
+            )
+
+    model, reports = Model(cache=InMemoryCache()), []
+    graph = _graph(model, store, reports)
+    first, second = (uuid.uuid4().int % 10**9 for _ in range(2))
+    for chat in (first, second):  # one question on two chats: the second a cache hit
+        graph.invoke(telegram_callback(chat, "hi", 1), new_thread())
+    assert len(model.calls) == 1
+    assert [(r.appended, r.fallbacks) for r in reports] == [(2, ()), (2, ())]
+    cached = ChatHistory(store).to_messages(list(ChatHistory(store).read(f"telegram:{second}")))
+    assert [m.content for m in cached] == ["hi", "echo: hi"]
+    counts = {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}
+    if usage == "not reported":
+        counts = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    assert cached[1].usage_metadata == {**counts, "total_cost": 0}
+
+
 # What ``json.loads`` gives for a provider's JSON holding "\\ud83d" (half an emoji) in a key.
 _HALF_EMOJI_KEYS = json.loads('{"q\\ud83d": {"x\\udc00": [1, "\\ud800"]}, "n": 2}')
 

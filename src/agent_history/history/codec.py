@@ -225,6 +225,10 @@ def message_fields(message: BaseMessage) -> dict[str, Any]:
     return message.model_dump()
 
 
+_TOKEN_COUNTS = ("input_tokens", "output_tokens", "total_tokens")
+"""The counts LangChain's ``UsageMetadata`` requires."""
+
+
 def message_parts(message: BaseMessage) -> tuple[str, Any, str | None, str, dict[str, Any]]:
     """``(role, content, id, type, other fields)`` of a message, as stored.
 
@@ -235,6 +239,11 @@ def message_parts(message: BaseMessage) -> tuple[str, Any, str | None, str, dict
     """
     kind = str(message.type)
     extra = _non_default(message, message_fields(message))
+    usage = extra.get("usage_metadata")
+    if isinstance(usage, Mapping) and not usage.keys() & _TOKEN_COUNTS:
+        # LangChain's response cache marks a hit ``{"total_cost": 0}`` on an answer whose
+        # model reported no usage, which `AIMessage` refuses: a hit spent no tokens.
+        extra = {**extra, "usage_metadata": {**dict.fromkeys(_TOKEN_COUNTS, 0), **usage}}
     if extra:
         try:
             extra = _jsonable(extra)
