@@ -184,7 +184,8 @@ def current_thread(state: Any, node: str | None = None) -> ThreadView:
     ``state["messages"]`` wins when present; otherwise ``inputs.history`` is used. The
     delivered message (from ``inputs``) is added as the newest user message unless the
     thread already holds it (same channel id; or, without one, the newest user message
-    with the same text followed only by tool steps, or by nothing).
+    with the same text followed only by tool steps, or by nothing, unless those steps
+    are the tool result an earlier run of ``node`` ended on: `ENDED_PREFIX`).
 
     A delivered message the thread holds with a user message after it is an earlier
     run's callback still in the state (``inputs`` keeps its last value on a stable
@@ -200,6 +201,16 @@ def current_thread(state: Any, node: str | None = None) -> ThreadView:
     incoming = incoming_message(inputs)
     delivered = incoming is not None
     position = None if incoming is None else _position(thread, incoming)
+    if (
+        position is not None
+        and incoming is not None
+        and incoming.message_id is None
+        and node is not None
+        and ended_earlier(mapping, node, thread)
+    ):
+        # The same text again, with only tool steps after the thread's copy: those are an
+        # earlier run's, which a tool's result ended. A new message, not this run's own.
+        position = None
     if incoming is not None and position is not None and newest_human(thread) != position:
         incoming = None  # the thread has moved on since that callback
     if position is None and answered_earlier(mapping, node, incoming):

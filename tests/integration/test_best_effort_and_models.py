@@ -336,6 +336,39 @@ def test_an_exchange_a_tool_ended_whose_write_failed_is_caught_up_with_its_answe
 
 
 @pytest.mark.parametrize("surface", ["agent node", "middleware"])
+@pytest.mark.parametrize("scope", ["full", "turns"])
+def test_a_message_without_id_repeating_a_question_a_tool_answered_is_a_new_message(
+    surface: str, scope: str
+) -> None:
+    """Callbacks without channel ids on a stable thread: the user asks the question a
+    ``return_direct`` tool answered again. The thread's newest user message, with the
+    same text and only tool steps after it, was taken for this run's own (a tool loop
+    under way): the repeat was never added, and the model answered the tool result
+    again. It is a new message, as after a model's answer; by content it repeats the
+    stored exchange, so it is stored once."""
+    model, store = LookupModel(), InMemoryStore()
+    reports: list[HistoryReport] = []
+    graph = _return_direct_agent(surface, model, scope, store, reports)
+    config = new_thread()
+    answers = []
+    for text in ["my order?", "my order?", "thanks"]:
+        out = graph.invoke(telegram_callback(7, text), config)
+        answers.append(str(out["messages"][-1].content))
+    assert answers == ["order 42 shipped", "order 42 shipped", "echo: thanks"]
+    model_calls = [[str(m.content) for m in payload] for payload in model.calls]
+    assert model_calls == [
+        ["my order?"],
+        ["my order?", "", "order 42 shipped", "my order?"],
+        ["my order?", "", "order 42 shipped", "my order?", "", "order 42 shipped", "thanks"],
+    ]
+    stored = [(t.role, t.content) for t in ChatHistory(store, scope=scope).read("telegram:7")]
+    assert stored == [
+        ("user", "my order?"), ("assistant", ""), ("tool", "order 42 shipped"),
+        ("user", "thanks"), ("assistant", "echo: thanks"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("surface", ["agent node", "middleware"])
 @pytest.mark.parametrize("calls", ["sync", "async"])
 async def test_a_sticker_after_an_exchange_a_tool_ended_is_not_answered(
     surface: str, calls: str
