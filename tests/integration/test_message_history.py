@@ -305,6 +305,28 @@ async def test_a_window_never_starts_with_a_tool_result_of_a_call_outside_it(
     assert [m.content for m in whole.messages] == ["q", "", "r1", "r2", "done"]
 
 
+async def test_a_window_keeps_a_tool_call_under_way_so_its_results_follow_it(
+    store: BaseStore, ns: tuple[str, ...]
+) -> None:
+    """A tool loop driven over the history (``RunnableWithMessageHistory``: the model's
+    tool call is stored, the application runs the tool, then sends its result as the next
+    input): the windowed read left the call out as if the loop had stopped, so the model
+    got the result without its call, which providers reject. The whole transcript kept
+    it, as LangChain's own histories do."""
+    view = ChatHistory(store, namespace=ns, scope="full").for_key("loop", window=10)
+    calls = [{"name": "a", "args": {}, "id": "c1"}, {"name": "b", "args": {}, "id": "c2"}]
+    view.add_messages([HumanMessage("q", id="h1"), AIMessage("", id="a1", tool_calls=calls)])
+    assert [m.id for m in view.messages] == ["h1", "a1"]
+    view.add_messages([ToolMessage("r1", tool_call_id="c1", id="t1")])
+    assert [m.id for m in await view.aget_messages()] == ["h1", "a1", "t1"]
+    view.add_messages([ToolMessage("r2", tool_call_id="c2", id="t2"), AIMessage("done", id="a2")])
+    assert [m.id for m in view.messages] == ["h1", "a1", "t1", "t2", "a2"]
+    # A window that holds only results of a call older than it still starts clean.
+    assert [m.id for m in ChatHistory(store, namespace=ns).for_key("loop", window=2).messages] == [
+        "a2"
+    ]
+
+
 async def test_a_window_leaves_out_a_tool_call_whose_results_were_never_stored(
     store: BaseStore, ns: tuple[str, ...]
 ) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from langchain_core.chat_history import BaseChatMessageHistory
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import BaseMessage, ToolMessage
 
 from agent_history.errors import InvalidMessage
 from agent_history.history.arguments import count_arg
@@ -107,6 +107,19 @@ def _with_ids(messages: Sequence[MessageLike]) -> list[MessageLike]:
 
 def _tool_safe(messages: list[BaseMessage]) -> list[BaseMessage]:
     """``messages`` without what a model rejects: tool results whose call is not among
-    them (the window cut it off) and a tool call whose results were never all stored (a
-    loop that stopped mid-tool), as `messages.tool_safe_units` groups them."""
-    return [message for unit in tool_safe_units(messages) for message in unit]
+    them (the window cut it off) and a tool call whose results were never all stored with
+    other messages after it (a loop that stopped mid-tool), as `messages.tool_safe_units`
+    groups them. A tool call that is the newest message, with any results after it, is
+    kept: a loop under way, whose caller adds the results next (as the whole transcript,
+    and LangChain's own histories, give it)."""
+    start = len(messages)
+    while start and isinstance(messages[start - 1], ToolMessage):
+        start -= 1
+    under_way: list[BaseMessage] = []
+    if start and getattr(messages[start - 1], "tool_calls", None):
+        start -= 1
+        under_way = messages[start:]
+    else:
+        start = len(messages)
+    kept = [message for unit in tool_safe_units(messages[:start]) for message in unit]
+    return [*kept, *under_way]
