@@ -49,11 +49,18 @@ def merge_results(left: dict[str, Any] | None, right: dict[str, Any] | None) -> 
     return {**(left or {}), **(right or {})}
 
 
+def newest_inputs(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
+    """Reducer for ``inputs``: the newest value (of several written in one step, as agents
+    a ``Send`` fanned deliveries out to each return theirs, the last one's)."""
+    return right if right is not None else left or {}
+
+
 class AgentState(TypedDict, total=False):
     """A ready-made workflow state for graphs built around `AgentNode`."""
 
     messages: Annotated[list[AnyMessage], add_messages]
-    inputs: dict[str, Any]
+    inputs: Annotated[dict[str, Any], newest_inputs]
+    """The delivered callback; a new run's replaces the last one's."""
     results: Annotated[dict[str, Any], merge_results]
     answered: Annotated[dict[str, str], merge_results]
     """Per node, the channel message id of the delivered message it last answered: a

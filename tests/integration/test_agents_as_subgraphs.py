@@ -121,3 +121,38 @@ def test_two_agent_subgraphs_sharing_the_default_log_both_answer_every_message(
             assert text_of(out["messages"][-1]) == f"echo: {text}"
         assert len(researcher.calls) == 2 and len(writer.calls) == 2
         assert all(r.model_called for r in reports)
+
+
+@pytest.mark.parametrize("kind", ["node", "middleware"])
+def test_deliveries_sent_to_agent_subgraphs_under_an_agent_state_parent_are_all_answered(
+    store: BaseStore, kind: str
+) -> None:
+    """A batch of deliveries fanned out with ``Send`` to an agent subgraph, under a parent
+    whose state is `AgentState`: each agent returns the ``inputs`` it was sent, and
+    ``inputs`` took one value per step, so the run failed (``InvalidUpdateError``) after
+    both exchanges were stored. The newest value is kept; every delivery is answered and
+    stored under its own key."""
+    from langgraph.types import Send
+
+    class Batch(AgentState, total=False):
+        deliveries: list[dict[str, Any]]
+
+    model, reports = RecordingChatModel(), []
+    builder = StateGraph(Batch)
+    builder.add_node("agent", _agent_subgraph(kind, model, reports))
+    builder.add_conditional_edges(
+        START, lambda state: [Send("agent", d) for d in state["deliveries"]]
+    )
+    graph = builder.compile(store=store, checkpointer=InMemorySaver())
+    chats = [uuid.uuid4().int % 10**9 for _ in range(2)]  # (PostgreSQL's log is shared)
+    batch = [telegram_callback(chat, f"from {chat}", chat) for chat in chats]
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    out = graph.invoke({"deliveries": batch}, config)
+    assert sorted(text_of(m) for m in out["messages"]) == sorted(
+        text for chat in chats for text in (f"from {chat}", f"echo: from {chat}")
+    )
+    assert out["inputs"] in [delivery["inputs"] for delivery in batch]
+    for chat in chats:
+        stored = [t.content for t in ChatHistory(store).read(f"telegram:{chat}")]
+        assert stored == [f"from {chat}", f"echo: from {chat}"]
+    assert sorted(r.appended for r in reports) == [2, 2]
