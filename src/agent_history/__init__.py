@@ -3,6 +3,7 @@
 from agent_history.errors import (
     AgentHistoryError,
     ConfigError,
+    ConversationChanged,
     InvalidArgument,
     InvalidKey,
     InvalidMessage,
@@ -57,6 +58,7 @@ __all__ = [
     "ChatHistory",
     "CircuitBreaker",
     "ConfigError",
+    "ConversationChanged",
     "ConversationInfo",
     "HistoryDecision",
     "HistoryHooks",

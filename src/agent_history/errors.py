@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "AgentHistoryError",
     "ConfigError",
+    "ConversationChanged",
     "InvalidArgument",
     "InvalidKey",
     "InvalidMessage",
@@ -78,6 +79,12 @@ class SyncCallInEventLoop(AgentHistoryError, RuntimeError):
 
 class WriteConflict(AgentHistoryError, RuntimeError):
     """A best-effort append lost a race and gave up after its retries."""
+
+
+class ConversationChanged(AgentHistoryError, RuntimeError):
+    """A whole-transcript read (`ChatHistory.read`, which pages through a long
+    conversation) found the conversation deleted, or deleted and begun again, between two
+    of its pages: what it read so far belongs to the deleted one. Read it again."""
 
 
 class InvalidMessage(AgentHistoryError, ValueError):

@@ -15,6 +15,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.store.base import BaseStore
 
 from agent_history.errors import (
+    ConversationChanged,
     InvalidArgument,
     InvalidMessage,
     InvalidNamespace,
@@ -108,6 +109,30 @@ def test_delete_removes_everything_and_a_new_conversation_starts_clean(
     assert (again.appended, again.first_seq) == (1, 1)
     assert [t.content for t in history.read(key)] == ["m1"]
     assert history.delete(_key()) == 0
+
+
+@pytest.mark.parametrize("then", ["begun again", "deleted"])
+async def test_a_read_paging_through_a_conversation_deleted_meanwhile_raises(
+    history: ChatHistory, then: str
+) -> None:
+    """``read`` pages through a long conversation. Deleted between two pages, and begun
+    again, it gave the old conversation's first page and the new one's later turns as
+    one transcript (an export or a migration copied the mix); deleted, it ended early
+    as if complete. It raises `ConversationChanged`; a read begun after is whole."""
+    key = _key()
+    history.append(key, [HumanMessage(f"old {i}") for i in range(600)])
+    reads = [iter(history.read(key)), aiter(history.aread(key))]
+    firsts = [next(reads[0]), await anext(reads[1])]
+    assert [t.content for t in firsts] == ["old 0", "old 0"]
+    history.delete(key)
+    if then == "begun again":
+        history.append(key, [HumanMessage(f"new {i}") for i in range(600)])
+    with pytest.raises(ConversationChanged):
+        list(reads[0])
+    with pytest.raises(ConversationChanged):
+        [turn async for turn in reads[1]]
+    after = [t.content for t in history.read(key)]
+    assert after == ([f"new {i}" for i in range(600)] if then == "begun again" else [])
 
 
 def test_keys_lists_conversations(history: ChatHistory) -> None:

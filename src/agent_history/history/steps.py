@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard, TypeVar
 
+from agent_history.errors import ConversationChanged
 from agent_history.history.layout import (
     HEAD_KEY,
     SUMMARY_KEY,
@@ -148,7 +149,14 @@ def read_steps(
     batch_chunks = chunks_holding(batch_turns, size)
     for start in range(0, len(indexes), batch_chunks):
         keys = tuple(chunk_key(i) for i in indexes[start : start + batch_chunks])
-        found = yield Get(keys)
+        # The head again with each page: chunks carry no epoch, so a conversation deleted
+        # and begun again between pages would be read half old, half new.
+        found = yield Get((HEAD_KEY, *keys))
+        now = found.get(HEAD_KEY)
+        if now is None or now.get("epoch") != head.get("epoch"):
+            raise ConversationChanged(
+                "the conversation was deleted while it was read; read it again"
+            )
         turns = collect_turns((found.get(k) for k in keys), first, last_seq, value_field)
         if turns:
             yield turns
