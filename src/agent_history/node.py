@@ -51,8 +51,9 @@ def merge_results(left: dict[str, Any] | None, right: dict[str, Any] | None) -> 
 
 def newest_inputs(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
     """Reducer for ``inputs``: the newest value (of several written in one step, as agents
-    a ``Send`` fanned deliveries out to each return theirs, the last one's)."""
-    return right if right is not None else left or {}
+    a ``Send`` fanned deliveries out to each return theirs, the last one's); ``None``
+    clears it, as it did before the field had a reducer."""
+    return {} if right is None else right
 
 
 class AgentState(TypedDict, total=False):

@@ -18,11 +18,12 @@ from typing import Annotated, Any, TypedDict
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.messages import AnyMessage
+from langchain_core.messages import AnyMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.store.base import BaseStore
+from langgraph.store.memory import InMemoryStore
 
 from agent_history import AgentNode, AgentState, ChatHistory, HistoryReport
 from agent_history.messages import text_of
@@ -156,3 +157,19 @@ def test_deliveries_sent_to_agent_subgraphs_under_an_agent_state_parent_are_all_
         stored = [t.content for t in ChatHistory(store).read(f"telegram:{chat}")]
         assert stored == [f"from {chat}", f"echo: from {chat}"]
     assert sorted(r.appended for r in reports) == [2, 2]
+
+
+def test_a_plain_run_given_inputs_none_after_a_callback_clears_them() -> None:
+    """``inputs`` got a reducer (for ``Send`` fan-out): a plain-messages run on a stable
+    thread that clears the last callback with ``"inputs": None`` must still clear it;
+    kept, the callback's text was delivered again after the plain message."""
+    model = RecordingChatModel()
+    builder = StateGraph(AgentState)
+    builder.add_node("agent", AgentNode(model, use_graph_chat_history=True, toggles=TOGGLES))
+    builder.add_edge(START, "agent")
+    graph = builder.compile(store=InMemoryStore(), checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    graph.invoke(telegram_callback(7, "hi"), config)
+    out = graph.invoke({"inputs": None, "messages": [HumanMessage("plain")]}, config)
+    assert out["inputs"] == {}
+    assert [text_of(m) for m in model.calls[-1]] == ["hi", "echo: hi", "plain"]
