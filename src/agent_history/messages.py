@@ -37,6 +37,7 @@ __all__ = [
     "newest_human",
     "role_of",
     "text_of",
+    "tool_call_before",
     "tool_safe_units",
     "window",
 ]
@@ -480,6 +481,15 @@ def _is_answer(message: BaseMessage) -> bool:
 def is_tool_step(message: BaseMessage) -> bool:
     """A tool call (an assistant message asking for tools) or a tool result."""
     return role_of(message) == "tool" or bool(getattr(message, "tool_calls", None))
+
+
+def tool_call_before(messages: Sequence[BaseMessage], end: int) -> int | None:
+    """Where the tool call stands whose results (none or more) run up to ``end``
+    (exclusive); None when what comes before those results calls no tool."""
+    start = end
+    while start and isinstance(messages[start - 1], ToolMessage):
+        start -= 1
+    return start - 1 if start and getattr(messages[start - 1], "tool_calls", None) else None
 
 
 def tool_safe_units(messages: Sequence[BaseMessage]) -> list[list[BaseMessage]]:

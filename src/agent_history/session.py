@@ -71,6 +71,7 @@ from agent_history.messages import (
     merge_history,
     newest_human,
     role_of,
+    tool_call_before,
     tool_safe_units,
 )
 from agent_history.pass_steps import (
@@ -839,12 +840,11 @@ def _tool_endings(chat: Sequence[BaseMessage]) -> set[int]:
     for index in range(1, len(chat)):
         if role_of(chat[index]) != USER or not isinstance(chat[index - 1], ToolMessage):
             continue
-        start = index - 1
-        while start > 0 and isinstance(chat[start], ToolMessage):
-            start -= 1
-        calls = getattr(chat[start], "tool_calls", None) or []
+        start = tool_call_before(chat, index)
+        if start is None:
+            continue
         answered = {getattr(m, "tool_call_id", None) for m in chat[start + 1 : index]}
-        if calls and {call.get("id") for call in calls} <= answered:
+        if {call.get("id") for call in getattr(chat[start], "tool_calls", [])} <= answered:
             kept.update(id(m) for m in chat[start:index])
     return kept
 

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from langchain_core.chat_history import BaseChatMessageHistory
-from langchain_core.messages import BaseMessage, ToolMessage
+from langchain_core.messages import BaseMessage
 
 from agent_history.errors import InvalidMessage
 from agent_history.history.arguments import count_arg
 from agent_history.keys import require_history_key
-from agent_history.messages import MessageLike, tool_safe_units
+from agent_history.messages import MessageLike, tool_call_before, tool_safe_units
 
 if TYPE_CHECKING:
     from agent_history.history.chat_history import ChatHistory
@@ -112,14 +112,7 @@ def _tool_safe(messages: list[BaseMessage]) -> list[BaseMessage]:
     groups them. A tool call that is the newest message, with any results after it, is
     kept: a loop under way, whose caller adds the results next (as the whole transcript,
     and LangChain's own histories, give it)."""
-    start = len(messages)
-    while start and isinstance(messages[start - 1], ToolMessage):
-        start -= 1
-    under_way: list[BaseMessage] = []
-    if start and getattr(messages[start - 1], "tool_calls", None):
-        start -= 1
-        under_way = messages[start:]
-    else:
-        start = len(messages)
+    call = tool_call_before(messages, len(messages))
+    start = len(messages) if call is None else call
     kept = [message for unit in tool_safe_units(messages[:start]) for message in unit]
-    return [*kept, *under_way]
+    return [*kept, *messages[start:]]
