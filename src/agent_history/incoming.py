@@ -62,10 +62,12 @@ a thread paused by ``interrupt_before`` from ever resuming."""
 
 ENDED_PREFIX = "history_ended:"
 """Per node, the id of the tool result a run of the agent ended on (a ``return_direct``
-tool's, which is the answer), kept in `ANSWERED_FIELD` under ``ENDED_PREFIX + node``: a
-thread ending on it has its newest question answered (`ended_earlier`), so a callback
-without text has nothing to answer, and a middleware run whose state still ends on it
-ended before the agent began (a guard listed before the history)."""
+tool's, which is the answer; or the message a hook ended the run with after tool
+results, as a call-limit middleware does), kept in `ANSWERED_FIELD` under
+``ENDED_PREFIX + node``: a thread ending on it has its newest question answered
+(`ended_earlier`), so a callback without text has nothing to answer, and a middleware
+run whose state still ends on it ended before the agent began (a guard listed before the
+history)."""
 
 _MESSAGE_FIELDS = ("message", "user_message", "query", "prompt")
 _TEXT_FIELDS = ("text", "content", "message", "query", "prompt", "Content")
@@ -297,11 +299,14 @@ def answered_update(view: ThreadView, node: str) -> dict[str, Any]:
     return {ANSWERED_FIELD: {node: incoming.message_id}}
 
 
-def ended_update(node: str, thread: Sequence[BaseMessage]) -> dict[str, Any]:
-    """The state update recording the tool result ``node``'s run ended on (`ENDED_PREFIX`);
-    empty when the thread ends on anything else."""
+def ended_update(
+    node: str, thread: Sequence[BaseMessage], *, by_hook: bool = False
+) -> dict[str, Any]:
+    """The state update recording the tool result ``node``'s run ended on (`ENDED_PREFIX`),
+    or with ``by_hook`` the message it ended on, which a hook added (a call-limit
+    middleware's after tool results); empty when the thread ends on anything else."""
     last = thread[-1] if thread else None
-    if not isinstance(last, ToolMessage) or not last.id:
+    if last is None or not last.id or not (by_hook or isinstance(last, ToolMessage)):
         return {}
     return {ANSWERED_FIELD: {ENDED_PREFIX + node: last.id}}
 

@@ -18,8 +18,10 @@ Needs the optional ``langchain`` package (``pip install 'agent-history[agents]'`
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from typing import Annotated, Any, NotRequired
 
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, ToolMessage
@@ -37,6 +39,7 @@ from agent_history.incoming import (
     merged_markers,
     not_streamed_as_output,
 )
+from agent_history.messages import tool_call_before
 from agent_history.node import merge_results
 from agent_history.pass_steps import Step, drive_async, drive_sync
 from agent_history.session import HistoryPass
@@ -110,6 +113,9 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
     def __init__(self, **fields: Unpack[HistoryFields]) -> None:
         super().__init__()
         self.surface: Surface = surface_from(fields)
+        self._answers = _RecentIds()
+        """The ids of the messages this middleware's model calls produced lately: a
+        thread ending on another message after tool results was ended by a hook."""
 
     # --- the delivered message, once per run -----------------------------------------------
 
@@ -138,7 +144,7 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         return self.before_agent(state, runtime)
 
     def after_agent(self, state: HistoryAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """Store an exchange a tool ended (`_tool_ended`); record that the agent answered
+        """Store an exchange a tool or a hook ended (`_tool_ended`); record that the agent answered
         the delivered message (its run ended), so a re-delivery is recognised whatever
         the answer was (a structured one too), and the key span the run's exchange
         belongs to (`incoming.history_key_update`)."""
@@ -161,22 +167,47 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
     ) -> tuple[HistoryPass, list[BaseMessage]] | None:
         """The pass that stores the exchange when the agent ended on tool results, not on
         a model's answer (a tool with ``return_direct=True``: its result is the answer),
-        and the messages from the tool call on; None otherwise. No model call ended that
-        exchange, so no model call's pass stored it."""
+        or on a message a hook added after them (`_hook_ended`), and the messages from
+        the tool call on; None otherwise. No model call ended that exchange, so no model
+        call's pass stored it."""
         messages = list(as_mapping(state).get("messages") or [])
-        if not messages or not isinstance(messages[-1], ToolMessage):
+        by_hook = self._hook_ended(messages)
+        if not messages or not (by_hook or isinstance(messages[-1], ToolMessage)):
             return None
         if ended_earlier(state, self.surface.node, messages):
             return None  # the state as an earlier run left it: this one ended before the agent
         if current_thread(state, self.surface.node).answered:
             return None  # a re-delivery: no exchange of this run
-        if as_mapping(state).get("structured_response") is not None:
-            return None  # a structured answer given as a tool call: its pass stored it
-        calls = [i for i, m in enumerate(messages) if isinstance(m, AIMessage) and m.tool_calls]
-        if not calls:
+        if by_hook:
+            start = tool_call_before(messages, len(messages) - 1)
+        else:
+            calls = [i for i, m in enumerate(messages) if isinstance(m, AIMessage) and m.tool_calls]
+            start = calls[-1] if calls else None
+        if start is None:
             return None
-        start = calls[-1]
+        if as_mapping(state).get("structured_response") is not None and all(
+            m.id in self._answers for m in messages[start:]
+        ):
+            # A structured answer given as a tool call: its pass stored it. (Other tool
+            # calls beside it run after it: their results are this exchange's too.)
+            return None
         return self._begin_on(messages[:start], state, runtime), messages[start:]
+
+    def _hook_ended(self, thread: Sequence[BaseMessage]) -> bool:
+        """Whether ``thread`` ends on an answer no model call of this middleware gave,
+        right after tool results: a hook ended the run there, as langchain's
+        ``ModelCallLimitMiddleware`` and ``ToolCallLimitMiddleware`` do with
+        ``exit_behavior="end"``. (A model call of another process, or one forgotten
+        since, is taken for a hook's: its exchange is stored again, which stores nothing
+        twice.)"""
+        last = thread[-1] if thread else None
+        return (
+            isinstance(last, AIMessage)
+            and not last.tool_calls
+            and len(thread) > 1
+            and isinstance(thread[-2], ToolMessage)
+            and last.id not in self._answers
+        )
 
     def _answered(self, state: HistoryAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
         node = self.surface.node
@@ -195,7 +226,8 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         # A delivered message the thread lacks now was taken out by this run (before_agent
         # added it or found it): a summary in its place. It was answered all the same.
         answered = answered_update(view, node) if view.incoming else {}
-        return merged_markers(answered, span, ended_update(node, thread)) or None
+        ended = ended_update(node, thread, by_hook=self._hook_ended(thread))
+        return merged_markers(answered, span, ended) or None
 
     # --- one pass per model call -----------------------------------------------------------
 
@@ -231,6 +263,7 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
 
         steps = model_pass_steps(run, request.system_prompt or "", lambda: _structured(answers))
         drive_sync(steps, model)
+        self._answers.add(m.id for m in _produced(answers[-1]))
         return answers[-1]
 
     async def awrap_model_call(
@@ -248,6 +281,7 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
 
         steps = model_pass_steps(run, request.system_prompt or "", lambda: _structured(answers))
         await drive_async(steps, model)
+        self._answers.add(m.id for m in _produced(answers[-1]))
         return answers[-1]
 
 
@@ -273,6 +307,28 @@ class MessageIds(AgentMiddleware[AgentState[Any], Any]):
         return _with_ids(await handler(request))
 
 
+class _RecentIds:
+    """The newest ``size`` ids added, from any thread."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, ids: Iterable[str | None]) -> None:
+        with self._lock:
+            for id_ in ids:
+                if id_:
+                    self._ids[id_] = None
+                    self._ids.move_to_end(id_)
+            while len(self._ids) > self._size:
+                self._ids.popitem(last=False)
+
+    def __contains__(self, id_: object) -> bool:
+        with self._lock:
+            return id_ in self._ids
+
+
 def _with_ids(answer: ModelCallResult) -> ModelCallResult:
     for message in _produced(answer):
         if not message.id:
@@ -291,9 +347,16 @@ def _store_steps(run: HistoryPass, ended: list[BaseMessage]) -> Generator[Step, 
 
 def _structured(answers: list[ModelCallResult]) -> bool | None:
     """True when the model call gave the agent's structured response (with a tool
-    strategy, the answer is a tool call): that ends the exchange."""
+    strategy, the answer is a tool call): that ends the exchange. Unless the answer
+    also calls other tools: the agent runs them before it ends, and their results are
+    the exchange's too (`HistoryMiddleware._tool_ended` stores it then)."""
     response = answers[-1] if answers else None
-    return True if getattr(response, "structured_response", None) is not None else None
+    if getattr(response, "structured_response", None) is None:
+        return None
+    produced = _produced(answers[-1])
+    called = {c["id"] for m in produced if isinstance(m, AIMessage) for c in m.tool_calls}
+    answered = {m.tool_call_id for m in produced if isinstance(m, ToolMessage)}
+    return True if called <= answered else None
 
 
 def _sent(payload: list[BaseMessage]) -> list[AnyMessage]:

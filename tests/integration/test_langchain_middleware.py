@@ -23,8 +23,10 @@ from langchain.agents.middleware import (
     AgentMiddleware,
     ClearToolUsesEdit,
     ContextEditingMiddleware,
+    ModelCallLimitMiddleware,
     ModelRetryMiddleware,
     SummarizationMiddleware,
+    ToolCallLimitMiddleware,
     hook_config,
 )
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
@@ -38,7 +40,7 @@ from langgraph.store.sqlite import SqliteStore
 from langgraph.types import Command
 
 from agent_history import ChatHistory, HistoryReport
-from agent_history.middleware import HistoryMiddleware
+from agent_history.middleware import HistoryMiddleware, _RecentIds
 from agent_history.node import merge_results
 from agent_history.testing import RecordingChatModel
 from tests.support.agent_graphs import telegram_callback
@@ -423,3 +425,148 @@ async def test_a_message_a_guard_blocks_after_a_return_direct_exchange_is_not_st
         ["my order?", "", "order 42 shipped", "thanks", "echo: thanks", "my order?"],
     ]
     assert "BLOCKED" not in caplog.text and "4111" not in caplog.text
+
+
+def _limit(kind: str) -> AgentMiddleware[Any, Any]:
+    """A call limit that ends the run after one tool call: its hook adds the answer."""
+    if kind == "model calls":
+        return ModelCallLimitMiddleware(run_limit=1, exit_behavior="end")
+    return ToolCallLimitMiddleware(run_limit=0, exit_behavior="end")
+
+
+@pytest.mark.parametrize("calls", ["sync", "async"])
+@pytest.mark.parametrize("scope", ["turns", "full"])
+@pytest.mark.parametrize("limit", ["model calls", "tool calls"])
+async def test_an_exchange_a_call_limit_ended_is_stored_when_the_run_ends(
+    store: Any, limit: str, scope: str, calls: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call limit with ``exit_behavior="end"`` ends the run in a hook, after tool
+    results, with an answer of its own: no model call ended that exchange, so no pass
+    stored it, and on a new thread per callback it was lost, question and all (a stable
+    thread stored it with the next turn). It is stored when the run ends, once; its
+    re-delivery, a sticker and a message a guard blocks after it store nothing."""
+    model, reports = WeatherModel(), []
+    history = HistoryMiddleware(history_scope=scope, on_report=reports.append)
+    agent = create_agent(
+        model,
+        [get_weather],
+        middleware=[_InputGuard(), history, _limit(limit)],
+        store=store,
+        checkpointer=InMemorySaver(),
+    )
+    sticker = {"inputs": {"message": {"sticker": "thumbs up", "message_id": 2}},
+               "results": {"telegram_events_parser": {"chat_id": 7}}}  # fmt: skip
+    runs = [
+        telegram_callback(7, "weather in Paris", 1),
+        telegram_callback(7, "weather in Paris", 1),  # the webhook again
+        sticker,
+        telegram_callback(7, "BLOCKED card 4111", 3),
+    ]
+    answers = []
+    for callback in runs:
+        config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+        if calls == "sync":
+            out = agent.invoke(callback, config)
+        else:
+            out = await agent.ainvoke(callback, config)
+        answers.append(str(out["messages"][-1].content) if out["messages"] else None)
+    said = "Model call limits exceeded" if limit == "model calls" else "Tool call limit reached"
+    assert answers[0] is not None and answers[0].startswith(said)
+    stored = [(t.role, t.content) for t in ChatHistory(store, scope=scope).read("telegram:7")]
+    exchange = [("user", "weather in Paris"), ("assistant", answers[0])]
+    if scope == "full":
+        result = "sunny in Paris" if limit == "model calls" else "Tool call limit exceeded."
+        exchange[1:1] = [("assistant", ""), ("tool", stored[2][1])]
+        assert stored[2][1].startswith(result)
+    assert stored == exchange
+    assert sum(r.appended for r in reports) == len(exchange)
+    assert all(r.fallbacks == () for r in reports)
+    assert "4111" not in caplog.text and "Paris" not in caplog.text
+
+    # the next question sees the exchange, once
+    out = agent.invoke(telegram_callback(7, "thanks", 4), {"configurable": {"thread_id": "n"}})
+    assert str(out["messages"][-1].content) == "echo: thanks"
+    sent = [(m.type, str(m.content)) for m in model.calls[-1]]
+    types = {"user": "human", "assistant": "ai", "tool": "tool"}
+    assert sent == [(types[role], text) for role, text in exchange] + [("human", "thanks")]
+
+
+@pytest.mark.parametrize("thread", ["new thread per run", "stable thread"])
+def test_tool_loops_whose_answers_this_process_forgot_are_stored_once(
+    store: Any, thread: str
+) -> None:
+    """A tool loop the model ended is stored by its pass; the run's end takes an answer
+    this process did not see given (another worker's, or one it forgot) for a hook's and
+    stores the exchange again: that stores nothing twice."""
+    model, reports = WeatherModel(), []
+    history = HistoryMiddleware(history_scope="full", on_report=reports.append)
+    history._answers = _RecentIds(size=0)  # remembers nothing
+    agent = create_agent(
+        model, [get_weather], middleware=[history], store=store, checkpointer=InMemorySaver()
+    )
+    stable = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    for message_id, text in [(1, "weather in Paris"), (2, "weather in Rome"), (3, "hi")]:
+        new = {"configurable": {"thread_id": uuid.uuid4().hex}}
+        agent.invoke(
+            telegram_callback(7, text, message_id),
+            new if thread == "new thread per run" else stable,
+        )
+    stored = [(t.role, t.content) for t in ChatHistory(store, scope="full").read("telegram:7")]
+    assert stored == [
+        ("user", "weather in Paris"), ("assistant", ""), ("tool", "sunny in Paris"),
+        ("assistant", "final[Paris]: sunny in Paris"),
+        ("user", "weather in Rome"), ("assistant", ""), ("tool", "sunny in Rome"),
+        ("assistant", "final[Rome]: sunny in Rome"),
+        ("user", "hi"), ("assistant", "echo: hi"),
+    ]  # fmt: skip
+    assert sum(r.appended for r in reports) == 10
+
+
+class _Footer(AgentMiddleware[Any, Any]):
+    """Adds a footer after the agent's answer (listed after the history, it runs first)."""
+
+    def after_agent(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        return {"messages": [AIMessage("-- sent by bot")]}
+
+
+@pytest.mark.parametrize("scope", ["turns", "full"])
+def test_a_footer_after_a_tool_ended_run_is_stored_on_a_new_thread_per_run(
+    store: Any, scope: str
+) -> None:
+    """A footer an ``after_agent`` hook adds after a ``return_direct`` result ends the
+    run on that footer: the exchange was stored only by a stable thread's next turn, and
+    lost with a new thread per callback. It is stored when the run ends."""
+    agent = create_agent(
+        LookupModel(),
+        [lookup],
+        middleware=[HistoryMiddleware(history_scope=scope), _Footer()],
+        store=store,
+        checkpointer=InMemorySaver(),
+    )
+    for message_id, text in [(1, "my order?"), (2, "thanks")]:
+        config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+        agent.invoke(telegram_callback(7, text, message_id), config)
+    stored = [(t.role, t.content) for t in ChatHistory(store, scope=scope).read("telegram:7")]
+    tool_steps = [("assistant", ""), ("tool", "order 42 shipped")] if scope == "full" else []
+    assert stored == [
+        ("user", "my order?"), *tool_steps, ("assistant", "-- sent by bot"),
+        ("user", "thanks"), ("assistant", "echo: thanks"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("calls", ["sync", "async"])
+async def test_an_agent_that_speaks_first_on_an_empty_thread_ends_its_run(
+    store: Any, calls: str
+) -> None:
+    """A run on an empty thread (an assistant greeting first) ends on the model's one
+    message: the run's end looks before it for tool results and finds none."""
+    model = RecordingChatModel(prefix="hello")
+    history = HistoryMiddleware(history_key=lambda state, runtime: "web:8")
+    agent = create_agent(model, middleware=[history], store=store, checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    if calls == "sync":
+        out = agent.invoke({"messages": []}, config)
+    else:
+        out = await agent.ainvoke({"messages": []}, config)
+    assert [str(m.content) for m in out["messages"]] == ["hello"]
+    assert [t.content for t in ChatHistory(store).read("web:8")] == ["hello"]

@@ -67,3 +67,63 @@ def test_agent_node_stores_a_structured_answer_of_its_agent(store: BaseStore) ->
     stored = [(t.role, t.content) for t in ChatHistory(store).read(f"telegram:{chat}")]
     assert [role for role, _ in stored] == ["user", "assistant", "tool"]
     assert stored[2][1].startswith("Returning structured response")
+
+
+def _weather(city: str) -> str:
+    """The weather in a city."""
+    return f"sunny in {city}"
+
+
+class _AnswersWithATool(_Scripted):
+    """Gives its structured answer and a tool call beside it, in one message."""
+
+    calls: list[list[str]] = []
+
+    def _generate(self, messages: Any, stop: Any = None, **kwargs: Any) -> Any:
+        from langchain_core.outputs import ChatGeneration, ChatResult
+
+        self.calls.append([m.type for m in messages])
+        n = sum(1 for m in messages if m.type == "human")
+        calls = [
+            {"name": "_weather", "args": {"city": "Paris"}, "id": f"t{n}"},
+            {"name": "Weather", "args": {"city": "Paris", "sky": "sunny"}, "id": f"w{n}"},
+        ]
+        return ChatResult(generations=[ChatGeneration(message=AIMessage("", tool_calls=calls))])
+
+
+@pytest.mark.parametrize("thread", ["new thread per run", "stable thread"])
+@pytest.mark.parametrize("scope", ["turns", "full"])
+def test_a_structured_answer_beside_another_tool_call_is_stored_with_that_tools_result(
+    store: BaseStore, scope: str, thread: str
+) -> None:
+    """The model gives its structured answer and calls another tool in the same message:
+    the agent runs that tool after the answer. The answer was stored before the tool's
+    result existed, a call without its result: a later turn's window left the exchange
+    out (a call without its result is refused by providers), on a new thread per run
+    for good. The exchange is now stored when the run ends, with both results."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    key = f"chat:{uuid.uuid4().hex[:8]}"
+    model = _AnswersWithATool(messages=iter([]))
+    middleware = HistoryMiddleware(
+        history_key_candidates=[key], history_scope=scope, toggles=HistoryToggles(env={})
+    )
+    graph = create_agent(
+        model,
+        tools=[_weather],
+        response_format=ToolStrategy(Weather),
+        middleware=[middleware],
+        store=store,
+        checkpointer=InMemorySaver(),
+    )
+    stable = new_thread()
+    for text, message_id in [("weather?", 1), ("and tomorrow?", 2)]:
+        config = stable if thread == "stable thread" else new_thread()
+        callback = {"inputs": {"message": {"text": text, "message_id": message_id}}}
+        state = graph.invoke(callback, config)
+        assert state["structured_response"] == Weather(city="Paris", sky="sunny")
+    stored = [(t.role, t.content) for t in ChatHistory(store, scope=scope).read(key)]
+    answer = [("assistant", ""), ("tool", "Returning structured response: city='Paris' sky='sunny'"),
+              ("tool", "sunny in Paris")]  # fmt: skip
+    assert stored == [("user", "weather?"), *answer, ("user", "and tomorrow?"), *answer]
+    assert model.calls == [["human"], ["human", "ai", "tool", "tool", "human"]]
