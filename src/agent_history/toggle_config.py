@@ -7,6 +7,7 @@ never a breaker that cannot open or a budget that never ends.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -69,10 +70,31 @@ def parse_mode(value: Any, variable: str) -> HistoryMode:
     raise ConfigError(variable, f"must be one of {allowed} (got {_shown(value)})")
 
 
+_NOT_IN_LISTED_NAMES = frozenset("[]\"';")
+
+
 def parse_names(value: Any, variable: str) -> frozenset[str]:
-    """Node names from a comma-separated string or a list of strings."""
+    """Node names from a list of strings, a JSON list (``["a", "b"]``) or a
+    comma-separated string (``a,b``). In the comma form, a name with spaces, quotes,
+    brackets or semicolons is refused (another list syntax would otherwise name nodes
+    that do not exist, and disable nothing): such a name goes in a JSON list."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigError(
+                variable, "starts with '[' but is not a JSON list of node names"
+            ) from None
     if isinstance(value, str):
         items: Iterable[Any] = value.split(",")
+        for item in items:
+            name = item.strip()
+            if any(c.isspace() or c in _NOT_IN_LISTED_NAMES for c in name):
+                raise ConfigError(
+                    variable,
+                    f"{_shown(name)} is not one node name: separate names with commas "
+                    '(a,b), or give a JSON list (["a", "b"]) for a name with spaces',
+                )
     elif isinstance(value, list | tuple | set | frozenset):
         items = value
     else:

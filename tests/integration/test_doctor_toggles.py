@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from agent_history.cli import app
@@ -145,3 +146,33 @@ def test_doctor_warns_of_node_modes_a_global_rollback_does_not_reach(tmp_path: P
     flags.write_text(json.dumps({"mode": "off", "nodes": {"support": {"mode": "read_write"}}}))
     quiet = CliRunner().invoke(app, ["doctor", "--json"], env=env)
     assert json.loads(quiet.stdout)["warnings"] == []  # off reaches every node
+
+
+@pytest.mark.parametrize(
+    ("value", "disabled"),
+    [
+        ("support_agent, billing_agent", ["billing_agent", "support_agent"]),
+        ('["support_agent", "billing agent"]', ["billing agent", "support_agent"]),
+        ("support_agent billing_agent", None),
+        ("support_agent;billing_agent", None),
+        ('"support_agent"', None),
+        ('["support_agent"', None),
+    ],
+)
+def test_disabled_nodes_in_another_list_syntax_disable_them_or_are_refused(
+    tmp_path: Path, value: str, disabled: list[str] | None
+) -> None:
+    """Rollback step 1 with the list written as JSON, or with spaces or semicolons: each
+    was read as node names that no graph has, so the nodes went on writing while doctor
+    said ok. A JSON list is read as one; the others are refused, naming the variable."""
+    env = _env(tmp_path, disabled_nodes=value)
+    result = CliRunner().invoke(app, ["doctor", "--json"], env=env)
+    if disabled is None:
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: {PREFIX}DISABLED_NODES: ")
+        return
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["disabled_nodes"] == disabled
+    toggles = HistoryToggles(env={PREFIX + "DISABLED_NODES": value})
+    for node in disabled:
+        assert toggles.decide(node, node_enabled=True).reason == "node_disabled"
