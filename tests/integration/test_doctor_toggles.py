@@ -176,3 +176,29 @@ def test_disabled_nodes_in_another_list_syntax_disable_them_or_are_refused(
     toggles = HistoryToggles(env={PREFIX + "DISABLED_NODES": value})
     for node in disabled:
         assert toggles.decide(node, node_enabled=True).reason == "node_disabled"
+
+
+def test_doctor_warns_of_variables_under_its_prefixes_it_does_not_read(tmp_path: Path) -> None:
+    """A rollback with a typo in the variable's name (``..._MDOE=off``) changes nothing:
+    doctor said ok without a word. It now names the variable and the one meant."""
+    env = {
+        **_env(tmp_path, mdoe="off", disabled_node="billing"),
+        "ORCHEO_GRAPH_STORE_SQLITE_PAHT": "/srv/store.sqlite",
+        PREFIX + "MODE": " ",
+        "ORCHEO_OTHER_PROGRAM_SETTING": "1",  # not under agent-history's prefixes
+    }
+    result = CliRunner().invoke(app, ["doctor", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["mode"] == "read_write" and report["disabled_nodes"] == []
+    assert report["warnings"] == [
+        f"{PREFIX}DISABLED_NODE is not a variable agent-history reads "
+        f"(did you mean {PREFIX}DISABLED_NODES?): it has no effect",
+        f"{PREFIX}MDOE is not a variable agent-history reads "
+        f"(did you mean {PREFIX}MODE?): it has no effect",
+        "ORCHEO_GRAPH_STORE_SQLITE_PAHT is not a variable agent-history reads "
+        "(did you mean ORCHEO_GRAPH_STORE_SQLITE_PATH?): it has no effect",
+        f"{PREFIX}MODE is set but empty: read as unset, so the mode is read_write",
+    ]
+    clean = CliRunner().invoke(app, ["doctor", "--json"], env=_env(tmp_path))
+    assert json.loads(clean.stdout)["warnings"] == []

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import typer
@@ -25,13 +28,16 @@ from agent_history.errors import ConfigError, StoreTimeout, StoreUnavailable
 from agent_history.history import ChatHistory
 from agent_history.history.drivers.postgres_setup import TABLES_ELSEWHERE
 from agent_history.redaction import safe_error_text
+from agent_history.settings import LEGACY_SQLITE_PATH_VAR, HistorySettings, env_var
 from agent_history.stores import backend_of
 from agent_history.toggle_config import (
     AUDIT_FILE_VAR,
     ENV_PREFIX,
+    MODE_VAR,
     HistoryMode,
     ToggleConfig,
     TriggerSettings,
+    watched_variables,
 )
 from agent_history.toggles import load_toggle_config
 
@@ -94,6 +100,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         *_schema_warnings(elsewhere),
         *_trigger_warnings(toggles),
         *_node_mode_warnings(toggles),
+        *variable_warnings(os.environ),
     ]
     if as_json:
         console.print_json(json.dumps(report))
@@ -104,6 +111,32 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     for warning in report["warnings"]:
         console.print(f"[yellow]warning[/]: {escape(warning)}", highlight=False)
     console.print("[green]ok[/]: configuration valid, store reachable, probe round-tripped")
+
+
+_OWN_PREFIXES = (ENV_PREFIX, "ORCHEO_GRAPH_STORE_")
+"""Prefixes only agent-history reads under: a name there that it does not read is a typo."""
+
+
+def variable_warnings(env: Mapping[str, str]) -> list[str]:
+    """Variables under agent-history's own prefixes that it does not read (a typo such
+    as ``..._MDOE``: the switch meant is not set), and a mode set to nothing, which
+    reads as unset (``read_write``)."""
+    known = {
+        *watched_variables(),
+        *(env_var(name) for name in HistorySettings.model_fields),
+        LEGACY_SQLITE_PATH_VAR,
+    }
+    warnings = []
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith(_OWN_PREFIXES) or upper in known:
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
+        meant = f" (did you mean {close[0]}?)" if close else ""
+        warnings.append(f"{name} is not a variable agent-history reads{meant}: it has no effect")
+    if MODE_VAR in env and not env[MODE_VAR].strip():
+        warnings.append(f"{MODE_VAR} is set but empty: read as unset, so the mode is read_write")
+    return warnings
 
 
 def _schema_warnings(events: list[dict[str, Any]]) -> list[str]:
