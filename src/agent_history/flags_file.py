@@ -28,11 +28,13 @@ from pydantic import (
 from pydantic import StringConstraints as Constraints
 
 from agent_history import observability as obs
+from agent_history.errors import ConfigError
 from agent_history.toggle_config import (
     FLAGS_FILE_VAR,
     HistoryMode,
     ToggleConfig,
     TriggerAction,
+    parse_names,
     trigger_action,
     validation_problem,
 )
@@ -124,14 +126,26 @@ class FlagsFileSchema(_Strict):
     @classmethod
     def _node_modes(cls, value: Any) -> Any:
         if isinstance(value, Mapping):
+            _named_once(value)
             return {k: _lower(v) for k, v in value.items()}
+        return value
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _nodes(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            _named_once(value)
         return value
 
     @field_validator("disabled_nodes", mode="before")
     @classmethod
     def _disabled(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [name for name in value.split(",") if name.strip()]
+            # As the variable reads it: a JSON list, or names separated by commas.
+            try:
+                return list(parse_names(value, "disabled_nodes"))
+            except ConfigError as exc:
+                raise ValueError(exc.problem) from None
         if not isinstance(value, list | tuple):
             raise ValueError("must be a list of node names or a comma-separated string")
         if not all(isinstance(name, str) for name in value):
@@ -155,6 +169,17 @@ class FlagsFileSchema(_Strict):
         modes = dict(self.node_modes)
         modes.update({name: f.mode for name, f in self.nodes.items() if f.mode is not None})
         return modes
+
+
+def _named_once(nodes: Mapping[Any, Any]) -> None:
+    """Refuse two keys naming one node: names are read without surrounding spaces, so
+    ``"agent"`` and ``"agent "`` are one node, and one of its modes would be lost."""
+    seen: set[str] = set()
+    for name in nodes:
+        if isinstance(name, str):
+            if name.strip() in seen:
+                raise ValueError(f"node {name.strip()[:60]!r} is named twice")
+            seen.add(name.strip())
 
 
 def parse_flags(path: str, data: bytes) -> FlagsFileSchema:

@@ -505,8 +505,31 @@ def test_an_unusable_migrate_file_is_reported_under_its_option(
             "node 'agent' has two modes: node_modes (read_write) and nodes.mode (off)",
         ),
         ("flags.toml", 'mode = "off"\nmode = "read_write"\n', "not valid TOML"),
+        (
+            "flags.json",
+            '{"nodes": {"agent": {"mode": "off"}, "agent ": {"mode": "read_write"}}}',
+            "nodes: node 'agent' is named twice",
+        ),
+        (
+            "flags.toml",
+            'node_modes = {agent = "off", " agent" = "read_write"}\n',
+            "node_modes: node 'agent' is named twice",
+        ),
+        (
+            "flags.json",
+            '{"disabled_nodes": "support_agent billing_agent"}',
+            "'support_agent billing_agent' is not one node name",
+        ),
     ],
-    ids=["top level", "nested", "two spellings", "toml"],
+    ids=[
+        "top level",
+        "nested",
+        "two spellings",
+        "toml",
+        "a stray space",
+        "toml space",
+        "names without commas",
+    ],  # fmt: skip
 )
 def test_doctor_refuses_a_flags_file_that_gives_a_switch_twice(
     name: str, content: str, problem: str, env: dict[str, str], tmp_path: Path
