@@ -56,9 +56,11 @@ def _parse_backend(value: Any, field: str) -> Any:
 
 
 def _absolute_path(value: Any, field: str) -> Any:
-    if value is None or (isinstance(value, Path) and value.is_absolute()):
+    if value is None:
         return value
-    text = str(value).strip()
+    # (A path given as a `Path` is read as its text is: a CLI option's trailing space made
+    # another file than the same text in the variable.)
+    text = (os.fspath(value) if isinstance(value, os.PathLike) else str(value)).strip()
     if not text:
         raise ConfigError(env_var(field), "must not be empty")
     if text.startswith("~"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -278,6 +279,40 @@ def test_migrate_refuses_the_same_store(tmp_path: Path) -> None:
     env = {"ORCHEO_GRAPH_STORE_SQLITE_PATH": str(tmp_path / "x.sqlite")}
     result = _invoke(["migrate", "--from-backend", "sqlite", "--to-backend", "sqlite"], env)
     assert result.exit_code == 2 and "same store" in result.output
+
+
+@pytest.mark.parametrize("spelling", ["symlink", "dot-dot", "hard link"])
+def test_migrate_refuses_the_same_file_spelled_another_way(tmp_path: Path, spelling: str) -> None:
+    """The source file through a symlink, ``..`` or a hard link: migrate copied nothing
+    and said "verification: all counts and checksums match" (exit 0)."""
+    source = tmp_path / "x.sqlite"
+    settings = HistorySettings(graph_store_sqlite_path=source)
+    _seed(settings, "ns", {"telegram:1": 2})
+    (tmp_path / "sub").mkdir()
+    target = {"symlink": tmp_path / "link.sqlite", "dot-dot": tmp_path / "sub" / ".." / "x.sqlite",
+              "hard link": tmp_path / "hard.sqlite"}[spelling]  # fmt: skip
+    if spelling == "symlink":
+        target.symlink_to(source)
+    elif spelling == "hard link":
+        os.link(source, target)
+    args = ["migrate", "--from-backend", "sqlite", "--to-backend", "sqlite", "-n", "ns"]
+    result = _invoke([*args, "--to-sqlite-path", str(target)], _env(settings))
+    assert result.exit_code == 2, result.output
+    assert result.output == "error: source and target are the same store\n"
+
+
+def test_migrate_reads_a_target_path_as_the_variable_reads_it(tmp_path: Path) -> None:
+    """A target path with a trailing space made a file whose name ends in a space, which
+    workers given the same text in ORCHEO_GRAPH_STORE_SQLITE_PATH (trimmed) never open."""
+    settings = HistorySettings(graph_store_sqlite_path=tmp_path / "x.sqlite")
+    _seed(settings, "ns", {"telegram:1": 2})
+    args = ["migrate", "--from-backend", "sqlite", "--to-backend", "sqlite", "-n", "ns"]
+    result = _invoke([*args, "--to-sqlite-path", f"{tmp_path / 'y.sqlite'} "], _env(settings))
+    assert result.exit_code == 0, result.output
+    assert not any(p.name.endswith(" ") for p in tmp_path.iterdir())
+    target = HistorySettings(graph_store_sqlite_path=f"{tmp_path / 'y.sqlite'} ")
+    with create_graph_store_sync(target) as store:
+        assert ChatHistory(store, namespace=("ns",)).count("telegram:1") == 2
 
 
 # --- a CLI that never throws a traceback ------------------------------------------------

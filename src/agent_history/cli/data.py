@@ -385,6 +385,23 @@ def import_(
 # --- migrate ----------------------------------------------------------------------------
 
 
+def _same_store(a: HistorySettings, b: HistorySettings) -> bool:
+    """Whether two settings name one store: the same description, or one SQLite file
+    spelled two ways (a symlink, ``..``)."""
+    if a.describe() == b.describe():
+        return True
+    sqlite = Backend.SQLITE
+    if a.graph_store_backend is not sqlite or b.graph_store_backend is not sqlite:
+        return False
+    paths = (a.graph_store_sqlite_path, b.graph_store_sqlite_path)
+    if os.path.realpath(paths[0]) == os.path.realpath(paths[1]):
+        return True
+    try:
+        return os.path.samefile(*paths)  # (a hard link too)
+    except OSError:  # one of them is not there yet
+        return False
+
+
 @app.command()
 @guarded
 def migrate(
@@ -423,7 +440,7 @@ def migrate(
         graph_store_backend=to_backend.value if to_backend else None,
         graph_store_sqlite_path=to_sqlite_path,
     )
-    same = source_settings.describe() == target_settings.describe()
+    same = _same_store(source_settings, target_settings)
     if same and not from_legacy:
         raise fail("source and target are the same store", EXIT_CONFIG)
     _require_existing(
