@@ -68,6 +68,7 @@ from agent_history.messages import (
     anchors_to_check,
     comparable,
     exchange_overlap,
+    is_context_summary,
     merge_history,
     newest_human,
     role_of,
@@ -452,8 +453,15 @@ class HistoryPass(SummaryUpdates):
         """
         thread = self.view.messages
         self.tokens_sent = self.tokens_dropped = 0
-        system = [SystemMessage(system_prompt, id=SYSTEM_PROMPT_ID)] if system_prompt else []
-        prefix = [*system, *(m for m in thread if role_of(m) == "system")]
+        system: list[BaseMessage] = (
+            [SystemMessage(system_prompt, id=SYSTEM_PROMPT_ID)] if system_prompt else []
+        )
+        system += [m for m in thread if role_of(m) == "system" and not is_context_summary(m)]
+        # A summary a middleware put in the thread is a user message that says it is
+        # context: after every system message (the running summary too), as providers
+        # that want system messages first require.
+        summaries = [m for m in thread if is_context_summary(m)]
+        prefix = [*system, *summaries]
         from_store = self.history is not None and self.decision.payload_from_store
         summary = self._fitting_summary(prefix, thread) if from_store else None
         self.merged = self._merge(self.stored, prefix, summary)
@@ -477,7 +485,9 @@ class HistoryPass(SummaryUpdates):
         if payload.truncated:
             obs.METRICS.inc(obs.TRUNCATION_EVENTS, backend=self.backend)
         self.summary_in_payload = summary
-        before = [*prefix, summary_message(summary)] if summary is not None else prefix
+        before = prefix
+        if summary is not None:
+            before = [*system, summary_message(summary), *summaries]
         return self._count(before, payload)
 
     def _merge(

@@ -13,6 +13,7 @@ again.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import uuid
 from typing import Annotated, Any, TypedDict
@@ -570,3 +571,54 @@ async def test_an_agent_that_speaks_first_on_an_empty_thread_ends_its_run(
         out = await agent.ainvoke({"messages": []}, config)
     assert [str(m.content) for m in out["messages"]] == ["hello"]
     assert [t.content for t in ChatHistory(store).read("web:8")] == ["hello"]
+
+
+class _SystemFirst(RecordingChatModel):
+    """Refuses a system message after another kind, as Anthropic's and Google's chat
+    integrations do ("Received multiple non-consecutive system messages")."""
+
+    def reply(self, messages: list[BaseMessage], **kwargs: Any) -> AIMessage:
+        kinds = [m.type == "system" for m in messages]
+        if any(later and not earlier for earlier, later in itertools.pairwise(kinds)):
+            raise ValueError("Received multiple non-consecutive system messages.")
+        return super().reply(messages, **kwargs)
+
+
+@pytest.mark.parametrize("order", ["history first", "summary first"])
+def test_a_running_summary_beside_langchains_summary_keeps_system_messages_first(
+    store: Any, order: str
+) -> None:
+    """The middleware's own running summary (a system message) went after langchain's
+    summary (a human message marked as context): providers that want system messages
+    first refused every later message of the chat. The payload now leads with the
+    system prompt and the summary, then langchain's summary, then the window."""
+    model = _SystemFirst()
+    history = HistoryMiddleware(
+        max_messages=4,
+        summary_model=FakeListChatModel(responses=["OWN SUMMARY"] * 50),
+        summary_every=2,
+    )
+    summarize = SummarizationMiddleware(
+        FakeListChatModel(responses=["LC SUMMARY"] * 50),
+        trigger=("messages", 6),
+        keep=("messages", 2),
+    )
+    agent = create_agent(
+        model,
+        system_prompt="You are a bot.",
+        middleware=[history, summarize] if order == "history first" else [summarize, history],
+        store=store,
+        checkpointer=InMemorySaver(),
+    )
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    for i in range(1, 9):
+        out = agent.invoke(telegram_callback(1, f"message {i}", i), config)
+        assert str(out["messages"][-1].content) == f"echo: message {i}"
+    last = model.calls[-1]
+    heads = [(m.type, str(m.content)[:20]) for m in last[:3]]
+    assert heads[0] == ("system", "You are a bot.")
+    assert heads[1][0] == "system" and "OWN SUMMARY" in str(last[1].content)
+    assert heads[2][0] == "human" and "LC SUMMARY" in str(last[2].content)
+    assert str(last[-1].content) == "message 8"
+    stored = [t.content for t in ChatHistory(store).read("telegram:1")]
+    assert stored == [text for i in range(1, 9) for text in (f"message {i}", f"echo: message {i}")]
