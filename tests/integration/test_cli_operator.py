@@ -218,7 +218,10 @@ def test_import_refuses_a_conversation_holding_other_turns_at_its_seqs(
         f"{out}: line 3: conversation 'telegram:42' not imported: the conversation already "
         "holds another turn at seq 1"
     ) in result.output
-    assert "imported 2 new turns into 2 conversations (0 turns already present)" in result.output
+    # (the refused conversation is not counted as imported)
+    assert "imported 2 new turns into 1 of 2 conversations (0 turns already present)" in (
+        result.output
+    )
     assert "error: 1 conversation not imported" in result.output
     assert _stored(env, target) == {
         "telegram:41": ["telegram:41-0", "telegram:41-1"],
@@ -241,6 +244,7 @@ def test_import_refuses_a_stored_conversation_that_is_longer_or_diverges(
     report = json.loads(result.stdout)
     assert report == {
         "conversations": 2,
+        "conversations_imported": 0,
         "turns_written": 0,
         "turns_present": 0,
         "summaries_written": 0,
@@ -529,7 +533,7 @@ def test_an_unusable_migrate_file_is_reported_under_its_option(
         "a stray space",
         "toml space",
         "names without commas",
-    ],  # fmt: skip
+    ],
 )
 def test_doctor_refuses_a_flags_file_that_gives_a_switch_twice(
     name: str, content: str, problem: str, env: dict[str, str], tmp_path: Path

@@ -360,6 +360,7 @@ def import_(
             json.dumps(
                 {
                     "conversations": report.conversations,
+                    "conversations_imported": report.conversations - len(report.rejected),
                     "turns_written": report.written,
                     "turns_present": report.present,
                     "summaries_written": report.summaries,
@@ -368,9 +369,14 @@ def import_(
             )
         )
     else:
+        imported = report.conversations - len(report.rejected)
+        into = (
+            f"{imported} of {plural(report.conversations, 'conversation')}"
+            if report.rejected
+            else plural(report.conversations, "conversation")
+        )
         console.print(
-            f"imported {plural(report.written, 'new turn')} into "
-            f"{plural(report.conversations, 'conversation')} "
+            f"imported {plural(report.written, 'new turn')} into {into} "
             f"({plural(report.present, 'turn')} already present"
             + (f"; {_summaries(report.summaries)} written" if report.summaries else "")
             + ")",
