@@ -117,7 +117,15 @@ _FAULTS = ("SQLITE_IOERR", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL")
 
 def _cannot_open(field: str, target: str, exc: sqlite3.Error) -> ConfigError | StoreUnavailable:
     problem = f"cannot open SQLite file {target}: {exc}"
-    if str(getattr(exc, "sqlite_errorname", "")).startswith(_FAULTS):
+    error = str(getattr(exc, "sqlite_errorname", ""))
+    if error.startswith("SQLITE_CORRUPT"):
+        # The file is a database, damaged (a copy of a live file, a full disk): the store
+        # failed, as when a read meets the damage later; no setting will mend it.
+        return StoreUnavailable(
+            f"{env_var(field)}: {problem} (the file is damaged: see sqlite3 {target} "
+            "'PRAGMA integrity_check', and restore it from a backup)"
+        )
+    if error.startswith(_FAULTS):
         return StoreUnavailable(f"{env_var(field)}: {problem}")
     return ConfigError(env_var(field), problem)
 

@@ -541,3 +541,22 @@ def test_doctor_on_a_store_that_cannot_take_the_probe_exits_3(tmp_path: Path) ->
     assert result.exit_code == 3, result.output
     assert "probe round-trip failed: StoreUnavailable" in " ".join(result.output.split())
     assert "database is locked" in result.output and "Traceback" not in result.output
+
+
+def test_a_damaged_store_file_is_a_failed_store_not_a_setting(tmp_path: Path) -> None:
+    """A truncated copy of a store (a live file copied, a full disk) exited 2, "invalid
+    configuration", while the same damage met by a read exits 3: it is the store that
+    failed, and the message now says how to check the file and to restore it."""
+    import sqlite3
+
+    settings = HistorySettings(graph_store_sqlite_path=tmp_path / "live.sqlite")
+    _seed(settings, "ns", {f"telegram:{i}": 40 for i in range(20)})
+    with sqlite3.connect(settings.graph_store_sqlite_path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    damaged = tmp_path / "copy.sqlite"
+    damaged.write_bytes(settings.graph_store_sqlite_path.read_bytes()[:8192])
+    for command in (["doctor"], ["stats", "-n", "ns"], ["export", "-n", "ns"]):
+        result = _invoke(command, {"ORCHEO_GRAPH_STORE_SQLITE_PATH": str(damaged)})
+        assert result.exit_code == 3, (command, result.output)
+        assert "database disk image is malformed" in result.output
+        assert "restore it from a backup" in result.output
