@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -160,7 +161,20 @@ class DrillStore(BaseStore):
         self.delay = 0.0
         self._lock = threading.Lock()
         self._current: StoreCalls | None = None
+        self._noted = threading.local()
+        self.failures: Counter[str] = Counter()
+        """The real store's errors while no latency was injected, by class (and SQLite's
+        error name): the store failed, and the switches' rows are no verdict on them."""
         use_driver(self, _CountingDriver(self, driver_for(inner)))
+
+    def failed(self, exc: BaseException) -> None:
+        """Record ``exc``, raised by the real store."""
+        if not isinstance(exc, Exception):
+            return
+        name = type(exc).__name__
+        code = getattr(exc, "sqlite_errorname", None)
+        with self._lock:
+            self.failures[f"{name} [{code}]" if code else name] += 1
 
     def attach(self, calls: StoreCalls | None) -> None:
         """Count the following calls in ``calls`` (None: between runs, not counted)."""
@@ -174,18 +188,34 @@ class DrillStore(BaseStore):
                 self._current.writes += 1
             elif self._current is not None:
                 self._current.reads += 1
+        self._noted.delay = self.delay  # (what `watched` sees for the call that follows)
         if self.delay:
             time.sleep(self.delay)  # the injected latency the trigger measures
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         listed = list(ops)
         self.note(any(isinstance(op, PutOp) for op in listed))
-        return self.inner.batch(listed)
+        with self.watched():
+            return self.inner.batch(listed)
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
         listed = list(ops)
         self.note(any(isinstance(op, PutOp) for op in listed))  # blocks, like a slow driver
-        return await self.inner.abatch(listed)
+        with self.watched():
+            return await self.inner.abatch(listed)
+
+    @contextmanager
+    def watched(self) -> Iterator[None]:
+        """Record what the real store raises in the block (`failed`), and raise it;
+        unless the call began with the drill's latency injected (`note`: a time budget
+        then stops it on purpose)."""
+        injected = getattr(self._noted, "delay", 0.0)
+        try:
+            yield
+        except BaseException as exc:
+            if not injected:
+                self.failed(exc)
+            raise
 
 
 class _CountingDriver(HistoryDriver):
@@ -208,48 +238,56 @@ class _CountingDriver(HistoryDriver):
 
     def run(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
         self._wrapper.note(True)
-        return self.inner.run(namespace, steps)
+        with self._wrapper.watched():
+            return self.inner.run(namespace, steps)
 
     def reader(self, namespace: tuple[str, ...]) -> SyncPerform:
         perform = self.inner.reader(namespace)
 
         def counted(request: Request) -> Any:
             self._wrapper.note(False)
-            return perform(request)
+            with self._wrapper.watched():
+                return perform(request)
 
         return counted
 
     def read(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
         self._wrapper.note(False)
-        return self.inner.read(namespace, steps)
+        with self._wrapper.watched():
+            return self.inner.read(namespace, steps)
 
     def append(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
         self._wrapper.note(True)
-        return self.inner.append(namespace, request)
+        with self._wrapper.watched():
+            return self.inner.append(namespace, request)
 
     async def on_own_loop(self, call: Awaitable[T]) -> T:
         return await self.inner.on_own_loop(call)
 
     async def arun(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
         self._wrapper.note(True)
-        return await self.inner.arun(namespace, steps)
+        with self._wrapper.watched():
+            return await self.inner.arun(namespace, steps)
 
     def areader(self, namespace: tuple[str, ...]) -> AsyncPerform:
         aperform = self.inner.areader(namespace)
 
         async def counted(request: Request) -> Any:
             self._wrapper.note(False)
-            return await aperform(request)
+            with self._wrapper.watched():
+                return await aperform(request)
 
         return counted
 
     async def aread(self, namespace: tuple[str, ...], steps: Steps[T]) -> T:
         self._wrapper.note(False)
-        return await self.inner.aread(namespace, steps)
+        with self._wrapper.watched():
+            return await self.inner.aread(namespace, steps)
 
     async def aappend(self, namespace: tuple[str, ...], request: AppendRequest) -> AppendResult:
         self._wrapper.note(True)
-        return await self.inner.aappend(namespace, request)
+        with self._wrapper.watched():
+            return await self.inner.aappend(namespace, request)
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
@@ -269,6 +307,10 @@ class DrillReport:
     namespace_removed: bool
     problems: tuple[str, ...] = ()
     """Problems of the drill itself (a stalled workload, a failed clean-up)."""
+    store_failures: tuple[str, ...] = ()
+    """The store's own errors during the drill, not made by a switch (``SQLITE_BUSY``:
+    another process held the lock past the busy timeout), ``"<error> x N"``: the store
+    failed, so the rows say nothing about the switches (the CLI exits 3)."""
 
     @property
     def ok(self) -> bool:
@@ -279,6 +321,7 @@ class DrillReport:
             complete
             and self.namespace_removed
             and not self.problems
+            and not self.store_failures
             and all(row.ok for row in self.switches)
         )
 
@@ -293,6 +336,7 @@ class DrillReport:
             "runs": self.runs,
             "seconds": round(self.seconds, 3),
             "problems": list(self.problems),
+            "store_failures": list(self.store_failures),
             "switches": [
                 {
                     "switch": row.switch,
@@ -853,4 +897,5 @@ def run_drill(
         switches=tuple(rows),
         namespace_removed=cleanup.removed,
         problems=(*problems, *drill.problems),
+        store_failures=tuple(f"{name} x {n}" for name, n in drill.store.failures.most_common()),
     )

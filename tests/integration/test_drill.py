@@ -563,3 +563,34 @@ def test_the_clean_up_stops_at_its_budget_when_the_store_hangs(
                 drill_module._remove_namespace(store, namespace, ["telegram:1001"])
             holder.rollback()
         assert drill_module._remove_namespace(store, namespace, ["telegram:1001"])
+
+
+def test_a_store_failing_during_the_drill_exits_3_not_blaming_the_switches(
+    sqlite_settings: HistorySettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process held SQLite's write lock past the busy timeout for a few appends:
+    the runs fell back to memory, and the drill failed switch rows ("turns lost") and
+    exited 1, "a switch failed". The store failed: it exits 3, naming the error."""
+    original = SqliteDriver.append
+    calls = Counter[str]()
+
+    def append(self: SqliteDriver, namespace: tuple[str, ...], request: Any) -> Any:
+        calls["append"] += 1
+        if calls["append"] <= 3:
+            busy = sqlite3.OperationalError("database is locked")
+            busy.sqlite_errorname = "SQLITE_BUSY"  # type: ignore[attr-defined]
+            raise busy
+        return original(self, namespace, request)
+
+    monkeypatch.setattr(SqliteDriver, "append", append)
+
+    result = _drill(sqlite_settings)
+
+    assert result.exit_code == 3, result.output
+    lines = result.stdout.splitlines()
+    assert "FAIL store: OperationalError [SQLITE_BUSY] x 3" in lines
+    assert lines[-1] == "the store failed during the drill: the rows are no verdict on the switches"
+    assert result.stderr.strip().endswith(" removed")
+    assert _left_behind(sqlite_settings, (SCRATCH_PREFIX,)) == []
+    report = json.loads(_drill(sqlite_settings, "--json").stdout)  # the store is sound again
+    assert report["ok"] is True and report["store_failures"] == []

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from agent_history.cli.app import (
     EXIT_CHECK_FAILED,
+    EXIT_STORE,
     app,
     console,
     err_console,
@@ -77,8 +78,12 @@ def drill(
     else:
         _print(report)
         verdict = "every switch took effect" if report.ok else "the drill failed"
+        if report.store_failures:
+            verdict = "the store failed during the drill: the rows are no verdict on the switches"
         console.print(verdict, highlight=False)
     _print_cleanups(cleanups)
+    if report.store_failures:
+        raise typer.Exit(EXIT_STORE)
     if not report.ok:
         raise typer.Exit(EXIT_CHECK_FAILED)
 
@@ -134,3 +139,5 @@ def _print(report: DrillReport) -> None:
             console.print(f"FAIL {row.switch}: {problem}", highlight=False, markup=False)
     for problem in report.problems:
         console.print(f"FAIL drill: {problem}", highlight=False, markup=False)
+    for failure in report.store_failures:
+        console.print(f"FAIL store: {failure}", highlight=False, markup=False)
