@@ -57,6 +57,7 @@ def test_doctor_refuses_nan_thresholds(tmp_path: Path) -> None:
 
 
 def _env(tmp_path: Path, **values: str) -> dict[str, str]:
+    (tmp_path / "s.sqlite").touch()  # an existing store (a new one is a warning of its own)
     return {
         "ORCHEO_GRAPH_STORE_BACKEND": "sqlite",
         "ORCHEO_GRAPH_STORE_SQLITE_PATH": str(tmp_path / "s.sqlite"),
@@ -202,3 +203,21 @@ def test_doctor_warns_of_variables_under_its_prefixes_it_does_not_read(tmp_path:
     ]
     clean = CliRunner().invoke(app, ["doctor", "--json"], env=_env(tmp_path))
     assert json.loads(clean.stdout)["warnings"] == []
+
+
+def test_doctor_on_a_sqlite_path_with_no_file_says_it_made_an_empty_store(
+    tmp_path: Path,
+) -> None:
+    """A mistyped store path passed every check: doctor's set-up made an empty store
+    there and said ok. It still passes (a first deployment has no file yet), and says so."""
+    env = _env(tmp_path)
+    (tmp_path / "s.sqlite").unlink()
+    first = CliRunner().invoke(app, ["doctor", "--json"], env=env)
+    assert first.exit_code == 0, first.output
+    path = tmp_path / "s.sqlite"
+    assert json.loads(first.stdout)["warnings"] == [
+        f"ORCHEO_GRAPH_STORE_SQLITE_PATH: {path} did not exist: doctor created an empty "
+        "store there; if the workers' conversations are elsewhere, the path is wrong"
+    ]
+    again = CliRunner().invoke(app, ["doctor", "--json"], env=env)
+    assert json.loads(again.stdout)["warnings"] == []

@@ -28,7 +28,7 @@ from agent_history.errors import ConfigError, StoreTimeout, StoreUnavailable
 from agent_history.history import ChatHistory
 from agent_history.history.drivers.postgres_setup import TABLES_ELSEWHERE
 from agent_history.redaction import safe_error_text
-from agent_history.settings import LEGACY_SQLITE_PATH_VAR, HistorySettings, env_var
+from agent_history.settings import LEGACY_SQLITE_PATH_VAR, Backend, HistorySettings, env_var
 from agent_history.stores import backend_of
 from agent_history.toggle_config import (
     AUDIT_FILE_VAR,
@@ -60,6 +60,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
             # At run time each process would only warn once and keep no audit trail.
             raise fail(f"{AUDIT_FILE_VAR}: {problem}", EXIT_CONFIG)
     report: dict[str, Any] = {"settings": settings.describe(), "mode": toggles.mode.value}
+    new_file = _new_sqlite_file(settings)
     with obs.events_logged(TABLES_ELSEWHERE) as elsewhere, open_store(settings) as store:
         history = ChatHistory(store, namespace=_PROBE_NAMESPACE)
         key = "probe-" + uuid.uuid4().hex[:12]
@@ -101,6 +102,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         *_trigger_warnings(toggles),
         *_node_mode_warnings(toggles),
         *variable_warnings(os.environ),
+        *new_file,
     ]
     if as_json:
         console.print_json(json.dumps(report))
@@ -137,6 +139,18 @@ def variable_warnings(env: Mapping[str, str]) -> list[str]:
     if MODE_VAR in env and not env[MODE_VAR].strip():
         warnings.append(f"{MODE_VAR} is set but empty: read as unset, so the mode is read_write")
     return warnings
+
+
+def _new_sqlite_file(settings: HistorySettings) -> list[str]:
+    """A warning when the SQLite store's file is not there yet (doctor's setup makes it):
+    a mistyped path passes every check, on an empty store the workers never open."""
+    path = settings.graph_store_sqlite_path
+    if settings.graph_store_backend is not Backend.SQLITE or path.exists():
+        return []
+    return [
+        f"{env_var('graph_store_sqlite_path')}: {path} did not exist: doctor created an "
+        "empty store there; if the workers' conversations are elsewhere, the path is wrong"
+    ]
 
 
 def _schema_warnings(events: list[dict[str, Any]]) -> list[str]:
