@@ -79,6 +79,8 @@ def _prepare_sqlite_path(path: Path, field: str) -> str:
         raise ConfigError(
             env_var(field), f"cannot create directory {path.parent}: {exc.strerror}"
         ) from None
+    if path.is_dir():
+        raise ConfigError(env_var(field), f"{path} is a directory: give the file's path in it")
     return str(path)
 
 

@@ -560,3 +560,13 @@ def test_a_damaged_store_file_is_a_failed_store_not_a_setting(tmp_path: Path) ->
         assert result.exit_code == 3, (command, result.output)
         assert "database disk image is malformed" in result.output
         assert "restore it from a backup" in result.output
+
+
+def test_a_directory_as_the_store_path_is_named_as_one(tmp_path: Path) -> None:
+    """It said "unable to open database file", which sends an operator to permissions."""
+    result = _invoke(["stats"], {"ORCHEO_GRAPH_STORE_SQLITE_PATH": str(tmp_path)})
+    assert result.exit_code == 2
+    assert result.output == (
+        f"error: ORCHEO_GRAPH_STORE_SQLITE_PATH: {tmp_path} is a directory: "
+        "give the file's path in it\n"
+    )
