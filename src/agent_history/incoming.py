@@ -28,6 +28,7 @@ from agent_history.state import as_mapping
 
 __all__ = [
     "ANSWERED_FIELD",
+    "BEGAN_PREFIX",
     "ENDED_PREFIX",
     "SPAN_PREFIX",
     "IncomingMessage",
@@ -59,6 +60,12 @@ name no LangGraph node can have: ``:`` is reserved), as JSON text. The field is 
 every release keeps: a channel of its own would be unknown to an earlier release run
 beside this one, or rolled back to, and LangGraph would count it as an update that keeps
 a thread paused by ``interrupt_before`` from ever resuming."""
+
+BEGAN_PREFIX = "history_began:"
+"""Per node, ``"1"`` from the start of a middleware run of the agent (its ``before_agent``)
+to its end (``after_agent`` sets ``""``), kept in `ANSWERED_FIELD` under
+``BEGAN_PREFIX + node``: a run whose end finds it unset never reached the agent (a guard
+listed before the history ended it), so the state is as an earlier run left it."""
 
 ENDED_PREFIX = "history_ended:"
 """Per node, the id of the tool result a run of the agent ended on (a ``return_direct``

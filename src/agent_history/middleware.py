@@ -21,12 +21,14 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from typing import Annotated, Any, NotRequired
 
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, ToolMessage
 
 from agent_history.incoming import (
+    ANSWERED_FIELD,
+    BEGAN_PREFIX,
     ThreadView,
     answered_earlier,
     answered_update,
@@ -131,10 +133,11 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
             run.redelivered = view.delivered  # (else: nothing was delivered)
             run.report([], model_called=False)
             return {"jump_to": "end"}
+        began = {ANSWERED_FIELD: {BEGAN_PREFIX + self.surface.node: "1"}}
         if view.added is None:
-            return None
+            return began
         not_streamed_as_output(current_config(), [view.added])
-        return {"messages": [view.added]}
+        return {"messages": [view.added], **began}
 
     @hook_config(can_jump_to=["end"])
     async def abefore_agent(
@@ -171,7 +174,7 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         the tool call on; None otherwise. No model call ended that exchange, so no model
         call's pass stored it."""
         messages = list(as_mapping(state).get("messages") or [])
-        by_hook = self._hook_ended(messages)
+        by_hook = self._hook_ended(state, messages)
         if not messages or not (by_hook or isinstance(messages[-1], ToolMessage)):
             return None
         if ended_earlier(state, self.surface.node, messages):
@@ -193,16 +196,20 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
             return None
         return self._begin_on(messages[:start], state, runtime), messages[start:]
 
-    def _hook_ended(self, thread: Sequence[BaseMessage]) -> bool:
-        """Whether ``thread`` ends on an answer no model call of this middleware gave,
-        right after tool results: a hook ended the run there, as langchain's
+    def _hook_ended(self, state: Any, thread: Sequence[BaseMessage]) -> bool:
+        """Whether the run that ends on ``thread`` reached the agent (`BEGAN_PREFIX`) and
+        ``thread`` ends on an answer no model call of this middleware gave, right after
+        tool results: a hook ended the run there, as langchain's
         ``ModelCallLimitMiddleware`` and ``ToolCallLimitMiddleware`` do with
         ``exit_behavior="end"``. (A model call of another process, or one forgotten
         since, is taken for a hook's: its exchange is stored again, which stores nothing
         twice.)"""
+        answered = as_mapping(state).get(ANSWERED_FIELD)
+        began = isinstance(answered, Mapping) and answered.get(BEGAN_PREFIX + self.surface.node)
         last = thread[-1] if thread else None
         return (
-            isinstance(last, AIMessage)
+            bool(began)
+            and isinstance(last, AIMessage)
             and not last.tool_calls
             and len(thread) > 1
             and isinstance(thread[-2], ToolMessage)
@@ -226,8 +233,9 @@ class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
         # A delivered message the thread lacks now was taken out by this run (before_agent
         # added it or found it): a summary in its place. It was answered all the same.
         answered = answered_update(view, node) if view.incoming else {}
-        ended = ended_update(node, thread, by_hook=self._hook_ended(thread))
-        return merged_markers(answered, span, ended) or None
+        ended = ended_update(node, thread, by_hook=self._hook_ended(state, thread))
+        done = {ANSWERED_FIELD: {BEGAN_PREFIX + node: ""}}  # (the run's end: see `_hook_ended`)
+        return merged_markers(answered, span, ended, done) or None
 
     # --- one pass per model call -----------------------------------------------------------
 

@@ -622,3 +622,45 @@ def test_a_running_summary_beside_langchains_summary_keeps_system_messages_first
     assert str(last[-1].content) == "message 8"
     stored = [t.content for t in ChatHistory(store).read("telegram:1")]
     assert stored == [text for i in range(1, 9) for text in (f"message {i}", f"echo: message {i}")]
+
+
+@pytest.mark.parametrize("calls", ["sync", "async"])
+@pytest.mark.parametrize("scope", ["turns", "full"])
+async def test_a_message_a_guard_blocks_in_another_worker_after_a_tool_loop_is_not_stored(
+    store: Any, scope: str, calls: str
+) -> None:
+    """A stable thread's tool loop the model answered, then a message a guard ends before
+    the agent, in another worker (its middleware never saw that answer given): the run's
+    end took the answer for a hook's, and stored the blocked text as an unanswered
+    question sent with every later turn. A run that never reached the agent stores
+    nothing."""
+    model = WeatherModel()
+    saver = InMemorySaver()
+
+    def worker() -> Any:
+        history = HistoryMiddleware(history_scope=scope)
+        return create_agent(
+            model,
+            [get_weather],
+            middleware=[_InputGuard(), history],
+            store=store,
+            checkpointer=saver,
+        )
+
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    runs = [(1, "weather in Paris"), (2, "BLOCKED card 4111"), (3, "hi")]
+    for message_id, text in runs:
+        agent = worker()  # each callback served by another worker
+        callback = telegram_callback(7, text, message_id)
+        if calls == "sync":
+            agent.invoke(callback, config)
+        else:
+            await agent.ainvoke(callback, config)
+    stored = [(t.role, t.content) for t in ChatHistory(store, scope=scope).read("telegram:7")]
+    tool_steps = [("assistant", ""), ("tool", "sunny in Paris")] if scope == "full" else []
+    assert stored == [
+        ("user", "weather in Paris"), *tool_steps,
+        ("assistant", "final[Paris]: sunny in Paris"),
+        ("user", "hi"), ("assistant", "echo: hi"),
+    ]  # fmt: skip
+    assert not any("4111" in str(m.content) for m in model.calls[-1])
