@@ -70,7 +70,8 @@ def parse_mode(value: Any, variable: str) -> HistoryMode:
     raise ConfigError(variable, f"must be one of {allowed} (got {_shown(value)})")
 
 
-_NOT_IN_LISTED_NAMES = frozenset("[]\"';")
+_NOT_IN_LISTED_NAMES = frozenset("[](){}\"';|\uff0c\u3001\uff1b")
+"""Characters of other list syntaxes: brackets, quotes, pipes, full-width commas."""
 
 
 def parse_names(value: Any, variable: str) -> frozenset[str]:
@@ -78,6 +79,8 @@ def parse_names(value: Any, variable: str) -> frozenset[str]:
     comma-separated string (``a,b``). In the comma form, a name with spaces, quotes,
     brackets or semicolons is refused (another list syntax would otherwise name nodes
     that do not exist, and disable nothing): such a name goes in a JSON list."""
+    if isinstance(value, str):
+        value = value.removeprefix("\ufeff")  # (a byte-order mark from a Windows editor)
     if isinstance(value, str) and value.strip().startswith("["):
         try:
             value = json.loads(value)

@@ -158,6 +158,10 @@ def test_doctor_warns_of_node_modes_a_global_rollback_does_not_reach(tmp_path: P
         ("support_agent;billing_agent", None),
         ('"support_agent"', None),
         ('["support_agent"', None),
+        ("(support_agent,billing_agent)", None),
+        ("support_agent|billing_agent", None),
+        ("support_agent\uff0cbilling_agent", None),  # a full-width comma
+        ('\ufeff["support_agent"]', ["support_agent"]),
     ],
 )
 def test_disabled_nodes_in_another_list_syntax_disable_them_or_are_refused(
