@@ -350,7 +350,9 @@ def _store_steps(run: HistoryPass, ended: list[BaseMessage]) -> Generator[Step, 
     yield from run.read()
     payload = run.build_payload()  # (merges the thread with the log: what is unstored)
     yield from run.append(ended, ends=True)
-    run.report(payload, model_called=False)
+    if not run.redelivered:
+        # (Else the log held the exchange: a model call's pass stored it, and reported.)
+        run.report(payload, model_called=False)
 
 
 def _structured(answers: list[ModelCallResult]) -> bool | None:

@@ -521,6 +521,8 @@ def test_tool_loops_whose_answers_this_process_forgot_are_stored_once(
         ("user", "hi"), ("assistant", "echo: hi"),
     ]  # fmt: skip
     assert sum(r.appended for r in reports) == 10
+    assert not any(r.redelivered for r in reports)  # (one report per model call, no more)
+    assert len(reports) == len(model.calls)
 
 
 class _Footer(AgentMiddleware[Any, Any]):
