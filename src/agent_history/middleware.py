@@ -86,8 +86,8 @@ class HistoryAgentState(AgentState[Any]):
     answered: NotRequired[Annotated[dict[str, str], merge_results]]
     """Per ``node_name``, the channel id of the delivered message the agent last answered
     (a final or a structured answer): a re-delivery of it ends the run at once; its key
-    span on the thread (`incoming.SPAN_PREFIX`); and the tool result its last run ended on
-    (`incoming.ENDED_PREFIX`)."""
+    span on the thread (`incoming.SPAN_PREFIX`); the tool result its last run ended on
+    (`incoming.ENDED_PREFIX`); and whether a run is under way (`incoming.BEGAN_PREFIX`)."""
 
 
 class HistoryMiddleware(AgentMiddleware[HistoryAgentState, Any]):
