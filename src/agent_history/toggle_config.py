@@ -76,9 +76,9 @@ _NOT_IN_LISTED_NAMES = frozenset("[](){}\"';|\uff0c\u3001\uff1b")
 
 def parse_names(value: Any, variable: str) -> frozenset[str]:
     """Node names from a list of strings, a JSON list (``["a", "b"]``) or a
-    comma-separated string (``a,b``). In the comma form, a name with spaces, quotes,
-    brackets or semicolons is refused (another list syntax would otherwise name nodes
-    that do not exist, and disable nothing): such a name goes in a JSON list."""
+    comma-separated string (``a,b``). In the comma form, a name with spaces or a
+    character of another list syntax (`_NOT_IN_LISTED_NAMES`) is refused (it would name
+    a node that does not exist, and disable nothing): such a name goes in a JSON list."""
     if isinstance(value, str):
         value = value.removeprefix("\ufeff")  # (a byte-order mark from a Windows editor)
     if isinstance(value, str) and value.strip().startswith("["):

@@ -101,7 +101,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         *_schema_warnings(elsewhere),
         *_trigger_warnings(toggles),
         *_node_mode_warnings(toggles),
-        *variable_warnings(os.environ),
+        *_variable_warnings(os.environ),
         *new_file,
     ]
     if as_json:
@@ -119,7 +119,7 @@ _OWN_PREFIXES = (ENV_PREFIX, "ORCHEO_GRAPH_STORE_")
 """Prefixes only agent-history reads under: a name there that it does not read is a typo."""
 
 
-def variable_warnings(env: Mapping[str, str]) -> list[str]:
+def _variable_warnings(env: Mapping[str, str]) -> list[str]:
     """Variables under agent-history's own prefixes that it does not read (a typo such
     as ``..._MDOE``: the switch meant is not set), and a mode set to nothing, which
     reads as unset (``read_write``)."""
